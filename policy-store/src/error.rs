@@ -1,0 +1,45 @@
+//! Error types of the policy store, in Cedar's message style: lowercase, no final period,
+//! user input in backticks.
+
+use thiserror::Error;
+
+use crate::policy::PolicyDiagnostic;
+
+/// Bad model data (an unparsable reference, an unknown status, ...).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ModelError {
+    /// Not of the form `Type::"id"`.
+    #[error("{0}")]
+    InvalidEntityRef(String),
+    /// Any other invalid value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Policies, schema or roles that do not compile or validate. Carries every problem found.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("policy set is invalid: {} problem(s), first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
+pub struct CompileError(pub Vec<PolicyDiagnostic>);
+
+/// Errors of the storage layer.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored row could not be decoded (corrupt or written by a newer version).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    /// The requested object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The object already exists (unique name, id).
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The write would break the model (unknown role, invalid reference, ...).
+    #[error("{0}")]
+    Invalid(#[from] ModelError),
+    /// The policy set or roles would not compile.
+    #[error(transparent)]
+    Policy(#[from] CompileError),
+}

@@ -1,0 +1,354 @@
+//! Policy compilation: Cedar schema + hand-written policy files + roles (as data) + template
+//! links → one validated [`CompiledPolicies`], indexed for the hot path.
+//!
+//! Every problem is reported at once as a [`PolicyDiagnostic`] (`file:line:col: message`).
+//! Roles become generated policies with the stable id `role:<name>`; hand-written policies
+//! must carry an `@id` annotation, which becomes their policy id.
+
+mod index;
+mod roles;
+mod source;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Policy, PolicyId, PolicySet, Schema, SlotId, ValidationMode, Validator,
+};
+
+pub use index::{ActionPolicies, PolicyIndex};
+pub use roles::role_policy_text;
+
+use crate::error::CompileError;
+use crate::model::{PolicyFile, Role, TemplateLink};
+
+/// Prefix of generated role policy ids.
+pub const ROLE_POLICY_PREFIX: &str = "role:";
+
+/// One problem in a policy source, with where it is. Line and column are 1-based; 0 means
+/// the position is not known (for example, a role given as data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDiagnostic {
+    /// The source name (file name, or `roles` for role data).
+    pub file: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// What is wrong, in Cedar's style.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyDiagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        }
+    }
+}
+
+/// Everything a policy set is compiled from.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySources {
+    /// The schema file (name, Cedar schema text).
+    pub schema: PolicyFile,
+    /// Hand-written policy files.
+    pub files: Vec<PolicyFile>,
+    /// Name to use for role diagnostics (e.g. `roles.yaml`).
+    pub roles_source: String,
+    /// Roles as data.
+    pub roles: Vec<Role>,
+    /// Template links.
+    pub links: Vec<TemplateLink>,
+}
+
+impl Default for PolicyFile {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            text: String::new(),
+        }
+    }
+}
+
+/// A validated policy set with its schema and the hot-path index.
+#[derive(Debug)]
+pub struct CompiledPolicies {
+    schema: Schema,
+    all: PolicySet,
+    index: PolicyIndex,
+    warnings: Vec<PolicyDiagnostic>,
+}
+
+impl CompiledPolicies {
+    /// The schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Every policy, template and link, by id.
+    pub fn policy_set(&self) -> &PolicySet {
+        &self.all
+    }
+
+    /// The per-action index used by the decision core.
+    pub fn index(&self) -> &PolicyIndex {
+        &self.index
+    }
+
+    /// Validator warnings (not fatal), e.g. a policy that can never apply.
+    pub fn warnings(&self) -> &[PolicyDiagnostic] {
+        &self.warnings
+    }
+
+    /// Number of policies (static and linked), templates excluded.
+    pub fn policy_count(&self) -> usize {
+        self.all.policies().count()
+    }
+}
+
+/// Where each policy id came from, to place validator messages.
+struct Origins {
+    /// policy id → (source name, source text)
+    by_id: HashMap<String, (String, std::sync::Arc<str>)>,
+}
+
+impl Origins {
+    fn place(&self, id: &PolicyId, diag: &dyn miette::Diagnostic) -> PolicyDiagnostic {
+        let message = source::message_of(diag);
+        match self.by_id.get(AsRef::<str>::as_ref(id)) {
+            Some((file, text)) => {
+                let (line, column) = source::first_label(diag)
+                    .map(|offset| source::line_col(text, offset))
+                    .unwrap_or((0, 0));
+                PolicyDiagnostic {
+                    file: file.clone(),
+                    line,
+                    column,
+                    message: format!("in policy `{id}`: {message}"),
+                }
+            }
+            None => PolicyDiagnostic {
+                file: String::from("<policies>"),
+                line: 0,
+                column: 0,
+                message: format!("in policy `{id}`: {message}"),
+            },
+        }
+    }
+}
+
+/// Compiles and validates (strict mode) the whole policy set. Returns every problem at once.
+pub fn compile(sources: &PolicySources) -> Result<CompiledPolicies, CompileError> {
+    let mut problems = Vec::new();
+
+    let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
+        Ok((schema, _warnings)) => schema,
+        Err(e) => {
+            problems.push(source::diagnostic_at(
+                &sources.schema.name,
+                &sources.schema.text,
+                &e,
+            ));
+            return Err(CompileError(problems));
+        }
+    };
+    let action_entities = match schema.action_entities() {
+        Ok(entities) => entities,
+        Err(e) => {
+            problems.push(source::diagnostic_at(
+                &sources.schema.name,
+                &sources.schema.text,
+                &e,
+            ));
+            return Err(CompileError(problems));
+        }
+    };
+
+    let mut all = PolicySet::new();
+    let mut origins = Origins {
+        by_id: HashMap::new(),
+    };
+    for file in &sources.files {
+        add_file(file, &mut all, &mut origins, &mut problems);
+    }
+    let known_actions: HashSet<String> = schema
+        .actions()
+        .map(|a| a.id().unescaped().to_owned())
+        .collect();
+    let known_types: HashSet<String> = schema.entity_types().map(ToString::to_string).collect();
+    roles::add_roles(
+        sources,
+        &known_actions,
+        &known_types,
+        &mut all,
+        &mut origins,
+        &mut problems,
+    );
+    add_links(sources, &mut all, &mut problems);
+
+    let validator = Validator::new(schema.clone());
+    let result = validator.validate(&all, ValidationMode::Strict);
+    for err in result.validation_errors() {
+        problems.push(origins.place(err.policy_id(), err));
+    }
+    let warnings = result
+        .validation_warnings()
+        .map(|w| origins.place(w.policy_id(), w))
+        .collect();
+
+    if !problems.is_empty() {
+        return Err(CompileError(problems));
+    }
+    let index = PolicyIndex::build(&schema, &action_entities, &all).map_err(|message| {
+        CompileError(vec![PolicyDiagnostic {
+            file: String::from("<index>"),
+            line: 0,
+            column: 0,
+            message,
+        }])
+    })?;
+    Ok(CompiledPolicies {
+        schema,
+        all,
+        index,
+        warnings,
+    })
+}
+
+/// Parses one file, re-identifies each policy by its `@id` and adds it to `all`.
+fn add_file(
+    file: &PolicyFile,
+    all: &mut PolicySet,
+    origins: &mut Origins,
+    problems: &mut Vec<PolicyDiagnostic>,
+) {
+    let parsed = match PolicySet::from_str(&file.text) {
+        Ok(set) => set,
+        Err(errs) => {
+            for err in errs.iter() {
+                problems.push(source::diagnostic_at(&file.name, &file.text, err));
+            }
+            return;
+        }
+    };
+    let text: std::sync::Arc<str> = std::sync::Arc::from(file.text.as_str());
+    let starts = source::statement_starts(&file.text);
+    // `PolicySet::from_str` names policies `policy0`, `policy1`, ... in source order; templates
+    // share the counter.
+    let ordinal = |id: &PolicyId| -> usize {
+        AsRef::<str>::as_ref(id)
+            .strip_prefix("policy")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut place = |id: &PolicyId,
+                     annotation: Option<&str>,
+                     problems: &mut Vec<PolicyDiagnostic>|
+     -> Option<PolicyId> {
+        let at = starts.get(ordinal(id)).copied().unwrap_or(0);
+        let (line, column) = source::line_col(&file.text, at);
+        let diag = |message: String| PolicyDiagnostic {
+            file: file.name.clone(),
+            line,
+            column,
+            message,
+        };
+        let Some(new_id) = annotation else {
+            problems.push(diag(String::from(
+                "policy has no `@id(\"...\")` annotation; every policy needs a stable id",
+            )));
+            return None;
+        };
+        if new_id.starts_with(ROLE_POLICY_PREFIX) {
+            problems.push(diag(format!(
+                "policy id `{new_id}` uses the `{ROLE_POLICY_PREFIX}` prefix, which is reserved for generated role policies"
+            )));
+            return None;
+        }
+        if let Some((other, _)) = origins.by_id.get(new_id) {
+            problems.push(diag(format!(
+                "policy id `{new_id}` is already used in `{other}`"
+            )));
+            return None;
+        }
+        origins
+            .by_id
+            .insert(new_id.to_owned(), (file.name.clone(), text.clone()));
+        Some(PolicyId::new(new_id))
+    };
+    for template in parsed.templates() {
+        if let Some(new_id) = place(template.id(), template.annotation("id"), problems) {
+            if let Err(e) = all.add_template(template.new_id(new_id)) {
+                problems.push(PolicyDiagnostic {
+                    file: file.name.clone(),
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    for policy in parsed.policies() {
+        if let Some(new_id) = place(policy.id(), policy.annotation("id"), problems) {
+            if let Err(e) = all.add(policy.new_id(new_id)) {
+                problems.push(PolicyDiagnostic {
+                    file: file.name.clone(),
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+fn add_links(sources: &PolicySources, all: &mut PolicySet, problems: &mut Vec<PolicyDiagnostic>) {
+    for link in &sources.links {
+        let mut values = HashMap::new();
+        let mut bad = false;
+        for (slot, value) in [
+            (SlotId::principal(), &link.principal),
+            (SlotId::resource(), &link.resource),
+        ] {
+            if let Some(entity) = value {
+                match entity.to_cedar() {
+                    Ok(uid) => {
+                        values.insert(slot, uid);
+                    }
+                    Err(e) => {
+                        bad = true;
+                        problems.push(link_problem(link, &e.to_string()));
+                    }
+                }
+            }
+        }
+        if bad {
+            continue;
+        }
+        if let Err(e) = all.link(
+            PolicyId::new(&link.template),
+            PolicyId::new(&link.id),
+            values,
+        ) {
+            problems.push(link_problem(link, &e.to_string()));
+        }
+    }
+}
+
+fn link_problem(link: &TemplateLink, message: &str) -> PolicyDiagnostic {
+    PolicyDiagnostic {
+        file: String::from("<template links>"),
+        line: 0,
+        column: 0,
+        message: format!("link `{}` of template `{}`: {message}", link.id, link.template),
+    }
+}
+
+/// Parses a single policy (used for role policies and tests).
+pub(crate) fn parse_policy(id: &str, text: &str) -> Result<Policy, String> {
+    Policy::parse(Some(PolicyId::new(id)), text).map_err(|e| source::message_of(&e))
+}
