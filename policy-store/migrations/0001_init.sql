@@ -1,7 +1,8 @@
 -- Portcullis store schema, portable between SQLite and PostgreSQL (plain types only).
 -- Documents are JSON text; indexed columns repeat the fields that queries filter on.
 CREATE TABLE store_meta (
-    id INTEGER PRIMARY KEY CHECK (id = 1)
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision BIGINT NOT NULL
 );
 INSERT INTO store_meta (id, revision) VALUES (1, 0);
 

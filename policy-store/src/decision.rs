@@ -175,13 +175,11 @@ pub fn decide(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> Decision {
         Ok(chain) => chain,
         Err(reason) => return Decision::deny(reason, None, started),
     };
-    let device_trusted = request.facts.device_id.as_ref().is_some_and(|d| {
-        principal
-            .principal
-            .trusted_devices
-            .iter()
-            .any(|t| t == d)
-    });
+    let device_trusted = request
+        .facts
+        .device_id
+        .as_ref()
+        .is_some_and(|d| principal.principal.trusted_devices.iter().any(|t| t == d));
     let groups = group_closure(snapshot, principal);
     let roles = effective_roles(principal, &groups, &resource, request.facts, device_trusted);
 
@@ -297,7 +295,10 @@ impl<'s> ResourceChain<'s> {
 }
 
 /// The principal's groups, transitively.
-fn group_closure<'s>(snapshot: &'s Snapshot, principal: &'s PrincipalView) -> Vec<&'s PrincipalView> {
+fn group_closure<'s>(
+    snapshot: &'s Snapshot,
+    principal: &'s PrincipalView,
+) -> Vec<&'s PrincipalView> {
     let mut out: Vec<&PrincipalView> = Vec::new();
     let mut frontier: Vec<&String> = principal.principal.groups.iter().collect();
     for _ in 0..MAX_DEPTH {
@@ -335,7 +336,8 @@ fn effective_roles(
             .chain(resource.ancestors.iter().map(|(a, _)| *a))
             .flat_map(|scope| holder.assignments_on(scope));
         for a in holder.global_assignments().iter().chain(scoped) {
-            if in_force(a, facts, device_trusted) && (a.scope.entity().is_none_or(|s| resource.covers(s)))
+            if in_force(a, facts, device_trusted)
+                && (a.scope.entity().is_none_or(|s| resource.covers(s)))
                 && !roles.contains(&a.role)
             {
                 roles.push(a.role.clone());
@@ -372,7 +374,12 @@ fn evaluate(
     let principal_uid = request.principal.to_cedar().map_err(|e| e.to_string())?;
     let mut principal_parents: Vec<EntityUid> = Vec::with_capacity(groups.len() + roles.len());
     for g in groups {
-        principal_parents.push(g.principal.entity_ref().to_cedar().map_err(|e| e.to_string())?);
+        principal_parents.push(
+            g.principal
+                .entity_ref()
+                .to_cedar()
+                .map_err(|e| e.to_string())?,
+        );
     }
     for role in roles {
         principal_parents.push(role_uid(role)?);
@@ -395,7 +402,10 @@ fn evaluate(
             .collect::<Result<HashSet<_>, _>>()
             .map_err(|e| e.to_string())?;
         slice.push(Entity::new_no_attrs(
-            g.principal.entity_ref().to_cedar().map_err(|e| e.to_string())?,
+            g.principal
+                .entity_ref()
+                .to_cedar()
+                .map_err(|e| e.to_string())?,
             parents,
         ));
     }
@@ -454,7 +464,8 @@ impl Combined {
         for e in response.diagnostics().errors() {
             let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
             self.erroring.push(e.policy_id().to_string());
-            self.errors.push(format!("{}: {}", e.policy_id(), e.inner()));
+            self.errors
+                .push(format!("{}: {}", e.policy_id(), e.inner()));
         }
     }
 
@@ -464,7 +475,11 @@ impl Combined {
         } else if !self.forbids.is_empty() {
             (false, DecisionReason::Forbidden, self.forbids)
         } else if !self.permits.is_empty() {
-            (true, DecisionReason::Allowed, std::mem::take(&mut self.permits))
+            (
+                true,
+                DecisionReason::Allowed,
+                std::mem::take(&mut self.permits),
+            )
         } else {
             (false, DecisionReason::NoPermit, Vec::new())
         };
@@ -518,10 +533,16 @@ fn principal_entity(
     );
     if p.kind == PrincipalKind::User {
         if let Some(d) = &p.attributes.department {
-            attrs.insert(String::from("department"), RestrictedExpression::new_string(d.clone()));
+            attrs.insert(
+                String::from("department"),
+                RestrictedExpression::new_string(d.clone()),
+            );
         }
         if let Some(j) = &p.attributes.job_title {
-            attrs.insert(String::from("job_title"), RestrictedExpression::new_string(j.clone()));
+            attrs.insert(
+                String::from("job_title"),
+                RestrictedExpression::new_string(j.clone()),
+            );
         }
         if let Some(m) = &p.attributes.manager {
             attrs.insert(
@@ -533,7 +554,10 @@ fn principal_entity(
             .into_iter()
             .map(|m| user_uid(m).map(RestrictedExpression::new_entity_uid))
             .collect::<Result<Vec<_>, _>>()?;
-        attrs.insert(String::from("managers"), RestrictedExpression::new_set(managers));
+        attrs.insert(
+            String::from("managers"),
+            RestrictedExpression::new_set(managers),
+        );
         attrs.insert(
             String::from("gdpr_consent"),
             RestrictedExpression::new_bool(p.attributes.gdpr_consent_at.is_some()),
@@ -602,7 +626,10 @@ fn unknown_principal_entity(uid: EntityUid) -> Entity {
         ),
         (String::from("clearance"), RestrictedExpression::new_long(0)),
         (String::from("managers"), RestrictedExpression::new_set([])),
-        (String::from("gdpr_consent"), RestrictedExpression::new_bool(false)),
+        (
+            String::from("gdpr_consent"),
+            RestrictedExpression::new_bool(false),
+        ),
     ]);
     Entity::new(uid.clone(), attrs, HashSet::new())
         .unwrap_or_else(|_| Entity::new_no_attrs(uid, HashSet::new()))
@@ -630,17 +657,29 @@ fn entity_attrs(record: Option<&EntityRecord>) -> HashMap<String, RestrictedExpr
     };
     let a = &r.attributes;
     if let Some(c) = a.classification {
-        attrs.insert(String::from("classification"), RestrictedExpression::new_long(c));
+        attrs.insert(
+            String::from("classification"),
+            RestrictedExpression::new_long(c),
+        );
     }
     if let Some(t) = &a.tenant {
-        attrs.insert(String::from("tenant"), RestrictedExpression::new_string(t.clone()));
+        attrs.insert(
+            String::from("tenant"),
+            RestrictedExpression::new_string(t.clone()),
+        );
     }
     if let Some(k) = &a.kind {
-        attrs.insert(String::from("kind"), RestrictedExpression::new_string(k.clone()));
+        attrs.insert(
+            String::from("kind"),
+            RestrictedExpression::new_string(k.clone()),
+        );
     }
     if let Some(o) = &a.owner {
         if let Ok(uid) = user_uid(o) {
-            attrs.insert(String::from("owner"), RestrictedExpression::new_entity_uid(uid));
+            attrs.insert(
+                String::from("owner"),
+                RestrictedExpression::new_entity_uid(uid),
+            );
         }
     }
     attrs
@@ -648,7 +687,10 @@ fn entity_attrs(record: Option<&EntityRecord>) -> HashMap<String, RestrictedExpr
 
 fn context_of(facts: &RequestFacts, device_trusted: bool) -> Result<Context, String> {
     let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(9);
-    pairs.push((String::from("hour"), RestrictedExpression::new_long(facts.local_time.hour.into())));
+    pairs.push((
+        String::from("hour"),
+        RestrictedExpression::new_long(facts.local_time.hour.into()),
+    ));
     pairs.push((
         String::from("minute"),
         RestrictedExpression::new_long(facts.local_time.minute.into()),
@@ -657,15 +699,30 @@ fn context_of(facts: &RequestFacts, device_trusted: bool) -> Result<Context, Str
         String::from("weekday"),
         RestrictedExpression::new_long(facts.local_time.weekday.into()),
     ));
-    pairs.push((String::from("risk_score"), RestrictedExpression::new_long(facts.risk_score)));
-    pairs.push((String::from("mfa"), RestrictedExpression::new_bool(facts.mfa)));
-    pairs.push((String::from("device_trusted"), RestrictedExpression::new_bool(device_trusted)));
-    pairs.push((String::from("band"), RestrictedExpression::new_string(facts.band.clone())));
+    pairs.push((
+        String::from("risk_score"),
+        RestrictedExpression::new_long(facts.risk_score),
+    ));
+    pairs.push((
+        String::from("mfa"),
+        RestrictedExpression::new_bool(facts.mfa),
+    ));
+    pairs.push((
+        String::from("device_trusted"),
+        RestrictedExpression::new_bool(device_trusted),
+    ));
+    pairs.push((
+        String::from("band"),
+        RestrictedExpression::new_string(facts.band.clone()),
+    ));
     if let Some(ip) = &facts.ip {
         pairs.push((String::from("ip"), RestrictedExpression::new_ip(ip)));
     }
     if let Some(d) = &facts.device_id {
-        pairs.push((String::from("device_id"), RestrictedExpression::new_string(d.clone())));
+        pairs.push((
+            String::from("device_id"),
+            RestrictedExpression::new_string(d.clone()),
+        ));
     }
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }

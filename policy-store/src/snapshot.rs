@@ -304,11 +304,7 @@ impl Snapshot {
         SnapshotCounts {
             principals: self.principals.len(),
             entities: self.entities.len(),
-            assignments: self
-                .principals
-                .values()
-                .map(|p| p.assignment_count())
-                .sum(),
+            assignments: self.principals.values().map(|p| p.assignment_count()).sum(),
             policies: self.policies.policy_count(),
         }
     }
@@ -359,7 +355,11 @@ impl SnapshotHandle {
     ///
     /// INVARIANT: one task applies updates (the follower); readers are unlimited. Two
     /// concurrent writers could otherwise publish over each other.
-    pub fn apply(&self, update: SnapshotUpdate, now: UnixMillis) -> Result<Revision, SnapshotError> {
+    pub fn apply(
+        &self,
+        update: SnapshotUpdate,
+        now: UnixMillis,
+    ) -> Result<Revision, SnapshotError> {
         let result = match update {
             SnapshotUpdate::Patch(delta) => self.load().patched(delta, now),
             SnapshotUpdate::Rebuild(state) => Snapshot::build(state, now),

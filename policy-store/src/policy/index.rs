@@ -109,9 +109,7 @@ fn applies_to_action(policy: &Policy, action: &EntityUid, ancestors: &HashSet<En
     match policy.action_constraint() {
         ActionConstraint::Any => true,
         ActionConstraint::Eq(a) => &a == action,
-        ActionConstraint::In(list) => list
-            .iter()
-            .any(|a| a == action || ancestors.contains(a)),
+        ActionConstraint::In(list) => list.iter().any(|a| a == action || ancestors.contains(a)),
     }
 }
 
@@ -130,7 +128,10 @@ fn add_to(target: &mut PolicySet, policy: &Policy, all: &PolicySet) -> Result<()
         return target.add(policy.clone()).map_err(|e| e.to_string());
     }
     let (Some(template_id), Some(values)) = (policy.template_id(), policy.template_links()) else {
-        return Err(format!("policy `{}` is neither static nor linked", policy.id()));
+        return Err(format!(
+            "policy `{}` is neither static nor linked",
+            policy.id()
+        ));
     };
     if target.template(template_id).is_none() {
         let template = all

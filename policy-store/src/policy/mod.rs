@@ -13,9 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
-use cedar_policy::{
-    Policy, PolicyId, PolicySet, Schema, SlotId, ValidationMode, Validator,
-};
+use cedar_policy::{Policy, PolicyId, PolicySet, Schema, SlotId, ValidationMode, Validator};
 
 pub use index::{ActionPolicies, PolicyIndex};
 pub use roles::role_policy_text;
@@ -45,7 +43,11 @@ impl fmt::Display for PolicyDiagnostic {
         if self.line == 0 {
             write!(f, "{}: {}", self.file, self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
         }
     }
 }
@@ -344,7 +346,10 @@ fn link_problem(link: &TemplateLink, message: &str) -> PolicyDiagnostic {
         file: String::from("<template links>"),
         line: 0,
         column: 0,
-        message: format!("link `{}` of template `{}`: {message}", link.id, link.template),
+        message: format!(
+            "link `{}` of template `{}`: {message}",
+            link.id, link.template
+        ),
     }
 }
 

@@ -69,7 +69,9 @@ pub(super) fn add_roles(
             )));
         }
         if !seen.insert(role.name.as_str()) {
-            problems.push(problem(String::from("a role with this name already exists")));
+            problems.push(problem(String::from(
+                "a role with this name already exists",
+            )));
         }
         if role.actions.is_empty() {
             problems.push(problem(String::from("grants no actions")));
@@ -130,7 +132,9 @@ mod tests {
 
     #[test]
     fn names_that_could_inject_cedar_are_refused() {
-        assert!(!valid_role_name("x\"), action, resource); permit(principal"));
+        assert!(!valid_role_name(
+            "x\"), action, resource); permit(principal"
+        ));
         assert!(valid_role_name("space.admin-2"));
     }
 }

@@ -17,8 +17,8 @@ pub use sql::SqlStore;
 
 use crate::error::StoreError;
 use crate::model::{
-    Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetVersion, Principal,
-    Revision, RevokedSession, Role, TemplateLink,
+    Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetVersion, Principal, Revision,
+    RevokedSession, Role, TemplateLink,
 };
 use crate::snapshot::{SnapshotUpdate, StoreState};
 
@@ -96,10 +96,12 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Option<Principal>, StoreError>> + Send;
 
     /// Creates a role; [`StoreError::Conflict`] if the name is taken.
-    fn create_role(&self, role: &Role) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    fn create_role(&self, role: &Role)
+    -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Replaces an existing role.
-    fn update_role(&self, role: &Role) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    fn update_role(&self, role: &Role)
+    -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Deletes a role; [`StoreError::Conflict`] while assignments use it.
     fn delete_role(&self, name: &str) -> impl Future<Output = Result<Revision, StoreError>> + Send;
@@ -114,8 +116,10 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Deletes an assignment.
-    fn delete_assignment(&self, id: &str)
-    -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    fn delete_assignment(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Assignments of a principal.
     fn assignments_of(
@@ -130,8 +134,10 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Deletes a resource entity.
-    fn delete_entity(&self, uid: &EntityRef)
-    -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    fn delete_entity(
+        &self,
+        uid: &EntityRef,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Records a revoked session.
     fn revoke_session(

@@ -151,21 +151,24 @@ impl SqlStore {
 
 /// Bumps the revision inside `conn`'s transaction and records the changes.
 async fn bump(conn: &mut AnyConnection, changes: &[ChangeKind]) -> Result<Revision, StoreError> {
-    let revision: i64 =
-        sqlx::query("UPDATE store_meta SET revision = revision + 1 WHERE id = 1 RETURNING revision")
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get("revision")?;
+    let revision: i64 = sqlx::query(
+        "UPDATE store_meta SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+    )
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("revision")?;
     let at = now_millis();
     for (seq, change) in (0_i64..).zip(changes) {
-        sqlx::query("INSERT INTO changes (revision, seq, kind, doc, at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(revision)
-            .bind(seq)
-            .bind(change.name())
-            .bind(to_doc(change)?)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO changes (revision, seq, kind, doc, at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(revision)
+        .bind(seq)
+        .bind(change.name())
+        .bind(to_doc(change)?)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(revision)
 }
@@ -275,9 +278,8 @@ async fn insert_assignments(
     assignments: &[Assignment],
 ) -> Result<(), StoreError> {
     for chunk in assignments.chunks(IMPORT_BATCH) {
-        let mut sql = String::from(
-            "INSERT INTO assignments (id, principal, role, scope, doc) VALUES ",
-        );
+        let mut sql =
+            String::from("INSERT INTO assignments (id, principal, role, scope, doc) VALUES ");
         for i in 0..chunk.len() {
             let b = i * 5;
             if i > 0 {
@@ -359,8 +361,7 @@ impl Store for SqlStore {
                     .fetch_all(&mut *tx)
                     .await?,
             )?,
-            template_links: all_docs(&mut tx, "SELECT doc FROM template_links ORDER BY id")
-                .await?,
+            template_links: all_docs(&mut tx, "SELECT doc FROM template_links ORDER BY id").await?,
             policy_set: latest_policy_set(&mut tx).await?,
         };
         tx.commit().await?;
@@ -471,7 +472,13 @@ impl Store for SqlStore {
     async fn put_principal(&self, principal: &Principal) -> Result<Revision, StoreError> {
         let key = principal.entity_ref();
         let mut tx = self.pool.begin().await?;
-        upsert(&mut tx, UPSERT_PRINCIPAL, key.to_string(), to_doc(principal)?).await?;
+        upsert(
+            &mut tx,
+            UPSERT_PRINCIPAL,
+            key.to_string(),
+            to_doc(principal)?,
+        )
+        .await?;
         self.commit(tx, &[ChangeKind::Principal { principal: key }])
             .await
     }
@@ -511,8 +518,7 @@ impl Store for SqlStore {
             return Err(StoreError::Conflict(format!("role `{}`", role.name)));
         }
         roles.push(role.clone());
-        let links: Vec<TemplateLink> =
-            all_docs(&mut tx, "SELECT doc FROM template_links").await?;
+        let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
         check_compiles(latest_policy_set(&mut tx).await?.as_ref(), &roles, &links)?;
         upsert(&mut tx, UPSERT_ROLE, role.name.clone(), to_doc(role)?).await?;
         self.commit(
@@ -531,8 +537,7 @@ impl Store for SqlStore {
             return Err(StoreError::NotFound(format!("role `{}`", role.name)));
         };
         *slot = role.clone();
-        let links: Vec<TemplateLink> =
-            all_docs(&mut tx, "SELECT doc FROM template_links").await?;
+        let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
         check_compiles(latest_policy_set(&mut tx).await?.as_ref(), &roles, &links)?;
         upsert(&mut tx, UPSERT_ROLE, role.name.clone(), to_doc(role)?).await?;
         self.commit(
@@ -580,7 +585,10 @@ impl Store for SqlStore {
 
     async fn create_assignment(&self, assignment: &Assignment) -> Result<Revision, StoreError> {
         let mut tx = self.pool.begin().await?;
-        if principal_doc(&mut tx, &assignment.principal).await?.is_none() {
+        if principal_doc(&mut tx, &assignment.principal)
+            .await?
+            .is_none()
+        {
             return Err(StoreError::Invalid(ModelError::Invalid(format!(
                 "principal `{}` does not exist",
                 assignment.principal
@@ -603,7 +611,10 @@ impl Store for SqlStore {
             .await?
             .is_some();
         if taken {
-            return Err(StoreError::Conflict(format!("assignment `{}`", assignment.id)));
+            return Err(StoreError::Conflict(format!(
+                "assignment `{}`",
+                assignment.id
+            )));
         }
         insert_assignment(&mut tx, assignment).await?;
         self.commit(
@@ -645,7 +656,13 @@ impl Store for SqlStore {
 
     async fn put_entity(&self, entity: &EntityRecord) -> Result<Revision, StoreError> {
         let mut tx = self.pool.begin().await?;
-        upsert(&mut tx, UPSERT_ENTITY, entity.uid.to_string(), to_doc(entity)?).await?;
+        upsert(
+            &mut tx,
+            UPSERT_ENTITY,
+            entity.uid.to_string(),
+            to_doc(entity)?,
+        )
+        .await?;
         self.commit(
             tx,
             &[ChangeKind::Entity {
@@ -697,8 +714,7 @@ impl Store for SqlStore {
     ) -> Result<(Revision, i64), StoreError> {
         let mut tx = self.pool.begin().await?;
         let roles: Vec<Role> = all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?;
-        let links: Vec<TemplateLink> =
-            all_docs(&mut tx, "SELECT doc FROM template_links").await?;
+        let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
         let candidate = PolicySetVersion {
             version: 0,
             files: files.to_vec(),
@@ -722,12 +738,11 @@ impl Store for SqlStore {
     async fn import(&self, import: &Import) -> Result<Revision, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The result must compile: current roles/links overlaid with the imported ones.
-        let mut roles: HashMap<String, Role> =
-            all_docs::<Role>(&mut tx, "SELECT doc FROM roles")
-                .await?
-                .into_iter()
-                .map(|r| (r.name.clone(), r))
-                .collect();
+        let mut roles: HashMap<String, Role> = all_docs::<Role>(&mut tx, "SELECT doc FROM roles")
+            .await?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
         roles.extend(import.roles.iter().map(|r| (r.name.clone(), r.clone())));
         let mut links: HashMap<String, TemplateLink> =
             all_docs::<TemplateLink>(&mut tx, "SELECT doc FROM template_links")
@@ -735,7 +750,12 @@ impl Store for SqlStore {
                 .into_iter()
                 .map(|l| (l.id.clone(), l))
                 .collect();
-        links.extend(import.template_links.iter().map(|l| (l.id.clone(), l.clone())));
+        links.extend(
+            import
+                .template_links
+                .iter()
+                .map(|l| (l.id.clone(), l.clone())),
+        );
         let version = match &import.policy_set {
             Some((files, schema)) => Some(PolicySetVersion {
                 version: 0,
@@ -761,8 +781,13 @@ impl Store for SqlStore {
             upsert(&mut tx, UPSERT_LINK, l.id.clone(), to_doc(l)?).await?;
         }
         for p in &import.principals {
-            upsert(&mut tx, UPSERT_PRINCIPAL, p.entity_ref().to_string(), to_doc(p)?)
-                .await?;
+            upsert(
+                &mut tx,
+                UPSERT_PRINCIPAL,
+                p.entity_ref().to_string(),
+                to_doc(p)?,
+            )
+            .await?;
         }
         for e in &import.entities {
             upsert(&mut tx, UPSERT_ENTITY, e.uid.to_string(), to_doc(e)?).await?;

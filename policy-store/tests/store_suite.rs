@@ -1,0 +1,493 @@
+//! The store test suite, run against every backend: an SQLite file in a temporary directory
+//! and a fresh PostgreSQL database (from `PORTCULLIS_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`). Neither backend is ever skipped: a missing
+//! PostgreSQL fails the suite.
+
+use std::path::PathBuf;
+
+use portcullis_policy_store::decision::{
+    DecisionReason, DecisionRequest, LocalTime, RequestFacts, decide,
+};
+use portcullis_policy_store::error::StoreError;
+use portcullis_policy_store::model::*;
+use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate};
+use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use sqlx::Connection;
+
+fn policies_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+fn default_policy_files() -> (Vec<PolicyFile>, String) {
+    let dir = policies_dir();
+    let text = std::fs::read_to_string(dir.join("default.cedar")).unwrap();
+    let schema = std::fs::read_to_string(dir.join("schema.cedarschema")).unwrap();
+    (
+        vec![PolicyFile {
+            name: String::from("default.cedar"),
+            text,
+        }],
+        schema,
+    )
+}
+
+fn role(name: &str, actions: &[&str]) -> Role {
+    Role {
+        name: name.to_owned(),
+        description: String::new(),
+        actions: actions.iter().map(|s| s.to_string()).collect(),
+        scope_types: vec![],
+    }
+}
+
+fn user(id: &str, tenant: &str) -> Principal {
+    Principal {
+        kind: PrincipalKind::User,
+        id: id.to_owned(),
+        status: PrincipalStatus::Active,
+        tenant: Some(tenant.to_owned()),
+        groups: vec![],
+        attributes: PrincipalAttributes::default(),
+        trusted_devices: vec![],
+    }
+}
+
+fn eref(s: &str) -> EntityRef {
+    s.parse().unwrap()
+}
+
+fn facts() -> RequestFacts {
+    RequestFacts {
+        now: 1_800_000_000_000,
+        local_time: LocalTime {
+            hour: 10,
+            minute: 0,
+            weekday: 2,
+        },
+        risk_score: 0,
+        mfa: false,
+        device_id: None,
+        ip: None,
+        band: String::from("GREEN"),
+    }
+}
+
+async fn sqlite_store() -> (SqlStore, tempdir::TempDir) {
+    let dir = tempdir::TempDir::new();
+    let store = SqlStore::connect(&StoreConfig::Sqlite {
+        path: dir.path().join("store.db"),
+    })
+    .await
+    .unwrap();
+    (store, dir)
+}
+
+/// A fresh database on the PostgreSQL server, dropped by the guard.
+async fn postgres_store() -> (SqlStore, PgDatabase) {
+    let admin_url = std::env::var("PORTCULLIS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/test"));
+    let name = format!(
+        "portcullis_test_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("PostgreSQL must be reachable for the store suite (see .ci/run)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin_url.rsplit_once('/').unwrap().0;
+    let url = format!("{base}/{name}");
+    let store = SqlStore::connect(&StoreConfig::Postgres { url })
+        .await
+        .unwrap();
+    assert_eq!(store.backend_name(), "postgres");
+    (store, PgDatabase { admin_url, name })
+}
+
+static NEXT_DB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop on a separate runtime: the test's runtime is shutting down.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+mod tempdir {
+    pub struct TempDir(std::path::PathBuf);
+    impl TempDir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "portcullis-store-{}-{}",
+                std::process::id(),
+                super::NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _removed = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Seeds the default policies and one role, returns the revision.
+async fn seed(store: &SqlStore) -> Revision {
+    let (files, schema) = default_policy_files();
+    store
+        .import(&Import {
+            roles: vec![role("member", &["READ", "WRITE"])],
+            policy_set: Some((files, schema)),
+            ..Import::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn revisions_bump_and_changes_are_recorded(store: SqlStore) {
+    assert_eq!(store.revision().await.unwrap(), 0);
+    let r1 = seed(&store).await;
+    assert_eq!(r1, 1);
+    let r2 = store.put_principal(&user("alice", "t1")).await.unwrap();
+    assert_eq!(r2, 2);
+    let changes = store.changes_since(1, 100).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].revision, 2);
+    assert_eq!(
+        changes[0].kind,
+        ChangeKind::Principal {
+            principal: eref("User::\"alice\"")
+        }
+    );
+    assert_eq!(
+        store.changes_since(0, 100).await.unwrap()[0].kind,
+        ChangeKind::Bulk
+    );
+}
+
+async fn principals_round_trip_and_delete_cascades(store: SqlStore) {
+    seed(&store).await;
+    let mut alice = user("alice", "t1");
+    alice.attributes.clearance = 3;
+    alice.attributes.manager = Some(String::from("bob"));
+    alice.trusted_devices = vec![String::from("laptop-1")];
+    store.put_principal(&alice).await.unwrap();
+    let key = alice.entity_ref();
+    assert_eq!(
+        store.get_principal(&key).await.unwrap(),
+        Some(alice.clone())
+    );
+    store
+        .create_assignment(&Assignment {
+            id: String::from("a1"),
+            principal: key.clone(),
+            role: String::from("member"),
+            scope: Scope::Entity(eref("Space::\"s1\"")),
+            conditions: AssignmentConditions {
+                require_mfa: true,
+                ..AssignmentConditions::default()
+            },
+            assigned_by: Some(String::from("admin")),
+            reason: Some(String::from("onboarding")),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.assignments_of(&key).await.unwrap().len(), 1);
+    store.delete_principal(&key).await.unwrap();
+    assert_eq!(store.get_principal(&key).await.unwrap(), None);
+    assert!(store.assignments_of(&key).await.unwrap().is_empty());
+    assert!(matches!(
+        store.delete_principal(&key).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn invalid_writes_are_refused_and_change_nothing(store: SqlStore) {
+    seed(&store).await;
+    let before = store.revision().await.unwrap();
+    // Duplicate role name.
+    assert!(matches!(
+        store.create_role(&role("member", &["READ"])).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A role with an action the schema does not know: does not compile.
+    match store
+        .create_role(&role("broken", &["document.teleport"]))
+        .await
+    {
+        Err(StoreError::Policy(e)) => {
+            assert!(e.0[0].message.contains("`document.teleport`"), "{e}");
+        }
+        other => panic!("expected a policy error, got {other:?}"),
+    }
+    // An assignment for a principal that does not exist.
+    let orphan = Assignment {
+        id: String::from("a1"),
+        principal: eref("User::\"ghost\""),
+        role: String::from("member"),
+        scope: Scope::Global,
+        conditions: AssignmentConditions::default(),
+        assigned_by: None,
+        reason: None,
+    };
+    assert!(matches!(
+        store.create_assignment(&orphan).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // A policy file that does not validate.
+    let (_, schema) = default_policy_files();
+    let bad = vec![PolicyFile {
+        name: String::from("bad.cedar"),
+        text: String::from(
+            "@id(\"x\")\npermit(principal, action, resource) when { principal.shoe_size > 3 };",
+        ),
+    }];
+    assert!(matches!(
+        store.put_policy_set(&bad, &schema, Some("tester")).await,
+        Err(StoreError::Policy(_))
+    ));
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before,
+        "nothing was written"
+    );
+    assert!(store.changes_since(before, 10).await.unwrap().is_empty());
+}
+
+async fn roles_in_use_cannot_be_deleted(store: SqlStore) {
+    seed(&store).await;
+    store.put_principal(&user("alice", "t1")).await.unwrap();
+    store
+        .create_assignment(&Assignment {
+            id: String::from("a1"),
+            principal: eref("User::\"alice\""),
+            role: String::from("member"),
+            scope: Scope::Global,
+            conditions: AssignmentConditions::default(),
+            assigned_by: None,
+            reason: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_role("member").await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.delete_assignment("a1").await.unwrap();
+    store.delete_role("member").await.unwrap();
+    assert!(store.list_roles().await.unwrap().is_empty());
+}
+
+/// The follower path: build a snapshot, mutate the store, load the update, patch, decide.
+async fn snapshot_follows_changes(store: SqlStore) {
+    seed(&store).await;
+    store.put_principal(&user("alice", "t1")).await.unwrap();
+    store
+        .put_entity(&EntityRecord {
+            uid: eref("Document::\"d1\""),
+            parents: vec![eref("Space::\"s1\"")],
+            attributes: EntityAttributes {
+                tenant: Some(String::from("t1")),
+                ..EntityAttributes::default()
+            },
+        })
+        .await
+        .unwrap();
+    let handle =
+        SnapshotHandle::new(Snapshot::build(store.load_state().await.unwrap(), 0).unwrap());
+    let alice = eref("User::\"alice\"");
+    let doc = eref("Document::\"d1\"");
+    let f = facts();
+    let ask = |h: &SnapshotHandle| {
+        decide(
+            &h.load(),
+            &DecisionRequest {
+                principal: &alice,
+                action: "document.read",
+                resource: &doc,
+                route_parents: &[],
+                facts: &f,
+            },
+        )
+    };
+    assert_eq!(ask(&handle).reason, DecisionReason::NoPermit);
+
+    let since = handle.load().revision();
+    store
+        .create_assignment(&Assignment {
+            id: String::from("a1"),
+            principal: alice.clone(),
+            role: String::from("member"),
+            scope: Scope::Entity(eref("Space::\"s1\"")),
+            conditions: AssignmentConditions::default(),
+            assigned_by: None,
+            reason: None,
+        })
+        .await
+        .unwrap();
+    let update = store.load_update(since).await.unwrap();
+    assert!(
+        matches!(update, SnapshotUpdate::Patch(_)),
+        "a single change is patched"
+    );
+    handle.apply(update, 1).unwrap();
+    let d = ask(&handle);
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.determining_policies, vec![String::from("role:member")]);
+
+    // Suspension is seen on the next patch.
+    let since = handle.load().revision();
+    let mut suspended = user("alice", "t1");
+    suspended.status = PrincipalStatus::Suspended;
+    store.put_principal(&suspended).await.unwrap();
+    handle
+        .apply(store.load_update(since).await.unwrap(), 2)
+        .unwrap();
+    let d = ask(&handle);
+    assert!(!d.allowed);
+    assert_eq!(
+        d.determining_policies,
+        vec![String::from("status-not-active")]
+    );
+    assert_eq!(handle.load().revision(), store.revision().await.unwrap());
+}
+
+async fn revoked_sessions_expire(store: SqlStore) {
+    seed(&store).await;
+    store
+        .revoke_session(&RevokedSession {
+            session_id: String::from("sid-1"),
+            principal: Some(eref("User::\"alice\"")),
+            expires_at: 5_000,
+        })
+        .await
+        .unwrap();
+    let state = store.load_state().await.unwrap();
+    // load_state drops sessions expired in real time; this one expired in 1970.
+    assert!(state.revoked_sessions.is_empty());
+    store
+        .revoke_session(&RevokedSession {
+            session_id: String::from("sid-2"),
+            principal: None,
+            expires_at: i64::MAX,
+        })
+        .await
+        .unwrap();
+    let snap = Snapshot::build(store.load_state().await.unwrap(), 0).unwrap();
+    assert!(snap.is_session_revoked("sid-2", 1_000));
+    assert!(!snap.is_session_revoked("sid-1", 1_000));
+}
+
+async fn policy_versions_increase(store: SqlStore) {
+    seed(&store).await;
+    let (files, schema) = default_policy_files();
+    let (_, v2) = store
+        .put_policy_set(&files, &schema, Some("alice"))
+        .await
+        .unwrap();
+    assert_eq!(v2, 2);
+    let current = store.current_policy_set().await.unwrap().unwrap();
+    assert_eq!(current.version, 2);
+    assert_eq!(current.created_by.as_deref(), Some("alice"));
+}
+
+async fn bulk_import_is_one_revision_and_rebuilds(store: SqlStore) {
+    seed(&store).await;
+    let since = store.revision().await.unwrap();
+    let principals: Vec<Principal> = (0..50).map(|i| user(&format!("u{i}"), "t1")).collect();
+    let assignments: Vec<Assignment> = (0..1200)
+        .map(|i| Assignment {
+            id: format!("a{i}"),
+            principal: principals[i % 50].entity_ref(),
+            role: String::from("member"),
+            scope: Scope::Entity(eref(&format!("Space::\"s{i}\""))),
+            conditions: AssignmentConditions::default(),
+            assigned_by: None,
+            reason: None,
+        })
+        .collect();
+    let rev = store
+        .import(&Import {
+            principals,
+            assignments,
+            ..Import::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rev, since + 1);
+    match store.load_update(since).await.unwrap() {
+        SnapshotUpdate::Rebuild(state) => {
+            assert_eq!(state.assignments.len(), 1200);
+            let snap = Snapshot::build(state, 0).unwrap();
+            assert_eq!(snap.counts().assignments, 1200);
+            assert_eq!(snap.counts().principals, 50);
+        }
+        SnapshotUpdate::Patch(_) => panic!("an import must rebuild"),
+    }
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _dir) = super::sqlite_store().await;
+                    assert_eq!(store.backend_name(), "sqlite");
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _db) = super::postgres_store().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    revisions_bump_and_changes_are_recorded,
+    principals_round_trip_and_delete_cascades,
+    invalid_writes_are_refused_and_change_nothing,
+    roles_in_use_cannot_be_deleted,
+    snapshot_follows_changes,
+    revoked_sessions_expire,
+    policy_versions_increase,
+    bulk_import_is_one_revision_and_rebuilds,
+);
