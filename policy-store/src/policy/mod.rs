@@ -130,7 +130,7 @@ impl Origins {
                     file: file.clone(),
                     line,
                     column,
-                    message: format!("in policy `{id}`: {message}"),
+                    message,
                 }
             }
             None => PolicyDiagnostic {

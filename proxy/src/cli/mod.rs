@@ -1,0 +1,68 @@
+//! The `portcullis` command line: one file per subcommand, each with an `Args` struct and
+//! one `run` function returning an [`Exit`] code.
+
+pub mod policy_test;
+pub mod policy_validate;
+pub mod version;
+
+use clap::{Parser, Subcommand};
+
+/// Documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: success.
+    Ok = 0,
+    /// 1: failure (validation errors, failed tests, denied).
+    Failure = 1,
+    /// 2: usage error (bad flags; clap's own code).
+    Usage = 2,
+    /// 3: invalid input (unreadable or malformed files).
+    InvalidInput = 3,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        Self::from(e as u8)
+    }
+}
+
+/// Portcullis: a policy enforcement point for HTTP APIs, deciding every request with Cedar.
+///
+/// Exit codes: 0 ok, 1 failure (invalid policies, failed tests), 2 usage, 3 invalid input.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, long_about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Policy-as-code tools: validate and test a policies directory.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print the version and build facts.
+    Version(version::Args),
+}
+
+/// `portcullis policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate schema, policies, roles and route map strictly; print every problem as
+    /// `file:line:col: message`.
+    Validate(policy_validate::Args),
+    /// Run the test cases under `DIR/tests/` (Portcullis YAML cases and Cedar CLI
+    /// `run-tests` JSON) and print a pass/fail summary.
+    Test(policy_test::Args),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Exit {
+    match cli.command {
+        Command::Policy(PolicyCommand::Validate(args)) => policy_validate::run(&args),
+        Command::Policy(PolicyCommand::Test(args)) => policy_test::run(&args),
+        Command::Version(args) => version::run(&args),
+    }
+}

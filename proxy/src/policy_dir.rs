@@ -1,0 +1,238 @@
+//! Loading a policies directory (`policies/` in a checkout):
+//!
+//! ```text
+//! schema.cedarschema   Cedar schema (human syntax)
+//! *.cedar              hand-written policies, each with @id
+//! roles.yaml           roles as data (become `role:<name>` policies)
+//! routes.yaml          the route map (see `routes`)
+//! tests/               policy test cases (see `policy_tests`)
+//! ```
+//!
+//! Every problem is collected as a [`PolicyDiagnostic`] naming file, line and column.
+
+use std::path::{Path, PathBuf};
+
+use portcullis_policy_store::model::{PolicyFile, Role};
+use portcullis_policy_store::policy::{PolicyDiagnostic, PolicySources};
+use serde::Deserialize;
+
+/// The schema file name.
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+/// The roles file name.
+pub const ROLES_FILE: &str = "roles.yaml";
+/// The route map file name.
+pub const ROUTES_FILE: &str = "routes.yaml";
+
+/// A loaded policies directory.
+#[derive(Debug, Clone)]
+pub struct PolicyDir {
+    /// The directory.
+    pub root: PathBuf,
+    /// Sources to compile.
+    pub sources: PolicySources,
+    /// Route map text, if the directory has one.
+    pub routes: Option<PolicyFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolesFile {
+    roles: Vec<Role>,
+}
+
+/// A diagnostic for a whole file (no position).
+pub fn file_problem(file: &Path, message: impl Into<String>) -> PolicyDiagnostic {
+    PolicyDiagnostic {
+        file: file.display().to_string(),
+        line: 0,
+        column: 0,
+        message: message.into(),
+    }
+}
+
+/// A YAML error placed at its location.
+pub fn yaml_problem(file: &Path, err: &serde_saphyr::Error) -> PolicyDiagnostic {
+    let (line, column) = err
+        .location()
+        .map_or((0, 0), |l| (to_usize(l.line()), to_usize(l.column())));
+    PolicyDiagnostic {
+        file: file.display().to_string(),
+        line,
+        column,
+        message: first_line(&err.to_string()),
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// The first line of a YAML error, without the position prefix we print ourselves.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((_, message)) => message.to_owned(),
+        None => line.to_owned(),
+    }
+}
+
+fn read(path: &Path, problems: &mut Vec<PolicyDiagnostic>) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            problems.push(file_problem(path, format!("cannot read: {e}")));
+            None
+        }
+    }
+}
+
+/// Loads a policies directory. Files are named relative to the current directory as the
+/// user gave `dir`, so messages point where the user looks.
+pub fn load(dir: &Path) -> Result<PolicyDir, Vec<PolicyDiagnostic>> {
+    let mut problems = Vec::new();
+    if !dir.is_dir() {
+        return Err(vec![file_problem(dir, "is not a directory")]);
+    }
+    let schema_path = dir.join(SCHEMA_FILE);
+    let schema = read(&schema_path, &mut problems).map(|text| PolicyFile {
+        name: schema_path.display().to_string(),
+        text,
+    });
+
+    let mut cedar_paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+            .collect(),
+        Err(e) => {
+            problems.push(file_problem(dir, format!("cannot list: {e}")));
+            Vec::new()
+        }
+    };
+    cedar_paths.sort();
+    if cedar_paths.is_empty() {
+        problems.push(file_problem(dir, "holds no `*.cedar` policy file"));
+    }
+    let files: Vec<PolicyFile> = cedar_paths
+        .iter()
+        .filter_map(|p| {
+            read(p, &mut problems).map(|text| PolicyFile {
+                name: p.display().to_string(),
+                text,
+            })
+        })
+        .collect();
+
+    let roles_path = dir.join(ROLES_FILE);
+    let roles = if roles_path.exists() {
+        read(&roles_path, &mut problems)
+            .and_then(|text| match serde_saphyr::from_str::<RolesFile>(&text) {
+                Ok(parsed) => Some(parsed.roles),
+                Err(e) => {
+                    problems.push(yaml_problem(&roles_path, &e));
+                    None
+                }
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+
+    let routes_path = dir.join(ROUTES_FILE);
+    let routes = if routes_path.exists() {
+        read(&routes_path, &mut problems).map(|text| PolicyFile {
+            name: routes_path.display().to_string(),
+            text,
+        })
+    } else {
+        None
+    };
+
+    match schema {
+        Some(schema) if problems.is_empty() => Ok(PolicyDir {
+            root: dir.to_path_buf(),
+            sources: PolicySources {
+                schema,
+                files,
+                roles_source: roles_path.display().to_string(),
+                roles,
+                links: Vec::new(),
+            },
+            routes,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Places role diagnostics (which the compiler reports without a position) on the line of
+/// `- name: <role>` in the roles file.
+pub fn place_role_problems(dir: &PolicyDir, problems: &mut [PolicyDiagnostic]) {
+    let Ok(text) = std::fs::read_to_string(dir.root.join(ROLES_FILE)) else {
+        return;
+    };
+    for p in problems
+        .iter_mut()
+        .filter(|p| p.file == dir.sources.roles_source && p.line == 0)
+    {
+        let Some(name) = p
+            .message
+            .strip_prefix("role `")
+            .and_then(|rest| rest.split('`').next())
+        else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start().trim_start_matches("- ").trim_start();
+            if trimmed
+                .strip_prefix("name:")
+                .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == name)
+            {
+                p.line = i + 1;
+                p.column = line.len() - line.trim_start().len() + 1;
+                break;
+            }
+        }
+    }
+}
+
+/// A policies directory compiled: policies, roles and the route map all checked.
+#[derive(Debug)]
+pub struct CompiledDir {
+    /// What was loaded.
+    pub dir: PolicyDir,
+    /// The compiled policy set.
+    pub policies: portcullis_policy_store::policy::CompiledPolicies,
+    /// The compiled route map, if the directory has one.
+    pub routes: Option<crate::routes::RouteMap>,
+}
+
+/// Loads and compiles a policies directory, reporting every problem at once.
+pub fn compile_dir(dir: &Path) -> Result<CompiledDir, Vec<PolicyDiagnostic>> {
+    let loaded = load(dir)?;
+    let policies = match portcullis_policy_store::policy::compile(&loaded.sources) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut problems = e.0;
+            place_role_problems(&loaded, &mut problems);
+            return Err(problems);
+        }
+    };
+    let routes = match &loaded.routes {
+        Some(file) => Some(crate::routes::compile(
+            Path::new(&file.name),
+            &file.text,
+            &policies,
+        )?),
+        None => None,
+    };
+    Ok(CompiledDir {
+        dir: loaded,
+        policies,
+        routes,
+    })
+}

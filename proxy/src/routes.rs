@@ -1,0 +1,344 @@
+//! The route map: method + path template → Cedar action, resource, parents, band, public.
+//!
+//! ```yaml
+//! routes:
+//!   - name: get_document                      # unique; the metric label
+//!     method: GET                             # or a list: [GET, HEAD]
+//!     path: /v1/spaces/{space}/documents/{doc}
+//!     action: document.read                   # a concrete action of the schema
+//!     resource: Document::{doc}               # Type::{param}, Type::"literal" or Type::{$tenant}
+//!     parents: [Space::{space}]               # optional
+//!     band: AMBER                             # GREEN (default) | AMBER | RED
+//!   - name: health
+//!     method: GET
+//!     path: /healthz
+//!     public: true                            # no authentication, no decision
+//! ```
+//!
+//! Compiled once into one radix tree per method (`matchit`); a request that matches no route
+//! is refused. `{$tenant}` is the authenticated principal's tenant.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use cedar_policy::Schema;
+use portcullis_policy_store::policy::{CompiledPolicies, PolicyDiagnostic};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::policy_dir::yaml_problem;
+
+/// HTTP methods a route may name.
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Security bands (seed 000).
+pub const BANDS: &[&str] = &["GREEN", "AMBER", "RED"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    routes: Vec<Spanned<RouteSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Methods {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSpec {
+    name: String,
+    method: Methods,
+    path: String,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    parents: Vec<String>,
+    #[serde(default)]
+    band: Option<String>,
+    #[serde(default)]
+    public: bool,
+}
+
+/// How to build one entity reference of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityTemplate {
+    /// Cedar entity type.
+    pub type_name: String,
+    /// Where the id comes from.
+    pub id: IdSource,
+}
+
+/// Where an entity id comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdSource {
+    /// A path parameter.
+    Param(String),
+    /// A fixed id.
+    Literal(String),
+    /// The authenticated principal's tenant.
+    PrincipalTenant,
+}
+
+/// A compiled route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Unique name (metric label).
+    pub name: String,
+    /// Cedar action; `None` for public routes.
+    pub action: Option<String>,
+    /// Resource; `None` for public routes.
+    pub resource: Option<EntityTemplate>,
+    /// Parents of the resource.
+    pub parents: Vec<EntityTemplate>,
+    /// Security band.
+    pub band: String,
+    /// Public: forwarded without authentication or decision.
+    pub public: bool,
+}
+
+/// The compiled route map.
+#[derive(Debug, Default)]
+pub struct RouteMap {
+    by_method: HashMap<String, matchit::Router<usize>>,
+    routes: Vec<Route>,
+}
+
+/// A matched route with its path parameters.
+#[derive(Debug)]
+pub struct RouteMatch<'m, 'p> {
+    /// The route.
+    pub route: &'m Route,
+    /// Path parameters.
+    pub params: matchit::Params<'m, 'p>,
+}
+
+impl RouteMap {
+    /// The route for `method` and (normalised) `path`, if any.
+    pub fn find<'m, 'p>(&'m self, method: &str, path: &'p str) -> Option<RouteMatch<'m, 'p>> {
+        let matched = self.by_method.get(method)?.at(path).ok()?;
+        let route = self.routes.get(*matched.value)?;
+        Some(RouteMatch {
+            route,
+            params: matched.params,
+        })
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+fn parse_entity_template(
+    text: &str,
+    path_params: &HashSet<String>,
+) -> Result<EntityTemplate, String> {
+    let (type_name, id) = text.rsplit_once("::").ok_or_else(|| {
+        format!("`{text}` is not of the form `Type::{{param}}` or `Type::\"id\"`")
+    })?;
+    let id = if let Some(param) = id.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+        if param == "$tenant" {
+            IdSource::PrincipalTenant
+        } else if path_params.contains(param) {
+            IdSource::Param(param.to_owned())
+        } else {
+            return Err(format!(
+                "`{text}` names `{{{param}}}`, which is not a parameter of the path"
+            ));
+        }
+    } else if let Some(lit) = id.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        IdSource::Literal(lit.to_owned())
+    } else {
+        return Err(format!(
+            "`{text}` is not of the form `Type::{{param}}` or `Type::\"id\"`"
+        ));
+    };
+    Ok(EntityTemplate {
+        type_name: type_name.to_owned(),
+        id,
+    })
+}
+
+fn path_params(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|p| p.trim_start_matches('*').to_owned())
+        .collect()
+}
+
+/// Parses and checks a route map against the compiled policies. Every problem is reported.
+pub fn compile(
+    file: &Path,
+    text: &str,
+    policies: &CompiledPolicies,
+) -> Result<RouteMap, Vec<PolicyDiagnostic>> {
+    let parsed: RouteFile = match serde_saphyr::from_str(text) {
+        Ok(p) => p,
+        Err(e) => return Err(vec![yaml_problem(file, &e)]),
+    };
+    let schema = policies.schema();
+    let mut problems = Vec::new();
+    let mut map = RouteMap::default();
+    let mut names = HashSet::new();
+    for spanned in parsed.routes {
+        let at = |message: String| PolicyDiagnostic {
+            file: file.display().to_string(),
+            line: usize::try_from(spanned.referenced.line()).unwrap_or(0),
+            column: usize::try_from(spanned.referenced.column()).unwrap_or(0),
+            message,
+        };
+        let spec = &spanned.value;
+        let before = problems.len();
+        let label = format!("route `{}`", spec.name);
+        if !names.insert(spec.name.clone()) {
+            problems.push(at(format!("{label}: the name is already used")));
+        }
+        if !spec.path.starts_with('/') {
+            problems.push(at(format!(
+                "{label}: path `{}` must start with `/`",
+                spec.path
+            )));
+        }
+        let methods: Vec<String> = match &spec.method {
+            Methods::One(m) => vec![m.clone()],
+            Methods::Many(ms) => ms.clone(),
+        };
+        for m in &methods {
+            if !METHODS.contains(&m.as_str()) {
+                problems.push(at(format!("{label}: `{m}` is not an HTTP method")));
+            }
+        }
+        let band = spec.band.clone().unwrap_or_else(|| String::from("GREEN"));
+        if !BANDS.contains(&band.as_str()) {
+            problems.push(at(format!(
+                "{label}: band `{band}` is not one of GREEN, AMBER, RED"
+            )));
+        }
+        let params: HashSet<String> = path_params(&spec.path).into_iter().collect();
+        let mut route = Route {
+            name: spec.name.clone(),
+            action: None,
+            resource: None,
+            parents: Vec::new(),
+            band,
+            public: spec.public,
+        };
+        if spec.public {
+            if spec.action.is_some() || spec.resource.is_some() || !spec.parents.is_empty() {
+                problems.push(at(format!(
+                    "{label}: a public route takes no action, resource or parents"
+                )));
+            }
+        } else {
+            check_protected(
+                spec,
+                &params,
+                schema,
+                policies,
+                &label,
+                &mut route,
+                &mut |m| problems.push(at(m)),
+            );
+        }
+        if problems.len() > before {
+            continue;
+        }
+        let index = map.routes.len();
+        map.routes.push(route);
+        for m in methods {
+            let router = map.by_method.entry(m.clone()).or_default();
+            if let Err(e) = router.insert(spec.path.clone(), index) {
+                problems.push(at(format!("{label}: {m} {}: {e}", spec.path)));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(map)
+    } else {
+        Err(problems)
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one private step of `compile`; the arguments are its locals"
+)]
+fn check_protected(
+    spec: &RouteSpec,
+    params: &HashSet<String>,
+    schema: &Schema,
+    policies: &CompiledPolicies,
+    label: &str,
+    route: &mut Route,
+    problem: &mut dyn FnMut(String),
+) {
+    let Some(action) = &spec.action else {
+        problem(format!("{label}: a protected route needs an `action`"));
+        return;
+    };
+    if policies.index().action(action).is_none() {
+        problem(format!(
+            "{label}: action `{action}` is not a concrete action of the schema"
+        ));
+    }
+    route.action = Some(action.clone());
+    let Some(resource) = &spec.resource else {
+        problem(format!("{label}: a protected route needs a `resource`"));
+        return;
+    };
+    let known_types: HashSet<String> = schema.entity_types().map(ToString::to_string).collect();
+    match parse_entity_template(resource, params) {
+        Ok(t) => {
+            if !known_types.contains(&t.type_name) {
+                problem(format!(
+                    "{label}: resource type `{}` is not an entity type of the schema",
+                    t.type_name
+                ));
+            } else if let Some(allowed) = resource_types_of(schema, action) {
+                if !allowed.contains(&t.type_name) {
+                    problem(format!(
+                        "{label}: action `{action}` does not apply to `{}` (it applies to {})",
+                        t.type_name,
+                        allowed.join(", ")
+                    ));
+                }
+            }
+            route.resource = Some(t);
+        }
+        Err(m) => problem(format!("{label}: resource {m}")),
+    }
+    for parent in &spec.parents {
+        match parse_entity_template(parent, params) {
+            Ok(t) if known_types.contains(&t.type_name) => route.parents.push(t),
+            Ok(t) => problem(format!(
+                "{label}: parent type `{}` is not an entity type of the schema",
+                t.type_name
+            )),
+            Err(m) => problem(format!("{label}: parent {m}")),
+        }
+    }
+}
+
+/// The resource types an action applies to, per the schema.
+fn resource_types_of(schema: &Schema, action: &str) -> Option<Vec<String>> {
+    let uid = schema
+        .actions()
+        .find(|a| a.id().unescaped() == action)?
+        .clone();
+    let types: Vec<String> = schema
+        .resources_for_action(&uid)?
+        .map(ToString::to_string)
+        .collect();
+    Some(types)
+}

@@ -1,0 +1,155 @@
+//! The real `portcullis` binary against the repository's `policies/` and broken copies of it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .expect("the portcullis binary runs")
+}
+
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// A copy of `policies/` in a fresh temporary directory.
+fn copy_of_policies(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    for entry in std::fs::read_dir(policies()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(policies().join("tests")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join("tests").join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn shipped_policies_validate() {
+    let out = portcullis(&["policy", "validate", policies().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok ("), "{stdout}");
+}
+
+#[test]
+fn shipped_policy_tests_pass_and_number_at_least_forty() {
+    let out = portcullis(&["policy", "test", policies().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", stderr(&out));
+    let summary = stdout.lines().last().unwrap();
+    let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 40, "{summary}");
+    assert!(summary.ends_with(" passed, 0 failed"), "{summary}");
+}
+
+#[test]
+fn a_policy_error_names_file_line_and_column() {
+    let dir = copy_of_policies("bad-policy");
+    std::fs::write(
+        dir.join("zz-bad.cedar"),
+        "// a comment line\n@id(\"shoes\")\npermit(principal, action, resource)\nwhen { principal.shoe_size > 3 };\n",
+    )
+    .unwrap();
+    let out = portcullis(&["policy", "validate", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let expected = format!("{}:4:8: ", dir.join("zz-bad.cedar").display());
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("`shoe_size`"), "{err}");
+}
+
+#[test]
+fn a_syntax_error_and_a_missing_id_are_both_reported() {
+    let dir = copy_of_policies("syntax");
+    std::fs::write(
+        dir.join("a.cedar"),
+        "permit(principal, action, resource);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b.cedar"),
+        "@id(\"b\")\npermit(principal, action resource);\n",
+    )
+    .unwrap();
+    let out = portcullis(&["policy", "validate", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("a.cedar:1:1: policy has no `@id"), "{err}");
+    assert!(err.contains("b.cedar:2:"), "{err}");
+}
+
+#[test]
+fn a_bad_role_is_placed_on_its_line() {
+    let dir = copy_of_policies("role");
+    let roles = std::fs::read_to_string(dir.join("roles.yaml")).unwrap();
+    std::fs::write(
+        dir.join("roles.yaml"),
+        roles.replace(
+            "actions: [READ]\n    scope_types: [Space, Document]",
+            "actions: [READ, space.fly]\n    scope_types: [Space, Document]",
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&["policy", "validate", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("roles.yaml:"), "{err}");
+    assert!(
+        err.contains("role `guest`: action `space.fly` is not declared"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_route_is_reported_with_its_line() {
+    let dir = copy_of_policies("route");
+    let routes = std::fs::read_to_string(dir.join("routes.yaml")).unwrap();
+    std::fs::write(
+        dir.join("routes.yaml"),
+        routes.replace("action: document.read", "action: document.peek"),
+    )
+    .unwrap();
+    let out = portcullis(&["policy", "validate", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("routes.yaml:"), "{err}");
+    assert!(
+        err.contains("route `get_document`: action `document.peek`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_case_fails_the_run() {
+    let dir = copy_of_policies("failing");
+    std::fs::write(
+        dir.join("tests/zz.yaml"),
+        "cases:\n  - name: wrong on purpose\n    principals: [{kind: user, id: alice, tenant: t1}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    expect: {decision: allow}\n",
+    )
+    .unwrap();
+    let out = portcullis(&["policy", "test", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAIL "), "{stdout}");
+    assert!(stdout.contains("zz.yaml:2: wrong on purpose"), "{stdout}");
+    assert!(stdout.contains(" passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    let out = portcullis(&["policy", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
