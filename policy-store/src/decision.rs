@@ -353,7 +353,7 @@ fn in_force(a: &Assignment, facts: &RequestFacts, device_trusted: bool) -> bool 
     c.valid_from.is_none_or(|from| facts.now >= from)
         && c.valid_until.is_none_or(|until| facts.now < until)
         && (!c.require_mfa || facts.mfa)
-        && (c.allowed_bands.is_empty() || c.allowed_bands.iter().any(|b| *b == facts.band))
+        && (c.allowed_bands.is_empty() || c.allowed_bands.contains(&facts.band))
         && (!c.require_trusted_device || device_trusted)
 }
 
@@ -674,13 +674,13 @@ fn entity_attrs(record: Option<&EntityRecord>) -> HashMap<String, RestrictedExpr
             RestrictedExpression::new_string(k.clone()),
         );
     }
-    if let Some(o) = &a.owner {
-        if let Ok(uid) = user_uid(o) {
-            attrs.insert(
-                String::from("owner"),
-                RestrictedExpression::new_entity_uid(uid),
-            );
-        }
+    if let Some(o) = &a.owner
+        && let Ok(uid) = user_uid(o)
+    {
+        attrs.insert(
+            String::from("owner"),
+            RestrictedExpression::new_entity_uid(uid),
+        );
     }
     attrs
 }

@@ -389,7 +389,7 @@ pub struct PolicySetVersion {
 }
 
 /// A named Cedar source file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     /// File name, used in error messages (`default.cedar`).

@@ -39,13 +39,16 @@ pub struct StoreState {
     pub policy_set: Option<PolicySetVersion>,
 }
 
+/// A principal record with all its assignments.
+pub type PrincipalWithAssignments = (Principal, Vec<Assignment>);
+
 /// The current values of what changed between two revisions.
 #[derive(Debug, Clone, Default)]
 pub struct StoreDelta {
     /// Revision the delta brings the snapshot to.
     pub revision: Revision,
     /// Touched principals: their record and all their assignments, or `None` if deleted.
-    pub principals: Vec<(EntityRef, Option<(Principal, Vec<Assignment>)>)>,
+    pub principals: Vec<(EntityRef, Option<PrincipalWithAssignments>)>,
     /// Touched entities, `None` if deleted.
     pub entities: Vec<(EntityRef, Option<EntityRecord>)>,
     /// Newly revoked sessions.

@@ -3,6 +3,14 @@
 //! `postgres://postgres@127.0.0.1:5432/test`). Neither backend is ever skipped: a missing
 //! PostgreSQL fails the suite.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test helpers fail the test loudly"
+)]
+
 use std::path::PathBuf;
 
 use portcullis_policy_store::decision::{

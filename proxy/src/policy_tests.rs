@@ -336,13 +336,13 @@ fn run_case(dir: &PolicyDir, case: &Case) -> Result<(), String> {
             ));
         }
     }
-    if let Some(reason) = &case.expect.reason {
-        if reason != decision.reason.as_str() {
-            differences.push(format!(
-                "expected reason `{reason}`, got `{}`",
-                decision.reason.as_str()
-            ));
-        }
+    if let Some(reason) = &case.expect.reason
+        && reason != decision.reason.as_str()
+    {
+        differences.push(format!(
+            "expected reason `{reason}`, got `{}`",
+            decision.reason.as_str()
+        ));
     }
     if !decision.errors.is_empty() && differences.is_empty() && got == ExpectedDecision::Allow {
         differences.push(format!("unexpected errors: {:?}", decision.errors));

@@ -270,10 +270,6 @@ pub fn compile(
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one private step of `compile`; the arguments are its locals"
-)]
 fn check_protected(
     spec: &RouteSpec,
     params: &HashSet<String>,
@@ -305,14 +301,14 @@ fn check_protected(
                     "{label}: resource type `{}` is not an entity type of the schema",
                     t.type_name
                 ));
-            } else if let Some(allowed) = resource_types_of(schema, action) {
-                if !allowed.contains(&t.type_name) {
-                    problem(format!(
-                        "{label}: action `{action}` does not apply to `{}` (it applies to {})",
-                        t.type_name,
-                        allowed.join(", ")
-                    ));
-                }
+            } else if let Some(allowed) = resource_types_of(schema, action)
+                && !allowed.contains(&t.type_name)
+            {
+                problem(format!(
+                    "{label}: action `{action}` does not apply to `{}` (it applies to {})",
+                    t.type_name,
+                    allowed.join(", ")
+                ));
             }
             route.resource = Some(t);
         }

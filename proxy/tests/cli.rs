@@ -1,5 +1,11 @@
 //! The real `portcullis` binary against the repository's `policies/` and broken copies of it.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test loudly"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -67,15 +67,6 @@ pub struct PolicySources {
     pub links: Vec<TemplateLink>,
 }
 
-impl Default for PolicyFile {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            text: String::new(),
-        }
-    }
-}
-
 /// A validated policy set with its schema and the hot-path index.
 #[derive(Debug)]
 pub struct CompiledPolicies {
@@ -283,27 +274,27 @@ fn add_file(
         Some(PolicyId::new(new_id))
     };
     for template in parsed.templates() {
-        if let Some(new_id) = place(template.id(), template.annotation("id"), problems) {
-            if let Err(e) = all.add_template(template.new_id(new_id)) {
-                problems.push(PolicyDiagnostic {
-                    file: file.name.clone(),
-                    line: 0,
-                    column: 0,
-                    message: e.to_string(),
-                });
-            }
+        if let Some(new_id) = place(template.id(), template.annotation("id"), problems)
+            && let Err(e) = all.add_template(template.new_id(new_id))
+        {
+            problems.push(PolicyDiagnostic {
+                file: file.name.clone(),
+                line: 0,
+                column: 0,
+                message: e.to_string(),
+            });
         }
     }
     for policy in parsed.policies() {
-        if let Some(new_id) = place(policy.id(), policy.annotation("id"), problems) {
-            if let Err(e) = all.add(policy.new_id(new_id)) {
-                problems.push(PolicyDiagnostic {
-                    file: file.name.clone(),
-                    line: 0,
-                    column: 0,
-                    message: e.to_string(),
-                });
-            }
+        if let Some(new_id) = place(policy.id(), policy.annotation("id"), problems)
+            && let Err(e) = all.add(policy.new_id(new_id))
+        {
+            problems.push(PolicyDiagnostic {
+                file: file.name.clone(),
+                line: 0,
+                column: 0,
+                message: e.to_string(),
+            });
         }
     }
 }
