@@ -259,11 +259,6 @@ impl<'s> ResourceChain<'s> {
         })
     }
 
-    /// Whether `scope` is the resource or one of its ancestors.
-    fn covers(&self, scope: &EntityRef) -> bool {
-        scope == self.resource || self.ancestors.iter().any(|(a, _)| *a == scope)
-    }
-
     /// The tenant of the resource: its own attribute, else the nearest ancestor's, else the
     /// id of the nearest `Tenant` in the chain.
     fn effective_tenant(&self) -> Option<&'s str> {
@@ -336,10 +331,9 @@ fn effective_roles(
             .chain(resource.ancestors.iter().map(|(a, _)| *a))
             .flat_map(|scope| holder.assignments_on(scope));
         for a in holder.global_assignments().iter().chain(scoped) {
-            if in_force(a, facts, device_trusted)
-                && (a.scope.entity().is_none_or(|s| resource.covers(s)))
-                && !roles.contains(&a.role)
-            {
+            // Scoped assignments were looked up by the resource and its ancestors, so every
+            // one found here covers the resource.
+            if in_force(a, facts, device_trusted) && !roles.contains(&a.role) {
                 roles.push(a.role.clone());
             }
         }

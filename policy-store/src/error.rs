@@ -33,8 +33,8 @@ pub enum StoreError {
     /// The requested object does not exist.
     #[error("{0} not found")]
     NotFound(String),
-    /// The object already exists (unique name, id).
-    #[error("{0} already exists")]
+    /// The write conflicts with what is stored (a taken name or id, a role still in use).
+    #[error("{0}")]
     Conflict(String),
     /// The write would break the model (unknown role, invalid reference, ...).
     #[error("{0}")]

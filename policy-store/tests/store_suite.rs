@@ -273,6 +273,22 @@ async fn invalid_writes_are_refused_and_change_nothing(store: SqlStore) {
         store.create_assignment(&orphan).await,
         Err(StoreError::Invalid(_))
     ));
+    // An import whose assignment names a role that does not exist.
+    let unknown_role = Assignment {
+        role: String::from("nope"),
+        ..orphan.clone()
+    };
+    match store
+        .import(&Import {
+            principals: vec![user("ghost", "t1")],
+            assignments: vec![unknown_role],
+            ..Import::default()
+        })
+        .await
+    {
+        Err(StoreError::Invalid(e)) => assert!(e.to_string().contains("`nope`"), "{e}"),
+        other => panic!("expected an invalid import, got {other:?}"),
+    }
     // A policy file that does not validate.
     let (_, schema) = default_policy_files();
     let bad = vec![PolicyFile {

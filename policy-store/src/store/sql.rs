@@ -515,7 +515,10 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         let mut roles: Vec<Role> = all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?;
         if roles.iter().any(|r| r.name == role.name) {
-            return Err(StoreError::Conflict(format!("role `{}`", role.name)));
+            return Err(StoreError::Conflict(format!(
+                "role `{}` already exists",
+                role.name
+            )));
         }
         roles.push(role.clone());
         let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
@@ -558,7 +561,7 @@ impl Store for SqlStore {
             .try_get("n")?;
         if used > 0 {
             return Err(StoreError::Conflict(format!(
-                "role `{name}` is used by {used} assignment(s); it"
+                "role `{name}` is still used by {used} assignment(s)"
             )));
         }
         let deleted = sqlx::query("DELETE FROM roles WHERE name = $1")
@@ -770,6 +773,16 @@ impl Store for SqlStore {
         role_list.sort_by(|a, b| a.name.cmp(&b.name));
         let link_list: Vec<TemplateLink> = links.into_values().collect();
         check_compiles(version.as_ref(), &role_list, &link_list)?;
+        if let Some(a) = import
+            .assignments
+            .iter()
+            .find(|a| !role_list.iter().any(|r| r.name == a.role))
+        {
+            return Err(StoreError::Invalid(ModelError::Invalid(format!(
+                "assignment `{}` names role `{}`, which does not exist",
+                a.id, a.role
+            ))));
+        }
 
         if let Some((files, schema)) = &import.policy_set {
             insert_policy_set(&mut tx, files, schema, Some("import")).await?;
