@@ -328,6 +328,20 @@ async fn roles_in_use_cannot_be_deleted(store: SqlStore) {
         store.delete_role("member").await,
         Err(StoreError::Conflict(_))
     ));
+    // Updating keeps the name and refuses unknown roles and uncompilable changes.
+    store.update_role(&role("member", &["READ"])).await.unwrap();
+    assert_eq!(
+        store.list_roles().await.unwrap()[0].actions,
+        vec![String::from("READ")]
+    );
+    assert!(matches!(
+        store.update_role(&role("nobody", &["READ"])).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.update_role(&role("member", &["space.fly"])).await,
+        Err(StoreError::Policy(_))
+    ));
     store.delete_assignment("a1").await.unwrap();
     store.delete_role("member").await.unwrap();
     assert!(store.list_roles().await.unwrap().is_empty());

@@ -149,6 +149,36 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// Creates (`existing == false`) or replaces (`existing == true`) a role, after checking
+    /// that the role set still compiles with the current policies and links.
+    async fn write_role(&self, role: &Role, existing: bool) -> Result<Revision, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut roles: Vec<Role> = all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?;
+        match (roles.iter_mut().find(|r| r.name == role.name), existing) {
+            (Some(_), false) => {
+                return Err(StoreError::Conflict(format!(
+                    "role `{}` already exists",
+                    role.name
+                )));
+            }
+            (None, true) => return Err(StoreError::NotFound(format!("role `{}`", role.name))),
+            (Some(slot), true) => *slot = role.clone(),
+            (None, false) => roles.push(role.clone()),
+        }
+        let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
+        check_compiles(latest_policy_set(&mut tx).await?.as_ref(), &roles, &links)?;
+        upsert(&mut tx, UPSERT_ROLE, role.name.clone(), to_doc(role)?).await?;
+        self.commit(
+            tx,
+            &[ChangeKind::Role {
+                role: role.name.clone(),
+            }],
+        )
+        .await
+    }
+}
+
 /// Bumps the revision inside `conn`'s transaction and records the changes.
 async fn bump(conn: &mut AnyConnection, changes: &[ChangeKind]) -> Result<Revision, StoreError> {
     let revision: i64 = sqlx::query(
@@ -512,44 +542,11 @@ impl Store for SqlStore {
     }
 
     async fn create_role(&self, role: &Role) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut roles: Vec<Role> = all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?;
-        if roles.iter().any(|r| r.name == role.name) {
-            return Err(StoreError::Conflict(format!(
-                "role `{}` already exists",
-                role.name
-            )));
-        }
-        roles.push(role.clone());
-        let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
-        check_compiles(latest_policy_set(&mut tx).await?.as_ref(), &roles, &links)?;
-        upsert(&mut tx, UPSERT_ROLE, role.name.clone(), to_doc(role)?).await?;
-        self.commit(
-            tx,
-            &[ChangeKind::Role {
-                role: role.name.clone(),
-            }],
-        )
-        .await
+        self.write_role(role, false).await
     }
 
     async fn update_role(&self, role: &Role) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut roles: Vec<Role> = all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?;
-        let Some(slot) = roles.iter_mut().find(|r| r.name == role.name) else {
-            return Err(StoreError::NotFound(format!("role `{}`", role.name)));
-        };
-        *slot = role.clone();
-        let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
-        check_compiles(latest_policy_set(&mut tx).await?.as_ref(), &roles, &links)?;
-        upsert(&mut tx, UPSERT_ROLE, role.name.clone(), to_doc(role)?).await?;
-        self.commit(
-            tx,
-            &[ChangeKind::Role {
-                role: role.name.clone(),
-            }],
-        )
-        .await
+        self.write_role(role, true).await
     }
 
     async fn delete_role(&self, name: &str) -> Result<Revision, StoreError> {
