@@ -21,5 +21,6 @@ pub mod decision;
 pub mod error;
 pub mod model;
 pub mod policy;
+mod slice;
 pub mod snapshot;
 pub mod store;

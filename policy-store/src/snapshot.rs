@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
+use crate::decision::DecisionCache;
 use crate::error::CompileError;
 use crate::model::{
     Assignment, EntityRecord, EntityRef, PolicyFile, PolicySetVersion, Principal, Revision,
     RevokedSession, Role, TemplateLink, UnixMillis,
 };
 use crate::policy::{CompiledPolicies, PolicySources, compile};
+use crate::slice::{CedarEntity, CedarPrincipal, EntityTypes};
 
 /// Everything the store holds, loaded at once (bootstrap).
 #[derive(Debug, Clone, Default)]
@@ -70,18 +72,24 @@ pub enum SnapshotUpdate {
     Rebuild(StoreState),
 }
 
-/// A principal with its assignments indexed by scope.
+/// A principal with its assignments indexed by scope, and its Cedar form.
 #[derive(Debug, Clone)]
 pub struct PrincipalView {
     /// The principal record.
     pub principal: Principal,
     global: Vec<Arc<Assignment>>,
     scoped: HashMap<EntityRef, Vec<Arc<Assignment>>>,
+    pub(crate) cedar: CedarPrincipal,
 }
 
 impl PrincipalView {
-    fn new(principal: Principal, assignments: impl IntoIterator<Item = Assignment>) -> Self {
+    fn new(
+        principal: Principal,
+        assignments: impl IntoIterator<Item = Assignment>,
+        types: &EntityTypes,
+    ) -> Self {
         let mut view = Self {
+            cedar: CedarPrincipal::new(&principal, types),
             principal,
             global: Vec::new(),
             scoped: HashMap::new(),
@@ -115,6 +123,23 @@ impl PrincipalView {
     }
 }
 
+/// A resource entity and its Cedar form.
+#[derive(Debug, Clone)]
+pub struct EntityView {
+    /// The stored record.
+    pub record: EntityRecord,
+    pub(crate) cedar: CedarEntity,
+}
+
+impl EntityView {
+    fn new(record: EntityRecord, types: &EntityTypes) -> Self {
+        Self {
+            cedar: CedarEntity::new(&record, types),
+            record,
+        }
+    }
+}
+
 /// What the policy set was compiled from, kept to recompile when roles or links change.
 #[derive(Debug, Clone)]
 struct PolicyInputs {
@@ -131,8 +156,10 @@ pub struct Snapshot {
     policies: Arc<CompiledPolicies>,
     inputs: PolicyInputs,
     principals: imbl::HashMap<EntityRef, Arc<PrincipalView>>,
-    entities: imbl::HashMap<EntityRef, Arc<EntityRecord>>,
+    entities: imbl::HashMap<EntityRef, Arc<EntityView>>,
     revoked: imbl::HashMap<String, UnixMillis>,
+    /// Decisions made against this snapshot; a patched snapshot starts with an empty one.
+    decisions: Arc<DecisionCache>,
 }
 
 /// Why a snapshot could not be built or patched.
@@ -183,19 +210,20 @@ impl Snapshot {
         for a in state.assignments {
             by_principal.entry(a.principal.clone()).or_default().push(a);
         }
+        let types = policies.types();
         let principals = state
             .principals
             .into_iter()
             .map(|p| {
                 let key = p.entity_ref();
                 let assignments = by_principal.remove(&key).unwrap_or_default();
-                (key, Arc::new(PrincipalView::new(p, assignments)))
+                (key, Arc::new(PrincipalView::new(p, assignments, types)))
             })
             .collect();
         let entities = state
             .entities
             .into_iter()
-            .map(|e| (e.uid.clone(), Arc::new(e)))
+            .map(|e| (e.uid.clone(), Arc::new(EntityView::new(e, types))))
             .collect();
         let revoked = state
             .revoked_sessions
@@ -210,6 +238,7 @@ impl Snapshot {
             principals,
             entities,
             revoked,
+            decisions: Arc::new(DecisionCache::new()),
         })
     }
 
@@ -217,6 +246,7 @@ impl Snapshot {
     /// caller keeps serving `self`.
     pub fn patched(&self, delta: StoreDelta, now: UnixMillis) -> Result<Self, SnapshotError> {
         let mut next = self.clone();
+        next.decisions = Arc::new(DecisionCache::new());
         let recompile =
             delta.roles.is_some() || delta.template_links.is_some() || delta.policy_set.is_some();
         if let Some(version) = delta.policy_set {
@@ -235,11 +265,15 @@ impl Snapshot {
                 &next.inputs.links,
             ))?);
         }
+        let policies = Arc::clone(&next.policies);
+        let types = policies.types();
         for (key, value) in delta.principals {
             match value {
                 Some((principal, assignments)) => {
-                    next.principals
-                        .insert(key, Arc::new(PrincipalView::new(principal, assignments)));
+                    next.principals.insert(
+                        key,
+                        Arc::new(PrincipalView::new(principal, assignments, types)),
+                    );
                 }
                 None => {
                     next.principals.remove(&key);
@@ -249,7 +283,8 @@ impl Snapshot {
         for (key, value) in delta.entities {
             match value {
                 Some(record) => {
-                    next.entities.insert(key, Arc::new(record));
+                    next.entities
+                        .insert(key, Arc::new(EntityView::new(record, types)));
                 }
                 None => {
                     next.entities.remove(&key);
@@ -263,6 +298,11 @@ impl Snapshot {
         next.revision = delta.revision;
         next.built_at = now;
         Ok(next)
+    }
+
+    /// The decisions made against this snapshot.
+    pub(crate) fn decisions(&self) -> &DecisionCache {
+        &self.decisions
     }
 
     /// The store revision this snapshot reflects.
@@ -291,7 +331,7 @@ impl Snapshot {
     }
 
     /// A resource entity.
-    pub fn entity(&self, key: &EntityRef) -> Option<&Arc<EntityRecord>> {
+    pub fn entity(&self, key: &EntityRef) -> Option<&Arc<EntityView>> {
         self.entities.get(key)
     }
 

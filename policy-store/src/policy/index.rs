@@ -13,25 +13,27 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    ActionConstraint, Entities, Entity, EntityUid, Policy, PolicySet, PrincipalConstraint, Schema,
+    ActionConstraint, Entities, EntityUid, Policy, PolicySet, PrincipalConstraint, Schema,
 };
+use cedar_policy_core::ast::{Entity, EntityUID};
 
 /// Policies that may apply to one action.
 #[derive(Debug)]
 pub struct ActionPolicies {
-    uid: EntityUid,
+    uid: EntityUID,
     hierarchy: Vec<Entity>,
     shared: PolicySet,
-    by_principal: HashMap<EntityUid, PolicySet>,
+    by_principal: HashMap<EntityUID, PolicySet>,
 }
 
 impl ActionPolicies {
     /// The action's uid (`Action::"document.read"`).
-    pub fn uid(&self) -> &EntityUid {
+    pub fn uid(&self) -> &EntityUID {
         &self.uid
     }
 
-    /// The action entity and the action groups above it, for the request's entity slice.
+    /// The action entity and the action groups above it (transitively closed, as the schema
+    /// computes them), for the request's entity slice.
     pub fn hierarchy(&self) -> &[Entity] {
         &self.hierarchy
     }
@@ -42,7 +44,7 @@ impl ActionPolicies {
     }
 
     /// Policies whose principal scope names `entity` (`==` or `in`).
-    pub fn for_principal_scope(&self, entity: &EntityUid) -> Option<&PolicySet> {
+    pub fn for_principal_scope(&self, entity: &EntityUID) -> Option<&PolicySet> {
         self.by_principal.get(entity)
     }
 }
@@ -79,11 +81,11 @@ impl PolicyIndex {
             let mut hierarchy = Vec::with_capacity(ancestors.len() + 1);
             for member in std::iter::once(uid).chain(ancestors.iter()) {
                 if let Some(entity) = action_entities.get(member) {
-                    hierarchy.push(entity.clone());
+                    hierarchy.push(AsRef::<Entity>::as_ref(entity).clone());
                 }
             }
             let mut entry = ActionPolicies {
-                uid: uid.clone(),
+                uid: uid.clone().into(),
                 hierarchy,
                 shared: PolicySet::new(),
                 by_principal: HashMap::new(),
@@ -94,7 +96,7 @@ impl PolicyIndex {
                 }
                 let target = match principal_scope_entity(policy) {
                     None => &mut entry.shared,
-                    Some(scope) => entry.by_principal.entry(scope).or_default(),
+                    Some(scope) => entry.by_principal.entry(scope.into()).or_default(),
                 };
                 add_to(target, policy, all)?;
             }

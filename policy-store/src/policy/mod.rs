@@ -18,8 +18,11 @@ use cedar_policy::{Policy, PolicyId, PolicySet, Schema, SlotId, ValidationMode, 
 pub use index::{ActionPolicies, PolicyIndex};
 pub use roles::role_policy_text;
 
+use cedar_policy_core::ast::EntityUID;
+
 use crate::error::CompileError;
-use crate::model::{PolicyFile, Role, TemplateLink};
+use crate::model::{EntityRef, PolicyFile, Role, TemplateLink};
+use crate::slice::EntityTypes;
 
 /// Prefix of generated role policy ids.
 pub const ROLE_POLICY_PREFIX: &str = "role:";
@@ -73,6 +76,8 @@ pub struct CompiledPolicies {
     schema: Schema,
     all: PolicySet,
     index: PolicyIndex,
+    types: EntityTypes,
+    role_uids: HashMap<String, EntityUID>,
     warnings: Vec<PolicyDiagnostic>,
 }
 
@@ -90,6 +95,16 @@ impl CompiledPolicies {
     /// The per-action index used by the decision core.
     pub fn index(&self) -> &PolicyIndex {
         &self.index
+    }
+
+    /// The schema's entity types, parsed once.
+    pub(crate) fn types(&self) -> &EntityTypes {
+        &self.types
+    }
+
+    /// `Role::"<name>"` of every role.
+    pub(crate) fn role_uid(&self, role: &str) -> Option<&EntityUID> {
+        self.role_uids.get(role)
     }
 
     /// Validator warnings (not fatal), e.g. a policy that can never apply.
@@ -204,10 +219,21 @@ pub fn compile(sources: &PolicySources) -> Result<CompiledPolicies, CompileError
             message,
         }])
     })?;
+    let types = EntityTypes::from_schema(&schema);
+    let role_uids = sources
+        .roles
+        .iter()
+        .filter_map(|role| {
+            let uid = types.uid(&EntityRef::new("Role", role.name.as_str()).ok()?)?;
+            Some((role.name.clone(), uid))
+        })
+        .collect();
     Ok(CompiledPolicies {
         schema,
         all,
         index,
+        types,
+        role_uids,
         warnings,
     })
 }
