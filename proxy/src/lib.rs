@@ -1,8 +1,24 @@
-//! `portcullis-proxy` owns the data plane and the `portcullis` command line. So far it holds
-//! the policy-as-code tools (loading and validating a policies directory, the route map,
-//! the declarative policy tests) and the CLI; the Pingora proxy itself is the next step.
+//! `portcullis-proxy` owns the data plane and the `portcullis` command line:
+//!
+//! - [`data_plane`]: the enforcing proxy (Pingora) — path normalisation, routing,
+//!   authentication, context, decision, identity headers, the decision endpoint;
+//! - [`server`], [`ops`], [`tls`]: the listeners, health and metrics, the HTTPS certificate;
+//! - [`config`], [`reload`]: the configuration and its live reload;
+//! - [`embedded`], [`devkey`]: the embedded store and dev key of `portcullis serve`;
+//! - [`policy_dir`], [`routes`], [`policy_tests`]: policy as code;
+//! - [`cli`]: one module per subcommand.
 
 pub mod cli;
+pub mod config;
+pub mod data_plane;
+pub mod devkey;
+pub mod embedded;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
 pub mod policy_dir;
 pub mod policy_tests;
+pub mod reload;
 pub mod routes;
+pub mod server;
+pub mod tls;

@@ -213,7 +213,46 @@ pub struct CompiledDir {
 
 /// Loads and compiles a policies directory, reporting every problem at once.
 pub fn compile_dir(dir: &Path) -> Result<CompiledDir, Vec<PolicyDiagnostic>> {
-    let loaded = load(dir)?;
+    compile_loaded(load(dir)?)
+}
+
+/// The policies built into the binary (this repository's `policies/`), for `serve` started
+/// away from a checkout.
+pub fn builtin() -> Result<PolicyDir, Vec<PolicyDiagnostic>> {
+    let root = PathBuf::from("<built-in>");
+    let roles_path = root.join(ROLES_FILE);
+    let roles = serde_saphyr::from_str::<RolesFile>(BUILTIN_ROLES)
+        .map_err(|e| vec![yaml_problem(&roles_path, &e)])?
+        .roles;
+    Ok(PolicyDir {
+        sources: PolicySources {
+            schema: PolicyFile {
+                name: root.join(SCHEMA_FILE).display().to_string(),
+                text: String::from(BUILTIN_SCHEMA),
+            },
+            files: vec![PolicyFile {
+                name: root.join("default.cedar").display().to_string(),
+                text: String::from(BUILTIN_POLICIES),
+            }],
+            roles_source: roles_path.display().to_string(),
+            roles,
+            links: Vec::new(),
+        },
+        routes: Some(PolicyFile {
+            name: root.join(ROUTES_FILE).display().to_string(),
+            text: String::from(BUILTIN_ROUTES),
+        }),
+        root,
+    })
+}
+
+const BUILTIN_SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
+const BUILTIN_POLICIES: &str = include_str!("../../policies/default.cedar");
+const BUILTIN_ROLES: &str = include_str!("../../policies/roles.yaml");
+const BUILTIN_ROUTES: &str = include_str!("../../policies/routes.yaml");
+
+/// Compiles a loaded policies directory, reporting every problem at once.
+pub fn compile_loaded(loaded: PolicyDir) -> Result<CompiledDir, Vec<PolicyDiagnostic>> {
     let policies = match portcullis_policy_store::policy::compile(&loaded.sources) {
         Ok(p) => p,
         Err(e) => {

@@ -9,6 +9,7 @@
 //!     resource: Document::{doc}               # Type::{param}, Type::"literal" or Type::{$tenant}
 //!     parents: [Space::{space}]               # optional
 //!     band: AMBER                             # GREEN (default) | AMBER | RED
+//!     shadow: true                            # optional: decide and count, but forward
 //!   - name: health
 //!     method: GET
 //!     path: /healthz
@@ -22,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use cedar_policy::Schema;
+use portcullis_policy_store::model::EntityRef;
 use portcullis_policy_store::policy::{CompiledPolicies, PolicyDiagnostic};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -63,6 +65,8 @@ struct RouteSpec {
     band: Option<String>,
     #[serde(default)]
     public: bool,
+    #[serde(default)]
+    shadow: bool,
 }
 
 /// How to build one entity reference of a request.
@@ -100,6 +104,25 @@ pub struct Route {
     pub band: String,
     /// Public: forwarded without authentication or decision.
     pub public: bool,
+    /// Shadow: decided and counted, but forwarded whatever the decision.
+    pub shadow: bool,
+}
+
+impl EntityTemplate {
+    /// The entity of one request: the id from a path parameter (percent-decoded), a literal,
+    /// or the principal's tenant. `None` when the parameter or the tenant is missing.
+    pub fn resolve(
+        &self,
+        params: &matchit::Params<'_, '_>,
+        principal_tenant: Option<&str>,
+    ) -> Option<EntityRef> {
+        let id = match &self.id {
+            IdSource::Param(name) => crate::data_plane::path::decode_param(params.get(name)?)?,
+            IdSource::Literal(id) => id.clone(),
+            IdSource::PrincipalTenant => principal_tenant?.to_owned(),
+        };
+        EntityRef::new(self.type_name.as_str(), id).ok()
+    }
 }
 
 /// The compiled route map.
@@ -112,6 +135,8 @@ pub struct RouteMap {
 /// A matched route with its path parameters.
 #[derive(Debug)]
 pub struct RouteMatch<'m, 'p> {
+    /// Index of the route in [`RouteMap::routes`].
+    pub index: usize,
     /// The route.
     pub route: &'m Route,
     /// Path parameters.
@@ -122,8 +147,10 @@ impl RouteMap {
     /// The route for `method` and (normalised) `path`, if any.
     pub fn find<'m, 'p>(&'m self, method: &str, path: &'p str) -> Option<RouteMatch<'m, 'p>> {
         let matched = self.by_method.get(method)?.at(path).ok()?;
-        let route = self.routes.get(*matched.value)?;
+        let index = *matched.value;
+        let route = self.routes.get(index)?;
         Some(RouteMatch {
+            index,
             route,
             params: matched.params,
         })
@@ -137,6 +164,11 @@ impl RouteMap {
     /// Whether there are no routes.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// The routes, in file order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 }
 
@@ -233,11 +265,16 @@ pub fn compile(
             parents: Vec::new(),
             band,
             public: spec.public,
+            shadow: spec.shadow,
         };
         if spec.public {
-            if spec.action.is_some() || spec.resource.is_some() || !spec.parents.is_empty() {
+            if spec.action.is_some()
+                || spec.resource.is_some()
+                || !spec.parents.is_empty()
+                || spec.shadow
+            {
                 problems.push(at(format!(
-                    "{label}: a public route takes no action, resource or parents"
+                    "{label}: a public route takes no action, resource, parents or shadow"
                 )));
             }
         } else {

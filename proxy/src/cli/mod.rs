@@ -1,8 +1,11 @@
 //! The `portcullis` command line: one file per subcommand, each with an `Args` struct and
 //! one `run` function returning an [`Exit`] code.
 
+pub mod config_dump;
 pub mod policy_test;
 pub mod policy_validate;
+pub mod serve;
+pub mod token;
 pub mod version;
 
 use clap::{Parser, Subcommand};
@@ -28,7 +31,11 @@ impl From<Exit> for std::process::ExitCode {
 
 /// Portcullis: a policy enforcement point for HTTP APIs, deciding every request with Cedar.
 ///
-/// Exit codes: 0 ok, 1 failure (invalid policies, failed tests), 2 usage, 3 invalid input.
+/// Start with `portcullis serve` (everything in one process, embedded store), then
+/// `portcullis token --sub alice` for a dev token.
+///
+/// Exit codes: 0 ok, 1 failure (invalid policies, failed tests, cannot start), 2 usage,
+/// 3 invalid input (configuration, policies or files that must be fixed).
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about, long_about)]
 pub struct Cli {
@@ -40,11 +47,26 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run everything in one process: the enforcing proxy and the ops listener on the
+    /// embedded store (SQLite in the data directory).
+    Serve(serve::Args),
+    /// Mint a token signed by the dev key of `serve`'s data directory.
+    Token(token::Args),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Policy-as-code tools: validate and test a policies directory.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Print the version and build facts.
     Version(version::Args),
+}
+
+/// `portcullis config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (file, environment, `--set`) with secrets redacted.
+    Dump(config_dump::Args),
 }
 
 /// `portcullis policy ...`
@@ -61,6 +83,9 @@ pub enum PolicyCommand {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Exit {
     match cli.command {
+        Command::Serve(args) => serve::run(&args),
+        Command::Token(args) => token::run(&args),
+        Command::Config(ConfigCommand::Dump(args)) => config_dump::run(&args),
         Command::Policy(PolicyCommand::Validate(args)) => policy_validate::run(&args),
         Command::Policy(PolicyCommand::Test(args)) => policy_test::run(&args),
         Command::Version(args) => version::run(&args),

@@ -1,0 +1,264 @@
+//! `portcullis serve`: everything in one process on the embedded store — the enforcing
+//! proxy, the ops listener, and the store (an SQLite file in the data directory) kept in
+//! step with the policies directory. With no flags it runs on defaults: data plane on
+//! `0.0.0.0:8480`, ops on `0.0.0.0:8481`, upstream `127.0.0.1:8080`, data in
+//! `./portcullis-data`, policies from `./policies` (or the built-in set), the demo data in a
+//! new store, and a generated dev signing key when no JWKS is configured.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::Exit;
+use crate::config::{self, Config, Override};
+use crate::data_plane::authn::source::KeySource;
+use crate::data_plane::authn::{AuthSettings, Authenticator};
+use crate::data_plane::{DataPlane, Health};
+use crate::devkey::{DEV_ISSUER, DevKey};
+use crate::embedded::{self, Synced};
+use crate::reload::{self, Reloader};
+use crate::tls::ReloadingCert;
+use portcullis_policy_store::snapshot::SnapshotHandle;
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// YAML configuration file (see deploy/examples/portcullis.yaml).
+    #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override one key, e.g. `--set upstreams.0.address=127.0.0.1:3000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Do not load the demo data into a new store.
+    #[arg(long, env = "PORTCULLIS_NO_DEMO_DATA")]
+    pub no_demo_data: bool,
+}
+
+/// Parses `--set` flags; prints the bad ones.
+pub fn parse_sets(sets: &[String]) -> Option<Vec<Override>> {
+    let mut parsed = Vec::new();
+    let mut ok = true;
+    for s in sets {
+        match Override::parse(s) {
+            Ok(o) => parsed.push(o),
+            Err(e) => {
+                eprintln!("--set: {e}");
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(parsed)
+}
+
+/// Loads the configuration or prints every problem.
+pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<Config> {
+    match config::load(file, std::env::vars(), sets) {
+        Ok(c) => Some(c),
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "portcullis: the configuration has {} problem(s)",
+                problems.len()
+            );
+            None
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub fn run(args: &Args) -> Exit {
+    let Some(sets) = parse_sets(&args.sets) else {
+        return Exit::Usage;
+    };
+    let Some(config) = load_config(args.config.as_deref(), &sets) else {
+        return Exit::InvalidInput;
+    };
+    crate::logging::init(&config.log);
+    pingora::tls::install_default_crypto_provider();
+
+    let control = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("portcullis-control")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control runtime");
+            return Exit::Failure;
+        }
+    };
+
+    let started = match control.block_on(start(&config, !args.no_demo_data)) {
+        Ok(s) => s,
+        Err(Failure::Input(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            tracing::error!(problems = problems.len(), "not started: invalid input");
+            return Exit::InvalidInput;
+        }
+        Err(Failure::Runtime(e)) => {
+            tracing::error!(error = %e, "not started");
+            return Exit::Failure;
+        }
+    };
+    if let Err(e) = crate::server::check_binds(&config) {
+        tracing::error!(error = %e, "not started");
+        return Exit::Failure;
+    }
+
+    control.spawn(embedded::follow(
+        started.store.clone(),
+        Arc::clone(&started.plane.snapshot),
+    ));
+    control.spawn(started.keys.run(Arc::clone(&started.plane.authn)));
+    if let Some(cert) = &started.cert {
+        control.spawn(Arc::clone(cert).watch());
+    }
+    control.spawn(
+        Reloader {
+            config_file: args.config.clone(),
+            sets,
+            store: started.store,
+            plane: Arc::clone(&started.plane),
+            current: config.clone(),
+        }
+        .run(),
+    );
+
+    crate::server::run(&config, started.plane, started.cert);
+    tracing::info!("stopped");
+    control.shutdown_timeout(std::time::Duration::from_secs(1));
+    Exit::Ok
+}
+
+enum Failure {
+    /// Configuration, policies or keys the user must fix (exit 3).
+    Input(Vec<String>),
+    /// Anything else (exit 1).
+    Runtime(String),
+}
+
+struct Started {
+    plane: Arc<DataPlane>,
+    store: portcullis_policy_store::store::SqlStore,
+    keys: KeySource,
+    cert: Option<Arc<ReloadingCert>>,
+}
+
+async fn start(config: &Config, demo_data: bool) -> Result<Started, Failure> {
+    let compiled = reload::load_policies(config).map_err(Failure::Input)?;
+    let store = embedded::open(config).await.map_err(Failure::Runtime)?;
+    let synced = embedded::sync_policies(&store, &compiled.dir, demo_data)
+        .await
+        .map_err(|e| Failure::Input(vec![e]))?;
+    match synced {
+        Synced::Initialised { demo } => {
+            tracing::info!(demo_data = demo, "new store initialised from the policies")
+        }
+        Synced::Updated => tracing::info!("policies changed since the last start; stored"),
+        Synced::Unchanged => {}
+    }
+    let snapshot = embedded::load_snapshot(&store)
+        .await
+        .map_err(Failure::Runtime)?;
+    let policy_root = compiled.dir.root.display().to_string();
+    let gate = reload::gate(config, compiled).map_err(Failure::Input)?;
+
+    let (keys, issuer, dev_key) = key_source(config).map_err(|e| Failure::Input(vec![e]))?;
+    let settings =
+        AuthSettings::new(&config.auth, issuer.clone()).map_err(|e| Failure::Input(vec![e]))?;
+    let authn = Arc::new(Authenticator::new(
+        settings,
+        config.auth.token_cache_entries,
+    ));
+    match keys.load_local() {
+        Ok(Some(set)) => authn.set_keys(set),
+        Ok(None) => {}
+        Err(e) => return Err(Failure::Input(vec![format!("{keys}: {e}")])),
+    }
+    let cert = match &config.listen.tls {
+        Some(tls) => Some(Arc::new(
+            ReloadingCert::new(tls.cert_file.clone(), tls.key_file.clone())
+                .map_err(|e| Failure::Input(vec![format!("listen.tls: {e}")]))?,
+        )),
+        None => None,
+    };
+    if gate.context.clock_is_fixed() {
+        tracing::warn!(
+            fixed_time = config.context.fixed_time.as_deref(),
+            "the clock is pinned by context.fixed_time: for tests and demos only"
+        );
+    }
+    tracing::info!(
+        data_plane = %config.listen.address,
+        ops = %config.ops.address,
+        upstream = config.upstreams.first().map(|u| u.address.as_str()),
+        store = %describe_store(config),
+        policies = policy_root,
+        revision = snapshot.revision(),
+        routes = gate.routes.len(),
+        mode = ?gate.mode,
+        "portcullis serve starting"
+    );
+    if let Some(key) = &dev_key {
+        tracing::warn!(
+            key = %key.path().display(),
+            issuer,
+            "no JWKS configured: trusting the dev signing key; get a token with `portcullis token --sub alice`"
+        );
+    }
+    let plane = Arc::new(DataPlane {
+        gate: arc_swap::ArcSwap::from_pointee(gate),
+        snapshot: Arc::new(SnapshotHandle::new(snapshot)),
+        authn,
+        health: Arc::new(Health::default()),
+    });
+    Ok(Started {
+        plane,
+        store,
+        keys,
+        cert,
+    })
+}
+
+fn describe_store(config: &Config) -> String {
+    match embedded::store_config(config) {
+        portcullis_policy_store::store::StoreConfig::Sqlite { path } => {
+            format!("sqlite:{}", path.display())
+        }
+        portcullis_policy_store::store::StoreConfig::Postgres { .. } => String::from("postgres"),
+    }
+}
+
+/// The configured JWKS, or the dev key (created in the data directory if needed).
+fn key_source(config: &Config) -> Result<(KeySource, String, Option<DevKey>), String> {
+    let auth = &config.auth;
+    if let Some(path) = &auth.jwks_file {
+        let issuer = auth.issuer.clone().unwrap_or_default();
+        return Ok((KeySource::File(path.clone()), issuer, None));
+    }
+    if let Some(url) = &auth.jwks_url {
+        let issuer = auth.issuer.clone().unwrap_or_default();
+        return Ok((
+            KeySource::Url {
+                url: url.clone(),
+                refresh: std::time::Duration::from_secs(auth.jwks_refresh_seconds.max(10)),
+            },
+            issuer,
+            None,
+        ));
+    }
+    embedded::create_private_dir(&config.data_dir)?;
+    let (key, created) = DevKey::load_or_create(&config.data_dir)?;
+    if created {
+        tracing::info!(key = %key.path().display(), "dev signing key created");
+    }
+    let issuer = auth
+        .issuer
+        .clone()
+        .unwrap_or_else(|| String::from(DEV_ISSUER));
+    Ok((KeySource::Fixed(key.jwks()), issuer, Some(key)))
+}

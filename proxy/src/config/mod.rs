@@ -1,0 +1,774 @@
+//! The configuration file: one YAML document, read strictly and checked as a whole before
+//! any listener binds.
+//!
+//! Sources, later ones winning: the file (with `${VAR}` / `${VAR:default}` interpolation),
+//! `PORTCULLIS_SECTION__KEY=value` environment variables, repeated `--set a.b=value` flags.
+//! Secrets may be given as `*_file` keys, read at load time. Every problem is reported at
+//! once: file errors as `file:line:col: message`, the rest naming the key
+//! (`auth.jwks_url: ...`). `portcullis config dump` prints the effective result with
+//! secrets redacted.
+//!
+//! Every field is documented in `deploy/examples/portcullis.yaml`.
+
+mod interpolate;
+mod overrides;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use overrides::Override;
+
+/// Default data-plane address (CONVENTIONS.md).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8480";
+/// Default ops address (health and metrics).
+pub const DEFAULT_OPS: &str = "0.0.0.0:8481";
+/// Default upstream for a sidecar.
+pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:8080";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The data-plane listeners.
+    pub listen: ListenConfig,
+    /// The ops listener: `/livez`, `/readyz`, `/healthz`, `/metrics`.
+    pub ops: OpsConfig,
+    /// Where allowed requests go; the first match by host and path prefix wins.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The policies directory (schema, policies, roles, route map).
+    pub policies: PoliciesConfig,
+    /// Where `serve` keeps its state: the SQLite store and the dev signing key.
+    pub data_dir: PathBuf,
+    /// The store `serve` runs on; default: `<data_dir>/store.db`.
+    pub store: StoreConfig,
+    /// Authentication of callers.
+    pub auth: AuthConfig,
+    /// How the request context is built.
+    pub context: ContextConfig,
+    /// What happens with a decision.
+    pub enforcement: EnforcementConfig,
+    /// The decision-only endpoint for other gateways.
+    pub decision_endpoint: DecisionEndpointConfig,
+    /// Shutdown timing.
+    pub shutdown: ShutdownConfig,
+    /// Worker threads of the data plane.
+    pub threads: usize,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: ListenConfig::default(),
+            ops: OpsConfig::default(),
+            upstreams: vec![UpstreamConfig::default()],
+            policies: PoliciesConfig::default(),
+            data_dir: PathBuf::from("portcullis-data"),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            context: ContextConfig::default(),
+            enforcement: EnforcementConfig::default(),
+            decision_endpoint: DecisionEndpointConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            threads: 2,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Data-plane listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Plain-HTTP address, `host:port`.
+    pub address: String,
+    /// An HTTPS listener beside it.
+    pub tls: Option<TlsListenConfig>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            address: String::from(DEFAULT_LISTEN),
+            tls: None,
+        }
+    }
+}
+
+/// An HTTPS listener. Certificate and key are re-read when the files change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenConfig {
+    /// `host:port`.
+    pub address: String,
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// The ops listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// `host:port`.
+    pub address: String,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            address: String::from(DEFAULT_OPS),
+        }
+    }
+}
+
+/// One upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Name, for logs.
+    pub name: String,
+    /// `host:port` (a sidecar's app: `127.0.0.1:<port>`).
+    pub address: String,
+    /// Connect with TLS.
+    pub tls: bool,
+    /// TLS server name; default: the host of `address`.
+    pub sni: Option<String>,
+    /// Only requests for this `Host` (edge gateway); absent: any host.
+    pub host: Option<String>,
+    /// Only requests whose normalised path starts with this prefix.
+    pub path_prefix: String,
+    /// Connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Timeout for each read from the upstream.
+    pub read_timeout_ms: u64,
+    /// How long an idle pooled connection is kept (keepalive).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            name: String::from("app"),
+            address: String::from(DEFAULT_UPSTREAM),
+            tls: false,
+            sni: None,
+            host: None,
+            path_prefix: String::from("/"),
+            connect_timeout_ms: 2_000,
+            read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// The policies directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Directory with `schema.cedarschema`, `*.cedar`, `roles.yaml`, `routes.yaml`. When it
+    /// does not exist, the policies built into the binary are used.
+    pub dir: PathBuf,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("policies"),
+        }
+    }
+}
+
+/// The store of `serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite file; default `<data_dir>/store.db`.
+    pub sqlite_path: Option<PathBuf>,
+    /// PostgreSQL URL instead of SQLite (a secret: redacted in dumps).
+    pub postgres_url: Option<String>,
+    /// File holding the PostgreSQL URL.
+    pub postgres_url_file: Option<PathBuf>,
+}
+
+/// JWT authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Required `iss`. `serve` without `jwks_url`/`jwks_file` uses its dev issuer.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (one must match).
+    pub audiences: Vec<String>,
+    /// Accepted `alg` values. Symmetric (`HS*`) algorithms are refused.
+    pub algorithms: Vec<String>,
+    /// JWKS URL, fetched at start, refreshed periodically and on an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// JWKS file, re-read when it changes.
+    pub jwks_file: Option<PathBuf>,
+    /// Periodic JWKS refresh.
+    pub jwks_refresh_seconds: u64,
+    /// At most one refetch per this many seconds when a token names an unknown `kid`.
+    pub unknown_kid_cooldown_seconds: u64,
+    /// Clock skew allowed for `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// Larger `Authorization` headers are refused.
+    pub max_token_bytes: usize,
+    /// Verified tokens kept (each until its `exp`).
+    pub token_cache_entries: u64,
+    /// Which claims mean what.
+    pub claims: ClaimsConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audiences: vec![String::from("portcullis")],
+            algorithms: vec![
+                String::from("RS256"),
+                String::from("ES256"),
+                String::from("EdDSA"),
+            ],
+            jwks_url: None,
+            jwks_file: None,
+            jwks_refresh_seconds: 300,
+            unknown_kid_cooldown_seconds: 30,
+            leeway_seconds: 30,
+            max_token_bytes: 8_192,
+            token_cache_entries: 100_000,
+            claims: ClaimsConfig::default(),
+        }
+    }
+}
+
+/// Claim names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimsConfig {
+    /// The principal id.
+    pub subject: String,
+    /// The principal's tenant (informational: the store's tenant is authoritative).
+    pub tenant: String,
+    /// Risk score 0..100.
+    pub risk_score: String,
+    /// Device id.
+    pub device_id: String,
+    /// `amr` values that count as a second factor.
+    pub mfa_amr: Vec<String>,
+    /// `acr` values that count as a second factor.
+    pub mfa_acr: Vec<String>,
+    /// A token is a service's (client credentials) when this claim ...
+    pub service_claim: String,
+    /// ... has this value.
+    pub service_value: String,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        Self {
+            subject: String::from("sub"),
+            tenant: String::from("tenant"),
+            risk_score: String::from("risk_score"),
+            device_id: String::from("device_id"),
+            mfa_amr: ["mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "pop"]
+                .map(String::from)
+                .to_vec(),
+            mfa_acr: Vec::new(),
+            service_claim: String::from("gty"),
+            service_value: String::from("client-credentials"),
+        }
+    }
+}
+
+/// The request context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    /// IANA time zone for working hours.
+    pub time_zone: String,
+    /// Pins the clock (RFC 3339) — for tests and demos only; logged loudly at start.
+    pub fixed_time: Option<String>,
+    /// Peers (CIDRs) whose `X-Forwarded-For`, risk and device headers are believed.
+    pub trusted_hops: Vec<String>,
+    /// Header carrying a risk score from a trusted hop.
+    pub risk_header: String,
+    /// Header carrying a device id from a trusted hop.
+    pub device_header: String,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        Self {
+            time_zone: String::from("UTC"),
+            fixed_time: None,
+            trusted_hops: Vec::new(),
+            risk_header: String::from("x-risk-score"),
+            device_header: String::from("x-device-id"),
+        }
+    }
+}
+
+/// What a decision does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnforcementConfig {
+    /// `enforce`, or `shadow` (decide, count and log, but forward everything).
+    pub mode: Mode,
+    /// Status for requests no route matches: 403 or 404.
+    pub unmatched_status: u16,
+}
+
+impl Default for EnforcementConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Enforce,
+            unmatched_status: 403,
+        }
+    }
+}
+
+/// Enforcement mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Denied requests are refused.
+    Enforce,
+    /// Denied requests are counted and logged, and forwarded.
+    Shadow,
+}
+
+/// The decision endpoint (nginx `auth_request`, Envoy ext_authz HTTP, Traefik forwardAuth).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionEndpointConfig {
+    /// Serve it on the data-plane listener.
+    pub enabled: bool,
+    /// Its path; requests below it carry the original path (Envoy's `path_prefix`).
+    pub path: String,
+    /// Gateways (CIDRs) whose `X-Original-*` / `X-Forwarded-*` headers are believed.
+    pub trusted_gateways: Vec<String>,
+}
+
+impl Default for DecisionEndpointConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: String::from("/.portcullis/authz"),
+            trusted_gateways: vec![String::from("127.0.0.1/32"), String::from("::1/128")],
+        }
+    }
+}
+
+/// Shutdown timing. The defaults fit Kubernetes' 30 s termination grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, `/readyz` answers 503 this long while traffic still flows.
+    pub drain_delay_seconds: u64,
+    /// Then listeners close and in-flight requests get this long.
+    pub grace_period_seconds: u64,
+    /// Then the runtimes are stopped within this long.
+    pub runtime_timeout_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay_seconds: 5,
+            grace_period_seconds: 15,
+            runtime_timeout_seconds: 5,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `auto` (JSON unless stderr is a terminal), `json` or `text`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `portcullis=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: String::from("info"),
+        }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// JSON lines unless stderr is a terminal.
+    Auto,
+    /// JSON lines.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// One problem with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// `file:line:col`, `PORTCULLIS_X__Y`, `--set a.b` or the key path.
+    pub at: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+fn problem(at: impl Into<String>, message: impl Into<String>) -> ConfigProblem {
+    ConfigProblem {
+        at: at.into(),
+        message: message.into(),
+    }
+}
+
+/// Loads the configuration: the file (if any), then environment overrides, then `--set`
+/// flags, then secrets from `*_file` keys; checks it as a whole.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    sets: &[Override],
+) -> Result<Config, Vec<ConfigProblem>> {
+    let mut config = match file {
+        None => Config::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                vec![problem(
+                    path.display().to_string(),
+                    format!("cannot read: {e}"),
+                )]
+            })?;
+            let text = interpolate::interpolate(&text, |name| std::env::var(name).ok()).map_err(
+                |(line, message)| vec![problem(format!("{}:{line}", path.display()), message)],
+            )?;
+            serde_saphyr::from_str::<Config>(&text).map_err(|e| {
+                let at = match e.location() {
+                    Some(l) => format!("{}:{}:{}", path.display(), l.line(), l.column()),
+                    None => path.display().to_string(),
+                };
+                vec![problem(at, first_line(&e.to_string()))]
+            })?
+        }
+    };
+    let mut all: Vec<Override> = env
+        .into_iter()
+        .filter_map(|(k, v)| Override::from_env(&k, &v))
+        .collect();
+    all.extend(sets.iter().cloned());
+    if !all.is_empty() {
+        config = overrides::apply(config, &all)?;
+    }
+    read_secret_files(&mut config)?;
+    let problems = validate(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The first line of a YAML error, without the position prefix we print ourselves.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((_, message)) => message.to_owned(),
+        None => line.to_owned(),
+    }
+}
+
+fn read_secret_files(config: &mut Config) -> Result<(), Vec<ConfigProblem>> {
+    if let Some(path) = &config.store.postgres_url_file {
+        if config.store.postgres_url.is_some() {
+            return Err(vec![problem(
+                "store.postgres_url_file",
+                "give `postgres_url` or `postgres_url_file`, not both",
+            )]);
+        }
+        let url = std::fs::read_to_string(path).map_err(|e| {
+            vec![problem(
+                "store.postgres_url_file",
+                format!("cannot read `{}`: {e}", path.display()),
+            )]
+        })?;
+        config.store.postgres_url = Some(url.trim().to_owned());
+    }
+    Ok(())
+}
+
+/// Parses `host:port` into a socket address.
+pub fn socket_addr(s: &str) -> Option<SocketAddr> {
+    s.parse().ok()
+}
+
+/// Every problem of a parsed configuration.
+pub fn validate(config: &Config) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    let mut check_addr = |at: &str, value: &str| {
+        if socket_addr(value).is_none() {
+            problems.push(problem(
+                at,
+                format!("`{value}` is not an address of the form `ip:port`"),
+            ));
+        }
+    };
+    check_addr("listen.address", &config.listen.address);
+    check_addr("ops.address", &config.ops.address);
+    if let Some(tls) = &config.listen.tls {
+        check_addr("listen.tls.address", &tls.address);
+    }
+    if let Some(tls) = &config.listen.tls {
+        for (at, path) in [
+            ("listen.tls.cert_file", &tls.cert_file),
+            ("listen.tls.key_file", &tls.key_file),
+        ] {
+            if !path.is_file() {
+                problems.push(problem(at, format!("`{}` is not a file", path.display())));
+            }
+        }
+    }
+    if config.upstreams.is_empty() {
+        problems.push(problem("upstreams", "at least one upstream is needed"));
+    }
+    for (i, u) in config.upstreams.iter().enumerate() {
+        let at = |key: &str| format!("upstreams.{i}.{key}");
+        if split_host_port(&u.address).is_none() {
+            problems.push(problem(
+                at("address"),
+                format!("`{}` is not of the form `host:port`", u.address),
+            ));
+        }
+        if !u.path_prefix.starts_with('/') {
+            problems.push(problem(at("path_prefix"), "must start with `/`"));
+        }
+        if u.connect_timeout_ms == 0 || u.read_timeout_ms == 0 {
+            problems.push(problem(
+                at("connect_timeout_ms"),
+                "timeouts must be above 0",
+            ));
+        }
+    }
+    let auth = &config.auth;
+    if auth.jwks_url.is_some() && auth.jwks_file.is_some() {
+        problems.push(problem(
+            "auth.jwks_url",
+            "give `jwks_url` or `jwks_file`, not both",
+        ));
+    }
+    if let Some(url) = &auth.jwks_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        problems.push(problem(
+            "auth.jwks_url",
+            format!("`{url}` is not an http(s) URL"),
+        ));
+    }
+    if (auth.jwks_url.is_some() || auth.jwks_file.is_some()) && auth.issuer.is_none() {
+        problems.push(problem(
+            "auth.issuer",
+            "required with `jwks_url` or `jwks_file`",
+        ));
+    }
+    if auth.audiences.is_empty() {
+        problems.push(problem("auth.audiences", "at least one audience is needed"));
+    }
+    if auth.algorithms.is_empty() {
+        problems.push(problem(
+            "auth.algorithms",
+            "at least one algorithm is needed",
+        ));
+    }
+    for alg in &auth.algorithms {
+        if let Err(message) = crate::data_plane::authn::parse_algorithm(alg) {
+            problems.push(problem("auth.algorithms", message));
+        }
+    }
+    if auth.max_token_bytes < 64 {
+        problems.push(problem("auth.max_token_bytes", "must be at least 64"));
+    }
+    if jiff::tz::TimeZone::get(&config.context.time_zone).is_err() {
+        problems.push(problem(
+            "context.time_zone",
+            format!("`{}` is not an IANA time zone", config.context.time_zone),
+        ));
+    }
+    if let Some(t) = &config.context.fixed_time
+        && t.parse::<jiff::Timestamp>().is_err()
+    {
+        problems.push(problem(
+            "context.fixed_time",
+            format!("`{t}` is not an RFC 3339 instant"),
+        ));
+    }
+    for (at, list) in [
+        ("context.trusted_hops", &config.context.trusted_hops),
+        (
+            "decision_endpoint.trusted_gateways",
+            &config.decision_endpoint.trusted_gateways,
+        ),
+    ] {
+        for cidr in list {
+            if parse_cidr(cidr).is_none() {
+                problems.push(problem(
+                    at,
+                    format!("`{cidr}` is not an IP network or address"),
+                ));
+            }
+        }
+    }
+    for (at, name) in [
+        ("context.risk_header", &config.context.risk_header),
+        ("context.device_header", &config.context.device_header),
+    ] {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(problem(at, format!("`{name}` is not a header name")));
+        }
+    }
+    if !matches!(config.enforcement.unmatched_status, 403 | 404) {
+        problems.push(problem(
+            "enforcement.unmatched_status",
+            "must be 403 or 404",
+        ));
+    }
+    let endpoint = &config.decision_endpoint.path;
+    if !endpoint.starts_with('/') || endpoint.len() < 2 {
+        problems.push(problem(
+            "decision_endpoint.path",
+            "must start with `/` and name a path",
+        ));
+    }
+    if config.threads == 0 {
+        problems.push(problem("threads", "must be at least 1"));
+    }
+    if config.store.postgres_url.is_some() && config.store.sqlite_path.is_some() {
+        problems.push(problem(
+            "store.postgres_url",
+            "give `sqlite_path` or `postgres_url`, not both",
+        ));
+    }
+    let s = &config.shutdown;
+    if s.drain_delay_seconds + s.grace_period_seconds + s.runtime_timeout_seconds > 300 {
+        problems.push(problem(
+            "shutdown",
+            "the three periods add up to more than 300 s",
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
+        problems.push(problem(
+            "log.level",
+            format!("`{}` is not a log filter", config.log.level),
+        ));
+    }
+    problems
+}
+
+/// `host:port` → (host, port).
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+/// An IP network, or a single address as a /32 or /128 network.
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// The configuration as YAML with secrets replaced by `<redacted>`.
+pub fn dump(config: &Config) -> String {
+    let mut shown = config.clone();
+    if shown.store.postgres_url.is_some() {
+        shown.store.postgres_url = Some(String::from("<redacted>"));
+    }
+    serde_saphyr::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert_eq!(validate(&Config::default()), vec![]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let mut c = Config::default();
+        c.listen.address = String::from("nope");
+        c.context.time_zone = String::from("Mars/Olympus");
+        c.auth.algorithms = vec![String::from("HS256")];
+        c.enforcement.unmatched_status = 500;
+        let problems = validate(&c);
+        let keys: Vec<&str> = problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listen.address",
+                "auth.algorithms",
+                "context.time_zone",
+                "enforcement.unmatched_status"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_line_and_key() {
+        let dir = std::env::temp_dir().join(format!("portcullis-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.yaml");
+        std::fs::write(&path, "listen:\n  address: 0.0.0.0:1\n  adress: x\n").unwrap();
+        let problems = load(Some(&path), [], &[]).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        let text = problems[0].to_string();
+        assert!(
+            text.starts_with(&format!("{}:3:", path.display())),
+            "{text}"
+        );
+        assert!(text.contains("adress"), "{text}");
+    }
+
+    #[test]
+    fn environment_and_set_override_the_file_in_that_order() {
+        let dir = std::env::temp_dir().join(format!("portcullis-config-o-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, "threads: 3\nops:\n  address: 127.0.0.1:1\n").unwrap();
+        let env = [
+            (
+                String::from("PORTCULLIS_OPS__ADDRESS"),
+                String::from("127.0.0.1:2"),
+            ),
+            (String::from("PORTCULLIS_THREADS"), String::from("9")),
+            (String::from("PORTCULLIS_POLICY_DIR"), String::from("x")),
+        ];
+        let sets = [Override::parse("threads=4").unwrap()];
+        let c = load(Some(&path), env, &sets).unwrap();
+        assert_eq!(c.ops.address, "127.0.0.1:2");
+        assert_eq!(c.threads, 4);
+    }
+}

@@ -1,0 +1,224 @@
+//! The request context: the clock in the configured time zone, the client address, and the
+//! risk score and device id — from the token, or from headers only when the peer is a
+//! configured trusted hop.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+use portcullis_policy_store::decision::{LocalTime, RequestFacts};
+
+use super::authn::Identity;
+use crate::config::{ContextConfig, parse_cidr};
+
+/// Context settings, parsed once.
+#[derive(Debug, Clone)]
+pub struct ContextSettings {
+    time_zone: jiff::tz::TimeZone,
+    fixed_now_ms: Option<i64>,
+    trusted_hops: Vec<IpNet>,
+    risk_header: HeaderName,
+    device_header: HeaderName,
+}
+
+/// `X-Forwarded-For`.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+
+impl ContextSettings {
+    /// From validated configuration.
+    pub fn new(config: &ContextConfig) -> Result<Self, String> {
+        let time_zone = jiff::tz::TimeZone::get(&config.time_zone)
+            .map_err(|e| format!("context.time_zone: {e}"))?;
+        let fixed_now_ms = config
+            .fixed_time
+            .as_deref()
+            .map(|t| {
+                t.parse::<jiff::Timestamp>()
+                    .map(|ts| ts.as_millisecond())
+                    .map_err(|e| format!("context.fixed_time: {e}"))
+            })
+            .transpose()?;
+        let trusted_hops = config
+            .trusted_hops
+            .iter()
+            .map(|c| parse_cidr(c).ok_or_else(|| format!("context.trusted_hops: `{c}`")))
+            .collect::<Result<_, _>>()?;
+        let header = |name: &str, key: &str| {
+            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("{key}: `{name}` is not a header name"))
+        };
+        Ok(Self {
+            time_zone,
+            fixed_now_ms,
+            trusted_hops,
+            risk_header: header(&config.risk_header, "context.risk_header")?,
+            device_header: header(&config.device_header, "context.device_header")?,
+        })
+    }
+
+    /// Whether the clock is pinned (`context.fixed_time`).
+    pub fn clock_is_fixed(&self) -> bool {
+        self.fixed_now_ms.is_some()
+    }
+
+    /// Now, in milliseconds since the epoch (the pinned instant if configured).
+    pub fn now_ms(&self) -> i64 {
+        self.fixed_now_ms
+            .unwrap_or_else(|| jiff::Timestamp::now().as_millisecond())
+    }
+
+    /// Whether `peer` is a trusted hop.
+    pub fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|ip| self.trusted_hops.iter().any(|net| net.contains(&ip)))
+    }
+
+    /// The client address: the peer, or — when the peer is a trusted hop — the rightmost
+    /// address of `X-Forwarded-For` that is not itself a trusted hop.
+    pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut chain: Vec<IpAddr> = Vec::new();
+        for value in headers.get_all(FORWARDED_FOR) {
+            let Ok(text) = value.to_str() else {
+                return peer;
+            };
+            for part in text.split(',') {
+                match part.trim().parse::<IpAddr>() {
+                    Ok(ip) => chain.push(ip),
+                    // An unreadable entry ends what we can believe.
+                    Err(_) => return peer,
+                }
+            }
+        }
+        let mut client = peer;
+        for ip in chain.into_iter().rev() {
+            client = Some(ip);
+            if !self.is_trusted(Some(ip)) {
+                break;
+            }
+        }
+        client
+    }
+
+    /// The facts of one request.
+    pub fn facts(
+        &self,
+        identity: &Identity,
+        band: &str,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+        now_ms: i64,
+    ) -> RequestFacts {
+        let trusted = self.is_trusted(peer);
+        let header_text = |name: &HeaderName| {
+            trusted
+                .then(|| headers.get(name))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let header_risk = header_text(&self.risk_header).map(|v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map_or(100, |f| f.round().clamp(0.0, 100.0) as i64)
+        });
+        // Both sources given: the higher risk counts.
+        let risk_score = match (identity.risk_score, header_risk) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
+        let device_id = identity
+            .device_id
+            .clone()
+            .or_else(|| header_text(&self.device_header).map(str::to_owned));
+        RequestFacts {
+            now: now_ms,
+            local_time: LocalTime::at(now_ms, &self.time_zone),
+            risk_score,
+            mfa: identity.mfa,
+            device_id,
+            ip: self.client_ip(peer, headers).map(|ip| ip.to_string()),
+            band: band.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy_store::model::principal_ref;
+
+    fn settings(hops: &[&str]) -> ContextSettings {
+        ContextSettings::new(&ContextConfig {
+            time_zone: String::from("Europe/Berlin"),
+            fixed_time: Some(String::from("2026-01-05T08:30:00Z")),
+            trusted_hops: hops.iter().map(|s| s.to_string()).collect(),
+            ..ContextConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            principal: principal_ref(portcullis_policy_store::model::PrincipalKind::User, "a"),
+            tenant: None,
+            mfa: false,
+            risk_score: None,
+            device_id: None,
+            session_ids: vec![],
+            expires_at: 0,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_hops() {
+        let s = settings(&["10.0.0.0/8"]);
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, 10.0.0.7")]);
+        let untrusted: IpAddr = "192.0.2.1".parse().unwrap();
+        let trusted: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(s.client_ip(Some(untrusted), &h), Some(untrusted));
+        assert_eq!(s.client_ip(Some(trusted), &h), "1.2.3.4".parse().ok());
+        let spoofed = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4")]);
+        assert_eq!(s.client_ip(Some(trusted), &spoofed), "1.2.3.4".parse().ok());
+        let junk = headers(&[("x-forwarded-for", "nonsense")]);
+        assert_eq!(s.client_ip(Some(trusted), &junk), Some(trusted));
+    }
+
+    #[test]
+    fn risk_and_device_headers_need_a_trusted_peer_and_the_clock_is_local() {
+        let s = settings(&["10.0.0.0/8"]);
+        let h = headers(&[("x-risk-score", "85"), ("x-device-id", "laptop")]);
+        let f = s.facts(
+            &identity(),
+            "GREEN",
+            "192.0.2.1".parse().ok(),
+            &h,
+            s.now_ms(),
+        );
+        assert_eq!((f.risk_score, f.device_id.as_deref()), (0, None));
+        let f = s.facts(
+            &identity(),
+            "GREEN",
+            "10.1.1.1".parse().ok(),
+            &h,
+            s.now_ms(),
+        );
+        assert_eq!((f.risk_score, f.device_id.as_deref()), (85, Some("laptop")));
+        // 08:30 UTC on Monday 5 January 2026 is 09:30 in Berlin.
+        assert_eq!((f.local_time.hour, f.local_time.weekday), (9, 1));
+    }
+}

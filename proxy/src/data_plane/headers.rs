@@ -1,0 +1,181 @@
+//! The identity headers Portcullis sets for the upstream, and the client headers it never
+//! lets through.
+//!
+//! Set on every allowed request (and removed from every client request, in any spelling:
+//! case, `_` or `.` for `-`, repeated):
+//!
+//! | header | value |
+//! |---|---|
+//! | `x-portcullis-subject` | the principal id (token subject) |
+//! | `x-portcullis-principal-type` | `user` or `service` |
+//! | `x-portcullis-tenant` | the principal's tenant in the store, if any |
+//! | `x-portcullis-roles` | roles in force for this request, comma-separated |
+//! | `x-portcullis-decision-id` | the decision's id (also in the audit record) |
+//! | `traceparent` | W3C trace context: the caller's trace with a new span, or a new trace |
+//!
+//! Also removed from client requests, because some frameworks route by them: every header
+//! that claims an "original" URL (`x-original-url`, `x-original-uri`, `x-rewrite-url`,
+//! `x-forwarded-uri`, `x-forwarded-prefix`, `x-forwarded-path`, `x-envoy-original-path`).
+
+use pingora::http::RequestHeader;
+use rand::RngCore;
+
+/// Prefix of every identity header.
+pub const PREFIX: &str = "x-portcullis-";
+/// The principal id.
+pub const SUBJECT: &str = "x-portcullis-subject";
+/// `user` or `service`.
+pub const PRINCIPAL_TYPE: &str = "x-portcullis-principal-type";
+/// The principal's tenant.
+pub const TENANT: &str = "x-portcullis-tenant";
+/// Roles in force, comma-separated.
+pub const ROLES: &str = "x-portcullis-roles";
+/// The decision id.
+pub const DECISION_ID: &str = "x-portcullis-decision-id";
+/// W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+const ORIGINAL_URL_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-envoy-original-path",
+];
+
+/// Whether a client header must not reach the upstream: an identity header or an
+/// original-URL header, in any spelling.
+pub fn is_reserved(name: &str) -> bool {
+    let canonical: String = name
+        .chars()
+        .map(|c| match c {
+            '_' | '.' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    canonical.starts_with(PREFIX) || ORIGINAL_URL_HEADERS.contains(&canonical.as_str())
+}
+
+/// Removes every reserved header from a request.
+pub fn strip_reserved(request: &mut RequestHeader) {
+    let names: Vec<http::HeaderName> = request
+        .headers
+        .keys()
+        .filter(|n| is_reserved(n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        // `remove_header` removes every value of the name.
+        request.remove_header(&name);
+    }
+}
+
+/// A W3C trace context for the next hop: the caller's trace id and flags with a new span id,
+/// or a new sampled trace when the caller sent none (or an invalid one). Returns the header
+/// value and the trace id.
+pub fn next_traceparent(incoming: Option<&str>) -> (String, String) {
+    let mut rng = rand::thread_rng();
+    let mut span = [0_u8; 8];
+    rng.fill_bytes(&mut span);
+    if span == [0; 8] {
+        span[7] = 1;
+    }
+    let span = hex(&span);
+    if let Some((trace_id, flags)) = incoming.and_then(parse_traceparent) {
+        return (format!("00-{trace_id}-{span}-{flags}"), trace_id.to_owned());
+    }
+    let mut trace = [0_u8; 16];
+    rng.fill_bytes(&mut trace);
+    if trace == [0; 16] {
+        trace[15] = 1;
+    }
+    let trace_id = hex(&trace);
+    (format!("00-{trace_id}-{span}-01"), trace_id)
+}
+
+/// `(trace id, flags)` of a valid version-00 `traceparent`.
+fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = parts.next().is_none()
+        && version == "00"
+        && lower_hex(trace, 32)
+        && lower_hex(parent, 16)
+        && lower_hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some((trace, flags))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0x0f])
+        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_in_every_spelling() {
+        for name in [
+            "X-Portcullis-Subject",
+            "x_portcullis_subject",
+            "X.Portcullis.Roles",
+            "x-portcullis-anything",
+            "X-Original-URL",
+            "x_forwarded_uri",
+        ] {
+            assert!(is_reserved(name), "{name}");
+        }
+        for name in [
+            "authorization",
+            "x-portcullisx",
+            "x-forwarded-for",
+            "traceparent",
+        ] {
+            assert!(!is_reserved(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn strip_removes_duplicates_and_variants() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("X-Portcullis-Subject", "mallory")
+            .unwrap();
+        req.append_header("x-portcullis-subject", "mallory2")
+            .unwrap();
+        req.append_header("X_Portcullis_Roles", "admin").unwrap();
+        req.append_header("X-Original-URL", "/admin").unwrap();
+        req.append_header("Accept", "*/*").unwrap();
+        strip_reserved(&mut req);
+        let left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn traceparent_keeps_the_trace_and_makes_a_new_span() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (next, trace) = next_traceparent(Some(incoming));
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(next.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!next.contains("00f067aa0ba902b7"));
+        let (fresh, trace) = next_traceparent(Some("garbage"));
+        assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            parse_traceparent(&fresh).map(|(t, _)| t),
+            Some(trace.as_str())
+        );
+    }
+}

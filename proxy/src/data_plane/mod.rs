@@ -1,0 +1,417 @@
+//! The data plane: what happens to one request, from its target to a forward or a refusal.
+//!
+//! - [`path`] normalises the target once; [`crate::routes`] maps method + path to a Cedar
+//!   action and resource;
+//! - [`authn`] verifies the bearer token; [`context`] builds the request facts;
+//! - [`DataPlane::check`] runs those steps and the decision core, and says whether to
+//!   forward (with which identity) or to refuse (with which [`respond::Rejection`]);
+//! - [`proxy`] is the Pingora `ProxyHttp` that calls it for every request and also serves
+//!   the decision-only endpoint for other gateways;
+//! - [`headers`] owns the identity headers.
+//!
+//! Everything the checks read — route map, settings, snapshot, keys — is prepared ahead and
+//! swapped atomically; nothing here does I/O or holds a lock across an await.
+
+pub mod authn;
+pub mod context;
+pub mod headers;
+pub mod path;
+pub mod proxy;
+pub mod respond;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use ipnet::IpNet;
+use portcullis_policy_store::decision::{DecisionRequest, decide};
+use portcullis_policy_store::model::PrincipalKind;
+use portcullis_policy_store::snapshot::SnapshotHandle;
+
+use crate::config::{Config, Mode, parse_cidr, split_host_port};
+use crate::metrics::{METRICS, Outcome};
+use crate::routes::RouteMap;
+use authn::Authenticator;
+use context::ContextSettings;
+use path::Target;
+use respond::Rejection;
+
+/// One upstream, ready to connect to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name, for logs.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Connect with TLS.
+    pub tls: bool,
+    /// TLS server name.
+    pub sni: String,
+    /// Only for this `Host`.
+    pub host: Option<String>,
+    /// Only below this path prefix.
+    pub path_prefix: String,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Read timeout.
+    pub read_timeout: Duration,
+    /// Keepalive of idle pooled connections.
+    pub idle_timeout: Duration,
+}
+
+impl Upstream {
+    fn serves(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.host, host) {
+            (None, _) => true,
+            (Some(want), Some(got)) => {
+                let got = got.rsplit_once(':').map_or(got, |(h, _)| h);
+                want.eq_ignore_ascii_case(got)
+            }
+            (Some(_), None) => false,
+        };
+        let prefix = self.path_prefix.as_str();
+        let path_ok = prefix.ends_with('/') && path.starts_with(prefix)
+            || path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'));
+        host_ok && path_ok
+    }
+}
+
+/// The decision endpoint's settings.
+#[derive(Debug, Clone)]
+pub struct DecisionEndpoint {
+    /// Its path.
+    pub path: String,
+    /// Peers allowed to call it.
+    pub trusted_gateways: Vec<IpNet>,
+}
+
+/// Everything the data plane decides with apart from the snapshot and the keys: built from
+/// the configuration and the route map, replaced whole on reload.
+#[derive(Debug)]
+pub struct Gate {
+    /// The compiled route map.
+    pub routes: RouteMap,
+    /// Enforce or shadow.
+    pub mode: Mode,
+    /// 403 or 404 for unmatched requests.
+    pub unmatched_status: u16,
+    /// Context settings.
+    pub context: ContextSettings,
+    /// Upstreams, first match wins.
+    pub upstreams: Vec<Upstream>,
+    /// The decision endpoint, if enabled.
+    pub decision_endpoint: Option<DecisionEndpoint>,
+}
+
+impl Gate {
+    /// Builds a gate from validated configuration and a compiled route map.
+    pub fn new(config: &Config, routes: RouteMap) -> Result<Self, String> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let (host, _) = split_host_port(&u.address)
+                    .ok_or_else(|| format!("upstream `{}`: bad address", u.name))?;
+                Ok(Upstream {
+                    name: u.name.clone(),
+                    address: u.address.clone(),
+                    tls: u.tls,
+                    sni: u.sni.clone().unwrap_or_else(|| host.to_owned()),
+                    host: u.host.clone(),
+                    path_prefix: u.path_prefix.clone(),
+                    connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                    read_timeout: Duration::from_millis(u.read_timeout_ms),
+                    idle_timeout: Duration::from_millis(u.idle_timeout_ms),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let endpoint = &config.decision_endpoint;
+        let decision_endpoint = endpoint
+            .enabled
+            .then(|| {
+                Ok::<_, String>(DecisionEndpoint {
+                    path: endpoint.path.trim_end_matches('/').to_owned(),
+                    trusted_gateways: endpoint
+                        .trusted_gateways
+                        .iter()
+                        .map(|c| {
+                            parse_cidr(c)
+                                .ok_or_else(|| format!("decision_endpoint.trusted_gateways: `{c}`"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            routes,
+            mode: config.enforcement.mode,
+            unmatched_status: config.enforcement.unmatched_status,
+            context: ContextSettings::new(&config.context)?,
+            upstreams,
+            decision_endpoint,
+        })
+    }
+
+    /// The upstream for a host and normalised path.
+    pub fn upstream_for(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.serves(host, path))
+    }
+
+    /// The route name for metrics.
+    pub fn route_name(&self, index: Option<usize>) -> &str {
+        index
+            .and_then(|i| self.routes.routes().get(i))
+            .map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str())
+    }
+}
+
+/// What the upstream may trust about an allowed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The principal id.
+    pub subject: String,
+    /// `user` or `service`.
+    pub principal_type: &'static str,
+    /// The principal's tenant in the store.
+    pub tenant: Option<String>,
+    /// Roles in force.
+    pub roles: Vec<String>,
+    /// The decision id.
+    pub decision_id: String,
+}
+
+/// The result of checking one request.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The matched route, by index.
+    pub route: Option<usize>,
+    /// For metrics.
+    pub outcome: Outcome,
+    /// What to answer instead of forwarding; `None` to forward.
+    pub rejection: Option<Rejection>,
+    /// In shadow mode, what would have been answered.
+    pub shadowed: Option<Rejection>,
+    /// Identity headers for the upstream (allowed, or authenticated in shadow mode).
+    pub grant: Option<Grant>,
+    /// Decision facts for the log: principal, action, resource.
+    pub subject: Option<DecisionSubject>,
+}
+
+/// What a decision was about, for logs.
+#[derive(Debug, Clone)]
+pub struct DecisionSubject {
+    /// `User::"alice"`.
+    pub principal: String,
+    /// Cedar action.
+    pub action: String,
+    /// `Document::"d1"`.
+    pub resource: String,
+    /// Determining policy ids.
+    pub policies: Vec<String>,
+    /// Answered from the decision cache.
+    pub cached: bool,
+}
+
+/// Readiness facts, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// SIGTERM arrived: report unready while draining.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The data plane's shared state.
+#[derive(Debug)]
+pub struct DataPlane {
+    /// Routes and settings.
+    pub gate: ArcSwap<Gate>,
+    /// The store snapshot.
+    pub snapshot: Arc<SnapshotHandle>,
+    /// Token verification.
+    pub authn: Arc<Authenticator>,
+    /// Readiness.
+    pub health: Arc<Health>,
+}
+
+fn new_decision_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl DataPlane {
+    /// Checks one request: route, authentication, decision. `target` is already normalised.
+    pub fn check(
+        &self,
+        gate: &Gate,
+        method: &str,
+        target: &Target,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Checked {
+        let mut checked = Checked {
+            route: None,
+            outcome: Outcome::Error,
+            rejection: None,
+            shadowed: None,
+            grant: None,
+            subject: None,
+        };
+        let Some(matched) = gate.routes.find(method, &target.path) else {
+            return checked.reject(Rejection::Unmatched {
+                status: gate.unmatched_status,
+            });
+        };
+        checked.route = Some(matched.index);
+        let route = matched.route;
+        if route.public {
+            checked.outcome = Outcome::Public;
+            return checked;
+        }
+        let shadow = gate.mode == Mode::Shadow || route.shadow;
+        let (Some(action), Some(resource_template)) = (&route.action, &route.resource) else {
+            // A compiled protected route always has both.
+            return checked.reject(Rejection::Unavailable("route_incomplete"));
+        };
+
+        let now_ms = gate.context.now_ms();
+        let authorization = headers
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        let identity = match self.authn.authenticate(authorization, now_ms / 1000) {
+            Ok((identity, cached)) => {
+                METRICS
+                    .jwt
+                    .with_label_values(&[if cached { "cached" } else { "ok" }])
+                    .inc();
+                identity
+            }
+            Err(e) => {
+                METRICS.jwt.with_label_values(&[e.code()]).inc();
+                let rejection = if e == authn::AuthnError::NoKeys {
+                    Rejection::Unavailable("keys_not_loaded")
+                } else {
+                    Rejection::Unauthenticated(e)
+                };
+                return checked.reject_or_shadow(rejection, shadow);
+            }
+        };
+
+        let snapshot = self.snapshot.load();
+        if identity
+            .session_ids
+            .iter()
+            .any(|s| snapshot.is_session_revoked(s, now_ms))
+        {
+            return checked.reject_or_shadow(Rejection::SessionRevoked, shadow);
+        }
+        let principal_view = snapshot.principal(&identity.principal);
+        let tenant = principal_view.and_then(|p| p.principal.tenant.clone());
+        let decision_id = new_decision_id();
+        let grant = Grant {
+            subject: identity.principal.id().to_owned(),
+            principal_type: match PrincipalKind::from_cedar_type(identity.principal.type_name()) {
+                Some(PrincipalKind::Service) => "service",
+                _ => "user",
+            },
+            tenant: tenant.clone(),
+            roles: Vec::new(),
+            decision_id: decision_id.clone(),
+        };
+
+        let resource = resource_template.resolve(&matched.params, tenant.as_deref());
+        let parents: Option<Vec<_>> = route
+            .parents
+            .iter()
+            .map(|p| p.resolve(&matched.params, tenant.as_deref()))
+            .collect();
+        let (Some(resource), Some(parents)) = (resource, parents) else {
+            let reason = if principal_view.is_none() {
+                "unknown_principal"
+            } else {
+                "no_tenant"
+            };
+            checked.grant = Some(grant);
+            return checked.reject_or_shadow(
+                Rejection::Denied {
+                    decision_id,
+                    reason,
+                },
+                shadow,
+            );
+        };
+        let peer_headers = headers;
+        let facts = gate
+            .context
+            .facts(&identity, &route.band, peer, peer_headers, now_ms);
+        let decision = decide(
+            &snapshot,
+            &DecisionRequest {
+                principal: &identity.principal,
+                action,
+                resource: &resource,
+                route_parents: &parents,
+                facts: &facts,
+            },
+        );
+        METRICS
+            .decision_seconds
+            .with_label_values(&[if decision.cached { "true" } else { "false" }])
+            .observe(decision.elapsed.as_secs_f64());
+        checked.subject = Some(DecisionSubject {
+            principal: identity.principal.to_string(),
+            action: action.clone(),
+            resource: resource.to_string(),
+            policies: decision.determining_policies.clone(),
+            cached: decision.cached,
+        });
+        checked.grant = Some(Grant {
+            roles: decision.effective_roles.clone(),
+            ..grant
+        });
+        if decision.allowed {
+            checked.outcome = Outcome::Allowed;
+            return checked;
+        }
+        checked.reject_or_shadow(
+            Rejection::Denied {
+                decision_id,
+                reason: decision.reason.as_str(),
+            },
+            shadow,
+        )
+    }
+}
+
+impl Checked {
+    fn reject(mut self, rejection: Rejection) -> Self {
+        self.outcome = rejection.outcome();
+        self.rejection = Some(rejection);
+        self.grant = None;
+        self
+    }
+
+    fn reject_or_shadow(mut self, rejection: Rejection, shadow: bool) -> Self {
+        if shadow && !matches!(rejection, Rejection::Unavailable(_)) {
+            self.outcome = Outcome::ShadowDenied;
+            self.shadowed = Some(rejection);
+            self
+        } else {
+            self.reject(rejection)
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The Pingora `ProxyHttp` of the data plane: access control in `request_filter` (a refusal
+//! is written there and ends the request), the upstream chosen in `upstream_peer`, identity
+//! headers and the normalised target set in `upstream_request_filter`, metrics and the
+//! decision log in `logging`.
+//!
+//! The same listener serves the decision-only endpoint (`decision_endpoint.path`) for other
+//! gateways: nginx `auth_request` (`X-Original-Method`, `X-Original-URI`), Traefik
+//! forwardAuth (`X-Forwarded-Method`, `X-Forwarded-Uri`) and Envoy's HTTP ext_authz (the
+//! original path appended to the endpoint path). It answers 200 with the identity headers,
+//! or the refusal, and forwards nothing. Those headers are believed only from a configured
+//! trusted gateway.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::headers::{self, strip_reserved};
+use super::path::{Target, normalize};
+use super::respond::{Rejection, bad_gateway_body};
+use super::{Checked, DataPlane, Gate, Grant};
+use crate::metrics::{METRICS, Outcome};
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct RequestCtx {
+    started: Instant,
+    gate: Option<Arc<Gate>>,
+    target: Option<Target>,
+    checked: Option<Checked>,
+    upstream: Option<usize>,
+    upstream_started: Option<Instant>,
+    traceparent: Option<(String, String)>,
+    outcome: Outcome,
+}
+
+/// The data-plane proxy.
+#[derive(Debug)]
+pub struct EnforcingProxy {
+    plane: Arc<DataPlane>,
+}
+
+impl EnforcingProxy {
+    /// A proxy over the shared data-plane state.
+    pub fn new(plane: Arc<DataPlane>) -> Self {
+        Self { plane }
+    }
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn header_text<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The grant as response or request headers.
+fn grant_headers(grant: &Grant) -> [(&'static str, String); 5] {
+    [
+        (headers::SUBJECT, grant.subject.clone()),
+        (headers::PRINCIPAL_TYPE, grant.principal_type.to_owned()),
+        (headers::TENANT, grant.tenant.clone().unwrap_or_default()),
+        (headers::ROLES, grant.roles.join(",")),
+        (headers::DECISION_ID, grant.decision_id.clone()),
+    ]
+}
+
+impl EnforcingProxy {
+    /// Handles a call of the decision endpoint; always answers it.
+    async fn decision_endpoint(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        gate: &Gate,
+        prefix_len: usize,
+    ) -> pingora::Result<bool> {
+        let Some(endpoint) = &gate.decision_endpoint else {
+            return Ok(false);
+        };
+        let peer = peer_ip(session);
+        if !peer.is_some_and(|ip| endpoint.trusted_gateways.iter().any(|n| n.contains(&ip))) {
+            return self.refuse(session, ctx, Rejection::UntrustedGateway).await;
+        }
+        let req = session.req_header();
+        let (method, uri): (String, Vec<u8>) = if let Some(uri) = header_text(req, "x-original-uri")
+        {
+            let method = header_text(req, "x-original-method").unwrap_or("GET");
+            (method.to_owned(), uri.as_bytes().to_vec())
+        } else if let Some(uri) = header_text(req, "x-forwarded-uri") {
+            let method = header_text(req, "x-forwarded-method").unwrap_or("GET");
+            (method.to_owned(), uri.as_bytes().to_vec())
+        } else {
+            // Envoy ext_authz (HTTP): the original path follows the endpoint path.
+            let raw = req.raw_path();
+            let rest = raw.get(prefix_len..).unwrap_or_default();
+            let rest = if rest.first() == Some(&b'?') || rest.is_empty() {
+                [b"/".as_slice(), rest].concat()
+            } else {
+                rest.to_vec()
+            };
+            (req.method.as_str().to_owned(), rest)
+        };
+        let target = match normalize(&uri) {
+            Ok(t) => t,
+            Err(e) => {
+                METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                return self.refuse(session, ctx, Rejection::BadTarget(e)).await;
+            }
+        };
+        let checked = self.plane.check(
+            gate,
+            &method.to_ascii_uppercase(),
+            &target,
+            &session.req_header().headers,
+            peer,
+        );
+        ctx.outcome = checked.outcome;
+        ctx.target = Some(target);
+        let result = match &checked.rejection {
+            Some(rejection) => rejection.send(session).await,
+            None => {
+                let mut header = ResponseHeader::build(200, Some(7))?;
+                if let Some(grant) = &checked.grant {
+                    for (name, value) in grant_headers(grant) {
+                        header.insert_header(name, value)?;
+                    }
+                }
+                header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+                header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+                session
+                    .write_response_header(Box::new(header), false)
+                    .await?;
+                session.write_response_body(Some(Bytes::new()), true).await
+            }
+        };
+        ctx.checked = Some(checked);
+        result.map(|()| true)
+    }
+
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: Rejection,
+    ) -> pingora::Result<bool> {
+        ctx.outcome = rejection.outcome();
+        rejection.send(session).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EnforcingProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            started: Instant::now(),
+            gate: None,
+            target: None,
+            checked: None,
+            upstream: None,
+            upstream_started: None,
+            traceparent: None,
+            outcome: Outcome::Error,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<bool> {
+        let gate = self.plane.gate.load_full();
+        ctx.gate = Some(Arc::clone(&gate));
+        if self.plane.health.is_draining() {
+            // Keep serving while draining, but close connections so clients move on.
+            session.set_keepalive(None);
+        }
+
+        let raw = session.req_header().raw_path();
+        if let Some(endpoint) = &gate.decision_endpoint {
+            let p = endpoint.path.as_bytes();
+            if raw.starts_with(p) && matches!(raw.get(p.len()), None | Some(b'/' | b'?')) {
+                return self.decision_endpoint(session, ctx, &gate, p.len()).await;
+            }
+        }
+
+        let target = match normalize(raw) {
+            Ok(t) => t,
+            Err(e) => {
+                METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                return self.refuse(session, ctx, Rejection::BadTarget(e)).await;
+            }
+        };
+        let host =
+            header_text(session.req_header(), "host").or_else(|| session.req_header().uri.host());
+        let Some(upstream) = gate.upstream_for(host, &target.path) else {
+            ctx.target = Some(target);
+            return self.refuse(session, ctx, Rejection::NoUpstream).await;
+        };
+        ctx.upstream = Some(upstream);
+
+        let checked = self.plane.check(
+            &gate,
+            session.req_header().method.as_str(),
+            &target,
+            &session.req_header().headers,
+            peer_ip(session),
+        );
+        ctx.outcome = checked.outcome;
+        ctx.target = Some(target);
+        let refused = match &checked.rejection {
+            Some(rejection) => {
+                rejection.send(session).await?;
+                true
+            }
+            None => false,
+        };
+        ctx.checked = Some(checked);
+        Ok(refused)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let upstream = ctx
+            .gate
+            .as_ref()
+            .zip(ctx.upstream)
+            .and_then(|(gate, i)| gate.upstreams.get(i))
+            .ok_or_else(|| {
+                pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen")
+            })?;
+        let mut peer = HttpPeer::new(
+            upstream.address.as_str(),
+            upstream.tls,
+            upstream.sni.clone(),
+        );
+        peer.options.connection_timeout = Some(upstream.connect_timeout);
+        peer.options.read_timeout = Some(upstream.read_timeout);
+        peer.options.idle_timeout = Some(upstream.idle_timeout);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        // INVARIANT: the upstream receives exactly the target that was authorised.
+        let target = ctx.target.as_ref().ok_or_else(|| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, "no normalised target")
+        })?;
+        let uri: http::Uri = target.path_and_query().parse().map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, "normalised target")
+        })?;
+        upstream_request.set_uri(uri);
+        strip_reserved(upstream_request);
+
+        let (traceparent, trace_id) =
+            headers::next_traceparent(header_text(upstream_request, headers::TRACEPARENT));
+        upstream_request.insert_header(headers::TRACEPARENT, traceparent.as_str())?;
+        ctx.traceparent = Some((traceparent, trace_id));
+
+        if let Some(grant) = ctx.checked.as_ref().and_then(|c| c.grant.as_ref()) {
+            for (name, value) in grant_headers(grant) {
+                upstream_request.insert_header(name, value)?;
+            }
+        }
+        // The client address as we see it; a chain is only extended for trusted hops.
+        let peer = peer_ip(session);
+        if let (Some(ip), Some(gate)) = (peer, ctx.gate.as_ref()) {
+            let forwarded = match header_text(upstream_request, super::context::FORWARDED_FOR) {
+                Some(chain) if gate.context.is_trusted(peer) => format!("{chain}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream_request.insert_header(super::context::FORWARDED_FOR, forwarded)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let code = match e.esource() {
+            pingora::ErrorSource::Upstream => 502,
+            pingora::ErrorSource::Downstream => 0,
+            pingora::ErrorSource::Internal | pingora::ErrorSource::Unset => 500,
+        };
+        if code > 0 {
+            ctx.outcome = Outcome::Error;
+            let body = if code == 502 {
+                bad_gateway_body()
+            } else {
+                br#"{"error":"internal"}"#
+            };
+            let sent = async {
+                let mut header = ResponseHeader::build(code, Some(3))?;
+                header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+                session
+                    .write_response_header(Box::new(header), false)
+                    .await?;
+                session
+                    .write_response_body(Some(Bytes::from_static(body)), true)
+                    .await
+            };
+            if let Err(write_error) = sent.await {
+                tracing::debug!(error = %write_error, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        error: Option<&pingora::Error>,
+        ctx: &mut Self::CTX,
+    ) {
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.gate.as_ref().map_or(crate::metrics::NO_ROUTE, |g| {
+            g.route_name(ctx.checked.as_ref().and_then(|c| c.route))
+        });
+        let outcome = if error.is_some() && ctx.outcome == Outcome::Allowed {
+            Outcome::Error
+        } else {
+            ctx.outcome
+        };
+        METRICS
+            .requests
+            .with_label_values(&[route, outcome.as_str()])
+            .inc();
+        METRICS.request_seconds.observe(elapsed.as_secs_f64());
+        if let Some(started) = ctx.upstream_started {
+            METRICS
+                .upstream_seconds
+                .with_label_values(&[route])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let checked = ctx.checked.as_ref();
+        let refusal = checked.and_then(|c| c.rejection.as_ref().or(c.shadowed.as_ref()));
+        let subject = checked.and_then(|c| c.subject.as_ref());
+        let decision_id = checked
+            .and_then(|c| c.grant.as_ref())
+            .map(|g| g.decision_id.as_str());
+        let trace_id = ctx.traceparent.as_ref().map(|(_, t)| t.as_str());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if matches!(
+            outcome,
+            Outcome::Denied | Outcome::ShadowDenied | Outcome::Unauthenticated | Outcome::Error
+        ) {
+            tracing::info!(
+                route,
+                outcome = outcome.as_str(),
+                status,
+                reason = refusal.map(Rejection::reason),
+                principal = subject.map(|s| s.principal.as_str()),
+                action = subject.map(|s| s.action.as_str()),
+                resource = subject.map(|s| s.resource.as_str()),
+                policies = ?subject.map(|s| &s.policies),
+                decision_id,
+                trace_id,
+                elapsed_us = elapsed.as_micros() as u64,
+                error = error.map(|e| e.to_string()),
+                "request refused"
+            );
+        } else if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                route,
+                outcome = outcome.as_str(),
+                status,
+                principal = subject.map(|s| s.principal.as_str()),
+                action = subject.map(|s| s.action.as_str()),
+                resource = subject.map(|s| s.resource.as_str()),
+                cached = subject.map(|s| s.cached),
+                decision_id,
+                trace_id,
+                elapsed_us = elapsed.as_micros() as u64,
+                "request"
+            );
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Every response the data plane makes itself, built in one place: what a client sees when
+//! Portcullis refuses a request. Bodies are small JSON documents with a stable `error` code;
+//! they never carry policy text, keys or internal detail.
+//!
+//! | status | `error` | when |
+//! |---|---|---|
+//! | 400 | `bad_request` | the request target is ambiguous (`reason` says why) |
+//! | 401 | `unauthenticated` | no, bad or revoked credentials; with `WWW-Authenticate: Bearer` |
+//! | 403 | `forbidden` | the decision denied (`reason`, `decision_id`), or no route matches |
+//! | 404 | `not_found` | no route matches and `enforcement.unmatched_status` is 404 |
+//! | 502 | `bad_gateway` | the upstream failed |
+//! | 503 | `unavailable` | not ready (no keys loaded yet) or shutting down |
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde::Serialize;
+
+use super::authn::AuthnError;
+use super::headers::DECISION_ID;
+use super::path::PathError;
+use crate::metrics::Outcome;
+
+/// Why the data plane answers a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// An ambiguous request target.
+    BadTarget(PathError),
+    /// No route matches (403 or 404).
+    Unmatched {
+        /// 403 or 404.
+        status: u16,
+    },
+    /// No upstream serves this host and path.
+    NoUpstream,
+    /// No or bad credentials.
+    Unauthenticated(AuthnError),
+    /// The token's session (`sid`/`jti`) was revoked.
+    SessionRevoked,
+    /// The decision denied.
+    Denied {
+        /// The decision id.
+        decision_id: String,
+        /// Short reason code.
+        reason: &'static str,
+    },
+    /// The decision endpoint was called by a peer that is not a trusted gateway.
+    UntrustedGateway,
+    /// Not ready to decide.
+    Unavailable(&'static str),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision_id: Option<&'a str>,
+}
+
+impl Rejection {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadTarget(_) => 400,
+            Self::Unmatched { status } => *status,
+            Self::NoUpstream => 404,
+            Self::Unauthenticated(_) | Self::SessionRevoked => 401,
+            Self::Denied { .. } | Self::UntrustedGateway => 403,
+            Self::Unavailable(_) => 503,
+        }
+    }
+
+    /// The metric outcome.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::BadTarget(_) => Outcome::BadRequest,
+            Self::Unmatched { .. } | Self::NoUpstream => Outcome::Unmatched,
+            Self::Unauthenticated(_) | Self::SessionRevoked => Outcome::Unauthenticated,
+            Self::Denied { .. } | Self::UntrustedGateway => Outcome::Denied,
+            Self::Unavailable(_) => Outcome::Unavailable,
+        }
+    }
+
+    /// The stable reason code, for logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadTarget(e) => e.code(),
+            Self::Unmatched { .. } => "no_route",
+            Self::NoUpstream => "no_upstream",
+            Self::Unauthenticated(e) => e.code(),
+            Self::SessionRevoked => "session_revoked",
+            Self::Denied { reason, .. } => reason,
+            Self::UntrustedGateway => "untrusted_gateway",
+            Self::Unavailable(why) => why,
+        }
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let (error, reason, decision_id) = match self {
+            Self::BadTarget(e) => ("bad_request", Some(e.code()), None),
+            Self::Unmatched { status: 404 } | Self::NoUpstream => {
+                ("not_found", Some(self.reason()), None)
+            }
+            Self::Unmatched { .. } => ("forbidden", Some("no_route"), None),
+            Self::Unauthenticated(e) => ("unauthenticated", Some(e.code()), None),
+            Self::SessionRevoked => ("unauthenticated", Some("session_revoked"), None),
+            Self::Denied {
+                decision_id,
+                reason,
+            } => ("forbidden", Some(*reason), Some(decision_id.as_str())),
+            Self::UntrustedGateway => ("forbidden", Some("untrusted_gateway"), None),
+            Self::Unavailable(why) => ("unavailable", Some(*why), None),
+        };
+        serde_json::to_vec(&Body {
+            error,
+            reason,
+            decision_id,
+        })
+        .unwrap_or_default()
+    }
+
+    /// The `WWW-Authenticate` value for a 401.
+    fn challenge(&self) -> Option<String> {
+        let error = match self {
+            Self::Unauthenticated(e) => e.bearer_error(),
+            Self::SessionRevoked => Some("invalid_token"),
+            _ => return None,
+        };
+        Some(match error {
+            None => String::from("Bearer realm=\"portcullis\""),
+            Some(error) => format!(
+                "Bearer realm=\"portcullis\", error=\"{error}\", error_description=\"{}\"",
+                self.reason()
+            ),
+        })
+    }
+
+    /// The response header, without a body length.
+    pub fn header(&self, body_len: usize) -> pingora::Result<ResponseHeader> {
+        let mut header = ResponseHeader::build(self.status(), Some(5))?;
+        header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        header.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
+        header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        if let Some(challenge) = self.challenge() {
+            header.insert_header(http::header::WWW_AUTHENTICATE, challenge)?;
+        }
+        if let Self::Denied { decision_id, .. } = self {
+            header.insert_header(DECISION_ID, decision_id.as_str())?;
+        }
+        if matches!(self, Self::Unavailable(_)) {
+            header.insert_header(http::header::RETRY_AFTER, "1")?;
+        }
+        Ok(header)
+    }
+
+    /// Writes the response. The connection is not reused when the request may carry a body
+    /// that was not read.
+    pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
+        let body = self.body();
+        let header = self.header(body.len())?;
+        let headers = &session.req_header().headers;
+        let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+            || headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            session.set_keepalive(None);
+        }
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
+    }
+}
+
+/// The 502 body when the upstream fails.
+pub fn bad_gateway_body() -> &'static [u8] {
+    br#"{"error":"bad_gateway"}"#
+}

@@ -1,0 +1,107 @@
+//! The dev signing key of the embedded default: an Ed25519 key generated into the data
+//! directory on the first `portcullis serve`, trusted by that `serve` only when no JWKS is
+//! configured, and used by `portcullis token` to mint tokens for trying things out.
+//!
+//! It is a development convenience: the key file is private to its owner (mode 0600), its
+//! tokens name the issuer [`DEV_ISSUER`], and `serve` says loudly at start that it trusts it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+
+/// `iss` of dev tokens.
+pub const DEV_ISSUER: &str = "portcullis-dev";
+/// `aud` of dev tokens (the default accepted audience).
+pub const DEV_AUDIENCE: &str = "portcullis";
+/// `kid` of the dev key.
+pub const DEV_KID: &str = "portcullis-dev-1";
+/// The key file in the data directory.
+pub const KEY_FILE: &str = "dev-signing-key.pem";
+
+/// The dev key.
+pub struct DevKey {
+    signing: SigningKey,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for DevKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevKey")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevKey {
+    /// Reads the key from `data_dir`.
+    pub fn load(data_dir: &Path) -> Result<Self, String> {
+        let path = data_dir.join(KEY_FILE);
+        let pem = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "`{}`: cannot read the dev signing key ({e}); `portcullis serve` creates it on its first start",
+                path.display()
+            )
+        })?;
+        let signing = SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| format!("`{}`: not an Ed25519 PKCS#8 key: {e}", path.display()))?;
+        Ok(Self { signing, path })
+    }
+
+    /// Reads the key, or creates it (mode 0600) when the file does not exist. Returns the key
+    /// and whether it was created.
+    pub fn load_or_create(data_dir: &Path) -> Result<(Self, bool), String> {
+        let path = data_dir.join(KEY_FILE);
+        if path.exists() {
+            return Self::load(data_dir).map(|k| (k, false));
+        }
+        let signing = SigningKey::generate(&mut rand::rngs::OsRng);
+        let pem = signing
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .map_err(|e| format!("cannot encode the dev signing key: {e}"))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&path)
+            .map_err(|e| format!("`{}`: cannot create: {e}", path.display()))?;
+        file.write_all(pem.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("`{}`: cannot write: {e}", path.display()))?;
+        Ok((Self { signing, path }, true))
+    }
+
+    /// Where the key lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The public key as a JWKS document.
+    pub fn jwks(&self) -> Vec<u8> {
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.signing.verifying_key().as_bytes());
+        serde_json::to_vec(&serde_json::json!({
+            "keys": [{
+                "kty": "OKP", "crv": "Ed25519", "x": x,
+                "kid": DEV_KID, "alg": "EdDSA", "use": "sig"
+            }]
+        }))
+        .unwrap_or_default()
+    }
+
+    /// Signs `claims` as an EdDSA JWT with the dev `kid`.
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, String> {
+        let pem = self
+            .signing
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .map_err(|e| e.to_string())?;
+        let key =
+            jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(String::from(DEV_KID));
+        jsonwebtoken::encode(&header, claims, &key).map_err(|e| e.to_string())
+    }
+}

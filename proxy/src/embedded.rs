@@ -1,0 +1,213 @@
+//! The store under `portcullis serve`: opening it (an SQLite file in the data directory
+//! unless PostgreSQL is configured), keeping it in step with the policies directory, loading
+//! the demo data into a new one, and following its changes into the snapshot.
+//!
+//! The policies directory is the source of truth for policies and roles in `serve`: at start
+//! and on every reload, a directory that differs from the store's current version is stored
+//! as a new version (in one transaction, refused whole if it does not compile).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_policy_store::model::{Assignment, EntityRecord, Principal, Role};
+use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle};
+use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::metrics::METRICS;
+use crate::policy_dir::PolicyDir;
+
+/// The demo data loaded into a new store.
+const DEMO_DATA: &str = include_str!("../../deploy/examples/demo-data.yaml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoData {
+    principals: Vec<Principal>,
+    entities: Vec<EntityRecord>,
+    assignments: Vec<Assignment>,
+}
+
+/// How often the follower looks for new revisions.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The store configuration `serve` uses.
+pub fn store_config(config: &Config) -> StoreConfig {
+    match &config.store.postgres_url {
+        Some(url) => StoreConfig::Postgres { url: url.clone() },
+        None => StoreConfig::Sqlite {
+            path: config
+                .store
+                .sqlite_path
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("store.db")),
+        },
+    }
+}
+
+/// Opens the store, creating the data directory (mode 0700) when needed.
+pub async fn open(config: &Config) -> Result<SqlStore, String> {
+    if config.store.postgres_url.is_none() {
+        create_private_dir(&config.data_dir)?;
+    }
+    SqlStore::connect(&store_config(config))
+        .await
+        .map_err(|e| format!("cannot open the store: {e}"))
+}
+
+/// Creates `dir` (and parents) private to its owner, if missing.
+pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| format!("`{}`: cannot create the data directory: {e}", dir.display()))
+}
+
+/// What [`sync_policies`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    /// The store was empty: policies, roles (and the demo data, if asked) were imported.
+    Initialised {
+        /// Whether the demo data went in too.
+        demo: bool,
+    },
+    /// The directory differed from the store: a new version was stored.
+    Updated,
+    /// Nothing to do.
+    Unchanged,
+}
+
+/// Brings the store's policies and roles to the directory's.
+pub async fn sync_policies(
+    store: &SqlStore,
+    dir: &PolicyDir,
+    with_demo_data: bool,
+) -> Result<Synced, String> {
+    let sources = &dir.sources;
+    let stored = store
+        .current_policy_set()
+        .await
+        .map_err(|e| format!("cannot read the stored policy set: {e}"))?;
+    let stored_roles = store
+        .list_roles()
+        .await
+        .map_err(|e| format!("cannot read the stored roles: {e}"))?;
+    let same_policies = stored.as_ref().is_some_and(|v| {
+        v.schema == sources.schema.text
+            && v.files.len() == sources.files.len()
+            && v.files
+                .iter()
+                .zip(&sources.files)
+                .all(|(a, b)| a.text == b.text && file_name(&a.name) == file_name(&b.name))
+    });
+    let mut dir_roles: Vec<Role> = sources.roles.clone();
+    dir_roles.sort_by(|a, b| a.name.cmp(&b.name));
+    let same_roles = dir_roles.iter().all(|r| stored_roles.contains(r));
+    let fresh = stored.is_none();
+    if same_policies && same_roles {
+        return Ok(Synced::Unchanged);
+    }
+    let mut import = Import {
+        roles: dir_roles,
+        policy_set: (!same_policies).then(|| {
+            (
+                sources
+                    .files
+                    .iter()
+                    .map(|f| portcullis_policy_store::model::PolicyFile {
+                        name: file_name(&f.name).to_owned(),
+                        text: f.text.clone(),
+                    })
+                    .collect(),
+                sources.schema.text.clone(),
+            )
+        }),
+        ..Import::default()
+    };
+    let demo = fresh && with_demo_data;
+    if demo {
+        let data: DemoData = serde_saphyr::from_str(DEMO_DATA)
+            .map_err(|e| format!("the built-in demo data is invalid: {e}"))?;
+        import.principals = data.principals;
+        import.entities = data.entities;
+        import.assignments = data.assignments;
+    }
+    store
+        .import(&import)
+        .await
+        .map_err(|e| format!("the store refused the policies: {e}"))?;
+    Ok(if fresh {
+        Synced::Initialised { demo }
+    } else {
+        Synced::Updated
+    })
+}
+
+/// The file name of a path as given (`policies/default.cedar` → `default.cedar`).
+fn file_name(path: &str) -> &str {
+    path.rsplit(['/', '\\']).next().unwrap_or(path)
+}
+
+/// Loads the whole store into a snapshot.
+pub async fn load_snapshot(store: &SqlStore) -> Result<Snapshot, String> {
+    let state = store
+        .load_state()
+        .await
+        .map_err(|e| format!("cannot load the store: {e}"))?;
+    Snapshot::build(state, jiff::Timestamp::now().as_millisecond())
+        .map_err(|e| format!("the stored state does not compile: {e}"))
+}
+
+/// Follows the store: applies every new revision to the snapshot. Runs until the process
+/// ends. A revision that does not compile is refused and counted; the old snapshot stays.
+pub async fn follow(store: SqlStore, handle: Arc<SnapshotHandle>) {
+    // A refused revision is not retried until the store moves past it.
+    let mut refused: Option<i64> = None;
+    loop {
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        let current = handle.load().revision();
+        let revision = match store.revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store revision; serving the last snapshot");
+                continue;
+            }
+        };
+        if revision <= current || refused == Some(revision) {
+            continue;
+        }
+        let update = match store.load_update(current).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store's changes; serving the last snapshot");
+                continue;
+            }
+        };
+        match handle.apply(update, jiff::Timestamp::now().as_millisecond()) {
+            Ok(applied) => {
+                METRICS
+                    .snapshot_updates
+                    .with_label_values(&["applied"])
+                    .inc();
+                METRICS.snapshot_revision.set(applied);
+                tracing::info!(revision = applied, "snapshot updated");
+            }
+            Err(e) => {
+                refused = Some(revision);
+                METRICS
+                    .snapshot_updates
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::error!(error = %e, revision, "store revision refused; keeping the snapshot in force");
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Every Prometheus metric of the process, registered once in the default registry and
+//! served by the ops listener (`prometheus::gather()`).
+//!
+//! Names follow Prometheus conventions (`portcullis_` prefix, base units, `_total` on
+//! counters). Labels come from bounded sets only: route *names* from the route map, and the
+//! fixed codes of [`Outcome`], [`AuthnError`](crate::data_plane::authn::AuthnError) and
+//! friends — never paths, principals, tenants or token values (those go to the audit log).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+/// What became of a request on the data plane (modelled on Envoy ext_authz's outcomes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Decided and allowed.
+    Allowed,
+    /// Decided and refused (403).
+    Denied,
+    /// No or bad credentials (401), or a revoked session.
+    Unauthenticated,
+    /// Refused before routing: the target is ambiguous (400).
+    BadRequest,
+    /// No route matches (403 or 404).
+    Unmatched,
+    /// A public route: forwarded without a decision.
+    Public,
+    /// Shadow mode: would have been refused, was forwarded.
+    ShadowDenied,
+    /// Not ready (no keys yet, stale state): 503.
+    Unavailable,
+    /// Something failed inside; the request was refused.
+    Error,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::Unauthenticated => "unauthenticated",
+            Self::BadRequest => "bad_request",
+            Self::Unmatched => "unmatched",
+            Self::Public => "public",
+            Self::ShadowDenied => "shadow_denied",
+            Self::Unavailable => "unavailable",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Route label for requests that matched no route.
+pub const NO_ROUTE: &str = "_unmatched";
+/// Route label for the decision endpoint when the original request matched no route.
+pub const DECISION_ENDPOINT: &str = "_decision_endpoint";
+
+/// Decision latency buckets, seconds: from 5 µs.
+const DECISION_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01,
+];
+
+/// Upstream latency buckets, seconds.
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
+];
+
+/// The metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `portcullis_requests_total{route, outcome}`.
+    pub requests: IntCounterVec,
+    /// `portcullis_decision_duration_seconds{cached}`: time in the decision core.
+    pub decision_seconds: HistogramVec,
+    /// `portcullis_upstream_duration_seconds{route}`: from forwarding to the end of the
+    /// response.
+    pub upstream_seconds: HistogramVec,
+    /// `portcullis_jwt_validations_total{outcome}`: `ok`, `cached`, or an error code.
+    pub jwt: IntCounterVec,
+    /// `portcullis_bad_requests_total{reason}`: refused request targets by reason.
+    pub bad_requests: IntCounterVec,
+    /// `portcullis_snapshot_revision`.
+    pub snapshot_revision: IntGauge,
+    /// `portcullis_snapshot_age_seconds`: since the snapshot was last built or patched.
+    pub snapshot_age: prometheus::Gauge,
+    /// `portcullis_snapshot_updates_total{outcome}`: `applied` or `rejected`.
+    pub snapshot_updates: IntCounterVec,
+    /// `portcullis_config_reloads_total{outcome}`: `applied` or `rejected`.
+    pub reloads: IntCounterVec,
+    /// `portcullis_jwks_refreshes_total{outcome}`: `ok` or `error`.
+    pub jwks_refreshes: IntCounterVec,
+    /// `portcullis_build_info{version, cedar}` = 1.
+    pub build_info: IntGaugeVec,
+    /// `portcullis_request_duration_seconds`: the whole request on the data plane.
+    pub request_seconds: Histogram,
+}
+
+/// Metric definitions here are static (names, help, labels, buckets); building one fails
+/// only on a programming error, which `tests::every_metric_builds` catches.
+#[expect(
+    clippy::panic,
+    reason = "static metric definitions; a failure is a bug caught by the unit test"
+)]
+fn built<T>(metric: prometheus::Result<T>) -> T {
+    match metric {
+        Ok(m) => m,
+        Err(e) => panic!("invalid static metric definition: {e}"),
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+    if let Err(e) = prometheus::default_registry().register(Box::new(metric.clone())) {
+        tracing::error!(error = %e, "metric not registered");
+    }
+    metric
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(built(IntCounterVec::new(Opts::new(name, help), labels)))
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    register(built(HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )))
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let snapshot_revision = register(built(IntGauge::new(
+        "portcullis_snapshot_revision",
+        "Store revision of the snapshot in force.",
+    )));
+    let snapshot_age = register(built(prometheus::Gauge::new(
+        "portcullis_snapshot_age_seconds",
+        "Seconds since the snapshot in force was built or last patched.",
+    )));
+    let build_info = register(built(IntGaugeVec::new(
+        Opts::new("portcullis_build_info", "Build facts; always 1."),
+        &["version", "cedar"],
+    )));
+    build_info
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            &cedar_policy::get_sdk_version().to_string(),
+        ])
+        .set(1);
+    let request_seconds = register(built(Histogram::with_opts(
+        HistogramOpts::new(
+            "portcullis_request_duration_seconds",
+            "Whole requests on the data plane, from the request header to the end of the response.",
+        )
+        .buckets(UPSTREAM_BUCKETS.to_vec()),
+    )));
+    Metrics {
+        requests: counter(
+            "portcullis_requests_total",
+            "Requests on the data plane by route name and outcome.",
+            &["route", "outcome"],
+        ),
+        decision_seconds: histogram_vec(
+            "portcullis_decision_duration_seconds",
+            "Time in the decision core, by whether the decision cache answered.",
+            &["cached"],
+            DECISION_BUCKETS,
+        ),
+        upstream_seconds: histogram_vec(
+            "portcullis_upstream_duration_seconds",
+            "Forwarded requests, from choosing the upstream to the end of its response.",
+            &["route"],
+            UPSTREAM_BUCKETS,
+        ),
+        jwt: counter(
+            "portcullis_jwt_validations_total",
+            "Bearer token checks: ok, cached (verified-token cache hit), or why they failed.",
+            &["outcome"],
+        ),
+        bad_requests: counter(
+            "portcullis_bad_requests_total",
+            "Request targets refused before routing, by reason.",
+            &["reason"],
+        ),
+        snapshot_revision,
+        snapshot_age,
+        snapshot_updates: counter(
+            "portcullis_snapshot_updates_total",
+            "Snapshot updates from the store: applied, or rejected (kept the old one).",
+            &["outcome"],
+        ),
+        reloads: counter(
+            "portcullis_config_reloads_total",
+            "Reloads of configuration, routes and policies: applied or rejected.",
+            &["outcome"],
+        ),
+        jwks_refreshes: counter(
+            "portcullis_jwks_refreshes_total",
+            "JWKS loads: ok or error (the previous keys stay in force).",
+            &["outcome"],
+        ),
+        build_info,
+        request_seconds,
+    }
+});
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_builds_and_registers() {
+        let m = &*super::METRICS;
+        m.requests.with_label_values(&["r", "allowed"]).inc();
+        let names: Vec<String> = prometheus::gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        for expected in [
+            "portcullis_requests_total",
+            "portcullis_build_info",
+            "portcullis_snapshot_revision",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} in {names:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Live reload of configuration, policies, roles and routes: on SIGHUP, or when the config
+//! file or a file of the policies directory changes. The new state is built and checked
+//! whole; only then is it swapped in. Anything invalid is logged with every problem, counted
+//! (`portcullis_config_reloads_total{outcome="rejected"}`), and the old state keeps serving.
+//!
+//! Listener addresses, threads, authentication, store, logging and shutdown settings are
+//! read at start only; a change to them is reported as needing a restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use portcullis_policy_store::store::SqlStore;
+
+use crate::config::{self, Config, Override};
+use crate::data_plane::{DataPlane, Gate};
+use crate::embedded;
+use crate::metrics::METRICS;
+use crate::policy_dir::{self, CompiledDir, PolicyDir, ROLES_FILE, ROUTES_FILE, SCHEMA_FILE};
+
+/// The policies of a configuration: its directory, or the built-in set when the default
+/// directory does not exist.
+pub fn load_policies(config: &Config) -> Result<CompiledDir, Vec<String>> {
+    let dir = &config.policies.dir;
+    let loaded: Result<PolicyDir, _> = if dir.exists() {
+        policy_dir::load(dir)
+    } else if *dir == config::PoliciesConfig::default().dir {
+        policy_dir::builtin()
+    } else {
+        return Err(vec![format!(
+            "policies.dir: `{}` does not exist",
+            dir.display()
+        )]);
+    };
+    let compiled = loaded
+        .and_then(policy_dir::compile_loaded)
+        .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    if compiled.routes.is_none() {
+        return Err(vec![format!(
+            "{}: no `{ROUTES_FILE}`; the data plane needs a route map",
+            compiled.dir.root.display()
+        )]);
+    }
+    Ok(compiled)
+}
+
+/// Builds the gate from a configuration and its compiled policies.
+pub fn gate(config: &Config, compiled: CompiledDir) -> Result<Gate, Vec<String>> {
+    let routes = compiled
+        .routes
+        .ok_or_else(|| vec![String::from("no route map")])?;
+    Gate::new(config, routes).map_err(|e| vec![e])
+}
+
+/// What is watched for changes: (path, modified, length).
+type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+/// Reloads on SIGHUP and on file changes.
+pub struct Reloader {
+    /// The config file, if any.
+    pub config_file: Option<PathBuf>,
+    /// `--set` flags given at start (environment overrides are re-read).
+    pub sets: Vec<Override>,
+    /// The store policies are synced into.
+    pub store: SqlStore,
+    /// The data plane whose gate is swapped.
+    pub plane: Arc<DataPlane>,
+    /// The configuration in force.
+    pub current: Config,
+}
+
+impl Reloader {
+    fn fingerprint(&self) -> Fingerprint {
+        let mut paths: Vec<PathBuf> = self.config_file.iter().cloned().collect();
+        let dir = &self.current.policies.dir;
+        for name in [SCHEMA_FILE, ROLES_FILE, ROUTES_FILE] {
+            paths.push(dir.join(name));
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut cedar: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+                .collect();
+            cedar.sort();
+            paths.extend(cedar);
+        }
+        paths
+            .into_iter()
+            .map(|p| {
+                let meta = std::fs::metadata(&p).ok();
+                let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                let len = meta.map_or(0, |m| m.len());
+                (p, modified, len)
+            })
+            .collect()
+    }
+
+    /// Watches for SIGHUP and file changes until the process ends.
+    pub async fn run(mut self) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reloads follow file changes only");
+                None
+            }
+        };
+        let mut seen = self.fingerprint();
+        loop {
+            let why = tokio::select! {
+                _ = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => "SIGHUP",
+                () = tokio::time::sleep(Duration::from_secs(2)) => {
+                    let now = self.fingerprint();
+                    if now == seen {
+                        continue;
+                    }
+                    "a watched file changed"
+                }
+            };
+            self.reload(why).await;
+            seen = self.fingerprint();
+        }
+    }
+
+    /// Builds and checks the new state, then swaps it in; on any problem keeps the old one.
+    pub async fn reload(&mut self, why: &str) {
+        match self.try_reload().await {
+            Ok(()) => {
+                METRICS.reloads.with_label_values(&["applied"]).inc();
+                tracing::info!(trigger = why, "configuration and policies reloaded");
+            }
+            Err(problems) => {
+                METRICS.reloads.with_label_values(&["rejected"]).inc();
+                for p in &problems {
+                    tracing::error!(trigger = why, problem = %p, "reload refused");
+                }
+                tracing::error!(
+                    trigger = why,
+                    problems = problems.len(),
+                    "reload refused; the previous configuration and policies stay in force"
+                );
+            }
+        }
+    }
+
+    async fn try_reload(&mut self) -> Result<(), Vec<String>> {
+        let next = config::load(self.config_file.as_deref(), std::env::vars(), &self.sets)
+            .map_err(|ps| ps.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        for key in restart_only_changes(&self.current, &next) {
+            tracing::warn!(key, "changed; takes effect after a restart");
+        }
+        let compiled = load_policies(&next)?;
+        let synced = embedded::sync_policies(&self.store, &compiled.dir, false)
+            .await
+            .map_err(|e| vec![e])?;
+        if synced != embedded::Synced::Unchanged {
+            self.wait_for_snapshot().await?;
+        }
+        let gate = gate(&next, compiled)?;
+        self.plane.gate.store(Arc::new(gate));
+        self.current = next;
+        Ok(())
+    }
+
+    /// Waits until the follower has brought the snapshot to the store's revision, so the
+    /// new routes never meet the old policies.
+    async fn wait_for_snapshot(&self) -> Result<(), Vec<String>> {
+        use portcullis_policy_store::store::Store;
+        let target = self
+            .store
+            .revision()
+            .await
+            .map_err(|e| vec![format!("cannot read the store revision: {e}")])?;
+        for _ in 0..50 {
+            if self.plane.snapshot.load().revision() >= target {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(vec![format!(
+            "the snapshot did not reach revision {target} within 5 s"
+        )])
+    }
+}
+
+/// Keys whose change needs a restart.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.listen != new.listen {
+        keys.push("listen");
+    }
+    if old.ops != new.ops {
+        keys.push("ops");
+    }
+    if old.threads != new.threads {
+        keys.push("threads");
+    }
+    if old.auth != new.auth {
+        keys.push("auth");
+    }
+    if old.store != new.store || old.data_dir != new.data_dir {
+        keys.push("store");
+    }
+    if old.log != new.log {
+        keys.push("log");
+    }
+    if old.shutdown != new.shutdown {
+        keys.push("shutdown");
+    }
+    keys
+}

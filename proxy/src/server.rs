@@ -1,0 +1,124 @@
+//! The Pingora server of the data plane: its listeners (HTTP, optional HTTPS, ops), its
+//! runtime settings, and shutdown — SIGTERM turns `/readyz` to 503, keeps serving for
+//! `shutdown.drain_delay_seconds` so load balancers move away, then closes listeners and
+//! gives in-flight requests `shutdown.grace_period_seconds` (Pingora's own default of 300 s
+//! would outlast Kubernetes' 30 s). SIGINT stops at once.
+//!
+//! Pingora never sees the command line: it gets its configuration from ours.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+
+use crate::config::Config;
+use crate::data_plane::proxy::EnforcingProxy;
+use crate::data_plane::{DataPlane, Health};
+use crate::ops::Ops;
+use crate::tls::ReloadingCert;
+
+/// Fails early, with the address named, when a listener cannot bind (Pingora would only log).
+pub fn check_binds(config: &Config) -> Result<(), String> {
+    let mut addresses = vec![
+        ("listen.address", config.listen.address.as_str()),
+        ("ops.address", config.ops.address.as_str()),
+    ];
+    if let Some(tls) = &config.listen.tls {
+        addresses.push(("listen.tls.address", tls.address.as_str()));
+    }
+    for (key, address) in addresses {
+        std::net::TcpListener::bind(address)
+            .map_err(|e| format!("{key}: cannot listen on `{address}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs the data plane until shutdown.
+pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCert>>) {
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.shutdown.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown.runtime_timeout_seconds),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EnforcingProxy::new(Arc::clone(&plane)),
+        "portcullis data plane",
+    );
+    proxy.add_tcp(&config.listen.address);
+    if let (Some(tls), Some(cert)) = (&config.listen.tls, cert) {
+        // The paths are only recorded; the resolver serves the certificate and follows
+        // the files.
+        match pingora::listeners::tls::TlsSettings::intermediate(
+            &tls.cert_file.display().to_string(),
+            &tls.key_file.display().to_string(),
+        ) {
+            Ok(mut settings) => {
+                settings.set_cert_resolver(cert);
+                settings.enable_h2();
+                proxy.add_tls_with_settings(&tls.address, None, settings);
+            }
+            Err(e) => tracing::error!(error = %e, "HTTPS listener not started"),
+        }
+    }
+    server.add_service(proxy);
+
+    let mut ops = Service::new(String::from("portcullis ops"), Ops::new(Arc::clone(&plane)));
+    ops.add_tcp(&config.ops.address);
+    server.add_service(ops);
+
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            health: Arc::clone(&plane.health),
+            drain_delay: Duration::from_secs(config.shutdown.drain_delay_seconds),
+        }),
+    });
+}
+
+/// SIGTERM: drain, then shut down gracefully. SIGINT: shut down now. SIGQUIT: Pingora's
+/// graceful upgrade.
+struct Signals {
+    health: Arc<Health>,
+    drain_delay: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!(
+                "cannot install signal handlers; SIGTERM will stop the process at once"
+            );
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                self.health.start_draining();
+                tracing::info!(
+                    drain_delay_s = self.drain_delay.as_secs(),
+                    "SIGTERM: /readyz now answers 503; draining before closing listeners"
+                );
+                tokio::time::sleep(self.drain_delay).await;
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                self.health.start_draining();
+                tracing::info!("SIGINT: shutting down");
+                ShutdownSignal::FastShutdown
+            }
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The HTTPS listener's certificate: read from the configured PEM files, served through a
+//! rustls certificate resolver, and re-read when either file changes. A pair that does not
+//! load keeps the certificate in force (logged, counted as a rejected reload).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+
+use crate::metrics::METRICS;
+
+/// A certificate that follows its files.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: ArcSwap<CertifiedKey>,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
+    let (Some(cert), Some(key)) = (cert_file.to_str(), key_file.to_str()) else {
+        return Err(String::from("certificate paths must be UTF-8"));
+    };
+    let (chain, key) = pingora::tls::load_certs_and_key_files(cert, key)
+        .map_err(|e| format!("cannot read the certificate or key: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "`{}` holds no certificate or `{}` no private key",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
+    let provider = CryptoProvider::get_default()
+        .ok_or_else(|| String::from("no TLS crypto provider installed"))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("`{}`: unusable private key: {e}", key_file.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    Ok(certified)
+}
+
+fn stamp(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl ReloadingCert {
+    /// Loads the pair; an error names the file.
+    pub fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Self, String> {
+        let certified = load(&cert_file, &key_file)?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(certified),
+            cert_file,
+            key_file,
+        })
+    }
+
+    /// Re-reads the files whenever they change, until the process ends.
+    pub async fn watch(self: Arc<Self>) {
+        let mut seen = (stamp(&self.cert_file), stamp(&self.key_file));
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = (stamp(&self.cert_file), stamp(&self.key_file));
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load(&self.cert_file, &self.key_file) {
+                Ok(certified) => {
+                    self.current.store(Arc::new(certified));
+                    METRICS.reloads.with_label_values(&["applied"]).inc();
+                    tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
+                }
+                Err(e) => {
+                    METRICS.reloads.with_label_values(&["rejected"]).inc();
+                    tracing::error!(error = %e, "TLS certificate not reloaded; keeping the one in force");
+                }
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
