@@ -1,8 +1,10 @@
 //! The Pingora server of the data plane: its listeners (HTTP, optional HTTPS, ops), its
-//! runtime settings, and shutdown — SIGTERM turns `/readyz` to 503, keeps serving for
-//! `shutdown.drain_delay_seconds` so load balancers move away, then closes listeners and
-//! gives in-flight requests `shutdown.grace_period_seconds` (Pingora's own default of 300 s
-//! would outlast Kubernetes' 30 s). SIGINT stops at once.
+//! runtime settings, and shutdown — SIGTERM turns `/readyz` to 503 and keeps serving for
+//! `shutdown.drain_delay_seconds` so load balancers move away, then waits up to
+//! `shutdown.grace_period_seconds` for the requests in flight, then closes the listeners.
+//! (Pingora's own grace period, a plain sleep with a default of 300 s, is cut to one second:
+//! the wait above already covers it and ends as soon as nothing is in flight.) SIGINT stops
+//! at once.
 //!
 //! Pingora never sees the command line: it gets its configuration from ours.
 
@@ -40,7 +42,7 @@ pub fn check_binds(config: &Config) -> Result<(), String> {
 pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCert>>) {
     let conf = ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(config.shutdown.grace_period_seconds),
+        grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(config.shutdown.runtime_timeout_seconds),
         ..ServerConf::default()
     };
@@ -78,6 +80,7 @@ pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCer
         shutdown_signal: Box::new(Signals {
             health: Arc::clone(&plane.health),
             drain_delay: Duration::from_secs(config.shutdown.drain_delay_seconds),
+            grace_period: Duration::from_secs(config.shutdown.grace_period_seconds),
         }),
     });
 }
@@ -87,6 +90,7 @@ pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCer
 struct Signals {
     health: Arc<Health>,
     drain_delay: Duration,
+    grace_period: Duration,
 }
 
 #[async_trait]
@@ -111,6 +115,11 @@ impl ShutdownSignalWatch for Signals {
                     "SIGTERM: /readyz now answers 503; draining before closing listeners"
                 );
                 tokio::time::sleep(self.drain_delay).await;
+                let deadline = tokio::time::Instant::now() + self.grace_period;
+                while self.health.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tracing::info!(in_flight = self.health.in_flight(), "closing listeners");
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => {

@@ -159,3 +159,47 @@ fn usage_errors_exit_two() {
     let out = portcullis(&["policy", "frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn config_dump_prints_the_example_and_reports_every_problem() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/portcullis.yaml");
+    let out = portcullis(&["config", "dump", "--config", example.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("address: 0.0.0.0:8480"), "{stdout}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "config",
+            "dump",
+            "--set",
+            "threads=0",
+            "--set",
+            "ops.adress=x",
+        ])
+        .env("PORTCULLIS_LISTEN__ADDRESS", "nowhere")
+        .env("PORTCULLIS_STORE__POSTGRES_URL", "postgres://u:secret@db/p")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    for expected in [
+        "--set ops.adress: `ops.adress` is not a configuration key",
+        "threads: must be at least 1",
+        "listen.address: `nowhere` is not an address",
+        "3 problem(s)",
+    ] {
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["config", "dump"])
+        .env("PORTCULLIS_STORE__POSTGRES_URL", "postgres://u:secret@db/p")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("<redacted>") && !stdout.contains("secret"),
+        "{stdout}"
+    );
+}

@@ -1,17 +1,48 @@
-//! `${VAR}` and `${VAR:default}` in the configuration text; `$$` is a literal `$`.
+//! `${VAR}` and `${VAR:default}` in the configuration text; `$$` is a literal `$`. YAML
+//! comments are left as they are.
 
-/// Replaces every `${VAR}` / `${VAR:default}` using `lookup`. A variable that is unset and
-/// has no default is an error naming its line: `(line, message)`.
+/// Replaces every `${VAR}` / `${VAR:default}` outside comments using `lookup`. A variable
+/// that is unset and has no default is an error naming its line: `(line, message)`.
 pub(super) fn interpolate(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, (usize, String)> {
     let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let (content, comment) = line.split_at(comment_start(line));
+        out.push_str(&interpolate_line(content, i + 1, &lookup)?);
+        out.push_str(comment);
+    }
+    Ok(out)
+}
+
+/// Where a YAML comment starts in `line` (`#` at the start or after a space, outside
+/// quotes), or its length.
+fn comment_start(line: &str) -> usize {
+    let mut quote: Option<char> = None;
+    let mut previous = ' ';
+    for (at, c) in line.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' && previous.is_whitespace() => return at,
+            None => {}
+        }
+        previous = c;
+    }
+    line.len()
+}
+
+fn interpolate_line(
+    text: &str,
+    line: usize,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    let mut line = 1;
     while let Some(at) = rest.find('$') {
         let (before, from_dollar) = rest.split_at(at);
-        line += before.matches('\n').count();
         out.push_str(before);
         if let Some(after) = from_dollar.strip_prefix("$$") {
             out.push('$');
@@ -63,6 +94,14 @@ mod tests {
         assert_eq!(
             interpolate("a: ${PORT}\nb: ${HOST:localhost}\nc: $$x\nd: $y", env).unwrap(),
             "a: 9000\nb: localhost\nc: $x\nd: $y"
+        );
+    }
+
+    #[test]
+    fn comments_are_left_alone() {
+        assert_eq!(
+            interpolate("# ${NOPE}\na: ${PORT} # ${NOPE}\nb: \"x # ${PORT}\"\n", env).unwrap(),
+            "# ${NOPE}\na: 9000 # ${NOPE}\nb: \"x # 9000\"\n"
         );
     }
 

@@ -369,7 +369,8 @@ impl Default for DecisionEndpointConfig {
 pub struct ShutdownConfig {
     /// After SIGTERM, `/readyz` answers 503 this long while traffic still flows.
     pub drain_delay_seconds: u64,
-    /// Then listeners close and in-flight requests get this long.
+    /// Then at most this long for the requests in flight to finish (the wait ends as soon
+    /// as none are left); then the listeners close.
     pub grace_period_seconds: u64,
     /// Then the runtimes are stopped within this long.
     pub runtime_timeout_seconds: u64,
@@ -471,11 +472,17 @@ pub fn load(
         .filter_map(|(k, v)| Override::from_env(&k, &v))
         .collect();
     all.extend(sets.iter().cloned());
+    let mut problems = Vec::new();
     if !all.is_empty() {
-        config = overrides::apply(config, &all)?;
+        // Bad overrides are reported, and the rest is still checked.
+        let (applied, bad) = overrides::apply(config, &all);
+        config = applied;
+        problems.extend(bad);
     }
-    read_secret_files(&mut config)?;
-    let problems = validate(&config);
+    if let Err(bad) = read_secret_files(&mut config) {
+        problems.extend(bad);
+    }
+    problems.extend(validate(&config));
     if problems.is_empty() {
         Ok(config)
     } else {

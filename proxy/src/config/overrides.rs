@@ -57,31 +57,41 @@ impl Override {
 /// Top-level keys that take a single value, so `PORTCULLIS_<KEY>` can set them.
 const TOP_LEVEL_SCALARS: &[&str] = &["threads", "data_dir"];
 
-/// Applies every override; reports each one that names no key, and a value that does not
-/// fit its key.
-pub(super) fn apply(config: Config, overrides: &[Override]) -> Result<Config, Vec<ConfigProblem>> {
-    let mut tree = serde_json::to_value(&config)
-        .map_err(|e| vec![problem("overrides", format!("cannot apply: {e}"))])?;
+/// Applies the overrides. One that names no key is reported and left out; when the result
+/// does not fit the configuration's types, that is reported naming every override applied,
+/// and the configuration stays as it was.
+pub(super) fn apply(config: Config, overrides: &[Override]) -> (Config, Vec<ConfigProblem>) {
+    let mut tree = match serde_json::to_value(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                config,
+                vec![problem("overrides", format!("cannot apply: {e}"))],
+            );
+        }
+    };
     let mut problems = Vec::new();
     // Sections the overrides brought into being (absent optional ones): any key may be set
     // below them here, and deserialisation checks those keys.
     let mut created: Vec<Vec<String>> = Vec::new();
+    let mut applied: Vec<&str> = Vec::new();
     for o in overrides {
         let value: Value = match serde_saphyr::from_str(&o.value) {
             Ok(v) => v,
             Err(_) => Value::String(o.value.clone()),
         };
-        if let Err(message) = set(&mut tree, &o.path, value, &mut created) {
-            problems.push(problem(o.source.clone(), message));
+        match set(&mut tree, &o.path, value, &mut created) {
+            Ok(()) => applied.push(&o.source),
+            Err(message) => problems.push(problem(o.source.clone(), message)),
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
+    match serde_json::from_value(tree) {
+        Ok(c) => (c, problems),
+        Err(e) => {
+            problems.push(problem(applied.join(", "), e.to_string()));
+            (config, problems)
+        }
     }
-    serde_json::from_value(tree).map_err(|e| {
-        let sources: Vec<&str> = overrides.iter().map(|o| o.source.as_str()).collect();
-        vec![problem(sources.join(", "), e.to_string())]
-    })
 }
 
 fn set(
@@ -155,7 +165,8 @@ mod tests {
             Override::parse("listen.tls.cert_file=/c").unwrap(),
             Override::parse("listen.tls.key_file=/k").unwrap(),
         ];
-        let c = apply(Config::default(), &sets).unwrap();
+        let (c, problems) = apply(Config::default(), &sets);
+        assert_eq!(problems, vec![]);
         assert_eq!(c.auth.jwks_url.as_deref(), Some("https://idp/jwks"));
         assert_eq!(c.upstreams[0].address, "127.0.0.1:9000");
         assert_eq!(c.context.trusted_hops, ["10.0.0.0/8"]);
@@ -165,11 +176,11 @@ mod tests {
     #[test]
     fn an_unknown_key_names_its_source() {
         let sets = [Override::parse("auth.jwks_uri=x").unwrap()];
-        let problems = apply(Config::default(), &sets).unwrap_err();
+        let (_, problems) = apply(Config::default(), &sets);
         assert_eq!(problems[0].at, "--set auth.jwks_uri");
         let env = Override::from_env("PORTCULLIS_OPS__ADRESS", "x").unwrap();
         assert_eq!(
-            apply(Config::default(), &[env]).unwrap_err()[0].at,
+            apply(Config::default(), &[env]).1[0].at,
             "PORTCULLIS_OPS__ADRESS"
         );
         assert!(Override::from_env("PORTCULLIS_POLICY_DIR", "x").is_none());
@@ -179,7 +190,8 @@ mod tests {
     #[test]
     fn a_value_of_the_wrong_type_is_refused() {
         let sets = [Override::parse("threads=many").unwrap()];
-        let problems = apply(Config::default(), &sets).unwrap_err();
+        let (c, problems) = apply(Config::default(), &sets);
         assert!(problems[0].at.contains("--set threads"), "{problems:?}");
+        assert_eq!(c, Config::default());
     }
 }

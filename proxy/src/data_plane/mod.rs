@@ -21,7 +21,7 @@ pub mod respond;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -218,13 +218,35 @@ pub struct DecisionSubject {
     pub cached: bool,
 }
 
-/// Readiness facts, for `/readyz`.
+/// Readiness facts, for `/readyz`, and the requests in flight, for shutdown.
 #[derive(Debug, Default)]
 pub struct Health {
     draining: AtomicBool,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one request in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Health {
+    /// Marks a request in flight until the guard is dropped.
+    pub fn request_started(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(&self.in_flight))
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
     /// SIGTERM arrived: report unready while draining.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
@@ -398,6 +420,21 @@ impl DataPlane {
 }
 
 impl Checked {
+    /// The decision id, when a decision was made.
+    pub fn decision_id(&self) -> Option<&str> {
+        fn from_rejection(r: &Rejection) -> Option<&str> {
+            match r {
+                Rejection::Denied { decision_id, .. } => Some(decision_id.as_str()),
+                _ => None,
+            }
+        }
+        self.grant
+            .as_ref()
+            .map(|g| g.decision_id.as_str())
+            .or_else(|| self.rejection.as_ref().and_then(from_rejection))
+            .or_else(|| self.shadowed.as_ref().and_then(from_rejection))
+    }
+
     fn reject(mut self, rejection: Rejection) -> Self {
         self.outcome = rejection.outcome();
         self.rejection = Some(rejection);

@@ -21,9 +21,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::headers::{self, strip_reserved};
-use super::path::{Target, normalize};
+use super::path::{PathError, Target, normalize};
 use super::respond::{Rejection, bad_gateway_body};
-use super::{Checked, DataPlane, Gate, Grant};
+use super::{Checked, DataPlane, Gate, Grant, InFlight};
 use crate::metrics::{METRICS, Outcome};
 
 /// Per-request state.
@@ -37,6 +37,8 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     traceparent: Option<(String, String)>,
     outcome: Outcome,
+    /// Counts this request for shutdown until the context is dropped.
+    _in_flight: InFlight,
 }
 
 /// The data-plane proxy.
@@ -57,6 +59,17 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// Whether the request line's target carried a `#` fragment. Pingora drops fragments while
+/// parsing, so the raw request line is the only place it can still be seen.
+fn had_fragment(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    let raw = h1.get_headers_raw_bytes();
+    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.contains(&b'#')
 }
 
 fn header_text<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -172,6 +185,7 @@ impl ProxyHttp for EnforcingProxy {
             upstream_started: None,
             traceparent: None,
             outcome: Outcome::Error,
+            _in_flight: self.plane.health.request_started(),
         }
     }
 
@@ -195,7 +209,12 @@ impl ProxyHttp for EnforcingProxy {
             }
         }
 
-        let target = match normalize(raw) {
+        let normalized = if had_fragment(session) {
+            Err(PathError::Fragment)
+        } else {
+            normalize(raw)
+        };
+        let target = match normalized {
             Ok(t) => t,
             Err(e) => {
                 METRICS.bad_requests.with_label_values(&[e.code()]).inc();
@@ -361,9 +380,7 @@ impl ProxyHttp for EnforcingProxy {
         let checked = ctx.checked.as_ref();
         let refusal = checked.and_then(|c| c.rejection.as_ref().or(c.shadowed.as_ref()));
         let subject = checked.and_then(|c| c.subject.as_ref());
-        let decision_id = checked
-            .and_then(|c| c.grant.as_ref())
-            .map(|g| g.decision_id.as_str());
+        let decision_id = checked.and_then(Checked::decision_id);
         let trace_id = ctx.traceparent.as_ref().map(|(_, t)| t.as_str());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if matches!(
@@ -378,7 +395,7 @@ impl ProxyHttp for EnforcingProxy {
                 principal = subject.map(|s| s.principal.as_str()),
                 action = subject.map(|s| s.action.as_str()),
                 resource = subject.map(|s| s.resource.as_str()),
-                policies = ?subject.map(|s| &s.policies),
+                policies = subject.map(|s| s.policies.join(",")),
                 decision_id,
                 trace_id,
                 elapsed_us = elapsed.as_micros() as u64,

@@ -1,0 +1,590 @@
+//! The end-to-end harness: the real `portcullis` binary, a real upstream over real sockets,
+//! real keys, and the real SQLite store the binary runs on.
+//!
+//! - [`Upstream`]: an HTTP/1.1 server (hyper) that records every request it receives and
+//!   answers 200 with a small JSON body.
+//! - [`Keys`]: an RS256 key and an Ed25519 key, published as a JWKS file; tokens are
+//!   signed here exactly as an identity provider would.
+//! - [`Portcullis`]: `portcullis serve` on free loopback ports with a generated config;
+//!   killed when dropped. Test data goes into its store through the store API, and the
+//!   harness waits until the running process has picked the revision up.
+//!
+//! Each test starts its own instance, so a test's config changes stay its own.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use rsa::traits::PublicKeyParts;
+use serde_json::{Value, json};
+
+/// The runtime the upstream and async helpers run on, shared by a test binary's tests.
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The repository's `policies/`.
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// A fresh temporary directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-e2e-{tag}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    /// Headers, names lower-case, in order (repeats kept).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// Every value of a header.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of a header.
+    pub fn one(&self, name: &str) -> Option<&str> {
+        let all = self.all(name);
+        assert!(all.len() <= 1, "header `{name}` repeated: {all:?}");
+        all.first().copied()
+    }
+}
+
+/// A recording upstream. A request with `x-delay-ms: N` is answered after N ms.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Starts an upstream on a free port.
+    pub fn start() -> Self {
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("upstream bind");
+        let addr = listener.local_addr().expect("upstream addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let recorded = Arc::clone(&seen);
+        rt().spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let recorded = Arc::clone(&recorded);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let recorded = Arc::clone(&recorded);
+                            async move {
+                                let seen = Seen {
+                                    method: req.method().to_string(),
+                                    target: req
+                                        .uri()
+                                        .path_and_query()
+                                        .map(|p| p.as_str().to_owned())
+                                        .unwrap_or_default(),
+                                    headers: req
+                                        .headers()
+                                        .iter()
+                                        .map(|(n, v)| {
+                                            (
+                                                n.as_str().to_owned(),
+                                                v.to_str().unwrap_or("?").to_owned(),
+                                            )
+                                        })
+                                        .collect(),
+                                };
+                                let body =
+                                    json!({"upstream": "ok", "target": seen.target}).to_string();
+                                recorded.lock().expect("seen").push(seen);
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(body)))
+                                        .expect("response"),
+                                )
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    /// Requests that carried `x-test-id: <id>`.
+    pub fn seen_with(&self, id: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .filter(|s| s.one("x-test-id") == Some(id))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Signing keys and their JWKS.
+pub struct Keys {
+    ed_pem: String,
+    rsa_pem: String,
+    /// The RSA public key as PEM (what an attacker has, for the HS256 confusion).
+    pub rsa_public_pem: String,
+    /// The JWKS document with both public keys.
+    pub jwks: Value,
+}
+
+/// `kid` of the RS256 key.
+pub const RSA_KID: &str = "rsa-1";
+/// `kid` of the Ed25519 key.
+pub const ED_KID: &str = "ed-1";
+/// Issuer of test tokens.
+pub const ISSUER: &str = "https://idp.test";
+/// Audience of test tokens.
+pub const AUDIENCE: &str = "portcullis-e2e";
+
+impl Keys {
+    /// Fresh keys (2048-bit RSA and Ed25519).
+    pub fn generate() -> Self {
+        let mut rng = rand::rngs::OsRng;
+        let rsa = rsa::RsaPrivateKey::new(&mut rng, 2048).expect("rsa key");
+        let rsa_pem = rsa
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("rsa pem")
+            .to_string();
+        let rsa_public_pem = rsa
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("rsa public pem");
+        let ed = ed25519_dalek::SigningKey::generate(&mut rng);
+        let ed_pem = ed
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .expect("ed pem")
+            .to_string();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = json!({"keys": [
+            {"kty": "RSA", "kid": RSA_KID, "alg": "RS256", "use": "sig",
+             "n": b64(&rsa.n().to_bytes_be()), "e": b64(&rsa.e().to_bytes_be())},
+            {"kty": "OKP", "crv": "Ed25519", "kid": ED_KID, "alg": "EdDSA", "use": "sig",
+             "x": b64(ed.verifying_key().as_bytes())}
+        ]});
+        Self {
+            ed_pem,
+            rsa_pem,
+            rsa_public_pem,
+            jwks,
+        }
+    }
+
+    /// Standard claims for `sub`, valid for an hour, plus `extra`.
+    pub fn claims(sub: &str, extra: Value) -> Value {
+        let now = jiff::Timestamp::now().as_second();
+        let mut claims = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": sub,
+            "iat": now, "nbf": now - 5, "exp": now + 3600,
+            "jti": uuid::Uuid::now_v7().to_string(),
+        });
+        if let (Some(map), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        claims
+    }
+
+    /// An RS256 token.
+    pub fn rs256(&self, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(String::from(RSA_KID));
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(self.rsa_pem.as_bytes()).expect("key");
+        jsonwebtoken::encode(&header, claims, &key).expect("sign")
+    }
+
+    /// An EdDSA token.
+    pub fn eddsa(&self, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(String::from(ED_KID));
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(self.ed_pem.as_bytes()).expect("key");
+        jsonwebtoken::encode(&header, claims, &key).expect("sign")
+    }
+
+    /// A token for `sub` with `extra` claims (RS256).
+    pub fn token(&self, sub: &str, extra: Value) -> String {
+        self.rs256(&Self::claims(sub, extra))
+    }
+}
+
+/// A response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: u16,
+    /// Headers, lower-case names.
+    pub headers: HashMap<String, String>,
+    /// Body.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A running `portcullis serve`.
+pub struct Portcullis {
+    child: Child,
+    /// The data-plane address.
+    pub data: SocketAddr,
+    /// The ops address.
+    pub ops: SocketAddr,
+    /// Its directory (config, data, JWKS, logs).
+    pub dir: PathBuf,
+    /// The config file.
+    pub config_file: PathBuf,
+    log_file: PathBuf,
+}
+
+impl Drop for Portcullis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Portcullis {
+    /// Starts `serve` towards `upstream` with the repository's policies, a JWKS file of
+    /// `keys`, the clock pinned to Tuesday 2026-01-06 10:00 UTC, loopback as a trusted hop,
+    /// and `extra` YAML appended to the generated config.
+    pub fn start(upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
+        let dir = temp_dir("serve");
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, keys.jwks.to_string()).expect("jwks");
+        let data: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let ops: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = format!(
+            "listen:\n  address: {data}\nops:\n  address: {ops}\n\
+             upstreams:\n  - name: app\n    address: {up}\n\
+             data_dir: {dir}/data\npolicies:\n  dir: {policies}\n\
+             auth:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  jwks_file: {jwks}\n  unknown_kid_cooldown_seconds: 1\n\
+             shutdown:\n  drain_delay_seconds: 1\n  grace_period_seconds: 1\n  runtime_timeout_seconds: 1\n\
+             log:\n  format: json\n  level: info\n{extra}",
+            up = upstream.addr,
+            dir = dir.display(),
+            policies = policies_dir().display(),
+            jwks = jwks.display(),
+        );
+        let config = if config.contains("\ncontext:") {
+            config
+        } else {
+            format!(
+                "{config}\ncontext:\n  fixed_time: \"2026-01-06T10:00:00Z\"\n  trusted_hops: [127.0.0.1/32]\n"
+            )
+        };
+        let config_file = dir.join("portcullis.yaml");
+        std::fs::write(&config_file, config).expect("config");
+        Self::spawn(dir, config_file, data, ops)
+    }
+
+    fn spawn(dir: PathBuf, config_file: PathBuf, data: SocketAddr, ops: SocketAddr) -> Self {
+        let log_file = dir.join("portcullis.log");
+        let log = std::fs::File::create(&log_file).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--no-demo-data", "--config"])
+            .arg(&config_file)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("portcullis starts");
+        let mut me = Self {
+            child,
+            data,
+            ops,
+            dir,
+            config_file,
+            log_file,
+        };
+        me.wait_ready();
+        me
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("portcullis exited early ({status}):\n{}", self.log());
+            }
+            if raw_request(self.ops, "GET", "/readyz", &[]).is_some_and(|r| r.status == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("portcullis not ready within 30 s:\n{}", self.log());
+    }
+
+    /// The determining policies logged for a refused request's decision id.
+    pub fn decided_by(&self, decision_id: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            for line in self.log().lines() {
+                let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                if entry["decision_id"] == decision_id {
+                    return entry["policies"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no log line for decision {decision_id}:\n{}", self.log());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// The store the process runs on.
+    pub fn store(&self) -> SqlStore {
+        rt().block_on(SqlStore::connect(&StoreConfig::Sqlite {
+            path: self.dir.join("data/store.db"),
+        }))
+        .expect("store opens")
+    }
+
+    /// Imports test data and waits until the process enforces it.
+    pub fn seed(&self, import: Import) {
+        let store = self.store();
+        let revision = rt().block_on(store.import(&import)).expect("import");
+        self.wait_revision(revision);
+    }
+
+    /// Waits until the process's snapshot reaches `revision`.
+    pub fn wait_revision(&self, revision: i64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .metric("portcullis_snapshot_revision", &[])
+                .unwrap_or(0.0)
+                >= revision as f64
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("revision {revision} not picked up:\n{}", self.log());
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        raw_request(self.ops, "GET", "/metrics", &[])
+            .expect("metrics answer")
+            .body
+    }
+
+    /// The value of one sample: `name{labels...}` where every given label matches.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.metrics_text().lines().find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse().ok())
+            .flatten()
+        })
+    }
+
+    /// A request on the data plane; `token` becomes `Authorization: Bearer`.
+    pub fn get(&self, target: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Reply {
+        self.request("GET", target, token, headers)
+    }
+
+    /// A request on the data plane with any method.
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &auth {
+            all.push(("authorization", a.as_str()));
+        }
+        raw_request(self.data, method, target, &all)
+            .unwrap_or_else(|| panic!("no answer to {method} {target}:\n{}", self.log()))
+    }
+}
+
+/// One HTTP/1.1 request written byte for byte — the target is sent exactly as given, which
+/// is what path tricks need — on a fresh connection.
+pub fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Option<Reply> {
+    raw_request_from(None, addr, method, target, headers)
+}
+
+/// [`raw_request`] from a chosen local address (e.g. `127.0.0.2`, which is not a trusted
+/// hop).
+pub fn raw_request_from(
+    local: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Option<Reply> {
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    rt().block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        if let Some(ip) = local {
+            socket.bind(SocketAddr::new(ip, 0)).ok()?;
+        }
+        let mut stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+            .await
+            .ok()?
+            .ok()?;
+        parse_reply(&raw)
+    })
+}
+
+fn parse_reply(raw: &[u8]) -> Option<Reply> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(raw.get(..split)?);
+    let mut lines = head.lines();
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = HashMap::new();
+    for line in lines {
+        if let Some((n, v)) = line.split_once(':') {
+            headers.insert(n.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    let body_raw = raw.get(split + 4..)?;
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(body_raw)
+    } else {
+        body_raw.to_vec()
+    };
+    Some(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&raw[..end])
+                .split(';')
+                .next()
+                .unwrap_or("0")
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = end + 2;
+        out.extend_from_slice(&raw[start..(start + size).min(raw.len())]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+    out
+}

@@ -1,0 +1,19 @@
+//! End-to-end tests: the real `portcullis serve` binary between a real client and a real
+//! upstream over loopback sockets, on its real SQLite store, with JWTs signed by real keys —
+//! and, for the decision endpoint, a real nginx (Debian's) in front.
+
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test harness: failures end the test loudly"
+)]
+
+mod harness;
+mod world;
+
+mod enforcement;
+mod gateway;
+mod lifecycle;
+mod requests;
+mod tokens;

@@ -1,0 +1,179 @@
+//! Authentication: every way a token can be wrong is a 401 with a Bearer challenge, never a
+//! 500 and never a forward; a rotated key is picked up without a restart.
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::harness::{Keys, Portcullis, Upstream};
+use crate::world;
+
+const D1: &str = "/v1/spaces/s1/documents/d1";
+
+fn b64(v: &Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[test]
+fn bad_tokens_are_refused_with_a_bearer_challenge() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(&upstream, &keys, "");
+    p.seed(world::import());
+    let now = jiff::Timestamp::now().as_second();
+    let claims = |extra: Value| Keys::claims("alice", extra);
+
+    assert_eq!(
+        p.get(D1, Some(&keys.rs256(&claims(json!({})))), &[]).status,
+        200,
+        "RS256"
+    );
+    assert_eq!(
+        p.get(D1, Some(&keys.eddsa(&claims(json!({})))), &[]).status,
+        200,
+        "EdDSA"
+    );
+
+    let hs256_confusion = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(String::from(crate::harness::RSA_KID));
+        let key = jsonwebtoken::EncodingKey::from_secret(keys.rsa_public_pem.as_bytes());
+        jsonwebtoken::encode(&header, &claims(json!({})), &key).expect("sign")
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims(json!({})))
+    );
+    let tampered = {
+        let good = keys.rs256(&claims(json!({})));
+        let parts: Vec<&str> = good.split('.').collect();
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&claims(json!({"sub": "tom"}))),
+            parts[2]
+        )
+    };
+    let unknown_kid = format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(&json!({"alg": "RS256", "kid": "not-in-the-jwks"})),
+        b64(&claims(json!({})))
+    );
+    let mut no_exp = claims(json!({}));
+    no_exp.as_object_mut().expect("object").remove("exp");
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no credentials", None, "missing"),
+        (
+            "expired beyond the leeway",
+            Some(keys.rs256(&claims(json!({"exp": now - 120})))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(keys.rs256(&claims(json!({"nbf": now + 600})))),
+            "not_yet_valid",
+        ),
+        ("alg none", Some(alg_none), "malformed"),
+        (
+            "wrong audience",
+            Some(keys.rs256(&claims(json!({"aud": "someone-else"})))),
+            "wrong_audience",
+        ),
+        (
+            "wrong issuer",
+            Some(keys.rs256(&claims(json!({"iss": "https://evil.test"})))),
+            "wrong_issuer",
+        ),
+        (
+            "RS256 key used as an HS256 secret",
+            Some(hs256_confusion),
+            "algorithm_not_allowed",
+        ),
+        ("unknown kid", Some(unknown_kid), "unknown_key"),
+        (
+            "payload changed after signing",
+            Some(tampered),
+            "bad_signature",
+        ),
+        ("no exp", Some(keys.rs256(&no_exp)), "missing_claim"),
+        ("not a JWT", Some(String::from("abc.def")), "malformed"),
+    ];
+    for (case, token, reason) in cases {
+        let id = uuid::Uuid::now_v7().to_string();
+        let r = p.get(D1, token.as_deref(), &[("x-test-id", &id)]);
+        assert_eq!(r.status, 401, "{case}: {}", r.body);
+        assert_eq!(r.json()["reason"], reason, "{case}: {}", r.body);
+        let challenge = &r.headers["www-authenticate"];
+        assert!(
+            challenge.starts_with("Bearer realm=\"portcullis\""),
+            "{case}: {challenge}"
+        );
+        if reason != "missing" {
+            assert!(
+                challenge.contains("error=\"invalid_token\""),
+                "{case}: {challenge}"
+            );
+        }
+        assert!(
+            upstream.seen_with(&id).is_empty(),
+            "{case}: reached the upstream"
+        );
+    }
+
+    let r = p.get(D1, None, &[("authorization", "Basic YWxpY2U6cHc=")]);
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("not_bearer"))
+    );
+    assert!(r.headers["www-authenticate"].contains("invalid_request"));
+    let huge = format!("Bearer {}", "a".repeat(9000));
+    let r = p.get(D1, None, &[("authorization", &huge)]);
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("too_large"))
+    );
+
+    // The signature is checked once per token: the second use comes from the cache.
+    let token = keys.rs256(&claims(json!({})));
+    let cached_before = p
+        .metric("portcullis_jwt_validations_total", &[("outcome", "cached")])
+        .unwrap_or(0.0);
+    assert_eq!(p.get(D1, Some(&token), &[]).status, 200);
+    assert_eq!(p.get(D1, Some(&token), &[]).status, 200);
+    let cached_after = p
+        .metric("portcullis_jwt_validations_total", &[("outcome", "cached")])
+        .unwrap_or(0.0);
+    assert_eq!(cached_after - cached_before, 1.0);
+}
+
+#[test]
+fn a_rotated_jwks_file_is_picked_up() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(&upstream, &keys, "");
+    p.seed(world::import());
+    let rotated = Keys::generate();
+    let token = rotated.token("alice", json!({}));
+    // Same kids, new keys: the old JWKS verifies nothing signed with them.
+    assert_eq!(p.get(D1, Some(&token), &[]).status, 401);
+    std::fs::write(p.dir.join("jwks.json"), rotated.jwks.to_string()).expect("rotate");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let fresh = rotated.token("alice", json!({}));
+        if p.get(D1, Some(&fresh), &[]).status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotation not picked up:\n{}",
+            p.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let old = keys.token("alice", json!({}));
+    assert_eq!(
+        p.get(D1, Some(&old), &[]).status,
+        401,
+        "the old key is gone"
+    );
+}
