@@ -138,6 +138,11 @@ impl Upstream {
                                         })
                                         .collect(),
                                 };
+                                let delay: Option<u64> =
+                                    seen.one("x-delay-ms").and_then(|v| v.parse().ok());
+                                if let Some(ms) = delay {
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                }
                                 let body =
                                     json!({"upstream": "ok", "target": seen.target}).to_string();
                                 recorded.lock().expect("seen").push(seen);
@@ -302,32 +307,59 @@ impl Drop for Portcullis {
 impl Portcullis {
     /// Starts `serve` towards `upstream` with the repository's policies, a JWKS file of
     /// `keys`, the clock pinned to Tuesday 2026-01-06 10:00 UTC, loopback as a trusted hop,
-    /// and `extra` YAML appended to the generated config.
+    /// and `extra` YAML appended to the generated config (a top-level key in `extra`
+    /// replaces that default section; `{data}` in it is the data-plane address).
     pub fn start(upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
         let dir = temp_dir("serve");
         let jwks = dir.join("jwks.json");
         std::fs::write(&jwks, keys.jwks.to_string()).expect("jwks");
         let data: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let ops: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let config = format!(
-            "listen:\n  address: {data}\nops:\n  address: {ops}\n\
-             upstreams:\n  - name: app\n    address: {up}\n\
-             data_dir: {dir}/data\npolicies:\n  dir: {policies}\n\
-             auth:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  jwks_file: {jwks}\n  unknown_kid_cooldown_seconds: 1\n\
-             shutdown:\n  drain_delay_seconds: 1\n  grace_period_seconds: 1\n  runtime_timeout_seconds: 1\n\
-             log:\n  format: json\n  level: info\n{extra}",
-            up = upstream.addr,
-            dir = dir.display(),
-            policies = policies_dir().display(),
-            jwks = jwks.display(),
-        );
-        let config = if config.contains("\ncontext:") {
-            config
-        } else {
-            format!(
-                "{config}\ncontext:\n  fixed_time: \"2026-01-06T10:00:00Z\"\n  trusted_hops: [127.0.0.1/32]\n"
-            )
-        };
+        let defaults = [
+            ("listen", format!("listen:\n  address: {data}\n")),
+            ("ops", format!("ops:\n  address: {ops}\n")),
+            (
+                "upstreams",
+                format!(
+                    "upstreams:\n  - name: app\n    address: {}\n",
+                    upstream.addr
+                ),
+            ),
+            ("data_dir", format!("data_dir: {}/data\n", dir.display())),
+            (
+                "policies",
+                format!("policies:\n  dir: {}\n", policies_dir().display()),
+            ),
+            (
+                "auth",
+                format!(
+                    "auth:\n  issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  jwks_file: {}\n  unknown_kid_cooldown_seconds: 1\n",
+                    jwks.display()
+                ),
+            ),
+            (
+                "shutdown",
+                String::from(
+                    "shutdown:\n  drain_delay_seconds: 1\n  grace_period_seconds: 1\n  runtime_timeout_seconds: 1\n",
+                ),
+            ),
+            ("log", String::from("log:\n  format: json\n  level: info\n")),
+            (
+                "context",
+                String::from(
+                    "context:\n  fixed_time: \"2026-01-06T10:00:00Z\"\n  trusted_hops: [127.0.0.1/32]\n",
+                ),
+            ),
+        ];
+        // `extra` may replace any default section by naming it at the start of a line, and
+        // may say `{data}` for the data-plane address.
+        let extra = extra.replace("{data}", &data.to_string());
+        let mut config: String = defaults
+            .iter()
+            .filter(|(key, _)| !extra.lines().any(|l| l.starts_with(&format!("{key}:"))))
+            .map(|(_, block)| block.as_str())
+            .collect();
+        config.push_str(&extra);
         let config_file = dir.join("portcullis.yaml");
         std::fs::write(&config_file, config).expect("config");
         Self::spawn(dir, config_file, data, ops)
@@ -514,8 +546,10 @@ pub fn raw_request_from(
     target: &str,
     headers: &[(&str, &str)],
 ) -> Option<Reply> {
-    let mut request =
-        format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    let mut request = format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("host: {addr}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -185,3 +185,83 @@ fn wait_for(mut done: impl FnMut() -> bool, what: &str, p: &Portcullis) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn https_listener_follows_its_certificate_files() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = crate::harness::temp_dir("tls");
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let first = rcgen::generate_simple_self_signed(vec![String::from("localhost")]).expect("cert");
+    std::fs::write(&cert_file, first.cert.pem()).expect("cert");
+    std::fs::write(&key_file, first.key_pair.serialize_pem()).expect("key");
+    let https_port = crate::harness::free_port();
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "listen:\n  address: {{data}}\n  tls:\n    address: 127.0.0.1:{https_port}\n    cert_file: {}\n    key_file: {}\n",
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+    p.seed(world::import());
+    let alice = keys.token("alice", json!({}));
+    let url = format!("https://localhost:{https_port}/v1/spaces/s1/documents/d1");
+    let get = |trusted_pem: &str| {
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(trusted_pem.as_bytes()).expect("pem"),
+            )
+            .resolve(
+                "localhost",
+                std::net::SocketAddr::from(([127, 0, 0, 1], https_port)),
+            )
+            .build()
+            .expect("client");
+        crate::harness::rt().block_on(async {
+            client
+                .get(&url)
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    assert_eq!(get(&first.cert.pem()).expect("https answers"), 200);
+
+    // New files: the listener serves the new certificate without a restart.
+    let second = rcgen::generate_simple_self_signed(vec![String::from("localhost")]).expect("cert");
+    std::fs::write(&key_file, second.key_pair.serialize_pem()).expect("key");
+    std::fs::write(&cert_file, second.cert.pem()).expect("cert");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&second.cert.pem()).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served:\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        get(&first.cert.pem()).is_err(),
+        "the old certificate is gone"
+    );
+
+    // A broken pair keeps the certificate in force.
+    std::fs::write(&cert_file, "not a certificate").expect("cert");
+    let rejected = || {
+        p.metric(
+            "portcullis_config_reloads_total",
+            &[("outcome", "rejected")],
+        )
+        .unwrap_or(0.0)
+    };
+    wait_for(
+        || rejected() >= 1.0,
+        "the broken certificate is refused",
+        &p,
+    );
+    assert_eq!(get(&second.cert.pem()).expect("still served"), 200);
+}

@@ -144,3 +144,68 @@ fn spoofed_identity_headers_never_reach_the_upstream() {
         seen.headers
     );
 }
+
+#[test]
+fn edge_gateway_routes_by_host_and_prefix_and_times_out_slow_upstreams() {
+    let app = Upstream::start();
+    let api = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(
+        &app,
+        &keys,
+        &format!(
+            "upstreams:\n  - name: api\n    address: {}\n    host: api.test\n    path_prefix: /v1/spaces\n  \
+             - name: app\n    address: {}\n    read_timeout_ms: 300\n",
+            api.addr, app.addr
+        ),
+    );
+    p.seed(world::import());
+    let alice = keys.token("alice", json!({}));
+    let d1 = "/v1/spaces/s1/documents/d1";
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let r = p.get(
+        d1,
+        Some(&alice),
+        &[("host", "api.test:8480"), ("x-test-id", &id)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        api.seen_with(&id).len(),
+        1,
+        "host api.test and /v1/spaces go to api"
+    );
+    assert!(app.seen_with(&id).is_empty());
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let r = p.get(
+        d1,
+        Some(&alice),
+        &[("host", "other.test"), ("x-test-id", &id)],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(app.seen_with(&id).len(), 1, "another host goes to app");
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let r = p.get(
+        "/v1/users/alice",
+        Some(&alice),
+        &[("host", "api.test"), ("x-test-id", &id)],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        app.seen_with(&id).len(),
+        1,
+        "a path outside the prefix goes to app"
+    );
+
+    let r = p.get(
+        d1,
+        Some(&alice),
+        &[("host", "other.test"), ("x-delay-ms", "2000")],
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (502, Some("bad_gateway"))
+    );
+}
