@@ -3,6 +3,12 @@
 use clap::Parser;
 use portcullis_proxy::cli;
 
+/// glibc's allocator showed up as an eighth of the data plane's CPU time under load (many
+/// short-lived buffers and header maps per request); mimalloc serves those from thread-local
+/// pages. See BENCHMARKS.md for the measurement.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,

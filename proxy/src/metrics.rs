@@ -36,6 +36,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (`outcome as usize` indexes it).
+    pub const ALL: [Self; 9] = [
+        Self::Allowed,
+        Self::Denied,
+        Self::Unauthenticated,
+        Self::BadRequest,
+        Self::Unmatched,
+        Self::Public,
+        Self::ShadowDenied,
+        Self::Unavailable,
+        Self::Error,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +64,60 @@ impl Outcome {
         }
     }
 }
+
+/// The request counters and upstream histogram of one route, resolved once when the route
+/// map is loaded, so the request path does no label lookups.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    requests: Vec<prometheus::IntCounter>,
+    upstream: Histogram,
+}
+
+impl RouteMetrics {
+    /// The handles of `route` (every outcome, so each series exists from the start).
+    pub fn new(route: &str) -> Self {
+        Self {
+            requests: Outcome::ALL
+                .iter()
+                .map(|o| METRICS.requests.with_label_values(&[route, o.as_str()]))
+                .collect(),
+            upstream: METRICS.upstream_seconds.with_label_values(&[route]),
+        }
+    }
+
+    /// Counts one request.
+    pub fn count(&self, outcome: Outcome) {
+        if let Some(c) = self.requests.get(outcome as usize) {
+            c.inc();
+        }
+    }
+
+    /// Observes an upstream duration.
+    pub fn upstream(&self, seconds: f64) {
+        self.upstream.observe(seconds);
+    }
+}
+
+/// Handles the request path uses on every request, resolved once.
+#[derive(Debug)]
+pub struct Hot {
+    /// `portcullis_jwt_validations_total{outcome="ok"}`.
+    pub jwt_ok: prometheus::IntCounter,
+    /// `portcullis_jwt_validations_total{outcome="cached"}`.
+    pub jwt_cached: prometheus::IntCounter,
+    /// `portcullis_decision_duration_seconds{cached="true"}`.
+    pub decision_cached: Histogram,
+    /// `portcullis_decision_duration_seconds{cached="false"}`.
+    pub decision_evaluated: Histogram,
+}
+
+/// The hot-path handles.
+pub static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
+    jwt_ok: METRICS.jwt.with_label_values(&["ok"]),
+    jwt_cached: METRICS.jwt.with_label_values(&["cached"]),
+    decision_cached: METRICS.decision_seconds.with_label_values(&["true"]),
+    decision_evaluated: METRICS.decision_seconds.with_label_values(&["false"]),
+});
 
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "_unmatched";

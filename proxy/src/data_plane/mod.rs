@@ -32,7 +32,7 @@ use portcullis_policy_store::model::PrincipalKind;
 use portcullis_policy_store::snapshot::SnapshotHandle;
 
 use crate::config::{Config, Mode, parse_cidr, split_host_port};
-use crate::metrics::{METRICS, Outcome};
+use crate::metrics::{HOT, METRICS, Outcome, RouteMetrics};
 use crate::routes::RouteMap;
 use authn::Authenticator;
 use context::ContextSettings;
@@ -107,6 +107,8 @@ pub struct Gate {
     pub upstreams: Vec<Upstream>,
     /// The decision endpoint, if enabled.
     pub decision_endpoint: Option<DecisionEndpoint>,
+    /// Metric handles per route, by route index; the last one is for unmatched requests.
+    route_metrics: Vec<RouteMetrics>,
 }
 
 impl Gate {
@@ -148,7 +150,14 @@ impl Gate {
                 })
             })
             .transpose()?;
+        let route_metrics = routes
+            .routes()
+            .iter()
+            .map(|r| RouteMetrics::new(&r.name))
+            .chain(std::iter::once(RouteMetrics::new(crate::metrics::NO_ROUTE)))
+            .collect();
         Ok(Self {
+            route_metrics,
             routes,
             mode: config.enforcement.mode,
             unmatched_status: config.enforcement.unmatched_status,
@@ -163,11 +172,19 @@ impl Gate {
         self.upstreams.iter().position(|u| u.serves(host, path))
     }
 
-    /// The route name for metrics.
+    /// The route name for logs.
     pub fn route_name(&self, index: Option<usize>) -> &str {
         index
             .and_then(|i| self.routes.routes().get(i))
             .map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str())
+    }
+
+    /// The metric handles of a route (or of unmatched requests).
+    pub fn route_metrics(&self, index: Option<usize>) -> Option<&RouteMetrics> {
+        match index {
+            Some(i) => self.route_metrics.get(i),
+            None => self.route_metrics.last(),
+        }
     }
 }
 
@@ -271,8 +288,16 @@ pub struct DataPlane {
     pub health: Arc<Health>,
 }
 
-fn new_decision_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+/// A UUIDv7 (time-ordered, so decision ids sort like the log). The random part comes from
+/// the thread's userspace CSPRNG: `Uuid::now_v7` asks the kernel for every id.
+fn new_decision_id(now_ms: i64) -> String {
+    use rand::RngCore;
+    let mut random = [0_u8; 10];
+    rand::thread_rng().fill_bytes(&mut random);
+    let millis = u64::try_from(now_ms).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
 }
 
 impl DataPlane {
@@ -316,10 +341,11 @@ impl DataPlane {
             .map(http::HeaderValue::as_bytes);
         let identity = match self.authn.authenticate(authorization, now_ms / 1000) {
             Ok((identity, cached)) => {
-                METRICS
-                    .jwt
-                    .with_label_values(&[if cached { "cached" } else { "ok" }])
-                    .inc();
+                if cached {
+                    HOT.jwt_cached.inc();
+                } else {
+                    HOT.jwt_ok.inc();
+                }
                 identity
             }
             Err(e) => {
@@ -343,7 +369,7 @@ impl DataPlane {
         }
         let principal_view = snapshot.principal(&identity.principal);
         let tenant = principal_view.and_then(|p| p.principal.tenant.clone());
-        let decision_id = new_decision_id();
+        let decision_id = new_decision_id(jiff::Timestamp::now().as_millisecond());
         let grant = Grant {
             subject: identity.principal.id().to_owned(),
             principal_type: match PrincipalKind::from_cedar_type(identity.principal.type_name()) {
@@ -390,10 +416,12 @@ impl DataPlane {
                 facts: &facts,
             },
         );
-        METRICS
-            .decision_seconds
-            .with_label_values(&[if decision.cached { "true" } else { "false" }])
-            .observe(decision.elapsed.as_secs_f64());
+        let histogram = if decision.cached {
+            &HOT.decision_cached
+        } else {
+            &HOT.decision_evaluated
+        };
+        histogram.observe(decision.elapsed.as_secs_f64());
         checked.subject = Some(DecisionSubject {
             principal: identity.principal.to_string(),
             action: action.clone(),

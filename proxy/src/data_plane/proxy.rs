@@ -366,17 +366,16 @@ impl ProxyHttp for EnforcingProxy {
         } else {
             ctx.outcome
         };
-        METRICS
-            .requests
-            .with_label_values(&[route, outcome.as_str()])
-            .inc();
-        METRICS.request_seconds.observe(elapsed.as_secs_f64());
-        if let Some(started) = ctx.upstream_started {
-            METRICS
-                .upstream_seconds
-                .with_label_values(&[route])
-                .observe(started.elapsed().as_secs_f64());
+        let route_metrics = ctx.gate.as_ref().and_then(|g| {
+            g.route_metrics(ctx.checked.as_ref().and_then(|c| c.route))
+        });
+        if let Some(m) = route_metrics {
+            m.count(outcome);
+            if let Some(started) = ctx.upstream_started {
+                m.upstream(started.elapsed().as_secs_f64());
+            }
         }
+        METRICS.request_seconds.observe(elapsed.as_secs_f64());
         let checked = ctx.checked.as_ref();
         let refusal = checked.and_then(|c| c.rejection.as_ref().or(c.shadowed.as_ref()));
         let subject = checked.and_then(|c| c.subject.as_ref());
