@@ -366,9 +366,10 @@ impl ProxyHttp for EnforcingProxy {
         } else {
             ctx.outcome
         };
-        let route_metrics = ctx.gate.as_ref().and_then(|g| {
-            g.route_metrics(ctx.checked.as_ref().and_then(|c| c.route))
-        });
+        let route_metrics = ctx
+            .gate
+            .as_ref()
+            .and_then(|g| g.route_metrics(ctx.checked.as_ref().and_then(|c| c.route)));
         if let Some(m) = route_metrics {
             m.count(outcome);
             if let Some(started) = ctx.upstream_started {

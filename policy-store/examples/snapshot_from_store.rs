@@ -1,0 +1,130 @@
+//! Times the heavy state of the `decide` benchmark (10,000 extra policies, 1,000 template
+//! links, 100,000 users, 1,000,000 assignments) through a real store: the import, reading
+//! the whole state back (`load_state`, what a process does at start), and building the
+//! snapshot from it; prints the RSS growth of each step.
+//!
+//! ```sh
+//! cargo run --release -p portcullis-policy-store --example snapshot_from_store -- sqlite
+//! cargo run --release -p portcullis-policy-store --example snapshot_from_store -- postgres
+//! ```
+//!
+//! PostgreSQL: a fresh database `portcullis_bench` on the server of
+//! `PORTCULLIS_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
+
+#[path = "../benches/fixtures/mod.rs"]
+#[expect(dead_code, reason = "only the heavy state is used")]
+mod fixtures;
+
+use std::time::Instant;
+
+use fixtures::{fail, heavy_state};
+use portcullis_policy_store::snapshot::Snapshot;
+use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use sqlx::Connection;
+
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        / 1024
+}
+
+async fn store_config(backend: &str) -> StoreConfig {
+    match backend {
+        "sqlite" => {
+            let path =
+                std::env::temp_dir().join(format!("portcullis-heavy-{}.db", std::process::id()));
+            for suffix in ["", "-wal", "-shm"] {
+                let _removed = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            StoreConfig::Sqlite { path }
+        }
+        "postgres" => {
+            let base = std::env::var("PORTCULLIS_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/test"));
+            let mut admin = sqlx::PgConnection::connect(&base)
+                .await
+                .unwrap_or_else(|e| fail(&format!("{base}: {e}")));
+            for sql in [
+                "DROP DATABASE IF EXISTS portcullis_bench",
+                "CREATE DATABASE portcullis_bench",
+            ] {
+                sqlx::raw_sql(sql)
+                    .execute(&mut admin)
+                    .await
+                    .unwrap_or_else(|e| fail(&e.to_string()));
+            }
+            let url = match base.rsplit_once('/') {
+                Some((server, _)) => format!("{server}/portcullis_bench"),
+                None => fail("the PostgreSQL URL names no database"),
+            };
+            StoreConfig::Postgres { url }
+        }
+        other => fail(&format!("backend `{other}`: sqlite or postgres")),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let backend = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| String::from("sqlite"));
+    let config = store_config(&backend).await;
+    let store = SqlStore::connect(&config)
+        .await
+        .unwrap_or_else(|e| fail(&e.to_string()));
+
+    let state = heavy_state();
+    let Some(version) = state.policy_set else {
+        fail("the heavy state has a policy set")
+    };
+    let import = Import {
+        principals: state.principals,
+        roles: state.roles,
+        assignments: state.assignments,
+        entities: state.entities,
+        template_links: state.template_links,
+        policy_set: Some((version.files, version.schema)),
+    };
+    let started = Instant::now();
+    store
+        .import(&import)
+        .await
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    println!(
+        "{backend}: import of 1,000,005 assignments: {:.2?}",
+        started.elapsed()
+    );
+    drop(import);
+
+    let before = rss_mib();
+    let started = Instant::now();
+    let loaded = store
+        .load_state()
+        .await
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let load_time = started.elapsed();
+    let after_load = rss_mib();
+    println!(
+        "{backend}: load_state: {load_time:.2?}, RSS +{} MiB",
+        after_load.saturating_sub(before)
+    );
+    let started = Instant::now();
+    let snapshot = Snapshot::build(loaded, 0).unwrap_or_else(|e| fail(&e.to_string()));
+    println!(
+        "{backend}: Snapshot::build: {:.2?}, RSS now +{} MiB over the start of load_state; {:?}",
+        started.elapsed(),
+        rss_mib().saturating_sub(before),
+        snapshot.counts()
+    );
+    println!(
+        "{backend}: start-up total (load + build): {:.2?}",
+        load_time + started.elapsed()
+    );
+}
