@@ -6,7 +6,8 @@
 //! - [`store`]: the [`store::Store`] trait and its SQL implementation (SQLite file or
 //!   PostgreSQL), where every mutation is one transaction that bumps the revision;
 //! - [`snapshot`]: the immutable in-memory view the hot path reads, swapped atomically;
-//! - [`decision`]: the decision core, [`decision::decide`].
+//! - [`decision`]: the decision core, [`decision::decide`];
+//! - [`audit`]: the hash-chained decision ledger, its writer and its verifier.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod decision;
 pub mod error;
 pub mod model;

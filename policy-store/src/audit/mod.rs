@@ -1,0 +1,206 @@
+//! The decision audit ledger: every decision (and, later, every admin change) as one
+//! hash-chained record, appended by one writer per process.
+//!
+//! # Format
+//!
+//! JSON lines in files `<prefix>-<first seq, 12 digits>.jsonl`, rotated by size; the chain
+//! runs across files. Each line is one [`Record`] whose last member is `hash`:
+//!
+//! ```text
+//! {"seq":1,"ts":"2026-01-06T10:00:00.123Z",...,"prev_hash":"000…000","hash":"9f2c…"}
+//! ```
+//!
+//! **Canonical encoding** (stable; what the hash covers): the record serialised as compact
+//! JSON *without* its `hash` member — members in the order of [`Record`]'s fields, absent
+//! optional members left out, no whitespace, UTF-8. The line is that text with
+//! `,"hash":"<64 lower-case hex>"` inserted before the closing `}`. So
+//! `hash = hex(SHA-256(canonical))`, and because `prev_hash` is inside the canonical text,
+//! each hash covers the whole chain before it. The first record's `prev_hash` is 64 zeros.
+//!
+//! A plain chain cannot show a truncated tail or a chain rebuilt from scratch, so the writer
+//! also signs **checkpoints** (`seq`, head `hash`, time) with an Ed25519 key into a separate
+//! file; see [`checkpoint`]. [`verify`] checks both.
+
+pub mod checkpoint;
+pub mod verify;
+pub mod writer;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `prev_hash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A request decided on the data plane (or by the decision endpoint).
+    #[default]
+    Decision,
+    /// A change made through the admin API.
+    AdminChange,
+}
+
+/// What a record says happened, before the writer gives it a place in the chain. (Unknown
+/// members are not refused when reading: the hash covers the exact text, so an added member
+/// fails verification anyway.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Entry {
+    /// When it happened (RFC 3339, UTC, milliseconds).
+    pub ts: String,
+    /// Decision or admin change.
+    pub kind: RecordKind,
+    /// The decision id (also in the response and the upstream's headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    /// `User::"alice"`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The Cedar action, or the admin operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `Document::"d1"`, or the changed object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// `allow`, `deny`, `shadow_deny` (denied, forwarded in shadow mode) or `refused`
+    /// (no decision was reached: bad credentials, bad target, no route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Short reason code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Determining policy ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// Evaluation errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// The route name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Request context, redacted by band (see [`redact`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, String>,
+    /// Time to decide, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    /// W3C trace id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Who made an admin change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// One record of the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// The process that wrote it.
+    pub instance: String,
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// The previous record's hash.
+    pub prev_hash: String,
+}
+
+/// Hex of SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(hex_digit(b >> 4));
+        out.push(hex_digit(b & 0x0f));
+    }
+    out
+}
+
+fn hex_digit(n: u8) -> char {
+    char::from_digit(u32::from(n), 16).unwrap_or('0')
+}
+
+/// The canonical text of a record and the line to write: `(hash, line)`.
+pub fn seal(record: &Record) -> Result<(String, String), serde_json::Error> {
+    let canonical = serde_json::to_string(record)?;
+    let hash = sha256_hex(canonical.as_bytes());
+    let body = canonical.strip_suffix('}').unwrap_or(&canonical);
+    Ok((hash.clone(), format!("{body},\"hash\":\"{hash}\"}}")))
+}
+
+/// Splits a line into its canonical text and the hash it claims: `None` if the line does
+/// not end with a `hash` member.
+pub fn unseal(line: &str) -> Option<(String, &str)> {
+    let body = line.strip_suffix("\"}")?;
+    let (canonical_head, hash) = body.rsplit_once(",\"hash\":\"")?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((format!("{canonical_head}}}"), hash))
+}
+
+/// Redacts request context for a security band (seed 000's `REDACT_PII` obligation on
+/// AMBER and RED): the client address and device id are replaced by a salted hash prefix,
+/// so records stay linkable without holding the value.
+pub fn redact(context: &mut BTreeMap<String, String>, band: &str, salt: &str) {
+    if band == "GREEN" {
+        return;
+    }
+    for key in ["ip", "device_id", "email", "name"] {
+        if let Some(value) = context.get_mut(key) {
+            let digest = sha256_hex(format!("{salt}\n{value}").as_bytes());
+            *value = format!("sha256:{}", digest.get(..16).unwrap_or_default());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            seq: 1,
+            instance: String::from("i1"),
+            entry: Entry {
+                ts: String::from("2026-01-06T10:00:00.000Z"),
+                kind: RecordKind::Decision,
+                decision: Some(String::from("allow")),
+                policies: vec![String::from("role:member")],
+                ..Entry::default()
+            },
+            prev_hash: String::from(GENESIS),
+        }
+    }
+
+    #[test]
+    fn seal_and_unseal_agree_and_the_hash_covers_every_member() {
+        let (hash, line) = seal(&record()).unwrap();
+        assert!(line.ends_with(&format!(",\"hash\":\"{hash}\"}}")));
+        let (canonical, claimed) = unseal(&line).unwrap();
+        assert_eq!(claimed, hash);
+        assert_eq!(sha256_hex(canonical.as_bytes()), hash);
+        let parsed: Record = serde_json::from_str(&canonical).unwrap();
+        assert_eq!(parsed, record());
+        let mut other = record();
+        other.entry.decision = Some(String::from("deny"));
+        assert_ne!(seal(&other).unwrap().0, hash);
+    }
+
+    #[test]
+    fn redaction_hashes_pii_outside_green() {
+        let mut ctx = BTreeMap::from([
+            (String::from("ip"), String::from("10.0.0.1")),
+            (String::from("hour"), String::from("10")),
+        ]);
+        redact(&mut ctx, "GREEN", "s");
+        assert_eq!(ctx["ip"], "10.0.0.1");
+        redact(&mut ctx, "AMBER", "s");
+        assert!(ctx["ip"].starts_with("sha256:") && ctx["ip"].len() == 23);
+        assert_eq!(ctx["hour"], "10");
+    }
+}

@@ -1,0 +1,266 @@
+//! The audit ledger, written by the real writer into real files, then tampered with every
+//! way an attacker with write access to the files could: each must fail verification at the
+//! right place, and a clean ledger must pass.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use portcullis_policy_store::audit::checkpoint::{self, Checkpoint};
+use portcullis_policy_store::audit::verify::{Break, VerifyOptions, verify};
+use portcullis_policy_store::audit::writer::{Ledger, LedgerConfig};
+use portcullis_policy_store::audit::{Entry, GENESIS, Record, seal, unseal};
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+fn config(dir: &Path, max_file_bytes: u64) -> LedgerConfig {
+    LedgerConfig {
+        dir: dir.to_path_buf(),
+        prefix: String::from("audit"),
+        max_file_bytes,
+        instance: String::from("test-1"),
+        queue_capacity: 64,
+        checkpoint_every: 10,
+        checkpoint_interval: Duration::from_secs(60),
+        checkpoint_key: Some(key()),
+        fsync: false,
+        stdout: false,
+    }
+}
+
+fn entry(i: u64) -> Entry {
+    Entry {
+        ts: format!("2026-01-06T10:00:{:02}.000Z", i % 60),
+        decision_id: Some(format!("d-{i}")),
+        principal: Some(String::from("User::\"alice\"")),
+        action: Some(String::from("document.read")),
+        resource: Some(format!("Document::\"d{i}\"")),
+        decision: Some(String::from(if i.is_multiple_of(3) { "deny" } else { "allow" })),
+        ..Entry::default()
+    }
+}
+
+/// Writes `count` records through the real writer and waits for it to stop.
+fn write(dir: &Path, count: u64, max_file_bytes: u64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ledger, thread) = Ledger::open(config(dir, max_file_bytes)).unwrap();
+    rt.block_on(async {
+        for i in 1..=count {
+            ledger
+                .append(entry(i), Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+    });
+    drop(ledger);
+    thread.join().unwrap();
+}
+
+fn verify_dir(dir: &Path) -> Result<portcullis_policy_store::audit::verify::Summary, Break> {
+    verify(
+        &[dir.to_path_buf()],
+        &VerifyOptions {
+            public_key: Some(key().verifying_key()),
+            ..VerifyOptions::default()
+        },
+        &mut |_| {},
+    )
+}
+
+fn the_file(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("audit-")
+        })
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+fn lines(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn save(file: &Path, lines: &[String]) {
+    std::fs::write(file, lines.join("\n") + "\n").unwrap();
+}
+
+/// A ledger of 25 records in a fresh directory.
+fn ledger() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 25, u64::MAX);
+    let file = the_file(dir.path());
+    (dir, file)
+}
+
+#[test]
+fn a_clean_ledger_verifies_with_its_checkpoints() {
+    let (dir, _) = ledger();
+    let summary = verify_dir(dir.path()).unwrap();
+    assert_eq!(summary.records, 25);
+    assert_eq!(summary.range, Some((1, 25)));
+    // Every 10 records, and one when the writer stopped.
+    assert_eq!(summary.checkpoints, 3);
+    assert_eq!(summary.last_checkpoint, Some(25));
+}
+
+#[test]
+fn a_changed_member_breaks_at_its_record() {
+    let (dir, file) = ledger();
+    let mut l = lines(&file);
+    l[4] = l[4].replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
+    save(&file, &l);
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert_eq!((b.line, b.seq), (5, Some(5)), "{b}");
+    assert!(b.what.contains("hash does not match"), "{b}");
+}
+
+#[test]
+fn a_deleted_record_breaks_at_the_gap() {
+    let (dir, file) = ledger();
+    let mut l = lines(&file);
+    l.remove(4);
+    save(&file, &l);
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert_eq!((b.line, b.seq), (5, Some(6)), "{b}");
+    assert!(b.what.contains("expected seq 5 after 4"), "{b}");
+}
+
+#[test]
+fn an_inserted_record_breaks() {
+    let (dir, file) = ledger();
+    let mut l = lines(&file);
+    let copy = l[2].clone();
+    l.insert(3, copy);
+    save(&file, &l);
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert_eq!((b.line, b.seq), (4, Some(3)), "{b}");
+}
+
+#[test]
+fn two_swapped_records_break() {
+    let (dir, file) = ledger();
+    let mut l = lines(&file);
+    l.swap(3, 4);
+    save(&file, &l);
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert_eq!((b.line, b.seq), (4, Some(5)), "{b}");
+}
+
+#[test]
+fn a_truncated_tail_is_caught_by_the_last_checkpoint() {
+    let (dir, file) = ledger();
+    let mut l = lines(&file);
+    l.truncate(22);
+    save(&file, &l);
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert_eq!(b.seq, Some(25), "{b}");
+    assert!(b.what.contains("ends at seq 22"), "{b}");
+}
+
+/// Re-seals every record from a fresh genesis after changing one: a chain that is valid in
+/// itself.
+fn rebuild(file: &Path) {
+    let mut prev = String::from(GENESIS);
+    let rebuilt: Vec<String> = lines(file)
+        .iter()
+        .map(|line| {
+            let (canonical, _) = unseal(line).unwrap();
+            let mut record: Record = serde_json::from_str(&canonical).unwrap();
+            if record.seq == 2 {
+                record.entry.decision = Some(String::from("deny"));
+            }
+            record.prev_hash = prev.clone();
+            let (hash, line) = seal(&record).unwrap();
+            prev = hash;
+            line
+        })
+        .collect();
+    save(file, &rebuilt);
+}
+
+#[test]
+fn a_chain_rebuilt_from_a_fresh_genesis_fails_at_the_first_checkpoint() {
+    let (dir, file) = ledger();
+    rebuild(&file);
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert_eq!(b.seq, Some(10), "{b}");
+    assert!(b.what.contains("chain was rewritten"), "{b}");
+
+    // Deleting the checkpoints as well: with the public key, that is a failure too.
+    std::fs::remove_file(dir.path().join(checkpoint::FILE)).unwrap();
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert!(b.what.contains("no checkpoint found"), "{b}");
+    // Forged checkpoints need the private key.
+    let forger = SigningKey::from_bytes(&[9; 32]);
+    let last = lines(&file).last().cloned().unwrap();
+    let (_, hash) = unseal(&last).unwrap();
+    let forged = Checkpoint::sign(&forger, 25, hash, "2026-01-06T11:00:00.000Z");
+    std::fs::write(
+        dir.path().join(checkpoint::FILE),
+        serde_json::to_string(&forged).unwrap() + "\n",
+    )
+    .unwrap();
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert!(b.what.contains("signature does not verify"), "{b}");
+}
+
+#[test]
+fn the_chain_runs_across_rotated_files_and_a_missing_file_breaks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 40, 2_000);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !p.ends_with(checkpoint::FILE))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    let summary = verify_dir(dir.path()).unwrap();
+    assert_eq!((summary.records, summary.files), (40, files.len()));
+    std::fs::remove_file(&files[1]).unwrap();
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert!(b.what.contains("a record was removed"), "{b}");
+}
+
+#[test]
+fn a_restarted_writer_continues_the_chain_and_cuts_a_torn_line() {
+    let (dir, file) = ledger();
+    // A crash in the middle of a write leaves a line without its end.
+    let mut torn = std::fs::read_to_string(&file).unwrap();
+    torn.push_str("{\"seq\":26,\"instance\":\"test-1\",\"ts\":\"2026");
+    std::fs::write(&file, torn).unwrap();
+    write(dir.path(), 5, u64::MAX);
+    let summary = verify_dir(dir.path()).unwrap();
+    assert_eq!(summary.range, Some((1, 30)));
+}
+
+#[test]
+fn from_and_to_seq_limit_the_range() {
+    let (dir, _) = ledger();
+    let summary = verify(
+        &[dir.path().to_path_buf()],
+        &VerifyOptions {
+            from_seq: Some(5),
+            to_seq: Some(12),
+            public_key: Some(key().verifying_key()),
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!((summary.records, summary.range), (8, Some((5, 12))));
+}
