@@ -39,7 +39,11 @@ fn entry(i: u64) -> Entry {
         principal: Some(String::from("User::\"alice\"")),
         action: Some(String::from("document.read")),
         resource: Some(format!("Document::\"d{i}\"")),
-        decision: Some(String::from(if i.is_multiple_of(3) { "deny" } else { "allow" })),
+        decision: Some(String::from(if i.is_multiple_of(3) {
+            "deny"
+        } else {
+            "allow"
+        })),
         ..Entry::default()
     }
 }
@@ -113,7 +117,7 @@ fn a_clean_ledger_verifies_with_its_checkpoints() {
     let summary = verify_dir(dir.path()).unwrap();
     assert_eq!(summary.records, 25);
     assert_eq!(summary.range, Some((1, 25)));
-    // Every 10 records, and one when the writer stopped.
+    // One at start (seq 0, not a record), every 10 records, and one when the writer stopped.
     assert_eq!(summary.checkpoints, 3);
     assert_eq!(summary.last_checkpoint, Some(25));
 }

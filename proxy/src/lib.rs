@@ -3,11 +3,13 @@
 //! - [`data_plane`]: the enforcing proxy (Pingora) — path normalisation, routing,
 //!   authentication, context, decision, identity headers, the decision endpoint;
 //! - [`server`], [`ops`], [`tls`]: the listeners, health and metrics, the HTTPS certificate;
+//! - [`audit`]: what the data plane writes into the decision audit ledger;
 //! - [`config`], [`reload`]: the configuration and its live reload;
 //! - [`embedded`], [`devkey`]: the embedded store and dev key of `portcullis serve`;
 //! - [`policy_dir`], [`routes`], [`policy_tests`]: policy as code;
 //! - [`cli`]: one module per subcommand.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod data_plane;

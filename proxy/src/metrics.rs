@@ -164,6 +164,31 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `portcullis_request_duration_seconds`: the whole request on the data plane.
     pub request_seconds: Histogram,
+    /// The audit ledger's counters, copied from the writer at scrape time.
+    pub audit: AuditMetrics,
+}
+
+/// `portcullis_audit_*`.
+#[derive(Debug)]
+pub struct AuditMetrics {
+    /// `portcullis_audit_records_total`: records written.
+    pub records: prometheus::IntCounter,
+    /// `portcullis_audit_dropped_total`: entries dropped (`audit.on_full: drop`).
+    pub dropped: prometheus::IntCounter,
+    /// `portcullis_audit_refused_total`: requests refused because the queue stayed full.
+    pub refused: prometheus::IntCounter,
+    /// `portcullis_audit_write_errors_total`: failed batch writes.
+    pub write_errors: prometheus::IntCounter,
+    /// `portcullis_audit_batches_total`: batches written.
+    pub batches: prometheus::IntCounter,
+    /// `portcullis_audit_write_seconds_total`: time spent writing batches.
+    pub write_seconds: prometheus::Counter,
+    /// `portcullis_audit_queue_depth`: entries waiting for the writer.
+    pub queue_depth: IntGauge,
+}
+
+fn int_counter(name: &str, help: &str) -> prometheus::IntCounter {
+    register(built(prometheus::IntCounter::new(name, help)))
 }
 
 /// Metric definitions here are static (names, help, labels, buckets); building one fails
@@ -271,6 +296,30 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         build_info,
         request_seconds,
+        audit: AuditMetrics {
+            records: int_counter("portcullis_audit_records_total", "Audit records written."),
+            dropped: int_counter(
+                "portcullis_audit_dropped_total",
+                "Audit entries dropped because the queue was full (audit.on_full = drop).",
+            ),
+            refused: int_counter(
+                "portcullis_audit_refused_total",
+                "Requests refused because the audit queue stayed full (back-pressure).",
+            ),
+            write_errors: int_counter(
+                "portcullis_audit_write_errors_total",
+                "Audit batches that could not be written.",
+            ),
+            batches: int_counter("portcullis_audit_batches_total", "Audit batches written."),
+            write_seconds: register(built(prometheus::Counter::new(
+                "portcullis_audit_write_seconds_total",
+                "Time spent writing audit batches.",
+            ))),
+            queue_depth: register(built(IntGauge::new(
+                "portcullis_audit_queue_depth",
+                "Audit entries waiting for the writer.",
+            ))),
+        },
     }
 });
 

@@ -93,6 +93,9 @@ impl Ops {
         let snapshot = self.plane.snapshot.load();
         METRICS.snapshot_revision.set(snapshot.revision());
         METRICS.snapshot_age.set(age_seconds(snapshot.built_at()));
+        if let Some(audit) = &self.plane.audit {
+            audit.export_metrics();
+        }
         let encoder = prometheus::TextEncoder::new();
         let mut body = Vec::with_capacity(16 * 1024);
         match encoder.encode(&prometheus::gather(), &mut body) {

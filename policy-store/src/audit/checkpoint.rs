@@ -3,6 +3,9 @@
 //! then tell a complete ledger from one whose tail was cut off or which was rebuilt from a
 //! fresh genesis — neither of which the hash chain alone reveals.
 //!
+//! The writer signs one at every start too (seq 0 and the genesis hash for an empty
+//! ledger), so a ledger that ever ran has at least one.
+//!
 //! The signed message is the UTF-8 text
 //! `portcullis-audit-checkpoint\n<seq>\n<hash>\n<ts>`; the signature is base64 (standard).
 

@@ -317,6 +317,9 @@ impl Writer {
     }
 
     async fn serve(&mut self, mut rx: mpsc::Receiver<Pending>) {
+        // A checkpoint at every start: a ledger that ever ran has one, so a deleted
+        // checkpoint file cannot pass for a young ledger.
+        self.checkpoint();
         let mut batch: Vec<Pending> = Vec::with_capacity(256);
         loop {
             let first = if self.since_checkpoint > 0 {

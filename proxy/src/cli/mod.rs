@@ -1,6 +1,7 @@
 //! The `portcullis` command line: one file per subcommand, each with an `Args` struct and
 //! one `run` function returning an [`Exit`] code.
 
+pub mod audit_verify;
 pub mod config_dump;
 pub mod policy_test;
 pub mod policy_validate;
@@ -55,11 +56,21 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Audit ledger tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Policy-as-code tools: validate and test a policies directory.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Print the version and build facts.
     Version(version::Args),
+}
+
+/// `portcullis audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain and check the signed checkpoints; exit 1 at the first break.
+    Verify(audit_verify::Args),
 }
 
 /// `portcullis config ...`
@@ -86,6 +97,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Serve(args) => serve::run(&args),
         Command::Token(args) => token::run(&args),
         Command::Config(ConfigCommand::Dump(args)) => config_dump::run(&args),
+        Command::Audit(AuditCommand::Verify(args)) => audit_verify::run(&args),
         Command::Policy(PolicyCommand::Validate(args)) => policy_validate::run(&args),
         Command::Policy(PolicyCommand::Test(args)) => policy_test::run(&args),
         Command::Version(args) => version::run(&args),

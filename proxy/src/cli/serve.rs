@@ -210,11 +210,24 @@ async fn start(config: &Config, demo_data: bool) -> Result<Started, Failure> {
             "no JWKS configured: trusting the dev signing key; get a token with `portcullis token --sub alice`"
         );
     }
+    let audit =
+        crate::audit::Audit::open(config).map_err(|e| Failure::Runtime(format!("audit: {e}")))?;
+    match &audit {
+        Some(a) => tracing::info!(
+            ledger = %a.dir.display(),
+            public_key = %a.public_key.display(),
+            "audit ledger open; check it with `portcullis audit verify {} --public-key {}`",
+            a.dir.display(),
+            a.public_key.display()
+        ),
+        None => tracing::warn!("audit.enabled is false: decisions leave no record"),
+    }
     let plane = Arc::new(DataPlane {
         gate: arc_swap::ArcSwap::from_pointee(gate),
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
         authn,
         health: Arc::new(Health::default()),
+        audit,
     });
     Ok(Started {
         plane,

@@ -51,6 +51,8 @@ pub struct Config {
     pub enforcement: EnforcementConfig,
     /// The decision-only endpoint for other gateways.
     pub decision_endpoint: DecisionEndpointConfig,
+    /// The decision audit ledger.
+    pub audit: AuditConfig,
     /// Shutdown timing.
     pub shutdown: ShutdownConfig,
     /// Worker threads of the data plane.
@@ -72,6 +74,7 @@ impl Default for Config {
             context: ContextConfig::default(),
             enforcement: EnforcementConfig::default(),
             decision_endpoint: DecisionEndpointConfig::default(),
+            audit: AuditConfig::default(),
             shutdown: ShutdownConfig::default(),
             threads: 2,
             log: LogConfig::default(),
@@ -361,6 +364,73 @@ impl Default for DecisionEndpointConfig {
             trusted_gateways: vec![String::from("127.0.0.1/32"), String::from("::1/128")],
         }
     }
+}
+
+/// The decision audit ledger: hash-chained JSON lines with signed checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Record decisions.
+    pub enabled: bool,
+    /// Ledger directory; default `<data_dir>/audit`.
+    pub dir: Option<PathBuf>,
+    /// Start a new file past this size.
+    pub max_file_bytes: u64,
+    /// When the queue is full: `wait` (up to `max_wait_ms`, then answer 503) or `drop`
+    /// (forward without a record, counted in `portcullis_audit_dropped_total`).
+    pub on_full: AuditOnFull,
+    /// How long a request waits for room in the queue.
+    pub max_wait_ms: u64,
+    /// Entries between the request path and the writer.
+    pub queue_capacity: usize,
+    /// `fsync` every batch (survives power loss, not only a crashed process).
+    pub fsync: bool,
+    /// Also print every record on stdout.
+    pub stdout: bool,
+    /// Ed25519 key (PKCS#8 PEM) signing checkpoints; created with its `.pub` when missing.
+    /// Default `<data_dir>/audit-checkpoint-key.pem`.
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// Sign a checkpoint every this many records.
+    pub checkpoint_every: u64,
+    /// ... and at least this often while records arrive.
+    pub checkpoint_interval_seconds: u64,
+    /// Record requests to public routes.
+    pub record_public: bool,
+    /// Share of allowed decisions recorded (0..1); denials and refusals are always kept.
+    pub allow_sample_rate: f64,
+    /// This process's name in the records; default `<hostname>-<pid>`.
+    pub instance: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            max_file_bytes: 100 * 1024 * 1024,
+            on_full: AuditOnFull::Wait,
+            max_wait_ms: 1_000,
+            queue_capacity: 65_536,
+            fsync: false,
+            stdout: false,
+            checkpoint_key_file: None,
+            checkpoint_every: 10_000,
+            checkpoint_interval_seconds: 60,
+            record_public: false,
+            allow_sample_rate: 1.0,
+            instance: None,
+        }
+    }
+}
+
+/// What a full audit queue does to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOnFull {
+    /// Wait, then fail closed (503).
+    Wait,
+    /// Forward without a record; counted.
+    Drop,
 }
 
 /// Shutdown timing. The defaults fit Kubernetes' 30 s termination grace period.
@@ -670,6 +740,19 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
         problems.push(problem(
             "store.postgres_url",
             "give `sqlite_path` or `postgres_url`, not both",
+        ));
+    }
+    let a = &config.audit;
+    if !(0.0..=1.0).contains(&a.allow_sample_rate) {
+        problems.push(problem(
+            "audit.allow_sample_rate",
+            "must be between 0 and 1",
+        ));
+    }
+    if a.queue_capacity == 0 || a.checkpoint_every == 0 || a.max_file_bytes < 4096 {
+        problems.push(problem(
+            "audit",
+            "queue_capacity and checkpoint_every must be above 0, max_file_bytes at least 4096",
         ));
     }
     let s = &config.shutdown;

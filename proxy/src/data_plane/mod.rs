@@ -27,7 +27,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use ipnet::IpNet;
-use portcullis_policy_store::decision::{DecisionRequest, decide};
+use portcullis_policy_store::decision::{DecisionRequest, RequestFacts, decide};
 use portcullis_policy_store::model::PrincipalKind;
 use portcullis_policy_store::snapshot::SnapshotHandle;
 
@@ -220,7 +220,7 @@ pub struct Checked {
     pub subject: Option<DecisionSubject>,
 }
 
-/// What a decision was about, for logs.
+/// What a decision was about, for the log and the audit record.
 #[derive(Debug, Clone)]
 pub struct DecisionSubject {
     /// `User::"alice"`.
@@ -231,8 +231,14 @@ pub struct DecisionSubject {
     pub resource: String,
     /// Determining policy ids.
     pub policies: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
     /// Answered from the decision cache.
     pub cached: bool,
+    /// Time in the decision core.
+    pub elapsed: Duration,
+    /// The request context the decision saw.
+    pub facts: RequestFacts,
 }
 
 /// Readiness facts, for `/readyz`, and the requests in flight, for shutdown.
@@ -286,6 +292,8 @@ pub struct DataPlane {
     pub authn: Arc<Authenticator>,
     /// Readiness.
     pub health: Arc<Health>,
+    /// The decision audit ledger, if enabled.
+    pub audit: Option<crate::audit::Audit>,
 }
 
 /// A UUIDv7 (time-ordered, so decision ids sort like the log). The random part comes from
@@ -427,7 +435,10 @@ impl DataPlane {
             action: action.clone(),
             resource: resource.to_string(),
             policies: decision.determining_policies.clone(),
+            errors: decision.errors.clone(),
             cached: decision.cached,
+            elapsed: decision.elapsed,
+            facts,
         });
         checked.grant = Some(Grant {
             roles: decision.effective_roles.clone(),
@@ -448,6 +459,19 @@ impl DataPlane {
 }
 
 impl Checked {
+    /// A request refused before any check (ambiguous target, no upstream, untrusted
+    /// gateway).
+    pub fn refused(rejection: Rejection) -> Self {
+        Self {
+            route: None,
+            outcome: rejection.outcome(),
+            rejection: Some(rejection),
+            shadowed: None,
+            grant: None,
+            subject: None,
+        }
+    }
+
     /// The decision id, when a decision was made.
     pub fn decision_id(&self) -> Option<&str> {
         fn from_rejection(r: &Rejection) -> Option<&str> {

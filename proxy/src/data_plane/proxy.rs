@@ -100,74 +100,102 @@ impl EnforcingProxy {
             return Ok(false);
         };
         let peer = peer_ip(session);
-        if !peer.is_some_and(|ip| endpoint.trusted_gateways.iter().any(|n| n.contains(&ip))) {
-            return self.refuse(session, ctx, Rejection::UntrustedGateway).await;
-        }
-        let req = session.req_header();
-        let (method, uri): (String, Vec<u8>) = if let Some(uri) = header_text(req, "x-original-uri")
-        {
-            let method = header_text(req, "x-original-method").unwrap_or("GET");
-            (method.to_owned(), uri.as_bytes().to_vec())
-        } else if let Some(uri) = header_text(req, "x-forwarded-uri") {
-            let method = header_text(req, "x-forwarded-method").unwrap_or("GET");
-            (method.to_owned(), uri.as_bytes().to_vec())
-        } else {
-            // Envoy ext_authz (HTTP): the original path follows the endpoint path.
-            let raw = req.raw_path();
-            let rest = raw.get(prefix_len..).unwrap_or_default();
-            let rest = if rest.first() == Some(&b'?') || rest.is_empty() {
-                [b"/".as_slice(), rest].concat()
-            } else {
-                rest.to_vec()
-            };
-            (req.method.as_str().to_owned(), rest)
-        };
-        let target = match normalize(&uri) {
-            Ok(t) => t,
-            Err(e) => {
-                METRICS.bad_requests.with_label_values(&[e.code()]).inc();
-                return self.refuse(session, ctx, Rejection::BadTarget(e)).await;
-            }
-        };
-        let checked = self.plane.check(
-            gate,
-            &method.to_ascii_uppercase(),
-            &target,
-            &session.req_header().headers,
-            peer,
-        );
-        ctx.outcome = checked.outcome;
-        ctx.target = Some(target);
-        let result = match &checked.rejection {
-            Some(rejection) => rejection.send(session).await,
-            None => {
-                let mut header = ResponseHeader::build(200, Some(7))?;
-                if let Some(grant) = &checked.grant {
-                    for (name, value) in grant_headers(grant) {
-                        header.insert_header(name, value)?;
+        let checked =
+            if peer.is_some_and(|ip| endpoint.trusted_gateways.iter().any(|n| n.contains(&ip))) {
+                let req = session.req_header();
+                let (method, uri): (String, Vec<u8>) =
+                    if let Some(uri) = header_text(req, "x-original-uri") {
+                        let method = header_text(req, "x-original-method").unwrap_or("GET");
+                        (method.to_owned(), uri.as_bytes().to_vec())
+                    } else if let Some(uri) = header_text(req, "x-forwarded-uri") {
+                        let method = header_text(req, "x-forwarded-method").unwrap_or("GET");
+                        (method.to_owned(), uri.as_bytes().to_vec())
+                    } else {
+                        // Envoy ext_authz (HTTP): the original path follows the endpoint path.
+                        let raw = req.raw_path();
+                        let rest = raw.get(prefix_len..).unwrap_or_default();
+                        let rest = if rest.first() == Some(&b'?') || rest.is_empty() {
+                            [b"/".as_slice(), rest].concat()
+                        } else {
+                            rest.to_vec()
+                        };
+                        (req.method.as_str().to_owned(), rest)
+                    };
+                match normalize(&uri) {
+                    Err(e) => {
+                        METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                        Checked::refused(Rejection::BadTarget(e))
+                    }
+                    Ok(target) => {
+                        let checked = self.plane.check(
+                            gate,
+                            &method.to_ascii_uppercase(),
+                            &target,
+                            &req.headers,
+                            peer,
+                        );
+                        ctx.target = Some(target);
+                        checked
                     }
                 }
-                header.insert_header(http::header::CONTENT_LENGTH, "0")?;
-                header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-                session
-                    .write_response_header(Box::new(header), false)
-                    .await?;
-                session.write_response_body(Some(Bytes::new()), true).await
+            } else {
+                Checked::refused(Rejection::UntrustedGateway)
+            };
+        let refusal = self.record(ctx, gate, checked).await;
+        if let Some(rejection) = refusal {
+            rejection.send(session).await?;
+            return Ok(true);
+        }
+        let mut header = ResponseHeader::build(200, Some(7))?;
+        if let Some(grant) = ctx.checked.as_ref().and_then(|c| c.grant.as_ref()) {
+            for (name, value) in grant_headers(grant) {
+                header.insert_header(name, value)?;
             }
-        };
-        ctx.checked = Some(checked);
-        result.map(|()| true)
+        }
+        header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::new()), true)
+            .await?;
+        Ok(true)
     }
 
-    async fn refuse(
+    /// Records the checked request in the audit ledger and keeps it in the context; returns
+    /// what to answer instead of forwarding (the check's refusal, or a 503 when the ledger
+    /// cannot take the record).
+    async fn record(
         &self,
-        session: &mut Session,
         ctx: &mut RequestCtx,
-        rejection: Rejection,
-    ) -> pingora::Result<bool> {
-        ctx.outcome = rejection.outcome();
-        rejection.send(session).await?;
-        Ok(true)
+        gate: &Gate,
+        checked: Checked,
+    ) -> Option<Rejection> {
+        ctx.outcome = checked.outcome;
+        let mut refusal = checked.rejection.clone();
+        if let Some(audit) = &self.plane.audit {
+            let route = gate
+                .routes
+                .routes()
+                .get(checked.route.unwrap_or(usize::MAX));
+            let trace_id = ctx.traceparent.as_ref().map(|(_, t)| t.as_str());
+            if let Err(unavailable) = audit
+                .record(
+                    &checked,
+                    checked.outcome,
+                    route.map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str()),
+                    route.map_or("GREEN", |r| r.band.as_str()),
+                    trace_id,
+                )
+                .await
+            {
+                ctx.outcome = unavailable.outcome();
+                refusal = Some(unavailable);
+            }
+        }
+        ctx.checked = Some(checked);
+        refusal
     }
 }
 
@@ -201,6 +229,10 @@ impl ProxyHttp for EnforcingProxy {
             session.set_keepalive(None);
         }
 
+        ctx.traceparent = Some(headers::next_traceparent(header_text(
+            session.req_header(),
+            headers::TRACEPARENT,
+        )));
         let raw = session.req_header().raw_path();
         if let Some(endpoint) = &gate.decision_endpoint {
             let p = endpoint.path.as_bytes();
@@ -214,39 +246,39 @@ impl ProxyHttp for EnforcingProxy {
         } else {
             normalize(raw)
         };
-        let target = match normalized {
-            Ok(t) => t,
+        let checked = match normalized {
             Err(e) => {
                 METRICS.bad_requests.with_label_values(&[e.code()]).inc();
-                return self.refuse(session, ctx, Rejection::BadTarget(e)).await;
+                Checked::refused(Rejection::BadTarget(e))
+            }
+            Ok(target) => {
+                let req = session.req_header();
+                let host = header_text(req, "host").or_else(|| req.uri.host());
+                let checked = match gate.upstream_for(host, &target.path) {
+                    None => Checked::refused(Rejection::NoUpstream),
+                    Some(upstream) => {
+                        ctx.upstream = Some(upstream);
+                        self.plane.check(
+                            &gate,
+                            req.method.as_str(),
+                            &target,
+                            &req.headers,
+                            peer_ip(session),
+                        )
+                    }
+                };
+                ctx.target = Some(target);
+                checked
             }
         };
-        let host =
-            header_text(session.req_header(), "host").or_else(|| session.req_header().uri.host());
-        let Some(upstream) = gate.upstream_for(host, &target.path) else {
-            ctx.target = Some(target);
-            return self.refuse(session, ctx, Rejection::NoUpstream).await;
-        };
-        ctx.upstream = Some(upstream);
-
-        let checked = self.plane.check(
-            &gate,
-            session.req_header().method.as_str(),
-            &target,
-            &session.req_header().headers,
-            peer_ip(session),
-        );
-        ctx.outcome = checked.outcome;
-        ctx.target = Some(target);
-        let refused = match &checked.rejection {
+        let refusal = self.record(ctx, &gate, checked).await;
+        match refusal {
             Some(rejection) => {
                 rejection.send(session).await?;
-                true
+                Ok(true)
             }
-            None => false,
-        };
-        ctx.checked = Some(checked);
-        Ok(refused)
+            None => Ok(false),
+        }
     }
 
     async fn upstream_peer(
@@ -290,10 +322,9 @@ impl ProxyHttp for EnforcingProxy {
         upstream_request.set_uri(uri);
         strip_reserved(upstream_request);
 
-        let (traceparent, trace_id) =
-            headers::next_traceparent(header_text(upstream_request, headers::TRACEPARENT));
-        upstream_request.insert_header(headers::TRACEPARENT, traceparent.as_str())?;
-        ctx.traceparent = Some((traceparent, trace_id));
+        if let Some((traceparent, _)) = &ctx.traceparent {
+            upstream_request.insert_header(headers::TRACEPARENT, traceparent.as_str())?;
+        }
 
         if let Some(grant) = ctx.checked.as_ref().and_then(|c| c.grant.as_ref()) {
             for (name, value) in grant_headers(grant) {
@@ -308,6 +339,19 @@ impl ProxyHttp for EnforcingProxy {
                 _ => ip.to_string(),
             };
             upstream_request.insert_header(super::context::FORWARDED_FOR, forwarded)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        // The client can quote the decision id when asking why; it names nothing else.
+        if let Some(id) = ctx.checked.as_ref().and_then(Checked::decision_id) {
+            upstream_response.insert_header(headers::DECISION_ID, id)?;
         }
         Ok(())
     }

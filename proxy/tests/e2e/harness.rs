@@ -388,6 +388,69 @@ impl Portcullis {
         me
     }
 
+    /// Kills the process without warning (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Starts the process again on the same configuration and data.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_file)
+            .expect("log file");
+        self.child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--no-demo-data", "--config"])
+            .arg(&self.config_file)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("portcullis restarts");
+        self.wait_ready();
+    }
+
+    /// The audit ledger directory.
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.dir.join("data/audit")
+    }
+
+    /// Every audit record written so far, in order.
+    pub fn audit_records(&self) -> Vec<Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.ledger_dir())
+            .expect("ledger dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("audit-"))
+            })
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .expect("ledger file")
+                    .lines()
+                    .map(|l| serde_json::from_str::<Value>(l).expect("record is JSON"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// `portcullis audit verify` over the ledger with the checkpoint public key.
+    pub fn verify_ledger(&self) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["audit", "verify"])
+            .arg(self.ledger_dir())
+            .arg("--public-key")
+            .arg(self.dir.join("data/audit-checkpoint-key.pem.pub"))
+            .output()
+            .expect("verify runs")
+    }
+
     /// The process's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()

@@ -12,6 +12,7 @@
 mod harness;
 mod world;
 
+mod audit;
 mod enforcement;
 mod gateway;
 mod lifecycle;

@@ -1,0 +1,230 @@
+//! The data plane's side of the audit ledger (`portcullis_policy_store::audit`): which
+//! requests leave a record, what goes into it, and what happens when the ledger cannot keep
+//! up — by default the request waits, then is refused (503); dropping must be configured
+//! and is counted.
+//!
+//! Recorded: every decision (allow, deny, shadow deny) and every refusal (bad credentials,
+//! ambiguous target, no route). Not recorded: public routes (unless `audit.record_public`)
+//! and a configured share of allows (`audit.allow_sample_rate`). Never recorded: tokens,
+//! the `Authorization` header, request bodies. Context is redacted by band: on AMBER and RED
+//! routes the client address and device id are replaced by a keyed hash.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
+use portcullis_policy_store::audit::{Entry, RecordKind, checkpoint, redact, sha256_hex};
+use rand::Rng;
+
+use crate::config::{AuditOnFull, Config};
+use crate::data_plane::Checked;
+use crate::data_plane::respond::Rejection;
+use crate::metrics::{METRICS, Outcome};
+
+/// The ledger as the data plane uses it.
+#[derive(Debug)]
+pub struct Audit {
+    ledger: Arc<Ledger>,
+    on_full: AuditOnFull,
+    max_wait: Duration,
+    record_public: bool,
+    allow_sample_rate: f64,
+    salt: String,
+    /// Where the ledger lives (for the start-up log).
+    pub dir: PathBuf,
+    /// The checkpoint public key file.
+    pub public_key: PathBuf,
+}
+
+/// The ledger directory of a configuration.
+pub fn ledger_dir(config: &Config) -> PathBuf {
+    config
+        .audit
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("audit"))
+}
+
+fn instance_name(config: &Config) -> String {
+    config.audit.instance.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| String::from("portcullis"));
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+impl Audit {
+    /// Opens the ledger of `config` and starts its writer; `None` when auditing is off.
+    pub fn open(config: &Config) -> Result<Option<Self>, String> {
+        let a = &config.audit;
+        if !a.enabled {
+            return Ok(None);
+        }
+        let dir = ledger_dir(config);
+        crate::embedded::create_private_dir(&config.data_dir)?;
+        let key_file = a
+            .checkpoint_key_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("audit-checkpoint-key.pem"));
+        let key = checkpoint::load_or_create_key(&key_file)?;
+        // A per-installation secret for redaction hashes, derived from the checkpoint key.
+        let salt = sha256_hex(&[b"portcullis-redaction\n".as_slice(), key.as_bytes()].concat());
+        let (ledger, _writer) = Ledger::open(LedgerConfig {
+            dir: dir.clone(),
+            prefix: String::from("audit"),
+            max_file_bytes: a.max_file_bytes,
+            instance: instance_name(config),
+            queue_capacity: a.queue_capacity,
+            checkpoint_every: a.checkpoint_every,
+            checkpoint_interval: Duration::from_secs(a.checkpoint_interval_seconds.max(1)),
+            checkpoint_key: Some(key),
+            fsync: a.fsync,
+            stdout: a.stdout,
+        })?;
+        Ok(Some(Self {
+            ledger,
+            on_full: a.on_full,
+            max_wait: Duration::from_millis(a.max_wait_ms),
+            record_public: a.record_public,
+            allow_sample_rate: a.allow_sample_rate,
+            salt,
+            dir,
+            public_key: checkpoint::public_key_path(&key_file),
+        }))
+    }
+
+    /// Whether this outcome is recorded.
+    fn keeps(&self, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Public => self.record_public,
+            Outcome::Allowed => {
+                self.allow_sample_rate >= 1.0
+                    || rand::thread_rng().gen_bool(self.allow_sample_rate.clamp(0.0, 1.0))
+            }
+            _ => true,
+        }
+    }
+
+    /// Records a checked request before it is answered or forwarded. `Err` is the refusal
+    /// to send instead (the ledger could not take the record and dropping is not allowed).
+    pub async fn record(
+        &self,
+        checked: &Checked,
+        outcome: Outcome,
+        route: &str,
+        band: &str,
+        trace_id: Option<&str>,
+    ) -> Result<(), Rejection> {
+        if !self.keeps(outcome) {
+            return Ok(());
+        }
+        let entry = self.entry(checked, outcome, route, band, trace_id);
+        match self.on_full {
+            AuditOnFull::Drop => {
+                if !self.ledger.append_nowait(entry) {
+                    tracing::warn!("audit queue full: record dropped (audit.on_full = drop)");
+                }
+                Ok(())
+            }
+            AuditOnFull::Wait => match self.ledger.append(entry, self.max_wait).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "decision not recorded; request refused");
+                    Err(Rejection::Unavailable(match e {
+                        AppendError::Full => "audit_queue_full",
+                        AppendError::Write(_) | AppendError::Closed => "audit_unavailable",
+                    }))
+                }
+            },
+        }
+    }
+
+    fn entry(
+        &self,
+        checked: &Checked,
+        outcome: Outcome,
+        route: &str,
+        band: &str,
+        trace_id: Option<&str>,
+    ) -> Entry {
+        let refusal = checked.rejection.as_ref().or(checked.shadowed.as_ref());
+        let decision = match outcome {
+            Outcome::Allowed => "allow",
+            Outcome::Public => "public",
+            Outcome::ShadowDenied => "shadow_deny",
+            Outcome::Denied => match refusal {
+                Some(Rejection::Denied { .. }) => "deny",
+                _ => "refused",
+            },
+            _ => "refused",
+        };
+        let mut entry = Entry {
+            ts: now_rfc3339(),
+            kind: RecordKind::Decision,
+            decision_id: checked.decision_id().map(str::to_owned),
+            decision: Some(String::from(decision)),
+            reason: refusal.map(|r| r.reason().to_owned()),
+            route: Some(route.to_owned()),
+            trace_id: trace_id.map(str::to_owned),
+            ..Entry::default()
+        };
+        if let Some(d) = &checked.subject {
+            entry.principal = Some(d.principal.clone());
+            entry.action = Some(d.action.clone());
+            entry.resource = Some(d.resource.clone());
+            entry.policies = d.policies.clone();
+            entry.errors = d.errors.clone();
+            entry.latency_us = Some(u64::try_from(d.elapsed.as_micros()).unwrap_or(u64::MAX));
+            let f = &d.facts;
+            let mut context = BTreeMap::new();
+            context.insert(String::from("band"), band.to_owned());
+            context.insert(String::from("hour"), f.local_time.hour.to_string());
+            context.insert(String::from("weekday"), f.local_time.weekday.to_string());
+            context.insert(String::from("risk_score"), f.risk_score.to_string());
+            context.insert(String::from("mfa"), f.mfa.to_string());
+            if let Some(ip) = &f.ip {
+                context.insert(String::from("ip"), ip.clone());
+            }
+            if let Some(device) = &f.device_id {
+                context.insert(String::from("device_id"), device.clone());
+            }
+            redact(&mut context, band, &self.salt);
+            entry.context = context;
+        }
+        entry
+    }
+
+    /// Copies the ledger's counters into the Prometheus metrics (at scrape time).
+    pub fn export_metrics(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.ledger.stats();
+        let sync = |counter: &prometheus::IntCounter, value: u64| {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        };
+        sync(&METRICS.audit.records, s.written.load(Relaxed));
+        sync(&METRICS.audit.dropped, s.dropped.load(Relaxed));
+        sync(&METRICS.audit.refused, s.refused.load(Relaxed));
+        sync(&METRICS.audit.write_errors, s.write_errors.load(Relaxed));
+        sync(&METRICS.audit.batches, s.batches.load(Relaxed));
+        let seconds = s.write_micros.load(Relaxed) as f64 / 1e6;
+        let counted = METRICS.audit.write_seconds.get();
+        if seconds > counted {
+            METRICS.audit.write_seconds.inc_by(seconds - counted);
+        }
+        METRICS
+            .audit
+            .queue_depth
+            .set(i64::try_from(self.ledger.queue_depth()).unwrap_or(i64::MAX));
+    }
+}
+
+fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    format!("{:.3}", now.round(jiff::Unit::Millisecond).unwrap_or(now))
+}

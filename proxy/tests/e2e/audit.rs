@@ -1,0 +1,223 @@
+//! The decision audit ledger of a running proxy: every decision and refusal recorded before
+//! it is answered, redacted by band, verifiable, and complete across a crash.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Keys, Portcullis, Upstream, raw_request};
+use crate::world;
+
+const D1: &str = "/v1/spaces/s1/documents/d1";
+
+#[test]
+fn every_decision_is_recorded_redacted_and_verifiable() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(&upstream, &keys, "");
+    p.seed(world::import());
+    let alice = keys.token("alice", json!({"device_id": "laptop-1"}));
+    let gina = keys.token("gina", json!({}));
+
+    let allowed = p.get(D1, Some(&alice), &[]);
+    assert_eq!(allowed.status, 200);
+    let allowed_id = allowed.headers["x-portcullis-decision-id"].clone();
+    let denied = p.request("PUT", D1, Some(&gina), &[]);
+    assert_eq!(denied.status, 403);
+    let denied_id = denied.json()["decision_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(p.get(D1, None, &[]).status, 401);
+    assert_eq!(p.get("/v1/x%2Fy", Some(&alice), &[]).status, 400);
+    assert_eq!(p.get("/healthz", None, &[]).status, 200);
+
+    let records = p.audit_records();
+    let find = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["decision_id"] == id)
+            .unwrap_or_else(|| panic!("no record for {id}: {records:?}"))
+    };
+    let a = find(&allowed_id);
+    assert_eq!(a["decision"], "allow");
+    assert_eq!(a["principal"], "User::\"alice\"");
+    assert_eq!(a["action"], "document.read");
+    assert_eq!(a["resource"], "Document::\"d1\"");
+    assert_eq!(a["policies"], json!(["role:guardian"]));
+    assert_eq!(a["route"], "get_document");
+    assert_eq!(a["context"]["band"], "AMBER");
+    let ip = a["context"]["ip"].as_str().expect("ip");
+    assert!(
+        ip.starts_with("sha256:") && !ip.contains("127.0.0.1"),
+        "AMBER redacts the IP: {ip}"
+    );
+    assert!(
+        a["context"]["device_id"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    assert!(a["trace_id"].as_str().is_some_and(|t| t.len() == 32));
+    let d = find(&denied_id);
+    assert_eq!(
+        (d["decision"].as_str(), d["reason"].as_str()),
+        (Some("deny"), Some("no_permit"))
+    );
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"missing"),
+        "the 401 is recorded: {reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"encoded_slash"),
+        "the 400 is recorded: {reasons:?}"
+    );
+    assert_eq!(records.len(), 4, "the public route is not recorded");
+    let text: String = records.iter().map(ToString::to_string).collect();
+    assert!(
+        !text.contains(&alice) && !text.contains(&gina),
+        "tokens never reach the ledger"
+    );
+
+    let out = p.verify_ledger();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok: 4 records"), "{stdout}");
+
+    // A changed record is caught by the command, naming where.
+    let file = std::fs::read_dir(p.ledger_dir())
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .find(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit-"))
+        })
+        .expect("ledger file");
+    let tampered = std::fs::read_to_string(&file).expect("read").replacen(
+        "\"decision\":\"deny\"",
+        "\"decision\":\"allow\"",
+        1,
+    );
+    std::fs::write(&file, tampered).expect("write");
+    let out = p.verify_ledger();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BROKEN") && stderr.contains(":2: seq 2: the hash does not match"),
+        "{stderr}"
+    );
+
+    let metrics = p.metrics_text();
+    assert!(
+        metrics.contains("portcullis_audit_records_total 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_audit_queue_depth 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_crash_under_load_loses_no_answered_decision_and_the_chain_continues() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let mut p = Portcullis::start(&upstream, &keys, "");
+    p.seed(world::import());
+    let tokens = Arc::new([
+        keys.token("alice", json!({})),
+        keys.token("gina", json!({})),
+    ]);
+    let answered: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (tokens, answered, stop, addr) = (
+                Arc::clone(&tokens),
+                Arc::clone(&answered),
+                Arc::clone(&stop),
+                p.data,
+            );
+            std::thread::spawn(move || {
+                let mut n = 0_usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let (method, token) = if (n + i).is_multiple_of(3) {
+                        ("PUT", &tokens[1])
+                    } else {
+                        ("GET", &tokens[0])
+                    };
+                    n += 1;
+                    let auth = format!("Bearer {token}");
+                    let Some(r) = raw_request(addr, method, D1, &[("authorization", &auth)]) else {
+                        continue;
+                    };
+                    if let Some(id) = r.headers.get("x-portcullis-decision-id") {
+                        answered.lock().expect("lock").insert(id.clone());
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    p.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let answered = answered.lock().expect("lock").clone();
+    assert!(
+        answered.len() > 50,
+        "the load ran: {} answers",
+        answered.len()
+    );
+
+    p.restart();
+    let records = p.audit_records();
+    let recorded: HashSet<String> = records
+        .iter()
+        .filter_map(|r| r["decision_id"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = answered.difference(&recorded).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered decisions have no record: {missing:?}",
+        missing.len()
+    );
+    let out = p.verify_ledger();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The chain goes on from where the crash left it.
+    let last_seq = records.last().expect("records")["seq"]
+        .as_u64()
+        .expect("seq");
+    assert_eq!(p.get(D1, Some(&tokens[0]), &[]).status, 200);
+    let after = p.audit_records();
+    assert_eq!(
+        after.last().expect("records")["seq"].as_u64(),
+        Some(last_seq + 1)
+    );
+    let out = p.verify_ledger();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
