@@ -80,7 +80,12 @@ fn main() {
         fail("the writer panicked");
     }
     let bytes: u64 = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0);
     println!(
         "wrote {count} records ({} MiB) in {:.2?}",
