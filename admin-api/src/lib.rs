@@ -1,6 +1,91 @@
-//! `portcullis-admin-api` will own the control plane's HTTP API (axum): CRUD over the
-//! policy store, what-if authorization, events in, snapshot and watch out to sidecars.
+//! `portcullis-admin-api` owns the control plane's HTTP API (axum): CRUD over the
+//! authorization model and what-if decisions, under `/v1`, on its own listener.
 //!
-//! Not built yet: it is the control-plane issue's work. The crate exists so the workspace
-//! has the layout of DESIGN.md; it talks to the store only through
-//! `portcullis_policy_store::store::Store`.
+//! It talks to the store only through `portcullis_policy_store::store::Store`, and answers
+//! what-if questions with the same decision core and snapshot the data plane uses.
+//! Build the router with [`app`]; tests call it with `tower::ServiceExt::oneshot`, without
+//! a socket.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /v1/roles`, `POST /v1/roles` | list, create (409 on a taken name) |
+//! | `GET/PUT/DELETE /v1/roles/{name}` | read, replace, delete (409 while assigned) |
+//! | `GET/PUT/DELETE /v1/principals/{kind}/{id}` | users, services, groups |
+//! | `POST /v1/principals/{kind}/{id}/sessions:revoke` | revoke a `sid`/`jti` |
+//! | `POST /v1/assignments`, `GET /v1/assignments?principal=` | grant, list a principal's |
+//! | `DELETE /v1/assignments/{id}` | revoke a grant |
+//! | `PUT/DELETE /v1/entities/{type}/{id}` | resources and their parents |
+//! | `POST /v1/authorize` | what-if decision with policies, roles and errors |
+//!
+//! Every call needs `Authorization: Bearer <admin token>` ([`auth`]); every error is
+//! problem+json ([`error`]).
+
+pub mod auth;
+pub mod error;
+mod resources;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use portcullis_policy_store::snapshot::SnapshotHandle;
+use portcullis_policy_store::store::Store;
+
+pub use auth::{Actor, AdminTokens};
+pub use error::{ApiError, FieldError, Problem};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState<S> {
+    /// The store.
+    pub store: S,
+    /// The snapshot the data plane decides with (what-if decisions use it too).
+    pub snapshot: Arc<SnapshotHandle>,
+}
+
+/// The admin API router.
+pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
+    state: AppState<S>,
+    tokens: AdminTokens,
+) -> Router {
+    let state = Arc::new(state);
+    Router::new()
+        .route(
+            "/v1/roles",
+            get(resources::list_roles::<S>).post(resources::create_role::<S>),
+        )
+        .route(
+            "/v1/roles/{name}",
+            get(resources::get_role::<S>)
+                .put(resources::update_role::<S>)
+                .delete(resources::delete_role::<S>),
+        )
+        .route(
+            "/v1/principals/{kind}/{id}",
+            get(resources::get_principal::<S>)
+                .put(resources::put_principal::<S>)
+                .delete(resources::delete_principal::<S>),
+        )
+        .route(
+            "/v1/principals/{kind}/{id}/sessions:revoke",
+            post(resources::revoke_session::<S>),
+        )
+        .route(
+            "/v1/assignments",
+            post(resources::create_assignment::<S>).get(resources::list_assignments::<S>),
+        )
+        .route(
+            "/v1/assignments/{id}",
+            axum::routing::delete(resources::delete_assignment::<S>),
+        )
+        .route(
+            "/v1/entities/{type}/{id}",
+            put(resources::put_entity::<S>).delete(resources::delete_entity::<S>),
+        )
+        .route("/v1/authorize", post(resources::authorize::<S>))
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::require_admin,
+        ))
+}

@@ -151,6 +151,72 @@ pub async fn sync_policies(
     })
 }
 
+/// The admin tokens of `serve`: the configured file, or `<data_dir>/admin-tokens`, created
+/// on the first start with one random token for `admin` whose plain text goes to
+/// `<data_dir>/admin-token` (0600). Returns the tokens and, when the default file is used,
+/// where the plain token is.
+pub fn admin_tokens(
+    config: &Config,
+) -> Result<
+    (
+        portcullis_admin_api::AdminTokens,
+        Option<std::path::PathBuf>,
+    ),
+    String,
+> {
+    let (path, plain) = match &config.admin.tokens_file {
+        Some(p) => (p.clone(), None),
+        None => {
+            create_private_dir(&config.data_dir)?;
+            let path = config.data_dir.join("admin-tokens");
+            let plain = config.data_dir.join("admin-token");
+            if !path.exists() {
+                use rand::RngCore;
+                let mut bytes = [0_u8; 24];
+                rand::rngs::OsRng.fill_bytes(&mut bytes);
+                let token: String = bytes
+                    .iter()
+                    .flat_map(|b| [b >> 4, b & 0x0f])
+                    .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+                    .collect();
+                write_private(&plain, format!("{token}\n").as_bytes())?;
+                write_private(
+                    &path,
+                    format!(
+                        "# Admin API tokens: <subject> sha256:<hex>\n{}\n",
+                        portcullis_admin_api::auth::token_line("admin", &token)
+                    )
+                    .as_bytes(),
+                )?;
+            }
+            (path, Some(plain))
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("admin.tokens_file `{}`: cannot read: {e}", path.display()))?;
+    let tokens = portcullis_admin_api::AdminTokens::parse(&text).map_err(|problems| {
+        format!(
+            "admin.tokens_file `{}`: {}",
+            path.display(),
+            problems.join("; ")
+        )
+    })?;
+    Ok((tokens, plain))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| format!("`{}`: cannot create: {e}", path.display()))?;
+    file.write_all(bytes)
+        .map_err(|e| format!("`{}`: cannot write: {e}", path.display()))
+}
+
 /// The file name of a path as given (`policies/default.cedar` → `default.cedar`).
 fn file_name(path: &str) -> &str {
     path.rsplit(['/', '\\']).next().unwrap_or(path)

@@ -31,6 +31,9 @@ pub fn check_binds(config: &Config) -> Result<(), String> {
     if let Some(tls) = &config.listen.tls {
         addresses.push(("listen.tls.address", tls.address.as_str()));
     }
+    if config.admin.enabled {
+        addresses.push(("admin.address", config.admin.address.as_str()));
+    }
     for (key, address) in addresses {
         std::net::TcpListener::bind(address)
             .map_err(|e| format!("{key}: cannot listen on `{address}`: {e}"))?;

@@ -117,6 +117,34 @@ pub fn run(args: &Args) -> Exit {
     if let Some(cert) = &started.cert {
         control.spawn(Arc::clone(cert).watch());
     }
+    if let Some((tokens, plain)) = started.admin {
+        let router = portcullis_admin_api::app(
+            portcullis_admin_api::AppState {
+                store: started.store.clone(),
+                snapshot: Arc::clone(&started.plane.snapshot),
+            },
+            tokens,
+        );
+        let address = config.admin.address.clone();
+        match control.block_on(tokio::net::TcpListener::bind(&address)) {
+            Ok(listener) => {
+                tracing::info!(
+                    admin = %address,
+                    token = plain.as_ref().map(|p| p.display().to_string()),
+                    "admin API listening"
+                );
+                control.spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(error = %e, "the admin API stopped");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, admin = %address, "not started: cannot listen");
+                return Exit::Failure;
+            }
+        }
+    }
     control.spawn(
         Reloader {
             config_file: args.config.clone(),
@@ -142,6 +170,7 @@ enum Failure {
 }
 
 struct Started {
+    admin: Option<(portcullis_admin_api::AdminTokens, Option<PathBuf>)>,
     plane: Arc<DataPlane>,
     store: portcullis_policy_store::store::SqlStore,
     keys: KeySource,
@@ -229,7 +258,13 @@ async fn start(config: &Config, demo_data: bool) -> Result<Started, Failure> {
         health: Arc::new(Health::default()),
         audit,
     });
+    let admin = if config.admin.enabled {
+        Some(embedded::admin_tokens(config).map_err(|e| Failure::Input(vec![e]))?)
+    } else {
+        None
+    };
     Ok(Started {
+        admin,
         plane,
         store,
         keys,

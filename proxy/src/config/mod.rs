@@ -24,6 +24,8 @@ pub use overrides::Override;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8480";
 /// Default ops address (health and metrics).
 pub const DEFAULT_OPS: &str = "0.0.0.0:8481";
+/// Default admin API address (loopback only).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8482";
 /// Default upstream for a sidecar.
 pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:8080";
 
@@ -35,6 +37,8 @@ pub struct Config {
     pub listen: ListenConfig,
     /// The ops listener: `/livez`, `/readyz`, `/healthz`, `/metrics`.
     pub ops: OpsConfig,
+    /// The admin API listener (`serve`).
+    pub admin: AdminConfig,
     /// Where allowed requests go; the first match by host and path prefix wins.
     pub upstreams: Vec<UpstreamConfig>,
     /// The policies directory (schema, policies, roles, route map).
@@ -66,6 +70,7 @@ impl Default for Config {
         Self {
             listen: ListenConfig::default(),
             ops: OpsConfig::default(),
+            admin: AdminConfig::default(),
             upstreams: vec![UpstreamConfig::default()],
             policies: PoliciesConfig::default(),
             data_dir: PathBuf::from("portcullis-data"),
@@ -125,6 +130,30 @@ impl Default for OpsConfig {
     fn default() -> Self {
         Self {
             address: String::from(DEFAULT_OPS),
+        }
+    }
+}
+
+/// The admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve it.
+    pub enabled: bool,
+    /// `host:port`; loopback by default.
+    pub address: String,
+    /// Admin tokens, one `<subject> sha256:<hex>` per line. Default: `<data_dir>/admin-tokens`,
+    /// created on the first start with one token for `admin`, whose plain text is written
+    /// once to `<data_dir>/admin-token` (mode 0600).
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: String::from(DEFAULT_ADMIN),
+            tokens_file: None,
         }
     }
 }
@@ -610,6 +639,7 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
     };
     check_addr("listen.address", &config.listen.address);
     check_addr("ops.address", &config.ops.address);
+    check_addr("admin.address", &config.admin.address);
     if let Some(tls) = &config.listen.tls {
         check_addr("listen.tls.address", &tls.address);
     }

@@ -290,6 +290,8 @@ pub struct Portcullis {
     pub data: SocketAddr,
     /// The ops address.
     pub ops: SocketAddr,
+    /// The admin API address.
+    pub admin: SocketAddr,
     /// Its directory (config, data, JWKS, logs).
     pub dir: PathBuf,
     /// The config file.
@@ -315,9 +317,11 @@ impl Portcullis {
         std::fs::write(&jwks, keys.jwks.to_string()).expect("jwks");
         let data: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let ops: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let defaults = [
             ("listen", format!("listen:\n  address: {data}\n")),
             ("ops", format!("ops:\n  address: {ops}\n")),
+            ("admin", format!("admin:\n  address: {admin}\n")),
             (
                 "upstreams",
                 format!(
@@ -362,10 +366,16 @@ impl Portcullis {
         config.push_str(&extra);
         let config_file = dir.join("portcullis.yaml");
         std::fs::write(&config_file, config).expect("config");
-        Self::spawn(dir, config_file, data, ops)
+        Self::spawn(dir, config_file, data, ops, admin)
     }
 
-    fn spawn(dir: PathBuf, config_file: PathBuf, data: SocketAddr, ops: SocketAddr) -> Self {
+    fn spawn(
+        dir: PathBuf,
+        config_file: PathBuf,
+        data: SocketAddr,
+        ops: SocketAddr,
+        admin: SocketAddr,
+    ) -> Self {
         let log_file = dir.join("portcullis.log");
         let log = std::fs::File::create(&log_file).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -380,6 +390,7 @@ impl Portcullis {
             child,
             data,
             ops,
+            admin,
             dir,
             config_file,
             log_file,
@@ -409,6 +420,21 @@ impl Portcullis {
             .spawn()
             .expect("portcullis restarts");
         self.wait_ready();
+    }
+
+    /// A call of the admin API with the token `serve` generated.
+    pub fn admin_call(&self, method: &str, target: &str, body: &Value) -> Reply {
+        let token =
+            std::fs::read_to_string(self.dir.join("data/admin-token")).expect("admin token");
+        let auth = format!("Bearer {}", token.trim());
+        json_request(
+            self.admin,
+            method,
+            target,
+            &[("authorization", &auth)],
+            body,
+        )
+        .expect("the admin API answers")
     }
 
     /// The audit ledger directory.
@@ -609,6 +635,28 @@ pub fn raw_request_from(
     target: &str,
     headers: &[(&str, &str)],
 ) -> Option<Reply> {
+    raw_exchange(local, addr, method, target, headers, None)
+}
+
+/// A request with a JSON body.
+pub fn json_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> Option<Reply> {
+    raw_exchange(None, addr, method, target, headers, Some(body.to_string()))
+}
+
+fn raw_exchange(
+    local: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Option<Reply> {
     let mut request = format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         request.push_str(&format!("host: {addr}\r\n"));
@@ -616,7 +664,16 @@ pub fn raw_request_from(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(b) = &body {
+        request.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            b.len()
+        ));
+    }
     request.push_str("\r\n");
+    if let Some(b) = &body {
+        request.push_str(b);
+    }
     rt().block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let socket = tokio::net::TcpSocket::new_v4().ok()?;

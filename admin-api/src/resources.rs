@@ -1,0 +1,524 @@
+//! The handlers: each validates the whole request (reporting every failing field), calls
+//! the store, and answers JSON. The actor of every change is logged with it.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use portcullis_policy_store::decision::{DecisionRequest, LocalTime, RequestFacts, decide};
+use portcullis_policy_store::model::{
+    Assignment, EntityRecord, EntityRef, Principal, PrincipalKind, RevokedSession, Role,
+};
+use portcullis_policy_store::store::Store;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::Actor;
+use crate::error::{ApiError, FieldError};
+
+type St<S> = State<Arc<AppState<S>>>;
+
+/// A JSON body whose rejection is a problem+json naming the failing field.
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::Invalid {
+                detail: String::from("the body is not the expected JSON document"),
+                errors: vec![FieldError {
+                    field: String::from("body"),
+                    message: rejection.body_text(),
+                }],
+            }),
+        }
+    }
+}
+
+fn created<T: Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+#[derive(Debug, Serialize)]
+struct Revision {
+    revision: i64,
+}
+
+fn name_problems(field: &str, name: &str, errors: &mut Vec<FieldError>) {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        errors.push(FieldError {
+            field: field.to_owned(),
+            message: format!(
+                "`{name}` must be 1 to 128 characters of letters, digits, `_`, `-` or `.`"
+            ),
+        });
+    }
+}
+
+fn check(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            detail: format!("{} field(s) are invalid", errors.len()),
+            errors,
+        })
+    }
+}
+
+fn role_problems(role: &Role) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    name_problems("name", &role.name, &mut errors);
+    if role.actions.is_empty() {
+        errors.push(FieldError {
+            field: String::from("actions"),
+            message: String::from("a role grants at least one action"),
+        });
+    }
+    for (i, a) in role.actions.iter().enumerate() {
+        if a.is_empty() {
+            errors.push(FieldError {
+                field: format!("actions[{i}]"),
+                message: String::from("an action id is not empty"),
+            });
+        }
+    }
+    errors
+}
+
+pub(crate) async fn list_roles<S: Store>(State(st): St<S>) -> Result<Response, ApiError> {
+    Ok(Json(st.store.list_roles().await?).into_response())
+}
+
+pub(crate) async fn get_role<S: Store>(
+    State(st): St<S>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let roles = st.store.list_roles().await?;
+    let role = roles
+        .into_iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("role `{name}` not found")))?;
+    Ok(Json(role).into_response())
+}
+
+pub(crate) async fn create_role<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Body(role): Body<Role>,
+) -> Result<Response, ApiError> {
+    check(role_problems(&role))?;
+    let revision = st.store.create_role(&role).await?;
+    tracing::info!(actor = actor.0, role = role.name, revision, "role created");
+    Ok(created(role))
+}
+
+pub(crate) async fn update_role<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    Body(role): Body<Role>,
+) -> Result<Response, ApiError> {
+    let mut errors = role_problems(&role);
+    if role.name != name {
+        errors.push(FieldError {
+            field: String::from("name"),
+            message: format!("`{}` differs from the path's `{name}`", role.name),
+        });
+    }
+    check(errors)?;
+    let revision = st.store.update_role(&role).await?;
+    tracing::info!(actor = actor.0, role = role.name, revision, "role updated");
+    Ok(Json(role).into_response())
+}
+
+pub(crate) async fn delete_role<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let revision = st.store.delete_role(&name).await?;
+    tracing::info!(actor = actor.0, role = name, revision, "role deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn principal_key(kind: &str, id: &str) -> Result<(PrincipalKind, EntityRef), ApiError> {
+    let kind = match kind {
+        "users" | "user" => PrincipalKind::User,
+        "services" | "service" => PrincipalKind::Service,
+        "groups" | "group" => PrincipalKind::Group,
+        other => {
+            return Err(ApiError::field(
+                "kind",
+                format!("`{other}` is not one of `users`, `services`, `groups`"),
+            ));
+        }
+    };
+    Ok((
+        kind,
+        portcullis_policy_store::model::principal_ref(kind, id),
+    ))
+}
+
+pub(crate) async fn get_principal<S: Store>(
+    State(st): St<S>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, key) = principal_key(&kind, &id)?;
+    let principal = st
+        .store
+        .get_principal(&key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("principal `{key}` not found")))?;
+    Ok(Json(principal).into_response())
+}
+
+pub(crate) async fn put_principal<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+    Body(principal): Body<Principal>,
+) -> Result<Response, ApiError> {
+    let (kind, key) = principal_key(&kind, &id)?;
+    let mut errors = Vec::new();
+    if principal.kind != kind {
+        errors.push(FieldError {
+            field: String::from("kind"),
+            message: String::from("differs from the path"),
+        });
+    }
+    if principal.id != id {
+        errors.push(FieldError {
+            field: String::from("id"),
+            message: format!("`{}` differs from the path's `{id}`", principal.id),
+        });
+    }
+    if principal.id.is_empty() {
+        errors.push(FieldError {
+            field: String::from("id"),
+            message: String::from("must not be empty"),
+        });
+    }
+    for (i, g) in principal.groups.iter().enumerate() {
+        name_problems(&format!("groups[{i}]"), g, &mut errors);
+    }
+    if !(0..=10).contains(&principal.attributes.clearance) {
+        errors.push(FieldError {
+            field: String::from("attributes.clearance"),
+            message: String::from("must be between 0 and 10"),
+        });
+    }
+    check(errors)?;
+    let revision = st.store.put_principal(&principal).await?;
+    tracing::info!(actor = actor.0, principal = %key, revision, "principal written");
+    Ok(Json(principal).into_response())
+}
+
+pub(crate) async fn delete_principal<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, key) = principal_key(&kind, &id)?;
+    let revision = st.store.delete_principal(&key).await?;
+    tracing::info!(actor = actor.0, principal = %key, revision, "principal deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Body of `sessions:revoke`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeRequest {
+    session_id: String,
+    /// Until when to refuse it (ms since the epoch); default: 24 hours from now.
+    #[serde(default)]
+    expires_at: Option<i64>,
+}
+
+pub(crate) async fn revoke_session<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+    Body(body): Body<RevokeRequest>,
+) -> Result<Response, ApiError> {
+    let (_, key) = principal_key(&kind, &id)?;
+    if body.session_id.is_empty() {
+        return Err(ApiError::field("session_id", "must not be empty"));
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    let session = RevokedSession {
+        session_id: body.session_id,
+        principal: Some(key.clone()),
+        expires_at: body.expires_at.unwrap_or(now + 86_400_000),
+    };
+    let revision = st.store.revoke_session(&session).await?;
+    tracing::info!(actor = actor.0, principal = %key, revision, "session revoked");
+    Ok(Json(Revision { revision }).into_response())
+}
+
+pub(crate) async fn create_assignment<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Body(assignment): Body<Assignment>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    name_problems("id", &assignment.id, &mut errors);
+    name_problems("role", &assignment.role, &mut errors);
+    let c = &assignment.conditions;
+    if let (Some(from), Some(until)) = (c.valid_from, c.valid_until)
+        && from >= until
+    {
+        errors.push(FieldError {
+            field: String::from("conditions.valid_until"),
+            message: String::from("must be after valid_from"),
+        });
+    }
+    for (i, band) in c.allowed_bands.iter().enumerate() {
+        if !matches!(band.as_str(), "GREEN" | "AMBER" | "RED") {
+            errors.push(FieldError {
+                field: format!("conditions.allowed_bands[{i}]"),
+                message: format!("`{band}` is not GREEN, AMBER or RED"),
+            });
+        }
+    }
+    check(errors)?;
+    let assignment = Assignment {
+        assigned_by: assignment.assigned_by.or(Some(actor.0.clone())),
+        ..assignment
+    };
+    let revision = st.store.create_assignment(&assignment).await?;
+    tracing::info!(
+        actor = actor.0,
+        assignment = assignment.id,
+        revision,
+        "assignment created"
+    );
+    Ok(created(assignment))
+}
+
+/// `GET /v1/assignments` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AssignmentQuery {
+    principal: String,
+}
+
+pub(crate) async fn list_assignments<S: Store>(
+    State(st): St<S>,
+    Query(query): Query<AssignmentQuery>,
+) -> Result<Response, ApiError> {
+    let principal: EntityRef =
+        query
+            .principal
+            .parse()
+            .map_err(|e: portcullis_policy_store::error::ModelError| {
+                ApiError::field("principal", e.to_string())
+            })?;
+    Ok(Json(st.store.assignments_of(&principal).await?).into_response())
+}
+
+pub(crate) async fn delete_assignment<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let revision = st.store.delete_assignment(&id).await?;
+    tracing::info!(
+        actor = actor.0,
+        assignment = id,
+        revision,
+        "assignment deleted"
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn entity_key(type_name: &str, id: &str) -> Result<EntityRef, ApiError> {
+    EntityRef::new(type_name, id).map_err(|e| ApiError::field("type", e.to_string()))
+}
+
+pub(crate) async fn put_entity<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((type_name, id)): Path<(String, String)>,
+    Body(entity): Body<EntityRecord>,
+) -> Result<Response, ApiError> {
+    let key = entity_key(&type_name, &id)?;
+    let mut errors = Vec::new();
+    if entity.uid != key {
+        errors.push(FieldError {
+            field: String::from("uid"),
+            message: format!("`{}` differs from the path's `{key}`", entity.uid),
+        });
+    }
+    for (i, p) in entity.parents.iter().enumerate() {
+        if *p == key {
+            errors.push(FieldError {
+                field: format!("parents[{i}]"),
+                message: String::from("an entity is not its own parent"),
+            });
+        }
+    }
+    if let Some(c) = entity.attributes.classification
+        && !(0..=10).contains(&c)
+    {
+        errors.push(FieldError {
+            field: String::from("attributes.classification"),
+            message: String::from("must be between 0 and 10"),
+        });
+    }
+    check(errors)?;
+    let revision = st.store.put_entity(&entity).await?;
+    tracing::info!(actor = actor.0, entity = %key, revision, "entity written");
+    Ok(Json(entity).into_response())
+}
+
+pub(crate) async fn delete_entity<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((type_name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = entity_key(&type_name, &id)?;
+    let revision = st.store.delete_entity(&key).await?;
+    tracing::info!(actor = actor.0, entity = %key, revision, "entity deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Body of `POST /v1/authorize`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthorizeRequest {
+    principal: EntityRef,
+    action: String,
+    resource: EntityRef,
+    #[serde(default)]
+    parents: Vec<EntityRef>,
+    #[serde(default)]
+    context: WhatIfContext,
+}
+
+/// The request facts of a what-if decision; unset ones take harmless defaults (now, risk 0,
+/// no MFA, GREEN).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WhatIfContext {
+    #[serde(default)]
+    time: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    risk_score: i64,
+    #[serde(default)]
+    mfa: bool,
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    band: Option<String>,
+}
+
+/// A what-if decision, explained.
+#[derive(Debug, Serialize)]
+pub(crate) struct AuthorizeResponse {
+    decision: &'static str,
+    reason: &'static str,
+    policies: Vec<String>,
+    effective_roles: Vec<String>,
+    errors: Vec<String>,
+    revision: i64,
+}
+
+pub(crate) async fn authorize<S: Store>(
+    State(st): St<S>,
+    Body(body): Body<AuthorizeRequest>,
+) -> Result<Response, ApiError> {
+    let c = &body.context;
+    let mut errors = Vec::new();
+    let now = match &c.time {
+        None => jiff::Timestamp::now(),
+        Some(t) => t.parse().unwrap_or_else(|_| {
+            errors.push(FieldError {
+                field: String::from("context.time"),
+                message: format!("`{t}` is not an RFC 3339 instant"),
+            });
+            jiff::Timestamp::now()
+        }),
+    };
+    let zone = match c.time_zone.as_deref().map(jiff::tz::TimeZone::get) {
+        None => jiff::tz::TimeZone::UTC,
+        Some(Ok(z)) => z,
+        Some(Err(_)) => {
+            errors.push(FieldError {
+                field: String::from("context.time_zone"),
+                message: String::from("not an IANA time zone"),
+            });
+            jiff::tz::TimeZone::UTC
+        }
+    };
+    if !(0..=100).contains(&c.risk_score) {
+        errors.push(FieldError {
+            field: String::from("context.risk_score"),
+            message: String::from("must be between 0 and 100"),
+        });
+    }
+    let band = c.band.clone().unwrap_or_else(|| String::from("GREEN"));
+    if !matches!(band.as_str(), "GREEN" | "AMBER" | "RED") {
+        errors.push(FieldError {
+            field: String::from("context.band"),
+            message: format!("`{band}` is not GREEN, AMBER or RED"),
+        });
+    }
+    if let Some(ip) = &c.ip
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        errors.push(FieldError {
+            field: String::from("context.ip"),
+            message: format!("`{ip}` is not an IP address"),
+        });
+    }
+    check(errors)?;
+    let facts = RequestFacts {
+        now: now.as_millisecond(),
+        local_time: LocalTime::at(now.as_millisecond(), &zone),
+        risk_score: c.risk_score,
+        mfa: c.mfa,
+        device_id: c.device_id.clone(),
+        ip: c.ip.clone(),
+        band,
+    };
+    let snapshot = st.snapshot.load();
+    let decision = decide(
+        &snapshot,
+        &DecisionRequest {
+            principal: &body.principal,
+            action: &body.action,
+            resource: &body.resource,
+            route_parents: &body.parents,
+            facts: &facts,
+        },
+    );
+    Ok(Json(AuthorizeResponse {
+        decision: if decision.allowed { "allow" } else { "deny" },
+        reason: decision.reason.as_str(),
+        policies: decision.determining_policies,
+        effective_roles: decision.effective_roles,
+        errors: decision.errors,
+        revision: snapshot.revision(),
+    })
+    .into_response())
+}

@@ -1,0 +1,419 @@
+//! The admin API through its router (`oneshot`, no socket) on a real SQLite store with the
+//! repository's policies: each resource, its bad inputs (problem+json listing every failing
+//! field), authentication, and a what-if decision that sees the changes.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test helpers fail the test loudly"
+)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use portcullis_admin_api::auth::token_line;
+use portcullis_admin_api::{AdminTokens, AppState, app};
+use portcullis_policy_store::model::{PolicyFile, Role};
+use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle};
+use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-admin-token";
+
+struct Api {
+    router: axum::Router,
+    store: SqlStore,
+    snapshot: Arc<SnapshotHandle>,
+    _dir: tempfile_dir::Dir,
+}
+
+mod tempfile_dir {
+    /// A temporary directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _removed = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn policies() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+async fn api() -> Api {
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-admin-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_nanosecond()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqlStore::connect(&StoreConfig::Sqlite {
+        path: dir.join("store.db"),
+    })
+    .await
+    .unwrap();
+    let roles: Vec<Role> = serde_json::from_value(json!([
+        {"name": "member", "actions": ["READ", "WRITE", "SHARE"]},
+        {"name": "guest", "actions": ["READ"]}
+    ]))
+    .unwrap();
+    store
+        .import(&Import {
+            roles,
+            policy_set: Some((
+                vec![PolicyFile {
+                    name: String::from("default.cedar"),
+                    text: std::fs::read_to_string(policies().join("default.cedar")).unwrap(),
+                }],
+                std::fs::read_to_string(policies().join("schema.cedarschema")).unwrap(),
+            )),
+            ..Import::default()
+        })
+        .await
+        .unwrap();
+    let snapshot = Arc::new(SnapshotHandle::new(
+        Snapshot::build(store.load_state().await.unwrap(), 0).unwrap(),
+    ));
+    let tokens = AdminTokens::parse(&token_line("ops", TOKEN)).unwrap();
+    let router = app(
+        AppState {
+            store: store.clone(),
+            snapshot: Arc::clone(&snapshot),
+        },
+        tokens,
+    );
+    Api {
+        router,
+        store,
+        snapshot,
+        _dir: tempfile_dir::Dir(dir),
+    }
+}
+
+impl Api {
+    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_as(Some(TOKEN), method, uri, body).await
+    }
+
+    async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let request = match body {
+            Some(b) => request
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let problem = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v == "application/problem+json");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_client_error() || status.is_server_error() {
+            assert!(problem, "{status} is problem+json: {value}");
+            assert_eq!(value["status"], status.as_u16(), "{value}");
+        }
+        (status, value)
+    }
+
+    /// Brings the snapshot to the store (the follower's job in a running process).
+    async fn refresh(&self) {
+        let since = self.snapshot.load().revision();
+        let update = self.store.load_update(since).await.unwrap();
+        self.snapshot.apply(update, 0).unwrap();
+    }
+}
+
+fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["field"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_call_needs_an_admin_token() {
+    let api = api().await;
+    for token in [None, Some("wrong")] {
+        let (status, problem) = api.call_as(token, "GET", "/v1/roles", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            problem["type"],
+            "https://portcullis.dev/problems/unauthenticated"
+        );
+    }
+    let (status, _) = api
+        .call_as(
+            None,
+            "POST",
+            "/v1/roles",
+            Some(json!({"name": "x", "actions": ["READ"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no anonymous writes");
+}
+
+#[tokio::test]
+async fn roles_are_created_read_updated_and_deleted() {
+    let api = api().await;
+    let role = json!({"name": "auditor", "actions": ["READ"], "scope_types": ["Space"]});
+    let (status, body) = api.call("POST", "/v1/roles", Some(role.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, problem) = api.call("POST", "/v1/roles", Some(role)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    let (status, body) = api.call("GET", "/v1/roles/auditor", None).await;
+    assert_eq!(
+        (status, body["scope_types"].clone()),
+        (StatusCode::OK, json!(["Space"]))
+    );
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/roles/auditor",
+            Some(json!({"name": "auditor", "actions": ["READ", "SHARE"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, list) = api.call("GET", "/v1/roles", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    let (status, _) = api.call("DELETE", "/v1/roles/auditor", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.call("GET", "/v1/roles/auditor", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Every failing field at once.
+    let (status, problem) = api
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(json!({"name": "bad name!", "actions": []})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&problem), ["name", "actions"]);
+    // An action the schema does not know: the compiler's message.
+    let (status, problem) = api
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(json!({"name": "x", "actions": ["document.fly"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert!(problem.to_string().contains("document.fly"), "{problem}");
+    // Not JSON of the right shape.
+    let (status, problem) = api
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(json!({"name": "x", "actions": ["READ"], "colour": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, fields(&problem)),
+        (StatusCode::BAD_REQUEST, vec![String::from("body")])
+    );
+    // A role still assigned is not deleted.
+    api.call(
+        "PUT",
+        "/v1/principals/users/ann",
+        Some(json!({"kind": "user", "id": "ann"})),
+    )
+    .await;
+    api.call(
+        "POST",
+        "/v1/assignments",
+        Some(json!({"id": "a1", "principal": "User::\"ann\"", "role": "guest", "scope": "global"})),
+    )
+    .await;
+    let (status, _) = api.call("DELETE", "/v1/roles/guest", None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn principals_assignments_and_entities_drive_what_if_decisions() {
+    let api = api().await;
+    let ask = json!({
+        "principal": "User::\"ann\"", "action": "document.read", "resource": "Document::\"d1\"",
+        "context": {"time": "2026-01-06T10:00:00Z"}
+    });
+
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/principals/users/ann",
+            Some(json!({"kind": "user", "id": "ann", "tenant": "t1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api.call("GET", "/v1/principals/users/ann", None).await;
+    assert_eq!(
+        (status, body["tenant"].as_str()),
+        (StatusCode::OK, Some("t1"))
+    );
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/entities/Document/d1",
+            Some(json!({"uid": "Document::\"d1\"", "parents": ["Space::\"s1\""], "attributes": {"tenant": "t1"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.refresh().await;
+    let (_, decision) = api.call("POST", "/v1/authorize", Some(ask.clone())).await;
+    assert_eq!(
+        (decision["decision"].as_str(), decision["reason"].as_str()),
+        (Some("deny"), Some("no_permit"))
+    );
+
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/assignments",
+            Some(json!({"id": "ann-s1", "principal": "User::\"ann\"", "role": "member", "scope": {"entity": "Space::\"s1\""}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["assigned_by"], "ops", "the actor is recorded");
+    let (_, list) = api
+        .call("GET", "/v1/assignments?principal=User::%22ann%22", None)
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    api.refresh().await;
+    let (_, decision) = api.call("POST", "/v1/authorize", Some(ask.clone())).await;
+    assert_eq!(decision["decision"], "allow", "{decision}");
+    assert_eq!(decision["policies"], json!(["role:member"]));
+    assert_eq!(decision["effective_roles"], json!(["member"]));
+
+    // Archiving the space closes the document below it.
+    api.call(
+        "PUT",
+        "/v1/entities/Space/s1",
+        Some(json!({"uid": "Space::\"s1\"", "attributes": {"tenant": "t1", "archived": true}})),
+    )
+    .await;
+    api.refresh().await;
+    let (_, decision) = api.call("POST", "/v1/authorize", Some(ask.clone())).await;
+    assert_eq!(
+        decision["policies"],
+        json!(["archived-resource"]),
+        "{decision}"
+    );
+
+    // Revoking the grant.
+    let (status, _) = api.call("DELETE", "/v1/assignments/ann-s1", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.call("DELETE", "/v1/assignments/ann-s1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Sessions.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/principals/users/ann/sessions:revoke",
+            Some(json!({"session_id": "s-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.refresh().await;
+    assert!(
+        api.snapshot
+            .load()
+            .is_session_revoked("s-1", jiff::Timestamp::now().as_millisecond())
+    );
+
+    // Bad input, every field at once.
+    let (status, problem) = api
+        .call(
+            "POST",
+            "/v1/assignments",
+            Some(json!({
+                "id": "bad id", "principal": "User::\"ann\"", "role": "", "scope": "global",
+                "conditions": {"valid_from": 10, "valid_until": 5, "allowed_bands": ["PINK"]}
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        fields(&problem),
+        [
+            "id",
+            "role",
+            "conditions.valid_until",
+            "conditions.allowed_bands[0]"
+        ]
+    );
+    let (status, problem) = api
+        .call(
+            "PUT",
+            "/v1/principals/users/ann",
+            Some(json!({"kind": "service", "id": "bob", "attributes": {"clearance": 99}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&problem), ["kind", "id", "attributes.clearance"]);
+    let (status, problem) = api
+        .call(
+            "PUT",
+            "/v1/principals/robots/r1",
+            Some(json!({"kind": "user", "id": "r1"})),
+        )
+        .await;
+    assert_eq!(
+        (status, fields(&problem)),
+        (StatusCode::BAD_REQUEST, vec![String::from("kind")])
+    );
+    let (status, problem) = api
+        .call(
+            "POST",
+            "/v1/authorize",
+            Some(json!({
+                "principal": "User::\"ann\"", "action": "document.read", "resource": "Document::\"d1\"",
+                "context": {"time": "yesterday", "risk_score": 300, "band": "PINK", "ip": "x"}
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        fields(&problem),
+        [
+            "context.time",
+            "context.risk_score",
+            "context.band",
+            "context.ip"
+        ]
+    );
+    let (status, _) = api
+        .call("POST", "/v1/assignments", Some(json!({"id": "x", "principal": "User::\"nobody\"", "role": "guest", "scope": "global"})))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "an assignment of an unknown principal"
+    );
+    let (status, _) = api.call("DELETE", "/v1/principals/users/ann", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.call("GET", "/v1/principals/users/ann", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
