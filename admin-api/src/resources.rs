@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,27 +20,30 @@ use crate::error::{ApiError, FieldError};
 
 type St<S> = State<Arc<AppState<S>>>;
 
-/// A JSON body whose rejection is a problem+json naming the failing field.
+/// A JSON body (whatever `Content-Type` says: `curl -d` sends form encoding); a body that is
+/// not the expected document is a problem+json with serde's message (line, column, field).
 pub struct Body<T>(pub T);
 
 impl<T, S> FromRequest<S> for Body<T>
 where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::Invalid {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::field("body", e.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| ApiError::Invalid {
                 detail: String::from("the body is not the expected JSON document"),
                 errors: vec![FieldError {
                     field: String::from("body"),
-                    message: rejection.body_text(),
+                    message: e.to_string(),
                 }],
-            }),
-        }
+            })
     }
 }
 
