@@ -16,12 +16,14 @@
 //! | `DELETE /v1/assignments/{id}` | revoke a grant |
 //! | `PUT/DELETE /v1/entities/{type}/{id}` | resources and their parents |
 //! | `POST /v1/authorize` | what-if decision with policies, roles and errors |
+//! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (no token needed) |
 //!
 //! Every call needs `Authorization: Bearer <admin token>` ([`auth`]); every error is
 //! problem+json ([`error`]).
 
 pub mod auth;
 pub mod error;
+pub mod openapi;
 mod resources;
 
 use std::sync::Arc;
@@ -88,4 +90,10 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
             tokens,
             auth::require_admin,
         ))
+        .route("/v1/openapi.json", get(openapi_json))
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    axum::Json(openapi::ApiDoc::openapi())
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::auth::Actor;
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problem};
 
 type St<S> = State<Arc<AppState<S>>>;
 
@@ -51,8 +51,9 @@ fn created<T: Serialize>(value: T) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
 
-#[derive(Debug, Serialize)]
-struct Revision {
+/// The store revision a change produced.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Revision {
     revision: i64,
 }
 
@@ -103,10 +104,15 @@ fn role_problems(role: &Role) -> Vec<FieldError> {
     errors
 }
 
+#[utoipa::path(get, path = "/v1/roles", tag = "roles",
+    responses((status = 200, description = "Every role", body = [Role]), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_roles<S: Store>(State(st): St<S>) -> Result<Response, ApiError> {
     Ok(Json(st.store.list_roles().await?).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/roles/{name}", tag = "roles",
+    params(("name" = String, Path, description = "Role name")),
+    responses((status = 200, description = "The role", body = Role), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_role<S: Store>(
     State(st): St<S>,
     Path(name): Path<String>,
@@ -119,6 +125,8 @@ pub(crate) async fn get_role<S: Store>(
     Ok(Json(role).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/roles", tag = "roles", request_body = Role,
+    responses((status = 201, description = "Created", body = Role), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_role<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -130,6 +138,9 @@ pub(crate) async fn create_role<S: Store>(
     Ok(created(role))
 }
 
+#[utoipa::path(put, path = "/v1/roles/{name}", tag = "roles", request_body = Role,
+    params(("name" = String, Path, description = "Role name")),
+    responses((status = 200, description = "Replaced", body = Role), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn update_role<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -149,6 +160,9 @@ pub(crate) async fn update_role<S: Store>(
     Ok(Json(role).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/roles/{name}", tag = "roles",
+    params(("name" = String, Path, description = "Role name")),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_role<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -177,6 +191,8 @@ fn principal_key(kind: &str, id: &str) -> Result<(PrincipalKind, EntityRef), Api
     ))
 }
 
+#[utoipa::path(get, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
+    responses((status = 200, description = "The principal", body = Principal), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_principal<S: Store>(
     State(st): St<S>,
     Path((kind, id)): Path<(String, String)>,
@@ -190,6 +206,8 @@ pub(crate) async fn get_principal<S: Store>(
     Ok(Json(principal).into_response())
 }
 
+#[utoipa::path(put, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")), request_body = Principal,
+    responses((status = 200, description = "Created or replaced", body = Principal), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put_principal<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -231,6 +249,8 @@ pub(crate) async fn put_principal<S: Store>(
     Ok(Json(principal).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
+    responses((status = 204, description = "Deleted with its assignments"), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_principal<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -243,7 +263,7 @@ pub(crate) async fn delete_principal<S: Store>(
 }
 
 /// Body of `sessions:revoke`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeRequest {
     session_id: String,
@@ -252,6 +272,8 @@ pub(crate) struct RevokeRequest {
     expires_at: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/v1/principals/{kind}/{id}/sessions:revoke", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")), request_body = RevokeRequest,
+    responses((status = 200, description = "Revoked; tokens with this sid/jti are refused", body = Revision), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn revoke_session<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -273,6 +295,8 @@ pub(crate) async fn revoke_session<S: Store>(
     Ok(Json(Revision { revision }).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/assignments", tag = "assignments", request_body = Assignment,
+    responses((status = 201, description = "Granted", body = Assignment), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_assignment<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -314,12 +338,16 @@ pub(crate) async fn create_assignment<S: Store>(
 }
 
 /// `GET /v1/assignments` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AssignmentQuery {
+    /// `User::"alice"`.
     principal: String,
 }
 
+#[utoipa::path(get, path = "/v1/assignments", tag = "assignments", params(AssignmentQuery),
+    responses((status = 200, description = "The principal's assignments", body = [Assignment]), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_assignments<S: Store>(
     State(st): St<S>,
     Query(query): Query<AssignmentQuery>,
@@ -334,6 +362,9 @@ pub(crate) async fn list_assignments<S: Store>(
     Ok(Json(st.store.assignments_of(&principal).await?).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/assignments/{id}", tag = "assignments",
+    params(("id" = String, Path, description = "Assignment id")),
+    responses((status = 204, description = "Revoked"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_assignment<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -353,6 +384,8 @@ fn entity_key(type_name: &str, id: &str) -> Result<EntityRef, ApiError> {
     EntityRef::new(type_name, id).map_err(|e| ApiError::field("type", e.to_string()))
 }
 
+#[utoipa::path(put, path = "/v1/entities/{type}/{id}", tag = "entities", params(("type" = String, Path, description = "Entity type, e.g. `Space`"), ("id" = String, Path, description = "Entity id")), request_body = EntityRecord,
+    responses((status = 200, description = "Created or replaced", body = EntityRecord), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put_entity<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -389,6 +422,8 @@ pub(crate) async fn put_entity<S: Store>(
     Ok(Json(entity).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/entities/{type}/{id}", tag = "entities", params(("type" = String, Path, description = "Entity type, e.g. `Space`"), ("id" = String, Path, description = "Entity id")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_entity<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -401,7 +436,7 @@ pub(crate) async fn delete_entity<S: Store>(
 }
 
 /// Body of `POST /v1/authorize`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuthorizeRequest {
     principal: EntityRef,
@@ -415,7 +450,7 @@ pub(crate) struct AuthorizeRequest {
 
 /// The request facts of a what-if decision; unset ones take harmless defaults (now, risk 0,
 /// no MFA, GREEN).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WhatIfContext {
     #[serde(default)]
@@ -435,7 +470,7 @@ pub(crate) struct WhatIfContext {
 }
 
 /// A what-if decision, explained.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct AuthorizeResponse {
     decision: &'static str,
     reason: &'static str,
@@ -445,6 +480,8 @@ pub(crate) struct AuthorizeResponse {
     revision: i64,
 }
 
+#[utoipa::path(post, path = "/v1/authorize", tag = "decisions", request_body = AuthorizeRequest,
+    responses((status = 200, description = "The decision, explained", body = AuthorizeResponse), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn authorize<S: Store>(
     State(st): St<S>,
     Body(body): Body<AuthorizeRequest>,

@@ -417,3 +417,50 @@ async fn principals_assignments_and_entities_drive_what_if_decisions() {
     let (status, _) = api.call("GET", "/v1/principals/users/ann", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let api = api().await;
+    let (status, doc) = api.call_as(None, "GET", "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/v1/roles", &["get", "post"][..]),
+        ("/v1/roles/{name}", &["get", "put", "delete"]),
+        ("/v1/principals/{kind}/{id}", &["get", "put", "delete"]),
+        ("/v1/principals/{kind}/{id}/sessions:revoke", &["post"]),
+        ("/v1/assignments", &["get", "post"]),
+        ("/v1/assignments/{id}", &["delete"]),
+        ("/v1/entities/{type}/{id}", &["put", "delete"]),
+        ("/v1/authorize", &["post"]),
+    ] {
+        for m in methods {
+            let op = &paths[path][*m];
+            assert!(op.is_object(), "{m} {path} documented");
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{m} {path} documents 401"
+            );
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "Role",
+        "Principal",
+        "Assignment",
+        "EntityRecord",
+        "Problem",
+        "FieldError",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["admin_token"]["scheme"],
+        "bearer"
+    );
+}

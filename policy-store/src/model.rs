@@ -91,6 +91,25 @@ impl FromStr for EntityRef {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for EntityRef {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A Cedar entity reference, `Type::\"id\"`, e.g. `Space::\"household\"`.",
+            ))
+            .pattern(Some(
+                r#"^[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*::".*"$"#,
+            ))
+            .examples([serde_json::json!("User::\"alice\"")])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for EntityRef {}
+
 impl Serialize for EntityRef {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -106,6 +125,7 @@ impl<'de> Deserialize<'de> for EntityRef {
 
 /// What kind of principal an identity is. Users and services make requests; groups hold
 /// members and receive assignments that their members inherit.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PrincipalKind {
@@ -139,6 +159,7 @@ impl PrincipalKind {
 }
 
 /// Account status. Anything but `Active` is refused by the default policies.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PrincipalStatus {
@@ -183,6 +204,7 @@ impl FromStr for PrincipalStatus {
 }
 
 /// Attributes of a principal that policies may read (seed 002's user model).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalAttributes {
@@ -204,6 +226,7 @@ pub struct PrincipalAttributes {
 }
 
 /// A user, service or group.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Principal {
@@ -244,6 +267,7 @@ pub fn principal_ref(kind: PrincipalKind, id: &str) -> EntityRef {
 }
 
 /// A revoked session (`sid`) or token id (`jti`); refused until it would have expired anyway.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevokedSession {
@@ -257,6 +281,7 @@ pub struct RevokedSession {
 }
 
 /// A role: a name, the actions it grants, and the resource types it governs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Role {
@@ -273,6 +298,7 @@ pub struct Role {
 }
 
 /// Where an assignment applies: everywhere, or on one entity and everything below it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -293,6 +319,7 @@ impl Scope {
 }
 
 /// Conditions under which an assignment is in force (seed 000's `conditions`/`restrictions`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssignmentConditions {
@@ -314,6 +341,7 @@ pub struct AssignmentConditions {
 }
 
 /// A role granted to a principal within a scope.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Assignment {
@@ -337,6 +365,7 @@ pub struct Assignment {
 }
 
 /// Resource attributes that the default policies read.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntityAttributes {
@@ -358,6 +387,7 @@ pub struct EntityAttributes {
 }
 
 /// A resource entity in the tree (tenant → space → document, or seed 004's entities).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntityRecord {

@@ -1,0 +1,56 @@
+//! The OpenAPI 3.1 document of the admin API, generated from the handlers' annotations and
+//! served at `GET /v1/openapi.json` (without authentication: it describes, it grants
+//! nothing).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::resources;
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Portcullis admin API",
+        description = "Roles, principals, assignments, entities and what-if decisions. \
+            Errors are RFC 9457 problem+json listing every failing field."
+    ),
+    paths(
+        resources::list_roles,
+        resources::create_role,
+        resources::get_role,
+        resources::update_role,
+        resources::delete_role,
+        resources::get_principal,
+        resources::put_principal,
+        resources::delete_principal,
+        resources::revoke_session,
+        resources::create_assignment,
+        resources::list_assignments,
+        resources::delete_assignment,
+        resources::put_entity,
+        resources::delete_entity,
+        resources::authorize,
+    ),
+    modifiers(&AdminToken),
+    security(("admin_token" = []))
+)]
+pub struct ApiDoc;
+
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "admin_token",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("An admin token (see `admin.tokens_file`)"))
+                        .build(),
+                ),
+            );
+        }
+    }
+}
