@@ -43,6 +43,8 @@ pub struct AppState<S> {
     pub store: S,
     /// The snapshot the data plane decides with (what-if decisions use it too).
     pub snapshot: Arc<SnapshotHandle>,
+    /// The audit ledger admin changes are recorded in, with their actor.
+    pub ledger: Option<Arc<portcullis_policy_store::audit::writer::Ledger>>,
 }
 
 /// The admin API router.

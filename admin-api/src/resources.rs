@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::auth::Actor;
 use crate::error::{ApiError, FieldError, Problem};
+use portcullis_policy_store::audit::{Entry, RecordKind};
 
 type St<S> = State<Arc<AppState<S>>>;
 
@@ -44,6 +45,38 @@ where
                     message: e.to_string(),
                 }],
             })
+    }
+}
+
+/// Logs a committed change and records it in the audit ledger, with its actor. The change
+/// is already in the store (which keeps its own change log), so a ledger that cannot take
+/// the record is logged as an error rather than undoing it.
+async fn changed<S>(
+    st: &AppState<S>,
+    actor: &Actor,
+    action: &str,
+    resource: String,
+    revision: i64,
+) {
+    tracing::info!(actor = actor.0, action, resource, revision, "admin change");
+    let Some(ledger) = &st.ledger else {
+        return;
+    };
+    let now = jiff::Timestamp::now();
+    let entry = Entry {
+        ts: format!("{:.3}", now.round(jiff::Unit::Millisecond).unwrap_or(now)),
+        kind: RecordKind::AdminChange,
+        actor: Some(actor.0.clone()),
+        action: Some(action.to_owned()),
+        resource: Some(resource),
+        reason: Some(format!("store revision {revision}")),
+        ..Entry::default()
+    };
+    if let Err(e) = ledger
+        .append(entry, std::time::Duration::from_secs(1))
+        .await
+    {
+        tracing::error!(error = %e, action, "admin change not recorded in the audit ledger");
     }
 }
 
@@ -134,7 +167,14 @@ pub(crate) async fn create_role<S: Store>(
 ) -> Result<Response, ApiError> {
     check(role_problems(&role))?;
     let revision = st.store.create_role(&role).await?;
-    tracing::info!(actor = actor.0, role = role.name, revision, "role created");
+    changed(
+        &st,
+        &actor,
+        "role.create",
+        format!("Role::{:?}", role.name),
+        revision,
+    )
+    .await;
     Ok(created(role))
 }
 
@@ -156,7 +196,14 @@ pub(crate) async fn update_role<S: Store>(
     }
     check(errors)?;
     let revision = st.store.update_role(&role).await?;
-    tracing::info!(actor = actor.0, role = role.name, revision, "role updated");
+    changed(
+        &st,
+        &actor,
+        "role.update",
+        format!("Role::{:?}", role.name),
+        revision,
+    )
+    .await;
     Ok(Json(role).into_response())
 }
 
@@ -169,7 +216,14 @@ pub(crate) async fn delete_role<S: Store>(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let revision = st.store.delete_role(&name).await?;
-    tracing::info!(actor = actor.0, role = name, revision, "role deleted");
+    changed(
+        &st,
+        &actor,
+        "role.delete",
+        format!("Role::{name:?}"),
+        revision,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -245,7 +299,7 @@ pub(crate) async fn put_principal<S: Store>(
     }
     check(errors)?;
     let revision = st.store.put_principal(&principal).await?;
-    tracing::info!(actor = actor.0, principal = %key, revision, "principal written");
+    changed(&st, &actor, "principal.put", key.to_string(), revision).await;
     Ok(Json(principal).into_response())
 }
 
@@ -258,7 +312,7 @@ pub(crate) async fn delete_principal<S: Store>(
 ) -> Result<Response, ApiError> {
     let (_, key) = principal_key(&kind, &id)?;
     let revision = st.store.delete_principal(&key).await?;
-    tracing::info!(actor = actor.0, principal = %key, revision, "principal deleted");
+    changed(&st, &actor, "principal.delete", key.to_string(), revision).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -291,7 +345,7 @@ pub(crate) async fn revoke_session<S: Store>(
         expires_at: body.expires_at.unwrap_or(now + 86_400_000),
     };
     let revision = st.store.revoke_session(&session).await?;
-    tracing::info!(actor = actor.0, principal = %key, revision, "session revoked");
+    changed(&st, &actor, "session.revoke", key.to_string(), revision).await;
     Ok(Json(Revision { revision }).into_response())
 }
 
@@ -328,12 +382,14 @@ pub(crate) async fn create_assignment<S: Store>(
         ..assignment
     };
     let revision = st.store.create_assignment(&assignment).await?;
-    tracing::info!(
-        actor = actor.0,
-        assignment = assignment.id,
+    changed(
+        &st,
+        &actor,
+        "assignment.create",
+        format!("Assignment::{:?}", assignment.id),
         revision,
-        "assignment created"
-    );
+    )
+    .await;
     Ok(created(assignment))
 }
 
@@ -371,12 +427,14 @@ pub(crate) async fn delete_assignment<S: Store>(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let revision = st.store.delete_assignment(&id).await?;
-    tracing::info!(
-        actor = actor.0,
-        assignment = id,
+    changed(
+        &st,
+        &actor,
+        "assignment.delete",
+        format!("Assignment::{id:?}"),
         revision,
-        "assignment deleted"
-    );
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -418,7 +476,7 @@ pub(crate) async fn put_entity<S: Store>(
     }
     check(errors)?;
     let revision = st.store.put_entity(&entity).await?;
-    tracing::info!(actor = actor.0, entity = %key, revision, "entity written");
+    changed(&st, &actor, "entity.put", key.to_string(), revision).await;
     Ok(Json(entity).into_response())
 }
 
@@ -431,7 +489,7 @@ pub(crate) async fn delete_entity<S: Store>(
 ) -> Result<Response, ApiError> {
     let key = entity_key(&type_name, &id)?;
     let revision = st.store.delete_entity(&key).await?;
-    tracing::info!(actor = actor.0, entity = %key, revision, "entity deleted");
+    changed(&st, &actor, "entity.delete", key.to_string(), revision).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

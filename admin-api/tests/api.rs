@@ -84,6 +84,7 @@ async fn api() -> Api {
         AppState {
             store: store.clone(),
             snapshot: Arc::clone(&snapshot),
+            ledger: None,
         },
         tokens,
     );

@@ -99,6 +99,11 @@ impl Audit {
         }))
     }
 
+    /// The ledger, for other writers of the process (admin changes).
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
     /// Whether this outcome is recorded.
     fn keeps(&self, outcome: Outcome) -> bool {
         match outcome {

@@ -122,6 +122,7 @@ pub fn run(args: &Args) -> Exit {
             portcullis_admin_api::AppState {
                 store: started.store.clone(),
                 snapshot: Arc::clone(&started.plane.snapshot),
+                ledger: started.plane.audit.as_ref().map(|a| Arc::clone(a.ledger())),
             },
             tokens,
         );
