@@ -80,6 +80,27 @@ async fn changed<S>(
     }
 }
 
+/// Query parameters whose rejection is a problem+json, like [`Body`]'s.
+pub struct Params<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Self(value))
+            .map_err(|e| ApiError::field("query", e.body_text()))
+    }
+}
+
 fn created<T: Serialize>(value: T) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
@@ -406,7 +427,7 @@ pub(crate) struct AssignmentQuery {
     responses((status = 200, description = "The principal's assignments", body = [Assignment]), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_assignments<S: Store>(
     State(st): St<S>,
-    Query(query): Query<AssignmentQuery>,
+    Params(query): Params<AssignmentQuery>,
 ) -> Result<Response, ApiError> {
     let principal: EntityRef =
         query
