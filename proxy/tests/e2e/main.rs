@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `portcullis serve` binary between a real client and a real
 //! upstream over loopback sockets, on its real SQLite store, with JWTs signed by real keys —
-//! and, for the decision endpoint, a real nginx (Debian's) in front.
+//! and, for the decision endpoint, a real nginx (Debian's) in front; the admin API is checked
+//! against its OpenAPI document by schemathesis.
 
 #![expect(
     clippy::expect_used,
@@ -12,6 +13,7 @@
 mod harness;
 mod world;
 
+mod admin;
 mod audit;
 mod enforcement;
 mod gateway;
