@@ -23,6 +23,7 @@ pub mod decision;
 pub mod error;
 pub mod model;
 pub mod policy;
+pub mod private_file;
 mod slice;
 pub mod snapshot;
 pub mod store;

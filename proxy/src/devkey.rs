@@ -5,7 +5,6 @@
 //! It is a development convenience: the key file is private to its owner (mode 0600), its
 //! tokens name the issuer [`DEV_ISSUER`], and `serve` says loudly at start that it trusts it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -61,16 +60,7 @@ impl DevKey {
         let pem = signing
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .map_err(|e| format!("cannot encode the dev signing key: {e}"))?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(&path)
-            .map_err(|e| format!("`{}`: cannot create: {e}", path.display()))?;
-        file.write_all(pem.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| format!("`{}`: cannot write: {e}", path.display()))?;
+        portcullis_policy_store::private_file::create(&path, pem.as_bytes())?;
         Ok((Self { signing, path }, true))
     }
 

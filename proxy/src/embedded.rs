@@ -179,8 +179,11 @@ pub fn admin_tokens(
                     .flat_map(|b| [b >> 4, b & 0x0f])
                     .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
                     .collect();
-                write_private(&plain, format!("{token}\n").as_bytes())?;
-                write_private(
+                portcullis_policy_store::private_file::create(
+                    &plain,
+                    format!("{token}\n").as_bytes(),
+                )?;
+                portcullis_policy_store::private_file::create(
                     &path,
                     format!(
                         "# Admin API tokens: <subject> sha256:<hex>\n{}\n",
@@ -202,19 +205,6 @@ pub fn admin_tokens(
         )
     })?;
     Ok((tokens, plain))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| format!("`{}`: cannot create: {e}", path.display()))?;
-    file.write_all(bytes)
-        .map_err(|e| format!("`{}`: cannot write: {e}", path.display()))
 }
 
 /// The file name of a path as given (`policies/default.cedar` → `default.cedar`).

@@ -68,7 +68,7 @@ fn to_usize(n: u64) -> usize {
 }
 
 /// The first line of a YAML error, without the position prefix we print ourselves.
-fn first_line(s: &str) -> String {
+pub fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or_default();
     let line = line.strip_prefix("error: ").unwrap_or(line);
     match line

@@ -79,7 +79,7 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
     let pem = key
         .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .map_err(|e| format!("cannot encode the checkpoint key: {e}"))?;
-    write_private(path, pem.as_bytes())?;
+    crate::private_file::create(path, pem.as_bytes())?;
     let public = key
         .verifying_key()
         .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
@@ -95,20 +95,6 @@ pub fn public_key_path(key: &Path) -> std::path::PathBuf {
     let mut name = key.as_os_str().to_owned();
     name.push(".pub");
     name.into()
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| format!("`{}`: cannot create: {e}", path.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("`{}`: cannot write: {e}", path.display()))
 }
 
 /// Reads a public key (SPKI PEM).

@@ -1,28 +1,23 @@
 //! `portcullis config dump`: the effective configuration — file, environment overrides and
 //! `--set` flags applied, secrets redacted — or every problem with it.
 
-use std::path::PathBuf;
-
 use super::Exit;
-use super::serve::{load_config, parse_sets};
+use super::serve::{ConfigArgs, load_config, parse_sets};
 
 /// Arguments of `config dump`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// YAML configuration file.
-    #[arg(long, short, env = "PORTCULLIS_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Override one key (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// Prints the configuration as YAML; exit 3 when it has problems.
 pub fn run(args: &Args) -> Exit {
-    let Some(sets) = parse_sets(&args.sets) else {
+    let Some(sets) = parse_sets(&args.config.sets) else {
         return Exit::Usage;
     };
-    match load_config(args.config.as_deref(), &sets) {
+    match load_config(args.config.config.as_deref(), &sets) {
         Some(config) => {
             print!("{}", crate::config::dump(&config));
             Exit::Ok

@@ -19,15 +19,23 @@ use crate::reload::{self, Reloader};
 use crate::tls::ReloadingCert;
 use portcullis_policy_store::snapshot::SnapshotHandle;
 
-/// Arguments of `serve`.
+/// Where the configuration comes from: shared by every command that reads it.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct ConfigArgs {
     /// YAML configuration file (see deploy/examples/portcullis.yaml).
     #[arg(long, short, env = "PORTCULLIS_CONFIG")]
     pub config: Option<PathBuf>,
     /// Override one key, e.g. `--set upstreams.0.address=127.0.0.1:3000` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Do not load the demo data into a new store.
     #[arg(long, env = "PORTCULLIS_NO_DEMO_DATA")]
     pub no_demo_data: bool,
@@ -68,10 +76,10 @@ pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<
 
 /// Runs until SIGTERM or SIGINT.
 pub fn run(args: &Args) -> Exit {
-    let Some(sets) = parse_sets(&args.sets) else {
+    let Some(sets) = parse_sets(&args.config.sets) else {
         return Exit::Usage;
     };
-    let Some(config) = load_config(args.config.as_deref(), &sets) else {
+    let Some(config) = load_config(args.config.config.as_deref(), &sets) else {
         return Exit::InvalidInput;
     };
     crate::logging::init(&config.log);
@@ -148,7 +156,7 @@ pub fn run(args: &Args) -> Exit {
     }
     control.spawn(
         Reloader {
-            config_file: args.config.clone(),
+            config_file: args.config.config.clone(),
             sets,
             store: started.store,
             plane: Arc::clone(&started.plane),

@@ -562,7 +562,7 @@ pub fn load(
                     Some(l) => format!("{}:{}:{}", path.display(), l.line(), l.column()),
                     None => path.display().to_string(),
                 };
-                vec![problem(at, first_line(&e.to_string()))]
+                vec![problem(at, crate::policy_dir::first_line(&e.to_string()))]
             })?
         }
     };
@@ -586,19 +586,6 @@ pub fn load(
         Ok(config)
     } else {
         Err(problems)
-    }
-}
-
-/// The first line of a YAML error, without the position prefix we print ourselves.
-fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or_default();
-    let line = line.strip_prefix("error: ").unwrap_or(line);
-    match line
-        .strip_prefix("line ")
-        .and_then(|rest| rest.split_once(": "))
-    {
-        Some((_, message)) => message.to_owned(),
-        None => line.to_owned(),
     }
 }
 
