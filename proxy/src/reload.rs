@@ -3,8 +3,9 @@
 //! whole; only then is it swapped in. Anything invalid is logged with every problem, counted
 //! (`portcullis_config_reloads_total{outcome="rejected"}`), and the old state keeps serving.
 //!
-//! Listener addresses, threads, authentication, store, logging and shutdown settings are
-//! read at start only; a change to them is reported as needing a restart.
+//! Listener addresses, threads, authentication, the admin API, the audit ledger, store,
+//! logging and shutdown settings are read at start only; a change to them is reported as
+//! needing a restart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -197,6 +198,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.ops != new.ops {
         keys.push("ops");
+    }
+    if old.admin != new.admin {
+        keys.push("admin");
+    }
+    if old.audit != new.audit {
+        keys.push("audit");
     }
     if old.threads != new.threads {
         keys.push("threads");

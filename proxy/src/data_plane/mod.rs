@@ -410,10 +410,9 @@ impl DataPlane {
                 shadow,
             );
         };
-        let peer_headers = headers;
         let facts = gate
             .context
-            .facts(&identity, &route.band, peer, peer_headers, now_ms);
+            .facts(&identity, &route.band, peer, headers, now_ms);
         let decision = decide(
             &snapshot,
             &DecisionRequest {

@@ -444,7 +444,8 @@ impl ProxyHttp for EnforcingProxy {
                 trace_id,
                 elapsed_us = elapsed.as_micros() as u64,
                 error = error.map(|e| e.to_string()),
-                "request refused"
+                forwarded = outcome == Outcome::ShadowDenied,
+                "request refused (forwarded when shadowed)"
             );
         } else if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(
