@@ -60,8 +60,10 @@ fn instance_name(config: &Config) -> String {
 }
 
 impl Audit {
-    /// Opens the ledger of `config` and starts its writer; `None` when auditing is off.
-    pub fn open(config: &Config) -> Result<Option<Self>, String> {
+    /// Opens the ledger of `config` and starts its writer; `None` when auditing is off. The
+    /// writer thread ends (after a last checkpoint) once every handle to the ledger is
+    /// dropped; join it before the process exits.
+    pub fn open(config: &Config) -> Result<Option<(Self, std::thread::JoinHandle<()>)>, String> {
         let a = &config.audit;
         if !a.enabled {
             return Ok(None);
@@ -75,7 +77,7 @@ impl Audit {
         let key = checkpoint::load_or_create_key(&key_file)?;
         // A per-installation secret for redaction hashes, derived from the checkpoint key.
         let salt = sha256_hex(&[b"portcullis-redaction\n".as_slice(), key.as_bytes()].concat());
-        let (ledger, _writer) = Ledger::open(LedgerConfig {
+        let (ledger, writer) = Ledger::open(LedgerConfig {
             dir: dir.clone(),
             prefix: String::from("audit"),
             max_file_bytes: a.max_file_bytes,
@@ -87,16 +89,19 @@ impl Audit {
             fsync: a.fsync,
             stdout: a.stdout,
         })?;
-        Ok(Some(Self {
-            ledger,
-            on_full: a.on_full,
-            max_wait: Duration::from_millis(a.max_wait_ms),
-            record_public: a.record_public,
-            allow_sample_rate: a.allow_sample_rate,
-            salt,
-            dir,
-            public_key: checkpoint::public_key_path(&key_file),
-        }))
+        Ok(Some((
+            Self {
+                ledger,
+                on_full: a.on_full,
+                max_wait: Duration::from_millis(a.max_wait_ms),
+                record_public: a.record_public,
+                allow_sample_rate: a.allow_sample_rate,
+                salt,
+                dir,
+                public_key: checkpoint::public_key_path(&key_file),
+            },
+            writer,
+        )))
     }
 
     /// The ledger, for other writers of the process (admin changes).

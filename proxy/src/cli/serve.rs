@@ -166,8 +166,24 @@ pub fn run(args: &Args) -> Exit {
     );
 
     crate::server::run(&config, started.plane, started.cert);
-    tracing::info!("stopped");
     control.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Every handle to the ledger is gone now: its writer signs a last checkpoint and ends.
+    if let Some(writer) = started.audit_writer {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !writer.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if writer.is_finished() {
+            if writer.join().is_err() {
+                tracing::error!("the audit writer failed while stopping");
+            }
+        } else {
+            tracing::warn!(
+                "the audit writer did not stop in time; its last checkpoint may be missing"
+            );
+        }
+    }
+    tracing::info!("stopped");
     Exit::Ok
 }
 
@@ -179,6 +195,7 @@ enum Failure {
 }
 
 struct Started {
+    audit_writer: Option<std::thread::JoinHandle<()>>,
     admin: Option<(portcullis_admin_api::AdminTokens, Option<PathBuf>)>,
     plane: Arc<DataPlane>,
     store: portcullis_policy_store::store::SqlStore,
@@ -248,8 +265,12 @@ async fn start(config: &Config, demo_data: bool) -> Result<Started, Failure> {
             "no JWKS configured: trusting the dev signing key; get a token with `portcullis token --sub alice`"
         );
     }
-    let audit =
-        crate::audit::Audit::open(config).map_err(|e| Failure::Runtime(format!("audit: {e}")))?;
+    let (audit, audit_writer) = match crate::audit::Audit::open(config)
+        .map_err(|e| Failure::Runtime(format!("audit: {e}")))?
+    {
+        Some((audit, writer)) => (Some(audit), Some(writer)),
+        None => (None, None),
+    };
     match &audit {
         Some(a) => tracing::info!(
             ledger = %a.dir.display(),
@@ -273,6 +294,7 @@ async fn start(config: &Config, demo_data: bool) -> Result<Started, Failure> {
         None
     };
     Ok(Started {
+        audit_writer,
         admin,
         plane,
         store,

@@ -176,6 +176,13 @@ fn reload_refuses_bad_config_applies_good_and_sigterm_drains() {
         "{:?}",
         started.elapsed()
     );
+
+    // A graceful stop signs a last checkpoint over the whole ledger.
+    let last = p.audit_records().last().expect("records")["seq"].clone();
+    let out = p.verify_ledger();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(&format!("last at seq {last}")), "{stdout}");
 }
 
 fn wait_for(mut done: impl FnMut() -> bool, what: &str, p: &Portcullis) {
