@@ -16,6 +16,8 @@
 //! | `DELETE /v1/assignments/{id}` | revoke a grant |
 //! | `PUT/DELETE /v1/entities/{type}/{id}` | resources and their parents |
 //! | `POST /v1/authorize` | what-if decision with policies, roles and errors |
+//! | `GET /v1/snapshot` | the whole state, for a sidecar to bootstrap from |
+//! | `GET /v1/updates?since=R` | a patch (or the whole state) from revision R; 204 if none |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (no token needed) |
 //!
 //! Every call needs `Authorization: Bearer <admin token>` ([`auth`]); every error is
@@ -87,6 +89,8 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
             put(resources::put_entity::<S>).delete(resources::delete_entity::<S>),
         )
         .route("/v1/authorize", post(resources::authorize::<S>))
+        .route("/v1/snapshot", get(resources::snapshot::<S>))
+        .route("/v1/updates", get(resources::updates::<S>))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             tokens,

@@ -31,6 +31,8 @@ use crate::resources;
         resources::put_entity,
         resources::delete_entity,
         resources::authorize,
+        resources::snapshot,
+        resources::updates,
     ),
     modifiers(&AdminToken),
     security(("admin_token" = []))

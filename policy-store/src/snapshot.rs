@@ -20,8 +20,10 @@ use crate::model::{
 use crate::policy::{CompiledPolicies, PolicySources, compile};
 use crate::slice::{CedarEntity, CedarPrincipal, EntityTypes};
 
-/// Everything the store holds, loaded at once (bootstrap).
-#[derive(Debug, Clone, Default)]
+/// Everything the store holds, loaded at once (bootstrap). Also the document a control plane
+/// hands a sidecar (`GET /v1/snapshot`) and the sidecar keeps as its last-known-good state.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StoreState {
     /// Revision the state was read at.
     pub revision: Revision,
@@ -41,11 +43,55 @@ pub struct StoreState {
     pub policy_set: Option<PolicySetVersion>,
 }
 
+impl StoreState {
+    /// Applies an update to this copy of the state, so a follower can keep a whole state
+    /// (its last-known-good file) in step with its snapshot.
+    pub fn apply(&mut self, update: SnapshotUpdate) {
+        let delta = match update {
+            SnapshotUpdate::Rebuild(state) => {
+                *self = state;
+                return;
+            }
+            SnapshotUpdate::Patch(delta) => delta,
+        };
+        for (key, value) in delta.principals {
+            self.principals.retain(|p| p.entity_ref() != key);
+            self.assignments.retain(|a| a.principal != key);
+            if let Some((principal, assignments)) = value {
+                self.principals.push(principal);
+                self.assignments.extend(assignments);
+            }
+        }
+        for (key, value) in delta.entities {
+            self.entities.retain(|e| e.uid != key);
+            if let Some(record) = value {
+                self.entities.push(record);
+            }
+        }
+        for session in delta.revoked_sessions {
+            self.revoked_sessions
+                .retain(|s| s.session_id != session.session_id);
+            self.revoked_sessions.push(session);
+        }
+        if let Some(roles) = delta.roles {
+            self.roles = roles;
+        }
+        if let Some(links) = delta.template_links {
+            self.template_links = links;
+        }
+        if delta.policy_set.is_some() {
+            self.policy_set = delta.policy_set;
+        }
+        self.revision = delta.revision;
+    }
+}
+
 /// A principal record with all its assignments.
 pub type PrincipalWithAssignments = (Principal, Vec<Assignment>);
 
 /// The current values of what changed between two revisions.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StoreDelta {
     /// Revision the delta brings the snapshot to.
     pub revision: Revision,
@@ -64,7 +110,8 @@ pub struct StoreDelta {
 }
 
 /// What a follower needs to bring its snapshot to the store's current revision.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SnapshotUpdate {
     /// Patch the current snapshot.
     Patch(StoreDelta),

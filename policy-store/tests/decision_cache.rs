@@ -266,3 +266,31 @@ fn a_patched_snapshot_does_not_reuse_decisions() {
     // The old snapshot still answers as before.
     assert!(allowed(&s, "document.read", doc, &facts()));
 }
+
+#[test]
+fn a_state_copy_follows_the_same_updates_as_the_snapshot() {
+    use portcullis_policy_store::snapshot::SnapshotUpdate;
+    let s = snapshot();
+    let mut state = StoreState {
+        revision: 1,
+        principals: vec![alice(PrincipalStatus::Active)],
+        ..StoreState::default()
+    };
+    let delta = StoreDelta {
+        revision: 2,
+        principals: vec![(
+            eref(r#"User::"alice""#),
+            Some((alice(PrincipalStatus::Suspended), vec![])),
+        )],
+        ..StoreDelta::default()
+    };
+    state.apply(SnapshotUpdate::Patch(delta.clone()));
+    let patched = s.patched(delta, 0).unwrap();
+    assert_eq!(state.revision, patched.revision());
+    assert_eq!(state.principals.len(), 1);
+    assert_eq!(state.principals[0].status, PrincipalStatus::Suspended);
+    // Round trip through JSON, as the last-known-good file does.
+    let json = serde_json::to_string(&state).unwrap();
+    let back: StoreState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.principals, state.principals);
+}

@@ -6,6 +6,7 @@
 //! - [`audit`]: what the data plane writes into the decision audit ledger;
 //! - [`config`], [`reload`]: the configuration and its live reload;
 //! - [`embedded`], [`devkey`]: the embedded store and dev key of `portcullis serve`;
+//! - [`follow`]: how `portcullis proxy` follows a control plane, with a last-known-good file;
 //! - [`policy_dir`], [`routes`], [`policy_tests`]: policy as code;
 //! - [`cli`]: one module per subcommand.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod data_plane;
 pub mod devkey;
 pub mod embedded;
+pub mod follow;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -51,6 +51,14 @@ impl Ops {
                 format!("{} routes", self.plane.gate.load().routes.len()),
             ),
             (
+                "control plane",
+                !self.plane.contact.as_ref().is_some_and(|c| c.is_stale()),
+                match &self.plane.contact {
+                    Some(c) => format!("last reached {:.0} s ago", c.age_seconds()),
+                    None => String::from("embedded store (serve)"),
+                },
+            ),
+            (
                 "shutdown",
                 !self.plane.health.is_draining(),
                 String::from(if self.plane.health.is_draining() {

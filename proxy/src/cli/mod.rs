@@ -5,6 +5,7 @@ pub mod audit_verify;
 pub mod config_dump;
 pub mod policy_test;
 pub mod policy_validate;
+pub mod proxy;
 pub mod serve;
 pub mod token;
 pub mod version;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Run everything in one process: the enforcing proxy and the ops listener on the
     /// embedded store (SQLite in the data directory).
     Serve(serve::Args),
+    /// Run the data plane alone, following a control plane (e.g. a `serve` elsewhere):
+    /// bootstraps from it, keeps a last-known-good state, fails closed when too stale.
+    Proxy(proxy::Args),
     /// Mint a token signed by the dev key of `serve`'s data directory.
     Token(token::Args),
     /// Configuration tools.
@@ -96,6 +100,7 @@ pub fn run(cli: Cli) -> Exit {
     match cli.command {
         Command::Serve(args) => serve::run(&args),
         Command::Token(args) => token::run(&args),
+        Command::Proxy(args) => proxy::run(&args),
         Command::Config(ConfigCommand::Dump(args)) => config_dump::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify::run(&args),
         Command::Policy(PolicyCommand::Validate(args)) => policy_validate::run(&args),

@@ -167,24 +167,26 @@ pub fn run(args: &Args) -> Exit {
 
     crate::server::run(&config, started.plane, started.cert);
     control.shutdown_timeout(std::time::Duration::from_secs(1));
-    // Every handle to the ledger is gone now: its writer signs a last checkpoint and ends.
-    if let Some(writer) = started.audit_writer {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        while !writer.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        if writer.is_finished() {
-            if writer.join().is_err() {
-                tracing::error!("the audit writer failed while stopping");
-            }
-        } else {
-            tracing::warn!(
-                "the audit writer did not stop in time; its last checkpoint may be missing"
-            );
-        }
-    }
+    join_audit_writer(started.audit_writer);
     tracing::info!("stopped");
     Exit::Ok
+}
+
+/// Once every handle to the ledger is gone, its writer signs a last checkpoint and ends;
+/// waits up to 3 s for that.
+pub(crate) fn join_audit_writer(writer: Option<std::thread::JoinHandle<()>>) {
+    let Some(writer) = writer else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !writer.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if !writer.is_finished() {
+        tracing::warn!("the audit writer did not stop in time; its last checkpoint may be missing");
+    } else if writer.join().is_err() {
+        tracing::error!("the audit writer failed while stopping");
+    }
 }
 
 enum Failure {
@@ -287,6 +289,7 @@ async fn start(config: &Config, demo_data: bool) -> Result<Started, Failure> {
         authn,
         health: Arc::new(Health::default()),
         audit,
+        contact: None,
     });
     let admin = if config.admin.enabled {
         Some(embedded::admin_tokens(config).map_err(|e| Failure::Input(vec![e]))?)
@@ -313,7 +316,7 @@ fn describe_store(config: &Config) -> String {
 }
 
 /// The configured JWKS, or the dev key (created in the data directory if needed).
-fn key_source(config: &Config) -> Result<(KeySource, String, Option<DevKey>), String> {
+pub(crate) fn key_source(config: &Config) -> Result<(KeySource, String, Option<DevKey>), String> {
     let auth = &config.auth;
     if let Some(path) = &auth.jwks_file {
         let issuer = auth.issuer.clone().unwrap_or_default();

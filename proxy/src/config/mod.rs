@@ -57,6 +57,8 @@ pub struct Config {
     pub decision_endpoint: DecisionEndpointConfig,
     /// The decision audit ledger.
     pub audit: AuditConfig,
+    /// Where `portcullis proxy` gets its state.
+    pub control_plane: ControlPlaneConfig,
     /// Shutdown timing.
     pub shutdown: ShutdownConfig,
     /// Worker threads of the data plane.
@@ -80,6 +82,7 @@ impl Default for Config {
             enforcement: EnforcementConfig::default(),
             decision_endpoint: DecisionEndpointConfig::default(),
             audit: AuditConfig::default(),
+            control_plane: ControlPlaneConfig::default(),
             shutdown: ShutdownConfig::default(),
             threads: 2,
             log: LogConfig::default(),
@@ -452,6 +455,34 @@ impl Default for AuditConfig {
     }
 }
 
+/// The control plane `portcullis proxy` follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneConfig {
+    /// Base URL of its admin API, e.g. `http://portcullis-control:8482`.
+    pub url: Option<String>,
+    /// File holding the bearer token (one of the control plane's admin tokens).
+    pub token_file: Option<PathBuf>,
+    /// How often to ask for updates.
+    pub poll_interval_ms: u64,
+    /// Past this long without reaching the control plane, answer 503 (fail closed).
+    pub max_staleness_seconds: u64,
+    /// The last-known-good state; default `<data_dir>/last-known-good.json`.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token_file: None,
+            poll_interval_ms: 250,
+            max_staleness_seconds: 300,
+            state_file: None,
+        }
+    }
+}
+
 /// What a full audit queue does to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -757,6 +788,21 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
         problems.push(problem(
             "store.postgres_url",
             "give `sqlite_path` or `postgres_url`, not both",
+        ));
+    }
+    if let Some(url) = &config.control_plane.url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        problems.push(problem(
+            "control_plane.url",
+            format!("`{url}` is not an http(s) URL"),
+        ));
+    }
+    if config.control_plane.poll_interval_ms == 0 || config.control_plane.max_staleness_seconds == 0
+    {
+        problems.push(problem(
+            "control_plane",
+            "poll_interval_ms and max_staleness_seconds must be above 0",
         ));
     }
     let a = &config.audit;

@@ -294,6 +294,8 @@ pub struct DataPlane {
     pub health: Arc<Health>,
     /// The decision audit ledger, if enabled.
     pub audit: Option<crate::audit::Audit>,
+    /// Contact with the control plane (`portcullis proxy`); `None` for `serve`.
+    pub contact: Option<Arc<crate::follow::Contact>>,
 }
 
 /// A UUIDv7 (time-ordered, so decision ids sort like the log). The random part comes from
@@ -326,6 +328,10 @@ impl DataPlane {
             grant: None,
             subject: None,
         };
+        if self.contact.as_ref().is_some_and(|c| c.is_stale()) {
+            // Fail closed: the state may be too old to enforce.
+            return checked.reject(Rejection::Unavailable("state_stale"));
+        }
         let Some(matched) = gate.routes.find(method, &target.path) else {
             return checked.reject(Rejection::Unmatched {
                 status: gate.unmatched_status,

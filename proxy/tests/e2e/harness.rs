@@ -286,6 +286,7 @@ impl Reply {
 /// A running `portcullis serve`.
 pub struct Portcullis {
     child: Child,
+    command: Vec<String>,
     /// The data-plane address.
     pub data: SocketAddr,
     /// The ops address.
@@ -312,6 +313,26 @@ impl Portcullis {
     /// and `extra` YAML appended to the generated config (a top-level key in `extra`
     /// replaces that default section; `{data}` in it is the data-plane address).
     pub fn start(upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
+        Self::start_command(&["serve", "--no-demo-data"], upstream, keys, extra)
+    }
+
+    /// `portcullis proxy` following `control`'s admin API (polling every 100 ms, failing
+    /// closed after 3 s without contact), with the same keys and clock.
+    pub fn start_proxy(
+        upstream: &Upstream,
+        keys: &Keys,
+        control: &Portcullis,
+        extra: &str,
+    ) -> Self {
+        let extra = format!(
+            "control_plane:\n  url: http://{}\n  token_file: {}\n  poll_interval_ms: 100\n  max_staleness_seconds: 3\n{extra}",
+            control.admin,
+            control.dir.join("data/admin-token").display()
+        );
+        Self::start_command(&["proxy"], upstream, keys, &extra)
+    }
+
+    fn start_command(command: &[&str], upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
         let dir = temp_dir("serve");
         let jwks = dir.join("jwks.json");
         std::fs::write(&jwks, keys.jwks.to_string()).expect("jwks");
@@ -366,10 +387,18 @@ impl Portcullis {
         config.push_str(&extra);
         let config_file = dir.join("portcullis.yaml");
         std::fs::write(&config_file, config).expect("config");
-        Self::spawn(dir, config_file, data, ops, admin)
+        Self::spawn(
+            command.iter().map(|s| s.to_string()).collect(),
+            dir,
+            config_file,
+            data,
+            ops,
+            admin,
+        )
     }
 
     fn spawn(
+        command: Vec<String>,
         dir: PathBuf,
         config_file: PathBuf,
         data: SocketAddr,
@@ -379,7 +408,8 @@ impl Portcullis {
         let log_file = dir.join("portcullis.log");
         let log = std::fs::File::create(&log_file).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["serve", "--no-demo-data", "--config"])
+            .args(&command)
+            .arg("--config")
             .arg(&config_file)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -388,6 +418,7 @@ impl Portcullis {
             .expect("portcullis starts");
         let mut me = Self {
             child,
+            command,
             data,
             ops,
             admin,
@@ -412,7 +443,8 @@ impl Portcullis {
             .open(&self.log_file)
             .expect("log file");
         self.child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["serve", "--no-demo-data", "--config"])
+            .args(&self.command)
+            .arg("--config")
             .arg(&self.config_file)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())

@@ -15,6 +15,7 @@ mod world;
 
 mod admin;
 mod audit;
+mod distribution;
 mod enforcement;
 mod gateway;
 mod lifecycle;

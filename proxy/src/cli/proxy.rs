@@ -1,0 +1,205 @@
+//! `portcullis proxy`: the data plane alone, for a sidecar or a gateway beside a separate
+//! control plane. It bootstraps its state from the control plane (`GET /v1/snapshot`),
+//! follows it (`GET /v1/updates`), keeps a last-known-good file and starts from it when the
+//! control plane is away, and fails closed past `control_plane.max_staleness_seconds`.
+//! The route map is local: `routes.yaml` of `policies.dir` (or the built-in one).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_policy_store::policy::CompiledPolicies;
+use portcullis_policy_store::snapshot::SnapshotHandle;
+
+use super::Exit;
+use super::serve::{ConfigArgs, join_audit_writer, key_source, load_config, parse_sets};
+use crate::data_plane::authn::{AuthSettings, Authenticator};
+use crate::data_plane::{DataPlane, Gate, Health};
+use crate::follow::{self, Contact, ControlPlane};
+use crate::policy_dir::ROUTES_FILE;
+use crate::routes::RouteMap;
+
+/// Arguments of `proxy`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The control plane's admin API, e.g. `http://portcullis-control:8482` (overrides
+    /// `control_plane.url`).
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// File holding the token for the control plane (overrides `control_plane.token_file`).
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+fn route_map(
+    config: &crate::config::Config,
+    policies: &CompiledPolicies,
+) -> Result<RouteMap, Vec<String>> {
+    let path = config.policies.dir.join(ROUTES_FILE);
+    let (name, text) = if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| vec![format!("`{}`: cannot read: {e}", path.display())])?;
+        (path, text)
+    } else {
+        let builtin = crate::policy_dir::builtin()
+            .map_err(|ps| ps.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let routes = builtin
+            .routes
+            .ok_or_else(|| vec![String::from("no built-in route map")])?;
+        (PathBuf::from(routes.name), routes.text)
+    };
+    crate::routes::compile(&name, &text, policies)
+        .map_err(|ps| ps.iter().map(ToString::to_string).collect())
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub fn run(args: &Args) -> Exit {
+    let Some(sets) = parse_sets(&args.config.sets) else {
+        return Exit::Usage;
+    };
+    let Some(mut config) = load_config(args.config.config.as_deref(), &sets) else {
+        return Exit::InvalidInput;
+    };
+    if let Some(url) = &args.control_plane {
+        config.control_plane.url = Some(url.clone());
+    }
+    if let Some(file) = &args.token_file {
+        config.control_plane.token_file = Some(file.clone());
+    }
+    // The data plane alone: no admin API here.
+    config.admin.enabled = false;
+    crate::logging::init(&config.log);
+    pingora::tls::install_default_crypto_provider();
+    let cp = config.control_plane.clone();
+    let (Some(url), Some(token_file)) = (cp.url.clone(), cp.token_file.clone()) else {
+        eprintln!(
+            "portcullis proxy: give the control plane (--control-plane URL, or control_plane.url) and its token (--token-file, or control_plane.token_file)"
+        );
+        return Exit::Usage;
+    };
+    let token = match std::fs::read_to_string(&token_file) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) => {
+            eprintln!("portcullis proxy: `{}`: {e}", token_file.display());
+            return Exit::InvalidInput;
+        }
+    };
+    let control = match ControlPlane::new(&url, token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portcullis proxy: {e}");
+            return Exit::Failure;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("portcullis-control")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control runtime");
+            return Exit::Failure;
+        }
+    };
+    if let Err(e) = crate::embedded::create_private_dir(&config.data_dir) {
+        tracing::error!(error = %e, "not started");
+        return Exit::Failure;
+    }
+    let state_file = cp
+        .state_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("last-known-good.json"));
+
+    let (state, confirmed_ms) = runtime.block_on(follow::bootstrap(&control, &state_file));
+    let snapshot = match follow::build(state.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "not started");
+            return Exit::Failure;
+        }
+    };
+    let gate = match route_map(&config, snapshot.policies())
+        .and_then(|routes| Gate::new(&config, routes).map_err(|e| vec![e]))
+    {
+        Ok(g) => g,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return Exit::InvalidInput;
+        }
+    };
+    let (keys, issuer, _dev_key) = match key_source(&config) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e}");
+            return Exit::InvalidInput;
+        }
+    };
+    let authn = match AuthSettings::new(&config.auth, issuer) {
+        Ok(s) => Arc::new(Authenticator::new(s, config.auth.token_cache_entries)),
+        Err(e) => {
+            eprintln!("{e}");
+            return Exit::InvalidInput;
+        }
+    };
+    match keys.load_local() {
+        Ok(Some(set)) => authn.set_keys(set),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("{keys}: {e}");
+            return Exit::InvalidInput;
+        }
+    }
+    let (audit, audit_writer) = match crate::audit::Audit::open(&config) {
+        Ok(Some((a, w))) => (Some(a), Some(w)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            tracing::error!(error = %e, "not started: audit");
+            return Exit::Failure;
+        }
+    };
+    if let Err(e) = crate::server::check_binds(&config) {
+        tracing::error!(error = %e, "not started");
+        return Exit::Failure;
+    }
+    let contact = Arc::new(Contact::new(
+        Duration::from_secs(cp.max_staleness_seconds),
+        confirmed_ms,
+    ));
+    let plane = Arc::new(DataPlane {
+        gate: arc_swap::ArcSwap::from_pointee(gate),
+        snapshot: Arc::new(SnapshotHandle::new(snapshot)),
+        authn,
+        health: Arc::new(Health::default()),
+        audit,
+        contact: Some(Arc::clone(&contact)),
+    });
+    tracing::info!(
+        data_plane = %config.listen.address,
+        ops = %config.ops.address,
+        control_plane = url,
+        revision = plane.snapshot.load().revision(),
+        state_file = %state_file.display(),
+        "portcullis proxy starting"
+    );
+    runtime.spawn(follow::follow(
+        control,
+        state,
+        Arc::clone(&plane.snapshot),
+        state_file,
+        contact,
+        Duration::from_millis(cp.poll_interval_ms),
+    ));
+    runtime.spawn(keys.run(Arc::clone(&plane.authn)));
+    crate::server::run(&config, plane, None);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    join_audit_writer(audit_writer);
+    tracing::info!("stopped");
+    Exit::Ok
+}

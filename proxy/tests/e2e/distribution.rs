@@ -1,0 +1,111 @@
+//! A control plane and a separate data plane: `portcullis serve` as the control plane (its
+//! admin API), `portcullis proxy` following it. Changes reach the proxy; the proxy keeps
+//! enforcing when the control plane dies, restarts from its last-known-good state, and
+//! fails closed once that state is too old.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{Keys, Portcullis, Upstream, raw_request};
+use crate::world;
+
+const D1: &str = "/v1/spaces/s1/documents/d1";
+
+fn wait_status(p: &Portcullis, token: &str, status: u16, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = p.get(D1, Some(token), &[]);
+        if r.status == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: last {} {}\n{}",
+            r.status,
+            r.body,
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_proxy_follows_its_control_plane_survives_it_and_fails_closed_when_stale() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let mut control = Portcullis::start(&upstream, &keys, "");
+    control.seed(world::import());
+    let mut proxy = Portcullis::start_proxy(&upstream, &keys, &control, "");
+    let alice = keys.token("alice", json!({}));
+    let zoe = keys.token("zoe", json!({}));
+    assert_eq!(
+        proxy.get(D1, Some(&alice), &[]).status,
+        200,
+        "{}",
+        proxy.log()
+    );
+
+    // Changes made through the control plane's API are enforced by the proxy.
+    let r = control.admin_call(
+        "PUT",
+        "/v1/principals/users/zoe",
+        &json!({"kind": "user", "id": "zoe", "tenant": "t1"}),
+    );
+    assert_eq!(r.status, 200);
+    let mut propagation = Vec::new();
+    for i in 0..10 {
+        let id = format!("zoe-{i}");
+        let r = control.admin_call(
+            "POST",
+            "/v1/assignments",
+            &json!({"id": id, "principal": "User::\"zoe\"", "role": "guest", "scope": {"entity": "Space::\"s1\""}}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        propagation.push(wait_status(&proxy, &zoe, 200, "grant reaches the proxy"));
+        let r = control.admin_call("DELETE", &format!("/v1/assignments/{id}"), &json!({}));
+        assert_eq!(r.status, 204);
+        propagation.push(wait_status(
+            &proxy,
+            &zoe,
+            403,
+            "revocation reaches the proxy",
+        ));
+    }
+    propagation.sort();
+    eprintln!(
+        "control plane → proxy, {} changes: p50 {:?}, max {:?}",
+        propagation.len(),
+        propagation[propagation.len() / 2],
+        propagation[propagation.len() - 1]
+    );
+
+    // The control plane dies: the proxy keeps enforcing what it knows.
+    control.kill9();
+    assert_eq!(proxy.get(D1, Some(&alice), &[]).status, 200);
+    assert_eq!(proxy.get(D1, Some(&zoe), &[]).status, 403);
+
+    // Restarted while the control plane is still down: it serves its last-known-good state.
+    proxy.kill9();
+    proxy.restart();
+    assert!(
+        proxy.log().contains("serving the last-known-good state"),
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(proxy.get(D1, Some(&alice), &[]).status, 200);
+    assert_eq!(proxy.get(D1, Some(&zoe), &[]).status, 403);
+
+    // Past max_staleness (3 s) it fails closed and says so.
+    let stale = wait_status(&proxy, &alice, 503, "fails closed when stale");
+    assert!(stale < Duration::from_secs(5), "{stale:?}");
+    let r = proxy.get(D1, Some(&alice), &[]);
+    assert_eq!(r.json()["reason"], "state_stale");
+    let ready = raw_request(proxy.ops, "GET", "/readyz?verbose", &[]).expect("readyz");
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("[-] control plane"), "{}", ready.body);
+
+    // The control plane comes back: so does the proxy.
+    control.restart();
+    wait_status(&proxy, &alice, 200, "recovers with the control plane");
+}
