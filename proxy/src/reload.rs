@@ -45,6 +45,28 @@ pub fn load_policies(config: &Config) -> Result<CompiledDir, Vec<String>> {
     Ok(compiled)
 }
 
+/// The route map of `proxy`: `routes.yaml` of `policies.dir` (or the built-in one), checked
+/// against the policies the control plane sent.
+pub fn local_route_map(
+    config: &Config,
+    policies: &portcullis_policy_store::policy::CompiledPolicies,
+) -> Result<crate::routes::RouteMap, Vec<String>> {
+    let path = config.policies.dir.join(ROUTES_FILE);
+    let (name, text) = if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| vec![format!("`{}`: cannot read: {e}", path.display())])?;
+        (path, text)
+    } else {
+        let routes = policy_dir::builtin()
+            .map_err(|ps| ps.iter().map(ToString::to_string).collect::<Vec<_>>())?
+            .routes
+            .ok_or_else(|| vec![String::from("no built-in route map")])?;
+        (PathBuf::from(routes.name), routes.text)
+    };
+    crate::routes::compile(&name, &text, policies)
+        .map_err(|ps| ps.iter().map(ToString::to_string).collect())
+}
+
 /// Builds the gate from a configuration and its compiled policies.
 pub fn gate(config: &Config, compiled: CompiledDir) -> Result<Gate, Vec<String>> {
     let routes = compiled
@@ -62,8 +84,9 @@ pub struct Reloader {
     pub config_file: Option<PathBuf>,
     /// `--set` flags given at start (environment overrides are re-read).
     pub sets: Vec<Override>,
-    /// The store policies are synced into.
-    pub store: SqlStore,
+    /// The store policies are synced into (`serve`); `None` for `proxy`, whose policies
+    /// come from the control plane and which reloads its configuration and routes only.
+    pub store: Option<SqlStore>,
     /// The data plane whose gate is swapped.
     pub plane: Arc<DataPlane>,
     /// The configuration in force.
@@ -156,14 +179,22 @@ impl Reloader {
         for key in restart_only_changes(&self.current, &next) {
             tracing::warn!(key, "changed; takes effect after a restart");
         }
-        let compiled = load_policies(&next)?;
-        let synced = embedded::sync_policies(&self.store, &compiled.dir, false)
-            .await
-            .map_err(|e| vec![e])?;
-        if synced != embedded::Synced::Unchanged {
-            self.wait_for_snapshot().await?;
-        }
-        let gate = gate(&next, compiled)?;
+        let gate = match &self.store {
+            Some(store) => {
+                let compiled = load_policies(&next)?;
+                let synced = embedded::sync_policies(store, &compiled.dir, false)
+                    .await
+                    .map_err(|e| vec![e])?;
+                if synced != embedded::Synced::Unchanged {
+                    self.wait_for_snapshot(store).await?;
+                }
+                gate(&next, compiled)?
+            }
+            None => {
+                let routes = local_route_map(&next, self.plane.snapshot.load().policies())?;
+                Gate::new(&next, routes).map_err(|e| vec![e])?
+            }
+        };
         self.plane.gate.store(Arc::new(gate));
         self.current = next;
         Ok(())
@@ -171,10 +202,9 @@ impl Reloader {
 
     /// Waits until the follower has brought the snapshot to the store's revision, so the
     /// new routes never meet the old policies.
-    async fn wait_for_snapshot(&self) -> Result<(), Vec<String>> {
+    async fn wait_for_snapshot(&self, store: &SqlStore) -> Result<(), Vec<String>> {
         use portcullis_policy_store::store::Store;
-        let target = self
-            .store
+        let target = store
             .revision()
             .await
             .map_err(|e| vec![format!("cannot read the store revision: {e}")])?;

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_policy_store::policy::CompiledPolicies;
 use portcullis_policy_store::snapshot::SnapshotHandle;
 
 use super::Exit;
@@ -16,8 +15,7 @@ use super::serve::{ConfigArgs, join_audit_writer, key_source, load_config, parse
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Gate, Health};
 use crate::follow::{self, Contact, ControlPlane};
-use crate::policy_dir::ROUTES_FILE;
-use crate::routes::RouteMap;
+use crate::reload::Reloader;
 
 /// Arguments of `proxy`.
 #[derive(Debug, clap::Args)]
@@ -34,43 +32,27 @@ pub struct Args {
     pub token_file: Option<PathBuf>,
 }
 
-fn route_map(
-    config: &crate::config::Config,
-    policies: &CompiledPolicies,
-) -> Result<RouteMap, Vec<String>> {
-    let path = config.policies.dir.join(ROUTES_FILE);
-    let (name, text) = if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| vec![format!("`{}`: cannot read: {e}", path.display())])?;
-        (path, text)
-    } else {
-        let builtin = crate::policy_dir::builtin()
-            .map_err(|ps| ps.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-        let routes = builtin
-            .routes
-            .ok_or_else(|| vec![String::from("no built-in route map")])?;
-        (PathBuf::from(routes.name), routes.text)
-    };
-    crate::routes::compile(&name, &text, policies)
-        .map_err(|ps| ps.iter().map(ToString::to_string).collect())
-}
-
 /// Runs until SIGTERM or SIGINT.
 pub fn run(args: &Args) -> Exit {
-    let Some(sets) = parse_sets(&args.config.sets) else {
+    let Some(mut sets) = parse_sets(&args.config.sets) else {
         return Exit::Usage;
     };
-    let Some(mut config) = load_config(args.config.config.as_deref(), &sets) else {
-        return Exit::InvalidInput;
-    };
+    // The flags are overrides like --set, so a reload sees them too; and the data plane
+    // alone serves no admin API.
+    let mut flags = vec![String::from("admin.enabled=false")];
     if let Some(url) = &args.control_plane {
-        config.control_plane.url = Some(url.clone());
+        flags.push(format!("control_plane.url={url}"));
     }
     if let Some(file) = &args.token_file {
-        config.control_plane.token_file = Some(file.clone());
+        flags.push(format!("control_plane.token_file={}", file.display()));
     }
-    // The data plane alone: no admin API here.
-    config.admin.enabled = false;
+    let Some(flags) = parse_sets(&flags) else {
+        return Exit::Usage;
+    };
+    sets.extend(flags);
+    let Some(config) = load_config(args.config.config.as_deref(), &sets) else {
+        return Exit::InvalidInput;
+    };
     crate::logging::init(&config.log);
     pingora::tls::install_default_crypto_provider();
     let cp = config.control_plane.clone();
@@ -123,7 +105,7 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Failure;
         }
     };
-    let gate = match route_map(&config, snapshot.policies())
+    let gate = match crate::reload::local_route_map(&config, snapshot.policies())
         .and_then(|routes| Gate::new(&config, routes).map_err(|e| vec![e]))
     {
         Ok(g) => g,
@@ -197,6 +179,16 @@ pub fn run(args: &Args) -> Exit {
         Duration::from_millis(cp.poll_interval_ms),
     ));
     runtime.spawn(keys.run(Arc::clone(&plane.authn)));
+    runtime.spawn(
+        Reloader {
+            config_file: args.config.config.clone(),
+            sets,
+            store: None,
+            plane: Arc::clone(&plane),
+            current: config.clone(),
+        }
+        .run(),
+    );
     crate::server::run(&config, plane, None);
     runtime.shutdown_timeout(Duration::from_secs(1));
     join_audit_writer(audit_writer);

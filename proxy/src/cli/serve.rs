@@ -158,7 +158,7 @@ pub fn run(args: &Args) -> Exit {
         Reloader {
             config_file: args.config.config.clone(),
             sets,
-            store: started.store,
+            store: Some(started.store),
             plane: Arc::clone(&started.plane),
             current: config.clone(),
         }

@@ -36,7 +36,20 @@ fn a_proxy_follows_its_control_plane_survives_it_and_fails_closed_when_stale() {
     let keys = Keys::generate();
     let mut control = Portcullis::start(&upstream, &keys, "");
     control.seed(world::import());
-    let mut proxy = Portcullis::start_proxy(&upstream, &keys, &control, "");
+    // The proxy's own route map, to change it live.
+    let routes_dir = crate::harness::temp_dir("routes");
+    let routes_file = routes_dir.join("routes.yaml");
+    std::fs::copy(
+        crate::harness::policies_dir().join("routes.yaml"),
+        &routes_file,
+    )
+    .expect("copy");
+    let mut proxy = Portcullis::start_proxy(
+        &upstream,
+        &keys,
+        &control,
+        &format!("policies:\n  dir: {}\n", routes_dir.display()),
+    );
     let alice = keys.token("alice", json!({}));
     let zoe = keys.token("zoe", json!({}));
     assert_eq!(
@@ -45,6 +58,41 @@ fn a_proxy_follows_its_control_plane_survives_it_and_fails_closed_when_stale() {
         "{}",
         proxy.log()
     );
+
+    // Its route map reloads live (the file watch or SIGHUP), checked against the policies
+    // the control plane sent.
+    let moved = std::fs::read_to_string(&routes_file)
+        .expect("routes")
+        .replace(
+            "path: /v1/spaces/{space}/documents/{doc}\n",
+            "path: /v2/spaces/{space}/documents/{doc}\n",
+        );
+    std::fs::write(&routes_file, moved).expect("write routes");
+    proxy.signal("HUP");
+    let started = Instant::now();
+    while proxy
+        .get("/v2/spaces/s1/documents/d1", Some(&alice), &[])
+        .status
+        != 200
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "routes not reloaded:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        proxy.get(D1, Some(&alice), &[]).json()["reason"],
+        "no_route"
+    );
+    std::fs::copy(
+        crate::harness::policies_dir().join("routes.yaml"),
+        &routes_file,
+    )
+    .expect("restore");
+    proxy.signal("HUP");
+    wait_status(&proxy, &alice, 200, "routes restored");
 
     // Changes made through the control plane's API are enforced by the proxy.
     let r = control.admin_call(
