@@ -259,6 +259,12 @@ impl Keys {
         jsonwebtoken::encode(&header, claims, &key).expect("sign")
     }
 
+    /// An EdDSA token with a header of the caller's choosing (e.g. another `kid`).
+    pub fn sign_with(&self, header: jsonwebtoken::Header, claims: &Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(self.ed_pem.as_bytes()).expect("key");
+        jsonwebtoken::encode(&header, claims, &key).expect("sign")
+    }
+
     /// A token for `sub` with `extra` claims (RS256).
     pub fn token(&self, sub: &str, extra: Value) -> String {
         self.rs256(&Self::claims(sub, extra))

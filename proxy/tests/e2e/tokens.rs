@@ -177,3 +177,96 @@ fn a_rotated_jwks_file_is_picked_up() {
         "the old key is gone"
     );
 }
+
+/// Serves a JWKS document that the test can replace, over HTTP.
+fn jwks_server(
+    initial: serde_json::Value,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<serde_json::Value>>,
+) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(initial));
+    let served = std::sync::Arc::clone(&doc);
+    let listener = crate::harness::rt()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    crate::harness::rt().spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let served = std::sync::Arc::clone(&served);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| {
+                        let body = served.lock().expect("jwks").to_string();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, doc)
+}
+
+#[test]
+fn a_jwks_url_is_fetched_and_an_unknown_kid_triggers_a_refetch() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let (addr, doc) = jwks_server(keys.jwks.clone());
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "auth:\n  issuer: {}\n  audiences: [{}]\n  jwks_url: http://{addr}/jwks.json\n  jwks_refresh_seconds: 3600\n  unknown_kid_cooldown_seconds: 1\n",
+            crate::harness::ISSUER,
+            crate::harness::AUDIENCE
+        ),
+    );
+    p.seed(world::import());
+    assert_eq!(
+        p.get(D1, Some(&keys.token("alice", json!({}))), &[]).status,
+        200
+    );
+
+    // The identity provider rotates to a new key: the first token with its kid is refused
+    // (no fetch on the request path) and starts a refetch; soon after, it is accepted.
+    let rotated = Keys::generate();
+    let mut jwks = rotated.jwks.clone();
+    for key in jwks["keys"].as_array_mut().expect("keys") {
+        let kid = key["kid"].as_str().expect("kid").to_owned();
+        key["kid"] = json!(format!("{kid}-v2"));
+    }
+    *doc.lock().expect("jwks") = jwks;
+    let token = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(format!("{}-v2", crate::harness::ED_KID));
+        rotated.sign_with(header, &Keys::claims("alice", json!({})))
+    };
+    let first = p.get(D1, Some(&token), &[]);
+    assert_eq!(
+        (first.status, first.json()["reason"].as_str()),
+        (401, Some("unknown_key"))
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p.get(D1, Some(&token), &[]).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotated key not fetched:\n{}",
+            p.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let metrics = p.metrics_text();
+    assert!(
+        metrics.contains("portcullis_jwks_refreshes_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+}
