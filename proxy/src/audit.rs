@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_policy_store::audit::redis_sink::{self, RedisSinkConfig, RedisSinkStats};
 use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
 use portcullis_policy_store::audit::{Entry, RecordKind, checkpoint, redact, sha256_hex};
 use rand::Rng;
@@ -36,6 +37,7 @@ pub struct Audit {
     pub dir: PathBuf,
     /// The checkpoint public key file.
     pub public_key: PathBuf,
+    redis: Option<(RedisSinkConfig, Arc<RedisSinkStats>)>,
 }
 
 /// The ledger directory of a configuration.
@@ -97,11 +99,32 @@ impl Audit {
                 record_public: a.record_public,
                 allow_sample_rate: a.allow_sample_rate,
                 salt,
-                dir,
                 public_key: checkpoint::public_key_path(&key_file),
+                redis: a.redis.as_ref().map(|r| {
+                    (
+                        RedisSinkConfig {
+                            url: r.url.clone(),
+                            stream: r.stream.clone(),
+                            maxlen: r.maxlen,
+                        },
+                        Arc::new(RedisSinkStats::default()),
+                    )
+                }),
+                dir,
             },
             writer,
         )))
+    }
+
+    /// The task forwarding the ledger to Redis, when configured; spawn it on a runtime.
+    pub fn redis_forwarder(&self) -> Option<impl std::future::Future<Output = ()> + use<>> {
+        let (config, stats) = self.redis.clone()?;
+        Some(redis_sink::forward(
+            self.dir.clone(),
+            String::from("audit"),
+            config,
+            stats,
+        ))
     }
 
     /// The ledger, for other writers of the process (admin changes).
@@ -231,6 +254,16 @@ impl Audit {
             .audit
             .queue_depth
             .set(i64::try_from(self.ledger.queue_depth()).unwrap_or(i64::MAX));
+        if let Some((_, stats)) = &self.redis {
+            sync(
+                &METRICS.audit.sink_forwarded.with_label_values(&["redis"]),
+                stats.forwarded.load(Relaxed),
+            );
+            sync(
+                &METRICS.audit.sink_errors.with_label_values(&["redis"]),
+                stats.errors.load(Relaxed),
+            );
+        }
     }
 }
 

@@ -185,6 +185,10 @@ pub struct AuditMetrics {
     pub write_seconds: prometheus::Counter,
     /// `portcullis_audit_queue_depth`: entries waiting for the writer.
     pub queue_depth: IntGauge,
+    /// `portcullis_audit_sink_forwarded_total{sink}`: records a sink took.
+    pub sink_forwarded: IntCounterVec,
+    /// `portcullis_audit_sink_errors_total{sink}`: failed sink attempts (retried).
+    pub sink_errors: IntCounterVec,
 }
 
 fn int_counter(name: &str, help: &str) -> prometheus::IntCounter {
@@ -319,6 +323,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 "portcullis_audit_queue_depth",
                 "Audit entries waiting for the writer.",
             ))),
+            sink_forwarded: counter(
+                "portcullis_audit_sink_forwarded_total",
+                "Audit records forwarded by a sink, in order.",
+                &["sink"],
+            ),
+            sink_errors: counter(
+                "portcullis_audit_sink_errors_total",
+                "Failed attempts of a sink; it retries and resumes where it stopped.",
+                &["sink"],
+            ),
         },
     }
 });

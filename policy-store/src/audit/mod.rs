@@ -22,6 +22,7 @@
 //! file; see [`checkpoint`]. [`verify`] checks both.
 
 pub mod checkpoint;
+pub mod redis_sink;
 pub mod verify;
 pub mod writer;
 

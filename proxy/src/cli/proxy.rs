@@ -179,6 +179,9 @@ pub fn run(args: &Args) -> Exit {
         Duration::from_millis(cp.poll_interval_ms),
     ));
     runtime.spawn(keys.run(Arc::clone(&plane.authn)));
+    if let Some(forward) = plane.audit.as_ref().and_then(|a| a.redis_forwarder()) {
+        runtime.spawn(forward);
+    }
     runtime.spawn(
         Reloader {
             config_file: args.config.config.clone(),

@@ -122,6 +122,14 @@ pub fn run(args: &Args) -> Exit {
         Arc::clone(&started.plane.snapshot),
     ));
     control.spawn(started.keys.run(Arc::clone(&started.plane.authn)));
+    if let Some(forward) = started
+        .plane
+        .audit
+        .as_ref()
+        .and_then(|a| a.redis_forwarder())
+    {
+        control.spawn(forward);
+    }
     if let Some(cert) = &started.cert {
         control.spawn(Arc::clone(cert).watch());
     }

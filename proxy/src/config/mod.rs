@@ -432,6 +432,30 @@ pub struct AuditConfig {
     pub allow_sample_rate: f64,
     /// This process's name in the records; default `<hostname>-<pid>`.
     pub instance: Option<String>,
+    /// Also forward the ledger, in order, to a Redis Stream.
+    pub redis: Option<AuditRedisConfig>,
+}
+
+/// The Redis Stream sink of the audit ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRedisConfig {
+    /// `redis://host:port/db` (a secret when it holds a password: redacted in dumps).
+    pub url: String,
+    /// The stream key.
+    #[serde(default = "default_audit_stream")]
+    pub stream: String,
+    /// Approximate maximum length of the stream (`XADD MAXLEN ~`).
+    #[serde(default = "default_audit_maxlen")]
+    pub maxlen: usize,
+}
+
+fn default_audit_stream() -> String {
+    String::from("portcullis:audit")
+}
+
+fn default_audit_maxlen() -> usize {
+    1_000_000
 }
 
 impl Default for AuditConfig {
@@ -451,6 +475,7 @@ impl Default for AuditConfig {
             record_public: false,
             allow_sample_rate: 1.0,
             instance: None,
+            redis: None,
         }
     }
 }
@@ -818,6 +843,14 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             "queue_capacity and checkpoint_every must be above 0, max_file_bytes at least 4096",
         ));
     }
+    if let Some(r) = &a.redis
+        && !(r.url.starts_with("redis://") || r.url.starts_with("rediss://"))
+    {
+        problems.push(problem(
+            "audit.redis.url",
+            format!("`{}` is not a redis:// URL", r.url),
+        ));
+    }
     let s = &config.shutdown;
     if s.drain_delay_seconds + s.grace_period_seconds + s.runtime_timeout_seconds > 300 {
         problems.push(problem(
@@ -856,6 +889,11 @@ pub fn dump(config: &Config) -> String {
     let mut shown = config.clone();
     if shown.store.postgres_url.is_some() {
         shown.store.postgres_url = Some(String::from("<redacted>"));
+    }
+    if let Some(redis) = shown.audit.redis.as_mut()
+        && redis.url.contains('@')
+    {
+        redis.url = String::from("<redacted>");
     }
     serde_saphyr::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
 }

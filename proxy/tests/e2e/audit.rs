@@ -221,3 +221,127 @@ fn a_crash_under_load_loses_no_answered_decision_and_the_chain_continues() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A redis-server of the test's own (Debian's `redis-server`), without persistence.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (Debian package `redis-server`)");
+        let me = Self { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while me.cli(&["PING"]).trim() != "PONG" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        me
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The `seq` fields of the stream, in stream order.
+    fn seqs(&self, stream: &str) -> Vec<u64> {
+        let raw = self.cli(&["XRANGE", stream, "-", "+"]);
+        let lines: Vec<&str> = raw.lines().collect();
+        lines
+            .windows(2)
+            .filter(|w| w[0] == "seq")
+            .filter_map(|w| w[1].parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_redis_sink_loses_nothing_when_redis_goes_away_and_keeps_the_order() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let port = crate::harness::free_port();
+    let mut redis = Redis::start(port);
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!("audit:\n  redis:\n    url: redis://127.0.0.1:{port}/\n    stream: audit-e2e\n"),
+    );
+    p.seed(world::import());
+    let alice = keys.token("alice", json!({}));
+    let burst = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(p.get(D1, Some(&alice), &[]).status, 200);
+        }
+    };
+    let wait_complete = |redis: &Redis| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let expected = p.audit_records().len();
+            let seqs = redis.seqs("audit-e2e");
+            if seqs.len() == expected {
+                return seqs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stream has {} of {expected}:\n{}",
+                seqs.len(),
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    burst(20);
+    let seqs = wait_complete(&redis);
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+
+    // Redis goes away mid-run: requests are still answered (the file is the spool).
+    drop(redis);
+    burst(30);
+    assert!(
+        p.metric("portcullis_audit_sink_errors_total", &[("sink", "redis")])
+            .unwrap_or(0.0)
+            >= 1.0
+            || p.log().contains("not forwarded to Redis"),
+        "the outage is noticed"
+    );
+    // It comes back empty (no persistence): the sink sends the whole ledger again, in order.
+    redis = Redis::start(port);
+    let seqs = wait_complete(&redis);
+    assert_eq!(seqs.len(), p.audit_records().len());
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "in order, none lost"
+    );
+    drop(redis);
+}
