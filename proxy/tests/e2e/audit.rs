@@ -345,3 +345,91 @@ fn the_redis_sink_loses_nothing_when_redis_goes_away_and_keeps_the_order() {
     );
     drop(redis);
 }
+
+/// Many clients at once against a ledger queue of one entry.
+fn hammer(p: &Portcullis, token: &str) -> Vec<crate::harness::Reply> {
+    let replies = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (replies, addr, auth) = (Arc::clone(&replies), p.data, format!("Bearer {token}"));
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    if let Some(r) = raw_request(addr, "GET", D1, &[("authorization", &auth)]) {
+                        replies.lock().expect("lock").push(r);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    Arc::try_unwrap(replies)
+        .expect("the clients are done")
+        .into_inner()
+        .expect("lock")
+}
+
+#[test]
+fn a_full_audit_queue_refuses_requests_by_default_and_drops_only_when_told() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let alice = keys.token("alice", json!({}));
+
+    // Default: wait (here 0 ms), then refuse with 503 — never an unrecorded answer.
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        "audit:\n  queue_capacity: 1\n  max_wait_ms: 0\n",
+    );
+    p.seed(world::import());
+    let replies = hammer(&p, &alice);
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!(
+        !refused.is_empty(),
+        "a queue of one under 8 clients overflows"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.json()["reason"] == "audit_queue_full")
+    );
+    let recorded: HashSet<String> = p
+        .audit_records()
+        .iter()
+        .filter_map(|r| r["decision_id"].as_str().map(str::to_owned))
+        .collect();
+    for r in replies.iter().filter(|r| r.status == 200) {
+        let id = &r.headers["x-portcullis-decision-id"];
+        assert!(recorded.contains(id), "answered {id} without a record");
+    }
+    assert!(
+        p.metric("portcullis_audit_refused_total", &[])
+            .unwrap_or(0.0)
+            >= refused.len() as f64
+    );
+    drop(p);
+
+    // audit.on_full: drop — forwarded without a record, and counted.
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        "audit:\n  queue_capacity: 1\n  on_full: drop\n",
+    );
+    p.seed(world::import());
+    let replies = hammer(&p, &alice);
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "nothing refused in drop mode"
+    );
+    let dropped = p
+        .metric("portcullis_audit_dropped_total", &[])
+        .unwrap_or(0.0);
+    let written = p.audit_records().len() as f64;
+    assert!(dropped >= 1.0, "drops are counted");
+    assert_eq!(
+        written + dropped,
+        replies.len() as f64,
+        "every request is either recorded or counted"
+    );
+}
