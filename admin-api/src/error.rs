@@ -49,8 +49,11 @@ pub enum ApiError {
     Unauthenticated,
     /// 404.
     NotFound(String),
-    /// 409: conflicts with what is stored.
+    /// 409: conflicts with what is stored (or with a request still running).
     Conflict(String),
+    /// 422: understood, but not processable as sent (an idempotency key reused with
+    /// another body).
+    Unprocessable(String),
     /// 500: something failed inside (detail logged, not returned).
     Internal(String),
 }
@@ -119,6 +122,13 @@ impl IntoResponse for ApiError {
                 StatusCode::CONFLICT,
                 "conflict",
                 "Conflict with the stored state",
+                detail,
+                Vec::new(),
+            ),
+            Self::Unprocessable(detail) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                "The request cannot be processed as sent",
                 detail,
                 Vec::new(),
             ),

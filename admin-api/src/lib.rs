@@ -21,9 +21,11 @@
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (no token needed) |
 //!
 //! Every call needs `Authorization: Bearer <admin token>` ([`auth`]); every error is
-//! problem+json ([`error`]).
+//! problem+json ([`error`]); `X-Request-Id` is echoed (or made) and `Idempotency-Key` on a
+//! POST makes a retry safe ([`conventions`]).
 
 pub mod auth;
+pub mod conventions;
 pub mod error;
 pub mod openapi;
 mod resources;
@@ -93,10 +95,15 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
         .route("/v1/updates", get(resources::updates::<S>))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
+            conventions::Idempotency::default(),
+            conventions::idempotency,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             tokens,
             auth::require_admin,
         ))
         .route("/v1/openapi.json", get(openapi_json))
+        .layer(axum::middleware::from_fn(conventions::request_id))
 }
 
 async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {

@@ -108,7 +108,22 @@ impl Api {
         uri: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let (status, _, value) = self.call_with(token, method, uri, body, &[]).await;
+        (status, value)
+    }
+
+    async fn call_with(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(t) = token {
             request = request.header("authorization", format!("Bearer {t}"));
         }
@@ -121,6 +136,7 @@ impl Api {
         .unwrap();
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
+        let response_headers = response.headers().clone();
         let problem = response
             .headers()
             .get("content-type")
@@ -131,7 +147,7 @@ impl Api {
             assert!(problem, "{status} is problem+json: {value}");
             assert_eq!(value["status"], status.as_u16(), "{value}");
         }
-        (status, value)
+        (status, response_headers, value)
     }
 
     /// Brings the snapshot to the store (the follower's job in a running process).
@@ -464,4 +480,55 @@ async fn the_openapi_document_describes_every_route() {
         doc["components"]["securitySchemes"]["admin_token"]["scheme"],
         "bearer"
     );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_idempotency_keys_make_retries_safe() {
+    let api = api().await;
+    let (_, headers, _) = api
+        .call_with(
+            Some(TOKEN),
+            "GET",
+            "/v1/roles",
+            None,
+            &[("x-request-id", "req-42")],
+        )
+        .await;
+    assert_eq!(headers["x-request-id"], "req-42");
+    let (_, headers, _) = api
+        .call_with(Some(TOKEN), "GET", "/v1/roles", None, &[])
+        .await;
+    assert_eq!(
+        headers["x-request-id"].len(),
+        36,
+        "one is made when none is sent"
+    );
+
+    let role = json!({"name": "auditor", "actions": ["READ"]});
+    let key = [("idempotency-key", "create-auditor-1")];
+    let (status, first_headers, first) = api
+        .call_with(Some(TOKEN), "POST", "/v1/roles", Some(role.clone()), &key)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(first_headers.get("idempotency-replayed").is_none());
+    // A retry gets the same answer, not a 409 for the name now taken.
+    let (status, headers, replay) = api
+        .call_with(Some(TOKEN), "POST", "/v1/roles", Some(role.clone()), &key)
+        .await;
+    assert_eq!((status, replay), (StatusCode::CREATED, first));
+    assert_eq!(headers["idempotency-replayed"], "true");
+    // The same key with another body is refused.
+    let (status, _, problem) = api
+        .call_with(
+            Some(TOKEN),
+            "POST",
+            "/v1/roles",
+            Some(json!({"name": "auditor2", "actions": ["READ"]})),
+            &key,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    // Without a key, the duplicate is the conflict it is.
+    let (status, _) = api.call("POST", "/v1/roles", Some(role)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
 }
