@@ -101,6 +101,78 @@ where
     }
 }
 
+/// `page_size` / `page_token` of a list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    /// Items per page, 1 to 1000 (default 100).
+    #[serde(default)]
+    page_size: Option<usize>,
+    /// `next_page_token` of the previous page.
+    #[serde(default)]
+    page_token: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Page<T> {
+    /// The items, in the list's order.
+    items: Vec<T>,
+    /// Pass as `page_token` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
+fn hex_encode(s: &str) -> String {
+    s.bytes()
+        .flat_map(|b| [b >> 4, b & 0x0f])
+        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+        .collect()
+}
+
+fn hex_decode(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The page after `token` of `items` (sorted by `key`).
+fn paginate<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    page_size: Option<usize>,
+    token: Option<&str>,
+) -> Result<Page<T>, ApiError> {
+    let size = page_size.unwrap_or(100);
+    if !(1..=1000).contains(&size) {
+        return Err(ApiError::field("page_size", "must be between 1 and 1000"));
+    }
+    let after = match token {
+        None => None,
+        Some(t) => Some(
+            hex_decode(t)
+                .ok_or_else(|| ApiError::field("page_token", "not a token this API gave out"))?,
+        ),
+    };
+    let mut rest: Vec<T> = items
+        .into_iter()
+        .filter(|item| after.as_deref().is_none_or(|a| key(item) > a))
+        .collect();
+    let next_page_token = (rest.len() > size)
+        .then(|| {
+            rest.truncate(size);
+            rest.last().map(|last| hex_encode(key(last)))
+        })
+        .flatten();
+    Ok(Page {
+        items: rest,
+        next_page_token,
+    })
+}
+
 fn created<T: Serialize>(value: T) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
@@ -158,10 +230,21 @@ fn role_problems(role: &Role) -> Vec<FieldError> {
     errors
 }
 
-#[utoipa::path(get, path = "/v1/roles", tag = "roles",
-    responses((status = 200, description = "Every role", body = [Role]), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn list_roles<S: Store>(State(st): St<S>) -> Result<Response, ApiError> {
-    Ok(Json(st.store.list_roles().await?).into_response())
+#[utoipa::path(get, path = "/v1/roles", tag = "roles", params(PageQuery),
+    responses((status = 200, description = "Roles by name, a page at a time", body = Page<Role>), (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_roles<S: Store>(
+    State(st): St<S>,
+    Params(query): Params<PageQuery>,
+) -> Result<Response, ApiError> {
+    let mut roles = st.store.list_roles().await?;
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(paginate(
+        roles,
+        |r| r.name.as_str(),
+        query.page_size,
+        query.page_token.as_deref(),
+    )?)
+    .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/roles/{name}", tag = "roles",
@@ -421,10 +504,16 @@ pub(crate) async fn create_assignment<S: Store>(
 pub(crate) struct AssignmentQuery {
     /// `User::"alice"`.
     principal: String,
+    /// Items per page, 1 to 1000 (default 100).
+    #[serde(default)]
+    page_size: Option<usize>,
+    /// `next_page_token` of the previous page.
+    #[serde(default)]
+    page_token: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/assignments", tag = "assignments", params(AssignmentQuery),
-    responses((status = 200, description = "The principal's assignments", body = [Assignment]), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The principal's assignments by id, a page at a time", body = Page<Assignment>), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_assignments<S: Store>(
     State(st): St<S>,
     Params(query): Params<AssignmentQuery>,
@@ -436,7 +525,15 @@ pub(crate) async fn list_assignments<S: Store>(
             .map_err(|e: portcullis_policy_store::error::ModelError| {
                 ApiError::field("principal", e.to_string())
             })?;
-    Ok(Json(st.store.assignments_of(&principal).await?).into_response())
+    let mut assignments = st.store.assignments_of(&principal).await?;
+    assignments.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(paginate(
+        assignments,
+        |a| a.id.as_str(),
+        query.page_size,
+        query.page_token.as_deref(),
+    )?)
+    .into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/assignments/{id}", tag = "assignments",

@@ -213,7 +213,34 @@ async fn roles_are_created_read_updated_and_deleted() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, list) = api.call("GET", "/v1/roles", None).await;
-    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    assert!(list.get("next_page_token").is_none());
+    // A page at a time.
+    let (_, page) = api.call("GET", "/v1/roles?page_size=2", None).await;
+    let names: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["auditor", "guest"]);
+    let token = page["next_page_token"].as_str().unwrap();
+    let (_, page) = api
+        .call(
+            "GET",
+            &format!("/v1/roles?page_size=2&page_token={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(page["items"][0]["name"], "member");
+    assert!(page.get("next_page_token").is_none());
+    let (status, problem) = api
+        .call("GET", "/v1/roles?page_size=0&page_token=zz", None)
+        .await;
+    assert_eq!(
+        (status, fields(&problem)),
+        (StatusCode::BAD_REQUEST, vec![String::from("page_size")])
+    );
     let (status, _) = api.call("DELETE", "/v1/roles/auditor", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = api.call("GET", "/v1/roles/auditor", None).await;
@@ -316,7 +343,7 @@ async fn principals_assignments_and_entities_drive_what_if_decisions() {
     let (_, list) = api
         .call("GET", "/v1/assignments?principal=User::%22ann%22", None)
         .await;
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
     api.refresh().await;
     let (_, decision) = api.call("POST", "/v1/authorize", Some(ask.clone())).await;
     assert_eq!(decision["decision"], "allow", "{decision}");
