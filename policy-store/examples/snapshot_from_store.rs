@@ -8,8 +8,8 @@
 //! cargo run --release -p portcullis-policy-store --example snapshot_from_store -- postgres
 //! ```
 //!
-//! PostgreSQL: a fresh database `portcullis_bench` on the server of
-//! `PORTCULLIS_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
+//! PostgreSQL: a scratch database on the server of `PORTCULLIS_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`), dropped at the end.
 
 #[path = "../benches/fixtures/mod.rs"]
 #[expect(dead_code, reason = "only the heavy state is used")]
@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use fixtures::{fail, heavy_state};
 use portcullis_policy_store::snapshot::Snapshot;
+use portcullis_policy_store::store::scratch::ScratchPostgres;
 use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
-use sqlx::Connection;
 
 fn rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -35,7 +35,8 @@ fn rss_mib() -> u64 {
         / 1024
 }
 
-async fn store_config(backend: &str) -> StoreConfig {
+/// The store to fill; the scratch PostgreSQL database lives as long as the guard.
+async fn store_config(backend: &str) -> (StoreConfig, Option<ScratchPostgres>) {
     match backend {
         "sqlite" => {
             let path =
@@ -43,28 +44,18 @@ async fn store_config(backend: &str) -> StoreConfig {
             for suffix in ["", "-wal", "-shm"] {
                 let _removed = std::fs::remove_file(format!("{}{suffix}", path.display()));
             }
-            StoreConfig::Sqlite { path }
+            (StoreConfig::Sqlite { path }, None)
         }
         "postgres" => {
-            let base = std::env::var("PORTCULLIS_TEST_POSTGRES_URL")
-                .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/test"));
-            let mut admin = sqlx::PgConnection::connect(&base)
+            let db = ScratchPostgres::create("bench")
                 .await
-                .unwrap_or_else(|e| fail(&format!("{base}: {e}")));
-            for sql in [
-                "DROP DATABASE IF EXISTS portcullis_bench",
-                "CREATE DATABASE portcullis_bench",
-            ] {
-                sqlx::raw_sql(sql)
-                    .execute(&mut admin)
-                    .await
-                    .unwrap_or_else(|e| fail(&e.to_string()));
-            }
-            let url = match base.rsplit_once('/') {
-                Some((server, _)) => format!("{server}/portcullis_bench"),
-                None => fail("the PostgreSQL URL names no database"),
-            };
-            StoreConfig::Postgres { url }
+                .unwrap_or_else(|e| fail(&e));
+            (
+                StoreConfig::Postgres {
+                    url: db.url.clone(),
+                },
+                Some(db),
+            )
         }
         other => fail(&format!("backend `{other}`: sqlite or postgres")),
     }
@@ -75,7 +66,7 @@ async fn main() {
     let backend = std::env::args()
         .nth(1)
         .unwrap_or_else(|| String::from("sqlite"));
-    let config = store_config(&backend).await;
+    let (config, _database) = store_config(&backend).await;
     let store = SqlStore::connect(&config)
         .await
         .unwrap_or_else(|e| fail(&e.to_string()));

@@ -19,8 +19,8 @@ use portcullis_policy_store::decision::{
 use portcullis_policy_store::error::StoreError;
 use portcullis_policy_store::model::*;
 use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate};
+use portcullis_policy_store::store::scratch::ScratchPostgres;
 use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
-use sqlx::Connection;
 
 fn policies_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -80,8 +80,8 @@ fn facts() -> RequestFacts {
     }
 }
 
-async fn sqlite_store() -> (SqlStore, tempdir::TempDir) {
-    let dir = tempdir::TempDir::new();
+async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
     let store = SqlStore::connect(&StoreConfig::Sqlite {
         path: dir.path().join("store.db"),
     })
@@ -91,83 +91,17 @@ async fn sqlite_store() -> (SqlStore, tempdir::TempDir) {
 }
 
 /// A fresh database on the PostgreSQL server, dropped by the guard.
-async fn postgres_store() -> (SqlStore, PgDatabase) {
-    let admin_url = std::env::var("PORTCULLIS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/test"));
-    let name = format!(
-        "portcullis_test_{}_{}",
-        std::process::id(),
-        NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let mut conn = sqlx::PgConnection::connect(&admin_url)
+async fn postgres_store() -> (SqlStore, ScratchPostgres) {
+    let db = ScratchPostgres::create("test")
         .await
         .expect("PostgreSQL must be reachable for the store suite (see .ci/run)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin_url.rsplit_once('/').unwrap().0;
-    let url = format!("{base}/{name}");
-    let store = SqlStore::connect(&StoreConfig::Postgres { url })
-        .await
-        .unwrap();
+    let store = SqlStore::connect(&StoreConfig::Postgres {
+        url: db.url.clone(),
+    })
+    .await
+    .unwrap();
     assert_eq!(store.backend_name(), "postgres");
-    (store, PgDatabase { admin_url, name })
-}
-
-static NEXT_DB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        // Drop on a separate runtime: the test's runtime is shutting down.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join()
-        .unwrap();
-    }
-}
-
-mod tempdir {
-    pub struct TempDir(std::path::PathBuf);
-    impl TempDir {
-        pub fn new() -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "portcullis-store-{}-{}",
-                std::process::id(),
-                super::NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-        pub fn path(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _removed = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    (store, db)
 }
 
 /// Seeds the default policies and one role, returns the revision.

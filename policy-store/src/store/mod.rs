@@ -8,6 +8,8 @@
 //!
 //! [`SqlStore`] implements it for an embedded SQLite file (the default) and PostgreSQL.
 
+#[cfg(feature = "test-support")]
+pub mod scratch;
 mod sql;
 
 use std::future::Future;
