@@ -55,7 +55,7 @@ impl Ops {
                 !self.plane.contact.as_ref().is_some_and(|c| c.is_stale()),
                 match &self.plane.contact {
                     Some(c) => format!("last reached {:.0} s ago", c.age_seconds()),
-                    None => String::from("embedded store (serve)"),
+                    None => String::from("the store itself (serve, control)"),
                 },
             ),
             (

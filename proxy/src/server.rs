@@ -23,13 +23,13 @@ use crate::ops::Ops;
 use crate::tls::ReloadingCert;
 
 /// Fails early, with the address named, when a listener cannot bind (Pingora would only log).
-pub fn check_binds(config: &Config) -> Result<(), String> {
-    let mut addresses = vec![
-        ("listen.address", config.listen.address.as_str()),
-        ("ops.address", config.ops.address.as_str()),
-    ];
-    if let Some(tls) = &config.listen.tls {
-        addresses.push(("listen.tls.address", tls.address.as_str()));
+pub fn check_binds(config: &Config, data_plane: bool) -> Result<(), String> {
+    let mut addresses = vec![("ops.address", config.ops.address.as_str())];
+    if data_plane {
+        addresses.push(("listen.address", config.listen.address.as_str()));
+        if let Some(tls) = &config.listen.tls {
+            addresses.push(("listen.tls.address", tls.address.as_str()));
+        }
     }
     if config.admin.enabled {
         addresses.push(("admin.address", config.admin.address.as_str()));
@@ -41,8 +41,14 @@ pub fn check_binds(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the data plane until shutdown.
-pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCert>>) {
+/// Runs the listeners until shutdown: the ops listener always, the data plane when asked
+/// (`portcullis control` serves no data plane).
+pub fn run(
+    config: &Config,
+    plane: Arc<DataPlane>,
+    cert: Option<Arc<ReloadingCert>>,
+    data_plane: bool,
+) {
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(1),
@@ -52,9 +58,32 @@ pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCer
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    if data_plane {
+        add_data_plane(&mut server, config, &plane, cert);
+    }
+
+    let mut ops = Service::new(String::from("portcullis ops"), Ops::new(Arc::clone(&plane)));
+    ops.add_tcp(&config.ops.address);
+    server.add_service(ops);
+
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            health: Arc::clone(&plane.health),
+            drain_delay: Duration::from_secs(config.shutdown.drain_delay_seconds),
+            grace_period: Duration::from_secs(config.shutdown.grace_period_seconds),
+        }),
+    });
+}
+
+fn add_data_plane(
+    server: &mut Server,
+    config: &Config,
+    plane: &Arc<DataPlane>,
+    cert: Option<Arc<ReloadingCert>>,
+) {
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        EnforcingProxy::new(Arc::clone(&plane)),
+        EnforcingProxy::new(Arc::clone(plane)),
         "portcullis data plane",
     );
     proxy.add_tcp(&config.listen.address);
@@ -74,18 +103,6 @@ pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCer
         }
     }
     server.add_service(proxy);
-
-    let mut ops = Service::new(String::from("portcullis ops"), Ops::new(Arc::clone(&plane)));
-    ops.add_tcp(&config.ops.address);
-    server.add_service(ops);
-
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            health: Arc::clone(&plane.health),
-            drain_delay: Duration::from_secs(config.shutdown.drain_delay_seconds),
-            grace_period: Duration::from_secs(config.shutdown.grace_period_seconds),
-        }),
-    });
 }
 
 /// SIGTERM: drain, then shut down gracefully. SIGINT: shut down now. SIGQUIT: Pingora's

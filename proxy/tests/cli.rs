@@ -203,3 +203,14 @@ fn config_dump_prints_the_example_and_reports_every_problem() {
         "{stdout}"
     );
 }
+
+#[test]
+fn control_refuses_to_run_without_its_admin_api() {
+    let out = portcullis(&["control", "--set", "admin.enabled=false"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("admin.enabled: `portcullis control` serves the admin API"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod audit_verify;
 pub mod config_dump;
+pub mod control;
 pub mod policy_test;
 pub mod policy_validate;
 pub mod proxy;
@@ -52,6 +53,9 @@ pub enum Command {
     /// Run everything in one process: the enforcing proxy and the ops listener on the
     /// embedded store (SQLite in the data directory).
     Serve(serve::Args),
+    /// Run the control plane alone: the admin API sidecars follow, the store (SQLite or a
+    /// PostgreSQL shared by replicas), the ops listener; no data plane.
+    Control(serve::Args),
     /// Run the data plane alone, following a control plane (e.g. a `serve` elsewhere):
     /// bootstraps from it, keeps a last-known-good state, fails closed when too stale.
     Proxy(proxy::Args),
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Serve(args) => serve::run(&args),
         Command::Token(args) => token::run(&args),
         Command::Proxy(args) => proxy::run(&args),
+        Command::Control(args) => control::run(&args),
         Command::Config(ConfigCommand::Dump(args)) => config_dump::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify::run(&args),
         Command::Policy(PolicyCommand::Validate(args)) => policy_validate::run(&args),

@@ -146,7 +146,7 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Failure;
         }
     };
-    if let Err(e) = crate::server::check_binds(&config) {
+    if let Err(e) = crate::server::check_binds(&config, true) {
         tracing::error!(error = %e, "not started");
         return Exit::Failure;
     }
@@ -192,7 +192,7 @@ pub fn run(args: &Args) -> Exit {
         }
         .run(),
     );
-    crate::server::run(&config, plane, None);
+    crate::server::run(&config, plane, None, true);
     runtime.shutdown_timeout(Duration::from_secs(1));
     join_audit_writer(audit_writer);
     tracing::info!("stopped");

@@ -76,13 +76,24 @@ pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<
 
 /// Runs until SIGTERM or SIGINT.
 pub fn run(args: &Args) -> Exit {
-    let Some(sets) = parse_sets(&args.config.sets) else {
+    run_mode(&args.config, args.no_demo_data, true)
+}
+
+/// `serve` (`data_plane`) or `control` (the same without the data-plane listener).
+pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane: bool) -> Exit {
+    let Some(sets) = parse_sets(&config_args.sets) else {
         return Exit::Usage;
     };
-    let Some(config) = load_config(args.config.config.as_deref(), &sets) else {
+    let Some(config) = load_config(config_args.config.as_deref(), &sets) else {
         return Exit::InvalidInput;
     };
     crate::logging::init(&config.log);
+    if !data_plane && !config.admin.enabled {
+        eprintln!(
+            "admin.enabled: `portcullis control` serves the admin API; it cannot be disabled here"
+        );
+        return Exit::InvalidInput;
+    }
     pingora::tls::install_default_crypto_provider();
 
     let control = match tokio::runtime::Builder::new_multi_thread()
@@ -98,7 +109,7 @@ pub fn run(args: &Args) -> Exit {
         }
     };
 
-    let started = match control.block_on(start(&config, !args.no_demo_data)) {
+    let started = match control.block_on(start(&config, !no_demo_data, data_plane)) {
         Ok(s) => s,
         Err(Failure::Input(problems)) => {
             for p in &problems {
@@ -112,7 +123,7 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Failure;
         }
     };
-    if let Err(e) = crate::server::check_binds(&config) {
+    if let Err(e) = crate::server::check_binds(&config, data_plane) {
         tracing::error!(error = %e, "not started");
         return Exit::Failure;
     }
@@ -164,7 +175,7 @@ pub fn run(args: &Args) -> Exit {
     }
     control.spawn(
         Reloader {
-            config_file: args.config.config.clone(),
+            config_file: config_args.config.clone(),
             sets,
             store: Some(started.store),
             plane: Arc::clone(&started.plane),
@@ -173,7 +184,7 @@ pub fn run(args: &Args) -> Exit {
         .run(),
     );
 
-    crate::server::run(&config, started.plane, started.cert);
+    crate::server::run(&config, started.plane, started.cert, data_plane);
     control.shutdown_timeout(std::time::Duration::from_secs(1));
     join_audit_writer(started.audit_writer);
     tracing::info!("stopped");
@@ -213,7 +224,7 @@ struct Started {
     cert: Option<Arc<ReloadingCert>>,
 }
 
-async fn start(config: &Config, demo_data: bool) -> Result<Started, Failure> {
+async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Started, Failure> {
     let compiled = reload::load_policies(config).map_err(Failure::Input)?;
     let store = embedded::open(config).await.map_err(Failure::Runtime)?;
     let synced = embedded::sync_policies(&store, &compiled.dir, demo_data)
@@ -257,18 +268,29 @@ async fn start(config: &Config, demo_data: bool) -> Result<Started, Failure> {
             "the clock is pinned by context.fixed_time: for tests and demos only"
         );
     }
-    tracing::info!(
-        data_plane = %config.listen.address,
-        ops = %config.ops.address,
-        upstream = config.upstreams.first().map(|u| u.address.as_str()),
-        store = %describe_store(config),
-        policies = policy_root,
-        revision = snapshot.revision(),
-        routes = gate.routes.len(),
-        mode = ?gate.mode,
-        "portcullis serve starting"
-    );
-    if let Some(key) = &dev_key {
+    if !data_plane {
+        tracing::info!(
+            admin = %config.admin.address,
+            ops = %config.ops.address,
+            store = %describe_store(config),
+            policies = policy_root,
+            revision = snapshot.revision(),
+            "portcullis control starting"
+        );
+    } else {
+        tracing::info!(
+            data_plane = %config.listen.address,
+            ops = %config.ops.address,
+            upstream = config.upstreams.first().map(|u| u.address.as_str()),
+            store = %describe_store(config),
+            policies = policy_root,
+            revision = snapshot.revision(),
+            routes = gate.routes.len(),
+            mode = ?gate.mode,
+            "portcullis serve starting"
+        );
+    }
+    if let Some(key) = dev_key.as_ref().filter(|_| data_plane) {
         tracing::warn!(
             key = %key.path().display(),
             issuer,

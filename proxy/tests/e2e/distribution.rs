@@ -1,13 +1,16 @@
-//! A control plane and a separate data plane: `portcullis serve` as the control plane (its
-//! admin API), `portcullis proxy` following it. Changes reach the proxy; the proxy keeps
-//! enforcing when the control plane dies, restarts from its last-known-good state, and
-//! fails closed once that state is too old.
+//! A control plane and a separate data plane: `portcullis serve` (or `portcullis control`
+//! replicas sharing a PostgreSQL database) as the control plane, `portcullis proxy`
+//! following it. Changes reach the proxy; the proxy keeps enforcing when the control plane
+//! dies, restarts from its last-known-good state, and fails closed once that state is too
+//! old.
 
 use std::time::{Duration, Instant};
 
+use portcullis_policy_store::store::scratch::ScratchPostgres;
+use portcullis_policy_store::store::{SqlStore, Store, StoreConfig};
 use serde_json::json;
 
-use crate::harness::{Keys, Portcullis, Upstream, raw_request};
+use crate::harness::{Keys, Portcullis, Upstream, raw_request, rt};
 use crate::world;
 
 const D1: &str = "/v1/spaces/s1/documents/d1";
@@ -165,4 +168,71 @@ fn a_proxy_follows_its_control_plane_survives_it_and_fails_closed_when_stale() {
     // The control plane comes back: so does the proxy.
     control.restart();
     wait_status(&proxy, &alice, 200, "recovers with the control plane");
+}
+
+#[test]
+fn control_replicas_share_postgres_and_a_proxy_enforces_changes_made_through_either() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let database = rt()
+        .block_on(ScratchPostgres::create("e2e"))
+        .expect("PostgreSQL must be reachable (see .ci/run)");
+    let store = format!("store:\n  postgres_url: {}\n", database.url);
+    let a = Portcullis::start_control(&upstream, &keys, &store);
+    let b = Portcullis::start_control(&upstream, &keys, &store);
+
+    // A control plane serves no data plane.
+    assert!(
+        std::net::TcpStream::connect_timeout(&a.data, Duration::from_millis(500)).is_err(),
+        "`control` must not listen on listen.address"
+    );
+
+    let shared = rt()
+        .block_on(SqlStore::connect(&StoreConfig::Postgres {
+            url: database.url.clone(),
+        }))
+        .expect("store");
+    let revision = rt()
+        .block_on(shared.import(&world::import()))
+        .expect("import");
+    a.wait_revision(revision);
+    b.wait_revision(revision);
+
+    let proxy = Portcullis::start_proxy(&upstream, &keys, &a, "");
+    let alice = keys.token("alice", json!({}));
+    let zoe = keys.token("zoe", json!({}));
+    wait_status(&proxy, &alice, 200, "bootstrapped from replica A");
+    assert_eq!(proxy.get(D1, Some(&zoe), &[]).status, 403);
+
+    // Granted through replica B: A follows the database, the proxy follows A.
+    let r = b.admin_call(
+        "PUT",
+        "/v1/principals/users/zoe",
+        &json!({"kind": "user", "id": "zoe", "tenant": "t1"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = b.admin_call(
+        "POST",
+        "/v1/assignments",
+        &json!({"id": "zoe-guest", "principal": "User::\"zoe\"", "role": "guest", "scope": {"entity": "Space::\"s1\""}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_status(&proxy, &zoe, 200, "a grant made through replica B");
+
+    let zoes = |replica: &Portcullis| {
+        let r = replica.admin_call(
+            "GET",
+            "/v1/assignments?principal=User::%22zoe%22",
+            &json!({}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["items"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(zoes(&a), 1, "replica A lists the grant made through B");
+
+    // Revoked through A: the proxy and B see it.
+    let r = a.admin_call("DELETE", "/v1/assignments/zoe-guest", &json!({}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    wait_status(&proxy, &zoe, 403, "a revocation made through replica A");
+    assert_eq!(zoes(&b), 0);
 }

@@ -289,7 +289,7 @@ impl Reply {
     }
 }
 
-/// A running `portcullis serve`.
+/// A running `portcullis serve` (or `control`, or `proxy`).
 pub struct Portcullis {
     child: Child,
     command: Vec<String>,
@@ -320,6 +320,11 @@ impl Portcullis {
     /// replaces that default section; `{data}` in it is the data-plane address).
     pub fn start(upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
         Self::start_command(&["serve", "--no-demo-data"], upstream, keys, extra)
+    }
+
+    /// `portcullis control` (no data plane) with the same defaults as [`Self::start`].
+    pub fn start_control(upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
+        Self::start_command(&["control", "--no-demo-data"], upstream, keys, extra)
     }
 
     /// `portcullis proxy` following `control`'s admin API (polling every 100 ms, failing
