@@ -126,6 +126,24 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Starts a write transaction holding the store's write lock from its first statement,
+    /// so concurrent writers (API calls, replicas) queue instead of failing on a stale read:
+    /// SQLite takes its write lock at `BEGIN IMMEDIATE` (waiting up to the busy timeout),
+    /// PostgreSQL locks the revision row every write bumps anyway. Checks that read before
+    /// writing (a name taken, the set still compiling, `If-Match`) hold at commit.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Dialect::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT revision FROM store_meta WHERE id = 1 FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
     /// Starts a read transaction that sees one consistent state.
     async fn read_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -153,7 +171,7 @@ impl SqlStore {
     /// Creates (`existing == false`) or replaces (`existing == true`) a role, after checking
     /// that the role set still compiles with the current policies and links.
     async fn write_role(&self, role: &Role, existing: bool) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut roles: Vec<Role> = all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?;
         match (roles.iter_mut().find(|r| r.name == role.name), existing) {
             (Some(_), false) => {
@@ -501,7 +519,7 @@ impl Store for SqlStore {
 
     async fn put_principal(&self, principal: &Principal) -> Result<Revision, StoreError> {
         let key = principal.entity_ref();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         upsert(
             &mut tx,
             UPSERT_PRINCIPAL,
@@ -514,7 +532,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_principal(&self, key: &EntityRef) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let deleted = sqlx::query("DELETE FROM principals WHERE key = $1")
             .bind(key.to_string())
             .execute(&mut *tx)
@@ -550,7 +568,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_role(&self, name: &str) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM assignments WHERE role = $1")
             .bind(name.to_owned())
             .fetch_one(&mut *tx)
@@ -584,7 +602,7 @@ impl Store for SqlStore {
     }
 
     async fn create_assignment(&self, assignment: &Assignment) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if principal_doc(&mut tx, &assignment.principal)
             .await?
             .is_none()
@@ -628,7 +646,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_assignment(&self, id: &str) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query("SELECT doc FROM assignments WHERE id = $1")
             .bind(id.to_owned())
             .fetch_optional(&mut *tx)
@@ -655,7 +673,7 @@ impl Store for SqlStore {
     }
 
     async fn put_entity(&self, entity: &EntityRecord) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         upsert(
             &mut tx,
             UPSERT_ENTITY,
@@ -673,7 +691,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_entity(&self, uid: &EntityRef) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let deleted = sqlx::query("DELETE FROM entities WHERE uid = $1")
             .bind(uid.to_string())
             .execute(&mut *tx)
@@ -687,7 +705,7 @@ impl Store for SqlStore {
     }
 
     async fn revoke_session(&self, session: &RevokedSession) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO revoked_sessions (session_id, expires_at, doc) VALUES ($1, $2, $3) \
              ON CONFLICT (session_id) DO UPDATE SET expires_at = excluded.expires_at, doc = excluded.doc",
@@ -712,7 +730,7 @@ impl Store for SqlStore {
         schema: &str,
         created_by: Option<&str>,
     ) -> Result<(Revision, i64), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let roles: Vec<Role> = all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?;
         let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
         let candidate = PolicySetVersion {
@@ -736,7 +754,7 @@ impl Store for SqlStore {
     }
 
     async fn import(&self, import: &Import) -> Result<Revision, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // The result must compile: current roles/links overlaid with the imported ones.
         let mut roles: HashMap<String, Role> = all_docs::<Role>(&mut tx, "SELECT doc FROM roles")
             .await?
