@@ -54,6 +54,10 @@ pub enum ApiError {
     /// 422: understood, but not processable as sent (an idempotency key reused with
     /// another body).
     Unprocessable(String),
+    /// 412: `If-Match` names another version than the current one.
+    PreconditionFailed(String),
+    /// 428: a write of a versioned resource without `If-Match`.
+    PreconditionRequired(String),
     /// 500: something failed inside (detail logged, not returned).
     Internal(String),
 }
@@ -88,6 +92,7 @@ impl From<StoreError> for ApiError {
                     })
                     .collect(),
             },
+            e @ StoreError::VersionMismatch { .. } => Self::PreconditionFailed(e.to_string()),
             StoreError::Database(e) => Self::Internal(format!("database: {e}")),
             StoreError::Corrupt(e) => Self::Internal(format!("corrupt data: {e}")),
         }
@@ -129,6 +134,20 @@ impl IntoResponse for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unprocessable",
                 "The request cannot be processed as sent",
+                detail,
+                Vec::new(),
+            ),
+            Self::PreconditionFailed(detail) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "The resource changed since you read it",
+                detail,
+                Vec::new(),
+            ),
+            Self::PreconditionRequired(detail) => (
+                StatusCode::PRECONDITION_REQUIRED,
+                "precondition-required",
+                "This write needs If-Match",
                 detail,
                 Vec::new(),
             ),

@@ -8,6 +8,9 @@
 //!
 //! | method and path | what |
 //! |---|---|
+//! | `GET /v1/policies` (`ETag`), `PUT` (`If-Match`) | the policy set; 412 / 428 |
+//! | `POST /v1/policies:validate`, `POST /v1/policies:rollback` | check only; back to a version |
+//! | `GET /v1/policies/versions[/{version}]`, `GET /v1/schema` | history, one version, schema |
 //! | `GET /v1/roles`, `POST /v1/roles` | list, create (409 on a taken name) |
 //! | `GET/PUT/DELETE /v1/roles/{name}` | read, replace, delete (409 while assigned) |
 //! | `GET/PUT/DELETE /v1/principals/{kind}/{id}` | users, services, groups |
@@ -90,6 +93,27 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
             "/v1/entities/{type}/{id}",
             put(resources::put_entity::<S>).delete(resources::delete_entity::<S>),
         )
+        .route(
+            "/v1/policies",
+            get(resources::get_policies::<S>).put(resources::put_policies::<S>),
+        )
+        .route(
+            "/v1/policies:validate",
+            post(resources::validate_policies::<S>),
+        )
+        .route(
+            "/v1/policies:rollback",
+            post(resources::rollback_policies::<S>),
+        )
+        .route(
+            "/v1/policies/versions",
+            get(resources::list_policy_versions::<S>),
+        )
+        .route(
+            "/v1/policies/versions/{version}",
+            get(resources::get_policy_version::<S>),
+        )
+        .route("/v1/schema", get(resources::get_schema::<S>))
         .route("/v1/authorize", post(resources::authorize::<S>))
         .route("/v1/snapshot", get(resources::snapshot::<S>))
         .route("/v1/updates", get(resources::updates::<S>))

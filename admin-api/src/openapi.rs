@@ -12,10 +12,17 @@ use crate::resources;
 #[openapi(
     info(
         title = "Portcullis admin API",
-        description = "Roles, principals, assignments, entities and what-if decisions. \
+        description = "Policies, roles, principals, assignments, entities and what-if decisions. \
             Errors are RFC 9457 problem+json listing every failing field."
     ),
     paths(
+        resources::get_policies,
+        resources::put_policies,
+        resources::validate_policies,
+        resources::list_policy_versions,
+        resources::get_policy_version,
+        resources::rollback_policies,
+        resources::get_schema,
         resources::list_roles,
         resources::create_role,
         resources::get_role,

@@ -559,3 +559,229 @@ async fn request_ids_are_echoed_and_idempotency_keys_make_retries_safe() {
     let (status, _) = api.call("POST", "/v1/roles", Some(role)).await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
+
+#[tokio::test]
+async fn the_policy_set_changes_only_with_if_match_and_rolls_back_by_version() {
+    let api = api().await;
+    let ask = json!({
+        "principal": "User::\"ann\"", "action": "document.read", "resource": "Document::\"d9\"",
+        "context": {"time": "2026-01-06T10:00:00Z"}
+    });
+    api.call(
+        "PUT",
+        "/v1/principals/users/ann",
+        Some(json!({"kind": "user", "id": "ann", "tenant": "t1"})),
+    )
+    .await;
+    api.call(
+        "PUT",
+        "/v1/entities/Document/d9",
+        Some(json!({"uid": "Document::\"d9\"", "attributes": {"tenant": "t1"}})),
+    )
+    .await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/assignments",
+            Some(json!({"id": "ann-all", "principal": "User::\"ann\"", "role": "guest", "scope": "global"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    api.refresh().await;
+    let (_, decision) = api.call("POST", "/v1/authorize", Some(ask.clone())).await;
+    assert_eq!(decision["decision"], "allow", "{decision}");
+
+    // The current set, with its version as the ETag.
+    let (status, headers, current) = api
+        .call_with(Some(TOKEN), "GET", "/v1/policies", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["etag"], "\"1\"");
+    assert_eq!(current["version"], 1);
+    let mut files = current["files"].as_array().unwrap().clone();
+    files.push(json!({
+        "name": "quarantine.cedar",
+        "text": "@id(\"quarantine-d9\")\nforbid(principal, action, resource == Document::\"d9\");\n"
+    }));
+    let replacement = json!({"files": files});
+    let before = api.store.revision().await.unwrap();
+
+    // Without If-Match, with a stale or weak one: refused, nothing written.
+    let (status, problem) = api
+        .call("PUT", "/v1/policies", Some(replacement.clone()))
+        .await;
+    assert_eq!(status, StatusCode::PRECONDITION_REQUIRED, "{problem}");
+    for stale in ["\"7\"", "W/\"1\"", "\"one\""] {
+        let (status, _, problem) = api
+            .call_with(
+                Some(TOKEN),
+                "PUT",
+                "/v1/policies",
+                Some(replacement.clone()),
+                &[("if-match", stale)],
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::PRECONDITION_FAILED,
+            "{stale}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains("(\"1\")"),
+            "{problem}"
+        );
+    }
+
+    // Bad files: every problem at once; a set that does not validate: the validator's
+    // message, placed in its file and line.
+    let (status, _, problem) = api
+        .call_with(
+            Some(TOKEN),
+            "PUT",
+            "/v1/policies",
+            Some(json!({"files": [
+                {"name": "a.cedar", "text": ""},
+                {"name": "a.cedar", "text": ""},
+                {"name": "", "text": ""}
+            ], "schema": " "})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        fields(&problem),
+        ["files[1].name", "files[2].name", "schema"],
+        "{problem}"
+    );
+    let broken = json!({"files": [{
+        "name": "broken.cedar",
+        "text": "@id(\"b\")\npermit(principal, action, resource)\nwhen { principal.shoe_size > 3 };\n"
+    }]});
+    for (method, uri) in [("PUT", "/v1/policies"), ("POST", "/v1/policies:validate")] {
+        let (status, _, problem) = api
+            .call_with(
+                Some(TOKEN),
+                method,
+                uri,
+                Some(broken.clone()),
+                &[("if-match", "\"1\"")],
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {problem}");
+        let placed = fields(&problem);
+        assert!(
+            !placed.is_empty() && placed.iter().all(|f| f == "broken.cedar"),
+            "{problem}"
+        );
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("broken.cedar:3:") && message.contains("shoe_size"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        api.store.revision().await.unwrap(),
+        before,
+        "nothing written"
+    );
+
+    // The dry run accepts the good set without writing it.
+    let (status, checked) = api
+        .call("POST", "/v1/policies:validate", Some(replacement.clone()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{checked}");
+    assert!(checked["policies"].as_u64().unwrap() > 2, "{checked}");
+    assert_eq!(api.store.revision().await.unwrap(), before);
+
+    // Replaced with the current ETag: version 2, by the token's subject, enforced.
+    let (status, headers, stored) = api
+        .call_with(
+            Some(TOKEN),
+            "PUT",
+            "/v1/policies",
+            Some(replacement.clone()),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(headers["etag"], "\"2\"");
+    assert_eq!(
+        (stored["version"].as_i64(), stored["created_by"].as_str()),
+        (Some(2), Some("ops"))
+    );
+    assert_eq!(stored["schema"], current["schema"], "the schema is kept");
+    api.refresh().await;
+    let (_, decision) = api.call("POST", "/v1/authorize", Some(ask.clone())).await;
+    assert_eq!(decision["policies"], json!(["quarantine-d9"]), "{decision}");
+    // The same ETag again lost the race to ourselves.
+    let (status, _, _) = api
+        .call_with(
+            Some(TOKEN),
+            "PUT",
+            "/v1/policies",
+            Some(replacement.clone()),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+
+    // History, newest first, paged; one version.
+    let (_, page) = api
+        .call("GET", "/v1/policies/versions?page_size=1", None)
+        .await;
+    assert_eq!(page["items"][0]["version"], 2, "{page}");
+    assert_eq!(page["items"][0]["created_by"], "ops");
+    let token = page["next_page_token"].as_str().unwrap().to_owned();
+    let (_, page) = api
+        .call(
+            "GET",
+            &format!("/v1/policies/versions?page_size=1&page_token={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(page["items"][0]["version"], 1, "{page}");
+    assert!(page.get("next_page_token").is_none(), "{page}");
+    let (status, old) = api.call("GET", "/v1/policies/versions/1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(old["files"], current["files"]);
+    let (status, _) = api.call("GET", "/v1/policies/versions/99", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, problem) = api.call("GET", "/v1/policies/versions/x", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&problem), ["version"]);
+
+    // Rollback: version 1's content as version 3; the quarantine is gone.
+    let (status, _, problem) = api
+        .call_with(
+            Some(TOKEN),
+            "POST",
+            "/v1/policies:rollback",
+            Some(json!({"version": 42})),
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&problem), ["version"]);
+    let (status, headers, rolled) = api
+        .call_with(
+            Some(TOKEN),
+            "POST",
+            "/v1/policies:rollback",
+            Some(json!({"version": 1})),
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rolled}");
+    assert_eq!(headers["etag"], "\"3\"");
+    assert_eq!(rolled["files"], current["files"]);
+    api.refresh().await;
+    let (_, decision) = api.call("POST", "/v1/authorize", Some(ask)).await;
+    assert_eq!(decision["decision"], "allow", "{decision}");
+
+    let (status, headers, schema) = api
+        .call_with(Some(TOKEN), "GET", "/v1/schema", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["etag"], "\"3\"");
+    assert_eq!(schema["schema"], current["schema"]);
+}

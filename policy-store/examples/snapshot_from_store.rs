@@ -82,6 +82,7 @@ async fn main() {
         entities: state.entities,
         template_links: state.template_links,
         policy_set: Some((version.files, version.schema)),
+        ..Import::default()
     };
     let started = Instant::now();
     store

@@ -42,4 +42,12 @@ pub enum StoreError {
     /// The policy set or roles would not compile.
     #[error(transparent)]
     Policy(#[from] CompileError),
+    /// A conditional write (`If-Match`) named another version than the current one.
+    #[error("the policy set is at version {}, not {expected}", current.map_or_else(|| String::from("none"), |v| v.to_string()))]
+    VersionMismatch {
+        /// The version the writer expected.
+        expected: i64,
+        /// The current version, if any.
+        current: Option<i64>,
+    },
 }

@@ -403,6 +403,7 @@ pub struct EntityRecord {
 
 /// One version of the hand-written policies and schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PolicySetVersion {
     /// Monotonic version number, starting at 1.
@@ -418,8 +419,32 @@ pub struct PolicySetVersion {
     pub created_at: UnixMillis,
 }
 
+/// One entry of the policy-set history: a version without its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PolicySetSummary {
+    /// The version number.
+    pub version: i64,
+    /// Who stored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// When.
+    pub created_at: UnixMillis,
+}
+
+/// What checking a policy set found, when it compiles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PolicySetCheck {
+    /// Policies in force with it, generated role policies and template links included.
+    pub policies: usize,
+    /// Validator warnings (not fatal), as `file:line:col: message`.
+    pub warnings: Vec<String>,
+}
+
 /// A named Cedar source file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     /// File name, used in error messages (`default.cedar`).

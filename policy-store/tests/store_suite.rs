@@ -259,7 +259,9 @@ async fn invalid_writes_are_refused_and_change_nothing(store: SqlStore) {
         ),
     }];
     assert!(matches!(
-        store.put_policy_set(&bad, &schema, Some("tester")).await,
+        store
+            .put_policy_set(&bad, &schema, Some("tester"), None)
+            .await,
         Err(StoreError::Policy(_))
     ));
     assert_eq!(
@@ -412,13 +414,104 @@ async fn policy_versions_increase(store: SqlStore) {
     seed(&store).await;
     let (files, schema) = default_policy_files();
     let (_, v2) = store
-        .put_policy_set(&files, &schema, Some("alice"))
+        .put_policy_set(&files, &schema, Some("alice"), None)
         .await
         .unwrap();
     assert_eq!(v2, 2);
     let current = store.current_policy_set().await.unwrap().unwrap();
     assert_eq!(current.version, 2);
     assert_eq!(current.created_by.as_deref(), Some("alice"));
+}
+
+/// `If-Match` semantics, the dry-run check, the history and reading one version.
+async fn policy_writes_are_conditional_and_history_is_kept(store: SqlStore) {
+    seed(&store).await;
+    let (mut files, schema) = default_policy_files();
+    let before = store.revision().await.unwrap();
+
+    // A stale version is refused and writes nothing.
+    match store
+        .put_policy_set(&files, &schema, Some("bob"), Some(7))
+        .await
+    {
+        Err(StoreError::VersionMismatch {
+            expected: 7,
+            current: Some(1),
+        }) => {}
+        other => panic!("expected a version mismatch, got {other:?}"),
+    }
+    assert_eq!(store.revision().await.unwrap(), before);
+
+    // The check compiles without writing; it counts the role policies too.
+    let check = store.check_policy_set(&files, &schema).await.unwrap();
+    assert!(check.policies > files.len(), "{check:?}");
+    assert_eq!(store.revision().await.unwrap(), before);
+    files.push(PolicyFile {
+        name: String::from("bad.cedar"),
+        text: String::from("@id(\"x\")\npermit(principal, action, resource) when { nope };"),
+    });
+    match store.check_policy_set(&files, &schema).await {
+        Err(StoreError::Policy(e)) => assert_eq!(e.0[0].file, "bad.cedar", "{e}"),
+        other => panic!("expected a policy error, got {other:?}"),
+    }
+    files.pop();
+
+    // Two writers expecting the same version: exactly one wins.
+    let racers: Vec<_> = ["carol", "dave"]
+        .into_iter()
+        .map(|who| {
+            let (store, files, schema) = (store.clone(), files.clone(), schema.clone());
+            tokio::spawn(async move {
+                store
+                    .put_policy_set(&files, &schema, Some(who), Some(1))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok((_, 2)) => won += 1,
+            Err(StoreError::VersionMismatch {
+                expected: 1,
+                current: Some(2),
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    store
+        .put_policy_set(&files, &schema, Some("erin"), Some(2))
+        .await
+        .unwrap();
+
+    let history = store.policy_set_history(None, 10).await.unwrap();
+    let versions: Vec<i64> = history.iter().map(|h| h.version).collect();
+    assert_eq!(versions, [3, 2, 1], "newest first");
+    assert_eq!(history[0].created_by.as_deref(), Some("erin"));
+    assert_eq!(history[2].created_by.as_deref(), Some("import"));
+    let older = store.policy_set_history(Some(3), 1).await.unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0].version, 2);
+    assert_eq!(
+        store.policy_set_version(1).await.unwrap().unwrap().files,
+        files
+    );
+    assert_eq!(store.policy_set_version(9).await.unwrap(), None);
+
+    // The policies-directory digest is recorded with the import that stores it.
+    assert_eq!(store.policies_dir_digest().await.unwrap(), None);
+    store
+        .import(&Import {
+            policies_dir_digest: Some(String::from("sha256:abc")),
+            ..Import::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.policies_dir_digest().await.unwrap().as_deref(),
+        Some("sha256:abc")
+    );
 }
 
 async fn bulk_import_is_one_revision_and_rebuilds(store: SqlStore) {
@@ -488,6 +581,7 @@ suite!(
     snapshot_follows_changes,
     revoked_sessions_expire,
     policy_versions_increase,
+    policy_writes_are_conditional_and_history_is_kept,
     bulk_import_is_one_revision_and_rebuilds,
     concurrent_writes_all_commit,
 );

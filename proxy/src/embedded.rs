@@ -2,9 +2,11 @@
 //! unless PostgreSQL is configured), keeping it in step with the policies directory, loading
 //! the demo data into a new one, and following its changes into the snapshot.
 //!
-//! The policies directory is the source of truth for policies and roles in `serve`: at start
-//! and on every reload, a directory that differs from the store's current version is stored
-//! as a new version (in one transaction, refused whole if it does not compile).
+//! The policies directory and the admin API both write policies and roles; the newer intent
+//! wins. At start and on every reload, a directory that changed since it was last stored
+//! (its digest differs from the one recorded then) is stored as a new version, in one
+//! transaction, refused whole if it does not compile. A directory that did not change leaves
+//! the store alone, so what was written through the admin API since survives restarts.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -72,26 +74,79 @@ pub fn create_private_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// What [`sync_policies`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Synced {
     /// The store was empty: policies, roles (and the demo data, if asked) were imported.
     Initialised {
         /// Whether the demo data went in too.
         demo: bool,
     },
-    /// The directory differed from the store: a new version was stored.
-    Updated,
-    /// Nothing to do.
+    /// The directory changed since it was last stored: stored now.
+    Updated {
+        /// The policy-set version it replaced when that one came from elsewhere (the admin
+        /// API): `version 7 by alice`.
+        replaced: Option<String>,
+    },
+    /// The directory did not change since it was last stored.
     Unchanged,
 }
 
-/// Brings the store's policies and roles to the directory's.
+impl Synced {
+    /// Says what happened, when something did.
+    pub fn log(&self) {
+        match self {
+            Self::Initialised { demo } => {
+                tracing::info!(demo_data = demo, "new store initialised from the policies")
+            }
+            Self::Updated { replaced: None } => {
+                tracing::info!("the policies directory changed since it was last stored; stored")
+            }
+            Self::Updated {
+                replaced: Some(replaced),
+            } => tracing::warn!(
+                replaced,
+                "the policies directory changed since it was last stored; it replaces the policy set written through the admin API"
+            ),
+            Self::Unchanged => {}
+        }
+    }
+}
+
+/// The `created_by` of policy-set versions stored from the directory.
+const DIR_AUTHOR: &str = "policies.dir";
+
+/// A digest of everything the directory stores: schema, policy files, roles.
+fn dir_digest(sources: &portcullis_policy_store::policy::PolicySources, roles: &[Role]) -> String {
+    use sha2::Digest;
+    let files: Vec<(&str, &str)> = sources
+        .files
+        .iter()
+        .map(|f| (file_name(&f.name), f.text.as_str()))
+        .collect();
+    let encoded = serde_json::to_vec(&(&sources.schema.text, files, roles)).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&encoded);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Stores the directory's policies and roles when the directory changed since it was last
+/// stored (see the module documentation).
 pub async fn sync_policies(
     store: &SqlStore,
     dir: &PolicyDir,
     with_demo_data: bool,
 ) -> Result<Synced, String> {
     let sources = &dir.sources;
+    let mut dir_roles: Vec<Role> = sources.roles.clone();
+    dir_roles.sort_by(|a, b| a.name.cmp(&b.name));
+    let digest = dir_digest(sources, &dir_roles);
+    let stored_digest = store
+        .policies_dir_digest()
+        .await
+        .map_err(|e| format!("cannot read the store: {e}"))?;
+    if stored_digest.as_deref() == Some(digest.as_str()) {
+        return Ok(Synced::Unchanged);
+    }
     let stored = store
         .current_policy_set()
         .await
@@ -108,15 +163,20 @@ pub async fn sync_policies(
                 .zip(&sources.files)
                 .all(|(a, b)| a.text == b.text && file_name(&a.name) == file_name(&b.name))
     });
-    let mut dir_roles: Vec<Role> = sources.roles.clone();
-    dir_roles.sort_by(|a, b| a.name.cmp(&b.name));
     let same_roles = dir_roles.iter().all(|r| stored_roles.contains(r));
     let fresh = stored.is_none();
-    if same_policies && same_roles {
-        return Ok(Synced::Unchanged);
-    }
+    let replaced = stored
+        .as_ref()
+        .filter(|v| !same_policies && v.created_by.as_deref() != Some(DIR_AUTHOR))
+        .map(|v| {
+            format!(
+                "version {} by {}",
+                v.version,
+                v.created_by.as_deref().unwrap_or("an unknown writer")
+            )
+        });
     let mut import = Import {
-        roles: dir_roles,
+        roles: if same_roles { Vec::new() } else { dir_roles },
         policy_set: (!same_policies).then(|| {
             (
                 sources
@@ -130,6 +190,8 @@ pub async fn sync_policies(
                 sources.schema.text.clone(),
             )
         }),
+        policies_dir_digest: Some(digest),
+        author: Some(String::from(DIR_AUTHOR)),
         ..Import::default()
     };
     let demo = fresh && with_demo_data;
@@ -146,8 +208,12 @@ pub async fn sync_policies(
         .map_err(|e| format!("the store refused the policies: {e}"))?;
     Ok(if fresh {
         Synced::Initialised { demo }
+    } else if same_policies && same_roles {
+        // Only the digest was recorded (a store from before digests, or a directory put
+        // back to what the store holds).
+        Synced::Unchanged
     } else {
-        Synced::Updated
+        Synced::Updated { replaced }
     })
 }
 

@@ -185,6 +185,7 @@ impl Reloader {
                 let synced = embedded::sync_policies(store, &compiled.dir, false)
                     .await
                     .map_err(|e| vec![e])?;
+                synced.log();
                 if synced != embedded::Synced::Unchanged {
                     self.wait_for_snapshot(store).await?;
                 }

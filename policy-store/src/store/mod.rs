@@ -19,8 +19,8 @@ pub use sql::SqlStore;
 
 use crate::error::StoreError;
 use crate::model::{
-    Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetVersion, Principal, Revision,
-    RevokedSession, Role, TemplateLink,
+    Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetCheck, PolicySetSummary,
+    PolicySetVersion, Principal, Revision, RevokedSession, Role, TemplateLink,
 };
 use crate::snapshot::{SnapshotUpdate, StoreState};
 
@@ -55,6 +55,11 @@ pub struct Import {
     pub template_links: Vec<TemplateLink>,
     /// A new policy-set version (files + schema), if any.
     pub policy_set: Option<(Vec<PolicyFile>, String)>,
+    /// The digest of the policies directory this import stores, recorded with it (see
+    /// [`Store::policies_dir_digest`]).
+    pub policies_dir_digest: Option<String>,
+    /// Who imports: the `created_by` of the policy-set version (`import` when `None`).
+    pub author: Option<String>,
 }
 
 /// The store of the authorization model.
@@ -148,18 +153,48 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Stores a new policy-set version after checking it compiles with the current roles
-    /// and links. Returns the revision and the new version number.
+    /// and links. With `if_version`, only while that is the current version
+    /// ([`StoreError::VersionMismatch`] otherwise). Returns the revision and the new version
+    /// number.
     fn put_policy_set(
         &self,
         files: &[PolicyFile],
         schema: &str,
         created_by: Option<&str>,
+        if_version: Option<i64>,
     ) -> impl Future<Output = Result<(Revision, i64), StoreError>> + Send;
+
+    /// Checks what [`Store::put_policy_set`] would: that the set compiles with the current
+    /// roles and links. Writes nothing.
+    fn check_policy_set(
+        &self,
+        files: &[PolicyFile],
+        schema: &str,
+    ) -> impl Future<Output = Result<PolicySetCheck, StoreError>> + Send;
 
     /// The current policy-set version.
     fn current_policy_set(
         &self,
     ) -> impl Future<Output = Result<Option<PolicySetVersion>, StoreError>> + Send;
+
+    /// One policy-set version.
+    fn policy_set_version(
+        &self,
+        version: i64,
+    ) -> impl Future<Output = Result<Option<PolicySetVersion>, StoreError>> + Send;
+
+    /// The history, newest first: at most `limit` versions older than `before` (all when
+    /// `None`).
+    fn policy_set_history(
+        &self,
+        before: Option<i64>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<PolicySetSummary>, StoreError>> + Send;
+
+    /// The digest recorded by the last import that stored a policies directory.
+    fn policies_dir_digest(
+        &self,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// Imports many objects in one transaction (one revision, one change per object kind).
     /// The result must compile, or nothing is written.

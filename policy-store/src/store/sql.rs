@@ -15,14 +15,18 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use super::{Import, Store, StoreConfig};
 use crate::error::{ModelError, StoreError};
 use crate::model::{
-    Assignment, Change, ChangeKind, EntityRecord, EntityRef, PolicyFile, PolicySetVersion,
-    Principal, Revision, RevokedSession, Role, TemplateLink, UnixMillis,
+    Assignment, Change, ChangeKind, EntityRecord, EntityRef, PolicyFile, PolicySetCheck,
+    PolicySetSummary, PolicySetVersion, Principal, Revision, RevokedSession, Role, TemplateLink,
+    UnixMillis,
 };
 use crate::policy::compile;
 use crate::snapshot::{SnapshotUpdate, StoreDelta, StoreState, policy_sources};
 
 /// Embedded migrations, applied in order; each runs once, in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_policy_versions.sql")),
+];
 
 /// Rows per multi-row `INSERT` during imports (SQLite allows 32766 parameters).
 const IMPORT_BATCH: usize = 500;
@@ -378,13 +382,46 @@ async fn insert_policy_set(
         created_by: created_by.map(str::to_owned),
         created_at: now_millis(),
     };
-    sqlx::query("INSERT INTO policy_sets (version, doc, created_at) VALUES ($1, $2, $3)")
-        .bind(version.version)
-        .bind(to_doc(&version)?)
-        .bind(version.created_at)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO policy_sets (version, doc, created_at, created_by) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(version.version)
+    .bind(to_doc(&version)?)
+    .bind(version.created_at)
+    .bind(version.created_by.clone())
+    .execute(conn)
+    .await?;
     Ok(version.version)
+}
+
+/// A candidate set (not stored) to check.
+fn candidate(files: &[PolicyFile], schema: &str) -> PolicySetVersion {
+    PolicySetVersion {
+        version: 0,
+        files: files.to_vec(),
+        schema: schema.to_owned(),
+        created_by: None,
+        created_at: 0,
+    }
+}
+
+/// Compiles `files` + `schema` with the stored roles and links.
+async fn compile_with_stored(
+    conn: &mut AnyConnection,
+    files: &[PolicyFile],
+    schema: &str,
+) -> Result<PolicySetCheck, StoreError> {
+    let roles: Vec<Role> = all_docs(&mut *conn, "SELECT doc FROM roles ORDER BY name").await?;
+    let links: Vec<TemplateLink> = all_docs(conn, "SELECT doc FROM template_links").await?;
+    let compiled = compile(&policy_sources(&candidate(files, schema), &roles, &links))?;
+    Ok(PolicySetCheck {
+        policies: compiled.policy_count(),
+        warnings: compiled
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    })
 }
 
 impl Store for SqlStore {
@@ -729,18 +766,16 @@ impl Store for SqlStore {
         files: &[PolicyFile],
         schema: &str,
         created_by: Option<&str>,
+        if_version: Option<i64>,
     ) -> Result<(Revision, i64), StoreError> {
         let mut tx = self.write_tx().await?;
-        let roles: Vec<Role> = all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?;
-        let links: Vec<TemplateLink> = all_docs(&mut tx, "SELECT doc FROM template_links").await?;
-        let candidate = PolicySetVersion {
-            version: 0,
-            files: files.to_vec(),
-            schema: schema.to_owned(),
-            created_by: None,
-            created_at: 0,
-        };
-        check_compiles(Some(&candidate), &roles, &links)?;
+        if let Some(expected) = if_version {
+            let current = latest_policy_set(&mut tx).await?.map(|v| v.version);
+            if current != Some(expected) {
+                return Err(StoreError::VersionMismatch { expected, current });
+            }
+        }
+        compile_with_stored(&mut tx, files, schema).await?;
         let version = insert_policy_set(&mut tx, files, schema, created_by).await?;
         let revision = self
             .commit(tx, &[ChangeKind::PolicySet { version }])
@@ -748,9 +783,63 @@ impl Store for SqlStore {
         Ok((revision, version))
     }
 
+    async fn check_policy_set(
+        &self,
+        files: &[PolicyFile],
+        schema: &str,
+    ) -> Result<PolicySetCheck, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let check = compile_with_stored(&mut tx, files, schema).await;
+        tx.rollback().await?;
+        check
+    }
+
     async fn current_policy_set(&self) -> Result<Option<PolicySetVersion>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         latest_policy_set(&mut conn).await
+    }
+
+    async fn policy_set_version(
+        &self,
+        version: i64,
+    ) -> Result<Option<PolicySetVersion>, StoreError> {
+        let row = sqlx::query("SELECT doc FROM policy_sets WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| from_doc(&r.try_get::<String, _>("doc")?))
+            .transpose()
+    }
+
+    async fn policy_set_history(
+        &self,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<PolicySetSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, created_at, created_by FROM policy_sets \
+             WHERE version < $1 ORDER BY version DESC LIMIT $2",
+        )
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PolicySetSummary {
+                    version: r.try_get("version")?,
+                    created_at: r.try_get("created_at")?,
+                    created_by: r.try_get("created_by")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn policies_dir_digest(&self) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT policies_dir_digest FROM store_meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("policies_dir_digest")?)
     }
 
     async fn import(&self, import: &Import) -> Result<Revision, StoreError> {
@@ -775,13 +864,7 @@ impl Store for SqlStore {
                 .map(|l| (l.id.clone(), l.clone())),
         );
         let version = match &import.policy_set {
-            Some((files, schema)) => Some(PolicySetVersion {
-                version: 0,
-                files: files.clone(),
-                schema: schema.clone(),
-                created_by: None,
-                created_at: 0,
-            }),
+            Some((files, schema)) => Some(candidate(files, schema)),
             None => latest_policy_set(&mut tx).await?,
         };
         let mut role_list: Vec<Role> = roles.into_values().collect();
@@ -800,7 +883,14 @@ impl Store for SqlStore {
         }
 
         if let Some((files, schema)) = &import.policy_set {
-            insert_policy_set(&mut tx, files, schema, Some("import")).await?;
+            let author = import.author.as_deref().unwrap_or("import");
+            insert_policy_set(&mut tx, files, schema, Some(author)).await?;
+        }
+        if let Some(digest) = &import.policies_dir_digest {
+            sqlx::query("UPDATE store_meta SET policies_dir_digest = $1 WHERE id = 1")
+                .bind(digest.clone())
+                .execute(&mut *tx)
+                .await?;
         }
         for r in &import.roles {
             upsert(&mut tx, UPSERT_ROLE, r.name.clone(), to_doc(r)?).await?;

@@ -14,7 +14,7 @@ use crate::data_plane::authn::source::KeySource;
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Health};
 use crate::devkey::{DEV_ISSUER, DevKey};
-use crate::embedded::{self, Synced};
+use crate::embedded;
 use crate::reload::{self, Reloader};
 use crate::tls::ReloadingCert;
 use portcullis_policy_store::snapshot::SnapshotHandle;
@@ -230,13 +230,7 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
     let synced = embedded::sync_policies(&store, &compiled.dir, demo_data)
         .await
         .map_err(|e| Failure::Input(vec![e]))?;
-    match synced {
-        Synced::Initialised { demo } => {
-            tracing::info!(demo_data = demo, "new store initialised from the policies")
-        }
-        Synced::Updated => tracing::info!("policies changed since the last start; stored"),
-        Synced::Unchanged => {}
-    }
+    synced.log();
     let snapshot = embedded::load_snapshot(&store)
         .await
         .map_err(Failure::Runtime)?;

@@ -1,11 +1,16 @@
-//! The admin API of a running `serve` against its own OpenAPI document, with schemathesis
+//! The admin API of a running `serve`: against its own OpenAPI document, with schemathesis
 //! (PyPI; .ci/run installs it): generated requests for every operation must never get a
 //! 5xx, and every response must match the document (status codes, content types, bodies,
-//! headers).
+//! headers). And policies written through it against the policies directory: the newer
+//! intent wins, across restarts.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::harness::{Keys, Portcullis, Upstream};
+use serde_json::json;
+
+use crate::harness::{Keys, Portcullis, Upstream, policies_dir, temp_dir};
+use crate::world;
 
 #[test]
 fn the_admin_api_matches_its_openapi_document() {
@@ -37,7 +42,84 @@ fn the_admin_api_matches_its_openapi_document() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("17/17"),
+        stdout.contains("24/24"),
         "every operation was selected:\n{stdout}"
+    );
+}
+
+#[test]
+fn api_policies_survive_restarts_until_the_policies_directory_changes() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = temp_dir("policies");
+    for entry in std::fs::read_dir(policies_dir()).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let mut p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!("policies:\n  dir: {}\n", dir.display()),
+    );
+    p.seed(world::import());
+    let alice = keys.token("alice", json!({}));
+    let d1 = "/v1/spaces/s1/documents/d1";
+    let wait_for = |p: &Portcullis, status: u16, what: &str| {
+        let started = Instant::now();
+        while p.get(d1, Some(&alice), &[]).status != status {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{what}:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&p, 200, "alice reads d1");
+
+    // A quarantine policy through the API, with the ETag just read.
+    let current = p.admin_call("GET", "/v1/policies", &json!({}));
+    let etag = current.headers["etag"].clone();
+    let mut set = current.json();
+    set["files"].as_array_mut().expect("files").push(json!({
+        "name": "quarantine.cedar",
+        "text": "@id(\"quarantine-d1\")\nforbid(principal, action, resource == Document::\"d1\");\n"
+    }));
+    let r = p.admin_call_with(
+        "PUT",
+        "/v1/policies",
+        &[("if-match", &etag)],
+        &json!({"files": set["files"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(&p, 403, "the API's policy is enforced");
+
+    // A restart with the directory unchanged keeps it.
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(10)).expect("stops");
+    p.restart();
+    assert_eq!(p.get(d1, Some(&alice), &[]).status, 403, "{}", p.log());
+    assert_eq!(
+        p.admin_call("GET", "/v1/policies", &json!({})).json()["created_by"],
+        "admin"
+    );
+
+    // An edit of the directory is newer: it replaces the API's version, and says so.
+    let default = dir.join("default.cedar");
+    let text = std::fs::read_to_string(&default).expect("default.cedar");
+    std::fs::write(&default, format!("// edited\n{text}")).expect("edit");
+    p.signal("HUP");
+    wait_for(&p, 200, "the directory's policies are back");
+    assert!(
+        p.log()
+            .contains("it replaces the policy set written through the admin API"),
+        "{}",
+        p.log()
+    );
+    assert_eq!(
+        p.admin_call("GET", "/v1/policies", &json!({})).json()["created_by"],
+        "policies.dir"
     );
 }

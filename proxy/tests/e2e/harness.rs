@@ -467,17 +467,23 @@ impl Portcullis {
 
     /// A call of the admin API with the token `serve` generated.
     pub fn admin_call(&self, method: &str, target: &str, body: &Value) -> Reply {
+        self.admin_call_with(method, target, &[], body)
+    }
+
+    /// [`Self::admin_call`] with more headers.
+    pub fn admin_call_with(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Reply {
         let token =
             std::fs::read_to_string(self.dir.join("data/admin-token")).expect("admin token");
         let auth = format!("Bearer {}", token.trim());
-        json_request(
-            self.admin,
-            method,
-            target,
-            &[("authorization", &auth)],
-            body,
-        )
-        .expect("the admin API answers")
+        let mut all = vec![("authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        json_request(self.admin, method, target, &all, body).expect("the admin API answers")
     }
 
     /// The audit ledger directory.

@@ -1,0 +1,116 @@
+//! Assignments: grant, list a principal's, revoke.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use portcullis_policy_store::model::{Assignment, EntityRef};
+use portcullis_policy_store::store::Store;
+use serde::Deserialize;
+
+use super::{Body, Page, Params, St, changed, check, created, name_problems, paginate};
+use crate::auth::Actor;
+use crate::error::{ApiError, FieldError, Problem};
+
+#[utoipa::path(post, path = "/v1/assignments", tag = "assignments", request_body = Assignment,
+    responses((status = 201, description = "Granted", body = Assignment), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_assignment<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Body(assignment): Body<Assignment>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    name_problems("id", &assignment.id, &mut errors);
+    name_problems("role", &assignment.role, &mut errors);
+    let c = &assignment.conditions;
+    if let (Some(from), Some(until)) = (c.valid_from, c.valid_until)
+        && from >= until
+    {
+        errors.push(FieldError {
+            field: String::from("conditions.valid_until"),
+            message: String::from("must be after valid_from"),
+        });
+    }
+    for (i, band) in c.allowed_bands.iter().enumerate() {
+        if !matches!(band.as_str(), "GREEN" | "AMBER" | "RED") {
+            errors.push(FieldError {
+                field: format!("conditions.allowed_bands[{i}]"),
+                message: format!("`{band}` is not GREEN, AMBER or RED"),
+            });
+        }
+    }
+    check(errors)?;
+    let assignment = Assignment {
+        assigned_by: assignment.assigned_by.or(Some(actor.0.clone())),
+        ..assignment
+    };
+    let revision = st.store.create_assignment(&assignment).await?;
+    changed(
+        &st,
+        &actor,
+        "assignment.create",
+        format!("Assignment::{:?}", assignment.id),
+        revision,
+    )
+    .await;
+    Ok(created(assignment))
+}
+
+/// `GET /v1/assignments` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AssignmentQuery {
+    /// `User::"alice"`.
+    principal: String,
+    /// Items per page, 1 to 1000 (default 100).
+    #[serde(default)]
+    page_size: Option<usize>,
+    /// `next_page_token` of the previous page.
+    #[serde(default)]
+    page_token: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/assignments", tag = "assignments", params(AssignmentQuery),
+    responses((status = 200, description = "The principal's assignments by id, a page at a time", body = Page<Assignment>), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_assignments<S: Store>(
+    State(st): St<S>,
+    Params(query): Params<AssignmentQuery>,
+) -> Result<Response, ApiError> {
+    let principal: EntityRef =
+        query
+            .principal
+            .parse()
+            .map_err(|e: portcullis_policy_store::error::ModelError| {
+                ApiError::field("principal", e.to_string())
+            })?;
+    let mut assignments = st.store.assignments_of(&principal).await?;
+    assignments.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(paginate(
+        assignments,
+        |a| a.id.as_str(),
+        query.page_size,
+        query.page_token.as_deref(),
+    )?)
+    .into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/assignments/{id}", tag = "assignments",
+    params(("id" = String, Path, description = "Assignment id")),
+    responses((status = 204, description = "Revoked"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn delete_assignment<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let revision = st.store.delete_assignment(&id).await?;
+    changed(
+        &st,
+        &actor,
+        "assignment.delete",
+        format!("Assignment::{id:?}"),
+        revision,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,67 @@
+//! Resource entities and their parents.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use portcullis_policy_store::model::{EntityRecord, EntityRef};
+use portcullis_policy_store::store::Store;
+
+use super::{Body, St, changed, check};
+use crate::auth::Actor;
+use crate::error::{ApiError, FieldError, Problem};
+
+fn entity_key(type_name: &str, id: &str) -> Result<EntityRef, ApiError> {
+    EntityRef::new(type_name, id).map_err(|e| ApiError::field("type", e.to_string()))
+}
+
+#[utoipa::path(put, path = "/v1/entities/{type}/{id}", tag = "entities", params(("type" = String, Path, description = "Entity type, e.g. `Space`"), ("id" = String, Path, description = "Entity id")), request_body = EntityRecord,
+    responses((status = 200, description = "Created or replaced", body = EntityRecord), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn put_entity<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((type_name, id)): Path<(String, String)>,
+    Body(entity): Body<EntityRecord>,
+) -> Result<Response, ApiError> {
+    let key = entity_key(&type_name, &id)?;
+    let mut errors = Vec::new();
+    if entity.uid != key {
+        errors.push(FieldError {
+            field: String::from("uid"),
+            message: format!("`{}` differs from the path's `{key}`", entity.uid),
+        });
+    }
+    for (i, p) in entity.parents.iter().enumerate() {
+        if *p == key {
+            errors.push(FieldError {
+                field: format!("parents[{i}]"),
+                message: String::from("an entity is not its own parent"),
+            });
+        }
+    }
+    if let Some(c) = entity.attributes.classification
+        && !(0..=10).contains(&c)
+    {
+        errors.push(FieldError {
+            field: String::from("attributes.classification"),
+            message: String::from("must be between 0 and 10"),
+        });
+    }
+    check(errors)?;
+    let revision = st.store.put_entity(&entity).await?;
+    changed(&st, &actor, "entity.put", key.to_string(), revision).await;
+    Ok(Json(entity).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/entities/{type}/{id}", tag = "entities", params(("type" = String, Path, description = "Entity type, e.g. `Space`"), ("id" = String, Path, description = "Entity id")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn delete_entity<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((type_name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = entity_key(&type_name, &id)?;
+    let revision = st.store.delete_entity(&key).await?;
+    changed(&st, &actor, "entity.delete", key.to_string(), revision).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

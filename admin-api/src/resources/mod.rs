@@ -1,0 +1,224 @@
+//! The handlers, a module per resource: each validates the whole request (reporting every
+//! failing field), calls the store, and answers JSON. What they share lives here: the body
+//! and query extractors, pagination, field checks, and [`changed`], which logs and audits
+//! every change with its actor.
+
+mod assignments;
+mod decisions;
+mod distribution;
+mod entities;
+mod policies;
+mod principals;
+mod roles;
+
+pub(crate) use assignments::*;
+pub(crate) use decisions::*;
+pub(crate) use distribution::*;
+pub(crate) use entities::*;
+pub(crate) use policies::*;
+pub(crate) use principals::*;
+pub(crate) use roles::*;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::Actor;
+use crate::error::{ApiError, FieldError};
+use portcullis_policy_store::audit::{Entry, RecordKind};
+
+type St<S> = State<Arc<AppState<S>>>;
+
+/// A JSON body (whatever `Content-Type` says: `curl -d` sends form encoding); a body that is
+/// not the expected document is a problem+json with serde's message (line, column, field).
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::field("body", e.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| ApiError::Invalid {
+                detail: String::from("the body is not the expected JSON document"),
+                errors: vec![FieldError {
+                    field: String::from("body"),
+                    message: e.to_string(),
+                }],
+            })
+    }
+}
+
+/// Logs a committed change and records it in the audit ledger, with its actor. The change
+/// is already in the store (which keeps its own change log), so a ledger that cannot take
+/// the record is logged as an error rather than undoing it.
+async fn changed<S>(
+    st: &AppState<S>,
+    actor: &Actor,
+    action: &str,
+    resource: String,
+    revision: i64,
+) {
+    tracing::info!(actor = actor.0, action, resource, revision, "admin change");
+    let Some(ledger) = &st.ledger else {
+        return;
+    };
+    let now = jiff::Timestamp::now();
+    let entry = Entry {
+        ts: format!("{:.3}", now.round(jiff::Unit::Millisecond).unwrap_or(now)),
+        kind: RecordKind::AdminChange,
+        actor: Some(actor.0.clone()),
+        action: Some(action.to_owned()),
+        resource: Some(resource),
+        reason: Some(format!("store revision {revision}")),
+        ..Entry::default()
+    };
+    if let Err(e) = ledger
+        .append(entry, std::time::Duration::from_secs(1))
+        .await
+    {
+        tracing::error!(error = %e, action, "admin change not recorded in the audit ledger");
+    }
+}
+
+/// Query parameters whose rejection is a problem+json, like [`Body`]'s.
+pub struct Params<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Self(value))
+            .map_err(|e| ApiError::field("query", e.body_text()))
+    }
+}
+
+/// `page_size` / `page_token` of a list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    /// Items per page, 1 to 1000 (default 100).
+    #[serde(default)]
+    page_size: Option<usize>,
+    /// `next_page_token` of the previous page.
+    #[serde(default)]
+    page_token: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Page<T> {
+    /// The items, in the list's order.
+    items: Vec<T>,
+    /// Pass as `page_token` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
+fn hex_encode(s: &str) -> String {
+    s.bytes()
+        .flat_map(|b| [b >> 4, b & 0x0f])
+        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+        .collect()
+}
+
+fn hex_decode(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The page after `token` of `items` (sorted by `key`).
+fn paginate<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    page_size: Option<usize>,
+    token: Option<&str>,
+) -> Result<Page<T>, ApiError> {
+    let size = page_size.unwrap_or(100);
+    if !(1..=1000).contains(&size) {
+        return Err(ApiError::field("page_size", "must be between 1 and 1000"));
+    }
+    let after = match token {
+        None => None,
+        Some(t) => Some(
+            hex_decode(t)
+                .ok_or_else(|| ApiError::field("page_token", "not a token this API gave out"))?,
+        ),
+    };
+    let mut rest: Vec<T> = items
+        .into_iter()
+        .filter(|item| after.as_deref().is_none_or(|a| key(item) > a))
+        .collect();
+    let next_page_token = (rest.len() > size)
+        .then(|| {
+            rest.truncate(size);
+            rest.last().map(|last| hex_encode(key(last)))
+        })
+        .flatten();
+    Ok(Page {
+        items: rest,
+        next_page_token,
+    })
+}
+
+fn created<T: Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+/// The store revision a change produced.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Revision {
+    revision: i64,
+}
+
+fn name_problems(field: &str, name: &str, errors: &mut Vec<FieldError>) {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        errors.push(FieldError {
+            field: field.to_owned(),
+            message: format!(
+                "`{name}` must be 1 to 128 characters of letters, digits, `_`, `-` or `.`"
+            ),
+        });
+    }
+}
+
+fn check(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            detail: format!("{} field(s) are invalid", errors.len()),
+            errors,
+        })
+    }
+}

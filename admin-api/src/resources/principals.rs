@@ -1,0 +1,135 @@
+//! Principals (users, services, groups) and the revocation of their sessions.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use portcullis_policy_store::model::{EntityRef, Principal, PrincipalKind, RevokedSession};
+use portcullis_policy_store::store::Store;
+use serde::Deserialize;
+
+use super::{Body, Revision, St, changed, check, name_problems};
+use crate::auth::Actor;
+use crate::error::{ApiError, FieldError, Problem};
+
+fn principal_key(kind: &str, id: &str) -> Result<(PrincipalKind, EntityRef), ApiError> {
+    let kind = match kind {
+        "users" | "user" => PrincipalKind::User,
+        "services" | "service" => PrincipalKind::Service,
+        "groups" | "group" => PrincipalKind::Group,
+        other => {
+            return Err(ApiError::field(
+                "kind",
+                format!("`{other}` is not one of `users`, `services`, `groups`"),
+            ));
+        }
+    };
+    Ok((
+        kind,
+        portcullis_policy_store::model::principal_ref(kind, id),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
+    responses((status = 200, description = "The principal", body = Principal), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_principal<S: Store>(
+    State(st): St<S>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, key) = principal_key(&kind, &id)?;
+    let principal = st
+        .store
+        .get_principal(&key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("principal `{key}` not found")))?;
+    Ok(Json(principal).into_response())
+}
+
+#[utoipa::path(put, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")), request_body = Principal,
+    responses((status = 200, description = "Created or replaced", body = Principal), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn put_principal<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+    Body(principal): Body<Principal>,
+) -> Result<Response, ApiError> {
+    let (kind, key) = principal_key(&kind, &id)?;
+    let mut errors = Vec::new();
+    if principal.kind != kind {
+        errors.push(FieldError {
+            field: String::from("kind"),
+            message: String::from("differs from the path"),
+        });
+    }
+    if principal.id != id {
+        errors.push(FieldError {
+            field: String::from("id"),
+            message: format!("`{}` differs from the path's `{id}`", principal.id),
+        });
+    }
+    if principal.id.is_empty() {
+        errors.push(FieldError {
+            field: String::from("id"),
+            message: String::from("must not be empty"),
+        });
+    }
+    for (i, g) in principal.groups.iter().enumerate() {
+        name_problems(&format!("groups[{i}]"), g, &mut errors);
+    }
+    if !(0..=10).contains(&principal.attributes.clearance) {
+        errors.push(FieldError {
+            field: String::from("attributes.clearance"),
+            message: String::from("must be between 0 and 10"),
+        });
+    }
+    check(errors)?;
+    let revision = st.store.put_principal(&principal).await?;
+    changed(&st, &actor, "principal.put", key.to_string(), revision).await;
+    Ok(Json(principal).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
+    responses((status = 204, description = "Deleted with its assignments"), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn delete_principal<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, key) = principal_key(&kind, &id)?;
+    let revision = st.store.delete_principal(&key).await?;
+    changed(&st, &actor, "principal.delete", key.to_string(), revision).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Body of `sessions:revoke`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeRequest {
+    session_id: String,
+    /// Until when to refuse it (ms since the epoch); default: 24 hours from now.
+    #[serde(default)]
+    expires_at: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/v1/principals/{kind}/{id}/sessions:revoke", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")), request_body = RevokeRequest,
+    responses((status = 200, description = "Revoked; tokens with this sid/jti are refused", body = Revision), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn revoke_session<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+    Body(body): Body<RevokeRequest>,
+) -> Result<Response, ApiError> {
+    let (_, key) = principal_key(&kind, &id)?;
+    if body.session_id.is_empty() {
+        return Err(ApiError::field("session_id", "must not be empty"));
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    let session = RevokedSession {
+        session_id: body.session_id,
+        principal: Some(key.clone()),
+        expires_at: body.expires_at.unwrap_or(now + 86_400_000),
+    };
+    let revision = st.store.revoke_session(&session).await?;
+    changed(&st, &actor, "session.revoke", key.to_string(), revision).await;
+    Ok(Json(Revision { revision }).into_response())
+}
