@@ -19,7 +19,9 @@ fn the_admin_api_matches_its_openapi_document() {
     let p = Portcullis::start(&upstream, &keys, "");
     let token = std::fs::read_to_string(p.dir.join("data/admin-token")).expect("admin token");
     // `python3 -m schemathesis.cli` works wherever pip put the package, shims or not.
+    // Run from a scratch directory: schemathesis leaves its cache (`.schemathesis/`) there.
     let out = Command::new("python3")
+        .current_dir(p.dir.as_path())
         .args(["-m", "schemathesis.cli", "run"])
         .arg(format!("http://{}/v1/openapi.json", p.admin))
         .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
