@@ -1,8 +1,13 @@
 //! Admin authentication: bearer tokens, stored only as SHA-256 hashes. No anonymous call
-//! reaches a handler; the token's subject is the actor recorded for every change.
+//! reaches a handler. What an authenticated caller may do is decided per call by
+//! [`crate::authz`].
 //!
-//! The token file has one token per line: `<subject> sha256:<hex of SHA-256(token)>`;
-//! blank lines and `#` comments are skipped.
+//! The token file has one token per line:
+//! `<subject> sha256:<hex of SHA-256(token)> [roles=<role>,...] [tenant=<tenant>]`; blank
+//! lines and `#` comments are skipped. A line without `roles=` is a `platform-admin`.
+//!
+//! The actor recorded for a change is the token's subject, or `<X-Actor-Id> (via
+//! <subject>)` when automation acting for someone names them.
 
 use std::sync::Arc;
 
@@ -17,12 +22,83 @@ use crate::error::ApiError;
 /// The accepted admin tokens.
 #[derive(Debug, Clone, Default)]
 pub struct AdminTokens {
-    hashes: Arc<Vec<([u8; 32], String)>>,
+    hashes: Arc<Vec<([u8; 32], Identity)>>,
 }
 
-/// Who called: the token's subject.
+/// Who a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor(pub String);
+pub struct Identity {
+    /// The subject (`ops`, `ci-deployer`, `t1-admin`).
+    pub subject: String,
+    /// Roles the admin policies know (`platform-admin`, `tenant-admin`, `sidecar`, ...).
+    pub roles: Vec<String>,
+    /// The tenant a tenant-scoped admin manages.
+    pub tenant: Option<String>,
+}
+
+/// The role of a token line without `roles=`.
+pub const DEFAULT_ROLE: &str = "platform-admin";
+
+/// Who called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The token's identity: what authorisation decides on.
+    pub identity: Identity,
+    /// `X-Actor-Id`: the person automation acts for, recorded beside the subject.
+    pub on_behalf_of: Option<String>,
+}
+
+impl Actor {
+    /// The name recorded with a change.
+    pub fn recorded(&self) -> String {
+        match &self.on_behalf_of {
+            Some(person) => format!("{person} (via {})", self.identity.subject),
+            None => self.identity.subject.clone(),
+        }
+    }
+}
+
+/// Parses `<subject> sha256:<hex> [roles=a,b] [tenant=t]`.
+fn parse_line(line: &str) -> Result<([u8; 32], Identity), String> {
+    let mut words = line.split_whitespace();
+    let subject = words.next().unwrap_or_default();
+    let hash = words
+        .next()
+        .and_then(|h| h.strip_prefix("sha256:"))
+        .and_then(|hex| {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+                .collect::<Option<_>>()?;
+            <[u8; 32]>::try_from(bytes).ok()
+        })
+        .ok_or_else(|| String::from("expected `<subject> sha256:<64 hex digits>`"))?;
+    let mut identity = Identity {
+        subject: subject.to_owned(),
+        roles: vec![String::from(DEFAULT_ROLE)],
+        tenant: None,
+    };
+    for word in words {
+        match word.split_once('=') {
+            Some(("roles", roles)) => {
+                identity.roles = roles
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
+            Some(("tenant", tenant)) if !tenant.is_empty() => {
+                identity.tenant = Some(tenant.to_owned());
+            }
+            _ => {
+                return Err(format!(
+                    "`{word}`: expected `roles=<role>,...` or `tenant=<tenant>`"
+                ));
+            }
+        }
+    }
+    Ok((hash, identity))
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes
@@ -50,20 +126,9 @@ impl AdminTokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let parsed = line.split_once(' ').and_then(|(subject, hash)| {
-                let hex = hash.trim().strip_prefix("sha256:")?;
-                let bytes: Vec<u8> = (0..hex.len())
-                    .step_by(2)
-                    .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
-                    .collect::<Option<_>>()?;
-                Some((<[u8; 32]>::try_from(bytes).ok()?, subject.to_owned()))
-            });
-            match parsed {
-                Some(entry) => hashes.push(entry),
-                None => problems.push(format!(
-                    "line {}: expected `<subject> sha256:<64 hex digits>`",
-                    i + 1
-                )),
+            match parse_line(line) {
+                Ok(entry) => hashes.push(entry),
+                Err(message) => problems.push(format!("line {}: {message}", i + 1)),
             }
         }
         if problems.is_empty() {
@@ -75,13 +140,13 @@ impl AdminTokens {
         }
     }
 
-    /// The subject of a presented token.
-    pub fn subject(&self, token: &str) -> Option<&str> {
+    /// The identity of a presented token.
+    pub fn identify(&self, token: &str) -> Option<&Identity> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.hashes
             .iter()
             .find(|(hash, _)| constant_time_eq(hash, &digest))
-            .map(|(_, subject)| subject.as_str())
+            .map(|(_, identity)| identity)
     }
 }
 
@@ -96,7 +161,17 @@ pub async fn require_admin(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let subject = request
+    let on_behalf_of = match request.headers().get("x-actor-id") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(v) if !v.trim().is_empty() && v.len() <= 256 => Some(v.trim().to_owned()),
+            _ => {
+                return ApiError::field("X-Actor-Id", "must be 1 to 256 visible ASCII characters")
+                    .into_response();
+            }
+        },
+    };
+    let identity = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -106,11 +181,14 @@ pub async fn require_admin(
                 .eq_ignore_ascii_case("bearer")
                 .then_some(token.trim())
         })
-        .and_then(|token| tokens.subject(token))
-        .map(str::to_owned);
-    match subject {
-        Some(subject) => {
-            request.extensions_mut().insert(Actor(subject));
+        .and_then(|token| tokens.identify(token))
+        .cloned();
+    match identity {
+        Some(identity) => {
+            request.extensions_mut().insert(Actor {
+                identity,
+                on_behalf_of,
+            });
             next.run(request).await
         }
         None => ApiError::Unauthenticated.into_response(),
@@ -124,13 +202,28 @@ mod tests {
     #[test]
     fn tokens_match_by_hash_only() {
         let file = format!("# admins\n{}\n", token_line("ops", "s3cret"));
+        let file = format!(
+            "{file}{} roles=tenant-admin,auditor tenant=t1\n",
+            token_line("t1-admin", "other")
+        );
         let tokens = AdminTokens::parse(&file).unwrap();
-        assert_eq!(tokens.subject("s3cret"), Some("ops"));
-        assert_eq!(tokens.subject("s3cre"), None);
-        assert!(!file.contains("s3cret\n") && !file.ends_with("s3cret"));
+        let ops = tokens.identify("s3cret").unwrap();
         assert_eq!(
-            AdminTokens::parse("ops plain\n").unwrap_err(),
-            ["line 1: expected `<subject> sha256:<64 hex digits>`"]
+            (ops.subject.as_str(), ops.roles.as_slice()),
+            ("ops", &[String::from("platform-admin")][..])
+        );
+        assert_eq!(tokens.identify("s3cre"), None);
+        let t1 = tokens.identify("other").unwrap();
+        assert_eq!(t1.roles, ["tenant-admin", "auditor"]);
+        assert_eq!(t1.tenant.as_deref(), Some("t1"));
+        assert!(!file.contains("s3cret\n") && !file.ends_with("s3cret"));
+        let bad = format!("ops plain\n{} role=x\n", token_line("a", "b"));
+        assert_eq!(
+            AdminTokens::parse(&bad).unwrap_err(),
+            [
+                "line 1: expected `<subject> sha256:<64 hex digits>`",
+                "line 2: `role=x`: expected `roles=<role>,...` or `tenant=<tenant>`"
+            ]
         );
     }
 }

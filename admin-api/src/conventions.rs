@@ -98,7 +98,7 @@ pub async fn idempotency(
     let actor = request
         .extensions()
         .get::<Actor>()
-        .map_or_else(String::new, |a| a.0.clone());
+        .map_or_else(String::new, |a| a.identity.subject.clone());
     let scoped = format!("{actor}\n{}\n{key}", request.uri().path());
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {

@@ -47,6 +47,8 @@ pub enum ApiError {
     },
     /// 401: no or bad credentials.
     Unauthenticated,
+    /// 403: the admin policies do not allow this caller this call.
+    Forbidden(String),
     /// 404.
     NotFound(String),
     /// 409: conflicts with what is stored (or with a request still running).
@@ -114,6 +116,13 @@ impl IntoResponse for ApiError {
                 "unauthenticated",
                 "Authentication is required",
                 String::from("send `Authorization: Bearer <admin token>`"),
+                Vec::new(),
+            ),
+            Self::Forbidden(detail) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "The admin policies do not allow this",
+                detail,
                 Vec::new(),
             ),
             Self::NotFound(detail) => (

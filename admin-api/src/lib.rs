@@ -23,11 +23,14 @@
 //! | `GET /v1/updates?since=R` | a patch (or the whole state) from revision R; 204 if none |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (no token needed) |
 //!
-//! Every call needs `Authorization: Bearer <admin token>` ([`auth`]); every error is
+//! Every call needs `Authorization: Bearer <admin token>` ([`auth`]) and a permit from the
+//! admin policies, `policies/admin.cedar` ([`authz`]: a tenant admin manages only its own
+//! tenant); every error is
 //! problem+json ([`error`]); `X-Request-Id` is echoed (or made) and `Idempotency-Key` on a
 //! POST makes a retry safe ([`conventions`]).
 
 pub mod auth;
+pub mod authz;
 pub mod conventions;
 pub mod error;
 pub mod openapi;
@@ -52,6 +55,8 @@ pub struct AppState<S> {
     pub snapshot: Arc<SnapshotHandle>,
     /// The audit ledger admin changes are recorded in, with their actor.
     pub ledger: Option<Arc<portcullis_policy_store::audit::writer::Ledger>>,
+    /// The admin policies every call is checked against; swapped on reload.
+    pub admin_policies: Arc<arc_swap::ArcSwap<authz::AdminPolicies>>,
 }
 
 /// The admin API router.

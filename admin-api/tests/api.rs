@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use portcullis_admin_api::auth::token_line;
+use portcullis_admin_api::authz::AdminPolicies;
 use portcullis_admin_api::{AdminTokens, AppState, app};
 use portcullis_policy_store::model::{PolicyFile, Role};
 use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle};
@@ -23,6 +24,12 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const TOKEN: &str = "test-admin-token";
+/// A tenant admin of `t1`.
+const T1_ADMIN: &str = "t1-admin-token";
+/// A sidecar's token: follows the state, nothing else.
+const SIDECAR: &str = "sidecar-token";
+/// A token with no role: may do nothing.
+const NOBODY: &str = "nobody-token";
 
 struct Api {
     router: axum::Router,
@@ -79,12 +86,22 @@ async fn api() -> Api {
     let snapshot = Arc::new(SnapshotHandle::new(
         Snapshot::build(store.load_state().await.unwrap(), 0).unwrap(),
     ));
-    let tokens = AdminTokens::parse(&token_line("ops", TOKEN)).unwrap();
+    let tokens = AdminTokens::parse(&format!(
+        "{}\n{} roles=tenant-admin tenant=t1\n{} roles=sidecar\n{} roles=\n",
+        token_line("ops", TOKEN),
+        token_line("t1-admin", T1_ADMIN),
+        token_line("sidecar", SIDECAR),
+        token_line("nobody", NOBODY),
+    ))
+    .unwrap();
     let router = app(
         AppState {
             store: store.clone(),
             snapshot: Arc::clone(&snapshot),
             ledger: None,
+            admin_policies: Arc::new(arc_swap::ArcSwap::from_pointee(
+                AdminPolicies::builtin().unwrap(),
+            )),
         },
         tokens,
     );
@@ -784,4 +801,408 @@ async fn the_policy_set_changes_only_with_if_match_and_rolls_back_by_version() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["etag"], "\"3\"");
     assert_eq!(schema["schema"], current["schema"]);
+}
+
+/// Sets up two tenants as the platform admin: principals ann (t1) and bob (t2), spaces s1
+/// (t1) and s2 (t2), and bob's grant on s2.
+async fn two_tenants(api: &Api) {
+    for (uri, body) in [
+        (
+            "/v1/principals/users/ann",
+            json!({"kind": "user", "id": "ann", "tenant": "t1"}),
+        ),
+        (
+            "/v1/principals/users/bob",
+            json!({"kind": "user", "id": "bob", "tenant": "t2"}),
+        ),
+        (
+            "/v1/entities/Space/s1",
+            json!({"uid": "Space::\"s1\"", "attributes": {"tenant": "t1"}}),
+        ),
+        (
+            "/v1/entities/Space/s2",
+            json!({"uid": "Space::\"s2\"", "attributes": {"tenant": "t2"}}),
+        ),
+    ] {
+        let (status, body) = api.call("PUT", uri, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    }
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/assignments",
+            Some(json!({"id": "bob-s2", "principal": "User::\"bob\"", "role": "member", "scope": {"entity": "Space::\"s2\""}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_tenant_admin_manages_its_own_tenant_and_nothing_else() {
+    let api = api().await;
+    two_tenants(&api).await;
+    let as_t1 = |method: &'static str, uri: &'static str, body: Option<Value>| {
+        let api = &api;
+        async move { api.call_as(Some(T1_ADMIN), method, uri, body).await }
+    };
+    let grant = |id: &str, who: &str, scope: Value| json!({"id": id, "principal": format!("User::\"{who}\""), "role": "member", "scope": scope});
+
+    // Its own tenant: principals, entities below its own, grants, revocations, reads.
+    for (method, uri, body, expected) in [
+        (
+            "PUT",
+            "/v1/principals/users/carl",
+            Some(json!({"kind": "user", "id": "carl", "tenant": "t1"})),
+            StatusCode::OK,
+        ),
+        ("GET", "/v1/principals/users/ann", None, StatusCode::OK),
+        (
+            "PUT",
+            "/v1/entities/Document/d1",
+            Some(
+                json!({"uid": "Document::\"d1\"", "parents": ["Space::\"s1\""], "attributes": {"tenant": "t1"}}),
+            ),
+            StatusCode::OK,
+        ),
+        (
+            "POST",
+            "/v1/assignments",
+            Some(grant("ann-s1", "ann", json!({"entity": "Space::\"s1\""}))),
+            StatusCode::CREATED,
+        ),
+        (
+            "POST",
+            "/v1/assignments",
+            Some(grant("ann-t1", "ann", json!({"entity": "Tenant::\"t1\""}))),
+            StatusCode::CREATED,
+        ),
+        (
+            "GET",
+            "/v1/assignments?principal=User::%22ann%22",
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "DELETE",
+            "/v1/assignments/ann-t1",
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "POST",
+            "/v1/principals/users/ann/sessions:revoke",
+            Some(json!({"session_id": "s-9"})),
+            StatusCode::OK,
+        ),
+        (
+            "POST",
+            "/v1/authorize",
+            Some(
+                json!({"principal": "User::\"ann\"", "action": "document.read", "resource": "Document::\"d1\""}),
+            ),
+            StatusCode::OK,
+        ),
+        ("GET", "/v1/roles", None, StatusCode::OK),
+        ("GET", "/v1/policies", None, StatusCode::OK),
+    ] {
+        let (status, body) = as_t1(method, uri, body).await;
+        assert_eq!(status, expected, "t1-admin {method} {uri}: {body}");
+    }
+
+    // Another tenant, or anything global: refused, and nothing written.
+    let before = api.store.revision().await.unwrap();
+    for (method, uri, body) in [
+        (
+            "PUT",
+            "/v1/principals/users/dave",
+            Some(json!({"kind": "user", "id": "dave", "tenant": "t2"})),
+        ),
+        // Moving bob from t2 into t1 touches t2.
+        (
+            "PUT",
+            "/v1/principals/users/bob",
+            Some(json!({"kind": "user", "id": "bob", "tenant": "t1"})),
+        ),
+        // A principal without a tenant is platform-level.
+        (
+            "PUT",
+            "/v1/principals/users/root",
+            Some(json!({"kind": "user", "id": "root"})),
+        ),
+        ("GET", "/v1/principals/users/bob", None),
+        ("DELETE", "/v1/principals/users/bob", None),
+        (
+            "POST",
+            "/v1/principals/users/bob/sessions:revoke",
+            Some(json!({"session_id": "s-1"})),
+        ),
+        (
+            "POST",
+            "/v1/assignments",
+            Some(grant("ann-s2", "ann", json!({"entity": "Space::\"s2\""}))),
+        ),
+        (
+            "POST",
+            "/v1/assignments",
+            Some(grant("bob-s1", "bob", json!({"entity": "Space::\"s1\""}))),
+        ),
+        (
+            "POST",
+            "/v1/assignments",
+            Some(grant("ann-all", "ann", json!("global"))),
+        ),
+        // A scope nobody stored has no known tenant.
+        (
+            "POST",
+            "/v1/assignments",
+            Some(grant("ann-s7", "ann", json!({"entity": "Space::\"s7\""}))),
+        ),
+        (
+            "POST",
+            "/v1/assignments",
+            Some(grant("ann-t2", "ann", json!({"entity": "Tenant::\"t2\""}))),
+        ),
+        ("GET", "/v1/assignments?principal=User::%22bob%22", None),
+        ("DELETE", "/v1/assignments/bob-s2", None),
+        (
+            "PUT",
+            "/v1/entities/Document/d2",
+            Some(
+                json!({"uid": "Document::\"d2\"", "parents": ["Space::\"s2\""], "attributes": {"tenant": "t1"}}),
+            ),
+        ),
+        (
+            "PUT",
+            "/v1/entities/Space/s2",
+            Some(json!({"uid": "Space::\"s2\"", "attributes": {"tenant": "t1"}})),
+        ),
+        ("DELETE", "/v1/entities/Space/s2", None),
+        (
+            "POST",
+            "/v1/authorize",
+            Some(
+                json!({"principal": "User::\"bob\"", "action": "document.read", "resource": "Space::\"s2\""}),
+            ),
+        ),
+        (
+            "POST",
+            "/v1/roles",
+            Some(json!({"name": "sneaky", "actions": ["READ"]})),
+        ),
+        ("DELETE", "/v1/roles/guest", None),
+        (
+            "PUT",
+            "/v1/policies",
+            Some(json!({"files": [{"name": "x.cedar", "text": ""}]})),
+        ),
+        ("GET", "/v1/snapshot", None),
+        ("GET", "/v1/updates?since=0", None),
+    ] {
+        let (status, problem) = as_t1(method, uri, body).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "t1-admin {method} {uri}: {problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("`t1-admin` may not `"),
+            "{problem}"
+        );
+    }
+    assert_eq!(
+        api.store.revision().await.unwrap(),
+        before,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_nothing() {
+    let api = api().await;
+    two_tenants(&api).await;
+    let (status, _) = api
+        .call_as(Some(SIDECAR), "GET", "/v1/snapshot", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call_as(Some(SIDECAR), "GET", "/v1/updates?since=1", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Every documented operation, with a body it would accept: a sidecar may only follow, a
+    // token without roles may do nothing at all. A new route without a sample here fails.
+    let (_, doc) = api.call_as(None, "GET", "/v1/openapi.json", None).await;
+    let samples: Vec<(&str, &str, &str, Option<Value>)> = vec![
+        ("get", "/v1/policies", "/v1/policies", None),
+        (
+            "put",
+            "/v1/policies",
+            "/v1/policies",
+            Some(json!({"files": [{"name": "a.cedar", "text": ""}]})),
+        ),
+        (
+            "post",
+            "/v1/policies:validate",
+            "/v1/policies:validate",
+            Some(json!({"files": [{"name": "a.cedar", "text": ""}]})),
+        ),
+        (
+            "post",
+            "/v1/policies:rollback",
+            "/v1/policies:rollback",
+            Some(json!({"version": 1})),
+        ),
+        (
+            "get",
+            "/v1/policies/versions",
+            "/v1/policies/versions",
+            None,
+        ),
+        (
+            "get",
+            "/v1/policies/versions/{version}",
+            "/v1/policies/versions/1",
+            None,
+        ),
+        ("get", "/v1/schema", "/v1/schema", None),
+        ("get", "/v1/roles", "/v1/roles", None),
+        (
+            "post",
+            "/v1/roles",
+            "/v1/roles",
+            Some(json!({"name": "r", "actions": ["READ"]})),
+        ),
+        ("get", "/v1/roles/{name}", "/v1/roles/guest", None),
+        (
+            "put",
+            "/v1/roles/{name}",
+            "/v1/roles/guest",
+            Some(json!({"name": "guest", "actions": ["READ"]})),
+        ),
+        ("delete", "/v1/roles/{name}", "/v1/roles/guest", None),
+        (
+            "get",
+            "/v1/principals/{kind}/{id}",
+            "/v1/principals/users/ann",
+            None,
+        ),
+        (
+            "put",
+            "/v1/principals/{kind}/{id}",
+            "/v1/principals/users/ann",
+            Some(json!({"kind": "user", "id": "ann", "tenant": "t1"})),
+        ),
+        (
+            "delete",
+            "/v1/principals/{kind}/{id}",
+            "/v1/principals/users/ann",
+            None,
+        ),
+        (
+            "post",
+            "/v1/principals/{kind}/{id}/sessions:revoke",
+            "/v1/principals/users/ann/sessions:revoke",
+            Some(json!({"session_id": "s"})),
+        ),
+        (
+            "post",
+            "/v1/assignments",
+            "/v1/assignments",
+            Some(
+                json!({"id": "x", "principal": "User::\"ann\"", "role": "guest", "scope": {"entity": "Space::\"s1\""}}),
+            ),
+        ),
+        (
+            "get",
+            "/v1/assignments",
+            "/v1/assignments?principal=User::%22ann%22",
+            None,
+        ),
+        (
+            "delete",
+            "/v1/assignments/{id}",
+            "/v1/assignments/bob-s2",
+            None,
+        ),
+        (
+            "put",
+            "/v1/entities/{type}/{id}",
+            "/v1/entities/Space/s1",
+            Some(json!({"uid": "Space::\"s1\"", "attributes": {"tenant": "t1"}})),
+        ),
+        (
+            "delete",
+            "/v1/entities/{type}/{id}",
+            "/v1/entities/Space/s1",
+            None,
+        ),
+        (
+            "post",
+            "/v1/authorize",
+            "/v1/authorize",
+            Some(
+                json!({"principal": "User::\"ann\"", "action": "document.read", "resource": "Space::\"s1\""}),
+            ),
+        ),
+        ("get", "/v1/snapshot", "/v1/snapshot", None),
+        ("get", "/v1/updates", "/v1/updates?since=0", None),
+    ];
+    let mut documented = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            documented += 1;
+            assert!(
+                samples.iter().any(|(m, p, _, _)| m == method && p == path),
+                "no sample for {method} {path}"
+            );
+        }
+    }
+    assert_eq!(documented, samples.len());
+    let before = api.store.revision().await.unwrap();
+    for (method, path, uri, body) in samples {
+        let method = method.to_uppercase();
+        let (status, problem) = api.call_as(Some(NOBODY), &method, uri, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "nobody {method} {uri}: {problem}"
+        );
+        let follows = path == "/v1/snapshot" || path == "/v1/updates";
+        let (status, problem) = api.call_as(Some(SIDECAR), &method, uri, body).await;
+        assert_eq!(
+            status == StatusCode::FORBIDDEN,
+            !follows,
+            "sidecar {method} {uri}: {status} {problem}"
+        );
+    }
+    assert_eq!(
+        api.store.revision().await.unwrap(),
+        before,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn x_actor_id_names_the_person_automation_acts_for() {
+    let api = api().await;
+    two_tenants(&api).await;
+    let (status, _, body) = api
+        .call_with(
+            Some(TOKEN),
+            "POST",
+            "/v1/assignments",
+            Some(json!({"id": "ann-s1", "principal": "User::\"ann\"", "role": "guest", "scope": {"entity": "Space::\"s1\""}})),
+            &[("x-actor-id", "jane@example.com")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["assigned_by"], "jane@example.com (via ops)");
+    let (status, _, problem) = api
+        .call_with(Some(TOKEN), "GET", "/v1/roles", None, &[("x-actor-id", "")])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(fields(&problem), ["X-Actor-Id"]);
 }

@@ -193,7 +193,11 @@ async fn principals_round_trip_and_delete_cascades(store: SqlStore) {
         .await
         .unwrap();
     assert_eq!(store.assignments_of(&key).await.unwrap().len(), 1);
+    let a1 = store.get_assignment("a1").await.unwrap().unwrap();
+    assert_eq!(a1.reason.as_deref(), Some("onboarding"));
+    assert_eq!(store.get_assignment("a2").await.unwrap(), None);
     store.delete_principal(&key).await.unwrap();
+    assert_eq!(store.get_assignment("a1").await.unwrap(), None);
     assert_eq!(store.get_principal(&key).await.unwrap(), None);
     assert!(store.assignments_of(&key).await.unwrap().is_empty());
     assert!(matches!(
@@ -325,6 +329,16 @@ async fn snapshot_follows_changes(store: SqlStore) {
         })
         .await
         .unwrap();
+    let stored = store
+        .get_entity(&eref("Document::\"d1\""))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.parents, [eref("Space::\"s1\"")]);
+    assert_eq!(
+        store.get_entity(&eref("Space::\"s1\"")).await.unwrap(),
+        None
+    );
     let handle =
         SnapshotHandle::new(Snapshot::build(store.load_state().await.unwrap(), 0).unwrap());
     let alice = eref("User::\"alice\"");

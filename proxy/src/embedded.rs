@@ -252,7 +252,9 @@ pub fn admin_tokens(
                 portcullis_policy_store::private_file::create(
                     &path,
                     format!(
-                        "# Admin API tokens: <subject> sha256:<hex>\n{}\n",
+                        "# Admin API tokens: <subject> sha256:<hex> [roles=<role>,...] [tenant=<tenant>]\n\
+                         # What each role may do is decided by policies/admin.cedar.\n\
+                         {} roles=platform-admin\n",
                         portcullis_admin_api::auth::token_line("admin", &token)
                     )
                     .as_bytes(),

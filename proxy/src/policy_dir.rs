@@ -3,6 +3,7 @@
 //! ```text
 //! schema.cedarschema   Cedar schema (human syntax)
 //! *.cedar              hand-written policies, each with @id
+//! admin.cedar          who may do what through the admin API (its own built-in schema)
 //! roles.yaml           roles as data (become `role:<name>` policies)
 //! routes.yaml          the route map (see `routes`)
 //! tests/               policy test cases (see `policy_tests`)
@@ -12,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+use portcullis_admin_api::authz::AdminPolicies;
 use portcullis_policy_store::model::{PolicyFile, Role};
 use portcullis_policy_store::policy::{PolicyDiagnostic, PolicySources};
 use serde::Deserialize;
@@ -22,6 +24,8 @@ pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const ROLES_FILE: &str = "roles.yaml";
 /// The route map file name.
 pub const ROUTES_FILE: &str = "routes.yaml";
+/// The admin policies' file name: not a data-plane policy file.
+pub use portcullis_admin_api::authz::ADMIN_POLICIES_FILE;
 
 /// A loaded policies directory.
 #[derive(Debug, Clone)]
@@ -32,6 +36,8 @@ pub struct PolicyDir {
     pub sources: PolicySources,
     /// Route map text, if the directory has one.
     pub routes: Option<PolicyFile>,
+    /// `admin.cedar`, if the directory has one.
+    pub admin: Option<PolicyFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +114,7 @@ pub fn load(dir: &Path) -> Result<PolicyDir, Vec<PolicyDiagnostic>> {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+            .filter(|p| p.file_name().is_some_and(|n| n != ADMIN_POLICIES_FILE))
             .collect(),
         Err(e) => {
             problems.push(file_problem(dir, format!("cannot list: {e}")));
@@ -153,6 +160,16 @@ pub fn load(dir: &Path) -> Result<PolicyDir, Vec<PolicyDiagnostic>> {
         None
     };
 
+    let admin_path = dir.join(ADMIN_POLICIES_FILE);
+    let admin = if admin_path.exists() {
+        read(&admin_path, &mut problems).map(|text| PolicyFile {
+            name: admin_path.display().to_string(),
+            text,
+        })
+    } else {
+        None
+    };
+
     match schema {
         Some(schema) if problems.is_empty() => Ok(PolicyDir {
             root: dir.to_path_buf(),
@@ -164,6 +181,7 @@ pub fn load(dir: &Path) -> Result<PolicyDir, Vec<PolicyDiagnostic>> {
                 links: Vec::new(),
             },
             routes,
+            admin,
         }),
         _ => Err(problems),
     }
@@ -209,6 +227,8 @@ pub struct CompiledDir {
     pub policies: portcullis_policy_store::policy::CompiledPolicies,
     /// The compiled route map, if the directory has one.
     pub routes: Option<crate::routes::RouteMap>,
+    /// The admin policies: the directory's `admin.cedar`, or the built-in copy.
+    pub admin: std::sync::Arc<AdminPolicies>,
 }
 
 /// Loads and compiles a policies directory, reporting every problem at once.
@@ -242,6 +262,8 @@ pub fn builtin() -> Result<PolicyDir, Vec<PolicyDiagnostic>> {
             name: root.join(ROUTES_FILE).display().to_string(),
             text: String::from(BUILTIN_ROUTES),
         }),
+        // The admin API's own built-in copy.
+        admin: None,
         root,
     })
 }
@@ -253,11 +275,17 @@ const BUILTIN_ROUTES: &str = include_str!("../../policies/routes.yaml");
 
 /// Compiles a loaded policies directory, reporting every problem at once.
 pub fn compile_loaded(loaded: PolicyDir) -> Result<CompiledDir, Vec<PolicyDiagnostic>> {
-    let policies = match portcullis_policy_store::policy::compile(&loaded.sources) {
-        Ok(p) => p,
-        Err(e) => {
-            let mut problems = e.0;
+    let admin = match &loaded.admin {
+        Some(file) => AdminPolicies::compile(file),
+        None => AdminPolicies::builtin(),
+    };
+    let policies = portcullis_policy_store::policy::compile(&loaded.sources);
+    let (policies, admin) = match (policies, admin) {
+        (Ok(policies), Ok(admin)) => (policies, admin),
+        (policies, admin) => {
+            let mut problems = policies.err().map(|e| e.0).unwrap_or_default();
             place_role_problems(&loaded, &mut problems);
+            problems.extend(admin.err().map(|e| e.0).unwrap_or_default());
             return Err(problems);
         }
     };
@@ -273,5 +301,6 @@ pub fn compile_loaded(loaded: PolicyDir) -> Result<CompiledDir, Vec<PolicyDiagno
         dir: loaded,
         policies,
         routes,
+        admin: std::sync::Arc::new(admin),
     })
 }

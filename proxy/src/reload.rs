@@ -87,6 +87,9 @@ pub struct Reloader {
     /// The store policies are synced into (`serve`); `None` for `proxy`, whose policies
     /// come from the control plane and which reloads its configuration and routes only.
     pub store: Option<SqlStore>,
+    /// The admin API's policies (`serve`, `control`), swapped with the directory's
+    /// `admin.cedar`.
+    pub admin_policies: Option<Arc<arc_swap::ArcSwap<portcullis_admin_api::authz::AdminPolicies>>>,
     /// The data plane whose gate is swapped.
     pub plane: Arc<DataPlane>,
     /// The configuration in force.
@@ -179,9 +182,11 @@ impl Reloader {
         for key in restart_only_changes(&self.current, &next) {
             tracing::warn!(key, "changed; takes effect after a restart");
         }
+        let mut admin = None;
         let gate = match &self.store {
             Some(store) => {
                 let compiled = load_policies(&next)?;
+                admin = Some(Arc::clone(&compiled.admin));
                 let synced = embedded::sync_policies(store, &compiled.dir, false)
                     .await
                     .map_err(|e| vec![e])?;
@@ -197,6 +202,9 @@ impl Reloader {
             }
         };
         self.plane.gate.store(Arc::new(gate));
+        if let (Some(slot), Some(admin)) = (&self.admin_policies, admin) {
+            slot.store(admin);
+        }
         self.current = next;
         Ok(())
     }

@@ -78,6 +78,38 @@ fn a_policy_error_names_file_line_and_column() {
 }
 
 #[test]
+fn admin_policies_are_validated_against_the_admin_schema_beside_the_rest() {
+    let dir = copy_of_policies("admin");
+    let out = portcullis(&["policy", "validate", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let admin = dir.join("admin.cedar");
+    assert!(
+        stdout.contains(&format!("admin policies from {}", admin.display())),
+        "{stdout}"
+    );
+    // An admin policy naming a data-plane attribute, and a data-plane problem: both, placed.
+    std::fs::write(
+        &admin,
+        "@id(\"a\")\npermit(principal, action, resource)\nwhen { principal.clearance > 3 };\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("zz.cedar"),
+        "permit(principal, action, resource);\n",
+    )
+    .unwrap();
+    let out = portcullis(&["policy", "validate", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}:3:8: ", admin.display())) && err.contains("`clearance`"),
+        "{err}"
+    );
+    assert!(err.contains("zz.cedar:1:1: policy has no `@id"), "{err}");
+}
+
+#[test]
 fn a_syntax_error_and_a_missing_id_are_both_reported() {
     let dir = copy_of_policies("syntax");
     std::fs::write(

@@ -8,17 +8,39 @@ use portcullis_policy_store::model::{Assignment, EntityRef};
 use portcullis_policy_store::store::Store;
 use serde::Deserialize;
 
-use super::{Body, Page, Params, St, changed, check, created, name_problems, paginate};
+use super::{
+    Body, Page, Params, St, allow, changed, check, created, entity_tenant_of, name_problems,
+    paginate, principal_tenant,
+};
 use crate::auth::Actor;
+use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
 
+/// What granting or revoking `assignment` touches: its principal's tenant and its scope's
+/// (a global scope is global).
+async fn assignment_target<S: Store>(
+    store: &S,
+    assignment: &Assignment,
+) -> Result<Target, ApiError> {
+    let mut target = Target::tenants([principal_tenant(store, &assignment.principal)
+        .await?
+        .as_deref()]);
+    match assignment.scope.entity() {
+        Some(scope) => target.add(entity_tenant_of(store, scope).await?.as_deref()),
+        None => target.add(None),
+    }
+    Ok(target)
+}
+
 #[utoipa::path(post, path = "/v1/assignments", tag = "assignments", request_body = Assignment,
-    responses((status = 201, description = "Granted", body = Assignment), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "Granted", body = Assignment), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_assignment<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     Body(assignment): Body<Assignment>,
 ) -> Result<Response, ApiError> {
+    let target = assignment_target(&st.store, &assignment).await?;
+    allow(&st, &actor, AdminAction::AssignmentsWrite, &target)?;
     let mut errors = Vec::new();
     name_problems("id", &assignment.id, &mut errors);
     name_problems("role", &assignment.role, &mut errors);
@@ -41,7 +63,7 @@ pub(crate) async fn create_assignment<S: Store>(
     }
     check(errors)?;
     let assignment = Assignment {
-        assigned_by: assignment.assigned_by.or(Some(actor.0.clone())),
+        assigned_by: assignment.assigned_by.or_else(|| Some(actor.recorded())),
         ..assignment
     };
     let revision = st.store.create_assignment(&assignment).await?;
@@ -72,9 +94,10 @@ pub(crate) struct AssignmentQuery {
 }
 
 #[utoipa::path(get, path = "/v1/assignments", tag = "assignments", params(AssignmentQuery),
-    responses((status = 200, description = "The principal's assignments by id, a page at a time", body = Page<Assignment>), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The principal's assignments by id, a page at a time", body = Page<Assignment>), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_assignments<S: Store>(
     State(st): St<S>,
+    Extension(actor): Extension<Actor>,
     Params(query): Params<AssignmentQuery>,
 ) -> Result<Response, ApiError> {
     let principal: EntityRef =
@@ -84,6 +107,8 @@ pub(crate) async fn list_assignments<S: Store>(
             .map_err(|e: portcullis_policy_store::error::ModelError| {
                 ApiError::field("principal", e.to_string())
             })?;
+    let target = Target::tenants([principal_tenant(&st.store, &principal).await?.as_deref()]);
+    allow(&st, &actor, AdminAction::AssignmentsRead, &target)?;
     let mut assignments = st.store.assignments_of(&principal).await?;
     assignments.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(paginate(
@@ -97,12 +122,17 @@ pub(crate) async fn list_assignments<S: Store>(
 
 #[utoipa::path(delete, path = "/v1/assignments/{id}", tag = "assignments",
     params(("id" = String, Path, description = "Assignment id")),
-    responses((status = 204, description = "Revoked"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Revoked"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_assignment<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let target = match st.store.get_assignment(&id).await? {
+        Some(assignment) => assignment_target(&st.store, &assignment).await?,
+        None => Target::global(),
+    };
+    allow(&st, &actor, AdminAction::AssignmentsWrite, &target)?;
     let revision = st.store.delete_assignment(&id).await?;
     changed(
         &st,

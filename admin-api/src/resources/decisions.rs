@@ -1,14 +1,16 @@
 //! What-if decisions with the decision core and snapshot the data plane uses.
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use portcullis_policy_store::decision::{DecisionRequest, LocalTime, RequestFacts, decide};
 use portcullis_policy_store::model::EntityRef;
 use portcullis_policy_store::store::Store;
 use serde::{Deserialize, Serialize};
 
-use super::{Body, St, check};
+use super::{Body, St, allow, check, entity_tenant_of, principal_tenant};
+use crate::auth::Actor;
+use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
 
 /// Body of `POST /v1/authorize`.
@@ -57,11 +59,21 @@ pub(crate) struct AuthorizeResponse {
 }
 
 #[utoipa::path(post, path = "/v1/authorize", tag = "decisions", request_body = AuthorizeRequest,
-    responses((status = 200, description = "The decision, explained", body = AuthorizeResponse), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The decision, explained", body = AuthorizeResponse), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn authorize<S: Store>(
     State(st): St<S>,
+    Extension(actor): Extension<Actor>,
     Body(body): Body<AuthorizeRequest>,
 ) -> Result<Response, ApiError> {
+    let target = Target::tenants([
+        principal_tenant(&st.store, &body.principal)
+            .await?
+            .as_deref(),
+        entity_tenant_of(&st.store, &body.resource)
+            .await?
+            .as_deref(),
+    ]);
+    allow(&st, &actor, AdminAction::Authorize, &target)?;
     let c = &body.context;
     let mut errors = Vec::new();
     let now = match &c.time {

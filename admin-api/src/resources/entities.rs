@@ -7,8 +7,9 @@ use axum::{Extension, Json};
 use portcullis_policy_store::model::{EntityRecord, EntityRef};
 use portcullis_policy_store::store::Store;
 
-use super::{Body, St, changed, check};
+use super::{Body, St, allow, changed, check, entity_tenant_of};
 use crate::auth::Actor;
+use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
 
 fn entity_key(type_name: &str, id: &str) -> Result<EntityRef, ApiError> {
@@ -16,7 +17,7 @@ fn entity_key(type_name: &str, id: &str) -> Result<EntityRef, ApiError> {
 }
 
 #[utoipa::path(put, path = "/v1/entities/{type}/{id}", tag = "entities", params(("type" = String, Path, description = "Entity type, e.g. `Space`"), ("id" = String, Path, description = "Entity id")), request_body = EntityRecord,
-    responses((status = 200, description = "Created or replaced", body = EntityRecord), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Created or replaced", body = EntityRecord), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put_entity<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -24,6 +25,16 @@ pub(crate) async fn put_entity<S: Store>(
     Body(entity): Body<EntityRecord>,
 ) -> Result<Response, ApiError> {
     let key = entity_key(&type_name, &id)?;
+    // The entity's tenant before and after, and its parents': a tenant admin attaches its
+    // objects only below its own.
+    let mut target = Target::tenants([crate::authz::entity_tenant(&entity)]);
+    if let Some(stored) = st.store.get_entity(&key).await? {
+        target.add(crate::authz::entity_tenant(&stored));
+    }
+    for parent in &entity.parents {
+        target.add(entity_tenant_of(&st.store, parent).await?.as_deref());
+    }
+    allow(&st, &actor, AdminAction::EntitiesWrite, &target)?;
     let mut errors = Vec::new();
     if entity.uid != key {
         errors.push(FieldError {
@@ -54,13 +65,15 @@ pub(crate) async fn put_entity<S: Store>(
 }
 
 #[utoipa::path(delete, path = "/v1/entities/{type}/{id}", tag = "entities", params(("type" = String, Path, description = "Entity type, e.g. `Space`"), ("id" = String, Path, description = "Entity id")),
-    responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_entity<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     Path((type_name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let key = entity_key(&type_name, &id)?;
+    let target = Target::tenants([entity_tenant_of(&st.store, &key).await?.as_deref()]);
+    allow(&st, &actor, AdminAction::EntitiesWrite, &target)?;
     let revision = st.store.delete_entity(&key).await?;
     changed(&st, &actor, "entity.delete", key.to_string(), revision).await;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -27,8 +27,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use portcullis_policy_store::model::EntityRef;
+use portcullis_policy_store::store::Store;
+
 use crate::AppState;
 use crate::auth::Actor;
+use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError};
 use portcullis_policy_store::audit::{Entry, RecordKind};
 
@@ -61,6 +65,40 @@ where
     }
 }
 
+/// Asks the admin policies whether `actor` may do `action` to `target`; every handler calls
+/// it before reading or changing anything the target names.
+fn allow<S>(
+    st: &AppState<S>,
+    actor: &Actor,
+    action: AdminAction,
+    target: &Target,
+) -> Result<(), ApiError> {
+    st.admin_policies.load().check(actor, action, target)
+}
+
+/// The tenant of a stored principal; `None` when it is not stored or has none.
+async fn principal_tenant<S: Store>(
+    store: &S,
+    key: &EntityRef,
+) -> Result<Option<String>, ApiError> {
+    Ok(store.get_principal(key).await?.and_then(|p| p.tenant))
+}
+
+/// The tenant of an entity: a `Tenant` is its own; others say so when stored. `None` when
+/// it is not stored or has none.
+async fn entity_tenant_of<S: Store>(
+    store: &S,
+    uid: &EntityRef,
+) -> Result<Option<String>, ApiError> {
+    if uid.type_name() == "Tenant" {
+        return Ok(Some(uid.id().to_owned()));
+    }
+    Ok(store
+        .get_entity(uid)
+        .await?
+        .and_then(|e| crate::authz::entity_tenant(&e).map(str::to_owned)))
+}
+
 /// Logs a committed change and records it in the audit ledger, with its actor. The change
 /// is already in the store (which keeps its own change log), so a ledger that cannot take
 /// the record is logged as an error rather than undoing it.
@@ -71,7 +109,8 @@ async fn changed<S>(
     resource: String,
     revision: i64,
 ) {
-    tracing::info!(actor = actor.0, action, resource, revision, "admin change");
+    let recorded = actor.recorded();
+    tracing::info!(actor = recorded, action, resource, revision, "admin change");
     let Some(ledger) = &st.ledger else {
         return;
     };
@@ -79,7 +118,7 @@ async fn changed<S>(
     let entry = Entry {
         ts: format!("{:.3}", now.round(jiff::Unit::Millisecond).unwrap_or(now)),
         kind: RecordKind::AdminChange,
-        actor: Some(actor.0.clone()),
+        actor: Some(recorded),
         action: Some(action.to_owned()),
         resource: Some(resource),
         reason: Some(format!("store revision {revision}")),

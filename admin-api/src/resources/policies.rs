@@ -15,9 +15,10 @@ use portcullis_policy_store::store::Store;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Body, Page, PageQuery, Params, St, changed, check, hex_decode, hex_encode, name_problems,
+    Body, Page, PageQuery, Params, St, allow, changed, check, hex_decode, hex_encode, name_problems,
 };
 use crate::auth::Actor;
+use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
 
 /// Body of `PUT /v1/policies` and `POST /v1/policies:validate`.
@@ -134,8 +135,12 @@ fn schema_of(
 }
 
 #[utoipa::path(get, path = "/v1/policies", tag = "policies",
-    responses((status = 200, description = "The current policy set; `ETag` is its version", body = PolicySetVersion, headers(("ETag" = String, description = "The quoted version number"))), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "The store holds no policy set yet", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn get_policies<S: Store>(State(st): St<S>) -> Result<Response, ApiError> {
+    responses((status = 200, description = "The current policy set; `ETag` is its version", body = PolicySetVersion, headers(("ETag" = String, description = "The quoted version number"))), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "The store holds no policy set yet", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_policies<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::PoliciesRead, &Target::global())?;
     let current = st
         .store
         .current_policy_set()
@@ -146,13 +151,14 @@ pub(crate) async fn get_policies<S: Store>(State(st): St<S>) -> Result<Response,
 
 #[utoipa::path(put, path = "/v1/policies", tag = "policies", request_body = PolicySetInput,
     params(("If-Match" = String, Header, description = "The `ETag` of the version this replaces, or `*`")),
-    responses((status = 200, description = "Stored as the new current version", body = PolicySetVersion, headers(("ETag" = String, description = "The quoted version number"))), (status = 400, description = "Invalid: every failing field and every validator message is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 412, description = "`If-Match` does not name the current version", body = Problem, content_type = "application/problem+json"), (status = 428, description = "`If-Match` is missing", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Stored as the new current version", body = PolicySetVersion, headers(("ETag" = String, description = "The quoted version number"))), (status = 400, description = "Invalid: every failing field and every validator message is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 412, description = "`If-Match` does not name the current version", body = Problem, content_type = "application/problem+json"), (status = 428, description = "`If-Match` is missing", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put_policies<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     Body(input): Body<PolicySetInput>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::PoliciesWrite, &Target::global())?;
     check(input_problems(&input))?;
     let current = st.store.current_policy_set().await?;
     let expected = expected_version(&headers, current.as_ref().map(|v| v.version))?;
@@ -171,7 +177,7 @@ async fn store_version<S: Store>(
 ) -> Result<Response, ApiError> {
     let (revision, version) = st
         .store
-        .put_policy_set(files, schema, Some(&actor.0), Some(expected))
+        .put_policy_set(files, schema, Some(&actor.recorded()), Some(expected))
         .await?;
     changed(
         st,
@@ -189,11 +195,13 @@ async fn store_version<S: Store>(
 }
 
 #[utoipa::path(post, path = "/v1/policies:validate", tag = "policies", request_body = PolicySetInput,
-    responses((status = 200, description = "It compiles with the stored roles: what `PUT /v1/policies` would accept. Nothing is written", body = PolicySetCheck), (status = 400, description = "What `PUT /v1/policies` would refuse, with every validator message", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "It compiles with the stored roles: what `PUT /v1/policies` would accept. Nothing is written", body = PolicySetCheck), (status = 400, description = "What `PUT /v1/policies` would refuse, with every validator message", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn validate_policies<S: Store>(
     State(st): St<S>,
+    Extension(actor): Extension<Actor>,
     Body(input): Body<PolicySetInput>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::PoliciesRead, &Target::global())?;
     check(input_problems(&input))?;
     let current = st.store.current_policy_set().await?;
     let (files, schema) = schema_of(input, current.as_ref())?;
@@ -202,11 +210,13 @@ pub(crate) async fn validate_policies<S: Store>(
 }
 
 #[utoipa::path(get, path = "/v1/policies/versions", tag = "policies", params(PageQuery),
-    responses((status = 200, description = "The history, newest first, a page at a time", body = Page<PolicySetSummary>), (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The history, newest first, a page at a time", body = Page<PolicySetSummary>), (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_policy_versions<S: Store>(
     State(st): St<S>,
+    Extension(actor): Extension<Actor>,
     Params(query): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::PoliciesRead, &Target::global())?;
     let size = query.page_size.unwrap_or(100);
     if !(1..=1000).contains(&size) {
         return Err(ApiError::field("page_size", "must be between 1 and 1000"));
@@ -238,11 +248,13 @@ pub(crate) async fn list_policy_versions<S: Store>(
 
 #[utoipa::path(get, path = "/v1/policies/versions/{version}", tag = "policies",
     params(("version" = i64, Path, description = "Version number")),
-    responses((status = 200, description = "That version", body = PolicySetVersion), (status = 400, description = "Not a version number", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such version", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "That version", body = PolicySetVersion), (status = 400, description = "Not a version number", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such version", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_policy_version<S: Store>(
     State(st): St<S>,
+    Extension(actor): Extension<Actor>,
     Path(version): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::PoliciesRead, &Target::global())?;
     let version: i64 = version
         .parse()
         .map_err(|_| ApiError::field("version", format!("`{version}` is not a version number")))?;
@@ -256,13 +268,14 @@ pub(crate) async fn get_policy_version<S: Store>(
 
 #[utoipa::path(post, path = "/v1/policies:rollback", tag = "policies", request_body = RollbackRequest,
     params(("If-Match" = String, Header, description = "The `ETag` of the current version, or `*`")),
-    responses((status = 200, description = "That version's files and schema, stored as the new current version", body = PolicySetVersion, headers(("ETag" = String, description = "The quoted version number"))), (status = 400, description = "No such version, or it no longer compiles with the stored roles", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 412, description = "`If-Match` does not name the current version", body = Problem, content_type = "application/problem+json"), (status = 428, description = "`If-Match` is missing", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "That version's files and schema, stored as the new current version", body = PolicySetVersion, headers(("ETag" = String, description = "The quoted version number"))), (status = 400, description = "No such version, or it no longer compiles with the stored roles", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 412, description = "`If-Match` does not name the current version", body = Problem, content_type = "application/problem+json"), (status = 428, description = "`If-Match` is missing", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn rollback_policies<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     Body(request): Body<RollbackRequest>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::PoliciesWrite, &Target::global())?;
     let target = st
         .store
         .policy_set_version(request.version)
@@ -287,8 +300,12 @@ pub(crate) async fn rollback_policies<S: Store>(
 }
 
 #[utoipa::path(get, path = "/v1/schema", tag = "policies",
-    responses((status = 200, description = "The Cedar schema of the current policy set", body = SchemaDocument, headers(("ETag" = String, description = "The quoted policy-set version"))), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "The store holds no policy set yet", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn get_schema<S: Store>(State(st): St<S>) -> Result<Response, ApiError> {
+    responses((status = 200, description = "The Cedar schema of the current policy set", body = SchemaDocument, headers(("ETag" = String, description = "The quoted policy-set version"))), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "The store holds no policy set yet", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_schema<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::PoliciesRead, &Target::global())?;
     let current = st
         .store
         .current_policy_set()

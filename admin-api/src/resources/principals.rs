@@ -8,8 +8,9 @@ use portcullis_policy_store::model::{EntityRef, Principal, PrincipalKind, Revoke
 use portcullis_policy_store::store::Store;
 use serde::Deserialize;
 
-use super::{Body, Revision, St, changed, check, name_problems};
+use super::{Body, Revision, St, allow, changed, check, name_problems, principal_tenant};
 use crate::auth::Actor;
+use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
 
 fn principal_key(kind: &str, id: &str) -> Result<(PrincipalKind, EntityRef), ApiError> {
@@ -31,22 +32,40 @@ fn principal_key(kind: &str, id: &str) -> Result<(PrincipalKind, EntityRef), Api
 }
 
 #[utoipa::path(get, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
-    responses((status = 200, description = "The principal", body = Principal), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The principal", body = Principal), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_principal<S: Store>(
     State(st): St<S>,
+    Extension(actor): Extension<Actor>,
     Path((kind, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (_, key) = principal_key(&kind, &id)?;
-    let principal = st
-        .store
-        .get_principal(&key)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("principal `{key}` not found")))?;
+    let stored = st.store.get_principal(&key).await?;
+    let target = Target::tenants([stored.as_ref().and_then(|p| p.tenant.as_deref())]);
+    allow(&st, &actor, AdminAction::PrincipalsRead, &target)?;
+    let principal =
+        stored.ok_or_else(|| ApiError::NotFound(format!("principal `{key}` not found")))?;
     Ok(Json(principal).into_response())
 }
 
+/// What writing `principal` touches: its tenant before and after, and its groups'.
+async fn principal_target<S: Store>(
+    store: &S,
+    key: &EntityRef,
+    principal: &Principal,
+) -> Result<Target, ApiError> {
+    let mut target = Target::tenants([principal.tenant.as_deref()]);
+    if let Some(stored) = store.get_principal(key).await? {
+        target.add(stored.tenant.as_deref());
+    }
+    for group in &principal.groups {
+        let group = portcullis_policy_store::model::principal_ref(PrincipalKind::Group, group);
+        target.add(principal_tenant(store, &group).await?.as_deref());
+    }
+    Ok(target)
+}
+
 #[utoipa::path(put, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")), request_body = Principal,
-    responses((status = 200, description = "Created or replaced", body = Principal), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Created or replaced", body = Principal), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put_principal<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -54,6 +73,8 @@ pub(crate) async fn put_principal<S: Store>(
     Body(principal): Body<Principal>,
 ) -> Result<Response, ApiError> {
     let (kind, key) = principal_key(&kind, &id)?;
+    let target = principal_target(&st.store, &key, &principal).await?;
+    allow(&st, &actor, AdminAction::PrincipalsWrite, &target)?;
     let mut errors = Vec::new();
     if principal.kind != kind {
         errors.push(FieldError {
@@ -89,13 +110,15 @@ pub(crate) async fn put_principal<S: Store>(
 }
 
 #[utoipa::path(delete, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
-    responses((status = 204, description = "Deleted with its assignments"), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Deleted with its assignments"), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_principal<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     Path((kind, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (_, key) = principal_key(&kind, &id)?;
+    let target = Target::tenants([principal_tenant(&st.store, &key).await?.as_deref()]);
+    allow(&st, &actor, AdminAction::PrincipalsWrite, &target)?;
     let revision = st.store.delete_principal(&key).await?;
     changed(&st, &actor, "principal.delete", key.to_string(), revision).await;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -112,7 +135,7 @@ pub(crate) struct RevokeRequest {
 }
 
 #[utoipa::path(post, path = "/v1/principals/{kind}/{id}/sessions:revoke", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")), request_body = RevokeRequest,
-    responses((status = 200, description = "Revoked; tokens with this sid/jti are refused", body = Revision), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Revoked; tokens with this sid/jti are refused", body = Revision), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn revoke_session<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -120,6 +143,8 @@ pub(crate) async fn revoke_session<S: Store>(
     Body(body): Body<RevokeRequest>,
 ) -> Result<Response, ApiError> {
     let (_, key) = principal_key(&kind, &id)?;
+    let target = Target::tenants([principal_tenant(&st.store, &key).await?.as_deref()]);
+    allow(&st, &actor, AdminAction::SessionsRevoke, &target)?;
     if body.session_id.is_empty() {
         return Err(ApiError::field("session_id", "must not be empty"));
     }

@@ -7,8 +7,11 @@ use axum::{Extension, Json};
 use portcullis_policy_store::model::Role;
 use portcullis_policy_store::store::Store;
 
-use super::{Body, Page, PageQuery, Params, St, changed, check, created, name_problems, paginate};
+use super::{
+    Body, Page, PageQuery, Params, St, allow, changed, check, created, name_problems, paginate,
+};
 use crate::auth::Actor;
+use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
 
 fn role_problems(role: &Role) -> Vec<FieldError> {
@@ -32,11 +35,13 @@ fn role_problems(role: &Role) -> Vec<FieldError> {
 }
 
 #[utoipa::path(get, path = "/v1/roles", tag = "roles", params(PageQuery),
-    responses((status = 200, description = "Roles by name, a page at a time", body = Page<Role>), (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Roles by name, a page at a time", body = Page<Role>), (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_roles<S: Store>(
     State(st): St<S>,
+    Extension(actor): Extension<Actor>,
     Params(query): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::RolesRead, &Target::global())?;
     let mut roles = st.store.list_roles().await?;
     roles.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(paginate(
@@ -50,11 +55,13 @@ pub(crate) async fn list_roles<S: Store>(
 
 #[utoipa::path(get, path = "/v1/roles/{name}", tag = "roles",
     params(("name" = String, Path, description = "Role name")),
-    responses((status = 200, description = "The role", body = Role), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The role", body = Role), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_role<S: Store>(
     State(st): St<S>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::RolesRead, &Target::global())?;
     let roles = st.store.list_roles().await?;
     let role = roles
         .into_iter()
@@ -64,12 +71,13 @@ pub(crate) async fn get_role<S: Store>(
 }
 
 #[utoipa::path(post, path = "/v1/roles", tag = "roles", request_body = Role,
-    responses((status = 201, description = "Created", body = Role), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "Created", body = Role), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_role<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     Body(role): Body<Role>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::RolesWrite, &Target::global())?;
     check(role_problems(&role))?;
     let revision = st.store.create_role(&role).await?;
     changed(
@@ -85,13 +93,14 @@ pub(crate) async fn create_role<S: Store>(
 
 #[utoipa::path(put, path = "/v1/roles/{name}", tag = "roles", request_body = Role,
     params(("name" = String, Path, description = "Role name")),
-    responses((status = 200, description = "Replaced", body = Role), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Replaced", body = Role), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn update_role<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     Body(role): Body<Role>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::RolesWrite, &Target::global())?;
     let mut errors = role_problems(&role);
     if role.name != name {
         errors.push(FieldError {
@@ -114,12 +123,13 @@ pub(crate) async fn update_role<S: Store>(
 
 #[utoipa::path(delete, path = "/v1/roles/{name}", tag = "roles",
     params(("name" = String, Path, description = "Role name")),
-    responses((status = 204, description = "Deleted"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the stored state", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_role<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow(&st, &actor, AdminAction::RolesWrite, &Target::global())?;
     let revision = st.store.delete_role(&name).await?;
     changed(
         &st,

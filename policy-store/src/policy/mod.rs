@@ -149,32 +149,73 @@ impl Origins {
     }
 }
 
+/// Parses a schema (human syntax) and its action entities; a problem is placed in its file.
+fn parse_schema(file: &PolicyFile) -> Result<(Schema, cedar_policy::Entities), CompileError> {
+    let placed = |e: &dyn miette::Diagnostic| {
+        CompileError(vec![source::diagnostic_at(&file.name, &file.text, e)])
+    };
+    let (schema, _warnings) = Schema::from_cedarschema_str(&file.text).map_err(|e| placed(&e))?;
+    let action_entities = schema.action_entities().map_err(|e| placed(&e))?;
+    Ok((schema, action_entities))
+}
+
+/// Validates `all` against `schema` in strict mode: errors go to `problems`, warnings are
+/// returned; both placed where their policy was written.
+fn validate(
+    schema: &Schema,
+    all: &PolicySet,
+    origins: &Origins,
+    problems: &mut Vec<PolicyDiagnostic>,
+) -> Vec<PolicyDiagnostic> {
+    let result = Validator::new(schema.clone()).validate(all, ValidationMode::Strict);
+    for err in result.validation_errors() {
+        problems.push(origins.place(err.policy_id(), err));
+    }
+    result
+        .validation_warnings()
+        .map(|w| origins.place(w.policy_id(), w))
+        .collect()
+}
+
+/// A validated policy set with its schema and nothing generated (no roles, no links, no
+/// index): the admin API's own authorisation policies.
+#[derive(Debug)]
+pub struct PlainPolicies {
+    /// The schema.
+    pub schema: Schema,
+    /// The policies, each identified by its `@id`.
+    pub policies: PolicySet,
+}
+
+/// Compiles and validates (strict mode) `files` against `schema`, every policy identified by
+/// its `@id`. Returns every problem at once.
+pub fn compile_plain(
+    schema: &PolicyFile,
+    files: &[PolicyFile],
+) -> Result<PlainPolicies, CompileError> {
+    let (schema, _actions) = parse_schema(schema)?;
+    let mut problems = Vec::new();
+    let mut all = PolicySet::new();
+    let mut origins = Origins {
+        by_id: HashMap::new(),
+    };
+    for file in files {
+        add_file(file, &mut all, &mut origins, &mut problems);
+    }
+    validate(&schema, &all, &origins, &mut problems);
+    if !problems.is_empty() {
+        return Err(CompileError(problems));
+    }
+    Ok(PlainPolicies {
+        schema,
+        policies: all,
+    })
+}
+
 /// Compiles and validates (strict mode) the whole policy set. Returns every problem at once.
 pub fn compile(sources: &PolicySources) -> Result<CompiledPolicies, CompileError> {
     let mut problems = Vec::new();
-
-    let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
-        Ok((schema, _warnings)) => schema,
-        Err(e) => {
-            problems.push(source::diagnostic_at(
-                &sources.schema.name,
-                &sources.schema.text,
-                &e,
-            ));
-            return Err(CompileError(problems));
-        }
-    };
-    let action_entities = match schema.action_entities() {
-        Ok(entities) => entities,
-        Err(e) => {
-            problems.push(source::diagnostic_at(
-                &sources.schema.name,
-                &sources.schema.text,
-                &e,
-            ));
-            return Err(CompileError(problems));
-        }
-    };
+    let (schema, action_entities) = parse_schema(&sources.schema)?;
 
     let mut all = PolicySet::new();
     let mut origins = Origins {
@@ -198,15 +239,7 @@ pub fn compile(sources: &PolicySources) -> Result<CompiledPolicies, CompileError
     );
     add_links(sources, &mut all, &mut problems);
 
-    let validator = Validator::new(schema.clone());
-    let result = validator.validate(&all, ValidationMode::Strict);
-    for err in result.validation_errors() {
-        problems.push(origins.place(err.policy_id(), err));
-    }
-    let warnings = result
-        .validation_warnings()
-        .map(|w| origins.place(w.policy_id(), w))
-        .collect();
+    let warnings = validate(&schema, &all, &origins, &mut problems);
 
     if !problems.is_empty() {
         return Err(CompileError(problems));

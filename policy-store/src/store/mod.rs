@@ -102,6 +102,18 @@ pub trait Store: Send + Sync {
         key: &EntityRef,
     ) -> impl Future<Output = Result<Option<Principal>, StoreError>> + Send;
 
+    /// An assignment.
+    fn get_assignment(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Assignment>, StoreError>> + Send;
+
+    /// A resource entity.
+    fn get_entity(
+        &self,
+        uid: &EntityRef,
+    ) -> impl Future<Output = Result<Option<EntityRecord>, StoreError>> + Send;
+
     /// Creates a role; [`StoreError::Conflict`] if the name is taken.
     fn create_role(&self, role: &Role)
     -> impl Future<Output = Result<Revision, StoreError>> + Send;

@@ -596,6 +596,24 @@ impl Store for SqlStore {
         principal_doc(&mut conn, key).await
     }
 
+    async fn get_assignment(&self, id: &str) -> Result<Option<Assignment>, StoreError> {
+        let row = sqlx::query("SELECT doc FROM assignments WHERE id = $1")
+            .bind(id.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| from_doc(&r.try_get::<String, _>("doc")?))
+            .transpose()
+    }
+
+    async fn get_entity(&self, uid: &EntityRef) -> Result<Option<EntityRecord>, StoreError> {
+        let row = sqlx::query("SELECT doc FROM entities WHERE uid = $1")
+            .bind(uid.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| from_doc(&r.try_get::<String, _>("doc")?))
+            .transpose()
+    }
+
     async fn create_role(&self, role: &Role) -> Result<Revision, StoreError> {
         self.write_role(role, false).await
     }

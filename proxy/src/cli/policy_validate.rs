@@ -8,7 +8,8 @@ use crate::policy_dir::compile_dir;
 /// Arguments of `policy validate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The policies directory (schema.cedarschema, *.cedar, roles.yaml, routes.yaml).
+    /// The policies directory (schema.cedarschema, *.cedar, roles.yaml, routes.yaml,
+    /// admin.cedar).
     #[arg(default_value = "policies", env = "PORTCULLIS_POLICY_DIR")]
     pub dir: PathBuf,
 }
@@ -21,7 +22,7 @@ pub fn run(args: &Args) -> Exit {
                 eprintln!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} policies, {} roles, {} routes)",
+                "{}: ok ({} policies, {} roles, {} routes; admin policies from {})",
                 args.dir.display(),
                 compiled.policies.policy_count(),
                 compiled.dir.sources.roles.len(),
@@ -29,6 +30,7 @@ pub fn run(args: &Args) -> Exit {
                     .routes
                     .as_ref()
                     .map_or(0, crate::routes::RouteMap::len),
+                compiled.admin.source,
             );
             Exit::Ok
         }

@@ -187,6 +187,7 @@ pub fn run(args: &Args) -> Exit {
             config_file: args.config.config.clone(),
             sets,
             store: None,
+            admin_policies: None,
             plane: Arc::clone(&plane),
             current: config.clone(),
         }

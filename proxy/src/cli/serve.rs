@@ -150,6 +150,7 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
                 store: started.store.clone(),
                 snapshot: Arc::clone(&started.plane.snapshot),
                 ledger: started.plane.audit.as_ref().map(|a| Arc::clone(a.ledger())),
+                admin_policies: Arc::clone(&started.admin_policies),
             },
             tokens,
         );
@@ -178,6 +179,7 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
             config_file: config_args.config.clone(),
             sets,
             store: Some(started.store),
+            admin_policies: Some(started.admin_policies),
             plane: Arc::clone(&started.plane),
             current: config.clone(),
         }
@@ -222,6 +224,7 @@ struct Started {
     store: portcullis_policy_store::store::SqlStore,
     keys: KeySource,
     cert: Option<Arc<ReloadingCert>>,
+    admin_policies: Arc<arc_swap::ArcSwap<portcullis_admin_api::authz::AdminPolicies>>,
 }
 
 async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Started, Failure> {
@@ -235,6 +238,7 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
         .await
         .map_err(Failure::Runtime)?;
     let policy_root = compiled.dir.root.display().to_string();
+    let admin_policies = Arc::new(arc_swap::ArcSwap::new(Arc::clone(&compiled.admin)));
     let gate = reload::gate(config, compiled).map_err(Failure::Input)?;
 
     let (keys, issuer, dev_key) = key_source(config).map_err(|e| Failure::Input(vec![e]))?;
@@ -327,6 +331,7 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
         store,
         keys,
         cert,
+        admin_policies,
     })
 }
 

@@ -125,3 +125,97 @@ fn api_policies_survive_restarts_until_the_policies_directory_changes() {
         "policies.dir"
     );
 }
+
+#[test]
+fn admin_calls_are_decided_by_the_directorys_admin_policies_and_reloaded_with_them() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = temp_dir("admin-policies");
+    for entry in std::fs::read_dir(policies_dir()).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let tokens = dir.join("admin-tokens");
+    std::fs::write(
+        &tokens,
+        format!(
+            "{}\n{} roles=tenant-admin tenant=t1\n",
+            portcullis_admin_api::auth::token_line("ops", "ops-token"),
+            portcullis_admin_api::auth::token_line("t1-admin", "t1-token"),
+        ),
+    )
+    .expect("tokens");
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "policies:\n  dir: {}\nadmin:\n  address: {{admin}}\n  tokens_file: {}\n",
+            dir.display(),
+            tokens.display()
+        ),
+    );
+    let call = |token: &str, method: &str, target: &str, body: serde_json::Value| {
+        crate::harness::json_request(
+            p.admin,
+            method,
+            target,
+            &[("authorization", &format!("Bearer {token}"))],
+            &body,
+        )
+        .expect("the admin API answers")
+    };
+    let carl = json!({"kind": "user", "id": "carl", "tenant": "t1"});
+    let dave = json!({"kind": "user", "id": "dave", "tenant": "t2"});
+    assert_eq!(
+        call("t1-token", "PUT", "/v1/principals/users/carl", carl.clone()).status,
+        200
+    );
+    let r = call("t1-token", "PUT", "/v1/principals/users/dave", dave.clone());
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        call("ops-token", "PUT", "/v1/principals/users/dave", dave).status,
+        200
+    );
+
+    // Tenant admins lose their permit: refused after the reload.
+    let admin = dir.join("admin.cedar");
+    let text = std::fs::read_to_string(&admin).expect("admin.cedar");
+    let without = text.replace(
+        "@id(\"tenant-admin-own-tenant\")\npermit",
+        "@id(\"tenant-admin-own-tenant\")\nforbid",
+    );
+    assert_ne!(
+        text, without,
+        "the shipped admin.cedar has the tenant-admin permit"
+    );
+    std::fs::write(&admin, without).expect("edit");
+    p.signal("HUP");
+    let started = Instant::now();
+    while call("t1-token", "PUT", "/v1/principals/users/carl", carl.clone()).status != 403 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not reloaded:\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        call("ops-token", "GET", "/v1/principals/users/carl", json!({})).status,
+        200
+    );
+
+    // An admin.cedar that does not validate is refused; the last good one stays.
+    std::fs::write(&admin, "permit(principal, action, resource);\n").expect("edit");
+    p.signal("HUP");
+    let started = Instant::now();
+    while !p.log().contains("reload refused") {
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", p.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        call("t1-token", "PUT", "/v1/principals/users/carl", carl).status,
+        403
+    );
+}

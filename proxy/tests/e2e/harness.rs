@@ -317,7 +317,8 @@ impl Portcullis {
     /// Starts `serve` towards `upstream` with the repository's policies, a JWKS file of
     /// `keys`, the clock pinned to Tuesday 2026-01-06 10:00 UTC, loopback as a trusted hop,
     /// and `extra` YAML appended to the generated config (a top-level key in `extra`
-    /// replaces that default section; `{data}` in it is the data-plane address).
+    /// replaces that default section; `{data}` and `{admin}` in it are the data-plane and
+    /// admin API addresses).
     pub fn start(upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
         Self::start_command(&["serve", "--no-demo-data"], upstream, keys, extra)
     }
@@ -388,8 +389,10 @@ impl Portcullis {
             ),
         ];
         // `extra` may replace any default section by naming it at the start of a line, and
-        // may say `{data}` for the data-plane address.
-        let extra = extra.replace("{data}", &data.to_string());
+        // may say `{data}` / `{admin}` for the data-plane / admin API address.
+        let extra = extra
+            .replace("{data}", &data.to_string())
+            .replace("{admin}", &admin.to_string());
         let mut config: String = defaults
             .iter()
             .filter(|(key, _)| !extra.lines().any(|l| l.starts_with(&format!("{key}:"))))
