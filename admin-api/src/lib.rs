@@ -21,6 +21,7 @@
 //! | `POST /v1/authorize` | what-if decision with policies, roles and errors |
 //! | `GET /v1/snapshot` | the whole state, for a sidecar to bootstrap from |
 //! | `GET /v1/updates?since=R` | a patch (or the whole state) from revision R; 204 if none |
+//! | `GET /v1/watch?since=R` | server-sent events: each update as it is published, heartbeats |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (no token needed) |
 //!
 //! Every call needs `Authorization: Bearer <admin token>` ([`auth`]) and a permit from the
@@ -122,6 +123,7 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
         .route("/v1/authorize", post(resources::authorize::<S>))
         .route("/v1/snapshot", get(resources::snapshot::<S>))
         .route("/v1/updates", get(resources::updates::<S>))
+        .route("/v1/watch", get(resources::watch::<S>))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             conventions::Idempotency::default(),

@@ -40,6 +40,7 @@ use crate::resources;
         resources::authorize,
         resources::snapshot,
         resources::updates,
+        resources::watch,
     ),
     modifiers(&AdminToken),
     security(("admin_token" = []))

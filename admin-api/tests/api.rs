@@ -167,6 +167,24 @@ impl Api {
         (status, response_headers, value)
     }
 
+    /// The response itself, body unread (for streams).
+    async fn open(
+        &self,
+        token: &str,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> axum::response::Response {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        self.router.clone().oneshot(request).await.unwrap()
+    }
+
     /// Brings the snapshot to the store (the follower's job in a running process).
     async fn refresh(&self) {
         let since = self.snapshot.load().revision();
@@ -1149,6 +1167,7 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
         ),
         ("get", "/v1/snapshot", "/v1/snapshot", None),
         ("get", "/v1/updates", "/v1/updates?since=0", None),
+        ("get", "/v1/watch", "/v1/watch?since=0", None),
     ];
     let mut documented = 0;
     for (path, methods) in doc["paths"].as_object().unwrap() {
@@ -1170,12 +1189,13 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
             StatusCode::FORBIDDEN,
             "nobody {method} {uri}: {problem}"
         );
-        let follows = path == "/v1/snapshot" || path == "/v1/updates";
-        let (status, problem) = api.call_as(Some(SIDECAR), &method, uri, body).await;
+        let follows = ["/v1/snapshot", "/v1/updates", "/v1/watch"].contains(&path);
+        // The body is not read: /v1/watch streams until the caller leaves.
+        let status = api.open(SIDECAR, &method, uri, body).await.status();
         assert_eq!(
             status == StatusCode::FORBIDDEN,
             !follows,
-            "sidecar {method} {uri}: {status} {problem}"
+            "sidecar {method} {uri}: {status}"
         );
     }
     assert_eq!(
@@ -1205,4 +1225,68 @@ async fn x_actor_id_names_the_person_automation_acts_for() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
     assert_eq!(fields(&problem), ["X-Actor-Id"]);
+}
+
+#[tokio::test]
+async fn watch_streams_each_published_revision_and_heartbeats_between() {
+    let api = api().await;
+    let since = api.snapshot.load().revision();
+    let response = api
+        .open(
+            TOKEN,
+            "GET",
+            &format!("/v1/watch?since={since}&heartbeat_ms=100"),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut next_event = async || -> (String, Option<String>, String) {
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+                .await
+                .expect("an event within 5 s")
+                .unwrap()
+                .unwrap();
+            text.push_str(std::str::from_utf8(frame.data_ref().unwrap()).unwrap());
+        }
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.trim().to_owned())
+        };
+        (field("event").unwrap(), field("id"), field("data").unwrap())
+    };
+
+    // A heartbeat at once, then one per interval while nothing changes.
+    let (event, _, data) = next_event().await;
+    assert_eq!((event.as_str(), data), ("heartbeat", since.to_string()));
+    let (event, _, _) = next_event().await;
+    assert_eq!(event, "heartbeat");
+
+    // A change is streamed once this control plane publishes it.
+    api.call(
+        "PUT",
+        "/v1/principals/users/zed",
+        Some(json!({"kind": "user", "id": "zed", "tenant": "t1"})),
+    )
+    .await;
+    api.refresh().await;
+    let (mut event, mut id, mut data) = next_event().await;
+    while event == "heartbeat" {
+        (event, id, data) = next_event().await;
+    }
+    assert_eq!(event, "update");
+    assert_eq!(id, Some((since + 1).to_string()));
+    let update: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(update["patch"]["revision"], since + 1, "{update}");
+    assert!(data.contains("\"zed\""), "{data}");
+
+    let (status, problem) = api
+        .call("GET", "/v1/watch?since=0&heartbeat_ms=5", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&problem), ["heartbeat_ms"]);
 }

@@ -414,20 +414,29 @@ pub struct SnapshotCounts {
 }
 
 /// The published snapshot: one atomic pointer that readers load without locking and
-/// writers replace whole.
+/// writers replace whole. Watchers ([`SnapshotHandle::subscribe`]) learn each published
+/// revision without polling.
 #[derive(Debug)]
 pub struct SnapshotHandle {
     current: ArcSwap<Snapshot>,
     rejected_updates: AtomicU64,
+    published: tokio::sync::watch::Sender<Revision>,
 }
 
 impl SnapshotHandle {
     /// Publishes `initial`.
     pub fn new(initial: Snapshot) -> Self {
+        let (published, _) = tokio::sync::watch::channel(initial.revision());
         Self {
             current: ArcSwap::from_pointee(initial),
             rejected_updates: AtomicU64::new(0),
+            published,
         }
+    }
+
+    /// The revision of each snapshot published from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.published.subscribe()
     }
 
     /// The snapshot in force. Cheap; hold it for the length of one decision.
@@ -437,7 +446,9 @@ impl SnapshotHandle {
 
     /// Replaces the snapshot in force.
     pub fn publish(&self, next: Snapshot) {
+        let revision = next.revision();
         self.current.store(Arc::new(next));
+        self.published.send_replace(revision);
     }
 
     /// Applies an update; on failure keeps the current snapshot, counts the rejection and

@@ -131,6 +131,50 @@ async fn concurrent_writes_all_commit(store: SqlStore) {
     assert_eq!(store.list_roles().await.unwrap().len(), 17);
 }
 
+/// Followers wake on commits: this process's own at once, and on PostgreSQL another
+/// process's through the relayed notifications.
+async fn commits_wake_followers(store: SqlStore) {
+    seed(&store).await;
+    let mut own = store.commits();
+    own.borrow_and_update();
+    let revision = store.put_principal(&user("alice", "t1")).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), own.changed())
+        .await
+        .expect("woken by its own commit")
+        .unwrap();
+    assert_eq!(*own.borrow(), revision);
+
+    let Some(url) = store.postgres_url().map(str::to_owned) else {
+        return;
+    };
+    let before = store.revision().await.unwrap();
+    // A second process on the same database: a separate store and pool.
+    let peer = SqlStore::connect(&StoreConfig::Postgres { url })
+        .await
+        .unwrap();
+    let relay = tokio::spawn({
+        let peer = peer.clone();
+        async move { peer.relay_peer_commits().await }
+    });
+    let mut theirs = peer.commits();
+    // The listener needs a moment to subscribe; write until one is heard.
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let revision = store.put_principal(&user("bob", "t2")).await.unwrap();
+            if tokio::time::timeout(std::time::Duration::from_millis(300), theirs.changed())
+                .await
+                .is_ok()
+            {
+                return (revision, *theirs.borrow());
+            }
+        }
+    })
+    .await
+    .expect("a peer's commit is relayed");
+    assert!(heard.1 > before && heard.1 <= heard.0, "{heard:?}");
+    relay.abort();
+}
+
 /// Seeds the default policies and one role, returns the revision.
 async fn seed(store: &SqlStore) -> Revision {
     let (files, schema) = default_policy_files();
@@ -598,4 +642,5 @@ suite!(
     policy_writes_are_conditional_and_history_is_kept,
     bulk_import_is_one_revision_and_rebuilds,
     concurrent_writes_all_commit,
+    commits_wake_followers,
 );

@@ -32,8 +32,8 @@ struct DemoData {
     assignments: Vec<Assignment>,
 }
 
-/// How often the follower looks for new revisions.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the follower looks for new revisions when no commit wakes it.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The store configuration `serve` uses.
 pub fn store_config(config: &Config) -> StoreConfig {
@@ -295,8 +295,18 @@ pub async fn load_snapshot(store: &SqlStore) -> Result<Snapshot, String> {
 pub async fn follow(store: SqlStore, handle: Arc<SnapshotHandle>) {
     // A refused revision is not retried until the store moves past it.
     let mut refused: Option<i64> = None;
+    let mut commits = store.commits();
     loop {
-        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        // Woken by a commit (this process's, or a replica's on PostgreSQL); the timer only
+        // catches what a wake-up missed.
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            woken = commits.changed() => {
+                if woken.is_err() {
+                    tokio::time::sleep(FOLLOW_INTERVAL).await;
+                }
+            }
+        }
         let current = handle.load().revision();
         let revision = match store.revision().await {
             Ok(r) => r,

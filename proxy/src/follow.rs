@@ -1,10 +1,12 @@
 //! How `portcullis proxy` gets its state from a control plane: bootstrap from
-//! `GET /v1/snapshot`, then poll `GET /v1/updates?since=R` and apply each patch; keep the
-//! whole state as a last-known-good file (written atomically), and start from that file
-//! when the control plane cannot be reached.
+//! `GET /v1/snapshot`, then follow `GET /v1/watch?since=R` (server-sent events: each update
+//! as the control plane publishes it, heartbeats between) and apply each update; reconnect
+//! with backoff when the stream breaks or falls silent. The whole state is kept as a
+//! last-known-good file (written atomically), to start from when the control plane cannot be
+//! reached.
 //!
-//! Contact is tracked: past `control_plane.max_staleness_seconds` without reaching the
-//! control plane, the data plane fails closed (503) and `/readyz` says why, until contact
+//! Contact is tracked: every event counts. Past `control_plane.max_staleness_seconds`
+//! without one, the data plane fails closed (503) and `/readyz` says why, until contact
 //! comes back. A short outage changes nothing else: the last state keeps being enforced.
 
 use std::path::{Path, PathBuf};
@@ -101,14 +103,68 @@ impl ControlPlane {
         serde_json::from_slice(&bytes).map_err(|e| format!("/v1/snapshot: {e}"))
     }
 
-    /// What changed since `revision`; `None` when nothing did.
-    pub async fn updates(&self, revision: i64) -> Result<Option<SnapshotUpdate>, String> {
-        match self.get(&format!("/v1/updates?since={revision}")).await? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("/v1/updates: {e}")),
+    /// Opens the change stream from `revision`, asking for a heartbeat every `heartbeat`.
+    async fn watch(&self, revision: i64, heartbeat: Duration) -> Result<reqwest::Response, String> {
+        let path = format!(
+            "/v1/watch?since={revision}&heartbeat_ms={}",
+            heartbeat.as_millis()
+        );
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            // The stream has no end: only connecting is timed; silence is watched below.
+            .timeout(Duration::from_secs(60 * 60 * 24 * 365))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status().as_u16() {
+            200 => Ok(response),
+            status => Err(format!("{path}: status {status}")),
         }
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SseEvent {
+    event: String,
+    data: String,
+}
+
+/// Splits server-sent events out of a byte stream, a chunk at a time.
+#[derive(Debug, Default)]
+struct SseParser {
+    pending: Vec<u8>,
+}
+
+impl SseParser {
+    /// Takes a chunk; returns the events it completed.
+    fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.pending.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = self.pending.drain(..end + 2).collect();
+            let mut event = SseEvent::default();
+            for line in String::from_utf8_lossy(&block).lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => event.event = value.to_owned(),
+                    "data" => {
+                        if !event.data.is_empty() {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(value);
+                    }
+                    _ => {}
+                }
+            }
+            if !event.event.is_empty() || !event.data.is_empty() {
+                events.push(event);
+            }
+        }
+        events
     }
 }
 
@@ -195,63 +251,99 @@ pub async fn bootstrap(control: &ControlPlane, file: &Path) -> (StoreState, i64)
     }
 }
 
-/// Follows the control plane until the process ends: polls for updates, applies them,
-/// keeps the last-known-good file current, tracks contact.
+/// Follows the control plane until the process ends: streams updates and applies them,
+/// keeps the last-known-good file current, tracks contact, reconnects with backoff.
 pub async fn follow(
     control: ControlPlane,
-    mut state: StoreState,
+    state: StoreState,
     handle: Arc<SnapshotHandle>,
     file: PathBuf,
     contact: Arc<Contact>,
-    interval: Duration,
+    heartbeat: Duration,
 ) {
+    let mut follower = Follower {
+        state,
+        handle,
+        file,
+        contact,
+        refused: None,
+    };
     let mut failures: u32 = 0;
-    // A refused update is not retried until the control plane moves past it.
-    let mut refused: Option<i64> = None;
     loop {
-        let wait = if failures == 0 {
-            interval
-        } else {
-            (interval * 2_u32.saturating_pow(failures.min(6))).min(Duration::from_secs(10))
-        };
-        tokio::time::sleep(wait).await;
-        let revision = handle.load().revision();
-        let update = match control.updates(revision).await {
-            Ok(u) => {
-                contact.reached();
-                touch(&file);
+        let revision = follower.handle.load().revision();
+        let outcome = match control.watch(revision, heartbeat).await {
+            Ok(response) => {
                 if failures > 0 {
                     tracing::info!("control plane reachable again");
                 }
                 failures = 0;
-                u
+                follower.stream(response, heartbeat).await
             }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(20) {
-                    tracing::warn!(error = %e, stale_s = contact.age_seconds(), "control plane unreachable; enforcing the last state");
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            failures += 1;
+            if failures == 1 || failures.is_multiple_of(20) {
+                tracing::warn!(error = %e, stale_s = follower.contact.age_seconds(), "control plane unreachable; enforcing the last state");
+            }
+        }
+        let backoff = Duration::from_millis(100) * 2_u32.saturating_pow(failures.min(7));
+        tokio::time::sleep(backoff.min(Duration::from_secs(10))).await;
+    }
+}
+
+/// What the follower keeps between streams.
+struct Follower {
+    state: StoreState,
+    handle: Arc<SnapshotHandle>,
+    file: PathBuf,
+    contact: Arc<Contact>,
+    /// A refused update is not retried until the control plane moves past it.
+    refused: Option<i64>,
+}
+
+impl Follower {
+    /// Reads one stream until it ends, breaks or stays silent for three heartbeats.
+    async fn stream(
+        &mut self,
+        mut response: reqwest::Response,
+        heartbeat: Duration,
+    ) -> Result<(), String> {
+        let mut parser = SseParser::default();
+        loop {
+            let chunk = tokio::time::timeout(heartbeat * 3, response.chunk())
+                .await
+                .map_err(|_| String::from("the change stream fell silent"))?
+                .map_err(|e| format!("the change stream broke: {e}"))?
+                .ok_or_else(|| String::from("the control plane closed the change stream"))?;
+            for event in parser.push(&chunk) {
+                self.contact.reached();
+                touch(&self.file);
+                if event.event == "update" {
+                    let update: SnapshotUpdate = serde_json::from_str(&event.data)
+                        .map_err(|e| format!("/v1/watch: an update that does not parse: {e}"))?;
+                    self.apply(update);
                 }
-                continue;
             }
-        };
-        let Some(update) = update else {
-            continue;
-        };
+        }
+    }
+
+    fn apply(&mut self, update: SnapshotUpdate) {
         let target = match &update {
             SnapshotUpdate::Patch(delta) => delta.revision,
             SnapshotUpdate::Rebuild(state) => state.revision,
         };
-        if refused == Some(target) {
-            continue;
+        if self.refused == Some(target) {
+            return;
         }
-        match handle.apply(update.clone(), now_ms()) {
+        match self.handle.apply(update.clone(), now_ms()) {
             Ok(applied) => {
                 METRICS
                     .snapshot_updates
                     .with_label_values(&["applied"])
                     .inc();
-                state.apply(update);
-                if let Err(e) = save(&file, &state) {
+                self.state.apply(update);
+                if let Err(e) = save(&self.file, &self.state) {
                     tracing::warn!(error = %e, "last-known-good state not saved");
                 }
                 tracing::info!(
@@ -260,7 +352,7 @@ pub async fn follow(
                 );
             }
             Err(e) => {
-                refused = Some(target);
+                self.refused = Some(target);
                 METRICS
                     .snapshot_updates
                     .with_label_values(&["rejected"])
@@ -274,4 +366,31 @@ pub async fn follow(
 /// Builds the snapshot of a state.
 pub fn build(state: StoreState) -> Result<Snapshot, String> {
     Snapshot::build(state, now_ms()).map_err(|e| format!("the state does not compile: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_split_across_chunks_and_comments_are_skipped() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(b"event: heartbeat\ndata: 4").is_empty());
+        let events =
+            parser.push(b"2\n\n: keep-alive\n\nevent: update\nid: 43\ndata: {\"a\":\ndata: 1}\n\n");
+        assert_eq!(
+            events,
+            [
+                SseEvent {
+                    event: String::from("heartbeat"),
+                    data: String::from("42")
+                },
+                SseEvent {
+                    event: String::from("update"),
+                    data: String::from("{\"a\":\n1}")
+                }
+            ]
+        );
+        assert!(parser.pending.is_empty());
+    }
 }

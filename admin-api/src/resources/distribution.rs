@@ -1,13 +1,20 @@
-//! What sidecars follow: the whole state, and what changed since a revision.
+//! What sidecars follow: the whole state, what changed since a revision, and a stream of
+//! changes as they are published (`GET /v1/watch`, server-sent events).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use portcullis_policy_store::snapshot::SnapshotUpdate;
 use portcullis_policy_store::store::Store;
 use serde::Deserialize;
 
 use super::{Params, St, allow};
+use crate::AppState;
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, Problem};
@@ -58,15 +65,137 @@ pub(crate) async fn updates<S: Store>(
         AdminAction::DistributionRead,
         &Target::global(),
     )?;
-    let current = st.store.revision().await?;
-    if query.since == current {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    match update_since(&st.store, query.since).await? {
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+        Some(update) => Ok(Json(update).into_response()),
     }
-    let update = if query.since > current || query.since < 0 {
+}
+
+/// What brings a snapshot at `since` to the store's revision; `None` when it is there.
+async fn update_since<S: Store>(store: &S, since: i64) -> Result<Option<SnapshotUpdate>, ApiError> {
+    let current = store.revision().await?;
+    if since == current {
+        return Ok(None);
+    }
+    if since > current || since < 0 {
         // The caller is ahead of this store (it was replaced): start over.
-        portcullis_policy_store::snapshot::SnapshotUpdate::Rebuild(st.store.load_state().await?)
-    } else {
-        st.store.load_update(query.since).await?
+        return Ok(Some(SnapshotUpdate::Rebuild(store.load_state().await?)));
+    }
+    Ok(Some(store.load_update(since).await?))
+}
+
+/// The revision an update brings a snapshot to.
+fn target_of(update: &SnapshotUpdate) -> i64 {
+    match update {
+        SnapshotUpdate::Patch(delta) => delta.revision,
+        SnapshotUpdate::Rebuild(state) => state.revision,
+    }
+}
+
+/// `GET /v1/watch` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WatchQuery {
+    /// The revision the caller's snapshot is at.
+    since: i64,
+    /// How often to send a `heartbeat` event while nothing changes, 100 to 60000 ms (default
+    /// 5000). A caller that hears nothing for a few heartbeats reconnects.
+    #[serde(default)]
+    heartbeat_ms: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/watch", tag = "distribution", params(WatchQuery),
+    responses(
+        (status = 200, description = "Server-sent events until the caller leaves: `update` (data: what `GET /v1/updates` would answer, a patch or the whole state to rebuild from — the resync when `since` is too old or ahead; id: the revision it brings the caller to) as soon as this control plane publishes a revision, and `heartbeat` (data: the current revision) first and whenever nothing changed for `heartbeat_ms`", content_type = "text/event-stream"),
+        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Internal error", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn watch<S: Store + Send + Sync + 'static>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Params(query): Params<WatchQuery>,
+) -> Result<Response, ApiError> {
+    allow(
+        &st,
+        &actor,
+        AdminAction::DistributionRead,
+        &Target::global(),
+    )?;
+    let heartbeat_ms = query.heartbeat_ms.unwrap_or(5000);
+    if !(100..=60_000).contains(&heartbeat_ms) {
+        return Err(ApiError::field(
+            "heartbeat_ms",
+            "must be between 100 and 60000",
+        ));
+    }
+    let watcher = Watcher {
+        published: st.snapshot.subscribe(),
+        st,
+        since: query.since,
+        heartbeat: Duration::from_millis(heartbeat_ms),
+        greeted: false,
     };
-    Ok(Json(update).into_response())
+    let events = futures_util::stream::unfold(watcher, |mut w| async move {
+        let event = w.next_event().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), w))
+    });
+    Ok(Sse::new(events).into_response())
+}
+
+/// One caller's watch: where it is, and the published revisions to wake on.
+struct Watcher<S> {
+    st: Arc<AppState<S>>,
+    published: tokio::sync::watch::Receiver<i64>,
+    since: i64,
+    heartbeat: Duration,
+    greeted: bool,
+}
+
+impl<S: Store> Watcher<S> {
+    /// The next event; `None` ends the stream (the caller reconnects).
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            let published = *self.published.borrow_and_update();
+            if published != self.since {
+                match update_since(&self.st.store, self.since).await {
+                    Ok(Some(update)) => {
+                        self.since = target_of(&update);
+                        return match Event::default()
+                            .event("update")
+                            .id(self.since.to_string())
+                            .json_data(&update)
+                        {
+                            Ok(event) => Some(event),
+                            Err(e) => {
+                                tracing::error!(error = %e, "watch: update not encoded; closing the stream");
+                                None
+                            }
+                        };
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "watch: cannot read the store; closing the stream");
+                        return None;
+                    }
+                }
+            }
+            if !self.greeted {
+                self.greeted = true;
+                return Some(self.heartbeat_event());
+            }
+            match tokio::time::timeout(self.heartbeat, self.published.changed()).await {
+                Ok(Ok(())) => {}
+                // The snapshot is gone: the process is stopping.
+                Ok(Err(_)) => return None,
+                Err(_) => return Some(self.heartbeat_event()),
+            }
+        }
+    }
+
+    fn heartbeat_event(&self) -> Event {
+        Event::default()
+            .event("heartbeat")
+            .data(self.since.to_string())
+    }
 }

@@ -42,7 +42,15 @@ enum Dialect {
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// The PostgreSQL URL, for [`SqlStore::relay_peer_commits`].
+    postgres_url: Option<String>,
+    /// The last revision committed through this process (or relayed from peers).
+    commits: std::sync::Arc<tokio::sync::watch::Sender<Revision>>,
 }
+
+/// The PostgreSQL channel every commit notifies, so replicas sharing the database learn of
+/// each other's writes without polling.
+const COMMIT_CHANNEL: &str = "portcullis_commits";
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> UnixMillis {
@@ -80,7 +88,17 @@ impl SqlStore {
             .max_connections(max_connections)
             .connect_with(options)
             .await?;
-        let store = Self { pool, dialect };
+        let postgres_url = match config {
+            StoreConfig::Postgres { url } => Some(url.clone()),
+            StoreConfig::Sqlite { .. } => None,
+        };
+        let (commits, _) = tokio::sync::watch::channel(0);
+        let store = Self {
+            pool,
+            dialect,
+            postgres_url,
+            commits: std::sync::Arc::new(commits),
+        };
         if dialect == Dialect::Sqlite {
             // WAL lets readers (snapshot loads) run beside the one writer.
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -89,6 +107,11 @@ impl SqlStore {
         }
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The PostgreSQL URL it was opened with; `None` on SQLite.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres_url.as_deref()
     }
 
     /// Which database this is (`sqlite` or `postgres`), for logs.
@@ -166,8 +189,64 @@ impl SqlStore {
         changes: &[ChangeKind],
     ) -> Result<Revision, StoreError> {
         let revision = bump(&mut tx, changes).await?;
+        if self.dialect == Dialect::Postgres {
+            // Delivered to listening replicas when (and only if) the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(COMMIT_CHANNEL)
+                .bind(revision.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
+        self.commits.send_replace(revision);
         Ok(revision)
+    }
+
+    /// Wakes on every revision committed through this process, and on peers' commits while
+    /// [`SqlStore::relay_peer_commits`] runs. Followers still poll now and then: a missed
+    /// wake-up only delays them.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.commits.subscribe()
+    }
+
+    /// On PostgreSQL, listens for the commits of other processes sharing the database and
+    /// relays them to [`SqlStore::commits`]; reconnects after a lost connection. Returns at
+    /// once on SQLite, whose one process sees its own commits. Runs until the process ends.
+    pub async fn relay_peer_commits(&self) {
+        let Some(url) = &self.postgres_url else {
+            return;
+        };
+        let mut backoff = std::time::Duration::from_millis(250);
+        loop {
+            match sqlx::postgres::PgListener::connect(url).await {
+                Ok(mut listener) => match listener.listen(COMMIT_CHANNEL).await {
+                    Ok(()) => {
+                        backoff = std::time::Duration::from_millis(250);
+                        loop {
+                            match listener.recv().await {
+                                Ok(note) => {
+                                    if let Ok(revision) = note.payload().parse::<Revision>() {
+                                        self.commits.send_replace(revision);
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "lost the PostgreSQL commit notifications; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for PostgreSQL commit notifications")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot connect for PostgreSQL commit notifications")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+        }
     }
 }
 

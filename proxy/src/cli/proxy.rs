@@ -1,6 +1,6 @@
 //! `portcullis proxy`: the data plane alone, for a sidecar or a gateway beside a separate
 //! control plane. It bootstraps its state from the control plane (`GET /v1/snapshot`),
-//! follows it (`GET /v1/updates`), keeps a last-known-good file and starts from it when the
+//! follows it (`GET /v1/watch`), keeps a last-known-good file and starts from it when the
 //! control plane is away, and fails closed past `control_plane.max_staleness_seconds`.
 //! The route map is local: `routes.yaml` of `policies.dir` (or the built-in one).
 
@@ -176,7 +176,7 @@ pub fn run(args: &Args) -> Exit {
         Arc::clone(&plane.snapshot),
         state_file,
         contact,
-        Duration::from_millis(cp.poll_interval_ms),
+        Duration::from_millis(cp.heartbeat_ms),
     ));
     runtime.spawn(keys.run(Arc::clone(&plane.authn)));
     if let Some(forward) = plane.audit.as_ref().and_then(|a| a.redis_forwarder()) {

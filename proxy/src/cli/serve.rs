@@ -132,6 +132,10 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
         started.store.clone(),
         Arc::clone(&started.plane.snapshot),
     ));
+    control.spawn({
+        let store = started.store.clone();
+        async move { store.relay_peer_commits().await }
+    });
     control.spawn(started.keys.run(Arc::clone(&started.plane.authn)));
     if let Some(forward) = started
         .plane

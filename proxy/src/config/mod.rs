@@ -488,8 +488,9 @@ pub struct ControlPlaneConfig {
     pub url: Option<String>,
     /// File holding the bearer token (one of the control plane's admin tokens).
     pub token_file: Option<PathBuf>,
-    /// How often to ask for updates.
-    pub poll_interval_ms: u64,
+    /// How often the control plane confirms the change stream is alive while nothing
+    /// changes; three silent heartbeats and the proxy reconnects.
+    pub heartbeat_ms: u64,
     /// Past this long without reaching the control plane, answer 503 (fail closed).
     pub max_staleness_seconds: u64,
     /// The last-known-good state; default `<data_dir>/last-known-good.json`.
@@ -501,7 +502,7 @@ impl Default for ControlPlaneConfig {
         Self {
             url: None,
             token_file: None,
-            poll_interval_ms: 250,
+            heartbeat_ms: 5000,
             max_staleness_seconds: 300,
             state_file: None,
         }
@@ -823,11 +824,17 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             format!("`{url}` is not an http(s) URL"),
         ));
     }
-    if config.control_plane.poll_interval_ms == 0 || config.control_plane.max_staleness_seconds == 0
-    {
+    let cp = &config.control_plane;
+    if !(100..=60_000).contains(&cp.heartbeat_ms) {
         problems.push(problem(
-            "control_plane",
-            "poll_interval_ms and max_staleness_seconds must be above 0",
+            "control_plane.heartbeat_ms",
+            "must be between 100 and 60000",
+        ));
+    }
+    if cp.max_staleness_seconds.saturating_mul(1000) < cp.heartbeat_ms.saturating_mul(3) {
+        problems.push(problem(
+            "control_plane.max_staleness_seconds",
+            "must be at least three heartbeats (heartbeat_ms), or a healthy stream would count as stale",
         ));
     }
     let a = &config.audit;

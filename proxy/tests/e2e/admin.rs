@@ -29,6 +29,9 @@ fn the_admin_api_matches_its_openapi_document() {
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_schema_conformance,response_headers_conformance",
+            // An event stream never ends: the API tests and the distribution e2e cover it.
+            "--exclude-path",
+            "/v1/watch",
             "--max-examples",
             "40",
             "--seed",
@@ -44,8 +47,8 @@ fn the_admin_api_matches_its_openapi_document() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("24/24"),
-        "every operation was selected:\n{stdout}"
+        stdout.contains("Selected: 24/25") && stdout.contains("Tested: 24"),
+        "every operation but /v1/watch was tested:\n{stdout}"
     );
 }
 

@@ -328,7 +328,7 @@ impl Portcullis {
         Self::start_command(&["control", "--no-demo-data"], upstream, keys, extra)
     }
 
-    /// `portcullis proxy` following `control`'s admin API (polling every 100 ms, failing
+    /// `portcullis proxy` following `control`'s admin API (heartbeats every 200 ms, failing
     /// closed after 3 s without contact), with the same keys and clock.
     pub fn start_proxy(
         upstream: &Upstream,
@@ -337,7 +337,7 @@ impl Portcullis {
         extra: &str,
     ) -> Self {
         let extra = format!(
-            "control_plane:\n  url: http://{}\n  token_file: {}\n  poll_interval_ms: 100\n  max_staleness_seconds: 3\n{extra}",
+            "control_plane:\n  url: http://{}\n  token_file: {}\n  heartbeat_ms: 200\n  max_staleness_seconds: 3\n{extra}",
             control.admin,
             control.dir.join("data/admin-token").display()
         );
