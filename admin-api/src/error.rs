@@ -47,6 +47,9 @@ pub enum ApiError {
     },
     /// 401: no or bad credentials.
     Unauthenticated,
+    /// 429: too many failed authentications from this client; retry after this many
+    /// seconds.
+    TooManyFailures(u64),
     /// 403: the admin policies do not allow this caller this call.
     Forbidden(String),
     /// 404.
@@ -103,6 +106,10 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            Self::TooManyFailures(seconds) => Some(*seconds),
+            _ => None,
+        };
         let (status, kind, title, detail, errors) = match self {
             Self::Invalid { detail, errors } => (
                 StatusCode::BAD_REQUEST,
@@ -116,6 +123,15 @@ impl IntoResponse for ApiError {
                 "unauthenticated",
                 "Authentication is required",
                 String::from("send `Authorization: Bearer <admin token>`"),
+                Vec::new(),
+            ),
+            Self::TooManyFailures(retry_after) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-failed-authentications",
+                "Too many failed authentications",
+                format!(
+                    "this client sent too many bad admin credentials; retry in {retry_after} s"
+                ),
                 Vec::new(),
             ),
             Self::Forbidden(detail) => (
@@ -183,6 +199,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

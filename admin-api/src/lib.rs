@@ -15,16 +15,17 @@
 //! | `GET/PUT/DELETE /v1/roles/{name}` | read, replace, delete (409 while assigned) |
 //! | `GET/PUT/DELETE /v1/principals/{kind}/{id}` | users, services, groups |
 //! | `POST /v1/principals/{kind}/{id}/sessions:revoke` | revoke a `sid`/`jti` |
-//! | `POST /v1/assignments`, `GET /v1/assignments?principal=` | grant, list a principal's |
+//! | `POST /v1/assignments`, `GET /v1/assignments?principal=\|role=\|scope=` | grant, list |
 //! | `DELETE /v1/assignments/{id}` | revoke a grant |
-//! | `PUT/DELETE /v1/entities/{type}/{id}` | resources and their parents |
-//! | `POST /v1/authorize` | what-if decision with policies, roles and errors |
+//! | `GET/PUT/DELETE /v1/entities/{type}/{id}` | resources and their parents; archive |
+//! | `POST /v1/authorize`, `POST /v1/authorize:batch` | what-if decisions with policies, roles and errors |
 //! | `GET /v1/snapshot` | the whole state, for a sidecar to bootstrap from |
 //! | `GET /v1/updates?since=R` | a patch (or the whole state) from revision R; 204 if none |
 //! | `GET /v1/watch?since=R` | server-sent events: each update as it is published, heartbeats |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (no token needed) |
 //!
-//! Every call needs `Authorization: Bearer <admin token>` ([`auth`]) and a permit from the
+//! Every call needs `Authorization: Bearer <admin token or JWT>` ([`auth`]; failures are
+//! throttled per client address) and a permit from the
 //! admin policies, `policies/admin.cedar` ([`authz`]: a tenant admin manages only its own
 //! tenant); every error is
 //! problem+json ([`error`]); `X-Request-Id` is echoed (or made) and `Idempotency-Key` on a
@@ -40,11 +41,12 @@ mod resources;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use portcullis_policy_store::snapshot::SnapshotHandle;
 use portcullis_policy_store::store::Store;
 
-pub use auth::{Actor, AdminTokens};
+pub use auth::throttle::FailureLimit;
+pub use auth::{Actor, AdminAuth, AdminTokens, JwtVerifier};
 pub use error::{ApiError, FieldError, Problem};
 
 /// What the handlers share.
@@ -63,7 +65,7 @@ pub struct AppState<S> {
 /// The admin API router.
 pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
     state: AppState<S>,
-    tokens: AdminTokens,
+    auth: AdminAuth,
 ) -> Router {
     let state = Arc::new(state);
     Router::new()
@@ -97,7 +99,9 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
         )
         .route(
             "/v1/entities/{type}/{id}",
-            put(resources::put_entity::<S>).delete(resources::delete_entity::<S>),
+            get(resources::get_entity::<S>)
+                .put(resources::put_entity::<S>)
+                .delete(resources::delete_entity::<S>),
         )
         .route(
             "/v1/policies",
@@ -121,6 +125,7 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
         )
         .route("/v1/schema", get(resources::get_schema::<S>))
         .route("/v1/authorize", post(resources::authorize::<S>))
+        .route("/v1/authorize:batch", post(resources::authorize_batch::<S>))
         .route("/v1/snapshot", get(resources::snapshot::<S>))
         .route("/v1/updates", get(resources::updates::<S>))
         .route("/v1/watch", get(resources::watch::<S>))
@@ -130,7 +135,7 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
             conventions::idempotency,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            tokens,
+            auth,
             auth::require_admin,
         ))
         .route("/v1/openapi.json", get(openapi_json))

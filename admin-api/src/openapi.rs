@@ -3,6 +3,7 @@
 //! nothing).
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::resources;
@@ -35,9 +36,11 @@ use crate::resources;
         resources::create_assignment,
         resources::list_assignments,
         resources::delete_assignment,
+        resources::get_entity,
         resources::put_entity,
         resources::delete_entity,
         resources::authorize,
+        resources::authorize_batch,
         resources::snapshot,
         resources::updates,
         resources::watch,
@@ -57,10 +60,40 @@ impl Modify for AdminToken {
                 SecurityScheme::Http(
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
-                        .description(Some("An admin token (see `admin.tokens_file`)"))
+                        .description(Some(
+                            "An admin token (see `admin.tokens_file`) or, with `admin.jwt`, a \
+                             JWT from the configured issuer",
+                        ))
                         .build(),
                 ),
             );
+        }
+        // Every authenticated operation can be throttled after failed authentications.
+        let throttled = ResponseBuilder::new()
+            .description("Too many failed authentications from this client; see `Retry-After`")
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .insert(String::from("429"), throttled.clone().into());
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use portcullis_admin_api::auth::token_line;
 use portcullis_admin_api::authz::AdminPolicies;
-use portcullis_admin_api::{AdminTokens, AppState, app};
+use portcullis_admin_api::{AdminAuth, AdminTokens, AppState, app};
 use portcullis_policy_store::model::{PolicyFile, Role};
 use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle};
 use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
@@ -103,7 +103,7 @@ async fn api() -> Api {
                 AdminPolicies::builtin().unwrap(),
             )),
         },
-        tokens,
+        AdminAuth::new(tokens),
     );
     Api {
         router,
@@ -421,6 +421,52 @@ async fn principals_assignments_and_entities_drive_what_if_decisions() {
             .load()
             .is_session_revoked("s-1", jiff::Timestamp::now().as_millisecond())
     );
+    let before = jiff::Timestamp::now().as_millisecond();
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/principals/users/ann/sessions:revoke",
+            Some(json!({"all": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.refresh().await;
+    let ann: portcullis_policy_store::model::EntityRef = "User::\"ann\"".parse().unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    assert!(
+        api.snapshot
+            .load()
+            .is_token_revoked_for(&ann, Some(before - 1), now)
+    );
+    assert!(
+        !api.snapshot
+            .load()
+            .is_token_revoked_for(&ann, Some(now + 1), now)
+    );
+    for (body, field) in [
+        (json!({"all": true, "session_id": "s-2"}), "session_id"),
+        (json!({}), "session_id"),
+        (json!({"session_id": ""}), "session_id"),
+        (json!({"session_id": "s-3", "expires_at": 1}), "expires_at"),
+    ] {
+        let (status, problem) = api
+            .call(
+                "POST",
+                "/v1/principals/users/ann/sessions:revoke",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
+    }
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/principals/users/nobody/sessions:revoke",
+            Some(json!({"all": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Bad input, every field at once.
     let (status, problem) = api
@@ -922,6 +968,13 @@ async fn a_tenant_admin_manages_its_own_tenant_and_nothing_else() {
         ),
         ("GET", "/v1/roles", None, StatusCode::OK),
         ("GET", "/v1/policies", None, StatusCode::OK),
+        ("GET", "/v1/entities/Space/s1", None, StatusCode::OK),
+        (
+            "GET",
+            "/v1/assignments?scope=Space::%22s1%22",
+            None,
+            StatusCode::OK,
+        ),
     ] {
         let (status, body) = as_t1(method, uri, body).await;
         assert_eq!(status, expected, "t1-admin {method} {uri}: {body}");
@@ -1015,6 +1068,19 @@ async fn a_tenant_admin_manages_its_own_tenant_and_nothing_else() {
         ),
         ("GET", "/v1/snapshot", None),
         ("GET", "/v1/updates?since=0", None),
+        ("GET", "/v1/entities/Space/s2", None),
+        ("GET", "/v1/assignments?scope=Space::%22s2%22", None),
+        ("GET", "/v1/assignments?role=member", None),
+        ("GET", "/v1/assignments?scope=global", None),
+        // One question about another tenant refuses the whole batch.
+        (
+            "POST",
+            "/v1/authorize:batch",
+            Some(json!({"requests": [
+                {"principal": "User::\"ann\"", "action": "document.read", "resource": "Document::\"d1\""},
+                {"principal": "User::\"bob\"", "action": "document.read", "resource": "Space::\"s2\""}
+            ]})),
+        ),
     ] {
         let (status, problem) = as_t1(method, uri, body).await;
         assert_eq!(
@@ -1152,10 +1218,24 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
             Some(json!({"uid": "Space::\"s1\"", "attributes": {"tenant": "t1"}})),
         ),
         (
+            "get",
+            "/v1/entities/{type}/{id}",
+            "/v1/entities/Space/s1",
+            None,
+        ),
+        (
             "delete",
             "/v1/entities/{type}/{id}",
             "/v1/entities/Space/s1",
             None,
+        ),
+        (
+            "post",
+            "/v1/authorize:batch",
+            "/v1/authorize:batch",
+            Some(
+                json!({"requests": [{"principal": "User::\"ann\"", "action": "document.read", "resource": "Space::\"s1\""}]}),
+            ),
         ),
         (
             "post",
@@ -1289,4 +1369,108 @@ async fn watch_streams_each_published_revision_and_heartbeats_between() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(fields(&problem), ["heartbeat_ms"]);
+}
+
+#[tokio::test]
+async fn assignments_list_by_role_and_scope_and_decisions_come_in_batches() {
+    let api = api().await;
+    two_tenants(&api).await;
+    for (id, who, role, scope) in [
+        (
+            "ann-s1",
+            "ann",
+            "member",
+            json!({"entity": "Space::\"s1\""}),
+        ),
+        ("ann-all", "ann", "guest", json!("global")),
+        ("bob-s1", "bob", "guest", json!({"entity": "Space::\"s1\""})),
+    ] {
+        let (status, body) = api
+            .call(
+                "POST",
+                "/v1/assignments",
+                Some(json!({"id": id, "principal": format!("User::\"{who}\""), "role": role, "scope": scope})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, page) = api.call("GET", "/v1/assignments?role=member", None).await;
+    assert_eq!(ids(&page), ["ann-s1", "bob-s2"]);
+    let (_, page) = api
+        .call(
+            "GET",
+            "/v1/assignments?scope=Space::%22s1%22&page_size=1",
+            None,
+        )
+        .await;
+    assert_eq!(ids(&page), ["ann-s1"]);
+    let token = page["next_page_token"].as_str().unwrap().to_owned();
+    let (_, page) = api
+        .call(
+            "GET",
+            &format!("/v1/assignments?scope=Space::%22s1%22&page_size=1&page_token={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&page), ["bob-s1"]);
+    assert!(page.get("next_page_token").is_none(), "{page}");
+    let (_, page) = api.call("GET", "/v1/assignments?scope=global", None).await;
+    assert_eq!(ids(&page), ["ann-all"]);
+    for bad in [
+        "/v1/assignments",
+        "/v1/assignments?role=member&scope=global",
+        "/v1/assignments?scope=Space",
+    ] {
+        let (status, problem) = api.call("GET", bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+    }
+
+    let (status, entity) = api.call("GET", "/v1/entities/Space/s1", None).await;
+    assert_eq!(
+        (status, entity["attributes"]["tenant"].as_str()),
+        (StatusCode::OK, Some("t1"))
+    );
+    let (status, _) = api.call("GET", "/v1/entities/Space/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A batch: answers in order, on one snapshot; bad facts named with their index.
+    api.refresh().await;
+    let ask = |who: &str, resource: &str| json!({"principal": format!("User::\"{who}\""), "action": "document.read", "resource": resource, "parents": ["Space::\"s1\""], "context": {"time": "2026-01-06T10:00:00Z"}});
+    let (status, answers) = api
+        .call(
+            "POST",
+            "/v1/authorize:batch",
+            Some(json!({"requests": [ask("ann", "Document::\"x\""), ask("carl", "Document::\"x\"")]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answers}");
+    let results = answers["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["decision"], "allow", "{answers}");
+    assert_eq!(results[1]["decision"], "deny", "{answers}");
+    assert_eq!(results[0]["revision"], results[1]["revision"]);
+    let mut bad = ask("ann", "Document::\"x\"");
+    bad["context"]["risk_score"] = json!(500);
+    let (status, problem) = api
+        .call(
+            "POST",
+            "/v1/authorize:batch",
+            Some(json!({"requests": [ask("ann", "Document::\"x\""), bad]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&problem), ["requests[1].context.risk_score"]);
+    let (status, problem) = api
+        .call("POST", "/v1/authorize:batch", Some(json!({"requests": []})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&problem), ["requests"]);
 }

@@ -278,6 +278,19 @@ pub struct RevokedSession {
     pub principal: Option<EntityRef>,
     /// After this instant the record can be forgotten (the token has expired by then).
     pub expires_at: UnixMillis,
+    /// Set when every session of `principal` was revoked at once: each of its tokens issued
+    /// (`iat`) before this instant is refused, and so is each of its tokens without `iat`.
+    /// `session_id` is then [`RevokedSession::all_sessions_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<UnixMillis>,
+}
+
+impl RevokedSession {
+    /// The record key of "every session of `principal`": one per principal, so revoking
+    /// again moves the cutoff instead of adding a record.
+    pub fn all_sessions_key(principal: &EntityRef) -> String {
+        format!("all-sessions-of:{principal}")
+    }
 }
 
 /// A role: a name, the actions it grants, and the resource types it governs.

@@ -205,6 +205,8 @@ pub struct Snapshot {
     principals: imbl::HashMap<EntityRef, Arc<PrincipalView>>,
     entities: imbl::HashMap<EntityRef, Arc<EntityView>>,
     revoked: imbl::HashMap<String, UnixMillis>,
+    /// Principals whose tokens issued before an instant are refused: (cutoff, forget after).
+    revoked_before: imbl::HashMap<EntityRef, (UnixMillis, UnixMillis)>,
     /// Decisions made against this snapshot; a patched snapshot starts with an empty one.
     decisions: Arc<DecisionCache>,
 }
@@ -272,11 +274,11 @@ impl Snapshot {
             .into_iter()
             .map(|e| (e.uid.clone(), Arc::new(EntityView::new(e, types))))
             .collect();
-        let revoked = state
-            .revoked_sessions
-            .into_iter()
-            .map(|s| (s.session_id, s.expires_at))
-            .collect();
+        let mut revoked = imbl::HashMap::new();
+        let mut revoked_before = imbl::HashMap::new();
+        for session in state.revoked_sessions {
+            add_revocation(&mut revoked, &mut revoked_before, session);
+        }
         Ok(Self {
             revision: state.revision,
             built_at: now,
@@ -285,6 +287,7 @@ impl Snapshot {
             principals,
             entities,
             revoked,
+            revoked_before,
             decisions: Arc::new(DecisionCache::new()),
         })
     }
@@ -338,10 +341,12 @@ impl Snapshot {
                 }
             }
         }
-        for s in delta.revoked_sessions {
-            next.revoked.insert(s.session_id, s.expires_at);
+        for session in delta.revoked_sessions {
+            add_revocation(&mut next.revoked, &mut next.revoked_before, session);
         }
         next.revoked.retain(|_, expires_at| *expires_at > now);
+        next.revoked_before
+            .retain(|_, (_, expires_at)| *expires_at > now);
         next.revision = delta.revision;
         next.built_at = now;
         Ok(next)
@@ -387,6 +392,21 @@ impl Snapshot {
         self.revoked
             .get(session_id)
             .is_some_and(|expires_at| *expires_at > now)
+    }
+
+    /// Whether a token of `principal` issued at `issued_at` (ms; `None` when it has no
+    /// `iat`) falls under a revocation of all that principal's sessions at `now`.
+    pub fn is_token_revoked_for(
+        &self,
+        principal: &EntityRef,
+        issued_at: Option<UnixMillis>,
+        now: UnixMillis,
+    ) -> bool {
+        self.revoked_before
+            .get(principal)
+            .is_some_and(|(cutoff, expires_at)| {
+                *expires_at > now && issued_at.is_none_or(|iat| iat < *cutoff)
+            })
     }
 
     /// Number of principals, entities and assignments (for metrics and logs).
@@ -481,5 +501,22 @@ impl SnapshotHandle {
     /// How many updates were refused because they did not compile.
     pub fn rejected_updates(&self) -> u64 {
         self.rejected_updates.load(Ordering::Relaxed)
+    }
+}
+
+/// Files a revoked-session record under its session id, or under its principal when it
+/// revokes every session of that principal.
+fn add_revocation(
+    revoked: &mut imbl::HashMap<String, UnixMillis>,
+    revoked_before: &mut imbl::HashMap<EntityRef, (UnixMillis, UnixMillis)>,
+    session: RevokedSession,
+) {
+    match (session.issued_before, session.principal) {
+        (Some(cutoff), Some(principal)) => {
+            revoked_before.insert(principal, (cutoff, session.expires_at));
+        }
+        _ => {
+            revoked.insert(session.session_id, session.expires_at);
+        }
     }
 }

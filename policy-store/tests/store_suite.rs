@@ -20,7 +20,7 @@ use portcullis_policy_store::error::StoreError;
 use portcullis_policy_store::model::*;
 use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate};
 use portcullis_policy_store::store::scratch::ScratchPostgres;
-use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use portcullis_policy_store::store::{AssignmentFilter, Import, SqlStore, Store, StoreConfig};
 
 fn policies_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -173,6 +173,77 @@ async fn commits_wake_followers(store: SqlStore) {
     .expect("a peer's commit is relayed");
     assert!(heard.1 > before && heard.1 <= heard.0, "{heard:?}");
     relay.abort();
+}
+
+/// Assignment lists by principal, role and scope, a page at a time.
+async fn assignments_are_listed_by_principal_role_and_scope(store: SqlStore) {
+    seed(&store).await;
+    store.create_role(&role("viewer", &["READ"])).await.unwrap();
+    for who in ["alice", "bob"] {
+        store.put_principal(&user(who, "t1")).await.unwrap();
+    }
+    let grant = |id: &str, who: &str, role: &str, scope: Scope| Assignment {
+        id: id.to_owned(),
+        principal: eref(&format!("User::\"{who}\"")),
+        role: role.to_owned(),
+        scope,
+        conditions: AssignmentConditions::default(),
+        assigned_by: None,
+        reason: None,
+    };
+    for a in [
+        grant(
+            "a1",
+            "alice",
+            "member",
+            Scope::Entity(eref("Space::\"s1\"")),
+        ),
+        grant("a2", "alice", "viewer", Scope::Global),
+        grant("a3", "bob", "member", Scope::Entity(eref("Space::\"s1\""))),
+        grant("a4", "bob", "member", Scope::Entity(eref("Space::\"s2\""))),
+    ] {
+        store.create_assignment(&a).await.unwrap();
+    }
+    let ids = |v: Vec<Assignment>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    let list = |filter: AssignmentFilter, after: Option<&'static str>, limit: i64| {
+        let store = store.clone();
+        async move { ids(store.list_assignments(&filter, after, limit).await.unwrap()) }
+    };
+    assert_eq!(
+        list(AssignmentFilter::Principal(eref("User::\"bob\"")), None, 10).await,
+        ["a3", "a4"]
+    );
+    assert_eq!(
+        list(AssignmentFilter::Role(String::from("member")), None, 10).await,
+        ["a1", "a3", "a4"]
+    );
+    assert_eq!(
+        list(
+            AssignmentFilter::Role(String::from("member")),
+            Some("a1"),
+            1
+        )
+        .await,
+        ["a3"]
+    );
+    assert_eq!(
+        list(
+            AssignmentFilter::Scope(Scope::Entity(eref("Space::\"s1\""))),
+            None,
+            10
+        )
+        .await,
+        ["a1", "a3"]
+    );
+    assert_eq!(
+        list(AssignmentFilter::Scope(Scope::Global), None, 10).await,
+        ["a2"]
+    );
+    assert!(
+        list(AssignmentFilter::Role(String::from("nope")), None, 10)
+            .await
+            .is_empty()
+    );
 }
 
 /// Seeds the default policies and one role, returns the revision.
@@ -449,6 +520,7 @@ async fn revoked_sessions_expire(store: SqlStore) {
             session_id: String::from("sid-1"),
             principal: Some(eref("User::\"alice\"")),
             expires_at: 5_000,
+            issued_before: None,
         })
         .await
         .unwrap();
@@ -460,12 +532,37 @@ async fn revoked_sessions_expire(store: SqlStore) {
             session_id: String::from("sid-2"),
             principal: None,
             expires_at: i64::MAX,
+            issued_before: None,
         })
         .await
         .unwrap();
+    let alice = eref("User::\"alice\"");
+    let all_of_alice = |issued_before| RevokedSession {
+        session_id: RevokedSession::all_sessions_key(&alice),
+        principal: Some(alice.clone()),
+        expires_at: i64::MAX,
+        issued_before: Some(issued_before),
+    };
+    store.revoke_session(&all_of_alice(10_000)).await.unwrap();
     let snap = Snapshot::build(store.load_state().await.unwrap(), 0).unwrap();
     assert!(snap.is_session_revoked("sid-2", 1_000));
     assert!(!snap.is_session_revoked("sid-1", 1_000));
+    assert!(snap.is_token_revoked_for(&alice, Some(9_999), 1_000));
+    assert!(snap.is_token_revoked_for(&alice, None, 1_000), "no iat");
+    assert!(!snap.is_token_revoked_for(&alice, Some(10_000), 1_000));
+    assert!(!snap.is_token_revoked_for(&eref("User::\"bob\""), None, 1_000));
+    assert!(!snap.is_session_revoked(&RevokedSession::all_sessions_key(&alice), 1_000));
+
+    // Revoking again moves the cutoff; a follower applying the change sees the same.
+    let revision = store.revoke_session(&all_of_alice(20_000)).await.unwrap();
+    let state = store.load_state().await.unwrap();
+    assert_eq!(state.revoked_sessions.len(), 2, "one record per principal");
+    let SnapshotUpdate::Patch(delta) = store.load_update(revision - 1).await.unwrap() else {
+        panic!("one revocation is a patch");
+    };
+    let patched = snap.patched(delta, 1_000).unwrap();
+    assert!(patched.is_token_revoked_for(&alice, Some(15_000), 1_000));
+    assert!(!patched.is_token_revoked_for(&alice, Some(20_000), 1_000));
 }
 
 async fn policy_versions_increase(store: SqlStore) {
@@ -643,4 +740,5 @@ suite!(
     bulk_import_is_one_revision_and_rebuilds,
     concurrent_writes_all_commit,
     commits_wake_followers,
+    assignments_are_listed_by_principal_role_and_scope,
 );

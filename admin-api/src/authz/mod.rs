@@ -41,6 +41,8 @@ pub enum AdminAction {
     AssignmentsRead,
     /// Grant or revoke assignments.
     AssignmentsWrite,
+    /// Read resource entities.
+    EntitiesRead,
     /// Create, replace or delete resource entities.
     EntitiesWrite,
     /// What-if decisions.
@@ -66,6 +68,7 @@ impl AdminAction {
             Self::SessionsRevoke => "sessions.revoke",
             Self::AssignmentsRead => "assignments.read",
             Self::AssignmentsWrite => "assignments.write",
+            Self::EntitiesRead => "entities.read",
             Self::EntitiesWrite => "entities.write",
             Self::Authorize => "authorize",
             Self::RolesRead => "roles.read",

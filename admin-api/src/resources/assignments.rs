@@ -4,13 +4,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_policy_store::model::{Assignment, EntityRef};
-use portcullis_policy_store::store::Store;
+use portcullis_policy_store::model::{Assignment, EntityRef, Scope};
+use portcullis_policy_store::store::{AssignmentFilter, Store};
 use serde::Deserialize;
 
 use super::{
     Body, Page, Params, St, allow, changed, check, created, entity_tenant_of, name_problems,
-    paginate, principal_tenant,
+    page_after, page_of, page_size, principal_tenant,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -78,13 +78,20 @@ pub(crate) async fn create_assignment<S: Store>(
     Ok(created(assignment))
 }
 
-/// `GET /v1/assignments` query.
+/// `GET /v1/assignments` query: exactly one of `principal`, `role`, `scope`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AssignmentQuery {
-    /// `User::"alice"`.
-    principal: String,
+    /// A principal's assignments: `User::"alice"`.
+    #[serde(default)]
+    principal: Option<String>,
+    /// Those granting a role.
+    #[serde(default)]
+    role: Option<String>,
+    /// Those scoped exactly to an entity (`Space::"s1"`), or `global`.
+    #[serde(default)]
+    scope: Option<String>,
     /// Items per page, 1 to 1000 (default 100).
     #[serde(default)]
     page_size: Option<usize>,
@@ -93,31 +100,59 @@ pub(crate) struct AssignmentQuery {
     page_token: Option<String>,
 }
 
+fn entity_ref_field(field: &str, value: &str) -> Result<EntityRef, ApiError> {
+    value
+        .parse()
+        .map_err(|e: portcullis_policy_store::error::ModelError| {
+            ApiError::field(field, e.to_string())
+        })
+}
+
 #[utoipa::path(get, path = "/v1/assignments", tag = "assignments", params(AssignmentQuery),
-    responses((status = 200, description = "The principal's assignments by id, a page at a time", body = Page<Assignment>), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The matching assignments by id, a page at a time", body = Page<Assignment>), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_assignments<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
     Params(query): Params<AssignmentQuery>,
 ) -> Result<Response, ApiError> {
-    let principal: EntityRef =
-        query
-            .principal
-            .parse()
-            .map_err(|e: portcullis_policy_store::error::ModelError| {
-                ApiError::field("principal", e.to_string())
-            })?;
-    let target = Target::tenants([principal_tenant(&st.store, &principal).await?.as_deref()]);
+    let (filter, target) = match (&query.principal, &query.role, &query.scope) {
+        (Some(p), None, None) => {
+            let principal = entity_ref_field("principal", p)?;
+            let tenant = principal_tenant(&st.store, &principal).await?;
+            (
+                AssignmentFilter::Principal(principal),
+                Target::tenants([tenant.as_deref()]),
+            )
+        }
+        // A role's grants span tenants.
+        (None, Some(r), None) => (AssignmentFilter::Role(r.clone()), Target::global()),
+        (None, None, Some(s)) if s == "global" => {
+            (AssignmentFilter::Scope(Scope::Global), Target::global())
+        }
+        (None, None, Some(s)) => {
+            let entity = entity_ref_field("scope", s)?;
+            let tenant = entity_tenant_of(&st.store, &entity).await?;
+            (
+                AssignmentFilter::Scope(Scope::Entity(entity)),
+                Target::tenants([tenant.as_deref()]),
+            )
+        }
+        _ => {
+            return Err(ApiError::field(
+                "query",
+                "give exactly one of `principal`, `role`, `scope`",
+            ));
+        }
+    };
     allow(&st, &actor, AdminAction::AssignmentsRead, &target)?;
-    let mut assignments = st.store.assignments_of(&principal).await?;
-    assignments.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Json(paginate(
-        assignments,
-        |a| a.id.as_str(),
-        query.page_size,
-        query.page_token.as_deref(),
-    )?)
-    .into_response())
+    let size = page_size(query.page_size)?;
+    let after = page_after(query.page_token.as_deref())?;
+    let limit = i64::try_from(size).unwrap_or(1000) + 1;
+    let items = st
+        .store
+        .list_assignments(&filter, after.as_deref(), limit)
+        .await?;
+    Ok(Json(page_of(items, size, |a| a.id.clone())).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/assignments/{id}", tag = "assignments",

@@ -1,4 +1,5 @@
-//! Resource entities and their parents.
+//! Resource entities and their parents: read, create or replace, delete. An entity with
+//! `archived: true` is denied with everything below it (the `archived-resource` policy).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,6 +15,21 @@ use crate::error::{ApiError, FieldError, Problem};
 
 fn entity_key(type_name: &str, id: &str) -> Result<EntityRef, ApiError> {
     EntityRef::new(type_name, id).map_err(|e| ApiError::field("type", e.to_string()))
+}
+
+#[utoipa::path(get, path = "/v1/entities/{type}/{id}", tag = "entities", params(("type" = String, Path, description = "Entity type, e.g. `Space`"), ("id" = String, Path, description = "Entity id")),
+    responses((status = 200, description = "The entity", body = EntityRecord), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_entity<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((type_name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = entity_key(&type_name, &id)?;
+    let stored = st.store.get_entity(&key).await?;
+    let target = Target::tenants([stored.as_ref().and_then(crate::authz::entity_tenant)]);
+    allow(&st, &actor, AdminAction::EntitiesRead, &target)?;
+    let entity = stored.ok_or_else(|| ApiError::NotFound(format!("entity `{key}` not found")))?;
+    Ok(Json(entity).into_response())
 }
 
 #[utoipa::path(put, path = "/v1/entities/{type}/{id}", tag = "entities", params(("type" = String, Path, description = "Entity type, e.g. `Space`"), ("id" = String, Path, description = "Entity id")), request_body = EntityRecord,

@@ -191,38 +191,55 @@ fn hex_decode(s: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
-/// The page after `token` of `items` (sorted by `key`).
-fn paginate<T>(
-    items: Vec<T>,
-    key: impl Fn(&T) -> &str,
-    page_size: Option<usize>,
-    token: Option<&str>,
-) -> Result<Page<T>, ApiError> {
-    let size = page_size.unwrap_or(100);
+/// A checked `page_size` (1 to 1000, default 100).
+fn page_size(requested: Option<usize>) -> Result<usize, ApiError> {
+    let size = requested.unwrap_or(100);
     if !(1..=1000).contains(&size) {
         return Err(ApiError::field("page_size", "must be between 1 and 1000"));
     }
-    let after = match token {
-        None => None,
-        Some(t) => Some(
+    Ok(size)
+}
+
+/// The key a `page_token` continues after.
+fn page_after(token: Option<&str>) -> Result<Option<String>, ApiError> {
+    token
+        .map(|t| {
             hex_decode(t)
-                .ok_or_else(|| ApiError::field("page_token", "not a token this API gave out"))?,
-        ),
-    };
-    let mut rest: Vec<T> = items
-        .into_iter()
-        .filter(|item| after.as_deref().is_none_or(|a| key(item) > a))
-        .collect();
-    let next_page_token = (rest.len() > size)
+                .ok_or_else(|| ApiError::field("page_token", "not a token this API gave out"))
+        })
+        .transpose()
+}
+
+/// A page of at most `size` from `items` (fetched with one extra to know whether more
+/// follow); the token continues after the last item's key.
+fn page_of<T>(mut items: Vec<T>, size: usize, key: impl Fn(&T) -> String) -> Page<T> {
+    let next_page_token = (items.len() > size)
         .then(|| {
-            rest.truncate(size);
-            rest.last().map(|last| hex_encode(key(last)))
+            items.truncate(size);
+            items.last().map(|last| hex_encode(&key(last)))
         })
         .flatten();
-    Ok(Page {
-        items: rest,
+    Page {
+        items,
         next_page_token,
-    })
+    }
+}
+
+/// The page after `token` of `items` (sorted by `key`), for lists held in memory.
+fn paginate<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    page_size_requested: Option<usize>,
+    token: Option<&str>,
+) -> Result<Page<T>, ApiError> {
+    let size = page_size(page_size_requested)?;
+    let after = page_after(token)?;
+    let rest: Vec<T> = items
+        .into_iter()
+        .filter(|item| after.as_deref().is_none_or(|a| key(item) > a))
+        .take(size + 1)
+        .collect();
+    Ok(page_of(rest, size, |item| key(item).to_owned()))
 }
 
 fn created<T: Serialize>(value: T) -> Response {

@@ -15,7 +15,8 @@ use portcullis_policy_store::store::Store;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Body, Page, PageQuery, Params, St, allow, changed, check, hex_decode, hex_encode, name_problems,
+    Body, Page, PageQuery, Params, St, allow, changed, check, name_problems, page_after, page_of,
+    page_size,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -217,33 +218,16 @@ pub(crate) async fn list_policy_versions<S: Store>(
     Params(query): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
     allow(&st, &actor, AdminAction::PoliciesRead, &Target::global())?;
-    let size = query.page_size.unwrap_or(100);
-    if !(1..=1000).contains(&size) {
-        return Err(ApiError::field("page_size", "must be between 1 and 1000"));
-    }
-    let before = match query.page_token.as_deref() {
-        None => None,
-        Some(token) => Some(
-            hex_decode(token)
-                .and_then(|t| t.parse::<i64>().ok())
-                .ok_or_else(|| ApiError::field("page_token", "not a token this API gave out"))?,
-        ),
-    };
-    let limit = i64::try_from(size).unwrap_or(1000) + 1;
-    let mut items = st.store.policy_set_history(before, limit).await?;
-    let next_page_token = (items.len() > size)
-        .then(|| {
-            items.truncate(size);
-            items
-                .last()
-                .map(|last| hex_encode(&last.version.to_string()))
+    let size = page_size(query.page_size)?;
+    let before = page_after(query.page_token.as_deref())?
+        .map(|t| {
+            t.parse::<i64>()
+                .map_err(|_| ApiError::field("page_token", "not a token this API gave out"))
         })
-        .flatten();
-    Ok(Json(Page {
-        items,
-        next_page_token,
-    })
-    .into_response())
+        .transpose()?;
+    let limit = i64::try_from(size).unwrap_or(1000) + 1;
+    let items = st.store.policy_set_history(before, limit).await?;
+    Ok(Json(page_of(items, size, |v| v.version.to_string())).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/policies/versions/{version}", tag = "policies",

@@ -124,18 +124,25 @@ pub(crate) async fn delete_principal<S: Store>(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Body of `sessions:revoke`.
+/// Body of `sessions:revoke`: one session, or all of them.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeRequest {
-    session_id: String,
-    /// Until when to refuse it (ms since the epoch); default: 24 hours from now.
+    /// The `sid` or `jti` to refuse.
+    #[serde(default)]
+    session_id: Option<String>,
+    /// `true`: refuse every token of this principal issued before now (and every token of
+    /// it without `iat`), wherever it came from. The principal must exist.
+    #[serde(default)]
+    all: bool,
+    /// Until when to refuse (ms since the epoch). Default: 24 hours from now for one
+    /// session; for `all`, never forgotten.
     #[serde(default)]
     expires_at: Option<i64>,
 }
 
 #[utoipa::path(post, path = "/v1/principals/{kind}/{id}/sessions:revoke", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")), request_body = RevokeRequest,
-    responses((status = 200, description = "Revoked; tokens with this sid/jti are refused", body = Revision), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Revoked; tokens with this sid/jti (or, with `all`, every token of the principal issued until now) are refused", body = Revision), (status = 400, description = "Invalid: every failing field is listed", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No or bad admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"), (status = 404, description = "`all` for a principal that does not exist", body = Problem, content_type = "application/problem+json"), (status = 500, description = "Internal error (detail in the server log)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn revoke_session<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
@@ -143,18 +150,53 @@ pub(crate) async fn revoke_session<S: Store>(
     Body(body): Body<RevokeRequest>,
 ) -> Result<Response, ApiError> {
     let (_, key) = principal_key(&kind, &id)?;
-    let target = Target::tenants([principal_tenant(&st.store, &key).await?.as_deref()]);
+    let stored = st.store.get_principal(&key).await?;
+    let target = Target::tenants([stored.as_ref().and_then(|p| p.tenant.as_deref())]);
     allow(&st, &actor, AdminAction::SessionsRevoke, &target)?;
-    if body.session_id.is_empty() {
-        return Err(ApiError::field("session_id", "must not be empty"));
-    }
     let now = jiff::Timestamp::now().as_millisecond();
-    let session = RevokedSession {
-        session_id: body.session_id,
-        principal: Some(key.clone()),
-        expires_at: body.expires_at.unwrap_or(now + 86_400_000),
+    let mut errors = Vec::new();
+    if body.expires_at.is_some_and(|at| at <= now) {
+        errors.push(FieldError {
+            field: String::from("expires_at"),
+            message: String::from("must be in the future"),
+        });
+    }
+    match (&body.session_id, body.all) {
+        (Some(session_id), false) if session_id.is_empty() => errors.push(FieldError {
+            field: String::from("session_id"),
+            message: String::from("must not be empty"),
+        }),
+        (Some(_), false) | (None, true) => {}
+        _ => errors.push(FieldError {
+            field: String::from("session_id"),
+            message: String::from("give exactly one of `session_id` and `all: true`"),
+        }),
+    }
+    check(errors)?;
+    // Checked above: a non-empty session id, or `all`.
+    let session = match body.session_id {
+        Some(session_id) => RevokedSession {
+            session_id,
+            principal: Some(key.clone()),
+            expires_at: body.expires_at.unwrap_or(now + 86_400_000),
+            issued_before: None,
+        },
+        None => RevokedSession {
+            session_id: RevokedSession::all_sessions_key(&key),
+            principal: Some(key.clone()),
+            expires_at: body.expires_at.unwrap_or(i64::MAX),
+            issued_before: Some(now),
+        },
+    };
+    if session.issued_before.is_some() && stored.is_none() {
+        return Err(ApiError::NotFound(format!("principal `{key}` not found")));
+    }
+    let action = if session.issued_before.is_some() {
+        "sessions.revoke_all"
+    } else {
+        "session.revoke"
     };
     let revision = st.store.revoke_session(&session).await?;
-    changed(&st, &actor, "session.revoke", key.to_string(), revision).await;
+    changed(&st, &actor, action, key.to_string(), revision).await;
     Ok(Json(Revision { revision }).into_response())
 }

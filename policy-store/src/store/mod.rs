@@ -62,6 +62,17 @@ pub struct Import {
     pub author: Option<String>,
 }
 
+/// Which assignments to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentFilter {
+    /// A principal's.
+    Principal(EntityRef),
+    /// Those granting a role.
+    Role(String),
+    /// Those scoped exactly to one entity, or global.
+    Scope(crate::model::Scope),
+}
+
 /// The store of the authorization model.
 pub trait Store: Send + Sync {
     /// The current revision.
@@ -144,6 +155,15 @@ pub trait Store: Send + Sync {
     fn assignments_of(
         &self,
         principal: &EntityRef,
+    ) -> impl Future<Output = Result<Vec<Assignment>, StoreError>> + Send;
+
+    /// A page of the assignments matching `filter`, by id: at most `limit` with ids after
+    /// `after`.
+    fn list_assignments(
+        &self,
+        filter: &AssignmentFilter,
+        after: Option<&str>,
+        limit: i64,
     ) -> impl Future<Output = Result<Vec<Assignment>, StoreError>> + Send;
 
     /// Creates or replaces a resource entity.

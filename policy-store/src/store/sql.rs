@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Row};
 
-use super::{Import, Store, StoreConfig};
+use super::{AssignmentFilter, Import, Store, StoreConfig};
 use crate::error::{ModelError, StoreError};
 use crate::model::{
     Assignment, Change, ChangeKind, EntityRecord, EntityRef, PolicyFile, PolicySetCheck,
@@ -804,6 +804,32 @@ impl Store for SqlStore {
     async fn assignments_of(&self, principal: &EntityRef) -> Result<Vec<Assignment>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         principal_assignments(&mut conn, principal).await
+    }
+
+    async fn list_assignments(
+        &self,
+        filter: &AssignmentFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let (condition, value) = match filter {
+            AssignmentFilter::Principal(p) => ("principal = $1", Some(p.to_string())),
+            AssignmentFilter::Role(r) => ("role = $1", Some(r.clone())),
+            AssignmentFilter::Scope(scope) => match scope.entity() {
+                Some(e) => ("scope = $1", Some(e.to_string())),
+                None => ("scope IS NULL AND $1 IS NULL", None),
+            },
+        };
+        let sql = format!(
+            "SELECT doc FROM assignments WHERE {condition} AND id > $2 ORDER BY id LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .bind(after.unwrap_or("").to_owned())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        docs(&rows)
     }
 
     async fn put_entity(&self, entity: &EntityRecord) -> Result<Revision, StoreError> {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::Exit;
 use crate::config::{self, Config, Override};
+use crate::data_plane::authn::admin::AdminJwt;
 use crate::data_plane::authn::source::KeySource;
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Health};
@@ -148,7 +149,7 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
     if let Some(cert) = &started.cert {
         control.spawn(Arc::clone(cert).watch());
     }
-    if let Some((tokens, plain)) = started.admin {
+    if let Some((auth, plain)) = started.admin {
         let router = portcullis_admin_api::app(
             portcullis_admin_api::AppState {
                 store: started.store.clone(),
@@ -156,7 +157,7 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
                 ledger: started.plane.audit.as_ref().map(|a| Arc::clone(a.ledger())),
                 admin_policies: Arc::clone(&started.admin_policies),
             },
-            tokens,
+            auth,
         );
         let address = config.admin.address.clone();
         match control.block_on(tokio::net::TcpListener::bind(&address)) {
@@ -167,7 +168,10 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
                     "admin API listening"
                 );
                 control.spawn(async move {
-                    if let Err(e) = axum::serve(listener, router).await {
+                    // The peer address feeds the throttle of failed authentications.
+                    let service =
+                        router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                    if let Err(e) = axum::serve(listener, service).await {
                         tracing::error!(error = %e, "the admin API stopped");
                     }
                 });
@@ -223,7 +227,7 @@ enum Failure {
 
 struct Started {
     audit_writer: Option<std::thread::JoinHandle<()>>,
-    admin: Option<(portcullis_admin_api::AdminTokens, Option<PathBuf>)>,
+    admin: Option<(portcullis_admin_api::AdminAuth, Option<PathBuf>)>,
     plane: Arc<DataPlane>,
     store: portcullis_policy_store::store::SqlStore,
     keys: KeySource,
@@ -318,13 +322,24 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
     let plane = Arc::new(DataPlane {
         gate: arc_swap::ArcSwap::from_pointee(gate),
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
-        authn,
+        authn: Arc::clone(&authn),
         health: Arc::new(Health::default()),
         audit,
         contact: None,
     });
     let admin = if config.admin.enabled {
-        Some(embedded::admin_tokens(config).map_err(|e| Failure::Input(vec![e]))?)
+        let (tokens, plain) =
+            embedded::admin_tokens(config).map_err(|e| Failure::Input(vec![e]))?;
+        let mut auth = portcullis_admin_api::AdminAuth::new(tokens).with_failure_limit(
+            portcullis_admin_api::FailureLimit {
+                max_failures: config.admin.failed_auth.max_failures,
+                window: std::time::Duration::from_secs(config.admin.failed_auth.window_seconds),
+            },
+        );
+        if let Some(jwt) = &config.admin.jwt {
+            auth = auth.with_jwt(Arc::new(AdminJwt::new(Arc::clone(&authn), jwt)));
+        }
+        Some((auth, plain))
     } else {
         None
     };

@@ -149,6 +149,10 @@ pub struct AdminConfig {
     /// created on the first start with one token for `admin`, whose plain text is written
     /// once to `<data_dir>/admin-token` (mode 0600).
     pub tokens_file: Option<PathBuf>,
+    /// Also accept JWTs from `auth.issuer` (same keys) as admin credentials. Off by default.
+    pub jwt: Option<AdminJwtConfig>,
+    /// Failed authentications tolerated per client address before its calls get 429.
+    pub failed_auth: FailedAuthConfig,
 }
 
 impl Default for AdminConfig {
@@ -157,6 +161,52 @@ impl Default for AdminConfig {
             enabled: true,
             address: String::from(DEFAULT_ADMIN),
             tokens_file: None,
+            jwt: None,
+            failed_auth: FailedAuthConfig::default(),
+        }
+    }
+}
+
+/// Admin JWTs: tokens of the data plane's issuer, for an audience of their own, whose claims
+/// name the admin roles the admin policies know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminJwtConfig {
+    /// The `aud` admin JWTs carry. Must differ from every `auth.audiences` entry, so that a
+    /// token for the protected APIs is never an admin credential.
+    pub audience: String,
+    /// Claim with the admin roles: an array of strings, or one space-separated string. A
+    /// token without it has no role, and the admin policies permit it nothing.
+    pub roles_claim: String,
+    /// Claim with the tenant a `tenant-admin` manages; default `auth.claims.tenant`.
+    pub tenant_claim: Option<String>,
+}
+
+impl Default for AdminJwtConfig {
+    fn default() -> Self {
+        Self {
+            audience: String::from("portcullis-admin"),
+            roles_claim: String::from("portcullis_admin_roles"),
+            tenant_claim: None,
+        }
+    }
+}
+
+/// The throttle of failed admin authentications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailedAuthConfig {
+    /// Failures allowed per client address and window; further calls get 429.
+    pub max_failures: u32,
+    /// The window, from a client's first failure.
+    pub window_seconds: u64,
+}
+
+impl Default for FailedAuthConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 10,
+            window_seconds: 60,
         }
     }
 }
@@ -696,6 +746,34 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
                 problems.push(problem(at, format!("`{}` is not a file", path.display())));
             }
         }
+    }
+    if let Some(jwt) = &config.admin.jwt {
+        if jwt.audience.trim().is_empty() {
+            problems.push(problem("admin.jwt.audience", "must not be empty"));
+        } else if config.auth.audiences.contains(&jwt.audience) {
+            problems.push(problem(
+                "admin.jwt.audience",
+                format!(
+                    "`{}` is also in auth.audiences: a token for the protected APIs would be an admin credential",
+                    jwt.audience
+                ),
+            ));
+        }
+        if jwt.roles_claim.trim().is_empty() {
+            problems.push(problem("admin.jwt.roles_claim", "must not be empty"));
+        }
+    }
+    if config.admin.failed_auth.max_failures == 0 {
+        problems.push(problem(
+            "admin.failed_auth.max_failures",
+            "must be at least 1 (0 would refuse every client)",
+        ));
+    }
+    if config.admin.failed_auth.window_seconds == 0 {
+        problems.push(problem(
+            "admin.failed_auth.window_seconds",
+            "must be at least 1",
+        ));
     }
     if config.upstreams.is_empty() {
         problems.push(problem("upstreams", "at least one upstream is needed"));

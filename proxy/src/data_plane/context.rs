@@ -170,6 +170,7 @@ mod tests {
             device_id: None,
             session_ids: vec![],
             expires_at: 0,
+            issued_at: None,
         }
     }
 

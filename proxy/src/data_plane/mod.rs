@@ -378,6 +378,11 @@ impl DataPlane {
             .session_ids
             .iter()
             .any(|s| snapshot.is_session_revoked(s, now_ms))
+            || snapshot.is_token_revoked_for(
+                &identity.principal,
+                identity.issued_at.map(|iat| iat.saturating_mul(1000)),
+                now_ms,
+            )
         {
             return checked.reject_or_shadow(Rejection::SessionRevoked, shadow);
         }

@@ -244,6 +244,7 @@ fn revoked_sessions_and_status_changes_apply_without_restart() {
             session_id: String::from("sess-1"),
             principal: None,
             expires_at: jiff::Timestamp::now().as_millisecond() + 3_600_000,
+            issued_before: None,
         }))
         .expect("revoke");
     p.wait_revision(revision);
@@ -265,12 +266,44 @@ fn revoked_sessions_and_status_changes_apply_without_restart() {
         200,
     );
 
+    // Signing alice out everywhere through the admin API: every token issued before (and
+    // every token without `iat`) is refused; a token issued afterwards passes.
+    let without_iat = keys.token("alice", json!({"iat": null}));
+    let r = p.admin_call(
+        "POST",
+        "/v1/principals/users/alice/sessions:revoke",
+        &json!({"all": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    p.wait_revision(r.json()["revision"].as_i64().expect("revision"));
+    expect_reason(
+        "issued before all sessions were revoked",
+        &p.get(D1, Some(&other), &[]),
+        401,
+        "session_revoked",
+    );
+    expect_reason(
+        "no iat once all sessions were revoked",
+        &p.get(D1, Some(&without_iat), &[]),
+        401,
+        "session_revoked",
+    );
+    let signed_in_again = keys.token(
+        "alice",
+        json!({"iat": jiff::Timestamp::now().as_second() + 1}),
+    );
+    expect_status(
+        "signed in again after the revocation",
+        &p.get(D1, Some(&signed_in_again), &[]),
+        200,
+    );
+
     let mut alice = world::user("alice", "t1");
     alice.status = PrincipalStatus::Suspended;
     alice.attributes.clearance = 3;
     let revision = rt.block_on(store.put_principal(&alice)).expect("suspend");
     p.wait_revision(revision);
-    let r = p.get(D1, Some(&other), &[]);
+    let r = p.get(D1, Some(&signed_in_again), &[]);
     expect_denied_by(
         "suspended after the token was issued",
         &p,

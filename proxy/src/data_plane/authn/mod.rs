@@ -11,6 +11,7 @@
 //! Failures are typed ([`AuthnError`]); the data plane turns them into 401 responses in one
 //! place.
 
+pub mod admin;
 pub mod keys;
 pub mod source;
 
@@ -136,6 +137,9 @@ pub struct Identity {
     pub session_ids: Vec<String>,
     /// `exp`, seconds since the epoch.
     pub expires_at: i64,
+    /// `iat`, seconds since the epoch, if the token says (checked against a revocation of
+    /// all the principal's sessions).
+    pub issued_at: Option<i64>,
 }
 
 /// Authentication settings derived from [`AuthConfig`].
@@ -302,6 +306,17 @@ impl Authenticator {
     }
 
     fn verify(&self, token: &str) -> Result<Identity, AuthnError> {
+        let claims = self.verified_claims(token, &self.settings.audiences)?;
+        identity_of(&claims, &self.settings.claims)
+    }
+
+    /// The claims of `token` once its signature, issuer, `exp`/`nbf` and an audience among
+    /// `audiences` check out (no cache: admin JWTs use this).
+    pub fn verified_claims(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<Map<String, Value>, AuthnError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
         if !self.settings.algorithms.contains(&header.alg) {
             return Err(AuthnError::AlgorithmNotAllowed);
@@ -324,7 +339,7 @@ impl Authenticator {
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&self.settings.audiences);
+        validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.validate_exp = true;
         validation.validate_nbf = true;
@@ -348,7 +363,7 @@ impl Authenticator {
                 | ErrorKind::InvalidRsaKey(_) => AuthnError::BadSignature,
                 _ => AuthnError::Malformed,
             })?;
-        identity_of(&data.claims, &self.settings.claims)
+        Ok(data.claims)
     }
 }
 
@@ -398,6 +413,7 @@ fn identity_of(claims: &Map<String, Value>, names: &ClaimsConfig) -> Result<Iden
         device_id: text(&names.device_id),
         session_ids,
         expires_at,
+        issued_at: claims.get("iat").and_then(Value::as_i64),
     })
 }
 

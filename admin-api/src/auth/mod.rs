@@ -1,5 +1,8 @@
-//! Admin authentication: bearer tokens, stored only as SHA-256 hashes. No anonymous call
-//! reaches a handler. What an authenticated caller may do is decided per call by
+//! Admin authentication: bearer tokens, stored only as SHA-256 hashes ([`AdminTokens`]),
+//! and, when configured, JWTs from the data plane's issuer ([`JwtVerifier`]). No anonymous
+//! call reaches a handler; failed authentications are counted
+//! (`portcullis_admin_auth_failures_total`) and throttled per client address
+//! ([`throttle`]). What an authenticated caller may do is decided per call by
 //! [`crate::authz`].
 //!
 //! The token file has one token per line:
@@ -9,15 +12,20 @@
 //! The actor recorded for a change is the token's subject, or `<X-Actor-Id> (via
 //! <subject>)` when automation acting for someone names them.
 
-use std::sync::Arc;
+pub mod throttle;
 
-use axum::extract::{Request, State};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use throttle::{FailureLimit, Throttle};
 
 /// The accepted admin tokens.
 #[derive(Debug, Clone, Default)]
@@ -154,13 +162,99 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Middleware: refuses calls without a valid admin token (401 problem+json) and puts the
-/// [`Actor`] into the request.
+/// Verifies admin JWTs: the process's issuer and keys, an admin audience, and claims that
+/// name the admin roles (and tenant). Implemented where the keys live (the proxy crate).
+pub trait JwtVerifier: Send + Sync + std::fmt::Debug {
+    /// The identity a token proves, or why it proves none.
+    fn identify(&self, token: &str) -> Result<Identity, String>;
+}
+
+/// How admin calls are authenticated: the token file, optional JWTs, and the throttle of
+/// failures.
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    tokens: AdminTokens,
+    jwt: Option<Arc<dyn JwtVerifier>>,
+    throttle: Arc<Throttle>,
+}
+
+impl AdminAuth {
+    /// Bearer tokens from a token file only, with the default failure limit.
+    pub fn new(tokens: AdminTokens) -> Self {
+        Self {
+            tokens,
+            jwt: None,
+            throttle: Arc::new(Throttle::new(FailureLimit::default())),
+        }
+    }
+
+    /// Also accepts JWTs that `verifier` accepts.
+    #[must_use]
+    pub fn with_jwt(mut self, verifier: Arc<dyn JwtVerifier>) -> Self {
+        self.jwt = Some(verifier);
+        self
+    }
+
+    /// Throttles failures with `limit` instead of the default.
+    #[must_use]
+    pub fn with_failure_limit(mut self, limit: FailureLimit) -> Self {
+        self.throttle = Arc::new(Throttle::new(limit));
+        self
+    }
+
+    /// The identity of a presented bearer credential: a listed token, else a JWT.
+    fn identify(&self, credential: &str) -> Result<Identity, String> {
+        if let Some(identity) = self.tokens.identify(credential) {
+            return Ok(identity.clone());
+        }
+        match &self.jwt {
+            Some(jwt) if credential.matches('.').count() == 2 => jwt.identify(credential),
+            _ => Err(String::from("not a known admin token")),
+        }
+    }
+}
+
+/// Failed authentications by reason (`missing`, `invalid`, `throttled`).
+#[expect(
+    clippy::panic,
+    reason = "a static metric definition; a failure is a bug the API tests catch"
+)]
+static AUTH_FAILURES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    let counter = match prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "portcullis_admin_auth_failures_total",
+            "Admin API calls refused for missing or bad credentials, or throttled after too many",
+        ),
+        &["reason"],
+    ) {
+        Ok(counter) => counter,
+        Err(e) => panic!("invalid static metric definition: {e}"),
+    };
+    // Registering twice (several routers in one test process) is harmless.
+    let _ = prometheus::register(Box::new(counter.clone()));
+    for reason in ["missing", "invalid", "throttled"] {
+        counter.with_label_values(&[reason]);
+    }
+    counter
+});
+
+/// Middleware: refuses calls without valid admin credentials (401 problem+json), and every
+/// call from an address over its failure limit (429), and puts the [`Actor`] into the
+/// request.
 pub async fn require_admin(
-    State(tokens): State<AdminTokens>,
+    State(auth): State<AdminAuth>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let now = Instant::now();
+    if let Some(retry_after) = auth.throttle.refused(client, now) {
+        AUTH_FAILURES.with_label_values(&["throttled"]).inc();
+        return ApiError::TooManyFailures(retry_after).into_response();
+    }
     let on_behalf_of = match request.headers().get("x-actor-id") {
         None => None,
         Some(value) => match value.to_str() {
@@ -171,7 +265,7 @@ pub async fn require_admin(
             }
         },
     };
-    let identity = request
+    let credential = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -181,17 +275,26 @@ pub async fn require_admin(
                 .eq_ignore_ascii_case("bearer")
                 .then_some(token.trim())
         })
-        .and_then(|token| tokens.identify(token))
-        .cloned();
-    match identity {
-        Some(identity) => {
+        .filter(|token| !token.is_empty());
+    let Some(credential) = credential else {
+        AUTH_FAILURES.with_label_values(&["missing"]).inc();
+        auth.throttle.failed(client, now);
+        return ApiError::Unauthenticated.into_response();
+    };
+    match auth.identify(credential) {
+        Ok(identity) => {
             request.extensions_mut().insert(Actor {
                 identity,
                 on_behalf_of,
             });
             next.run(request).await
         }
-        None => ApiError::Unauthenticated.into_response(),
+        Err(reason) => {
+            AUTH_FAILURES.with_label_values(&["invalid"]).inc();
+            auth.throttle.failed(client, now);
+            tracing::info!(client = %client, reason, "admin call with bad credentials refused");
+            ApiError::Unauthenticated.into_response()
+        }
     }
 }
 
