@@ -19,6 +19,7 @@
 //! | `DELETE /v1/assignments/{id}` | revoke a grant |
 //! | `GET/PUT/DELETE /v1/entities/{type}/{id}` | resources and their parents; archive |
 //! | `POST /v1/authorize`, `POST /v1/authorize:batch` | what-if decisions with policies, roles and errors |
+//! | `GET /v1/audit` | this process's audit ledger, filtered, oldest first, paged |
 //! | `GET /v1/snapshot` | the whole state, for a sidecar to bootstrap from |
 //! | `GET /v1/updates?since=R` | a patch (or the whole state) from revision R; 204 if none |
 //! | `GET /v1/watch?since=R` | server-sent events: each update as it is published, heartbeats |
@@ -126,6 +127,7 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
         .route("/v1/schema", get(resources::get_schema::<S>))
         .route("/v1/authorize", post(resources::authorize::<S>))
         .route("/v1/authorize:batch", post(resources::authorize_batch::<S>))
+        .route("/v1/audit", get(resources::list_audit::<S>))
         .route("/v1/snapshot", get(resources::snapshot::<S>))
         .route("/v1/updates", get(resources::updates::<S>))
         .route("/v1/watch", get(resources::watch::<S>))

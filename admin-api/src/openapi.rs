@@ -41,6 +41,7 @@ use crate::resources;
         resources::delete_entity,
         resources::authorize,
         resources::authorize_batch,
+        resources::list_audit,
         resources::snapshot,
         resources::updates,
         resources::watch,

@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use portcullis_admin_api::auth::token_line;
 use portcullis_admin_api::authz::AdminPolicies;
 use portcullis_admin_api::{AdminAuth, AdminTokens, AppState, app};
+use portcullis_policy_store::audit::writer::{Ledger, LedgerConfig};
 use portcullis_policy_store::model::{PolicyFile, Role};
 use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle};
 use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
@@ -30,6 +31,8 @@ const T1_ADMIN: &str = "t1-admin-token";
 const SIDECAR: &str = "sidecar-token";
 /// A token with no role: may do nothing.
 const NOBODY: &str = "nobody-token";
+/// An auditor: reads the audit ledger and the catalogue.
+const AUDITOR: &str = "auditor-token";
 
 struct Api {
     router: axum::Router,
@@ -87,18 +90,33 @@ async fn api() -> Api {
         Snapshot::build(store.load_state().await.unwrap(), 0).unwrap(),
     ));
     let tokens = AdminTokens::parse(&format!(
-        "{}\n{} roles=tenant-admin tenant=t1\n{} roles=sidecar\n{} roles=\n",
+        "{}\n{} roles=tenant-admin tenant=t1\n{} roles=sidecar\n{} roles=\n{} roles=auditor\n",
         token_line("ops", TOKEN),
         token_line("t1-admin", T1_ADMIN),
         token_line("sidecar", SIDECAR),
         token_line("nobody", NOBODY),
+        token_line("auditor", AUDITOR),
     ))
+    .unwrap();
+    // The real writer, into the test's directory; it stops when the router is dropped.
+    let (ledger, _writer) = Ledger::open(LedgerConfig {
+        dir: dir.join("audit"),
+        prefix: String::from("audit"),
+        max_file_bytes: 1 << 20,
+        instance: String::from("api-test"),
+        queue_capacity: 64,
+        checkpoint_every: 1000,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        checkpoint_key: None,
+        fsync: false,
+        stdout: false,
+    })
     .unwrap();
     let router = app(
         AppState {
             store: store.clone(),
             snapshot: Arc::clone(&snapshot),
-            ledger: None,
+            ledger: Some(ledger),
             admin_policies: Arc::new(arc_swap::ArcSwap::from_pointee(
                 AdminPolicies::builtin().unwrap(),
             )),
@@ -1245,6 +1263,7 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
                 json!({"principal": "User::\"ann\"", "action": "document.read", "resource": "Space::\"s1\""}),
             ),
         ),
+        ("get", "/v1/audit", "/v1/audit", None),
         ("get", "/v1/snapshot", "/v1/snapshot", None),
         ("get", "/v1/updates", "/v1/updates?since=0", None),
         ("get", "/v1/watch", "/v1/watch?since=0", None),
@@ -1473,4 +1492,116 @@ async fn assignments_list_by_role_and_scope_and_decisions_come_in_batches() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(fields(&problem), ["requests"]);
+}
+
+#[tokio::test]
+async fn every_change_is_in_the_audit_ledger_with_its_actor_before_and_after() {
+    let api = api().await;
+    let ann = json!({"kind": "user", "id": "ann", "tenant": "t1"});
+    let jane = [("x-actor-id", "jane")];
+    for (method, body) in [
+        ("PUT", Some(ann.clone())),
+        (
+            "PUT",
+            Some(
+                json!({"kind": "user", "id": "ann", "tenant": "t1", "attributes": {"clearance": 4}}),
+            ),
+        ),
+        ("DELETE", None),
+    ] {
+        let (status, _, body) = api
+            .call_with(Some(TOKEN), method, "/v1/principals/users/ann", body, &jane)
+            .await;
+        assert!(status.is_success(), "{status}: {body}");
+    }
+    let (status, page) = api
+        .call_as(
+            Some(AUDITOR),
+            "GET",
+            "/v1/audit?kind=admin_change&actor=jane%20(via%20ops)",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let items = page["items"].as_array().unwrap();
+    let actions: Vec<&str> = items
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["principal.put", "principal.put", "principal.delete"]
+    );
+    assert!(items.iter().all(|r| r["resource"] == "User::\"ann\""));
+    assert!(items[0].get("before").is_none(), "created: {}", items[0]);
+    assert_eq!(items[0]["after"]["tenant"], "t1");
+    assert_eq!(items[1]["before"], items[0]["after"]);
+    assert_eq!(items[1]["after"]["attributes"]["clearance"], 4);
+    assert_eq!(items[2]["before"], items[1]["after"]);
+    assert!(items[2].get("after").is_none(), "deleted: {}", items[2]);
+    let seqs: Vec<u64> = items.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "chain order: {seqs:?}"
+    );
+    assert!(
+        items
+            .iter()
+            .all(|r| r["hash"].as_str().is_some_and(|h| h.len() == 64))
+    );
+
+    // A page at a time.
+    let (_, first) = api
+        .call_as(
+            Some(AUDITOR),
+            "GET",
+            "/v1/audit?action=principal.put&page_size=1",
+            None,
+        )
+        .await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 1);
+    let token = first["next_page_token"].as_str().unwrap();
+    let (_, second) = api
+        .call_as(
+            Some(AUDITOR),
+            "GET",
+            &format!("/v1/audit?action=principal.put&page_size=1&page_token={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(second["items"][0]["seq"], items[1]["seq"], "{second}");
+
+    // Every bad filter at once.
+    let (status, problem) = api
+        .call_as(
+            Some(AUDITOR),
+            "GET",
+            "/v1/audit?kind=both&since=yesterday&page_size=0&page_token=zz",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let mut fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["kind", "page_size", "page_token", "since"],
+        "{problem}"
+    );
+
+    // Who may read it: platform admins and auditors; not tenant admins; auditors change
+    // nothing.
+    let (status, _) = api.call("GET", "/v1/audit", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.call_as(Some(T1_ADMIN), "GET", "/v1/audit", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .call_as(Some(AUDITOR), "PUT", "/v1/principals/users/ann", Some(ann))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }

@@ -42,6 +42,8 @@ fn entry(i: u64) -> Entry {
         latency_us: Some(12),
         trace_id: Some(String::from("4bf92f3577b34da6a3ce929d0e0e4736")),
         actor: None,
+        before: None,
+        after: None,
     }
 }
 

@@ -57,6 +57,8 @@ pub enum AdminAction {
     PoliciesWrite,
     /// Read the whole state and its changes (what sidecars follow).
     DistributionRead,
+    /// Read the audit ledger.
+    AuditRead,
 }
 
 impl AdminAction {
@@ -76,6 +78,7 @@ impl AdminAction {
             Self::PoliciesRead => "policies.read",
             Self::PoliciesWrite => "policies.write",
             Self::DistributionRead => "distribution.read",
+            Self::AuditRead => "audit.read",
         }
     }
 }

@@ -9,8 +9,8 @@ use portcullis_policy_store::store::{AssignmentFilter, Store};
 use serde::Deserialize;
 
 use super::{
-    Body, Page, Params, St, allow, changed, check, created, entity_tenant_of, name_problems,
-    page_after, page_of, page_size, principal_tenant,
+    Body, Change, Page, Params, St, allow, as_json, changed, check, created, entity_tenant_of,
+    name_problems, page_after, page_of, page_size, principal_tenant,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -70,9 +70,13 @@ pub(crate) async fn create_assignment<S: Store>(
     changed(
         &st,
         &actor,
-        "assignment.create",
-        format!("Assignment::{:?}", assignment.id),
-        revision,
+        Change {
+            action: "assignment.create",
+            resource: format!("Assignment::{:?}", assignment.id),
+            revision,
+            before: None,
+            after: as_json(&assignment),
+        },
     )
     .await;
     Ok(created(assignment))
@@ -163,8 +167,9 @@ pub(crate) async fn delete_assignment<S: Store>(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let target = match st.store.get_assignment(&id).await? {
-        Some(assignment) => assignment_target(&st.store, &assignment).await?,
+    let before = st.store.get_assignment(&id).await?;
+    let target = match &before {
+        Some(assignment) => assignment_target(&st.store, assignment).await?,
         None => Target::global(),
     };
     allow(&st, &actor, AdminAction::AssignmentsWrite, &target)?;
@@ -172,9 +177,13 @@ pub(crate) async fn delete_assignment<S: Store>(
     changed(
         &st,
         &actor,
-        "assignment.delete",
-        format!("Assignment::{id:?}"),
-        revision,
+        Change {
+            action: "assignment.delete",
+            resource: format!("Assignment::{id:?}"),
+            revision,
+            before: before.as_ref().and_then(as_json),
+            after: None,
+        },
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use portcullis_policy_store::model::{EntityRecord, EntityRef};
 use portcullis_policy_store::store::Store;
 
-use super::{Body, St, allow, changed, check, entity_tenant_of};
+use super::{Body, Change, St, allow, as_json, changed, check, entity_tenant_of};
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
@@ -44,8 +44,9 @@ pub(crate) async fn put_entity<S: Store>(
     // The entity's tenant before and after, and its parents': a tenant admin attaches its
     // objects only below its own.
     let mut target = Target::tenants([crate::authz::entity_tenant(&entity)]);
-    if let Some(stored) = st.store.get_entity(&key).await? {
-        target.add(crate::authz::entity_tenant(&stored));
+    let before = st.store.get_entity(&key).await?;
+    if let Some(stored) = &before {
+        target.add(crate::authz::entity_tenant(stored));
     }
     for parent in &entity.parents {
         target.add(entity_tenant_of(&st.store, parent).await?.as_deref());
@@ -76,7 +77,18 @@ pub(crate) async fn put_entity<S: Store>(
     }
     check(errors)?;
     let revision = st.store.put_entity(&entity).await?;
-    changed(&st, &actor, "entity.put", key.to_string(), revision).await;
+    changed(
+        &st,
+        &actor,
+        Change {
+            action: "entity.put",
+            resource: key.to_string(),
+            revision,
+            before: before.as_ref().and_then(as_json),
+            after: as_json(&entity),
+        },
+    )
+    .await;
     Ok(Json(entity).into_response())
 }
 
@@ -88,9 +100,21 @@ pub(crate) async fn delete_entity<S: Store>(
     Path((type_name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let key = entity_key(&type_name, &id)?;
-    let target = Target::tenants([entity_tenant_of(&st.store, &key).await?.as_deref()]);
+    let before = st.store.get_entity(&key).await?;
+    let target = Target::tenants([before.as_ref().and_then(crate::authz::entity_tenant)]);
     allow(&st, &actor, AdminAction::EntitiesWrite, &target)?;
     let revision = st.store.delete_entity(&key).await?;
-    changed(&st, &actor, "entity.delete", key.to_string(), revision).await;
+    changed(
+        &st,
+        &actor,
+        Change {
+            action: "entity.delete",
+            resource: key.to_string(),
+            revision,
+            before: before.as_ref().and_then(as_json),
+            after: None,
+        },
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

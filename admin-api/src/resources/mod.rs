@@ -4,6 +4,7 @@
 //! every change with its actor.
 
 mod assignments;
+mod audit;
 mod decisions;
 mod distribution;
 mod entities;
@@ -12,6 +13,7 @@ mod principals;
 mod roles;
 
 pub(crate) use assignments::*;
+pub(crate) use audit::*;
 pub(crate) use decisions::*;
 pub(crate) use distribution::*;
 pub(crate) use entities::*;
@@ -99,16 +101,36 @@ async fn entity_tenant_of<S: Store>(
         .and_then(|e| crate::authz::entity_tenant(&e).map(str::to_owned)))
 }
 
-/// Logs a committed change and records it in the audit ledger, with its actor. The change
-/// is already in the store (which keeps its own change log), so a ledger that cannot take
-/// the record is logged as an error rather than undoing it.
-async fn changed<S>(
-    st: &AppState<S>,
-    actor: &Actor,
-    action: &str,
+/// A committed change, as [`changed`] records it.
+struct Change {
+    /// The admin operation (`principal.put`).
+    action: &'static str,
+    /// The object changed (`User::"alice"`).
     resource: String,
+    /// The store revision the change produced.
     revision: i64,
-) {
+    /// The object as read just before the write; `None` when it did not exist.
+    before: Option<serde_json::Value>,
+    /// The object as written; `None` when deleted.
+    after: Option<serde_json::Value>,
+}
+
+/// `value` as JSON, for the before and after of a [`Change`].
+fn as_json<T: Serialize>(value: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(value).ok()
+}
+
+/// Logs a committed change and records it in the audit ledger, with its actor, before and
+/// after. The change is already in the store (which keeps its own change log), so a ledger
+/// that cannot take the record is logged as an error rather than undoing it.
+async fn changed<S>(st: &AppState<S>, actor: &Actor, change: Change) {
+    let Change {
+        action,
+        resource,
+        revision,
+        before,
+        after,
+    } = change;
     let recorded = actor.recorded();
     tracing::info!(actor = recorded, action, resource, revision, "admin change");
     let Some(ledger) = &st.ledger else {
@@ -122,6 +144,8 @@ async fn changed<S>(
         action: Some(action.to_owned()),
         resource: Some(resource),
         reason: Some(format!("store revision {revision}")),
+        before,
+        after,
         ..Entry::default()
     };
     if let Err(e) = ledger

@@ -15,8 +15,8 @@ use portcullis_policy_store::store::Store;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Body, Page, PageQuery, Params, St, allow, changed, check, name_problems, page_after, page_of,
-    page_size,
+    Body, Change, Page, PageQuery, Params, St, allow, changed, check, name_problems, page_after,
+    page_of, page_size,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -171,7 +171,7 @@ pub(crate) async fn put_policies<S: Store>(
 async fn store_version<S: Store>(
     st: &crate::AppState<S>,
     actor: &Actor,
-    action: &str,
+    action: &'static str,
     files: &[PolicyFile],
     schema: &str,
     expected: i64,
@@ -183,9 +183,16 @@ async fn store_version<S: Store>(
     changed(
         st,
         actor,
-        action,
-        format!("PolicySet::\"{version}\""),
-        revision,
+        Change {
+            action,
+            resource: format!("PolicySet::\"{version}\""),
+            revision,
+            before: Some(serde_json::json!({ "version": expected })),
+            after: Some(serde_json::json!({
+                "version": version,
+                "files": files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            })),
+        },
     )
     .await;
     let stored =

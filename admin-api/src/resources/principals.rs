@@ -8,7 +8,9 @@ use portcullis_policy_store::model::{EntityRef, Principal, PrincipalKind, Revoke
 use portcullis_policy_store::store::Store;
 use serde::Deserialize;
 
-use super::{Body, Revision, St, allow, changed, check, name_problems, principal_tenant};
+use super::{
+    Body, Change, Revision, St, allow, as_json, changed, check, name_problems, principal_tenant,
+};
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
@@ -47,14 +49,15 @@ pub(crate) async fn get_principal<S: Store>(
     Ok(Json(principal).into_response())
 }
 
-/// What writing `principal` touches: its tenant before and after, and its groups'.
+/// What writing `principal` over `stored` touches: its tenant before and after, and its
+/// groups'.
 async fn principal_target<S: Store>(
     store: &S,
-    key: &EntityRef,
+    stored: Option<&Principal>,
     principal: &Principal,
 ) -> Result<Target, ApiError> {
     let mut target = Target::tenants([principal.tenant.as_deref()]);
-    if let Some(stored) = store.get_principal(key).await? {
+    if let Some(stored) = stored {
         target.add(stored.tenant.as_deref());
     }
     for group in &principal.groups {
@@ -73,7 +76,8 @@ pub(crate) async fn put_principal<S: Store>(
     Body(principal): Body<Principal>,
 ) -> Result<Response, ApiError> {
     let (kind, key) = principal_key(&kind, &id)?;
-    let target = principal_target(&st.store, &key, &principal).await?;
+    let before = st.store.get_principal(&key).await?;
+    let target = principal_target(&st.store, before.as_ref(), &principal).await?;
     allow(&st, &actor, AdminAction::PrincipalsWrite, &target)?;
     let mut errors = Vec::new();
     if principal.kind != kind {
@@ -105,7 +109,18 @@ pub(crate) async fn put_principal<S: Store>(
     }
     check(errors)?;
     let revision = st.store.put_principal(&principal).await?;
-    changed(&st, &actor, "principal.put", key.to_string(), revision).await;
+    changed(
+        &st,
+        &actor,
+        Change {
+            action: "principal.put",
+            resource: key.to_string(),
+            revision,
+            before: before.as_ref().and_then(as_json),
+            after: as_json(&principal),
+        },
+    )
+    .await;
     Ok(Json(principal).into_response())
 }
 
@@ -117,10 +132,22 @@ pub(crate) async fn delete_principal<S: Store>(
     Path((kind, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (_, key) = principal_key(&kind, &id)?;
-    let target = Target::tenants([principal_tenant(&st.store, &key).await?.as_deref()]);
+    let before = st.store.get_principal(&key).await?;
+    let target = Target::tenants([before.as_ref().and_then(|p| p.tenant.as_deref())]);
     allow(&st, &actor, AdminAction::PrincipalsWrite, &target)?;
     let revision = st.store.delete_principal(&key).await?;
-    changed(&st, &actor, "principal.delete", key.to_string(), revision).await;
+    changed(
+        &st,
+        &actor,
+        Change {
+            action: "principal.delete",
+            resource: key.to_string(),
+            revision,
+            before: before.as_ref().and_then(as_json),
+            after: None,
+        },
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -197,6 +224,17 @@ pub(crate) async fn revoke_session<S: Store>(
         "session.revoke"
     };
     let revision = st.store.revoke_session(&session).await?;
-    changed(&st, &actor, action, key.to_string(), revision).await;
+    changed(
+        &st,
+        &actor,
+        Change {
+            action,
+            resource: key.to_string(),
+            revision,
+            before: None,
+            after: as_json(&session),
+        },
+    )
+    .await;
     Ok(Json(Revision { revision }).into_response())
 }

@@ -8,7 +8,8 @@ use portcullis_policy_store::model::Role;
 use portcullis_policy_store::store::Store;
 
 use super::{
-    Body, Page, PageQuery, Params, St, allow, changed, check, created, name_problems, paginate,
+    Body, Change, Page, PageQuery, Params, St, allow, as_json, changed, check, created,
+    name_problems, paginate,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -62,10 +63,8 @@ pub(crate) async fn get_role<S: Store>(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     allow(&st, &actor, AdminAction::RolesRead, &Target::global())?;
-    let roles = st.store.list_roles().await?;
-    let role = roles
-        .into_iter()
-        .find(|r| r.name == name)
+    let role = stored_role(&st.store, &name)
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("role `{name}` not found")))?;
     Ok(Json(role).into_response())
 }
@@ -83,9 +82,13 @@ pub(crate) async fn create_role<S: Store>(
     changed(
         &st,
         &actor,
-        "role.create",
-        format!("Role::{:?}", role.name),
-        revision,
+        Change {
+            action: "role.create",
+            resource: format!("Role::{:?}", role.name),
+            revision,
+            before: None,
+            after: as_json(&role),
+        },
     )
     .await;
     Ok(created(role))
@@ -109,13 +112,18 @@ pub(crate) async fn update_role<S: Store>(
         });
     }
     check(errors)?;
+    let before = stored_role(&st.store, &name).await?;
     let revision = st.store.update_role(&role).await?;
     changed(
         &st,
         &actor,
-        "role.update",
-        format!("Role::{:?}", role.name),
-        revision,
+        Change {
+            action: "role.update",
+            resource: format!("Role::{:?}", role.name),
+            revision,
+            before: before.as_ref().and_then(as_json),
+            after: as_json(&role),
+        },
     )
     .await;
     Ok(Json(role).into_response())
@@ -130,14 +138,28 @@ pub(crate) async fn delete_role<S: Store>(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     allow(&st, &actor, AdminAction::RolesWrite, &Target::global())?;
+    let before = stored_role(&st.store, &name).await?;
     let revision = st.store.delete_role(&name).await?;
     changed(
         &st,
         &actor,
-        "role.delete",
-        format!("Role::{name:?}"),
-        revision,
+        Change {
+            action: "role.delete",
+            resource: format!("Role::{name:?}"),
+            revision,
+            before: before.as_ref().and_then(as_json),
+            after: None,
+        },
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The stored role called `name`.
+async fn stored_role<S: Store>(store: &S, name: &str) -> Result<Option<Role>, ApiError> {
+    Ok(store
+        .list_roles()
+        .await?
+        .into_iter()
+        .find(|r| r.name == name))
 }

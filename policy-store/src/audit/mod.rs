@@ -1,5 +1,5 @@
-//! The decision audit ledger: every decision (and, later, every admin change) as one
-//! hash-chained record, appended by one writer per process.
+//! The decision audit ledger: every decision and every admin change as one hash-chained
+//! record, appended by one writer per process, read back by [`query`].
 //!
 //! # Format
 //!
@@ -22,6 +22,7 @@
 //! file; see [`checkpoint`]. [`verify`] checks both.
 
 pub mod checkpoint;
+pub mod query;
 pub mod redis_sink;
 pub mod verify;
 pub mod writer;
@@ -94,6 +95,12 @@ pub struct Entry {
     /// Who made an admin change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// An admin change's object as it was (absent when it was created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    /// An admin change's object as written (absent when it was deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
 }
 
 /// One record of the ledger.

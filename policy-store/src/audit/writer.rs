@@ -90,6 +90,8 @@ pub struct LedgerStats {
 pub struct Ledger {
     tx: mpsc::Sender<Pending>,
     stats: Arc<LedgerStats>,
+    dir: PathBuf,
+    prefix: String,
 }
 
 impl std::fmt::Debug for Pending {
@@ -105,6 +107,7 @@ impl Ledger {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| format!("`{}`: cannot create: {e}", config.dir.display()))?;
         let tail = recover(&config.dir, &config.prefix)?;
+        let (dir, prefix) = (config.dir.clone(), config.prefix.clone());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let stats = Arc::new(LedgerStats::default());
         let mut writer = Writer::new(config, tail, Arc::clone(&stats))?;
@@ -112,7 +115,15 @@ impl Ledger {
             .name(String::from("portcullis-audit"))
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok((Arc::new(Self { tx, stats }), thread))
+        Ok((
+            Arc::new(Self {
+                tx,
+                stats,
+                dir,
+                prefix,
+            }),
+            thread,
+        ))
     }
 
     /// Appends and waits until the record is written. Waits at most `deadline` for room in
@@ -163,6 +174,14 @@ impl Ledger {
     pub fn stats(&self) -> &LedgerStats {
         &self.stats
     }
+
+    /// Reads this ledger's records (see [`super::query`]); blocking file I/O.
+    pub fn query(
+        &self,
+        query: &super::query::AuditQuery,
+    ) -> Result<super::query::AuditPage, String> {
+        super::query::query(&self.dir, &self.prefix, query)
+    }
 }
 
 /// Where the chain stands.
@@ -173,12 +192,13 @@ struct Tail {
     file: Option<PathBuf>,
 }
 
-fn ledger_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, String> {
+pub(super) fn ledger_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("`{}`: cannot list: {e}", dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
+            // `<prefix>-<12 digits>.jsonl`: the writer's files, not another prefix's.
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&format!("{prefix}-")) && n.ends_with(".jsonl"))

@@ -276,7 +276,11 @@ fn admin_jwts_act_within_their_claims_and_bad_credentials_are_throttled() {
         "/v1/principals/users/carl",
         json!({"kind": "user", "id": "carl", "tenant": "t1"}),
     );
-    assert_eq!(r.status, 200, "a tenant admin by JWT, own tenant: {}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "a tenant admin by JWT, own tenant: {}",
+        r.body
+    );
     let r = call(
         &carol,
         "PUT",
@@ -285,7 +289,10 @@ fn admin_jwts_act_within_their_claims_and_bad_credentials_are_throttled() {
     );
     assert_eq!(r.status, 403, "another tenant: {}", r.body);
     assert!(r.body.contains("jwt:carol"), "{}", r.body);
-    let ops = admin_jwt("ops", json!({"portcullis_admin_roles": "auditor platform-admin"}));
+    let ops = admin_jwt(
+        "ops",
+        json!({"portcullis_admin_roles": "auditor platform-admin"}),
+    );
     assert_eq!(call(&ops, "GET", "/v1/roles", json!({})).status, 200);
     let no_roles = admin_jwt("eve", json!({}));
     assert_eq!(
@@ -304,7 +311,13 @@ fn admin_jwts_act_within_their_claims_and_bad_credentials_are_throttled() {
         "ops",
         json!({"portcullis_admin_roles": ["platform-admin"], "exp": 1_000_000, "nbf": 0}),
     );
-    for bad in [data_plane_token.as_str(), expired.as_str(), "junk", "a.b.c", "x"] {
+    for bad in [
+        data_plane_token.as_str(),
+        expired.as_str(),
+        "junk",
+        "a.b.c",
+        "x",
+    ] {
         let r = call(bad, "GET", "/v1/roles", json!({}));
         assert_eq!(r.status, 401, "{bad}: {}", r.body);
         failures += 1;
