@@ -156,6 +156,8 @@ pub struct Metrics {
     pub snapshot_age: prometheus::Gauge,
     /// `portcullis_snapshot_updates_total{outcome}`: `applied` or `rejected`.
     pub snapshot_updates: IntCounterVec,
+    /// `portcullis_routes_unenforceable`: routes the policy set in force cannot decide.
+    pub routes_unenforceable: IntGauge,
     /// `portcullis_config_reloads_total{outcome}`: `applied` or `rejected`.
     pub reloads: IntCounterVec,
     /// `portcullis_jwks_refreshes_total{outcome}`: `ok` or `error`.
@@ -288,6 +290,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Snapshot updates from the store: applied, or rejected (kept the old one).",
             &["outcome"],
         ),
+        routes_unenforceable: register(built(IntGauge::new(
+            "portcullis_routes_unenforceable",
+            "Routes whose action the policy set in force lacks (or no longer applies to their resource type): they deny every request.",
+        ))),
         reloads: counter(
             "portcullis_config_reloads_total",
             "Reloads of configuration, routes and policies: applied or rejected.",

@@ -261,3 +261,48 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     keys
 }
+
+/// Re-checks the route map against the policy set in force whenever either changes: a
+/// control plane (or the admin API) may install a set that lacks an action a route uses,
+/// and such a route then denies every request. Each problem is logged as an error and
+/// counted in `portcullis_routes_unenforceable`; the change itself stands (the data plane
+/// fails closed). Runs until the process ends.
+pub async fn watch_route_map(plane: Arc<DataPlane>) {
+    let mut published = plane.snapshot.subscribe();
+    // Addresses of the policy set and gate last checked (compared, never dereferenced).
+    let mut checked: Option<(usize, usize)> = None;
+    loop {
+        let snapshot = plane.snapshot.load();
+        let gate = plane.gate.load_full();
+        let now = (
+            std::ptr::from_ref(snapshot.policies()).addr(),
+            Arc::as_ptr(&gate).addr(),
+        );
+        if checked != Some(now) {
+            let problems = gate.routes.problems_with(snapshot.policies());
+            let count = i64::try_from(problems.len()).unwrap_or(i64::MAX);
+            let before = METRICS.routes_unenforceable.get();
+            METRICS.routes_unenforceable.set(count);
+            for problem in &problems {
+                tracing::error!(
+                    revision = snapshot.revision(),
+                    "{problem}: the route denies every request until the policies or routes change"
+                );
+            }
+            if problems.is_empty() && before > 0 {
+                tracing::info!(
+                    revision = snapshot.revision(),
+                    "every route is enforceable again"
+                );
+            }
+            checked = Some(now);
+        }
+        drop((snapshot, gate));
+        // Snapshots announce themselves; a reloaded route map is noticed within seconds.
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(2), published.changed()).await
+        {
+            // No more announcements (the process is stopping): look again in a while.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}

@@ -170,6 +170,34 @@ impl RouteMap {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+
+    /// What this map needs that `policies` lacks: routes whose action the policy set does
+    /// not declare, or does not apply to the route's resource type. Such a route denies
+    /// every request; the map was checked against other policies when it was loaded, and
+    /// the control plane may since have sent a set without them.
+    pub fn problems_with(&self, policies: &CompiledPolicies) -> Vec<String> {
+        let schema = policies.schema();
+        self.routes
+            .iter()
+            .filter_map(|route| {
+                let action = route.action.as_deref()?;
+                if policies.index().action(action).is_none() {
+                    return Some(format!(
+                        "route `{}`: action `{action}` is not in the policy set in force",
+                        route.name
+                    ));
+                }
+                let resource = route.resource.as_ref()?;
+                let applies = resource_types_of(schema, action)?;
+                (!applies.contains(&resource.type_name)).then(|| {
+                    format!(
+                        "route `{}`: action `{action}` no longer applies to `{}`",
+                        route.name, resource.type_name
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 fn parse_entity_template(
@@ -374,4 +402,54 @@ fn resource_types_of(schema: &Schema, action: &str) -> Option<Vec<String>> {
         .map(ToString::to_string)
         .collect();
     Some(types)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy_store::model::PolicyFile;
+    use portcullis_policy_store::policy::{PolicySources, compile as compile_policies};
+
+    fn policies(actions: &str) -> CompiledPolicies {
+        compile_policies(&PolicySources {
+            schema: PolicyFile {
+                name: String::from("schema.cedarschema"),
+                text: format!(
+                    "entity User; entity Folder; entity Document in [Folder];\n{actions}"
+                ),
+            },
+            files: Vec::new(),
+            roles_source: String::from("roles.yaml"),
+            roles: Vec::new(),
+            links: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_policy_set_without_a_routes_action_is_reported_route_by_route() {
+        let loaded = policies(
+            "action \"doc.read\", \"doc.write\" appliesTo { principal: User, resource: Document };",
+        );
+        let map = compile(
+            Path::new("routes.yaml"),
+            "routes:\n  - name: read\n    method: GET\n    path: /docs/{id}\n    action: doc.read\n    resource: Document::{id}\n  - name: write\n    method: PUT\n    path: /docs/{id}\n    action: doc.write\n    resource: Document::{id}\n  - name: health\n    method: GET\n    path: /healthz\n    public: true\n",
+            &loaded,
+        )
+        .unwrap();
+        assert!(map.problems_with(&loaded).is_empty());
+        let without_read =
+            policies("action \"doc.write\" appliesTo { principal: User, resource: Document };");
+        assert_eq!(
+            map.problems_with(&without_read),
+            ["route `read`: action `doc.read` is not in the policy set in force"]
+        );
+        let moved = policies(
+            "action \"doc.read\" appliesTo { principal: User, resource: Document };\naction \"doc.write\" appliesTo { principal: User, resource: Folder };",
+        );
+        assert_eq!(
+            map.problems_with(&moved),
+            ["route `write`: action `doc.write` no longer applies to `Document`"]
+        );
+    }
 }

@@ -179,6 +179,7 @@ pub fn run(args: &Args) -> Exit {
         Duration::from_millis(cp.heartbeat_ms),
     ));
     runtime.spawn(keys.run(Arc::clone(&plane.authn)));
+    runtime.spawn(crate::reload::watch_route_map(Arc::clone(&plane)));
     if let Some(forward) = plane.audit.as_ref().and_then(|a| a.redis_forwarder()) {
         runtime.spawn(forward);
     }

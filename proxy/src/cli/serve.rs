@@ -138,6 +138,9 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
         async move { store.relay_peer_commits().await }
     });
     control.spawn(started.keys.run(Arc::clone(&started.plane.authn)));
+    if data_plane {
+        control.spawn(reload::watch_route_map(Arc::clone(&started.plane)));
+    }
     if let Some(forward) = started
         .plane
         .audit
