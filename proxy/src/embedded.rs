@@ -217,9 +217,9 @@ pub async fn sync_policies(
     })
 }
 
-/// The admin tokens of `serve`: the configured file, or `<data_dir>/admin-tokens`, created
-/// on the first start with one random token for `admin` whose plain text goes to
-/// `<data_dir>/admin-token` (0600). Returns the tokens and, when the default file is used,
+/// The admin tokens of `serve`: `admin.tokens` inline, the configured file, or
+/// `<data_dir>/admin-tokens`, created on the first start with one random token for `admin`
+/// whose plain text goes to `<data_dir>/admin-token` (0600). Returns the tokens and, when the default file is used,
 /// where the plain token is.
 pub fn admin_tokens(
     config: &Config,
@@ -230,6 +230,11 @@ pub fn admin_tokens(
     ),
     String,
 > {
+    if let Some(lines) = &config.admin.tokens {
+        let tokens = portcullis_admin_api::AdminTokens::parse(&lines.replace(';', "\n"))
+            .map_err(|problems| format!("admin.tokens: {}", problems.join("; ")))?;
+        return Ok((tokens, None));
+    }
     let (path, plain) = match &config.admin.tokens_file {
         Some(p) => (p.clone(), None),
         None => {

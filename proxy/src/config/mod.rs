@@ -149,6 +149,10 @@ pub struct AdminConfig {
     /// created on the first start with one token for `admin`, whose plain text is written
     /// once to `<data_dir>/admin-token` (mode 0600).
     pub tokens_file: Option<PathBuf>,
+    /// The same lines given inline, typically from the environment
+    /// (`PORTCULLIS_ADMIN__TOKENS`, lines separated by newlines or `;`). Not with
+    /// `tokens_file`.
+    pub tokens: Option<String>,
     /// Also accept JWTs from `auth.issuer` (same keys) as admin credentials. Off by default.
     pub jwt: Option<AdminJwtConfig>,
     /// Failed authentications tolerated per client address before its calls get 429.
@@ -161,6 +165,7 @@ impl Default for AdminConfig {
             enabled: true,
             address: String::from(DEFAULT_ADMIN),
             tokens_file: None,
+            tokens: None,
             jwt: None,
             failed_auth: FailedAuthConfig::default(),
         }
@@ -746,6 +751,12 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
                 problems.push(problem(at, format!("`{}` is not a file", path.display())));
             }
         }
+    }
+    if config.admin.tokens.is_some() && config.admin.tokens_file.is_some() {
+        problems.push(problem(
+            "admin.tokens",
+            "give `tokens` or `tokens_file`, not both",
+        ));
     }
     if let Some(jwt) = &config.admin.jwt {
         if jwt.audience.trim().is_empty() {

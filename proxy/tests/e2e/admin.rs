@@ -246,10 +246,14 @@ fn admin_calls_are_decided_by_the_directorys_admin_policies_and_reloaded_with_th
 fn admin_jwts_act_within_their_claims_and_bad_credentials_are_throttled() {
     let upstream = Upstream::start();
     let keys = Keys::generate();
+    // Tokens inline (as from the environment), `;` between lines: an auditor's.
     let p = Portcullis::start(
         &upstream,
         &keys,
-        "admin:\n  address: {admin}\n  jwt:\n    audience: portcullis-admin\n  failed_auth:\n    max_failures: 5\n    window_seconds: 60\n",
+        &format!(
+            "admin:\n  address: {{admin}}\n  tokens: \"# inline; {} roles=auditor\"\n  jwt:\n    audience: portcullis-admin\n  failed_auth:\n    max_failures: 5\n    window_seconds: 60\n",
+            portcullis_admin_api::auth::token_line("reader", "reader-token")
+        ),
     );
     let call = |token: &str, method: &str, target: &str, body: serde_json::Value| {
         crate::harness::json_request(
@@ -289,6 +293,19 @@ fn admin_jwts_act_within_their_claims_and_bad_credentials_are_throttled() {
     );
     assert_eq!(r.status, 403, "another tenant: {}", r.body);
     assert!(r.body.contains("jwt:carol"), "{}", r.body);
+    let r = call(
+        "reader-token",
+        "GET",
+        "/v1/audit?actor=jwt:carol",
+        json!({}),
+    );
+    assert_eq!(r.status, 200, "an inline token: {}", r.body);
+    assert_eq!(
+        r.json()["items"][0]["action"],
+        "principal.put",
+        "carol's change, recorded as hers: {}",
+        r.body
+    );
     let ops = admin_jwt(
         "ops",
         json!({"portcullis_admin_roles": "auditor platform-admin"}),
