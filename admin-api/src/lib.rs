@@ -61,6 +61,20 @@ pub struct AppState<S> {
     pub ledger: Option<Arc<portcullis_policy_store::audit::writer::Ledger>>,
     /// The admin policies every call is checked against; swapped on reload.
     pub admin_policies: Arc<arc_swap::ArcSwap<authz::AdminPolicies>>,
+    /// What this process enforces beside the API (`serve`'s route map): a policy set that
+    /// would leave a route undecidable is refused. `None` in `control`, which has no routes.
+    pub route_guard: Option<Arc<dyn RouteGuard>>,
+}
+
+/// Checks a candidate policy set against the routes this process enforces.
+pub trait RouteGuard: Send + Sync + std::fmt::Debug {
+    /// Why `files` over `schema` would leave routes undecidable; empty when it would not,
+    /// or when the set does not compile (the store then refuses it with every message).
+    fn problems(
+        &self,
+        files: &[portcullis_policy_store::model::PolicyFile],
+        schema: &str,
+    ) -> Vec<String>;
 }
 
 /// The admin API router.

@@ -120,6 +120,7 @@ async fn api() -> Api {
             admin_policies: Arc::new(arc_swap::ArcSwap::from_pointee(
                 AdminPolicies::builtin().unwrap(),
             )),
+            route_guard: None,
         },
         AdminAuth::new(tokens),
     );

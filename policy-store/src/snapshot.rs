@@ -372,6 +372,21 @@ impl Snapshot {
         &self.policies
     }
 
+    /// What a candidate policy set (`files` over `schema`) would be compiled from with this
+    /// snapshot's roles and template links.
+    pub fn candidate_sources(&self, files: &[PolicyFile], schema: &str) -> PolicySources {
+        PolicySources {
+            schema: PolicyFile {
+                name: String::from("schema.cedarschema"),
+                text: schema.to_owned(),
+            },
+            files: files.to_vec(),
+            roles_source: String::from("roles"),
+            roles: self.inputs.roles.to_vec(),
+            links: self.inputs.links.to_vec(),
+        }
+    }
+
     /// The version number of the hand-written policy set in force.
     pub fn policy_version(&self) -> i64 {
         self.inputs.version.version

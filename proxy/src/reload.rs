@@ -306,3 +306,23 @@ pub async fn watch_route_map(plane: Arc<DataPlane>) {
         }
     }
 }
+
+/// `serve`'s route map, guarding the admin API's policy writes: a set under which a route
+/// could not be decided is refused before it is stored (`control` has no routes; its
+/// followers report such a set through [`watch_route_map`]).
+#[derive(Debug)]
+pub struct ServedRoutes(pub Arc<DataPlane>);
+
+impl portcullis_admin_api::RouteGuard for ServedRoutes {
+    fn problems(
+        &self,
+        files: &[portcullis_policy_store::model::PolicyFile],
+        schema: &str,
+    ) -> Vec<String> {
+        let sources = self.0.snapshot.load().candidate_sources(files, schema);
+        match portcullis_policy_store::policy::compile(&sources) {
+            Ok(candidate) => self.0.gate.load().routes.problems_with(&candidate),
+            Err(_) => Vec::new(),
+        }
+    }
+}

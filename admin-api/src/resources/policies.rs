@@ -164,7 +164,38 @@ pub(crate) async fn put_policies<S: Store>(
     let current = st.store.current_policy_set().await?;
     let expected = expected_version(&headers, current.as_ref().map(|v| v.version))?;
     let (files, schema) = schema_of(input, current.as_ref())?;
+    keeps_routes(&st, &files, &schema)?;
     store_version(&st, &actor, "policies.replace", &files, &schema, expected).await
+}
+
+/// Refuses a set that would leave a route of this process undecidable (400, one `schema`
+/// error per route).
+fn keeps_routes<S>(
+    st: &crate::AppState<S>,
+    files: &[PolicyFile],
+    schema: &str,
+) -> Result<(), ApiError> {
+    let Some(guard) = &st.route_guard else {
+        return Ok(());
+    };
+    let problems = guard.problems(files, schema);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        detail: format!(
+            "{} route(s) of this Portcullis would deny every request under this policy set; \
+             change the routes first or keep their actions",
+            problems.len()
+        ),
+        errors: problems
+            .into_iter()
+            .map(|message| FieldError {
+                field: String::from("schema"),
+                message,
+            })
+            .collect(),
+    })
 }
 
 /// Stores a new version replacing `expected`, records the change, answers the version.
@@ -214,6 +245,7 @@ pub(crate) async fn validate_policies<S: Store>(
     let current = st.store.current_policy_set().await?;
     let (files, schema) = schema_of(input, current.as_ref())?;
     let checked = st.store.check_policy_set(&files, &schema).await?;
+    keeps_routes(&st, &files, &schema)?;
     Ok(Json(checked).into_response())
 }
 
@@ -279,6 +311,7 @@ pub(crate) async fn rollback_policies<S: Store>(
         })?;
     let current = st.store.current_policy_set().await?.map(|v| v.version);
     let expected = expected_version(&headers, current)?;
+    keeps_routes(&st, &target.files, &target.schema)?;
     store_version(
         &st,
         &actor,

@@ -159,6 +159,10 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
                 snapshot: Arc::clone(&started.plane.snapshot),
                 ledger: started.plane.audit.as_ref().map(|a| Arc::clone(a.ledger())),
                 admin_policies: Arc::clone(&started.admin_policies),
+                route_guard: data_plane.then(|| {
+                    Arc::new(reload::ServedRoutes(Arc::clone(&started.plane)))
+                        as Arc<dyn portcullis_admin_api::RouteGuard>
+                }),
             },
             auth,
         );

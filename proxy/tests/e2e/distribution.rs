@@ -236,3 +236,77 @@ fn control_replicas_share_postgres_and_a_proxy_enforces_changes_made_through_eit
     wait_status(&proxy, &zoe, 403, "a revocation made through replica A");
     assert_eq!(zoes(&b), 0);
 }
+
+/// Waits until `p`'s `/metrics` has `line`.
+fn wait_metric(p: &Portcullis, line: &str) {
+    let started = Instant::now();
+    while !p.metrics_text().lines().any(|l| l == line) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no `{line}` in /metrics\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_policy_set_that_strands_a_route_is_refused_by_serve_and_reported_by_a_follower() {
+    const USER_MANAGE: &str = "action \"user.manage\" in [ADMIN, SENSITIVE] appliesTo {\n  principal: [User, Service], resource: [User, Tenant], context: RequestContext };\n";
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let strand = |p: &Portcullis| {
+        let current = p.admin_call("GET", "/v1/policies", &json!({}));
+        assert_eq!(current.status, 200, "{}", current.body);
+        let set = current.json();
+        let schema = set["schema"].as_str().expect("schema");
+        let without = schema.replace(USER_MANAGE, "");
+        assert_ne!(without, schema, "the shipped schema declares user.manage");
+        let candidate = json!({"files": set["files"], "schema": without});
+        let etag = current.headers["etag"].clone();
+        (
+            p.admin_call_with("PUT", "/v1/policies", &[("if-match", &etag)], &candidate),
+            p.admin_call("POST", "/v1/policies:validate", &candidate),
+        )
+    };
+
+    // serve knows its routes: the set is refused before it is stored, naming the route.
+    let serve = Portcullis::start(&upstream, &keys, "");
+    let (put, validate) = strand(&serve);
+    for r in [&put, &validate] {
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(
+            r.json()["errors"][0]["message"],
+            "route `manage_user`: action `user.manage` is not in the policy set in force",
+            "{}",
+            r.body
+        );
+    }
+    wait_metric(&serve, "portcullis_routes_unenforceable 0");
+
+    // control has no routes and stores it; a proxy following it reports the stranded route
+    // (which denies, failing closed) until the set is rolled back.
+    let control = Portcullis::start_control(&upstream, &keys, "");
+    let proxy = Portcullis::start_proxy(&upstream, &keys, &control, "");
+    wait_metric(&proxy, "portcullis_routes_unenforceable 0");
+    let (put, _) = strand(&control);
+    assert_eq!(put.status, 200, "{}", put.body);
+    wait_metric(&proxy, "portcullis_routes_unenforceable 1");
+    assert!(
+        proxy.log().contains(
+            "route `manage_user`: action `user.manage` is not in the policy set in force"
+        ),
+        "{}",
+        proxy.log()
+    );
+    let version = put.json()["version"].as_i64().expect("version");
+    let r = control.admin_call_with(
+        "POST",
+        "/v1/policies:rollback",
+        &[("if-match", &format!("\"{version}\""))],
+        &json!({"version": version - 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_metric(&proxy, "portcullis_routes_unenforceable 0");
+    assert!(proxy.log().contains("every route is enforceable again"));
+}
