@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_policy_store::audit::redis_sink::{self, RedisSinkConfig, RedisSinkStats};
+use portcullis_policy_store::audit::redis_sink::{self, RedisSinkConfig};
+use portcullis_policy_store::audit::sqs_sink::{self, SqsSinkConfig};
+use portcullis_policy_store::audit::tail::SinkStats;
 use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
 use portcullis_policy_store::audit::{Entry, RecordKind, checkpoint, redact, sha256_hex};
 use rand::Rng;
@@ -37,7 +39,8 @@ pub struct Audit {
     pub dir: PathBuf,
     /// The checkpoint public key file.
     pub public_key: PathBuf,
-    redis: Option<(RedisSinkConfig, Arc<RedisSinkStats>)>,
+    redis: Option<(RedisSinkConfig, Arc<SinkStats>)>,
+    sqs: Option<(SqsSinkConfig, Arc<SinkStats>)>,
 }
 
 /// The ledger directory of a configuration.
@@ -107,7 +110,17 @@ impl Audit {
                             stream: r.stream.clone(),
                             maxlen: r.maxlen,
                         },
-                        Arc::new(RedisSinkStats::default()),
+                        Arc::new(SinkStats::default()),
+                    )
+                }),
+                sqs: a.sqs.as_ref().map(|q| {
+                    (
+                        SqsSinkConfig {
+                            queue_url: q.queue_url.clone(),
+                            region: q.region.clone(),
+                            endpoint_url: q.endpoint_url.clone(),
+                        },
+                        Arc::new(SinkStats::default()),
                     )
                 }),
                 dir,
@@ -116,15 +129,30 @@ impl Audit {
         )))
     }
 
-    /// The task forwarding the ledger to Redis, when configured; spawn it on a runtime.
-    pub fn redis_forwarder(&self) -> Option<impl std::future::Future<Output = ()> + use<>> {
-        let (config, stats) = self.redis.clone()?;
-        Some(redis_sink::forward(
-            self.dir.clone(),
-            String::from("audit"),
-            config,
-            stats,
-        ))
+    /// The tasks forwarding the ledger to each configured sink (Redis, SQS); spawn them on
+    /// a runtime.
+    pub fn forwarders(
+        &self,
+    ) -> Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+            Vec::new();
+        if let Some((config, stats)) = self.redis.clone() {
+            tasks.push(Box::pin(redis_sink::forward(
+                self.dir.clone(),
+                String::from("audit"),
+                config,
+                stats,
+            )));
+        }
+        if let Some((config, stats)) = self.sqs.clone() {
+            tasks.push(Box::pin(sqs_sink::forward(
+                self.dir.clone(),
+                String::from("audit"),
+                config,
+                stats,
+            )));
+        }
+        tasks
     }
 
     /// The ledger, for other writers of the process (admin changes).
@@ -254,15 +282,21 @@ impl Audit {
             .audit
             .queue_depth
             .set(i64::try_from(self.ledger.queue_depth()).unwrap_or(i64::MAX));
-        if let Some((_, stats)) = &self.redis {
-            sync(
-                &METRICS.audit.sink_forwarded.with_label_values(&["redis"]),
-                stats.forwarded.load(Relaxed),
-            );
-            sync(
-                &METRICS.audit.sink_errors.with_label_values(&["redis"]),
-                stats.errors.load(Relaxed),
-            );
+        let sinks = [
+            ("redis", self.redis.as_ref().map(|(_, stats)| stats)),
+            ("sqs", self.sqs.as_ref().map(|(_, stats)| stats)),
+        ];
+        for (sink, stats) in sinks {
+            if let Some(stats) = stats {
+                sync(
+                    &METRICS.audit.sink_forwarded.with_label_values(&[sink]),
+                    stats.forwarded.load(Relaxed),
+                );
+                sync(
+                    &METRICS.audit.sink_errors.with_label_values(&[sink]),
+                    stats.errors.load(Relaxed),
+                );
+            }
         }
     }
 }

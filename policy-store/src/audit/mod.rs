@@ -24,6 +24,8 @@
 pub mod checkpoint;
 pub mod query;
 pub mod redis_sink;
+pub mod sqs_sink;
+pub mod tail;
 pub mod verify;
 pub mod writer;
 

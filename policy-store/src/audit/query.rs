@@ -78,7 +78,7 @@ fn first_seq(file: &Path) -> Option<u64> {
 
 /// Reads a page of the ledger `<dir>/<prefix>-*.jsonl`.
 pub fn query(dir: &Path, prefix: &str, query: &AuditQuery) -> Result<AuditPage, String> {
-    let files = super::writer::ledger_files(dir, prefix)?;
+    let files = super::tail::ledger_files(dir, prefix)?;
     let wanted = query.after_seq.saturating_add(1);
     // The last file starting at or before the wanted seq holds it (or nothing does).
     let start = files

@@ -192,25 +192,9 @@ struct Tail {
     file: Option<PathBuf>,
 }
 
-pub(super) fn ledger_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("`{}`: cannot list: {e}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            // `<prefix>-<12 digits>.jsonl`: the writer's files, not another prefix's.
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{prefix}-")) && n.ends_with(".jsonl"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 /// Finds the last complete record; cuts a torn last line.
 fn recover(dir: &Path, prefix: &str) -> Result<Tail, String> {
-    let files = ledger_files(dir, prefix)?;
+    let files = super::tail::ledger_files(dir, prefix)?;
     for file in files.iter().rev() {
         let mut f = OpenOptions::new()
             .read(true)

@@ -180,7 +180,12 @@ pub fn run(args: &Args) -> Exit {
     ));
     runtime.spawn(keys.run(Arc::clone(&plane.authn)));
     runtime.spawn(crate::reload::watch_route_map(Arc::clone(&plane)));
-    if let Some(forward) = plane.audit.as_ref().and_then(|a| a.redis_forwarder()) {
+    for forward in plane
+        .audit
+        .as_ref()
+        .map(|a| a.forwarders())
+        .unwrap_or_default()
+    {
         runtime.spawn(forward);
     }
     runtime.spawn(

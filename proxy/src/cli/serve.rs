@@ -141,11 +141,12 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
     if data_plane {
         control.spawn(reload::watch_route_map(Arc::clone(&started.plane)));
     }
-    if let Some(forward) = started
+    for forward in started
         .plane
         .audit
         .as_ref()
-        .and_then(|a| a.redis_forwarder())
+        .map(|a| a.forwarders())
+        .unwrap_or_default()
     {
         control.spawn(forward);
     }

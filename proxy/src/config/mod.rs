@@ -489,6 +489,23 @@ pub struct AuditConfig {
     pub instance: Option<String>,
     /// Also forward the ledger, in order, to a Redis Stream.
     pub redis: Option<AuditRedisConfig>,
+    /// Also forward the ledger, in order, to an SQS queue.
+    pub sqs: Option<AuditSqsConfig>,
+}
+
+/// The SQS sink of the audit ledger. Credentials come from the default AWS chain
+/// (environment, profile, web identity, instance metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSqsConfig {
+    /// The queue URL; a FIFO queue (`.fifo`) also gets deduplication by record hash.
+    pub queue_url: String,
+    /// The region; default: the environment's.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint (LocalStack, moto, a VPC endpoint).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
 }
 
 /// The Redis Stream sink of the audit ledger.
@@ -531,6 +548,7 @@ impl Default for AuditConfig {
             allow_sample_rate: 1.0,
             instance: None,
             redis: None,
+            sqs: None,
         }
     }
 }
@@ -937,6 +955,17 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
         problems.push(problem(
             "audit",
             "queue_capacity and checkpoint_every must be above 0, max_file_bytes at least 4096",
+        ));
+    }
+    if let Some(q) = &a.sqs
+        && !(q.queue_url.starts_with("https://") || q.queue_url.starts_with("http://"))
+    {
+        problems.push(problem(
+            "audit.sqs.queue_url",
+            format!(
+                "`{}` is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)",
+                q.queue_url
+            ),
         ));
     }
     if let Some(r) = &a.redis

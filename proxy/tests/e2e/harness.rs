@@ -289,6 +289,20 @@ impl Reply {
     }
 }
 
+/// The binary with `command` and `--config`. AWS credentials are dummies for the SQS sink
+/// tests' own moto server; instance metadata is never asked.
+fn portcullis_command(command: &[String], config_file: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    c.args(command)
+        .arg("--config")
+        .arg(config_file)
+        .env_remove("RUST_LOG")
+        .env("AWS_ACCESS_KEY_ID", "portcullis-e2e")
+        .env("AWS_SECRET_ACCESS_KEY", "portcullis-e2e")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
 /// A running `portcullis serve` (or `control`, or `proxy`).
 pub struct Portcullis {
     child: Child,
@@ -425,11 +439,7 @@ impl Portcullis {
     ) -> Self {
         let log_file = dir.join("portcullis.log");
         let log = std::fs::File::create(&log_file).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(&command)
-            .arg("--config")
-            .arg(&config_file)
-            .env_remove("RUST_LOG")
+        let child = portcullis_command(&command, &config_file)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -460,11 +470,7 @@ impl Portcullis {
             .append(true)
             .open(&self.log_file)
             .expect("log file");
-        self.child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(&self.command)
-            .arg("--config")
-            .arg(&self.config_file)
-            .env_remove("RUST_LOG")
+        self.child = portcullis_command(&self.command, &self.config_file)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -15,6 +15,7 @@ mod world;
 
 mod admin;
 mod audit;
+mod audit_sqs;
 mod distribution;
 mod enforcement;
 mod gateway;
