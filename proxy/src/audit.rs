@@ -7,7 +7,8 @@
 //! ambiguous target, no route). Not recorded: public routes (unless `audit.record_public`)
 //! and a configured share of allows (`audit.allow_sample_rate`). Never recorded: tokens,
 //! the `Authorization` header, request bodies. Context is redacted by band: on AMBER and RED
-//! routes the client address and device id are replaced by a keyed hash.
+//! routes the client address and device id are replaced by a keyed hash by default;
+//! `audit.redact` names what is hashed or left out (the principal too).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,7 +19,9 @@ use portcullis_policy_store::audit::redis_sink::{self, RedisSinkConfig};
 use portcullis_policy_store::audit::sqs_sink::{self, SqsSinkConfig};
 use portcullis_policy_store::audit::tail::SinkStats;
 use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
-use portcullis_policy_store::audit::{Entry, RecordKind, checkpoint, redact, sha256_hex};
+use portcullis_policy_store::audit::{
+    Entry, RecordKind, RedactionMasks, checkpoint, redact, redacted, sha256_hex,
+};
 use rand::Rng;
 
 use crate::config::{AuditOnFull, Config};
@@ -35,6 +38,7 @@ pub struct Audit {
     record_public: bool,
     allow_sample_rate: f64,
     salt: String,
+    masks: RedactionMasks,
     /// Where the ledger lives (for the start-up log).
     pub dir: PathBuf,
     /// The checkpoint public key file.
@@ -102,6 +106,10 @@ impl Audit {
                 record_public: a.record_public,
                 allow_sample_rate: a.allow_sample_rate,
                 salt,
+                masks: RedactionMasks {
+                    hash: a.redact.hash.clone(),
+                    drop: a.redact.drop.clone(),
+                },
                 public_key: checkpoint::public_key_path(&key_file),
                 redis: a.redis.as_ref().map(|r| {
                     (
@@ -255,8 +263,15 @@ impl Audit {
             if let Some(device) = &f.device_id {
                 context.insert(String::from("device_id"), device.clone());
             }
-            redact(&mut context, band, &self.salt);
+            redact(&mut context, band, &self.salt, &self.masks);
             entry.context = context;
+            if band != "GREEN" {
+                if self.masks.drop.iter().any(|f| f == "principal") {
+                    entry.principal = None;
+                } else if self.masks.hash.iter().any(|f| f == "principal") {
+                    entry.principal = entry.principal.map(|p| redacted(&p, &self.salt));
+                }
+            }
         }
         entry
     }

@@ -153,17 +153,67 @@ pub fn unseal(line: &str) -> Option<(String, &str)> {
     Some((format!("{canonical_head}}}"), hash))
 }
 
-/// Redacts request context for a security band (seed 000's `REDACT_PII` obligation on
-/// AMBER and RED): the client address and device id are replaced by a salted hash prefix,
-/// so records stay linkable without holding the value.
-pub fn redact(context: &mut BTreeMap<String, String>, band: &str, salt: &str) {
+/// Which record fields redaction touches on AMBER and RED routes (seed 000's `REDACT_PII`
+/// obligation): `hash` fields are replaced by a salted hash prefix, so records stay linkable
+/// without holding the value; `drop` fields are left out. Field names are context keys
+/// (`ip`, `device_id`, `email`, `name`, `mfa`, `risk_score`, `hour`, `weekday`) or
+/// `principal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedactionMasks {
+    /// Replaced by `sha256:<16 hex>`.
+    pub hash: Vec<String>,
+    /// Left out of the record.
+    pub drop: Vec<String>,
+}
+
+impl Default for RedactionMasks {
+    fn default() -> Self {
+        Self {
+            hash: ["ip", "device_id", "email", "name"]
+                .map(String::from)
+                .to_vec(),
+            drop: Vec::new(),
+        }
+    }
+}
+
+/// The fields [`RedactionMasks`] may name.
+pub const MASKABLE: [&str; 9] = [
+    "principal",
+    "ip",
+    "device_id",
+    "email",
+    "name",
+    "mfa",
+    "risk_score",
+    "hour",
+    "weekday",
+];
+
+/// The keyed hash redaction puts in place of `value`.
+pub fn redacted(value: &str, salt: &str) -> String {
+    let digest = sha256_hex(format!("{salt}\n{value}").as_bytes());
+    format!("sha256:{}", digest.get(..16).unwrap_or_default())
+}
+
+/// Redacts request context for a security band: nothing on GREEN; on AMBER and RED, the
+/// masks' fields are hashed or dropped (the principal is the caller's to mask, with
+/// [`redacted`]).
+pub fn redact(
+    context: &mut BTreeMap<String, String>,
+    band: &str,
+    salt: &str,
+    masks: &RedactionMasks,
+) {
     if band == "GREEN" {
         return;
     }
-    for key in ["ip", "device_id", "email", "name"] {
+    for key in &masks.drop {
+        context.remove(key);
+    }
+    for key in &masks.hash {
         if let Some(value) = context.get_mut(key) {
-            let digest = sha256_hex(format!("{salt}\n{value}").as_bytes());
-            *value = format!("sha256:{}", digest.get(..16).unwrap_or_default());
+            *value = redacted(value, salt);
         }
     }
 }
@@ -207,10 +257,33 @@ mod tests {
             (String::from("ip"), String::from("10.0.0.1")),
             (String::from("hour"), String::from("10")),
         ]);
-        redact(&mut ctx, "GREEN", "s");
+        let masks = RedactionMasks::default();
+        redact(&mut ctx, "GREEN", "s", &masks);
         assert_eq!(ctx["ip"], "10.0.0.1");
-        redact(&mut ctx, "AMBER", "s");
+        redact(&mut ctx, "AMBER", "s", &masks);
         assert!(ctx["ip"].starts_with("sha256:") && ctx["ip"].len() == 23);
+        assert_eq!(ctx["ip"], redacted("10.0.0.1", "s"), "linkable");
+        assert_ne!(ctx["ip"], redacted("10.0.0.1", "another salt"));
         assert_eq!(ctx["hour"], "10");
+    }
+
+    #[test]
+    fn configured_masks_hash_and_drop_on_amber_and_red() {
+        let context = BTreeMap::from([
+            (String::from("ip"), String::from("10.0.0.1")),
+            (String::from("device_id"), String::from("laptop-1")),
+            (String::from("hour"), String::from("10")),
+        ]);
+        let masks = RedactionMasks {
+            hash: vec![String::from("hour")],
+            drop: vec![String::from("ip"), String::from("device_id")],
+        };
+        let mut red = context.clone();
+        redact(&mut red, "RED", "s", &masks);
+        assert_eq!(red.len(), 1, "{red:?}");
+        assert_eq!(red["hour"], redacted("10", "s"));
+        let mut green = context.clone();
+        redact(&mut green, "GREEN", "s", &masks);
+        assert_eq!(green, context);
     }
 }

@@ -487,10 +487,33 @@ pub struct AuditConfig {
     pub allow_sample_rate: f64,
     /// This process's name in the records; default `<hostname>-<pid>`.
     pub instance: Option<String>,
+    /// What is hashed or left out of records of AMBER and RED routes.
+    pub redact: AuditRedactConfig,
     /// Also forward the ledger, in order, to a Redis Stream.
     pub redis: Option<AuditRedisConfig>,
     /// Also forward the ledger, in order, to an SQS queue.
     pub sqs: Option<AuditSqsConfig>,
+}
+
+/// Redaction on AMBER and RED routes (seed 000's `REDACT_PII`). Fields: `principal`, `ip`,
+/// `device_id`, `email`, `name`, `mfa`, `risk_score`, `hour`, `weekday`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditRedactConfig {
+    /// Replaced by a keyed hash (records stay linkable without holding the value).
+    pub hash: Vec<String>,
+    /// Left out of the record.
+    pub drop: Vec<String>,
+}
+
+impl Default for AuditRedactConfig {
+    fn default() -> Self {
+        let masks = portcullis_policy_store::audit::RedactionMasks::default();
+        Self {
+            hash: masks.hash,
+            drop: masks.drop,
+        }
+    }
 }
 
 /// The SQS sink of the audit ledger. Credentials come from the default AWS chain
@@ -547,6 +570,7 @@ impl Default for AuditConfig {
             record_public: false,
             allow_sample_rate: 1.0,
             instance: None,
+            redact: AuditRedactConfig::default(),
             redis: None,
             sqs: None,
         }
@@ -945,6 +969,19 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
         ));
     }
     let a = &config.audit;
+    for (list, fields) in [("hash", &a.redact.hash), ("drop", &a.redact.drop)] {
+        for (i, field) in fields.iter().enumerate() {
+            if !portcullis_policy_store::audit::MASKABLE.contains(&field.as_str()) {
+                problems.push(problem(
+                    format!("audit.redact.{list}.{i}"),
+                    format!(
+                        "`{field}` is not a field redaction can touch: {}",
+                        portcullis_policy_store::audit::MASKABLE.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     if !(0.0..=1.0).contains(&a.allow_sample_rate) {
         problems.push(problem(
             "audit.allow_sample_rate",
@@ -1049,6 +1086,31 @@ mod tests {
                 "context.time_zone",
                 "enforcement.unmatched_status"
             ]
+        );
+    }
+
+    #[test]
+    fn admin_and_redaction_settings_are_checked() {
+        let mut c = Config::default();
+        c.admin.tokens = Some(String::from("ops sha256:00"));
+        c.admin.tokens_file = Some(PathBuf::from("/etc/portcullis/admin-tokens"));
+        c.admin.jwt = Some(AdminJwtConfig {
+            audience: c.auth.audiences.first().cloned().unwrap_or_default(),
+            ..AdminJwtConfig::default()
+        });
+        c.admin.failed_auth.max_failures = 0;
+        c.audit.redact.drop = vec![String::from("principal"), String::from("password")];
+        let problems = validate(&c);
+        let keys: Vec<&str> = problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "admin.tokens",
+                "admin.jwt.audience",
+                "admin.failed_auth.max_failures",
+                "audit.redact.drop.1"
+            ],
+            "{problems:?}"
         );
     }
 

@@ -222,6 +222,43 @@ fn a_crash_under_load_loses_no_answered_decision_and_the_chain_continues() {
     );
 }
 
+#[test]
+fn configured_masks_hash_the_principal_and_drop_context_on_amber_routes() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        "audit:\n  redact:\n    hash: [principal]\n    drop: [ip, device_id]\n",
+    );
+    p.seed(world::import());
+    let alice = keys.token("alice", json!({"device_id": "laptop-1"}));
+    let r = p.get(D1, Some(&alice), &[]);
+    assert_eq!(r.status, 200);
+    let id = r.headers["x-portcullis-decision-id"].clone();
+    let records = p.audit_records();
+    let record = records
+        .iter()
+        .find(|r| r["decision_id"] == id.as_str())
+        .expect("the decision's record");
+    assert_eq!(record["context"]["band"], "AMBER");
+    let principal = record["principal"].as_str().expect("principal");
+    assert!(
+        principal.starts_with("sha256:") && !principal.contains("alice"),
+        "{record}"
+    );
+    assert!(record["context"].get("ip").is_none(), "{record}");
+    assert!(record["context"].get("device_id").is_none(), "{record}");
+    assert!(
+        record["context"]["hour"].is_string(),
+        "unmasked fields stay: {record}"
+    );
+    // The same principal hashes the same way: records stay linkable.
+    assert_eq!(p.get(D1, Some(&alice), &[]).status, 200);
+    let again = p.audit_records();
+    assert_eq!(again.last().expect("record")["principal"], principal);
+}
+
 /// A redis-server of the test's own (Debian's `redis-server`), without persistence.
 struct Redis {
     child: std::process::Child,
