@@ -7,6 +7,13 @@
 //! caller's deadline and then fails (the data plane answers 503). Dropping instead must be
 //! chosen ([`Ledger::append_nowait`]) and is counted.
 //!
+//! Handing entries over costs a thread switch each time the writer is woken, so appenders
+//! do not wake it on every entry: an entry goes into the queue, its appender yields once to
+//! its runtime (the other requests ready there append too), and only then rings the
+//! writer, which takes everything queued in one batch. One connection pays a yield; many
+//! share a batch. (Woken by the queue itself, the writer used to write 1.04 records per
+//! batch under 16 connections: a switch each way per request.)
+//!
 //! Written with `write(2)`: a record survives the process being killed; with `fsync` it also
 //! survives the machine going down, at a cost per batch. On start the writer continues the
 //! chain from the last complete record; a line torn by a crash (never acknowledged) is cut.
@@ -89,6 +96,8 @@ pub struct LedgerStats {
 #[derive(Debug)]
 pub struct Ledger {
     tx: mpsc::Sender<Pending>,
+    /// Rings the writer; it does not wait on the queue itself.
+    wake: Arc<tokio::sync::Notify>,
     stats: Arc<LedgerStats>,
     dir: PathBuf,
     prefix: String,
@@ -109,15 +118,18 @@ impl Ledger {
         let tail = recover(&config.dir, &config.prefix)?;
         let (dir, prefix) = (config.dir.clone(), config.prefix.clone());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let wake = Arc::new(tokio::sync::Notify::new());
         let stats = Arc::new(LedgerStats::default());
         let mut writer = Writer::new(config, tail, Arc::clone(&stats))?;
+        let writer_wake = Arc::clone(&wake);
         let thread = std::thread::Builder::new()
             .name(String::from("portcullis-audit"))
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, &writer_wake))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok((
             Arc::new(Self {
                 tx,
+                wake,
                 stats,
                 dir,
                 prefix,
@@ -148,6 +160,9 @@ impl Ledger {
                 }
             }
         }
+        // Let the other requests ready on this runtime queue theirs, then ring once for all.
+        tokio::task::yield_now().await;
+        self.wake.notify_one();
         match written.await {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(e)) => Err(AppendError::Write(e)),
@@ -159,6 +174,7 @@ impl Ledger {
     /// was queued.
     pub fn append_nowait(&self, entry: Entry) -> bool {
         let queued = self.tx.try_send(Pending { entry, done: None }).is_ok();
+        self.wake.notify_one();
         if !queued {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -304,7 +320,7 @@ impl Writer {
         })
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Pending>) {
+    fn run(&mut self, rx: mpsc::Receiver<Pending>, wake: &tokio::sync::Notify) {
         // A runtime of its own, only to wait on the queue with a timeout (time-based
         // checkpoints); all file I/O is plain blocking I/O on this thread.
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -317,39 +333,41 @@ impl Writer {
                 return;
             }
         };
-        runtime.block_on(self.serve(rx));
+        runtime.block_on(self.serve(rx, wake));
     }
 
-    async fn serve(&mut self, mut rx: mpsc::Receiver<Pending>) {
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Pending>, wake: &tokio::sync::Notify) {
         // A checkpoint at every start: a ledger that ever ran has one, so a deleted
         // checkpoint file cannot pass for a young ledger.
         self.checkpoint();
         let mut batch: Vec<Pending> = Vec::with_capacity(256);
+        // How long to sleep without a ring: until a time-based checkpoint is due, and never
+        // so long that the last handle going away (nobody rings then) goes unnoticed.
+        let idle = self
+            .config
+            .checkpoint_interval
+            .min(Duration::from_millis(100));
         loop {
-            let first = if self.since_checkpoint > 0 {
-                // Wake up for a time-based checkpoint even when no entries arrive.
-                match tokio::time::timeout(self.config.checkpoint_interval, rx.recv()).await {
-                    Ok(Some(p)) => p,
-                    Ok(None) => break,
-                    Err(_) => {
-                        self.checkpoint();
-                        continue;
-                    }
-                }
-            } else {
-                match rx.recv().await {
-                    Some(p) => p,
-                    None => break,
-                }
-            };
-            batch.push(first);
             while batch.len() < 1024 {
                 match rx.try_recv() {
                     Ok(p) => batch.push(p),
                     Err(_) => break,
                 }
             }
-            self.write_batch(&mut batch);
+            if !batch.is_empty() {
+                self.write_batch(&mut batch);
+                continue;
+            }
+            if rx.is_closed() && rx.is_empty() {
+                break;
+            }
+            if self.since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
+                self.checkpoint();
+            }
+            // A ring that came before this wait is kept by `Notify`, so none is lost.
+            let _ = tokio::time::timeout(idle, wake.notified()).await;
         }
         if self.since_checkpoint > 0 {
             self.checkpoint();
