@@ -117,6 +117,7 @@ impl Audit {
                             url: r.url.clone(),
                             stream: r.stream.clone(),
                             maxlen: r.maxlen,
+                            format: r.format.into(),
                         },
                         Arc::new(SinkStats::default()),
                     )
@@ -127,6 +128,7 @@ impl Audit {
                             queue_url: q.queue_url.clone(),
                             region: q.region.clone(),
                             endpoint_url: q.endpoint_url.clone(),
+                            format: q.format.into(),
                         },
                         Arc::new(SinkStats::default()),
                     )

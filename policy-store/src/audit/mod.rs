@@ -22,6 +22,7 @@
 //! file; see [`checkpoint`]. [`verify`] checks both.
 
 pub mod checkpoint;
+pub mod ocsf;
 pub mod query;
 pub mod redis_sink;
 pub mod sqs_sink;

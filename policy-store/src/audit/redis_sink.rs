@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::tail::{SinkStats, ledger_files, position_after, read_after, seq_of};
+use super::tail::{SinkFormat, SinkStats, ledger_files, position_after, read_after, seq_of};
 
 /// Where to forward.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct RedisSinkConfig {
     pub stream: String,
     /// Approximate maximum length of the stream.
     pub maxlen: usize,
+    /// The ledger line or an OCSF event in each entry's `record` field.
+    pub format: SinkFormat,
 }
 
 /// Forwards the ledger in `dir` to Redis until the process ends.
@@ -87,7 +89,7 @@ async fn forward_once(
                 .arg("seq")
                 .arg(seq)
                 .arg("record")
-                .arg(line)
+                .arg(config.format.body(line))
                 .ignore();
             count += 1;
             newest = seq;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
-use super::tail::{SinkStats, ledger_files, position_after, read_after, seq_of};
+use super::tail::{SinkFormat, SinkStats, ledger_files, position_after, read_after, seq_of};
 use super::unseal;
 
 /// Largest message and batch SQS takes (256 KiB).
@@ -34,6 +34,8 @@ pub struct SqsSinkConfig {
     pub region: Option<String>,
     /// Another endpoint (LocalStack, moto, a VPC endpoint); default: AWS's.
     pub endpoint_url: Option<String>,
+    /// The ledger line or an OCSF event as each message's body.
+    pub format: SinkFormat,
 }
 
 /// The cursor file of the ledger `prefix` in `dir`.
@@ -94,11 +96,16 @@ pub async fn forward(dir: PathBuf, prefix: String, config: SqsSinkConfig, stats:
 }
 
 /// One message: the sealed line, its seq and, on FIFO queues, group and deduplication ids.
-fn entry(index: usize, line: &str, fifo: bool) -> Result<SendMessageBatchRequestEntry, String> {
+fn entry(
+    index: usize,
+    line: &str,
+    fifo: bool,
+    format: SinkFormat,
+) -> Result<SendMessageBatchRequestEntry, String> {
     let seq = seq_of(line).ok_or("a ledger line without its seq")?;
     let mut entry = SendMessageBatchRequestEntry::builder()
         .id(index.to_string())
-        .message_body(line)
+        .message_body(format.body(line))
         .message_attributes(
             "seq",
             MessageAttributeValue::builder()
@@ -157,7 +164,7 @@ async fn forward_once(
         let entries = batch
             .iter()
             .enumerate()
-            .map(|(i, (line, _))| entry(i, line, fifo))
+            .map(|(i, (line, _))| entry(i, line, fifo, config.format))
             .collect::<Result<Vec<_>, _>>()?;
         let count = entries.len() as u64;
         let answer = client

@@ -5,6 +5,27 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
+/// What a sink sends for each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SinkFormat {
+    /// The sealed ledger line, as written (verifiable).
+    #[default]
+    Ledger,
+    /// An OCSF API Activity event ([`super::ocsf`]) carrying the record's seq and hash.
+    Ocsf,
+}
+
+impl SinkFormat {
+    /// What to send for `line`; an OCSF event that cannot be made falls back to the line.
+    pub fn body(self, line: &str) -> String {
+        match self {
+            Self::Ledger => line.to_owned(),
+            Self::Ocsf => super::ocsf::from_line(line)
+                .map_or_else(|| line.to_owned(), |event| event.to_string()),
+        }
+    }
+}
+
 /// Counters of a sink.
 #[derive(Debug, Default)]
 pub struct SinkStats {

@@ -529,6 +529,9 @@ pub struct AuditSqsConfig {
     /// Another endpoint (LocalStack, moto, a VPC endpoint).
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// `ledger` (the sealed line) or `ocsf` (an OCSF API Activity event).
+    #[serde(default)]
+    pub format: AuditSinkFormat,
 }
 
 /// The Redis Stream sink of the audit ledger.
@@ -543,6 +546,29 @@ pub struct AuditRedisConfig {
     /// Approximate maximum length of the stream (`XADD MAXLEN ~`).
     #[serde(default = "default_audit_maxlen")]
     pub maxlen: usize,
+    /// `ledger` (the sealed line) or `ocsf` (an OCSF API Activity event).
+    #[serde(default)]
+    pub format: AuditSinkFormat,
+}
+
+/// What a sink sends per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSinkFormat {
+    /// The sealed ledger line, verifiable against the chain.
+    #[default]
+    Ledger,
+    /// An OCSF 1.3 API Activity event with the record's seq and hash.
+    Ocsf,
+}
+
+impl From<AuditSinkFormat> for portcullis_policy_store::audit::tail::SinkFormat {
+    fn from(format: AuditSinkFormat) -> Self {
+        match format {
+            AuditSinkFormat::Ledger => Self::Ledger,
+            AuditSinkFormat::Ocsf => Self::Ocsf,
+        }
+    }
 }
 
 fn default_audit_stream() -> String {

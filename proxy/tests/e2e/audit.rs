@@ -470,3 +470,54 @@ fn a_full_audit_queue_refuses_requests_by_default_and_drops_only_when_told() {
         "every request is either recorded or counted"
     );
 }
+
+#[test]
+fn a_sink_can_send_ocsf_events_that_point_back_into_the_ledger() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let port = crate::harness::free_port();
+    let redis = Redis::start(port);
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "audit:\n  redis:\n    url: redis://127.0.0.1:{port}/\n    stream: ocsf-e2e\n    format: ocsf\n"
+        ),
+    );
+    p.seed(world::import());
+    let alice = keys.token("alice", json!({}));
+    let r = p.get(D1, Some(&alice), &[]);
+    assert_eq!(r.status, 200);
+    let id = r.headers["x-portcullis-decision-id"].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let event: serde_json::Value = loop {
+        let raw = redis.cli(&["XRANGE", "ocsf-e2e", "-", "+"]);
+        let found = raw
+            .lines()
+            .filter(|l| l.contains(id.as_str()))
+            .find_map(|l| serde_json::from_str(l).ok());
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event for {id}:\n{raw}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(event["class_uid"], 6003, "{event}");
+    assert_eq!(event["activity_id"], 2, "a read: {event}");
+    assert_eq!(event["status"], "Success");
+    assert_eq!(event["actor"]["user"]["uid"], "User::\"alice\"");
+    assert_eq!(event["api"]["request"]["uid"], id.as_str());
+    let ledger = p.audit_records();
+    let record = ledger
+        .iter()
+        .find(|r| r["decision_id"] == id.as_str())
+        .expect("the decision's record");
+    assert_eq!(
+        event["unmapped"]["hash"], record["hash"],
+        "matches the ledger"
+    );
+    assert_eq!(event["metadata"]["sequence"], record["seq"]);
+}
