@@ -269,35 +269,39 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 /// fails closed). Runs until the process ends.
 pub async fn watch_route_map(plane: Arc<DataPlane>) {
     let mut published = plane.snapshot.subscribe();
-    // Addresses of the policy set and gate last checked (compared, never dereferenced).
-    let mut checked: Option<(usize, usize)> = None;
+    // The revision and gate last checked (the gate held, so it cannot be mistaken for a new
+    // one), and what was found, so an ongoing problem is logged once, not per revision.
+    let mut checked: Option<(i64, Arc<Gate>)> = None;
+    let mut reported: Vec<String> = Vec::new();
     loop {
         let snapshot = plane.snapshot.load();
         let gate = plane.gate.load_full();
-        let now = (
-            std::ptr::from_ref(snapshot.policies()).addr(),
-            Arc::as_ptr(&gate).addr(),
-        );
-        if checked != Some(now) {
+        let fresh = checked.as_ref().is_some_and(|(revision, old)| {
+            *revision == snapshot.revision() && Arc::ptr_eq(old, &gate)
+        });
+        if !fresh {
             let problems = gate.routes.problems_with(snapshot.policies());
-            let count = i64::try_from(problems.len()).unwrap_or(i64::MAX);
-            let before = METRICS.routes_unenforceable.get();
-            METRICS.routes_unenforceable.set(count);
-            for problem in &problems {
-                tracing::error!(
-                    revision = snapshot.revision(),
-                    "{problem}: the route denies every request until the policies or routes change"
-                );
+            METRICS
+                .routes_unenforceable
+                .set(i64::try_from(problems.len()).unwrap_or(i64::MAX));
+            if problems != reported {
+                for problem in &problems {
+                    tracing::error!(
+                        revision = snapshot.revision(),
+                        "{problem}: the route denies every request until the policies or routes change"
+                    );
+                }
+                if problems.is_empty() {
+                    tracing::info!(
+                        revision = snapshot.revision(),
+                        "every route is enforceable again"
+                    );
+                }
+                reported = problems;
             }
-            if problems.is_empty() && before > 0 {
-                tracing::info!(
-                    revision = snapshot.revision(),
-                    "every route is enforceable again"
-                );
-            }
-            checked = Some(now);
+            checked = Some((snapshot.revision(), gate));
         }
-        drop((snapshot, gate));
+        drop(snapshot);
         // Snapshots announce themselves; a reloaded route map is noticed within seconds.
         if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(2), published.changed()).await
         {
