@@ -19,8 +19,8 @@ mod fixtures;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fixtures::{default_state, eref, facts, fail};
-use portcullis_policy_store::decision::{DecisionRequest, decide_uncached};
+use fixtures::{AliceReadsD1, default_state, fail};
+use portcullis_policy_store::decision::decide_uncached;
 use portcullis_policy_store::snapshot::Snapshot;
 
 /// The shipped rules that bear on a document read (policies/default.cedar), in Rego: role
@@ -116,16 +116,8 @@ const DATA: &str = r#"{
 const INPUT: &str = r#"{"principal": "User::\"alice\"", "action": "document.read", "resource": "Document::\"d1\""}"#;
 
 fn bench_rbac(c: &mut Criterion) {
-    let principal = eref("User", "alice");
-    let resource = eref("Document", "d1");
-    let facts = facts();
-    let request = DecisionRequest {
-        principal: &principal,
-        action: "document.read",
-        resource: &resource,
-        route_parents: &[],
-        facts: &facts,
-    };
+    let question = AliceReadsD1::new();
+    let request = question.request();
     let snapshot = Snapshot::build(default_state(), 0).unwrap_or_else(|e| fail(&e.to_string()));
     if !decide_uncached(&snapshot, &request).allowed {
         fail("Portcullis does not allow the benchmark decision");

@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fixtures::{default_state, eref, facts, fail, heavy_state};
+use fixtures::{AliceReadsD1, default_state, fail, heavy_state};
 use portcullis_policy_store::decision::{DecisionRequest, decide, decide_uncached};
 use portcullis_policy_store::snapshot::Snapshot;
 
@@ -33,16 +33,8 @@ fn rss_kib() -> u64 {
 }
 
 fn bench_decide(c: &mut Criterion) {
-    let principal = eref("User", "alice");
-    let resource = eref("Document", "d1");
-    let facts = facts();
-    let request = DecisionRequest {
-        principal: &principal,
-        action: "document.read",
-        resource: &resource,
-        route_parents: &[],
-        facts: &facts,
-    };
+    let question = AliceReadsD1::new();
+    let request = question.request();
 
     let default = Snapshot::build(default_state(), 0).unwrap_or_else(|e| fail(&e.to_string()));
     let check = decide(&default, &request);

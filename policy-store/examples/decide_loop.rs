@@ -16,8 +16,8 @@ mod fixtures;
 
 use std::hint::black_box;
 
-use fixtures::{default_state, eref, facts, fail};
-use portcullis_policy_store::decision::{DecisionRequest, decide, decide_uncached};
+use fixtures::{AliceReadsD1, default_state, fail};
+use portcullis_policy_store::decision::{decide, decide_uncached};
 use portcullis_policy_store::snapshot::Snapshot;
 
 fn main() {
@@ -26,16 +26,8 @@ fn main() {
         .map_or(Ok(1000), |n| n.parse())
         .unwrap_or_else(|e| fail(&format!("the decision count: {e}")));
     let snapshot = Snapshot::build(default_state(), 0).unwrap_or_else(|e| fail(&e.to_string()));
-    let principal = eref("User", "alice");
-    let resource = eref("Document", "d1");
-    let facts = facts();
-    let request = DecisionRequest {
-        principal: &principal,
-        action: "document.read",
-        resource: &resource,
-        route_parents: &[],
-        facts: &facts,
-    };
+    let question = AliceReadsD1::new();
+    let request = question.request();
     let cached = std::env::args().nth(2).is_some_and(|a| a == "--cached");
     let run = if cached { decide } else { decide_uncached };
     let mut allowed = 0_u64;

@@ -106,10 +106,7 @@ impl Audit {
                 record_public: a.record_public,
                 allow_sample_rate: a.allow_sample_rate,
                 salt,
-                masks: RedactionMasks {
-                    hash: a.redact.hash.clone(),
-                    drop: a.redact.drop.clone(),
-                },
+                masks: a.redact.clone(),
                 public_key: checkpoint::public_key_path(&key_file),
                 redis: a.redis.as_ref().map(|r| {
                     (
@@ -117,7 +114,7 @@ impl Audit {
                             url: r.url.clone(),
                             stream: r.stream.clone(),
                             maxlen: r.maxlen,
-                            format: r.format.into(),
+                            format: r.format,
                         },
                         Arc::new(SinkStats::default()),
                     )
@@ -128,7 +125,7 @@ impl Audit {
                             queue_url: q.queue_url.clone(),
                             region: q.region.clone(),
                             endpoint_url: q.endpoint_url.clone(),
-                            format: q.format.into(),
+                            format: q.format,
                         },
                         Arc::new(SinkStats::default()),
                     )

@@ -159,7 +159,8 @@ pub fn unseal(line: &str) -> Option<(String, &str)> {
 /// without holding the value; `drop` fields are left out. Field names are context keys
 /// (`ip`, `device_id`, `email`, `name`, `mfa`, `risk_score`, `hour`, `weekday`) or
 /// `principal`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedactionMasks {
     /// Replaced by `sha256:<16 hex>`.
     pub hash: Vec<String>,

@@ -5,8 +5,9 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
-/// What a sink sends for each record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a sink sends for each record (`format: ledger | ocsf` in configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SinkFormat {
     /// The sealed ledger line, as written (verifiable).
     #[default]

@@ -16,6 +16,8 @@ mod overrides;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use portcullis_policy_store::audit::RedactionMasks;
+use portcullis_policy_store::audit::tail::SinkFormat;
 use serde::{Deserialize, Serialize};
 
 pub use overrides::Override;
@@ -487,33 +489,13 @@ pub struct AuditConfig {
     pub allow_sample_rate: f64,
     /// This process's name in the records; default `<hostname>-<pid>`.
     pub instance: Option<String>,
-    /// What is hashed or left out of records of AMBER and RED routes.
-    pub redact: AuditRedactConfig,
+    /// What is hashed or left out of records of AMBER and RED routes (fields: `principal`,
+    /// `ip`, `device_id`, `email`, `name`, `mfa`, `risk_score`, `hour`, `weekday`).
+    pub redact: RedactionMasks,
     /// Also forward the ledger, in order, to a Redis Stream.
     pub redis: Option<AuditRedisConfig>,
     /// Also forward the ledger, in order, to an SQS queue.
     pub sqs: Option<AuditSqsConfig>,
-}
-
-/// Redaction on AMBER and RED routes (seed 000's `REDACT_PII`). Fields: `principal`, `ip`,
-/// `device_id`, `email`, `name`, `mfa`, `risk_score`, `hour`, `weekday`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditRedactConfig {
-    /// Replaced by a keyed hash (records stay linkable without holding the value).
-    pub hash: Vec<String>,
-    /// Left out of the record.
-    pub drop: Vec<String>,
-}
-
-impl Default for AuditRedactConfig {
-    fn default() -> Self {
-        let masks = portcullis_policy_store::audit::RedactionMasks::default();
-        Self {
-            hash: masks.hash,
-            drop: masks.drop,
-        }
-    }
 }
 
 /// The SQS sink of the audit ledger. Credentials come from the default AWS chain
@@ -531,7 +513,7 @@ pub struct AuditSqsConfig {
     pub endpoint_url: Option<String>,
     /// `ledger` (the sealed line) or `ocsf` (an OCSF API Activity event).
     #[serde(default)]
-    pub format: AuditSinkFormat,
+    pub format: SinkFormat,
 }
 
 /// The Redis Stream sink of the audit ledger.
@@ -548,27 +530,7 @@ pub struct AuditRedisConfig {
     pub maxlen: usize,
     /// `ledger` (the sealed line) or `ocsf` (an OCSF API Activity event).
     #[serde(default)]
-    pub format: AuditSinkFormat,
-}
-
-/// What a sink sends per record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditSinkFormat {
-    /// The sealed ledger line, verifiable against the chain.
-    #[default]
-    Ledger,
-    /// An OCSF 1.3 API Activity event with the record's seq and hash.
-    Ocsf,
-}
-
-impl From<AuditSinkFormat> for portcullis_policy_store::audit::tail::SinkFormat {
-    fn from(format: AuditSinkFormat) -> Self {
-        match format {
-            AuditSinkFormat::Ledger => Self::Ledger,
-            AuditSinkFormat::Ocsf => Self::Ocsf,
-        }
-    }
+    pub format: SinkFormat,
 }
 
 fn default_audit_stream() -> String {
@@ -596,7 +558,7 @@ impl Default for AuditConfig {
             record_public: false,
             allow_sample_rate: 1.0,
             instance: None,
-            redact: AuditRedactConfig::default(),
+            redact: RedactionMasks::default(),
             redis: None,
             sqs: None,
         }
