@@ -381,3 +381,99 @@ fn queries_read_the_chain_in_order_filtered_and_paged_across_files() {
     assert_eq!(seqs(&tail.records), (101..=120).collect::<Vec<_>>());
     assert_eq!(tail.next_after_seq, None);
 }
+
+/// Many appenders on two runtimes at once (a multi-threaded one and a single-threaded one
+/// on another thread): every append gets its own seq, the chain verifies, and appenders
+/// ready together share batches.
+#[test]
+fn concurrent_appenders_on_two_runtimes_make_one_chain_in_shared_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, keeper) = Ledger::open(config(dir.path(), 4_000)).unwrap();
+    let append_many = |ledger: std::sync::Arc<Ledger>, tasks: u64, base: u64| async move {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let ledger = std::sync::Arc::clone(&ledger);
+                tokio::spawn(async move {
+                    let mut seqs = Vec::new();
+                    for i in 0..20 {
+                        let e = entry(base + t * 20 + i);
+                        seqs.push(ledger.append(e, Duration::from_secs(5)).await.unwrap());
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for h in handles {
+            seqs.extend(h.await.unwrap());
+        }
+        seqs
+    };
+    let other = {
+        let ledger = std::sync::Arc::clone(&ledger);
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(append_many(ledger, 30, 10_000))
+        })
+    };
+    let mut seqs = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(append_many(std::sync::Arc::clone(&ledger), 30, 0));
+    seqs.extend(other.join().unwrap());
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=1_200).collect::<Vec<u64>>());
+    let batches = ledger
+        .stats()
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(batches < 600, "{batches} batches for 1,200 records");
+    drop(ledger);
+    keeper.join().unwrap();
+    let summary = verify_dir(dir.path()).unwrap();
+    assert_eq!((summary.records, summary.range), (1_200, Some((1, 1_200))));
+    assert_eq!(summary.last_checkpoint, Some(1_200));
+}
+
+/// Entries queued outside any runtime, and one whose drain task was spawned on a runtime
+/// that shut down before running it: the keeper thread writes them, and later appends are
+/// drained again as usual.
+#[test]
+fn entries_no_drain_task_takes_are_written_by_the_keeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, keeper) = Ledger::open(config(dir.path(), u64::MAX)).unwrap();
+    assert!(ledger.append_nowait(entry(1)));
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            // Spawns a drain task, then the runtime goes away without running it.
+            assert!(ledger.append_nowait(entry(2)));
+        });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ledger
+        .stats()
+        .written
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the keeper did not write"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seq = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(ledger.append(entry(3), Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(seq, 3);
+    drop(ledger);
+    keeper.join().unwrap();
+    assert_eq!(verify_dir(dir.path()).unwrap().range, Some((1, 3)));
+}

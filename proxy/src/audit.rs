@@ -69,8 +69,8 @@ fn instance_name(config: &Config) -> String {
 }
 
 impl Audit {
-    /// Opens the ledger of `config` and starts its writer; `None` when auditing is off. The
-    /// writer thread ends (after a last checkpoint) once every handle to the ledger is
+    /// Opens the ledger of `config` and starts its keeper thread; `None` when auditing is
+    /// off. The keeper ends (after a last checkpoint) once every handle to the ledger is
     /// dropped; join it before the process exits.
     pub fn open(config: &Config) -> Result<Option<(Self, std::thread::JoinHandle<()>)>, String> {
         let a = &config.audit;

@@ -137,10 +137,57 @@ fn hex_digit(n: u8) -> char {
 
 /// The canonical text of a record and the line to write: `(hash, line)`.
 pub fn seal(record: &Record) -> Result<(String, String), serde_json::Error> {
-    let canonical = serde_json::to_string(record)?;
-    let hash = sha256_hex(canonical.as_bytes());
-    let body = canonical.strip_suffix('}').unwrap_or(&canonical);
-    Ok((hash.clone(), format!("{body},\"hash\":\"{hash}\"}}")))
+    let mut line = Vec::with_capacity(512);
+    let hash = seal_into(
+        &mut line,
+        record.seq,
+        &record.instance,
+        &record.entry,
+        &record.prev_hash,
+    )?;
+    line.pop(); // the newline
+    // Serialised JSON with ASCII additions: always UTF-8.
+    let line = String::from_utf8(line).unwrap_or_default();
+    Ok((hash, line))
+}
+
+/// A [`Record`] borrowed, for sealing without copying its parts: the same members in the
+/// same order, so the same canonical text.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    seq: u64,
+    instance: &'a str,
+    #[serde(flatten)]
+    entry: &'a Entry,
+    prev_hash: &'a str,
+}
+
+/// Appends the line of the record `seq` (its canonical text with the hash member, then a
+/// newline) to `out` and returns its hash; on an error `out` is left as it was.
+pub fn seal_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    instance: &str,
+    entry: &Entry,
+    prev_hash: &str,
+) -> Result<String, serde_json::Error> {
+    let start = out.len();
+    let record = RecordRef {
+        seq,
+        instance,
+        entry,
+        prev_hash,
+    };
+    if let Err(e) = serde_json::to_writer(&mut *out, &record) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let hash = sha256_hex(out.get(start..).unwrap_or_default());
+    out.pop(); // the closing brace, put back after the hash
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    Ok(hash)
 }
 
 /// Splits a line into its canonical text and the hash it claims: `None` if the line does
@@ -223,6 +270,19 @@ pub fn redact(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_borrowed_encoding_is_the_records_own() {
+        let mut r = record();
+        r.entry
+            .context
+            .insert(String::from("band"), String::from("AMBER"));
+        r.entry.latency_us = Some(12);
+        let canonical = serde_json::to_string(&r).unwrap();
+        let (hash, line) = seal(&r).unwrap();
+        assert_eq!(hash, sha256_hex(canonical.as_bytes()));
+        assert_eq!(unseal(&line).unwrap(), (canonical, hash.as_str()));
+    }
 
     fn record() -> Record {
         Record {

@@ -1,18 +1,24 @@
-//! The ledger writer: one thread per process owns the files and the chain. Callers hand it
-//! entries through a bounded queue; it numbers them, chains them, writes them in batches and
-//! only then acknowledges them, so a record is on its way to disk before the request it
+//! The ledger writer: one per process owns the files and the chain. Callers hand it entries
+//! through a bounded queue; it numbers them, chains them, writes them in batches and only
+//! then acknowledges them, so a record is on its way to disk before the request it
 //! describes is answered.
 //!
 //! When the queue is full the default is back-pressure: [`Ledger::append`] waits up to the
 //! caller's deadline and then fails (the data plane answers 503). Dropping instead must be
 //! chosen ([`Ledger::append_nowait`]) and is counted.
 //!
-//! Handing entries over costs a thread switch each time the writer is woken, so appenders
-//! do not wake it on every entry: an entry goes into the queue, its appender yields once to
-//! its runtime (the other requests ready there append too), and only then rings the
-//! writer, which takes everything queued in one batch. One connection pays a yield; many
-//! share a batch. (Woken by the queue itself, the writer used to write 1.04 records per
-//! batch under 16 connections: a switch each way per request.)
+//! Who writes: a batch is written by a *drain task* on the appender's own runtime, started
+//! by the first appender that finds no drain under way. The task yields once, so every
+//! request ready on that runtime queues its entry first, then takes the whole queue in one
+//! batch: one `write(2)` of page-cache bytes per batch, and no thread switch to hand entries
+//! over or to acknowledge them. (A writer thread woken per batch cost the data plane a
+//! thread switch each way: +44% CPU per request; see BENCHMARKS.md.) With `fsync` the drain
+//! runs on the runtime's blocking pool instead, since it waits for the disk.
+//!
+//! What may stall (signed checkpoints, which `fsync` their file; syncing a file closed by
+//! rotation) is left to the ledger's *keeper thread*, which also writes time-based
+//! checkpoints, takes entries no drain task took (an appender outside a runtime, a runtime
+//! shut down under a drain), and writes the last checkpoint once every handle is dropped.
 //!
 //! Written with `write(2)`: a record survives the process being killed; with `fsync` it also
 //! survives the machine going down, at a cost per batch. On start the writer continues the
@@ -21,15 +27,15 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{self, Checkpoint};
-use super::{Entry, GENESIS, Record, seal, unseal};
+use super::{Entry, GENESIS, Record, seal_into, unseal};
 
 /// Writer settings.
 #[derive(Debug, Clone)]
@@ -96,11 +102,24 @@ pub struct LedgerStats {
 #[derive(Debug)]
 pub struct Ledger {
     tx: mpsc::Sender<Pending>,
-    /// Rings the writer; it does not wait on the queue itself.
-    wake: Arc<tokio::sync::Notify>,
-    stats: Arc<LedgerStats>,
+    shared: Arc<Shared>,
     dir: PathBuf,
     prefix: String,
+}
+
+/// What the drain tasks and the keeper thread share.
+#[derive(Debug)]
+struct Shared {
+    /// The ledger file, the chain and the queue's receiving end. Held only for synchronous
+    /// work, never across an await, and never while a checkpoint is synced to disk.
+    writer: Mutex<Writer>,
+    /// A drain is claimed (spawned or running); appenders then only queue.
+    draining: AtomicBool,
+    /// Drains wait for the disk (`fsync`): run them on the blocking pool.
+    blocking: bool,
+    stats: Arc<LedgerStats>,
+    /// The keeper thread, set once it runs.
+    keeper: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -110,27 +129,49 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Ledger {
-    /// Opens (or continues) the ledger in `config.dir` and starts the writer thread, which
-    /// runs until every `Ledger` handle is dropped.
+    /// Opens (or continues) the ledger in `config.dir`, signs a checkpoint (one at every
+    /// start: a ledger that ever ran has one, so a deleted checkpoint file cannot pass for a
+    /// young ledger) and starts the keeper thread, which ends, after a last checkpoint, once
+    /// every `Ledger` handle is dropped.
     pub fn open(config: LedgerConfig) -> Result<(Arc<Self>, std::thread::JoinHandle<()>), String> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| format!("`{}`: cannot create: {e}", config.dir.display()))?;
         let tail = recover(&config.dir, &config.prefix)?;
+        let mut checkpoints = match &config.checkpoint_key {
+            Some(_) => Some(CheckpointFile {
+                file: open_append(&config.dir.join(checkpoint::FILE))?,
+                unwritten: Vec::new(),
+            }),
+            None => None,
+        };
         let (dir, prefix) = (config.dir.clone(), config.prefix.clone());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let wake = Arc::new(tokio::sync::Notify::new());
         let stats = Arc::new(LedgerStats::default());
-        let mut writer = Writer::new(config, tail, Arc::clone(&stats))?;
-        let writer_wake = Arc::clone(&wake);
+        let blocking = config.fsync;
+        let mut writer = Writer::new(config, tail, rx, Arc::clone(&stats))?;
+        if let Some(checkpoints) = &mut checkpoints {
+            writer.sign_checkpoint();
+            checkpoints.unwritten.append(&mut writer.signed);
+            checkpoints.write()?;
+        }
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(writer),
+            draining: AtomicBool::new(false),
+            blocking,
+            stats,
+            keeper: std::sync::OnceLock::new(),
+        });
+        let keeper_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(String::from("portcullis-audit"))
-            .spawn(move || writer.run(rx, &writer_wake))
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+            .spawn(move || keeper_shared.keep(checkpoints))
+            .map_err(|e| format!("cannot start the audit keeper thread: {e}"))?;
+        // Only this thread sets it, once.
+        let _ = shared.keeper.set(thread.thread().clone());
         Ok((
             Arc::new(Self {
                 tx,
-                wake,
-                stats,
+                shared,
                 dir,
                 prefix,
             }),
@@ -150,19 +191,18 @@ impl Ledger {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(AppendError::Closed),
             Err(mpsc::error::TrySendError::Full(pending)) => {
+                self.drain_soon();
                 match tokio::time::timeout(deadline, self.tx.send(pending)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(AppendError::Closed),
                     Err(_) => {
-                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                         return Err(AppendError::Full);
                     }
                 }
             }
         }
-        // Let the other requests ready on this runtime queue theirs, then ring once for all.
-        tokio::task::yield_now().await;
-        self.wake.notify_one();
+        self.drain_soon();
         match written.await {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(e)) => Err(AppendError::Write(e)),
@@ -174,11 +214,38 @@ impl Ledger {
     /// was queued.
     pub fn append_nowait(&self, entry: Entry) -> bool {
         let queued = self.tx.try_send(Pending { entry, done: None }).is_ok();
-        self.wake.notify_one();
+        self.drain_soon();
         if !queued {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         queued
+    }
+
+    /// Makes sure a drain will take what is queued: claims the drain and spawns it on the
+    /// caller's runtime, unless one is claimed already (that one takes this entry too: it
+    /// looks at the queue again after giving up its claim). Outside a runtime the keeper
+    /// thread drains.
+    fn drain_soon(&self) {
+        if self.shared.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let claim = DrainClaim(Some(Arc::clone(&self.shared)));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.shared.blocking => {
+                drop(runtime.spawn_blocking(move || claim.drain()));
+            }
+            Ok(runtime) => {
+                drop(runtime.spawn(async move {
+                    // Let the other requests ready on this runtime queue theirs first.
+                    tokio::task::yield_now().await;
+                    claim.drain();
+                }));
+            }
+            Err(_) => {
+                drop(claim);
+                self.shared.wake_keeper();
+            }
+        }
     }
 
     /// Entries waiting in the queue.
@@ -188,7 +255,7 @@ impl Ledger {
 
     /// The counters.
     pub fn stats(&self) -> &LedgerStats {
-        &self.stats
+        &self.shared.stats
     }
 
     /// Reads this ledger's records (see [`super::query`]); blocking file I/O.
@@ -197,6 +264,135 @@ impl Ledger {
         query: &super::query::AuditQuery,
     ) -> Result<super::query::AuditPage, String> {
         super::query::query(&self.dir, &self.prefix, query)
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // If this is the last handle, the keeper writes what is left and a last checkpoint.
+        self.shared.wake_keeper();
+    }
+}
+
+/// The right to drain, held by one spawned drain at a time. Given up when the drain is done
+/// or, if it never runs (its runtime shut down first), when it is dropped.
+struct DrainClaim(Option<Arc<Shared>>);
+
+impl DrainClaim {
+    fn drain(mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.drain();
+        }
+    }
+}
+
+impl Drop for DrainClaim {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.draining.store(false, Ordering::Release);
+            shared.wake_keeper();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A panic while writing leaves the chain as it was written; carry on from there.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_keeper(&self) {
+        if let Some(keeper) = self.keeper.get() {
+            keeper.unpark();
+        }
+    }
+
+    /// Writes everything queued, gives up the claim, and takes the queue again if an entry
+    /// came in meanwhile (its appender saw the claim and spawned nothing).
+    fn drain(&self) {
+        loop {
+            let keeper_has_work = {
+                let mut writer = self.lock();
+                writer.write_queued();
+                !writer.signed.is_empty() || !writer.rotated.is_empty()
+            };
+            if keeper_has_work {
+                self.wake_keeper();
+            }
+            // A read-modify-write: it sees the claim of an appender that queued just now.
+            self.draining.swap(false, Ordering::AcqRel);
+            if self.lock().rx.is_empty() || self.draining.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+
+    /// The keeper thread: writes signed checkpoints and syncs files closed by rotation, both
+    /// outside the writer's lock; signs time-based checkpoints; writes what no drain took;
+    /// and once every handle is gone, writes the rest and a last checkpoint.
+    fn keep(&self, mut checkpoints: Option<CheckpointFile>) {
+        let idle = {
+            let writer = self.lock();
+            writer
+                .config
+                .checkpoint_interval
+                .min(Duration::from_millis(100))
+        };
+        loop {
+            std::thread::park_timeout(idle);
+            let (rotated, finished) = {
+                let mut writer = self.lock();
+                writer.write_queued();
+                let finished = writer.rx.is_closed() && writer.rx.is_empty();
+                if writer.since_checkpoint > 0
+                    && (finished
+                        || writer.last_checkpoint.elapsed() >= writer.config.checkpoint_interval)
+                {
+                    writer.sign_checkpoint();
+                }
+                if let Some(checkpoints) = &mut checkpoints {
+                    checkpoints.unwritten.append(&mut writer.signed);
+                }
+                (std::mem::take(&mut writer.rotated), finished)
+            };
+            for file in rotated {
+                if let Err(e) = file.sync_all() {
+                    tracing::warn!(error = %e, "cannot sync an audit file closed by rotation");
+                }
+            }
+            if let Some(Err(e)) = checkpoints.as_mut().map(CheckpointFile::write) {
+                tracing::error!(error = %e, "checkpoints not written; trying again");
+            }
+            if finished {
+                return;
+            }
+        }
+    }
+}
+
+/// The checkpoint file and what is signed but not yet in it; owned by the keeper thread.
+struct CheckpointFile {
+    file: File,
+    unwritten: Vec<Checkpoint>,
+}
+
+impl CheckpointFile {
+    /// Appends and syncs the signed checkpoints; on failure they stay for the next try.
+    fn write(&mut self) -> Result<(), String> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let mut lines = String::new();
+        for cp in &self.unwritten {
+            lines.push_str(&serde_json::to_string(cp).map_err(|e| e.to_string())?);
+            lines.push('\n');
+        }
+        self.file
+            .write_all(lines.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| format!("`{}`: {e}", checkpoint::FILE))?;
+        self.unwritten.clear();
+        Ok(())
     }
 }
 
@@ -264,16 +460,33 @@ fn recover(dir: &Path, prefix: &str) -> Result<Tail, String> {
     })
 }
 
+/// The chain and the ledger file, behind [`Shared::writer`].
 struct Writer {
     config: LedgerConfig,
     tail: Tail,
     file: File,
     path: PathBuf,
     size: u64,
-    checkpoints: Option<File>,
+    rx: mpsc::Receiver<Pending>,
+    /// Reused for every batch: its entries and its lines.
+    batch: Vec<Pending>,
+    buf: Vec<u8>,
+    /// Files closed by rotation, for the keeper to sync.
+    rotated: Vec<File>,
+    /// Checkpoints signed, for the keeper to write.
+    signed: Vec<Checkpoint>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     stats: Arc<LedgerStats>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("path", &self.path)
+            .field("seq", &self.tail.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -292,7 +505,12 @@ fn open_append(path: &Path) -> Result<File, String> {
 }
 
 impl Writer {
-    fn new(config: LedgerConfig, tail: Tail, stats: Arc<LedgerStats>) -> Result<Self, String> {
+    fn new(
+        config: LedgerConfig,
+        tail: Tail,
+        rx: mpsc::Receiver<Pending>,
+        stats: Arc<LedgerStats>,
+    ) -> Result<Self, String> {
         let path = match &tail.file {
             Some(p) => p.clone(),
             None => config
@@ -303,75 +521,54 @@ impl Writer {
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(|e| format!("`{}`: {e}", path.display()))?;
-        let checkpoints = match &config.checkpoint_key {
-            Some(_) => Some(open_append(&config.dir.join(checkpoint::FILE))?),
-            None => None,
-        };
         Ok(Self {
             config,
             tail,
             file,
             path,
             size,
-            checkpoints,
+            rx,
+            batch: Vec::with_capacity(256),
+            buf: Vec::with_capacity(64 * 1024),
+            rotated: Vec::new(),
+            signed: Vec::new(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             stats,
         })
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Pending>, wake: &tokio::sync::Notify) {
-        // A runtime of its own, only to wait on the queue with a timeout (time-based
-        // checkpoints); all file I/O is plain blocking I/O on this thread.
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "the audit writer cannot start");
-                return;
-            }
-        };
-        runtime.block_on(self.serve(rx, wake));
-    }
-
-    async fn serve(&mut self, mut rx: mpsc::Receiver<Pending>, wake: &tokio::sync::Notify) {
-        // A checkpoint at every start: a ledger that ever ran has one, so a deleted
-        // checkpoint file cannot pass for a young ledger.
-        self.checkpoint();
-        let mut batch: Vec<Pending> = Vec::with_capacity(256);
-        // How long to sleep without a ring: until a time-based checkpoint is due, and never
-        // so long that the last handle going away (nobody rings then) goes unnoticed.
-        let idle = self
-            .config
-            .checkpoint_interval
-            .min(Duration::from_millis(100));
+    /// Writes everything in the queue, in batches of at most 1,024.
+    fn write_queued(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
         loop {
             while batch.len() < 1024 {
-                match rx.try_recv() {
+                match self.rx.try_recv() {
                     Ok(p) => batch.push(p),
                     Err(_) => break,
                 }
             }
-            if !batch.is_empty() {
-                self.write_batch(&mut batch);
-                continue;
-            }
-            if rx.is_closed() && rx.is_empty() {
+            if batch.is_empty() {
                 break;
             }
-            if self.since_checkpoint > 0
-                && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
-            {
-                self.checkpoint();
-            }
-            // A ring that came before this wait is kept by `Notify`, so none is lost.
-            let _ = tokio::time::timeout(idle, wake.notified()).await;
+            self.write_batch(&mut batch);
         }
-        if self.since_checkpoint > 0 {
-            self.checkpoint();
+        self.batch = batch;
+    }
+
+    /// Signs the head (when there is a key) for the keeper to write; the count starts
+    /// again.
+    fn sign_checkpoint(&mut self) {
+        if let Some(key) = &self.config.checkpoint_key {
+            self.signed.push(Checkpoint::sign(
+                key,
+                self.tail.seq,
+                &self.tail.hash,
+                &now_rfc3339(),
+            ));
         }
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Pending>) {
@@ -379,22 +576,22 @@ impl Writer {
         if self.size >= self.config.max_file_bytes {
             self.rotate();
         }
-        let mut buf = String::with_capacity(batch.len() * 512);
-        let (mut seq, mut hash) = (self.tail.seq, self.tail.hash.clone());
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut seq = self.tail.seq;
+        let mut hash = self.tail.hash.clone();
         let mut sealed = Vec::with_capacity(batch.len());
-        for pending in batch.iter_mut() {
-            let record = Record {
-                seq: seq + 1,
-                instance: self.config.instance.clone(),
-                entry: std::mem::take(&mut pending.entry),
-                prev_hash: hash.clone(),
-            };
-            match seal(&record) {
-                Ok((h, line)) => {
+        for pending in batch.iter() {
+            match seal_into(
+                &mut buf,
+                seq + 1,
+                &self.config.instance,
+                &pending.entry,
+                &hash,
+            ) {
+                Ok(h) => {
                     seq += 1;
                     hash = h;
-                    buf.push_str(&line);
-                    buf.push('\n');
                     sealed.push(Some(seq));
                 }
                 Err(e) => {
@@ -403,7 +600,7 @@ impl Writer {
                 }
             }
         }
-        let written = self.file.write_all(buf.as_bytes()).and_then(|()| {
+        let written = self.file.write_all(&buf).and_then(|()| {
             if self.config.fsync {
                 self.file.sync_data()
             } else {
@@ -414,7 +611,7 @@ impl Writer {
             Ok(()) => {
                 if self.config.stdout {
                     let mut out = std::io::stdout().lock();
-                    if let Err(e) = out.write_all(buf.as_bytes()) {
+                    if let Err(e) = out.write_all(&buf) {
                         tracing::warn!(error = %e, "audit records not printed on stdout");
                     }
                 }
@@ -431,11 +628,8 @@ impl Writer {
                         drop(done.send(reply));
                     }
                 }
-                if self.since_checkpoint >= self.config.checkpoint_every
-                    || (self.since_checkpoint > 0
-                        && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval)
-                {
-                    self.checkpoint();
+                if self.since_checkpoint >= self.config.checkpoint_every {
+                    self.sign_checkpoint();
                 }
             }
             Err(e) => {
@@ -453,6 +647,7 @@ impl Writer {
                 }
             }
         }
+        self.buf = buf;
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.write_micros.fetch_add(
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -468,37 +663,14 @@ impl Writer {
         ));
         match open_append(&path) {
             Ok(file) => {
-                if let Err(e) = self.file.sync_all() {
-                    tracing::warn!(error = %e, "cannot sync the audit file being closed");
-                }
-                self.file = file;
+                let closed = std::mem::replace(&mut self.file, file);
+                // Synced by the keeper, off the request path.
+                self.rotated.push(closed);
                 self.path = path;
                 self.size = 0;
                 tracing::info!(file = %self.path.display(), "audit ledger rotated");
             }
             Err(e) => tracing::error!(error = %e, "audit rotation failed; the current file grows"),
-        }
-    }
-
-    fn checkpoint(&mut self) {
-        let (Some(key), Some(file)) = (&self.config.checkpoint_key, &mut self.checkpoints) else {
-            self.since_checkpoint = 0;
-            return;
-        };
-        let cp = Checkpoint::sign(key, self.tail.seq, &self.tail.hash, &now_rfc3339());
-        let line = match serde_json::to_string(&cp) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "checkpoint cannot be encoded");
-                return;
-            }
-        };
-        match writeln!(file, "{line}").and_then(|()| file.sync_data()) {
-            Ok(()) => {
-                self.since_checkpoint = 0;
-                self.last_checkpoint = Instant::now();
-            }
-            Err(e) => tracing::error!(error = %e, "checkpoint not written"),
         }
     }
 }

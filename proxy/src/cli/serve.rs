@@ -209,8 +209,8 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
     Exit::Ok
 }
 
-/// Once every handle to the ledger is gone, its writer signs a last checkpoint and ends;
-/// waits up to 3 s for that.
+/// Once every handle to the ledger is gone, its keeper thread writes what is left, signs a
+/// last checkpoint and ends; waits up to 3 s for that.
 pub(crate) fn join_audit_writer(writer: Option<std::thread::JoinHandle<()>>) {
     let Some(writer) = writer else {
         return;
@@ -220,9 +220,9 @@ pub(crate) fn join_audit_writer(writer: Option<std::thread::JoinHandle<()>>) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     if !writer.is_finished() {
-        tracing::warn!("the audit writer did not stop in time; its last checkpoint may be missing");
+        tracing::warn!("the audit keeper did not stop in time; its last checkpoint may be missing");
     } else if writer.join().is_err() {
-        tracing::error!("the audit writer failed while stopping");
+        tracing::error!("the audit keeper failed while stopping");
     }
 }
 
