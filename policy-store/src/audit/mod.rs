@@ -21,6 +21,7 @@
 //! also signs **checkpoints** (`seq`, head `hash`, time) with an Ed25519 key into a separate
 //! file; see [`checkpoint`]. [`verify`] checks both.
 
+pub mod canonical;
 pub mod checkpoint;
 pub mod ocsf;
 pub mod query;
@@ -34,6 +35,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use canonical::{seal, seal_into, sha256_hex, unseal};
 
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -120,87 +123,6 @@ pub struct Record {
     pub prev_hash: String,
 }
 
-/// Hex of SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(hex_digit(b >> 4));
-        out.push(hex_digit(b & 0x0f));
-    }
-    out
-}
-
-fn hex_digit(n: u8) -> char {
-    char::from_digit(u32::from(n), 16).unwrap_or('0')
-}
-
-/// The canonical text of a record and the line to write: `(hash, line)`.
-pub fn seal(record: &Record) -> Result<(String, String), serde_json::Error> {
-    let mut line = Vec::with_capacity(512);
-    let hash = seal_into(
-        &mut line,
-        record.seq,
-        &record.instance,
-        &record.entry,
-        &record.prev_hash,
-    )?;
-    line.pop(); // the newline
-    // Serialised JSON with ASCII additions: always UTF-8.
-    let line = String::from_utf8(line).unwrap_or_default();
-    Ok((hash, line))
-}
-
-/// A [`Record`] borrowed, for sealing without copying its parts: the same members in the
-/// same order, so the same canonical text.
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    seq: u64,
-    instance: &'a str,
-    #[serde(flatten)]
-    entry: &'a Entry,
-    prev_hash: &'a str,
-}
-
-/// Appends the line of the record `seq` (its canonical text with the hash member, then a
-/// newline) to `out` and returns its hash; on an error `out` is left as it was.
-pub fn seal_into(
-    out: &mut Vec<u8>,
-    seq: u64,
-    instance: &str,
-    entry: &Entry,
-    prev_hash: &str,
-) -> Result<String, serde_json::Error> {
-    let start = out.len();
-    let record = RecordRef {
-        seq,
-        instance,
-        entry,
-        prev_hash,
-    };
-    if let Err(e) = serde_json::to_writer(&mut *out, &record) {
-        out.truncate(start);
-        return Err(e);
-    }
-    let hash = sha256_hex(out.get(start..).unwrap_or_default());
-    out.pop(); // the closing brace, put back after the hash
-    out.extend_from_slice(b",\"hash\":\"");
-    out.extend_from_slice(hash.as_bytes());
-    out.extend_from_slice(b"\"}\n");
-    Ok(hash)
-}
-
-/// Splits a line into its canonical text and the hash it claims: `None` if the line does
-/// not end with a `hash` member.
-pub fn unseal(line: &str) -> Option<(String, &str)> {
-    let body = line.strip_suffix("\"}")?;
-    let (canonical_head, hash) = body.rsplit_once(",\"hash\":\"")?;
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some((format!("{canonical_head}}}"), hash))
-}
-
 /// Which record fields redaction touches on AMBER and RED routes (seed 000's `REDACT_PII`
 /// obligation): `hash` fields are replaced by a salted hash prefix, so records stay linkable
 /// without holding the value; `drop` fields are left out. Field names are context keys
@@ -241,8 +163,15 @@ pub const MASKABLE: [&str; 9] = [
 
 /// The keyed hash redaction puts in place of `value`.
 pub fn redacted(value: &str, salt: &str) -> String {
-    let digest = sha256_hex(format!("{salt}\n{value}").as_bytes());
-    format!("sha256:{}", digest.get(..16).unwrap_or_default())
+    let digest = Sha256::new()
+        .chain_update(salt)
+        .chain_update(b"\n")
+        .chain_update(value)
+        .finalize();
+    let mut out = String::with_capacity(23);
+    out.push_str("sha256:");
+    out.push_str(&canonical::hex(digest.get(..8).unwrap_or_default()));
+    out
 }
 
 /// Redacts request context for a security band: nothing on GREEN; on AMBER and RED, the
@@ -272,16 +201,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_borrowed_encoding_is_the_records_own() {
-        let mut r = record();
-        r.entry
-            .context
-            .insert(String::from("band"), String::from("AMBER"));
-        r.entry.latency_us = Some(12);
-        let canonical = serde_json::to_string(&r).unwrap();
-        let (hash, line) = seal(&r).unwrap();
-        assert_eq!(hash, sha256_hex(canonical.as_bytes()));
-        assert_eq!(unseal(&line).unwrap(), (canonical, hash.as_str()));
+    fn redaction_hashes_are_the_salted_sha256_prefix() {
+        // Records stay linkable across versions: the same value, salt and text.
+        let full = sha256_hex(b"s\n10.0.0.1");
+        assert_eq!(redacted("10.0.0.1", "s"), format!("sha256:{}", &full[..16]));
     }
 
     fn record() -> Record {
