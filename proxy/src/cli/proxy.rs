@@ -11,7 +11,7 @@ use std::time::Duration;
 use portcullis_policy_store::snapshot::SnapshotHandle;
 
 use super::Exit;
-use super::serve::{ConfigArgs, join_audit_writer, key_source, load_config, parse_sets};
+use super::serve::{ConfigArgs, join_audit_keeper, key_source, load_config, parse_sets};
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Gate, Health};
 use crate::follow::{self, Contact, ControlPlane};
@@ -138,7 +138,7 @@ pub fn run(args: &Args) -> Exit {
             return Exit::InvalidInput;
         }
     }
-    let (audit, audit_writer) = match crate::audit::Audit::open(&config) {
+    let (audit, audit_keeper) = match crate::audit::Audit::open(&config) {
         Ok(Some((a, w))) => (Some(a), Some(w)),
         Ok(None) => (None, None),
         Err(e) => {
@@ -201,7 +201,7 @@ pub fn run(args: &Args) -> Exit {
     );
     crate::server::run(&config, plane, None, true);
     runtime.shutdown_timeout(Duration::from_secs(1));
-    join_audit_writer(audit_writer);
+    join_audit_keeper(audit_keeper);
     tracing::info!("stopped");
     Exit::Ok
 }

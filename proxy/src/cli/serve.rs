@@ -204,24 +204,24 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
 
     crate::server::run(&config, started.plane, started.cert, data_plane);
     control.shutdown_timeout(std::time::Duration::from_secs(1));
-    join_audit_writer(started.audit_writer);
+    join_audit_keeper(started.audit_keeper);
     tracing::info!("stopped");
     Exit::Ok
 }
 
 /// Once every handle to the ledger is gone, its keeper thread writes what is left, signs a
 /// last checkpoint and ends; waits up to 3 s for that.
-pub(crate) fn join_audit_writer(writer: Option<std::thread::JoinHandle<()>>) {
-    let Some(writer) = writer else {
+pub(crate) fn join_audit_keeper(keeper: Option<std::thread::JoinHandle<()>>) {
+    let Some(keeper) = keeper else {
         return;
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while !writer.is_finished() && std::time::Instant::now() < deadline {
+    while !keeper.is_finished() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    if !writer.is_finished() {
+    if !keeper.is_finished() {
         tracing::warn!("the audit keeper did not stop in time; its last checkpoint may be missing");
-    } else if writer.join().is_err() {
+    } else if keeper.join().is_err() {
         tracing::error!("the audit keeper failed while stopping");
     }
 }
@@ -234,7 +234,7 @@ enum Failure {
 }
 
 struct Started {
-    audit_writer: Option<std::thread::JoinHandle<()>>,
+    audit_keeper: Option<std::thread::JoinHandle<()>>,
     admin: Option<(portcullis_admin_api::AdminAuth, Option<PathBuf>)>,
     plane: Arc<DataPlane>,
     store: portcullis_policy_store::store::SqlStore,
@@ -311,7 +311,7 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
             "no JWKS configured: trusting the dev signing key; get a token with `portcullis token --sub alice`"
         );
     }
-    let (audit, audit_writer) = match crate::audit::Audit::open(config)
+    let (audit, audit_keeper) = match crate::audit::Audit::open(config)
         .map_err(|e| Failure::Runtime(format!("audit: {e}")))?
     {
         Some((audit, writer)) => (Some(audit), Some(writer)),
@@ -352,7 +352,7 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
         None
     };
     Ok(Started {
-        audit_writer,
+        audit_keeper,
         admin,
         plane,
         store,
