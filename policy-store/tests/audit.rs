@@ -477,3 +477,44 @@ fn entries_no_drain_task_takes_are_written_by_the_keeper() {
     keeper.join().unwrap();
     assert_eq!(verify_dir(dir.path()).unwrap().range, Some((1, 3)));
 }
+
+/// With `fsync`, drains run on the runtime's blocking pool: concurrent appends still make
+/// one chain, each acknowledged once its batch is synced.
+#[test]
+fn with_fsync_drains_on_the_blocking_pool_make_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, keeper) = Ledger::open(LedgerConfig {
+        fsync: true,
+        ..config(dir.path(), u64::MAX)
+    })
+    .unwrap();
+    let mut seqs = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let handles: Vec<_> = (0..50)
+                .map(|i| {
+                    let ledger = std::sync::Arc::clone(&ledger);
+                    tokio::spawn(async move {
+                        ledger
+                            .append(entry(i), Duration::from_secs(5))
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let mut seqs = Vec::new();
+            for h in handles {
+                seqs.push(h.await.unwrap());
+            }
+            seqs
+        });
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=50).collect::<Vec<u64>>());
+    drop(ledger);
+    keeper.join().unwrap();
+    let summary = verify_dir(dir.path()).unwrap();
+    assert_eq!((summary.records, summary.last_checkpoint), (50, Some(50)));
+}
