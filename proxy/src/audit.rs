@@ -20,7 +20,7 @@ use portcullis_policy_store::audit::sqs_sink::{self, SqsSinkConfig};
 use portcullis_policy_store::audit::tail::SinkStats;
 use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
 use portcullis_policy_store::audit::{
-    Entry, RecordKind, RedactionMasks, checkpoint, redact, redacted, sha256_hex,
+    Entry, RecordKind, RedactionMasks, checkpoint, redact, sha256_hex,
 };
 use rand::Rng;
 
@@ -262,15 +262,8 @@ impl Audit {
             if let Some(device) = &f.device_id {
                 context.insert(String::from("device_id"), device.clone());
             }
-            redact(&mut context, band, &self.salt, &self.masks);
             entry.context = context;
-            if band != "GREEN" {
-                if self.masks.drop.iter().any(|f| f == "principal") {
-                    entry.principal = None;
-                } else if self.masks.hash.iter().any(|f| f == "principal") {
-                    entry.principal = entry.principal.map(|p| redacted(&p, &self.salt));
-                }
-            }
+            redact(&mut entry, band, &self.salt, &self.masks);
         }
         entry
     }

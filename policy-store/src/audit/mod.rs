@@ -174,23 +174,26 @@ pub fn redacted(value: &str, salt: &str) -> String {
     out
 }
 
-/// Redacts request context for a security band: nothing on GREEN; on AMBER and RED, the
-/// masks' fields are hashed or dropped (the principal is the caller's to mask, with
-/// [`redacted`]).
-pub fn redact(
-    context: &mut BTreeMap<String, String>,
-    band: &str,
-    salt: &str,
-    masks: &RedactionMasks,
-) {
+/// Redacts an entry for a security band: nothing on GREEN; on AMBER and RED, the masks'
+/// fields (context keys and the principal) are hashed or dropped.
+pub fn redact(entry: &mut Entry, band: &str, salt: &str, masks: &RedactionMasks) {
     if band == "GREEN" {
         return;
     }
     for key in &masks.drop {
-        context.remove(key);
+        if key == "principal" {
+            entry.principal = None;
+        } else {
+            entry.context.remove(key);
+        }
     }
     for key in &masks.hash {
-        if let Some(value) = context.get_mut(key) {
+        let value = if key == "principal" {
+            entry.principal.as_mut()
+        } else {
+            entry.context.get_mut(key)
+        };
+        if let Some(value) = value {
             *value = redacted(value, salt);
         }
     }
@@ -236,16 +239,25 @@ mod tests {
         assert_ne!(seal(&other).unwrap().0, hash);
     }
 
+    fn with_context(context: BTreeMap<String, String>) -> Entry {
+        Entry {
+            context,
+            ..Entry::default()
+        }
+    }
+
     #[test]
     fn redaction_hashes_pii_outside_green() {
-        let mut ctx = BTreeMap::from([
+        let mut entry = with_context(BTreeMap::from([
             (String::from("ip"), String::from("10.0.0.1")),
             (String::from("hour"), String::from("10")),
-        ]);
+        ]));
         let masks = RedactionMasks::default();
-        redact(&mut ctx, "GREEN", "s", &masks);
+        redact(&mut entry, "GREEN", "s", &masks);
+        let ctx = &entry.context;
         assert_eq!(ctx["ip"], "10.0.0.1");
-        redact(&mut ctx, "AMBER", "s", &masks);
+        redact(&mut entry, "AMBER", "s", &masks);
+        let ctx = &entry.context;
         assert!(ctx["ip"].starts_with("sha256:") && ctx["ip"].len() == 23);
         assert_eq!(ctx["ip"], redacted("10.0.0.1", "s"), "linkable");
         assert_ne!(ctx["ip"], redacted("10.0.0.1", "another salt"));
@@ -263,12 +275,14 @@ mod tests {
             hash: vec![String::from("hour")],
             drop: vec![String::from("ip"), String::from("device_id")],
         };
-        let mut red = context.clone();
-        redact(&mut red, "RED", "s", &masks);
+        let mut entry = with_context(context.clone());
+        redact(&mut entry, "RED", "s", &masks);
+        let red = entry.context;
         assert_eq!(red.len(), 1, "{red:?}");
         assert_eq!(red["hour"], redacted("10", "s"));
-        let mut green = context.clone();
-        redact(&mut green, "GREEN", "s", &masks);
+        let mut entry = with_context(context.clone());
+        redact(&mut entry, "GREEN", "s", &masks);
+        let green = entry.context;
         assert_eq!(green, context);
     }
 }
