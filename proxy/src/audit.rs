@@ -20,7 +20,7 @@ use portcullis_policy_store::audit::sqs_sink::{self, SqsSinkConfig};
 use portcullis_policy_store::audit::tail::SinkStats;
 use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
 use portcullis_policy_store::audit::{
-    Entry, RecordKind, RedactionMasks, checkpoint, redact, sha256_hex,
+    Entry, RecordKind, RedactionMasks, checkpoint, redact, sha256_hex, timestamp_now,
 };
 use rand::Rng;
 
@@ -233,7 +233,7 @@ impl Audit {
             _ => "refused",
         };
         let mut entry = Entry {
-            ts: now_rfc3339(),
+            ts: timestamp_now(),
             kind: RecordKind::Decision,
             decision_id: checked.decision_id().map(str::to_owned),
             decision: Some(String::from(decision)),
@@ -306,9 +306,4 @@ impl Audit {
             }
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    let now = jiff::Timestamp::now();
-    format!("{:.3}", now.round(jiff::Unit::Millisecond).unwrap_or(now))
 }

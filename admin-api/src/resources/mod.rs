@@ -136,9 +136,8 @@ async fn changed<S>(st: &AppState<S>, actor: &Actor, change: Change) {
     let Some(ledger) = &st.ledger else {
         return;
     };
-    let now = jiff::Timestamp::now();
     let entry = Entry {
-        ts: format!("{:.3}", now.round(jiff::Unit::Millisecond).unwrap_or(now)),
+        ts: portcullis_policy_store::audit::timestamp_now(),
         kind: RecordKind::AdminChange,
         actor: Some(recorded),
         action: Some(action.to_owned()),

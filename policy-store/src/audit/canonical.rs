@@ -233,7 +233,9 @@ mod tests {
 
     #[test]
     fn the_hand_encoding_is_serdes() {
-        let awkward = "al\"i\\ce\n\t\u{1}\u{7f} é ✓ </script>";
+        let controls: String = (0u8..0x20).map(char::from).collect();
+        let awkward = format!("al\"i\\ce\n\t\u{1}\u{7f} é ✓ </script>{controls}\"\"");
+        let awkward = awkward.as_str();
         let full = Entry {
             ts: String::from("2026-01-06T10:00:00.000Z"),
             kind: RecordKind::AdminChange,

@@ -199,9 +199,97 @@ pub fn redact(entry: &mut Entry, band: &str, salt: &str, masks: &RedactionMasks)
     }
 }
 
+/// The current time as records carry it: RFC 3339, UTC, milliseconds (truncated),
+/// e.g. `2026-01-06T10:00:00.123Z`. Written by hand: every decision takes one.
+pub fn timestamp_now() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    timestamp(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// [`timestamp_now`] of a time in milliseconds since the Unix epoch (years 0 to 9999).
+fn timestamp(unix_ms: i64) -> String {
+    let days = unix_ms.div_euclid(86_400_000);
+    let ms_of_day = unix_ms.rem_euclid(86_400_000);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's `civil_from_days`), on an era of
+    // 400 years starting on March 1st.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = (year_of_era + era * 400 + i64::from(month <= 2)).clamp(0, 9999);
+    let mut text = [0u8; 24];
+    let fields = [
+        (0, 4, year),
+        (5, 2, month),
+        (8, 2, day),
+        (11, 2, ms_of_day / 3_600_000),
+        (14, 2, ms_of_day / 60_000 % 60),
+        (17, 2, ms_of_day / 1000 % 60),
+        (20, 3, ms_of_day % 1000),
+    ];
+    for (at, width, mut value) in fields {
+        for digit in text.iter_mut().skip(at).take(width).rev() {
+            *digit = b'0' + u8::try_from(value % 10).unwrap_or(0);
+            value /= 10;
+        }
+    }
+    for (at, separator) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
+        if let Some(byte) = text.get_mut(at) {
+            *byte = separator;
+        }
+    }
+    // ASCII digits and separators only.
+    String::from_utf8(text.to_vec()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_milliseconds_like_jiffs() {
+        // Every day from 1900 to 2500 at a different time of day, then years far apart.
+        let days = (-25_567..194_000).map(|day: i64| day * 86_400_000 + day * 7919 % 86_400_000);
+        let years = (1..10_000).map(|year: i64| (year - 1970) * 31_556_952_000);
+        let mut compared = 0;
+        for ms in days.chain(years).filter(|&ms| ms >= -62_135_596_800_000) {
+            // jiff's range ends a day before 10000-01-01.
+            if let Ok(jiff) = jiff::Timestamp::from_millisecond(ms) {
+                assert_eq!(timestamp(ms), format!("{jiff:.3}"), "{ms}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 229_000, "{compared}");
+        for (ms, text) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_767_693_600_123, "2026-01-06T10:00:00.123Z"),
+            (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+        ] {
+            assert_eq!(timestamp(ms), text);
+        }
+        let now = timestamp_now();
+        assert!(now.parse::<jiff::Timestamp>().is_ok(), "{now}");
+    }
 
     #[test]
     fn redaction_hashes_are_the_salted_sha256_prefix() {

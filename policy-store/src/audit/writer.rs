@@ -489,13 +489,6 @@ impl std::fmt::Debug for Writer {
     }
 }
 
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Millisecond)
-        .map(|t| format!("{t:.3}"))
-        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
-}
-
 fn open_append(path: &Path) -> Result<File, String> {
     OpenOptions::new()
         .create(true)
@@ -564,7 +557,7 @@ impl Writer {
                 key,
                 self.tail.seq,
                 &self.tail.hash,
-                &now_rfc3339(),
+                &super::timestamp_now(),
             ));
         }
         self.since_checkpoint = 0;
