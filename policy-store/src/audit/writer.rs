@@ -28,7 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -297,8 +297,15 @@ impl Drop for DrainClaim {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Writer> {
-        // A panic while writing leaves the chain as it was written; carry on from there.
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            // A panic while the lock was held (in the middle of a batch: its appenders were
+            // answered `Closed`) may have left records in the file that the chain in memory
+            // does not have: continue from what the file holds, so the chain does not fork.
+            let mut writer = poisoned.into_inner();
+            writer.continue_from_file();
+            self.writer.clear_poison();
+            writer
+        })
     }
 
     fn wake_keeper(&self) {
@@ -564,6 +571,29 @@ impl Writer {
         self.last_checkpoint = Instant::now();
     }
 
+    /// Takes the chain's head and the file's size from the files again (after a panic).
+    fn continue_from_file(&mut self) {
+        match recover(&self.config.dir, &self.config.prefix) {
+            Ok(tail) => {
+                if tail.seq != self.tail.seq {
+                    tracing::error!(
+                        in_memory = self.tail.seq,
+                        in_file = tail.seq,
+                        "audit writer interrupted mid-batch; continuing from the file"
+                    );
+                }
+                self.tail.seq = tail.seq;
+                self.tail.hash = tail.hash;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit writer interrupted; cannot read the ledger back")
+            }
+        }
+        if let Ok(metadata) = self.file.metadata() {
+            self.size = metadata.len();
+        }
+    }
+
     fn write_batch(&mut self, batch: &mut Vec<Pending>) {
         let started = Instant::now();
         if self.size >= self.config.max_file_bytes {
@@ -665,5 +695,78 @@ impl Writer {
             }
             Err(e) => tracing::error!(error = %e, "audit rotation failed; the current file grows"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
+
+    use super::*;
+    use crate::audit::verify::{VerifyOptions, verify};
+
+    fn entry(i: u64) -> Entry {
+        Entry {
+            ts: String::from("2026-01-06T10:00:00.000Z"),
+            decision_id: Some(format!("d-{i}")),
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_middle_of_a_batch_does_not_fork_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (ledger, keeper) = Ledger::open(LedgerConfig {
+            dir: dir.path().to_path_buf(),
+            prefix: String::from("audit"),
+            max_file_bytes: 1 << 20,
+            instance: String::from("test-1"),
+            queue_capacity: 16,
+            checkpoint_every: 100,
+            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_key: Some(key.clone()),
+            fsync: false,
+            stdout: false,
+        })
+        .unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let append = |i| rt.block_on(ledger.append(entry(i), Duration::from_secs(5)));
+        for i in 1..=3 {
+            assert_eq!(append(i).unwrap(), i);
+        }
+        // A batch reaches the file, then the writer panics before its chain moves on.
+        let shared = Arc::clone(&ledger.shared);
+        let interrupted = std::thread::spawn(move || {
+            let mut writer = shared.lock();
+            let mut line = Vec::new();
+            let (seq, hash) = (writer.tail.seq + 1, writer.tail.hash.clone());
+            seal_into(&mut line, seq, "test-1", &entry(4), &hash).unwrap();
+            writer.file.write_all(&line).unwrap();
+            #[expect(clippy::panic, reason = "the panic under test")]
+            {
+                panic!("interrupted mid-batch");
+            }
+        })
+        .join();
+        assert!(interrupted.is_err());
+        // The next record follows the one in the file, not the one in memory.
+        assert_eq!(append(5).unwrap(), 5);
+        drop(ledger);
+        keeper.join().unwrap();
+        let summary = verify(
+            &[dir.path().to_path_buf()],
+            &VerifyOptions {
+                public_key: Some(key.verifying_key()),
+                ..VerifyOptions::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            (summary.records, summary.range, summary.last_checkpoint),
+            (5, Some((1, 5)), Some(5)),
+            "{summary:?}"
+        );
     }
 }
