@@ -299,6 +299,15 @@ mod tests {
             }
         }
         assert!(!needs_escaping("é ✓ \u{7f}".as_bytes()));
+        // Every byte value, at every place of a 16-byte chunk and of the remainder.
+        for b in 0..=255u8 {
+            let special = (b < 0x20) | (b == b'"') | (b == b'\\');
+            for at in 0..20 {
+                let mut bytes = vec![b'a'; 20];
+                bytes[at] = b;
+                assert_eq!(needs_escaping(&bytes), special, "{b:#x} at {at}");
+            }
+        }
     }
 
     #[test]
