@@ -700,8 +700,6 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
-
     use super::*;
     use crate::audit::verify::{VerifyOptions, verify};
 
@@ -743,10 +741,7 @@ mod tests {
             let (seq, hash) = (writer.tail.seq + 1, writer.tail.hash.clone());
             seal_into(&mut line, seq, "test-1", &entry(4), &hash).unwrap();
             writer.file.write_all(&line).unwrap();
-            #[expect(clippy::panic, reason = "the panic under test")]
-            {
-                panic!("interrupted mid-batch");
-            }
+            panic!("interrupted mid-batch");
         })
         .join();
         assert!(interrupted.is_err());
