@@ -139,7 +139,7 @@ pub fn run(args: &Args) -> Exit {
         }
     }
     let (audit, audit_keeper) = match crate::audit::Audit::open(&config) {
-        Ok(Some((a, w))) => (Some(a), Some(w)),
+        Ok(Some((audit, keeper))) => (Some(audit), Some(keeper)),
         Ok(None) => (None, None),
         Err(e) => {
             tracing::error!(error = %e, "not started: audit");

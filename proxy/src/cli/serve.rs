@@ -314,7 +314,7 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
     let (audit, audit_keeper) = match crate::audit::Audit::open(config)
         .map_err(|e| Failure::Runtime(format!("audit: {e}")))?
     {
-        Some((audit, writer)) => (Some(audit), Some(writer)),
+        Some((audit, keeper)) => (Some(audit), Some(keeper)),
         None => (None, None),
     };
     match &audit {
