@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use portcullis_policy_store::audit::verify::{VerifyOptions, verify};
 use portcullis_policy_store::audit::writer::{Ledger, LedgerConfig};
-use portcullis_policy_store::audit::{Entry, RecordKind};
+use portcullis_policy_store::audit::{EncodedEntry, Entry, RecordKind};
 
 #[expect(clippy::panic, reason = "an example without its inputs cannot run")]
 fn fail(message: &str) -> ! {
     panic!("{message}")
 }
 
-fn entry(i: u64) -> Entry {
+fn entry(i: u64) -> EncodedEntry {
     Entry {
         ts: String::from("2026-01-06T10:00:00.123Z"),
         kind: RecordKind::Decision,
@@ -45,6 +45,8 @@ fn entry(i: u64) -> Entry {
         before: None,
         after: None,
     }
+    .encode()
+    .unwrap_or_else(|e| fail(&e.to_string()))
 }
 
 fn main() {

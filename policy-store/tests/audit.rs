@@ -11,7 +11,7 @@ use ed25519_dalek::SigningKey;
 use portcullis_policy_store::audit::checkpoint::{self, Checkpoint};
 use portcullis_policy_store::audit::verify::{Break, VerifyOptions, verify};
 use portcullis_policy_store::audit::writer::{Ledger, LedgerConfig};
-use portcullis_policy_store::audit::{Entry, GENESIS, Record, seal, unseal};
+use portcullis_policy_store::audit::{EncodedEntry, Entry, GENESIS, Record, seal, unseal};
 
 fn key() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
@@ -32,7 +32,7 @@ fn config(dir: &Path, max_file_bytes: u64) -> LedgerConfig {
     }
 }
 
-fn entry(i: u64) -> Entry {
+fn entry(i: u64) -> EncodedEntry {
     Entry {
         ts: format!("2026-01-06T10:00:{:02}.000Z", i % 60),
         decision_id: Some(format!("d-{i}")),
@@ -46,6 +46,8 @@ fn entry(i: u64) -> Entry {
         })),
         ..Entry::default()
     }
+    .encode()
+    .unwrap()
 }
 
 /// Writes `count` records through the real writer and waits for it to stop.

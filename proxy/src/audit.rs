@@ -10,7 +10,7 @@
 //! routes the client address and device id are replaced by a keyed hash by default;
 //! `audit.redact` names what is hashed or left out (the principal too).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,8 @@ use portcullis_policy_store::audit::sqs_sink::{self, SqsSinkConfig};
 use portcullis_policy_store::audit::tail::SinkStats;
 use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
 use portcullis_policy_store::audit::{
-    Entry, RecordKind, RedactionMasks, checkpoint, redact, sha256_hex, timestamp_now,
+    EncodeError, EncodedEntry, EntryRef, RecordKind, RedactionMasks, checkpoint, sha256_hex,
+    timestamp_now,
 };
 use rand::Rng;
 
@@ -192,7 +193,13 @@ impl Audit {
         if !self.keeps(outcome) {
             return Ok(());
         }
-        let entry = self.entry(checked, outcome, route, band, trace_id);
+        let entry = match self.encode(checked, outcome, route, band, trace_id) {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::error!(error = %e, "decision not recorded; request refused");
+                return Err(Rejection::Unavailable("audit_unavailable"));
+            }
+        };
         match self.on_full {
             AuditOnFull::Drop => {
                 if !self.ledger.append_nowait(entry) {
@@ -213,14 +220,16 @@ impl Audit {
         }
     }
 
-    fn entry(
+    /// The record of a checked request, encoded from the request's own parts (nothing is
+    /// copied into an intermediate entry: every request that is kept takes one).
+    fn encode(
         &self,
         checked: &Checked,
         outcome: Outcome,
         route: &str,
         band: &str,
         trace_id: Option<&str>,
-    ) -> Entry {
+    ) -> Result<EncodedEntry, EncodeError> {
         let refusal = checked.rejection.as_ref().or(checked.shadowed.as_ref());
         let decision = match outcome {
             Outcome::Allowed => "allow",
@@ -232,40 +241,58 @@ impl Audit {
             },
             _ => "refused",
         };
-        let mut entry = Entry {
-            ts: timestamp_now(),
+        let ts = timestamp_now();
+        let mut entry = EntryRef {
+            ts: &ts,
             kind: RecordKind::Decision,
-            decision_id: checked.decision_id().map(str::to_owned),
-            decision: Some(String::from(decision)),
-            reason: refusal.map(|r| r.reason().to_owned()),
-            route: Some(route.to_owned()),
-            trace_id: trace_id.map(str::to_owned),
-            ..Entry::default()
+            decision_id: checked.decision_id(),
+            decision: Some(decision),
+            reason: refusal.map(Rejection::reason),
+            route: Some(route),
+            trace_id,
+            ..EntryRef::default()
         };
-        if let Some(d) = &checked.subject {
-            entry.principal = Some(d.principal.clone());
-            entry.action = Some(d.action.clone());
-            entry.resource = Some(d.resource.clone());
-            entry.policies = d.policies.clone();
-            entry.errors = d.errors.clone();
-            entry.latency_us = Some(u64::try_from(d.elapsed.as_micros()).unwrap_or(u64::MAX));
-            let f = &d.facts;
-            let mut context = BTreeMap::new();
-            context.insert(String::from("band"), band.to_owned());
-            context.insert(String::from("hour"), f.local_time.hour.to_string());
-            context.insert(String::from("weekday"), f.local_time.weekday.to_string());
-            context.insert(String::from("risk_score"), f.risk_score.to_string());
-            context.insert(String::from("mfa"), f.mfa.to_string());
-            if let Some(ip) = &f.ip {
-                context.insert(String::from("ip"), ip.clone());
+        let Some(d) = &checked.subject else {
+            return entry.encode();
+        };
+        let principal = self.masks.apply(
+            band,
+            "principal",
+            Cow::Borrowed(d.principal.as_str()),
+            &self.salt,
+        );
+        entry.principal = principal.as_deref();
+        entry.action = Some(&d.action);
+        entry.resource = Some(&d.resource);
+        entry.policies = &d.policies;
+        entry.errors = &d.errors;
+        entry.latency_us = Some(u64::try_from(d.elapsed.as_micros()).unwrap_or(u64::MAX));
+        let f = &d.facts;
+        let (mut hour, mut weekday, mut risk) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        );
+        // In key order, as the record's context map is written.
+        let context = [
+            ("band", Some(band)),
+            ("device_id", f.device_id.as_deref()),
+            ("hour", Some(hour.format(f.local_time.hour))),
+            ("ip", f.ip.as_deref()),
+            ("mfa", Some(if f.mfa { "true" } else { "false" })),
+            ("risk_score", Some(risk.format(f.risk_score))),
+            ("weekday", Some(weekday.format(f.local_time.weekday))),
+        ];
+        let mut recorded = Vec::with_capacity(context.len());
+        for (key, value) in context {
+            let value =
+                value.and_then(|v| self.masks.apply(band, key, Cow::Borrowed(v), &self.salt));
+            if let Some(value) = value {
+                recorded.push((key, value));
             }
-            if let Some(device) = &f.device_id {
-                context.insert(String::from("device_id"), device.clone());
-            }
-            entry.context = context;
-            redact(&mut entry, band, &self.salt, &self.masks);
         }
-        entry
+        entry.context = &recorded;
+        entry.encode()
     }
 
     /// Copies the ledger's counters into the Prometheus metrics (at scrape time).

@@ -147,10 +147,14 @@ async fn changed<S>(st: &AppState<S>, actor: &Actor, change: Change) {
         after,
         ..Entry::default()
     };
-    if let Err(e) = ledger
-        .append(entry, std::time::Duration::from_secs(1))
-        .await
-    {
+    let appended = match entry.encode() {
+        Ok(encoded) => ledger
+            .append(encoded, std::time::Duration::from_secs(1))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = appended {
         tracing::error!(error = %e, action, "admin change not recorded in the audit ledger");
     }
 }

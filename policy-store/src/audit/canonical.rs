@@ -1,10 +1,15 @@
 //! The canonical encoding of a record (what its hash covers, see the [module
 //! docs](super)) and the sealed line written to the ledger.
 //!
-//! The writer encodes every record on the request path's runtime, so the encoding is written
-//! by hand rather than derived: the same text serde gives [`Record`] (its members in field
-//! order, absent ones left out, serde_json's string escaping), without copying the record's
-//! parts or escaping strings that need none. A test holds the two to the same bytes.
+//! An entry is encoded once, where it is made ([`EntryRef::encode`], [`Entry::encode`]),
+//! into the part of the record's text between its `instance` and `prev_hash` members; the
+//! writer only puts the chain's members around it and hashes. Written by hand rather than
+//! derived, since every decision takes one: the same text serde gives [`Record`] (its
+//! members in field order, absent ones left out, serde_json's string escaping), from
+//! borrowed parts, without escaping strings that need none. A test holds the two to the
+//! same bytes.
+
+use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 
@@ -32,14 +37,199 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// An entry in its canonical encoding, ready for the writer to number and chain: the
+/// members from `ts` to the last one present, each with its leading comma
+/// (`,"ts":"…",…,"trace_id":"…"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEntry(Vec<u8>);
+
+impl EncodedEntry {
+    /// The encoded members.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// An [`Entry`] borrowed from wherever its parts live (the request path builds one without
+/// copying them). `context` is in ascending key order without repeats, as a map encodes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EntryRef<'a> {
+    /// See [`Entry::ts`].
+    pub ts: &'a str,
+    /// See [`Entry::kind`].
+    pub kind: RecordKind,
+    /// See [`Entry::decision_id`].
+    pub decision_id: Option<&'a str>,
+    /// See [`Entry::principal`].
+    pub principal: Option<&'a str>,
+    /// See [`Entry::action`].
+    pub action: Option<&'a str>,
+    /// See [`Entry::resource`].
+    pub resource: Option<&'a str>,
+    /// See [`Entry::decision`].
+    pub decision: Option<&'a str>,
+    /// See [`Entry::reason`].
+    pub reason: Option<&'a str>,
+    /// See [`Entry::policies`].
+    pub policies: &'a [String],
+    /// See [`Entry::errors`].
+    pub errors: &'a [String],
+    /// See [`Entry::route`].
+    pub route: Option<&'a str>,
+    /// See [`Entry::context`]; keys ascending.
+    pub context: &'a [(&'a str, Cow<'a, str>)],
+    /// See [`Entry::latency_us`].
+    pub latency_us: Option<u64>,
+    /// See [`Entry::trace_id`].
+    pub trace_id: Option<&'a str>,
+    /// See [`Entry::actor`].
+    pub actor: Option<&'a str>,
+    /// See [`Entry::before`].
+    pub before: Option<&'a serde_json::Value>,
+    /// See [`Entry::after`].
+    pub after: Option<&'a serde_json::Value>,
+}
+
+/// Why an entry has no canonical encoding.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// Context keys out of order or repeated: a map has no such encoding.
+    #[error("audit context keys must be unique and ascending: `{0}` follows `{1}`")]
+    ContextOrder(String, String),
+    /// `before` or `after` did not serialise.
+    #[error("audit entry does not serialise: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Entry {
+    /// The canonical encoding of this entry.
+    pub fn encode(&self) -> Result<EncodedEntry, EncodeError> {
+        // Every member, named: a member added to `Entry` does not compile until it is encoded.
+        let Entry {
+            ts,
+            kind,
+            decision_id,
+            principal,
+            action,
+            resource,
+            decision,
+            reason,
+            policies,
+            errors,
+            route,
+            context,
+            latency_us,
+            trace_id,
+            actor,
+            before,
+            after,
+        } = self;
+        let context: Vec<(&str, Cow<'_, str>)> = context
+            .iter()
+            .map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_str())))
+            .collect();
+        EntryRef {
+            ts,
+            kind: *kind,
+            decision_id: decision_id.as_deref(),
+            principal: principal.as_deref(),
+            action: action.as_deref(),
+            resource: resource.as_deref(),
+            decision: decision.as_deref(),
+            reason: reason.as_deref(),
+            policies,
+            errors,
+            route: route.as_deref(),
+            context: &context,
+            latency_us: *latency_us,
+            trace_id: trace_id.as_deref(),
+            actor: actor.as_deref(),
+            before: before.as_ref(),
+            after: after.as_ref(),
+        }
+        .encode()
+    }
+}
+
+impl EntryRef<'_> {
+    /// The canonical encoding of this entry, in [`Entry`]'s member order.
+    pub fn encode(&self) -> Result<EncodedEntry, EncodeError> {
+        for pair in self.context.windows(2) {
+            if let [(before, _), (after, _)] = pair
+                && before >= after
+            {
+                return Err(EncodeError::ContextOrder(
+                    (*after).to_owned(),
+                    (*before).to_owned(),
+                ));
+            }
+        }
+        let mut out = Vec::with_capacity(512);
+        key(&mut out, "ts");
+        string(&mut out, self.ts)?;
+        key(&mut out, "kind");
+        string(
+            &mut out,
+            match self.kind {
+                RecordKind::Decision => "decision",
+                RecordKind::AdminChange => "admin_change",
+            },
+        )?;
+        optional(&mut out, "decision_id", self.decision_id)?;
+        optional(&mut out, "principal", self.principal)?;
+        optional(&mut out, "action", self.action)?;
+        optional(&mut out, "resource", self.resource)?;
+        optional(&mut out, "decision", self.decision)?;
+        optional(&mut out, "reason", self.reason)?;
+        for (name, list) in [("policies", self.policies), ("errors", self.errors)] {
+            if !list.is_empty() {
+                key(&mut out, name);
+                let mut separator = b'[';
+                for item in list {
+                    out.push(separator);
+                    string(&mut out, item)?;
+                    separator = b',';
+                }
+                out.push(b']');
+            }
+        }
+        optional(&mut out, "route", self.route)?;
+        if !self.context.is_empty() {
+            key(&mut out, "context");
+            let mut separator = b'{';
+            for (k, v) in self.context {
+                out.push(separator);
+                string(&mut out, k)?;
+                out.push(b':');
+                string(&mut out, v)?;
+                separator = b',';
+            }
+            out.push(b'}');
+        }
+        if let Some(latency) = self.latency_us {
+            key(&mut out, "latency_us");
+            out.extend_from_slice(itoa::Buffer::new().format(latency).as_bytes());
+        }
+        optional(&mut out, "trace_id", self.trace_id)?;
+        optional(&mut out, "actor", self.actor)?;
+        for (name, value) in [("before", self.before), ("after", self.after)] {
+            if let Some(value) = value {
+                key(&mut out, name);
+                serde_json::to_writer(&mut out, value)?;
+            }
+        }
+        Ok(EncodedEntry(out))
+    }
+}
+
 /// The canonical text of a record and the line to write: `(hash, line)`.
-pub fn seal(record: &Record) -> Result<(String, String), serde_json::Error> {
+pub fn seal(record: &Record) -> Result<(String, String), EncodeError> {
     let mut line = Vec::with_capacity(512);
     let hash = seal_into(
         &mut line,
         record.seq,
         &record.instance,
-        &record.entry,
+        &record.entry.encode()?,
         &record.prev_hash,
     )?;
     line.pop(); // the newline
@@ -54,14 +244,24 @@ pub fn seal_into(
     out: &mut Vec<u8>,
     seq: u64,
     instance: &str,
-    entry: &Entry,
+    entry: &EncodedEntry,
     prev_hash: &str,
-) -> Result<String, serde_json::Error> {
+) -> Result<String, EncodeError> {
     let start = out.len();
-    if let Err(e) = encode(out, seq, instance, entry, prev_hash) {
+    let mut encode = || -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        key(out, "instance");
+        string(out, instance)?;
+        out.extend_from_slice(&entry.0);
+        key(out, "prev_hash");
+        string(out, prev_hash)
+    };
+    if let Err(e) = encode() {
         out.truncate(start);
-        return Err(e);
+        return Err(e.into());
     }
+    out.push(b'}');
     let hash = sha256_hex(out.get(start..).unwrap_or_default());
     out.pop(); // the closing brace, put back after the hash
     out.extend_from_slice(b",\"hash\":\"");
@@ -79,98 +279,6 @@ pub fn unseal(line: &str) -> Option<(String, &str)> {
         return None;
     }
     Some((format!("{canonical_head}}}"), hash))
-}
-
-/// The canonical text of a record, in [`Record`]'s member order with the entry's members
-/// in [`Entry`]'s.
-fn encode(
-    out: &mut Vec<u8>,
-    seq: u64,
-    instance: &str,
-    entry: &Entry,
-    prev_hash: &str,
-) -> Result<(), serde_json::Error> {
-    // Every member, named: a member added to `Entry` does not compile until it is encoded.
-    let Entry {
-        ts,
-        kind,
-        decision_id,
-        principal,
-        action,
-        resource,
-        decision,
-        reason,
-        policies,
-        errors,
-        route,
-        context,
-        latency_us,
-        trace_id,
-        actor,
-        before,
-        after,
-    } = entry;
-    out.extend_from_slice(b"{\"seq\":");
-    serde_json::to_writer(&mut *out, &seq)?;
-    key(out, "instance");
-    string(out, instance)?;
-    key(out, "ts");
-    string(out, ts)?;
-    key(out, "kind");
-    string(
-        out,
-        match kind {
-            RecordKind::Decision => "decision",
-            RecordKind::AdminChange => "admin_change",
-        },
-    )?;
-    optional(out, "decision_id", decision_id.as_deref())?;
-    optional(out, "principal", principal.as_deref())?;
-    optional(out, "action", action.as_deref())?;
-    optional(out, "resource", resource.as_deref())?;
-    optional(out, "decision", decision.as_deref())?;
-    optional(out, "reason", reason.as_deref())?;
-    for (name, list) in [("policies", policies), ("errors", errors)] {
-        if !list.is_empty() {
-            key(out, name);
-            let mut separator = b'[';
-            for item in list {
-                out.push(separator);
-                string(out, item)?;
-                separator = b',';
-            }
-            out.push(b']');
-        }
-    }
-    optional(out, "route", route.as_deref())?;
-    if !context.is_empty() {
-        key(out, "context");
-        let mut separator = b'{';
-        for (k, v) in context {
-            out.push(separator);
-            string(out, k)?;
-            out.push(b':');
-            string(out, v)?;
-            separator = b',';
-        }
-        out.push(b'}');
-    }
-    if let Some(latency) = latency_us {
-        key(out, "latency_us");
-        serde_json::to_writer(&mut *out, latency)?;
-    }
-    optional(out, "trace_id", trace_id.as_deref())?;
-    optional(out, "actor", actor.as_deref())?;
-    for (name, value) in [("before", before), ("after", after)] {
-        if let Some(value) = value {
-            key(out, name);
-            serde_json::to_writer(&mut *out, value)?;
-        }
-    }
-    key(out, "prev_hash");
-    string(out, prev_hash)?;
-    out.push(b'}');
-    Ok(())
 }
 
 /// `,"name":` — member names are plain ASCII.
@@ -313,12 +421,40 @@ mod tests {
     #[test]
     fn a_line_is_appended_after_what_is_there_and_ends_with_a_newline() {
         let mut out = b"before\n".to_vec();
-        let hash = seal_into(&mut out, 1, "i", &Entry::default(), "h").unwrap();
+        let hash = seal_into(&mut out, 1, "i", &Entry::default().encode().unwrap(), "h").unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("before\n{\"seq\":1,"), "{text}");
         assert!(
             text.ends_with(&format!(",\"hash\":\"{hash}\"}}\n")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_borrowed_context_must_be_in_map_order() {
+        let encode = |context: &[(&str, Cow<'_, str>)]| {
+            EntryRef {
+                context,
+                ..EntryRef::default()
+            }
+            .encode()
+        };
+        let ordered = [
+            ("band", Cow::Borrowed("GREEN")),
+            ("ip", Cow::Borrowed("10.0.0.1")),
+        ];
+        let map = BTreeMap::from([
+            (String::from("ip"), String::from("10.0.0.1")),
+            (String::from("band"), String::from("GREEN")),
+        ]);
+        let from_map = Entry {
+            context: map,
+            ..Entry::default()
+        };
+        assert_eq!(encode(&ordered).unwrap(), from_map.encode().unwrap());
+        let [band, ip] = ordered;
+        let e = encode(&[ip.clone(), band]).unwrap_err();
+        assert!(matches!(e, EncodeError::ContextOrder(..)), "{e}");
+        assert!(encode(&[ip.clone(), ip]).is_err(), "a repeated key");
     }
 }

@@ -31,12 +31,13 @@ pub mod tail;
 pub mod verify;
 pub mod writer;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use canonical::{seal, seal_into, sha256_hex, unseal};
+pub use canonical::{EncodeError, EncodedEntry, EntryRef, seal, seal_into, sha256_hex, unseal};
 
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -89,7 +90,7 @@ pub struct Entry {
     /// The route name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
-    /// Request context, redacted by band (see [`redact`]).
+    /// Request context, redacted by band (see [`RedactionMasks`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub context: BTreeMap<String, String>,
     /// Time to decide, microseconds.
@@ -174,27 +175,45 @@ pub fn redacted(value: &str, salt: &str) -> String {
     out
 }
 
-/// Redacts an entry for a security band: nothing on GREEN; on AMBER and RED, the masks'
-/// fields (context keys and the principal) are hashed or dropped.
-pub fn redact(entry: &mut Entry, band: &str, salt: &str, masks: &RedactionMasks) {
-    if band == "GREEN" {
-        return;
-    }
-    for key in &masks.drop {
-        if key == "principal" {
-            entry.principal = None;
+/// What redaction does with one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redaction {
+    /// Recorded as it is.
+    Keep,
+    /// Replaced by its keyed hash ([`redacted`]).
+    Hash,
+    /// Left out.
+    Drop,
+}
+
+impl RedactionMasks {
+    /// What happens to `field` (a context key or `principal`) on a route of `band`: nothing
+    /// on GREEN; on AMBER and RED what the masks say (drop before hash).
+    pub fn for_field(&self, band: &str, field: &str) -> Redaction {
+        if band == "GREEN" {
+            Redaction::Keep
+        } else if self.drop.iter().any(|f| f == field) {
+            Redaction::Drop
+        } else if self.hash.iter().any(|f| f == field) {
+            Redaction::Hash
         } else {
-            entry.context.remove(key);
+            Redaction::Keep
         }
     }
-    for key in &masks.hash {
-        let value = if key == "principal" {
-            entry.principal.as_mut()
-        } else {
-            entry.context.get_mut(key)
-        };
-        if let Some(value) = value {
-            *value = redacted(value, salt);
+
+    /// `value` of `field` as recorded on a route of `band`: itself, its keyed hash, or
+    /// nothing.
+    pub fn apply<'a>(
+        &self,
+        band: &str,
+        field: &str,
+        value: Cow<'a, str>,
+        salt: &str,
+    ) -> Option<Cow<'a, str>> {
+        match self.for_field(band, field) {
+            Redaction::Keep => Some(value),
+            Redaction::Hash => Some(Cow::Owned(redacted(&value, salt))),
+            Redaction::Drop => None,
         }
     }
 }
@@ -327,50 +346,52 @@ mod tests {
         assert_ne!(seal(&other).unwrap().0, hash);
     }
 
-    fn with_context(context: BTreeMap<String, String>) -> Entry {
-        Entry {
-            context,
-            ..Entry::default()
-        }
+    /// A context as the masks leave it on a route of `band`.
+    fn redact(
+        context: &BTreeMap<&str, &str>,
+        band: &str,
+        masks: &RedactionMasks,
+    ) -> BTreeMap<String, String> {
+        context
+            .iter()
+            .filter_map(|(k, v)| {
+                let v = masks.apply(band, k, Cow::Borrowed(*v), "s")?;
+                Some((k.to_string(), v.into_owned()))
+            })
+            .collect()
     }
 
     #[test]
     fn redaction_hashes_pii_outside_green() {
-        let mut entry = with_context(BTreeMap::from([
-            (String::from("ip"), String::from("10.0.0.1")),
-            (String::from("hour"), String::from("10")),
-        ]));
+        let context = BTreeMap::from([("ip", "10.0.0.1"), ("hour", "10")]);
         let masks = RedactionMasks::default();
-        redact(&mut entry, "GREEN", "s", &masks);
-        let ctx = &entry.context;
-        assert_eq!(ctx["ip"], "10.0.0.1");
-        redact(&mut entry, "AMBER", "s", &masks);
-        let ctx = &entry.context;
-        assert!(ctx["ip"].starts_with("sha256:") && ctx["ip"].len() == 23);
-        assert_eq!(ctx["ip"], redacted("10.0.0.1", "s"), "linkable");
-        assert_ne!(ctx["ip"], redacted("10.0.0.1", "another salt"));
-        assert_eq!(ctx["hour"], "10");
+        let green = redact(&context, "GREEN", &masks);
+        assert_eq!(green["ip"], "10.0.0.1");
+        let amber = redact(&context, "AMBER", &masks);
+        assert!(amber["ip"].starts_with("sha256:") && amber["ip"].len() == 23);
+        assert_eq!(amber["ip"], redacted("10.0.0.1", "s"), "linkable");
+        assert_ne!(amber["ip"], redacted("10.0.0.1", "another salt"));
+        assert_eq!(amber["hour"], "10");
+        assert_eq!(redact(&context, "RED", &masks), amber);
     }
 
     #[test]
     fn configured_masks_hash_and_drop_on_amber_and_red() {
         let context = BTreeMap::from([
-            (String::from("ip"), String::from("10.0.0.1")),
-            (String::from("device_id"), String::from("laptop-1")),
-            (String::from("hour"), String::from("10")),
+            ("ip", "10.0.0.1"),
+            ("device_id", "laptop-1"),
+            ("hour", "10"),
         ]);
         let masks = RedactionMasks {
-            hash: vec![String::from("hour")],
+            hash: vec![String::from("hour"), String::from("ip")],
             drop: vec![String::from("ip"), String::from("device_id")],
         };
-        let mut entry = with_context(context.clone());
-        redact(&mut entry, "RED", "s", &masks);
-        let red = entry.context;
-        assert_eq!(red.len(), 1, "{red:?}");
+        let red = redact(&context, "RED", &masks);
+        assert_eq!(red.len(), 1, "dropping wins over hashing: {red:?}");
         assert_eq!(red["hour"], redacted("10", "s"));
-        let mut entry = with_context(context.clone());
-        redact(&mut entry, "GREEN", "s", &masks);
-        let green = entry.context;
-        assert_eq!(green, context);
+        let green = redact(&context, "GREEN", &masks);
+        assert_eq!(green.len(), 3);
+        assert_eq!(green["ip"], "10.0.0.1");
+        assert_eq!(masks.for_field("AMBER", "principal"), Redaction::Keep);
     }
 }

@@ -35,7 +35,7 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{self, Checkpoint};
-use super::{Entry, GENESIS, Record, seal_into, unseal};
+use super::{EncodedEntry, GENESIS, Record, seal_into, unseal};
 
 /// Writer settings.
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ pub enum AppendError {
 }
 
 struct Pending {
-    entry: Entry,
+    entry: EncodedEntry,
     done: Option<oneshot::Sender<Result<u64, String>>>,
 }
 
@@ -181,7 +181,11 @@ impl Ledger {
 
     /// Appends and waits until the record is written. Waits at most `deadline` for room in
     /// the queue; past it, [`AppendError::Full`].
-    pub async fn append(&self, entry: Entry, deadline: Duration) -> Result<u64, AppendError> {
+    pub async fn append(
+        &self,
+        entry: EncodedEntry,
+        deadline: Duration,
+    ) -> Result<u64, AppendError> {
         let (done, written) = oneshot::channel();
         let pending = Pending {
             entry,
@@ -212,7 +216,7 @@ impl Ledger {
 
     /// Appends without waiting; a full queue drops the entry (counted). Returns whether it
     /// was queued.
-    pub fn append_nowait(&self, entry: Entry) -> bool {
+    pub fn append_nowait(&self, entry: EncodedEntry) -> bool {
         let queued = self.tx.try_send(Pending { entry, done: None }).is_ok();
         self.drain_soon();
         if !queued {
@@ -703,12 +707,14 @@ mod tests {
     use super::*;
     use crate::audit::verify::{VerifyOptions, verify};
 
-    fn entry(i: u64) -> Entry {
-        Entry {
+    fn entry(i: u64) -> EncodedEntry {
+        crate::audit::Entry {
             ts: String::from("2026-01-06T10:00:00.000Z"),
             decision_id: Some(format!("d-{i}")),
-            ..Entry::default()
+            ..crate::audit::Entry::default()
         }
+        .encode()
+        .unwrap()
     }
 
     #[test]

@@ -60,6 +60,35 @@ fn every_decision_is_recorded_redacted_and_verifiable() {
             .as_str()
             .is_some_and(|d| d.starts_with("sha256:"))
     );
+    let context = a["context"].as_object().expect("context");
+    let keys: Vec<&str> = context.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "band",
+            "device_id",
+            "hour",
+            "ip",
+            "mfa",
+            "risk_score",
+            "weekday"
+        ]
+    );
+    assert_eq!(
+        (context["mfa"].as_str(), context["risk_score"].as_str()),
+        (Some("false"), Some("0"))
+    );
+    let hour: u8 = context["hour"]
+        .as_str()
+        .expect("hour")
+        .parse()
+        .expect("a number");
+    let weekday: u8 = context["weekday"]
+        .as_str()
+        .expect("weekday")
+        .parse()
+        .expect("a number");
+    assert!(hour < 24 && (1..=7).contains(&weekday), "{context:?}");
     assert!(a["trace_id"].as_str().is_some_and(|t| t.len() == 32));
     let d = find(&denied_id);
     assert_eq!(
