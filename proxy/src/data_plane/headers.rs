@@ -17,8 +17,12 @@
 //! that claims an "original" URL (`x-original-url`, `x-original-uri`, `x-rewrite-url`,
 //! `x-forwarded-uri`, `x-forwarded-prefix`, `x-forwarded-path`, `x-envoy-original-path`).
 
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use rand::RngCore;
+
+use super::Grant;
 
 /// Prefix of every identity header.
 pub const PREFIX: &str = "x-portcullis-";
@@ -46,30 +50,87 @@ const ORIGINAL_URL_HEADERS: &[&str] = &[
 ];
 
 /// Whether a client header must not reach the upstream: an identity header or an
-/// original-URL header, in any spelling.
+/// original-URL header, in any spelling. Runs for every header of every request, so it
+/// compares in place rather than building the canonical spelling.
 pub fn is_reserved(name: &str) -> bool {
-    let canonical: String = name
-        .chars()
-        .map(|c| match c {
-            '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
-    canonical.starts_with(PREFIX) || ORIGINAL_URL_HEADERS.contains(&canonical.as_str())
+    let canonical = |b: &u8| match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    };
+    let spells =
+        |candidate: &[u8], reserved: &str| candidate.iter().map(canonical).eq(reserved.bytes());
+    let name = name.as_bytes();
+    name.get(..PREFIX.len())
+        .is_some_and(|head| spells(head, PREFIX))
+        || ORIGINAL_URL_HEADERS
+            .iter()
+            .any(|reserved| reserved.len() == name.len() && spells(name, reserved))
 }
 
-/// Removes every reserved header from a request.
-pub fn strip_reserved(request: &mut RequestHeader) {
-    let names: Vec<http::HeaderName> = request
-        .headers
+/// Removes every reserved header.
+pub fn strip_reserved(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
         .keys()
         .filter(|n| is_reserved(n.as_str()))
         .cloned()
         .collect();
     for name in names {
-        // `remove_header` removes every value of the name.
-        request.remove_header(&name);
+        // `remove` removes every value of the name.
+        headers.remove(&name);
     }
+}
+
+/// The identity headers of a grant.
+pub fn identity_headers(grant: &Grant) -> [(HeaderName, String); 5] {
+    [
+        (
+            const { HeaderName::from_static(SUBJECT) },
+            grant.subject.clone(),
+        ),
+        (
+            const { HeaderName::from_static(PRINCIPAL_TYPE) },
+            grant.principal_type.to_owned(),
+        ),
+        (
+            const { HeaderName::from_static(TENANT) },
+            grant.tenant.clone().unwrap_or_default(),
+        ),
+        (
+            const { HeaderName::from_static(ROLES) },
+            grant.roles.join(","),
+        ),
+        (
+            const { HeaderName::from_static(DECISION_ID) },
+            grant.decision_id.clone(),
+        ),
+    ]
+}
+
+/// A header value, or the error Pingora reports for one that is not allowed (a control
+/// character).
+pub fn value(text: impl Into<String>) -> pingora::Result<HeaderValue> {
+    HeaderValue::try_from(text.into())
+        .map_err(|_| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "header value"))
+}
+
+/// Edits the request for the upstream as plain `http` parts, then hands it back to
+/// Pingora without header-name case: the upstream sees lower-case names (standard ones
+/// title-cased), as it would from Envoy or over HTTP/2. Pingora's own setters parse every
+/// name again and keep a second map for its case; on the parts, names prepared at compile
+/// time go straight into a map whose room is reserved once.
+pub fn edit_upstream_request(
+    request: &mut RequestHeader,
+    edit: impl FnOnce(&mut Parts) -> pingora::Result<()>,
+) -> pingora::Result<()> {
+    let end_stream = request.send_end_stream();
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = Parts::from(std::mem::replace(request, empty));
+    let edited = edit(&mut parts);
+    *request = RequestHeader::from(parts);
+    if let Some(end_stream) = end_stream {
+        request.set_send_end_stream(end_stream);
+    }
+    edited
 }
 
 /// A W3C trace context for the next hop: the caller's trace id and flags with a new span id,
@@ -159,9 +220,45 @@ mod tests {
         req.append_header("X_Portcullis_Roles", "admin").unwrap();
         req.append_header("X-Original-URL", "/admin").unwrap();
         req.append_header("Accept", "*/*").unwrap();
-        strip_reserved(&mut req);
-        let left: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        let mut headers = req.headers.clone();
+        strip_reserved(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn an_edited_upstream_request_keeps_everything_but_the_case() {
+        let mut req = RequestHeader::build("POST", b"/a?b=1", None).unwrap();
+        req.append_header("X-Custom", "1").unwrap();
+        req.append_header("Content-Type", "text/plain").unwrap();
+        req.set_version(http::Version::HTTP_2);
+        req.set_send_end_stream(false);
+        edit_upstream_request(&mut req, |parts| {
+            parts
+                .headers
+                .insert(const { HeaderName::from_static(SUBJECT) }, value("alice")?);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            (req.method.as_str(), req.raw_path()),
+            ("POST", b"/a?b=1".as_slice())
+        );
+        assert_eq!(req.send_end_stream(), Some(false));
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "x-custom: 1\r\nContent-Type: text/plain\r\nx-portcullis-subject: alice\r\n"
+        );
+        let failed = edit_upstream_request(&mut req, |parts| {
+            parts
+                .headers
+                .insert(const { HeaderName::from_static(ROLES) }, value("a\nb")?);
+            Ok(())
+        });
+        assert!(failed.is_err(), "a newline is not a header value");
+        assert_eq!(req.headers.len(), 3, "what was edited before stays");
     }
 
     #[test]

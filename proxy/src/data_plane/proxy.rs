@@ -16,14 +16,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::headers::{self, strip_reserved};
+use super::headers::{self, edit_upstream_request, identity_headers, strip_reserved};
 use super::path::{PathError, Target, normalize};
 use super::respond::{Rejection, bad_gateway_body};
-use super::{Checked, DataPlane, Gate, Grant, InFlight};
+use super::{Checked, DataPlane, Gate, InFlight};
 use crate::metrics::{METRICS, Outcome};
 
 /// Per-request state.
@@ -74,17 +75,6 @@ fn had_fragment(session: &Session) -> bool {
 
 fn header_text<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The grant as response or request headers.
-fn grant_headers(grant: &Grant) -> [(&'static str, String); 5] {
-    [
-        (headers::SUBJECT, grant.subject.clone()),
-        (headers::PRINCIPAL_TYPE, grant.principal_type.to_owned()),
-        (headers::TENANT, grant.tenant.clone().unwrap_or_default()),
-        (headers::ROLES, grant.roles.join(",")),
-        (headers::DECISION_ID, grant.decision_id.clone()),
-    ]
 }
 
 impl EnforcingProxy {
@@ -148,7 +138,7 @@ impl EnforcingProxy {
         }
         let mut header = ResponseHeader::build(200, Some(7))?;
         if let Some(grant) = ctx.checked.as_ref().and_then(|c| c.grant.as_ref()) {
-            for (name, value) in grant_headers(grant) {
+            for (name, value) in identity_headers(grant) {
                 header.insert_header(name, value)?;
             }
         }
@@ -319,28 +309,37 @@ impl ProxyHttp for EnforcingProxy {
         let uri: http::Uri = target.path_and_query().parse().map_err(|_| {
             pingora::Error::explain(pingora::ErrorType::InternalError, "normalised target")
         })?;
-        upstream_request.set_uri(uri);
-        strip_reserved(upstream_request);
-
-        if let Some((traceparent, _)) = &ctx.traceparent {
-            upstream_request.insert_header(headers::TRACEPARENT, traceparent.as_str())?;
-        }
-
-        if let Some(grant) = ctx.checked.as_ref().and_then(|c| c.grant.as_ref()) {
-            for (name, value) in grant_headers(grant) {
-                upstream_request.insert_header(name, value)?;
-            }
-        }
-        // The client address as we see it; a chain is only extended for trusted hops.
         let peer = peer_ip(session);
-        if let (Some(ip), Some(gate)) = (peer, ctx.gate.as_ref()) {
-            let forwarded = match header_text(upstream_request, super::context::FORWARDED_FOR) {
-                Some(chain) if gate.context.is_trusted(peer) => format!("{chain}, {ip}"),
-                _ => ip.to_string(),
-            };
-            upstream_request.insert_header(super::context::FORWARDED_FOR, forwarded)?;
-        }
-        Ok(())
+        edit_upstream_request(upstream_request, |request| {
+            request.uri = uri;
+            let map = &mut request.headers;
+            strip_reserved(map);
+            // Room for what is added: no growing and rehashing the map on the way.
+            map.reserve(7);
+            if let Some((traceparent, _)) = &ctx.traceparent {
+                map.insert(
+                    const { HeaderName::from_static(headers::TRACEPARENT) },
+                    headers::value(traceparent.as_str())?,
+                );
+            }
+            if let Some(grant) = ctx.checked.as_ref().and_then(|c| c.grant.as_ref()) {
+                for (name, value) in identity_headers(grant) {
+                    map.insert(name, headers::value(value)?);
+                }
+            }
+            // The client address as we see it; a chain is only extended for trusted hops.
+            if let (Some(ip), Some(gate)) = (peer, ctx.gate.as_ref()) {
+                let forwarded_for =
+                    const { HeaderName::from_static(super::context::FORWARDED_FOR) };
+                let chain = map.get(&forwarded_for).and_then(|v| v.to_str().ok());
+                let forwarded = match chain {
+                    Some(chain) if gate.context.is_trusted(peer) => format!("{chain}, {ip}"),
+                    _ => ip.to_string(),
+                };
+                map.insert(forwarded_for, headers::value(forwarded)?);
+            }
+            Ok(())
+        })
     }
 
     async fn response_filter(
