@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod decision;
 pub mod error;
+pub mod hex;
 pub mod model;
 pub mod policy;
 pub mod private_file;

@@ -70,7 +70,17 @@ fn is_type_name(s: &str) -> bool {
 
 impl fmt::Display for EntityRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}::\"{}\"", self.type_name, self.id.escape_default())
+        // Most ids are printable ASCII that `escape_default` leaves alone: written whole,
+        // since every decision writes its principal and resource.
+        let plain = |b: u8| (0x20..0x7f).contains(&b) && !matches!(b, b'"' | b'\'' | b'\\');
+        if self.id.bytes().all(plain) {
+            f.write_str(&self.type_name)?;
+            f.write_str("::\"")?;
+            f.write_str(&self.id)?;
+            f.write_str("\"")
+        } else {
+            write!(f, "{}::\"{}\"", self.type_name, self.id.escape_default())
+        }
     }
 }
 
@@ -558,4 +568,40 @@ pub struct TemplateLink {
     /// Value for `?resource`, if the template has that slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<EntityRef>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_refs_print_their_id_as_escape_default_does() {
+        let every_ascii: String = (0u8..0x80).map(char::from).collect();
+        for id in [
+            "alice",
+            "a b",
+            "it's",
+            "say \"hi\"",
+            "a\\b",
+            "é",
+            "✓ ok",
+            "",
+            &every_ascii,
+        ] {
+            let entity = EntityRef::new("User", id).unwrap();
+            assert_eq!(
+                entity.to_string(),
+                format!("User::\"{}\"", id.escape_default()),
+                "{id:?}"
+            );
+        }
+        for byte in 0u8..0x80 {
+            let id = format!("x{}y", char::from(byte));
+            let entity = EntityRef::new("Doc", id.as_str()).unwrap();
+            assert_eq!(
+                entity.to_string(),
+                format!("Doc::\"{}\"", id.escape_default())
+            );
+        }
+    }
 }

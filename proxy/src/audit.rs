@@ -20,8 +20,8 @@ use portcullis_policy_store::audit::sqs_sink::{self, SqsSinkConfig};
 use portcullis_policy_store::audit::tail::SinkStats;
 use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
 use portcullis_policy_store::audit::{
-    EncodeError, EncodedEntry, EntryRef, RecordKind, RedactionMasks, checkpoint, sha256_hex,
-    timestamp_now,
+    EncodeError, EncodedEntry, EntryRef, RecordKind, RedactionMasks, RedactionSalt, checkpoint,
+    sha256_hex, timestamp_now,
 };
 use rand::Rng;
 
@@ -38,7 +38,7 @@ pub struct Audit {
     max_wait: Duration,
     record_public: bool,
     allow_sample_rate: f64,
-    salt: String,
+    salt: RedactionSalt,
     masks: RedactionMasks,
     /// Where the ledger lives (for the start-up log).
     pub dir: PathBuf,
@@ -86,7 +86,9 @@ impl Audit {
             .unwrap_or_else(|| config.data_dir.join("audit-checkpoint-key.pem"));
         let key = checkpoint::load_or_create_key(&key_file)?;
         // A per-installation secret for redaction hashes, derived from the checkpoint key.
-        let salt = sha256_hex(&[b"portcullis-redaction\n".as_slice(), key.as_bytes()].concat());
+        let salt = RedactionSalt::new(&sha256_hex(
+            &[b"portcullis-redaction\n".as_slice(), key.as_bytes()].concat(),
+        ));
         let (ledger, writer) = Ledger::open(LedgerConfig {
             dir: dir.clone(),
             prefix: String::from("audit"),

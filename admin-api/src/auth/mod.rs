@@ -22,6 +22,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use portcullis_policy_store::hex::hex;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -106,14 +107,6 @@ fn parse_line(line: &str) -> Result<([u8; 32], Identity), String> {
         }
     }
     Ok((hash, identity))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .flat_map(|b| [b >> 4, b & 0x0f])
-        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
-        .collect()
 }
 
 /// The line for a token file.

@@ -14,27 +14,11 @@ use std::borrow::Cow;
 use sha2::{Digest, Sha256};
 
 use super::{Entry, Record, RecordKind};
+use crate::hex::hex;
 
 /// Hex of SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
-}
-
-/// Lower-case hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digit = |nibble: u8| {
-        DIGITS
-            .get(usize::from(nibble & 0x0f))
-            .copied()
-            .unwrap_or(b'0')
-    };
-    let out: Vec<u8> = bytes
-        .iter()
-        .flat_map(|&b| [digit(b >> 4), digit(b)])
-        .collect();
-    // Only ASCII digits.
-    String::from_utf8(out).unwrap_or_default()
 }
 
 /// An entry in its canonical encoding, ready for the writer to number and chain: the

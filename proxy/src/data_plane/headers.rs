@@ -20,6 +20,7 @@
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
+use portcullis_policy_store::hex::{hex, push_hex};
 use rand::RngCore;
 
 use super::Grant;
@@ -143,17 +144,25 @@ pub fn next_traceparent(incoming: Option<&str>) -> (String, String) {
     if span == [0; 8] {
         span[7] = 1;
     }
-    let span = hex(&span);
-    if let Some((trace_id, flags)) = incoming.and_then(parse_traceparent) {
-        return (format!("00-{trace_id}-{span}-{flags}"), trace_id.to_owned());
-    }
-    let mut trace = [0_u8; 16];
-    rng.fill_bytes(&mut trace);
-    if trace == [0; 16] {
-        trace[15] = 1;
-    }
-    let trace_id = hex(&trace);
-    (format!("00-{trace_id}-{span}-01"), trace_id)
+    let (trace_id, flags) = match incoming.and_then(parse_traceparent) {
+        Some((trace_id, flags)) => (trace_id.to_owned(), flags),
+        None => {
+            let mut trace = [0_u8; 16];
+            rng.fill_bytes(&mut trace);
+            if trace == [0; 16] {
+                trace[15] = 1;
+            }
+            (hex(&trace), "01")
+        }
+    };
+    let mut header = String::with_capacity(55);
+    header.push_str("00-");
+    header.push_str(&trace_id);
+    header.push('-');
+    push_hex(&mut header, &span);
+    header.push('-');
+    header.push_str(flags);
+    (header, trace_id)
 }
 
 /// `(trace id, flags)` of a valid version-00 `traceparent`.
@@ -174,14 +183,6 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
         && trace.bytes().any(|b| b != b'0')
         && parent.bytes().any(|b| b != b'0');
     valid.then_some((trace, flags))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .flat_map(|b| [b >> 4, b & 0x0f])
-        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
-        .collect()
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use super::context::ip_text;
 use super::headers::{self, edit_upstream_request, identity_headers, strip_reserved};
 use super::path::{PathError, Target, normalize};
 use super::respond::{Rejection, bad_gateway_body};
@@ -333,8 +334,10 @@ impl ProxyHttp for EnforcingProxy {
                     const { HeaderName::from_static(super::context::FORWARDED_FOR) };
                 let chain = map.get(&forwarded_for).and_then(|v| v.to_str().ok());
                 let forwarded = match chain {
-                    Some(chain) if gate.context.is_trusted(peer) => format!("{chain}, {ip}"),
-                    _ => ip.to_string(),
+                    Some(chain) if gate.context.is_trusted(peer) => {
+                        format!("{chain}, {}", ip_text(ip))
+                    }
+                    _ => ip_text(ip),
                 };
                 map.insert(forwarded_for, headers::value(forwarded)?);
             }
