@@ -4,12 +4,22 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `bytes` as lower-case hex.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
-    for &byte in bytes {
-        for nibble in [byte >> 4, byte & 0x0f] {
-            let digit = DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
-            out.push(char::from(digit));
+    // A chunk at a time through a stack buffer: pushing a char at a time checks the
+    // capacity and encodes UTF-8 for each digit.
+    for chunk in bytes.chunks(32) {
+        let mut digits = [0u8; 64];
+        for (&byte, pair) in chunk.iter().zip(digits.chunks_exact_mut(2)) {
+            if let [high, low] = pair {
+                *high = DIGITS.get(usize::from(byte >> 4)).copied().unwrap_or(b'0');
+                *low = DIGITS
+                    .get(usize::from(byte & 0x0f))
+                    .copied()
+                    .unwrap_or(b'0');
+            }
         }
+        let text = digits.get(..chunk.len() * 2).unwrap_or_default();
+        // ASCII digits only.
+        out.push_str(std::str::from_utf8(text).unwrap_or_default());
     }
 }
 
@@ -34,6 +44,10 @@ mod tests {
         let mut out = String::from("x-");
         push_hex(&mut out, &[0xab, 0x01]);
         assert_eq!(out, "x-ab01");
+        // Longer than one chunk of the encoder.
+        let long: Vec<u8> = (0..100).collect();
+        let expected: String = long.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&long), expected);
         assert_eq!(hex(&[]), "");
     }
 }

@@ -59,13 +59,27 @@ impl EntityRef {
     }
 }
 
+/// `Name` or `A::B::Name`, each part an identifier. Split at single colons (a search for
+/// `::` costs more, and every request checks its resource's type): the parts in odd places
+/// must be the empty ones between the two colons of a `::`.
 fn is_type_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.split("::").all(|part| {
-            let mut chars = part.chars();
-            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
+    let identifier = |part: &[u8]| {
+        matches!(part.first(), Some(c) if c.is_ascii_alphabetic() || *c == b'_')
+            && part.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    };
+    let mut parts = 0_usize;
+    for (i, part) in s.as_bytes().split(|&b| b == b':').enumerate() {
+        let fits = if i % 2 == 0 {
+            identifier(part)
+        } else {
+            part.is_empty()
+        };
+        if !fits {
+            return false;
+        }
+        parts += 1;
+    }
+    parts % 2 == 1
 }
 
 impl fmt::Display for EntityRef {
@@ -573,6 +587,48 @@ pub struct TemplateLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_names_are_identifiers_joined_by_double_colons() {
+        // The definition, written plainly.
+        let reference = |s: &str| {
+            !s.is_empty()
+                && s.split("::").all(|part| {
+                    let mut chars = part.chars();
+                    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+        };
+        let mut names = vec![String::new()];
+        // Every string of up to five characters over an alphabet that covers each case.
+        let alphabet = ['A', 'z', '_', '1', ':', ' ', 'é', '-'];
+        let mut frontier = vec![String::new()];
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for name in &frontier {
+                for c in alphabet {
+                    next.push(format!("{name}{c}"));
+                }
+            }
+            names.extend(next.iter().cloned());
+            frontier = next;
+        }
+        names.extend(
+            [
+                "Space",
+                "A::B::Name",
+                "_x::y1",
+                "A:::B",
+                "::A",
+                "A::",
+                "Ab::C d",
+            ]
+            .map(String::from),
+        );
+        for name in &names {
+            assert_eq!(is_type_name(name), reference(name), "{name:?}");
+        }
+    }
 
     #[test]
     fn entity_refs_print_their_id_as_escape_default_does() {

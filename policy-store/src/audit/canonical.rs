@@ -296,16 +296,26 @@ fn string(out: &mut Vec<u8>, value: &str) -> Result<(), serde_json::Error> {
 
 /// Whether a string holds a byte JSON escapes: a control character, `"` or `\`.
 fn needs_escaping(bytes: &[u8]) -> bool {
-    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
-    // Whole 16-byte chunks without an early exit, so the compiler checks each in a few
-    // vector instructions.
+    // Checked 16 bytes at a time without an early exit, so the compiler checks each chunk
+    // in a few vector instructions; the remainder (most strings here are short) is copied
+    // into a chunk of harmless bytes rather than looked at one byte at a time.
+    let special_in = |chunk: &[u8; 16]| {
+        chunk.iter().fold(false, |found, &b| {
+            found | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    };
     let mut chunks = bytes.chunks_exact(16);
     for chunk in &mut chunks {
-        if chunk.iter().fold(false, |found, &b| found | special(b)) {
+        if <&[u8; 16]>::try_from(chunk).is_ok_and(special_in) {
             return true;
         }
     }
-    chunks.remainder().iter().any(|&b| special(b))
+    let rest = chunks.remainder();
+    let mut last = [b'a'; 16];
+    if let Some(head) = last.get_mut(..rest.len()) {
+        head.copy_from_slice(rest);
+    }
+    special_in(&last)
 }
 
 #[cfg(test)]
