@@ -8,10 +8,12 @@
 //! chosen ([`Ledger::append_nowait`]) and is counted.
 //!
 //! Who writes: a batch is written by a *drain task* on the appender's own runtime, started
-//! by the first appender that finds no drain under way. The task yields once, so every
-//! request ready on that runtime queues its entry first, then takes the whole queue in one
-//! batch: one `write(2)` of page-cache bytes per batch, and no thread switch to hand entries
-//! over or to acknowledge them. (A writer thread woken per batch cost the data plane a
+//! by the first appender that finds no drain under way. The task yields to the runtime, and
+//! again as long as entries keep arriving (at most [`MAX_YIELDS`] times), so the requests
+//! ready on that runtime queue theirs first; then it takes the whole queue in one batch: one
+//! `write(2)` of page-cache bytes per batch (an append is a journalled size change, ~10 µs
+//! of kernel time here: at saturation this is most of what the ledger costs), and no thread
+//! switch to hand entries over or to acknowledge them. (A writer thread woken per batch cost the data plane a
 //! thread switch each way: +44% CPU per request; see BENCHMARKS.md.) With `fsync` the drain
 //! runs on the runtime's blocking pool instead, since it waits for the disk.
 //!
@@ -115,6 +117,8 @@ struct Shared {
     writer: Mutex<Writer>,
     /// A drain is claimed (spawned or running); appenders then only queue.
     draining: AtomicBool,
+    /// Appends so far: a drain waiting for its batch to fill watches it grow.
+    arrivals: AtomicU64,
     /// Drains wait for the disk (`fsync`): run them on the blocking pool.
     blocking: bool,
     stats: Arc<LedgerStats>,
@@ -157,6 +161,7 @@ impl Ledger {
         let shared = Arc::new(Shared {
             writer: Mutex::new(writer),
             draining: AtomicBool::new(false),
+            arrivals: AtomicU64::new(0),
             blocking,
             stats,
             keeper: std::sync::OnceLock::new(),
@@ -230,6 +235,7 @@ impl Ledger {
     /// looks at the queue again after giving up its claim). Outside a runtime the keeper
     /// thread drains.
     fn drain_soon(&self) {
+        self.shared.arrivals.fetch_add(1, Ordering::Relaxed);
         if self.shared.draining.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -239,9 +245,23 @@ impl Ledger {
                 drop(runtime.spawn_blocking(move || claim.drain()));
             }
             Ok(runtime) => {
+                let shared = Arc::clone(&self.shared);
                 drop(runtime.spawn(async move {
-                    // Let the other requests ready on this runtime queue theirs first.
-                    tokio::task::yield_now().await;
+                    // Let the other requests ready on this runtime queue theirs first, and
+                    // keep letting them while more come: a write(2) per batch is the
+                    // ledger's dearest part (an append grows the file's size: a journalled
+                    // inode update), and a request waits no longer than the others ready
+                    // beside it take to reach this point.
+                    let arrivals = || shared.arrivals.load(Ordering::Relaxed);
+                    let mut seen = arrivals();
+                    for _ in 0..MAX_YIELDS {
+                        tokio::task::yield_now().await;
+                        let now = arrivals();
+                        if now == seen {
+                            break;
+                        }
+                        seen = now;
+                    }
                     claim.drain();
                 }));
             }
@@ -277,6 +297,9 @@ impl Drop for Ledger {
         self.shared.wake_keeper();
     }
 }
+
+/// How many times a drain lets the runtime run other tasks while the batch grows.
+const MAX_YIELDS: usize = 8;
 
 /// The right to drain, held by one spawned drain at a time. Given up when the drain is done
 /// or, if it never runs (its runtime shut down first), when it is dropped.
