@@ -20,8 +20,8 @@ use portcullis_policy_store::audit::sqs_sink::{self, SqsSinkConfig};
 use portcullis_policy_store::audit::tail::SinkStats;
 use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
 use portcullis_policy_store::audit::{
-    EncodeError, EncodedEntry, EntryRef, RecordKind, RedactionMasks, RedactionSalt, checkpoint,
-    sha256_hex, timestamp_now,
+    EncodeError, EncodedEntry, EntryRef, RecordKind, Redaction, RedactionSalt, band_redacts,
+    checkpoint, sha256_hex, timestamp_now,
 };
 use rand::Rng;
 
@@ -29,6 +29,17 @@ use crate::config::{AuditOnFull, Config};
 use crate::data_plane::Checked;
 use crate::data_plane::respond::Rejection;
 use crate::metrics::{METRICS, Outcome};
+
+/// The context members of a decision record, in the order its map is written.
+const CONTEXT_KEYS: [&str; 7] = [
+    "band",
+    "device_id",
+    "hour",
+    "ip",
+    "mfa",
+    "risk_score",
+    "weekday",
+];
 
 /// The ledger as the data plane uses it.
 #[derive(Debug)]
@@ -39,7 +50,10 @@ pub struct Audit {
     record_public: bool,
     allow_sample_rate: f64,
     salt: RedactionSalt,
-    masks: RedactionMasks,
+    /// What AMBER and RED routes do with the principal and with each of [`CONTEXT_KEYS`],
+    /// decided once from `audit.redact`.
+    redact_principal: Redaction,
+    redact_context: [Redaction; CONTEXT_KEYS.len()],
     /// Where the ledger lives (for the start-up log).
     pub dir: PathBuf,
     /// The checkpoint public key file.
@@ -109,7 +123,8 @@ impl Audit {
                 record_public: a.record_public,
                 allow_sample_rate: a.allow_sample_rate,
                 salt,
-                masks: a.redact.clone(),
+                redact_principal: a.redact.outside_green("principal"),
+                redact_context: CONTEXT_KEYS.map(|key| a.redact.outside_green(key)),
                 public_key: checkpoint::public_key_path(&key_file),
                 redis: a.redis.as_ref().map(|r| {
                     (
@@ -257,12 +272,12 @@ impl Audit {
         let Some(d) = &checked.subject else {
             return entry.encode();
         };
-        let principal = self.masks.apply(
-            band,
-            "principal",
-            Cow::Borrowed(d.principal.as_str()),
-            &self.salt,
-        );
+        let redacts = band_redacts(band);
+        let treat = |redaction: Redaction| {
+            if redacts { redaction } else { Redaction::Keep }
+        };
+        let principal =
+            treat(self.redact_principal).apply(Cow::Borrowed(d.principal.as_str()), &self.salt);
         entry.principal = principal.as_deref();
         entry.action = Some(&d.action);
         entry.resource = Some(&d.resource);
@@ -275,20 +290,23 @@ impl Audit {
             itoa::Buffer::new(),
             itoa::Buffer::new(),
         );
-        // In key order, as the record's context map is written.
-        let context = [
-            ("band", Some(band)),
-            ("device_id", f.device_id.as_deref()),
-            ("hour", Some(hour.format(f.local_time.hour))),
-            ("ip", f.ip.as_deref()),
-            ("mfa", Some(if f.mfa { "true" } else { "false" })),
-            ("risk_score", Some(risk.format(f.risk_score))),
-            ("weekday", Some(weekday.format(f.local_time.weekday))),
+        // The values of `CONTEXT_KEYS`, in their order.
+        let values = [
+            Some(band),
+            f.device_id.as_deref(),
+            Some(hour.format(f.local_time.hour)),
+            f.ip.as_deref(),
+            Some(if f.mfa { "true" } else { "false" }),
+            Some(risk.format(f.risk_score)),
+            Some(weekday.format(f.local_time.weekday)),
         ];
-        let mut recorded = Vec::with_capacity(context.len());
-        for (key, value) in context {
-            let value =
-                value.and_then(|v| self.masks.apply(band, key, Cow::Borrowed(v), &self.salt));
+        let mut recorded = Vec::with_capacity(CONTEXT_KEYS.len());
+        for ((key, value), redaction) in CONTEXT_KEYS
+            .into_iter()
+            .zip(values)
+            .zip(self.redact_context)
+        {
+            let value = value.and_then(|v| treat(redaction).apply(Cow::Borrowed(v), &self.salt));
             if let Some(value) = value {
                 recorded.push((key, value));
             }

@@ -202,13 +202,28 @@ pub enum Redaction {
     Drop,
 }
 
+/// Whether records of a route in `band` are redacted: AMBER and RED are, GREEN is not
+/// (seed 000's `REDACT_PII` obligation).
+pub fn band_redacts(band: &str) -> bool {
+    band != "GREEN"
+}
+
+impl Redaction {
+    /// `value` as recorded: itself, its keyed hash, or nothing.
+    pub fn apply<'a>(self, value: Cow<'a, str>, salt: &RedactionSalt) -> Option<Cow<'a, str>> {
+        match self {
+            Redaction::Keep => Some(value),
+            Redaction::Hash => Some(Cow::Owned(redacted(&value, salt))),
+            Redaction::Drop => None,
+        }
+    }
+}
+
 impl RedactionMasks {
-    /// What happens to `field` (a context key or `principal`) on a route of `band`: nothing
-    /// on GREEN; on AMBER and RED what the masks say (drop before hash).
-    pub fn for_field(&self, band: &str, field: &str) -> Redaction {
-        if band == "GREEN" {
-            Redaction::Keep
-        } else if self.drop.iter().any(|f| f == field) {
+    /// What happens to `field` (a context key or `principal`) on AMBER and RED routes: what
+    /// the masks say, dropping before hashing. (GREEN routes keep everything.)
+    pub fn outside_green(&self, field: &str) -> Redaction {
+        if self.drop.iter().any(|f| f == field) {
             Redaction::Drop
         } else if self.hash.iter().any(|f| f == field) {
             Redaction::Hash
@@ -217,19 +232,12 @@ impl RedactionMasks {
         }
     }
 
-    /// `value` of `field` as recorded on a route of `band`: itself, its keyed hash, or
-    /// nothing.
-    pub fn apply<'a>(
-        &self,
-        band: &str,
-        field: &str,
-        value: Cow<'a, str>,
-        salt: &RedactionSalt,
-    ) -> Option<Cow<'a, str>> {
-        match self.for_field(band, field) {
-            Redaction::Keep => Some(value),
-            Redaction::Hash => Some(Cow::Owned(redacted(&value, salt))),
-            Redaction::Drop => None,
+    /// What happens to `field` on a route of `band`.
+    pub fn for_field(&self, band: &str, field: &str) -> Redaction {
+        if band_redacts(band) {
+            self.outside_green(field)
+        } else {
+            Redaction::Keep
         }
     }
 }
@@ -381,7 +389,9 @@ mod tests {
         context
             .iter()
             .filter_map(|(k, v)| {
-                let v = masks.apply(band, k, Cow::Borrowed(*v), &RedactionSalt::new("s"))?;
+                let v = masks
+                    .for_field(band, k)
+                    .apply(Cow::Borrowed(*v), &RedactionSalt::new("s"))?;
                 Some((k.to_string(), v.into_owned()))
             })
             .collect()
