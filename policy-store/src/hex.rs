@@ -1,5 +1,7 @@
 //! Lower-case hex, the one encoder of the workspace (hashes, ids, trace context).
 
+use sha2::{Digest, Sha256};
+
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `bytes` as lower-case hex.
@@ -21,6 +23,11 @@ pub fn push_hex(out: &mut String, bytes: &[u8]) {
         // ASCII digits only.
         out.push_str(std::str::from_utf8(text).unwrap_or_default());
     }
+}
+
+/// Hex of SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// `bytes` as lower-case hex.

@@ -272,12 +272,11 @@ impl Audit {
         let Some(d) = &checked.subject else {
             return entry.encode();
         };
-        let redacts = band_redacts(band);
-        let treat = |redaction: Redaction| {
-            if redacts { redaction } else { Redaction::Keep }
-        };
-        let principal =
-            treat(self.redact_principal).apply(Cow::Borrowed(d.principal.as_str()), &self.salt);
+        let redacting = band_redacts(band);
+        let principal = self
+            .redact_principal
+            .when(redacting)
+            .apply(Cow::Borrowed(d.principal.as_str()), &self.salt);
         entry.principal = principal.as_deref();
         entry.action = Some(&d.action);
         entry.resource = Some(&d.resource);
@@ -306,7 +305,11 @@ impl Audit {
             .zip(values)
             .zip(self.redact_context)
         {
-            let value = value.and_then(|v| treat(redaction).apply(Cow::Borrowed(v), &self.salt));
+            let value = value.and_then(|v| {
+                redaction
+                    .when(redacting)
+                    .apply(Cow::Borrowed(v), &self.salt)
+            });
             if let Some(value) = value {
                 recorded.push((key, value));
             }

@@ -22,7 +22,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use portcullis_policy_store::hex::hex;
+use portcullis_policy_store::hex::sha256_hex;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -111,10 +111,7 @@ fn parse_line(line: &str) -> Result<([u8; 32], Identity), String> {
 
 /// The line for a token file.
 pub fn token_line(subject: &str, token: &str) -> String {
-    format!(
-        "{subject} sha256:{}",
-        hex(&Sha256::digest(token.as_bytes()))
-    )
+    format!("{subject} sha256:{}", sha256_hex(token.as_bytes()))
 }
 
 impl AdminTokens {

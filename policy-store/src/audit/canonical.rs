@@ -11,28 +11,14 @@
 
 use std::borrow::Cow;
 
-use sha2::{Digest, Sha256};
-
 use super::{Entry, Record, RecordKind};
-use crate::hex::hex;
-
-/// Hex of SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
+use crate::hex::sha256_hex;
 
 /// An entry in its canonical encoding, ready for the writer to number and chain: the
 /// members from `ts` to the last one present, each with its leading comma
 /// (`,"ts":"…",…,"trace_id":"…"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEntry(Vec<u8>);
-
-impl EncodedEntry {
-    /// The encoded members.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
 
 /// An [`Entry`] borrowed from wherever its parts live (the request path builds one without
 /// copying them). `context` is in ascending key order without repeats, as a map encodes.

@@ -37,7 +37,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use canonical::{EncodeError, EncodedEntry, EntryRef, seal, seal_into, sha256_hex, unseal};
+pub use crate::hex::sha256_hex;
+pub use canonical::{EncodeError, EncodedEntry, EntryRef, seal, seal_into, unseal};
 
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -209,6 +210,11 @@ pub fn band_redacts(band: &str) -> bool {
 }
 
 impl Redaction {
+    /// This treatment on a route whose band redacts ([`band_redacts`]), `Keep` on others.
+    pub fn when(self, redacting: bool) -> Self {
+        if redacting { self } else { Redaction::Keep }
+    }
+
     /// `value` as recorded: itself, its keyed hash, or nothing.
     pub fn apply<'a>(self, value: Cow<'a, str>, salt: &RedactionSalt) -> Option<Cow<'a, str>> {
         match self {
@@ -227,15 +233,6 @@ impl RedactionMasks {
             Redaction::Drop
         } else if self.hash.iter().any(|f| f == field) {
             Redaction::Hash
-        } else {
-            Redaction::Keep
-        }
-    }
-
-    /// What happens to `field` on a route of `band`.
-    pub fn for_field(&self, band: &str, field: &str) -> Redaction {
-        if band_redacts(band) {
-            self.outside_green(field)
         } else {
             Redaction::Keep
         }
@@ -390,7 +387,8 @@ mod tests {
             .iter()
             .filter_map(|(k, v)| {
                 let v = masks
-                    .for_field(band, k)
+                    .outside_green(k)
+                    .when(band_redacts(band))
                     .apply(Cow::Borrowed(*v), &RedactionSalt::new("s"))?;
                 Some((k.to_string(), v.into_owned()))
             })
@@ -435,6 +433,9 @@ mod tests {
         let green = redact(&context, "GREEN", &masks);
         assert_eq!(green.len(), 3);
         assert_eq!(green["ip"], "10.0.0.1");
-        assert_eq!(masks.for_field("AMBER", "principal"), Redaction::Keep);
+        assert_eq!(
+            masks.outside_green("principal").when(band_redacts("AMBER")),
+            Redaction::Keep
+        );
     }
 }

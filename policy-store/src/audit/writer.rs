@@ -13,9 +13,10 @@
 //! ready on that runtime queue theirs first; then it takes the whole queue in one batch: one
 //! `write(2)` of page-cache bytes per batch (an append is a journalled size change, ~10 µs
 //! of kernel time here: at saturation this is most of what the ledger costs), and no thread
-//! switch to hand entries over or to acknowledge them. (A writer thread woken per batch cost the data plane a
-//! thread switch each way: +44% CPU per request; see BENCHMARKS.md.) With `fsync` the drain
-//! runs on the runtime's blocking pool instead, since it waits for the disk.
+//! switch to hand entries over or to acknowledge them. (A writer thread woken per batch cost
+//! the data plane a thread switch each way: +44% CPU per request; see BENCHMARKS.md.) With
+//! `fsync` the drain runs on the runtime's blocking pool instead, since it waits for the
+//! disk.
 //!
 //! What may stall (signed checkpoints, which `fsync` their file; syncing a file closed by
 //! rotation) is left to the ledger's *keeper thread*, which also writes time-based
