@@ -176,14 +176,63 @@ pub(crate) fn entity(
 static IP_CONSTRUCTOR: LazyLock<Option<Name>> =
     LazyLock::new(|| Name::parse_unqualified_name("ip").ok());
 
-/// The request context of `policies/schema.cedarschema`'s `RequestContext`.
+/// The attributes of `policies/schema.cedarschema`'s `RequestContext`, one bit each in
+/// [`ContextAttrs`].
+const CONTEXT_ATTRIBUTES: [&str; 9] = [
+    "hour",
+    "minute",
+    "weekday",
+    "risk_score",
+    "mfa",
+    "device_trusted",
+    "band",
+    "device_id",
+    "ip",
+];
+
+/// A set of request-context attributes: those the policies of an action can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ContextAttrs(u16);
+
+impl ContextAttrs {
+    /// Every attribute.
+    pub(crate) const ALL: Self = Self((1 << CONTEXT_ATTRIBUTES.len()) - 1);
+
+    /// This set and the attribute `name`. A name that is not an attribute of the context
+    /// adds nothing: no context carries it.
+    pub(crate) fn with(self, name: &str) -> Self {
+        match CONTEXT_ATTRIBUTES.iter().position(|a| *a == name) {
+            Some(bit) => Self(self.0 | 1 << bit),
+            None => self,
+        }
+    }
+
+    /// Both sets.
+    pub(crate) fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    fn contains(self, name: &str) -> bool {
+        CONTEXT_ATTRIBUTES
+            .iter()
+            .position(|a| *a == name)
+            .is_some_and(|bit| self.0 & 1 << bit != 0)
+    }
+}
+
+/// The request context of `policies/schema.cedarschema`'s `RequestContext`, with the
+/// attributes of `wanted` only: one that no policy reads is neither computed nor carried
+/// (the client IP's `ip` value above all, which Cedar's extension parses).
 pub(crate) fn context(
     facts: &RequestFacts,
     device_trusted: bool,
+    wanted: ContextAttrs,
 ) -> Result<cedar_policy_core::ast::Context, String> {
     let mut record: BTreeMap<SmolStr, Value> = BTreeMap::new();
     let mut put = |name: &'static str, value: Value| {
-        record.insert(SmolStr::new_static(name), value);
+        if wanted.contains(name) {
+            record.insert(SmolStr::new_static(name), value);
+        }
     };
     put("hour", i64::from(facts.local_time.hour).into());
     put("minute", i64::from(facts.local_time.minute).into());
@@ -195,16 +244,36 @@ pub(crate) fn context(
     if let Some(d) = &facts.device_id {
         put("device_id", d.as_str().into());
     }
-    if let Some(ip) = &facts.ip {
+    if let Some(ip) = facts.ip.as_deref().filter(|_| wanted.contains("ip")) {
         let constructor = IP_CONSTRUCTOR
             .clone()
             .ok_or_else(|| String::from("the `ip` extension is not available"))?;
-        let call =
-            RestrictedExpr::call_extension_fn(constructor, [RestrictedExpr::val(ip.as_str())]);
+        let call = RestrictedExpr::call_extension_fn(constructor, [RestrictedExpr::val(ip)]);
         let value = RestrictedEvaluator::new(Extensions::all_available())
             .interpret(call.as_borrowed())
             .map_err(|e| format!("client ip `{ip}`: {e}"))?;
         put("ip", value);
     }
     Ok(cedar_policy_core::ast::Context::Value(Arc::new(record)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_attrs_hold_exactly_what_was_added() {
+        let none = ContextAttrs::default();
+        let some = none.with("ip").with("mfa").with("no_such_attribute");
+        for name in CONTEXT_ATTRIBUTES {
+            assert!(!none.contains(name));
+            assert_eq!(some.contains(name), name == "ip" || name == "mfa", "{name}");
+            assert!(ContextAttrs::ALL.contains(name));
+        }
+        assert_eq!(
+            some.union(none.with("hour")),
+            none.with("hour").with("ip").with("mfa")
+        );
+        assert!(!ContextAttrs::ALL.contains("no_such_attribute"));
+    }
 }

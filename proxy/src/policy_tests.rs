@@ -293,6 +293,13 @@ fn run_case(dir: &PolicyDir, case: &Case) -> Result<(), String> {
         .map_err(|e| format!("context.time `{}`: {e}", ctx.time))?;
     let tz = jiff::tz::TimeZone::get(&ctx.time_zone)
         .map_err(|e| format!("context.time_zone `{}`: {e}", ctx.time_zone))?;
+    // The decision core reads the IP only for policies that use `context.ip`: a case must
+    // not pass or fail by how many policies happen to read it.
+    if let Some(ip) = &ctx.ip
+        && let Err(e) = ip.parse::<std::net::IpAddr>()
+    {
+        return Err(format!("context.ip `{ip}`: {e}"));
+    }
     let facts = RequestFacts {
         now: now.as_millisecond(),
         local_time: LocalTime::at(now.as_millisecond(), &tz),

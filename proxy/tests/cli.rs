@@ -175,7 +175,7 @@ fn a_failing_case_fails_the_run() {
     let dir = copy_of_policies("failing");
     std::fs::write(
         dir.join("tests/zz.yaml"),
-        "cases:\n  - name: wrong on purpose\n    principals: [{kind: user, id: alice, tenant: t1}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    expect: {decision: allow}\n",
+        "cases:\n  - name: wrong on purpose\n    principals: [{kind: user, id: alice, tenant: t1}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    expect: {decision: allow}\n  - name: a client IP that is not one\n    principals: [{kind: user, id: alice, tenant: t1}]\n    assignments: [{principal: 'User::\"alice\"', role: member, scope: 'Space::\"s1\"'}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    context: {ip: not-an-ip}\n    expect: {decision: allow}\n",
     )
     .unwrap();
     let out = portcullis(&["policy", "test", dir.to_str().unwrap()]);
@@ -183,7 +183,13 @@ fn a_failing_case_fails_the_run() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("FAIL "), "{stdout}");
     assert!(stdout.contains("zz.yaml:2: wrong on purpose"), "{stdout}");
-    assert!(stdout.contains(" passed, 1 failed"), "{stdout}");
+    // Refused as input, although no shipped policy reads the IP.
+    assert!(
+        stdout.contains("zz.yaml:6: a client IP that is not one")
+            && stdout.contains("context.ip `not-an-ip`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" passed, 2 failed"), "{stdout}");
 }
 
 #[test]

@@ -2,15 +2,19 @@
 //! determining policies, the errors and the effective roles.
 //!
 //! Only the small entity slice of the request is built (principal with its groups and the
-//! roles in force here; resource with its ancestors; the action and its groups), and only
-//! the policies the index says can apply are evaluated. Any evaluation error is a deny:
-//! Cedar skips a policy that errors, so an erroring `forbid` would otherwise let the
-//! request through.
+//! roles in force here; resource with its ancestors; the action and its groups when a
+//! policy body reads `action`; the context attributes policies read), and only the
+//! policies the index says can apply are evaluated, each from its prepared condition, by
+//! Cedar's evaluator. Any evaluation error is a deny: Cedar's authorizer skips a policy
+//! that errors, so an erroring `forbid` would otherwise let the request through. The
+//! tests check this against Cedar's authorizer over the whole policy set.
 //!
 //! Outcomes are remembered per snapshot in a [`cache`] keyed by every input of the
 //! evaluation; [`decide_uncached`] skips it.
 
 mod cache;
+#[cfg(test)]
+mod tests;
 
 pub use cache::DECISION_CACHE_ENTRIES;
 pub(crate) use cache::DecisionCache;
@@ -18,12 +22,15 @@ pub(crate) use cache::DecisionCache;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use cedar_policy_core::ast::{Entity, EntityUID, EntityUIDEntry, PolicySet, Request};
-use cedar_policy_core::authorizer::{AuthorizationError, Authorizer, Response};
+use cedar_policy_core::ast::{
+    Effect, Entity, EntityUID, EntityUIDEntry, Literal, Request, ValueKind,
+};
 use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 
 use crate::model::{Assignment, EntityRef, PrincipalKind, UnixMillis};
+use crate::policy::{ActionPolicies, PreparedPolicy, Reads};
 use crate::slice;
 use crate::snapshot::{EntityView, PrincipalView, Snapshot};
 
@@ -69,7 +76,9 @@ pub struct RequestFacts {
     pub mfa: bool,
     /// Device id presented with the request.
     pub device_id: Option<String>,
-    /// Client IP address, as text (`10.1.2.3`, `::1`).
+    /// Client IP address, as text (`10.1.2.3`, `::1`). Callers pass a valid address: it is
+    /// parsed (and an invalid one denied) only when some policy of the action reads
+    /// `context.ip`.
     pub ip: Option<String>,
     /// Security band of the route: `GREEN`, `AMBER` or `RED`.
     pub band: String,
@@ -176,39 +185,17 @@ pub fn decide_uncached(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> De
 
 fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bool) -> Decision {
     let started = Instant::now();
-    let Some(action) = snapshot.policies().index().action(request.action) else {
-        return Decision::deny(
-            DecisionReason::UnknownAction,
-            Some(format!("action `{}` is not in the schema", request.action)),
-            started,
-        );
+    let resolved = match Resolved::of(snapshot, request) {
+        Ok(resolved) => resolved,
+        Err((reason, detail)) => return Decision::deny(reason, detail, started),
     };
-    let Some(principal) = snapshot.principal(request.principal) else {
-        return Decision::deny(DecisionReason::UnknownPrincipal, None, started);
-    };
-    if principal.principal.kind == PrincipalKind::Group {
-        // Groups hold members; they never act themselves.
-        return Decision::deny(DecisionReason::UnknownPrincipal, None, started);
-    }
-
-    let resource = match ResourceChain::resolve(snapshot, request) {
-        Ok(chain) => chain,
-        Err(reason) => return Decision::deny(reason, None, started),
-    };
-    let device_trusted = request
-        .facts
-        .device_id
-        .as_ref()
-        .is_some_and(|d| principal.principal.trusted_devices.iter().any(|t| t == d));
-    let groups = group_closure(snapshot, &principal.principal.groups);
-    let roles = effective_roles(principal, &groups, &resource, request.facts, device_trusted);
 
     let key = cache::KeyRef {
         principal: request.principal,
         action: request.action,
         resource: request.resource,
         route_parents: request.route_parents,
-        roles: &roles,
+        roles: &resolved.roles,
         facts: cache::ContextKey::of(request.facts),
     };
     if use_cache && let Some(mut hit) = snapshot.decisions().get(&key) {
@@ -217,17 +204,11 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
         return hit;
     }
 
-    let slice = Slice {
-        snapshot,
-        request,
-        principal,
-        groups: &groups,
-        roles: &roles,
-        resource: &resource,
-    };
-    let mut decision = match slice.evaluate(action, device_trusted) {
-        Ok(mut decision) => {
-            decision.effective_roles = roles.iter().map(|r| (*r).to_owned()).collect();
+    let slice = resolved.slice(snapshot, request);
+    let mut decision = match slice.cedar_input(resolved.action.reads()) {
+        Ok(input) => {
+            let mut decision = input.evaluate(resolved.action);
+            decision.effective_roles = resolved.roles.iter().map(|r| (*r).to_owned()).collect();
             decision
         }
         Err(detail) => Decision::deny(DecisionReason::InvalidRequest, Some(detail), started),
@@ -237,6 +218,68 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
     }
     decision.elapsed = started.elapsed();
     decision
+}
+
+/// What a request resolves to in the snapshot: its action's policies, the principal with
+/// its groups, the resource chain and the roles in force.
+struct Resolved<'s> {
+    action: &'s ActionPolicies,
+    principal: &'s PrincipalView,
+    groups: Vec<&'s PrincipalView>,
+    resource: ResourceChain<'s>,
+    roles: Vec<&'s str>,
+    device_trusted: bool,
+}
+
+impl<'s> Resolved<'s> {
+    /// `Err` is a deny with its reason and detail: an unknown action or principal, a route
+    /// parent the resource does not have.
+    fn of(
+        snapshot: &'s Snapshot,
+        request: &DecisionRequest<'s>,
+    ) -> Result<Self, (DecisionReason, Option<String>)> {
+        let Some(action) = snapshot.policies().index().action(request.action) else {
+            return Err((
+                DecisionReason::UnknownAction,
+                Some(format!("action `{}` is not in the schema", request.action)),
+            ));
+        };
+        let Some(principal) = snapshot.principal(request.principal) else {
+            return Err((DecisionReason::UnknownPrincipal, None));
+        };
+        if principal.principal.kind == PrincipalKind::Group {
+            // Groups hold members; they never act themselves.
+            return Err((DecisionReason::UnknownPrincipal, None));
+        }
+        let resource = ResourceChain::resolve(snapshot, request).map_err(|r| (r, None))?;
+        let device_trusted = request
+            .facts
+            .device_id
+            .as_ref()
+            .is_some_and(|d| principal.principal.trusted_devices.iter().any(|t| t == d));
+        let groups = group_closure(snapshot, &principal.principal.groups);
+        let roles = effective_roles(principal, &groups, &resource, request.facts, device_trusted);
+        Ok(Self {
+            action,
+            principal,
+            groups,
+            resource,
+            roles,
+            device_trusted,
+        })
+    }
+
+    fn slice<'a>(
+        &'a self,
+        snapshot: &'s Snapshot,
+        request: &'a DecisionRequest<'a>,
+    ) -> Slice<'a, 's> {
+        Slice {
+            snapshot,
+            request,
+            resolved: self,
+        }
+    }
 }
 
 /// The resource and its ancestors, with the views the store has for them.
@@ -392,45 +435,67 @@ fn in_force(a: &Assignment, facts: &RequestFacts, device_trusted: bool) -> bool 
         && (!c.require_trusted_device || device_trusted)
 }
 
-/// Everything one decision evaluates with.
+/// Everything one decision's entity slice is built from.
 struct Slice<'a, 's> {
     snapshot: &'s Snapshot,
     request: &'a DecisionRequest<'a>,
-    principal: &'s PrincipalView,
-    groups: &'a [&'s PrincipalView],
-    roles: &'a [&'s str],
-    resource: &'a ResourceChain<'s>,
+    resolved: &'a Resolved<'s>,
+}
+
+/// One evaluation's input to Cedar: the request and its entity slice, and the scopes whose
+/// policy lists apply (the principal's ancestors and the principal).
+struct CedarInput {
+    request: Request,
+    entities: Entities,
+    principal_scopes: Vec<EntityUID>,
+}
+
+impl CedarInput {
+    /// Evaluates the policies that can apply: shared ones, and those naming the principal or
+    /// any of its ancestors (groups, roles), all under one evaluator.
+    fn evaluate(self, action: &ActionPolicies) -> Decision {
+        let evaluator = Evaluator::new(self.request, &self.entities, Extensions::all_available());
+        let mut outcome = Combined::default();
+        outcome.evaluate(&evaluator, action.shared());
+        for scope in &self.principal_scopes {
+            if let Some(policies) = action.for_principal_scope(scope) {
+                outcome.evaluate(&evaluator, policies);
+            }
+        }
+        outcome.finish()
+    }
 }
 
 impl Slice<'_, '_> {
-    /// Builds the entity slice and the request, then evaluates the policy sets that can
-    /// apply. `Err` is a request that could not be turned into Cedar (a deny).
-    fn evaluate(
-        &self,
-        action: &crate::policy::ActionPolicies,
-        device_trusted: bool,
-    ) -> Result<Decision, String> {
-        let principal_uid = self.principal_uid(self.principal)?;
-        let mut principal_ancestors: HashSet<EntityUID> =
-            HashSet::with_capacity(self.groups.len() + self.roles.len());
-        for g in self.groups {
-            principal_ancestors.insert(self.principal_uid(g)?);
+    /// Builds the entity slice and the request, with only what `reads` names of the action
+    /// hierarchy and the context (the decision core passes what the action's policies can
+    /// read). `Err` is a request that could not be turned into Cedar (a deny).
+    fn cedar_input(&self, reads: Reads) -> Result<CedarInput, String> {
+        let resolved = self.resolved;
+        let principal_uid = self.principal_uid(resolved.principal)?;
+        // The principal's ancestors: its groups and the roles in force.
+        let mut principal_scopes: Vec<EntityUID> =
+            Vec::with_capacity(1 + resolved.groups.len() + resolved.roles.len());
+        for g in &resolved.groups {
+            principal_scopes.push(self.principal_uid(g)?);
         }
-        for role in self.roles {
-            principal_ancestors.insert(self.role_uid(role)?);
+        for role in &resolved.roles {
+            principal_scopes.push(self.role_uid(role)?);
         }
-        let resource_uid = self.entity_uid(self.resource.resource, self.resource.view)?;
+        let principal_ancestors: HashSet<EntityUID> = principal_scopes.iter().cloned().collect();
+        principal_scopes.push(principal_uid.clone());
+        let resource_uid = self.entity_uid(resolved.resource.resource, resolved.resource.view)?;
 
         // INVARIANT: every entity of the slice carries its transitively closed ancestors,
         // because the slice is built with `TCComputation::AssumeAlreadyComputed`.
         let mut slice: Vec<Entity> =
-            Vec::with_capacity(3 + self.groups.len() + self.resource.ancestors.len());
+            Vec::with_capacity(2 + resolved.groups.len() + resolved.resource.ancestors.len());
         slice.push(slice::entity(
             principal_uid.clone(),
-            self.principal_attrs(self.principal),
-            principal_ancestors.iter().cloned().collect(),
+            self.principal_attrs(resolved.principal),
+            principal_ancestors,
         ));
-        for g in self.groups {
+        for g in &resolved.groups {
             let closure = group_closure(self.snapshot, &g.principal.groups)
                 .into_iter()
                 .map(|parent| self.principal_uid(parent))
@@ -441,10 +506,12 @@ impl Slice<'_, '_> {
         if resource_uid != principal_uid {
             slice.push(self.resource_entity(resource_uid.clone())?);
         }
-        for (uid, view) in &self.resource.ancestors {
+        for (uid, view) in &resolved.resource.ancestors {
             slice.push(self.ancestor_entity(uid, *view)?);
         }
-        slice.extend(action.hierarchy().iter().cloned());
+        if reads.action {
+            slice.extend(resolved.action.hierarchy().iter().cloned());
+        }
         let entities = Entities::from_entities(
             slice,
             None::<&NoEntitiesSchema>,
@@ -453,24 +520,18 @@ impl Slice<'_, '_> {
         )
         .map_err(|e| e.to_string())?;
 
+        let context = slice::context(self.request.facts, resolved.device_trusted, reads.context)?;
         let request = Request::new_unchecked(
-            EntityUIDEntry::known(principal_uid.clone(), None),
-            EntityUIDEntry::known(action.uid().clone(), None),
+            EntityUIDEntry::known(principal_uid, None),
+            EntityUIDEntry::known(resolved.action.uid().clone(), None),
             EntityUIDEntry::known(resource_uid, None),
-            Some(slice::context(self.request.facts, device_trusted)?),
+            Some(context),
         );
-
-        // The policy sets that can apply: shared ones, and those naming the principal or any
-        // of its ancestors (groups, roles).
-        let authorizer = Authorizer::new();
-        let mut outcome = Combined::default();
-        outcome.add(authorizer.is_authorized(request.clone(), as_ast(action.shared()), &entities));
-        for scope in std::iter::once(&principal_uid).chain(principal_ancestors.iter()) {
-            if let Some(set) = action.for_principal_scope(scope) {
-                outcome.add(authorizer.is_authorized(request.clone(), as_ast(set), &entities));
-            }
-        }
-        Ok(outcome.finish())
+        Ok(CedarInput {
+            request,
+            entities,
+            principal_scopes,
+        })
     }
 
     fn uid(&self, entity: &EntityRef) -> Result<EntityUID, String> {
@@ -528,7 +589,7 @@ impl Slice<'_, '_> {
     /// gets the principal's attributes; any other gets its stored (or no) attributes with the
     /// effective tenant and archived flags.
     fn resource_entity(&self, uid: EntityUID) -> Result<Entity, String> {
-        let chain = self.resource;
+        let chain = &self.resolved.resource;
         let ancestors = chain
             .ancestors
             .iter()
@@ -577,10 +638,6 @@ impl Slice<'_, '_> {
     }
 }
 
-fn as_ast(set: &cedar_policy::PolicySet) -> &PolicySet {
-    set.as_ref()
-}
-
 /// Every manager above `first` in the org tree (seed 002 in_org_tree).
 fn manager_chain<'s>(snapshot: &'s Snapshot, first: Option<&'s str>) -> Vec<&'s str> {
     let mut chain: Vec<&str> = Vec::new();
@@ -597,27 +654,41 @@ fn manager_chain<'s>(snapshot: &'s Snapshot, first: Option<&'s str>) -> Vec<&'s 
     chain
 }
 
-/// Cedar's decision rule over several disjoint policy sets: any satisfied forbid denies;
-/// otherwise any satisfied permit allows; otherwise deny. Any error denies.
+/// Cedar's decision rule over several disjoint lists of policies: any satisfied forbid
+/// denies; otherwise any satisfied permit allows; otherwise deny. Any error denies (where
+/// Cedar's authorizer would skip the erroring policy).
 #[derive(Default)]
-struct Combined {
-    permits: Vec<String>,
-    forbids: Vec<String>,
+struct Combined<'p> {
+    permits: Vec<&'p str>,
+    forbids: Vec<&'p str>,
     errors: Vec<String>,
-    erroring: Vec<String>,
+    erroring: Vec<&'p str>,
 }
 
-impl Combined {
-    fn add(&mut self, response: Response) {
-        let reasons = response.diagnostics.reason.iter().map(ToString::to_string);
-        match response.decision {
-            cedar_policy_core::authorizer::Decision::Allow => self.permits.extend(reasons),
-            cedar_policy_core::authorizer::Decision::Deny => self.forbids.extend(reasons),
-        }
-        for e in response.diagnostics.errors {
-            let AuthorizationError::PolicyEvaluationError { id, error } = e;
-            self.errors.push(format!("{id}: {error}"));
-            self.erroring.push(id.to_string());
+impl<'p> Combined<'p> {
+    /// Evaluates every policy of `policies`, as Cedar's authorizer does: a policy is
+    /// satisfied when its condition evaluates to `true`.
+    fn evaluate(&mut self, evaluator: &Evaluator<'_>, policies: &'p [PreparedPolicy]) {
+        for policy in policies {
+            let satisfied = match evaluator.interpret(policy.condition(), policy.slots()) {
+                Ok(value) => match value.value_kind() {
+                    ValueKind::Lit(Literal::Bool(b)) => Ok(*b),
+                    // A condition is a conjunction, so this cannot happen; fail closed.
+                    _ => Err(format!(
+                        "the condition evaluated to `{value}`, not a boolean"
+                    )),
+                },
+                Err(error) => Err(error.to_string()),
+            };
+            match (satisfied, policy.effect()) {
+                (Ok(true), Effect::Permit) => self.permits.push(policy.id()),
+                (Ok(true), Effect::Forbid) => self.forbids.push(policy.id()),
+                (Ok(false), _) => {}
+                (Err(error), _) => {
+                    self.errors.push(format!("{}: {error}", policy.id()));
+                    self.erroring.push(policy.id());
+                }
+            }
         }
     }
 
@@ -640,7 +711,7 @@ impl Combined {
         Decision {
             allowed,
             reason,
-            determining_policies: determining,
+            determining_policies: determining.into_iter().map(str::to_owned).collect(),
             errors: self.errors,
             effective_roles: Vec::new(),
             elapsed: Duration::ZERO,

@@ -9,21 +9,165 @@
 //! INVARIANT: for every request, the union of the sets the decision core evaluates contains
 //! every policy of the full set whose scope can match that request. Filtering here is only
 //! ever a superset of Cedar's own scope check, so splitting cannot change a decision.
+//!
+//! Each policy is kept as a [`PreparedPolicy`]: its condition is built once here, where
+//! Cedar's authorizer would rebuild it on every evaluation, and without the parts of its
+//! scope that the index has already decided (see [`PreparedPolicy`]). What an action's
+//! conditions can read ([`Reads`]) tells the decision core which parts of the request's
+//! entity slice and context it may leave out.
 
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityUid, Policy, PolicySet, PrincipalConstraint, Schema,
 };
-use cedar_policy_core::ast::{Entity, EntityUID};
+use cedar_policy_core::ast::{
+    self, Effect, Entity, EntityUID, Expr, ExprKind, PrincipalOrResource,
+    PrincipalOrResourceConstraint, SlotEnv, Var,
+};
+
+use crate::slice::ContextAttrs;
+
+/// One policy, ready for Cedar's evaluator: its condition (what `ast::Policy::condition`
+/// builds) with the template slots it is linked with.
+///
+/// The condition leaves out what holds wherever the decision core evaluates the policy:
+/// - the action scope, always: the policy sits only in the lists of the actions it matches
+///   (decided exactly, from the schema's action hierarchy, which is also the hierarchy the
+///   request's entity slice carries);
+/// - `principal in X` for a policy listed under `X`: that list is evaluated only when `X` is
+///   the principal or one of the ancestors its slice entity carries, which is exactly when
+///   Cedar's `in` holds (`principal is T in X` keeps its `is T`);
+/// - a scope part that is `true` (unconstrained).
+///
+/// Neither left-out part can raise an error in Cedar, so errors are unchanged too.
+#[derive(Debug)]
+pub struct PreparedPolicy {
+    id: String,
+    effect: Effect,
+    condition: Expr,
+    slots: SlotEnv,
+}
+
+impl PreparedPolicy {
+    /// `listed_under_principal_scope`: the policy sits in the list of the entity its
+    /// principal scope names.
+    fn new(policy: &ast::Policy, listed_under_principal_scope: bool) -> Self {
+        let mut parts: Vec<Expr> = Vec::with_capacity(3);
+        let principal = policy.principal_constraint();
+        match principal.as_inner() {
+            PrincipalOrResourceConstraint::Any => {}
+            PrincipalOrResourceConstraint::In(_) if listed_under_principal_scope => {}
+            PrincipalOrResourceConstraint::IsIn(entity_type, _) if listed_under_principal_scope => {
+                parts.push(Expr::is_entity_type(
+                    Expr::var(Var::Principal),
+                    entity_type.as_ref().clone(),
+                ));
+            }
+            _ => parts.push(principal.as_expr()),
+        }
+        let resource = policy.resource_constraint();
+        if !matches!(resource.as_inner(), PrincipalOrResourceConstraint::Any) {
+            parts.push(resource.as_inner().as_expr(PrincipalOrResource::Resource));
+        }
+        if let Some(body) = policy.non_scope_constraints() {
+            parts.push(body.clone());
+        }
+        let condition = parts
+            .into_iter()
+            .rev()
+            .reduce(|rest, part| Expr::and(part, rest))
+            .unwrap_or_else(|| Expr::val(true));
+        Self {
+            id: policy.id().to_string(),
+            effect: policy.effect(),
+            condition,
+            slots: policy.env().clone(),
+        }
+    }
+
+    /// The policy id (`role:member`, an `@id`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Permit or forbid.
+    pub fn effect(&self) -> Effect {
+        self.effect
+    }
+
+    /// What must evaluate to `true` for the policy to be satisfied, where the decision core
+    /// evaluates it.
+    pub fn condition(&self) -> &Expr {
+        &self.condition
+    }
+
+    /// Values of the template slots (empty for a static policy).
+    pub fn slots(&self) -> &SlotEnv {
+        &self.slots
+    }
+}
+
+/// What the conditions of some policies can read of a request, beyond the principal, the
+/// resource and their entities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Reads {
+    /// The `action` variable appears: `action in ...` needs the action hierarchy.
+    pub(crate) action: bool,
+    /// Attributes of the request context.
+    pub(crate) context: ContextAttrs,
+}
+
+impl Reads {
+    /// What `condition` reads. `context` used other than as `context.x` / `context has x`
+    /// (compared, passed whole) reads every attribute.
+    fn of(condition: &Expr) -> Self {
+        let mut reads = Self::default();
+        let mut context_uses = 0_usize;
+        let mut context_attr_uses = 0_usize;
+        for expr in condition.subexpressions() {
+            match expr.expr_kind() {
+                ExprKind::Var(Var::Action) => reads.action = true,
+                ExprKind::Var(Var::Context) => context_uses += 1,
+                ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
+                    if is_context(expr) =>
+                {
+                    context_attr_uses += 1;
+                    reads.context = reads.context.with(attr);
+                }
+                ExprKind::ExtHasAttr { expr, attrs } if is_context(expr) => {
+                    context_attr_uses += 1;
+                    reads.context = reads.context.with(attrs.first());
+                }
+                _ => {}
+            }
+        }
+        if context_uses > context_attr_uses {
+            reads.context = ContextAttrs::ALL;
+        }
+        reads
+    }
+
+    fn union(self, other: Self) -> Self {
+        Self {
+            action: self.action || other.action,
+            context: self.context.union(other.context),
+        }
+    }
+}
+
+fn is_context(expr: &Expr) -> bool {
+    matches!(expr.expr_kind(), ExprKind::Var(Var::Context))
+}
 
 /// Policies that may apply to one action.
 #[derive(Debug)]
 pub struct ActionPolicies {
     uid: EntityUID,
     hierarchy: Vec<Entity>,
-    shared: PolicySet,
-    by_principal: HashMap<EntityUID, PolicySet>,
+    shared: Vec<PreparedPolicy>,
+    by_principal: HashMap<EntityUID, Vec<PreparedPolicy>>,
+    reads: Reads,
 }
 
 impl ActionPolicies {
@@ -39,13 +183,18 @@ impl ActionPolicies {
     }
 
     /// Policies whose principal scope names no entity.
-    pub fn shared(&self) -> &PolicySet {
+    pub fn shared(&self) -> &[PreparedPolicy] {
         &self.shared
     }
 
+    /// What the conditions of all of this action's policies can read.
+    pub(crate) fn reads(&self) -> Reads {
+        self.reads
+    }
+
     /// Policies whose principal scope names `entity` (`==` or `in`).
-    pub fn for_principal_scope(&self, entity: &EntityUID) -> Option<&PolicySet> {
-        self.by_principal.get(entity)
+    pub fn for_principal_scope(&self, entity: &EntityUID) -> Option<&[PreparedPolicy]> {
+        self.by_principal.get(entity).map(Vec::as_slice)
     }
 }
 
@@ -66,11 +215,7 @@ impl PolicyIndex {
         self.actions.keys().map(String::as_str)
     }
 
-    pub(super) fn build(
-        schema: &Schema,
-        action_entities: &Entities,
-        all: &PolicySet,
-    ) -> Result<Self, String> {
+    pub(super) fn build(schema: &Schema, action_entities: &Entities, all: &PolicySet) -> Self {
         let groups: HashSet<&EntityUid> = schema.action_groups().collect();
         let mut actions = HashMap::new();
         for uid in schema.actions().filter(|a| !groups.contains(a)) {
@@ -87,22 +232,34 @@ impl PolicyIndex {
             let mut entry = ActionPolicies {
                 uid: uid.clone().into(),
                 hierarchy,
-                shared: PolicySet::new(),
+                shared: Vec::new(),
                 by_principal: HashMap::new(),
+                reads: Reads::default(),
             };
             for policy in all.policies() {
                 if !applies_to_action(policy, uid, &ancestors) {
                     continue;
                 }
-                let target = match principal_scope_entity(policy) {
-                    None => &mut entry.shared,
-                    Some(scope) => entry.by_principal.entry(scope.into()).or_default(),
-                };
-                add_to(target, policy, all)?;
+                let ast = AsRef::<ast::Policy>::as_ref(policy);
+                match principal_scope_entity(policy) {
+                    None => entry.shared.push(PreparedPolicy::new(ast, false)),
+                    Some(scope) => entry
+                        .by_principal
+                        .entry(scope.into())
+                        .or_default()
+                        .push(PreparedPolicy::new(ast, true)),
+                }
             }
+            entry.reads = entry
+                .shared
+                .iter()
+                .chain(entry.by_principal.values().flatten())
+                .fold(Reads::default(), |reads, policy| {
+                    reads.union(Reads::of(policy.condition()))
+                });
             actions.insert(uid.id().unescaped().to_owned(), entry);
         }
-        Ok(Self { actions })
+        Self { actions }
     }
 }
 
@@ -123,27 +280,4 @@ fn principal_scope_entity(policy: &Policy) -> Option<EntityUid> {
         | PrincipalConstraint::In(uid)
         | PrincipalConstraint::IsIn(_, uid) => Some(uid),
     }
-}
-
-fn add_to(target: &mut PolicySet, policy: &Policy, all: &PolicySet) -> Result<(), String> {
-    if policy.is_static() {
-        return target.add(policy.clone()).map_err(|e| e.to_string());
-    }
-    let (Some(template_id), Some(values)) = (policy.template_id(), policy.template_links()) else {
-        return Err(format!(
-            "policy `{}` is neither static nor linked",
-            policy.id()
-        ));
-    };
-    if target.template(template_id).is_none() {
-        let template = all
-            .template(template_id)
-            .ok_or_else(|| format!("template `{template_id}` is missing"))?;
-        target
-            .add_template(template.clone())
-            .map_err(|e| e.to_string())?;
-    }
-    target
-        .link(template_id.clone(), policy.id().clone(), values)
-        .map_err(|e| e.to_string())
 }

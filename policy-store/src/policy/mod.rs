@@ -15,7 +15,8 @@ use std::str::FromStr;
 
 use cedar_policy::{Policy, PolicyId, PolicySet, Schema, SlotId, ValidationMode, Validator};
 
-pub use index::{ActionPolicies, PolicyIndex};
+pub(crate) use index::Reads;
+pub use index::{ActionPolicies, PolicyIndex, PreparedPolicy};
 pub use roles::role_policy_text;
 
 use cedar_policy_core::ast::EntityUID;
@@ -244,14 +245,7 @@ pub fn compile(sources: &PolicySources) -> Result<CompiledPolicies, CompileError
     if !problems.is_empty() {
         return Err(CompileError(problems));
     }
-    let index = PolicyIndex::build(&schema, &action_entities, &all).map_err(|message| {
-        CompileError(vec![PolicyDiagnostic {
-            file: String::from("<index>"),
-            line: 0,
-            column: 0,
-            message,
-        }])
-    })?;
+    let index = PolicyIndex::build(&schema, &action_entities, &all);
     let types = EntityTypes::from_schema(&schema);
     let role_uids = sources
         .roles
