@@ -176,35 +176,44 @@ pub(crate) fn entity(
 static IP_CONSTRUCTOR: LazyLock<Option<Name>> =
     LazyLock::new(|| Name::parse_unqualified_name("ip").ok());
 
-/// The attributes of `policies/schema.cedarschema`'s `RequestContext`, one bit each in
-/// [`ContextAttrs`].
-const CONTEXT_ATTRIBUTES: [&str; 9] = [
-    "hour",
-    "minute",
-    "weekday",
-    "risk_score",
-    "mfa",
-    "device_trusted",
-    "band",
-    "device_id",
-    "ip",
-];
-
-/// A set of request-context attributes: those the policies of an action can read.
+/// A set of request-context attributes (`policies/schema.cedarschema`'s `RequestContext`):
+/// those the policies of an action can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct ContextAttrs(u16);
 
+/// Each attribute of the context by name.
+const CONTEXT_ATTRIBUTES: [(&str, ContextAttrs); 9] = [
+    ("hour", ContextAttrs::HOUR),
+    ("minute", ContextAttrs::MINUTE),
+    ("weekday", ContextAttrs::WEEKDAY),
+    ("risk_score", ContextAttrs::RISK_SCORE),
+    ("mfa", ContextAttrs::MFA),
+    ("device_trusted", ContextAttrs::DEVICE_TRUSTED),
+    ("band", ContextAttrs::BAND),
+    ("device_id", ContextAttrs::DEVICE_ID),
+    ("ip", ContextAttrs::IP),
+];
+
 impl ContextAttrs {
+    pub(crate) const HOUR: Self = Self(1);
+    pub(crate) const MINUTE: Self = Self(1 << 1);
+    pub(crate) const WEEKDAY: Self = Self(1 << 2);
+    pub(crate) const RISK_SCORE: Self = Self(1 << 3);
+    pub(crate) const MFA: Self = Self(1 << 4);
+    pub(crate) const DEVICE_TRUSTED: Self = Self(1 << 5);
+    pub(crate) const BAND: Self = Self(1 << 6);
+    pub(crate) const DEVICE_ID: Self = Self(1 << 7);
+    pub(crate) const IP: Self = Self(1 << 8);
     /// Every attribute.
     pub(crate) const ALL: Self = Self((1 << CONTEXT_ATTRIBUTES.len()) - 1);
 
     /// This set and the attribute `name`. A name that is not an attribute of the context
     /// adds nothing: no context carries it.
     pub(crate) fn with(self, name: &str) -> Self {
-        match CONTEXT_ATTRIBUTES.iter().position(|a| *a == name) {
-            Some(bit) => Self(self.0 | 1 << bit),
-            None => self,
-        }
+        CONTEXT_ATTRIBUTES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(self, |(_, attr)| self.union(*attr))
     }
 
     /// Both sets.
@@ -212,11 +221,14 @@ impl ContextAttrs {
         Self(self.0 | other.0)
     }
 
-    fn contains(self, name: &str) -> bool {
-        CONTEXT_ATTRIBUTES
-            .iter()
-            .position(|a| *a == name)
-            .is_some_and(|bit| self.0 & 1 << bit != 0)
+    /// Whether every attribute of `attrs` is in this set.
+    pub(crate) fn contains(self, attrs: Self) -> bool {
+        self.0 & attrs.0 == attrs.0
+    }
+
+    /// Whether any attribute of `attrs` is in this set.
+    pub(crate) fn intersects(self, attrs: Self) -> bool {
+        self.0 & attrs.0 != 0
     }
 }
 
@@ -229,22 +241,46 @@ pub(crate) fn context(
     wanted: ContextAttrs,
 ) -> Result<cedar_policy_core::ast::Context, String> {
     let mut record: BTreeMap<SmolStr, Value> = BTreeMap::new();
-    let mut put = |name: &'static str, value: Value| {
-        if wanted.contains(name) {
+    let mut put = |attr: ContextAttrs, name: &'static str, value: Value| {
+        if wanted.contains(attr) {
             record.insert(SmolStr::new_static(name), value);
         }
     };
-    put("hour", i64::from(facts.local_time.hour).into());
-    put("minute", i64::from(facts.local_time.minute).into());
-    put("weekday", i64::from(facts.local_time.weekday).into());
-    put("risk_score", facts.risk_score.into());
-    put("mfa", facts.mfa.into());
-    put("device_trusted", device_trusted.into());
-    put("band", facts.band.as_str().into());
+    put(
+        ContextAttrs::HOUR,
+        "hour",
+        i64::from(facts.local_time.hour).into(),
+    );
+    put(
+        ContextAttrs::MINUTE,
+        "minute",
+        i64::from(facts.local_time.minute).into(),
+    );
+    put(
+        ContextAttrs::WEEKDAY,
+        "weekday",
+        i64::from(facts.local_time.weekday).into(),
+    );
+    put(
+        ContextAttrs::RISK_SCORE,
+        "risk_score",
+        facts.risk_score.into(),
+    );
+    put(ContextAttrs::MFA, "mfa", facts.mfa.into());
+    put(
+        ContextAttrs::DEVICE_TRUSTED,
+        "device_trusted",
+        device_trusted.into(),
+    );
+    put(ContextAttrs::BAND, "band", facts.band.as_str().into());
     if let Some(d) = &facts.device_id {
-        put("device_id", d.as_str().into());
+        put(ContextAttrs::DEVICE_ID, "device_id", d.as_str().into());
     }
-    if let Some(ip) = facts.ip.as_deref().filter(|_| wanted.contains("ip")) {
+    if let Some(ip) = facts
+        .ip
+        .as_deref()
+        .filter(|_| wanted.contains(ContextAttrs::IP))
+    {
         let constructor = IP_CONSTRUCTOR
             .clone()
             .ok_or_else(|| String::from("the `ip` extension is not available"))?;
@@ -252,7 +288,7 @@ pub(crate) fn context(
         let value = RestrictedEvaluator::new(Extensions::all_available())
             .interpret(call.as_borrowed())
             .map_err(|e| format!("client ip `{ip}`: {e}"))?;
-        put("ip", value);
+        put(ContextAttrs::IP, "ip", value);
     }
     Ok(cedar_policy_core::ast::Context::Value(Arc::new(record)))
 }
@@ -265,15 +301,68 @@ mod tests {
     fn context_attrs_hold_exactly_what_was_added() {
         let none = ContextAttrs::default();
         let some = none.with("ip").with("mfa").with("no_such_attribute");
-        for name in CONTEXT_ATTRIBUTES {
-            assert!(!none.contains(name));
-            assert_eq!(some.contains(name), name == "ip" || name == "mfa", "{name}");
-            assert!(ContextAttrs::ALL.contains(name));
+        assert_eq!(some, ContextAttrs::IP.union(ContextAttrs::MFA));
+        for (name, attr) in CONTEXT_ATTRIBUTES {
+            // One bit per attribute, each its own.
+            assert_eq!(attr.0.count_ones(), 1, "{name}");
+            assert_eq!(none.with(name), attr, "{name}");
+            assert!(!none.contains(attr) && !none.intersects(attr));
+            assert_eq!(some.contains(attr), name == "ip" || name == "mfa", "{name}");
+            assert!(ContextAttrs::ALL.contains(attr));
         }
+        assert!(some.intersects(ContextAttrs::IP.union(ContextAttrs::HOUR)));
+        assert!(!some.contains(ContextAttrs::IP.union(ContextAttrs::HOUR)));
         assert_eq!(
-            some.union(none.with("hour")),
-            none.with("hour").with("ip").with("mfa")
+            CONTEXT_ATTRIBUTES
+                .iter()
+                .fold(none, |set, (_, attr)| set.union(*attr)),
+            ContextAttrs::ALL
         );
-        assert!(!ContextAttrs::ALL.contains("no_such_attribute"));
+    }
+
+    #[test]
+    fn the_context_carries_the_wanted_attributes_only() {
+        let facts = RequestFacts {
+            now: 0,
+            local_time: crate::decision::LocalTime {
+                hour: 10,
+                minute: 5,
+                weekday: 2,
+            },
+            risk_score: 40,
+            mfa: true,
+            device_id: Some(String::from("laptop-1")),
+            ip: Some(String::from("not an address")),
+            band: String::from("RED"),
+        };
+        let names = |wanted: ContextAttrs| -> Vec<String> {
+            let cedar_policy_core::ast::Context::Value(record) =
+                context(&facts, true, wanted).unwrap()
+            else {
+                panic!("a context of values")
+            };
+            record.keys().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            names(ContextAttrs(ContextAttrs::ALL.0 & !ContextAttrs::IP.0)),
+            [
+                "band",
+                "device_id",
+                "device_trusted",
+                "hour",
+                "mfa",
+                "minute",
+                "risk_score",
+                "weekday"
+            ]
+        );
+        assert_eq!(
+            names(ContextAttrs::HOUR.union(ContextAttrs::MFA)),
+            ["hour", "mfa"]
+        );
+        assert!(names(ContextAttrs::default()).is_empty());
+        // The address is parsed, and refused, only when it is wanted.
+        let refused = context(&facts, true, ContextAttrs::ALL).unwrap_err();
+        assert!(refused.contains("client ip `not an address`"), "{refused}");
     }
 }

@@ -236,6 +236,61 @@ fn the_clock_reaches_the_key_through_roles_and_local_time() {
 }
 
 #[test]
+fn what_no_policy_of_the_action_reads_is_not_part_of_the_key() {
+    let s = snapshot();
+    let principal = eref(r#"User::"alice""#);
+    let doc = eref(r#"Document::"d1""#);
+    let at = |hour, minute, weekday| LocalTime {
+        hour,
+        minute,
+        weekday,
+    };
+    let ask = |action: &str, facts: &RequestFacts| {
+        let request = DecisionRequest {
+            principal: &principal,
+            action,
+            resource: &doc,
+            route_parents: &[],
+            facts,
+        };
+        let decision = decide(&s, &request);
+        assert_eq!(decision.allowed, decide_uncached(&s, &request).allowed);
+        decision
+    };
+    assert!(!ask("document.read", &facts()).cached);
+    // The shipped policies for document.read read neither the time nor the band nor the
+    // client IP (the roles in force, part of the key, do not change here).
+    let elsewhere = RequestFacts {
+        local_time: at(11, 42, 3),
+        band: String::from("AMBER"),
+        ip: Some(String::from("192.0.2.1")),
+        ..facts()
+    };
+    let answer = ask("document.read", &elsewhere);
+    assert!(answer.cached && answer.allowed);
+    // They read the risk score.
+    let riskier = RequestFacts {
+        risk_score: 11,
+        ..facts()
+    };
+    assert!(!ask("document.read", &riskier).cached);
+
+    // document.delete is SENSITIVE: its policies read the hour and the weekday, not the
+    // minute.
+    assert!(!ask("document.delete", &facts()).cached);
+    let an_hour_later = RequestFacts {
+        local_time: at(11, 0, 2),
+        ..facts()
+    };
+    assert!(!ask("document.delete", &an_hour_later).cached);
+    let half_past = RequestFacts {
+        local_time: at(10, 30, 2),
+        ..facts()
+    };
+    assert!(ask("document.delete", &half_past).cached);
+}
+
+#[test]
 fn action_and_resource_are_part_of_the_key() {
     let s = snapshot();
     assert!(allowed(&s, "document.read", r#"Document::"d1""#, &facts()));

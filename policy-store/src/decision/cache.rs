@@ -5,8 +5,10 @@
 //! key without being written down. The rest of the key is everything else the evaluation
 //! reads: principal, action, resource, the parents the route claims, the roles in force
 //! (which already reflect the clock, MFA, band and device conditions of the assignments) and
-//! every context value. INVARIANT: a new input of the evaluation must join [`KeyRef`], or
-//! the cache would answer for a request it has not seen.
+//! the context values the action's policies read (those they do not read are left out, so
+//! that, say, the minute or the client IP does not split entries for an action whose
+//! policies never look at them). INVARIANT: a new input of the evaluation must join
+//! [`KeyRef`], or the cache would answer for a request it has not seen.
 //!
 //! Entries are found by a keyed hash of the borrowed key and then compared field by field,
 //! so a hit allocates nothing and a hash collision is only a miss.
@@ -16,6 +18,7 @@ use std::sync::Arc;
 
 use super::{Decision, RequestFacts};
 use crate::model::EntityRef;
+use crate::slice::ContextAttrs;
 
 /// How many decisions one snapshot keeps.
 pub const DECISION_CACHE_ENTRIES: u64 = 16_384;
@@ -46,16 +49,43 @@ pub(super) struct ContextKey<'a> {
 }
 
 impl<'a> ContextKey<'a> {
-    pub(super) fn of(facts: &'a RequestFacts) -> Self {
+    /// The facts the evaluation sees when its policies read the context attributes `read`:
+    /// the others are left at a zero value.
+    pub(super) fn of(facts: &'a RequestFacts, read: ContextAttrs) -> Self {
+        let kept = |attr| read.contains(attr);
         Self {
-            hour: facts.local_time.hour,
-            minute: facts.local_time.minute,
-            weekday: facts.local_time.weekday,
-            risk_score: facts.risk_score,
-            mfa: facts.mfa,
-            band: &facts.band,
-            ip: facts.ip.as_deref(),
-            device_id: facts.device_id.as_deref(),
+            hour: if kept(ContextAttrs::HOUR) {
+                facts.local_time.hour
+            } else {
+                0
+            },
+            minute: if kept(ContextAttrs::MINUTE) {
+                facts.local_time.minute
+            } else {
+                0
+            },
+            weekday: if kept(ContextAttrs::WEEKDAY) {
+                facts.local_time.weekday
+            } else {
+                0
+            },
+            risk_score: if kept(ContextAttrs::RISK_SCORE) {
+                facts.risk_score
+            } else {
+                0
+            },
+            mfa: kept(ContextAttrs::MFA) && facts.mfa,
+            band: if kept(ContextAttrs::BAND) {
+                &facts.band
+            } else {
+                ""
+            },
+            ip: facts.ip.as_deref().filter(|_| kept(ContextAttrs::IP)),
+            // `device_trusted` is the device id checked against the principal's devices (the
+            // principal is in the key).
+            device_id: facts.device_id.as_deref().filter(|_| {
+                read.intersects(ContextAttrs::DEVICE_ID.union(ContextAttrs::DEVICE_TRUSTED))
+            }),
         }
     }
 }

@@ -196,7 +196,7 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
         resource: request.resource,
         route_parents: request.route_parents,
         roles: &resolved.roles,
-        facts: cache::ContextKey::of(request.facts),
+        facts: cache::ContextKey::of(request.facts, resolved.action.reads().context),
     };
     if use_cache && let Some(mut hit) = snapshot.decisions().get(&key) {
         hit.elapsed = started.elapsed();
