@@ -52,41 +52,30 @@ impl<'a> ContextKey<'a> {
     /// The facts the evaluation sees when its policies read the context attributes `read`:
     /// the others are left at a zero value.
     pub(super) fn of(facts: &'a RequestFacts, read: ContextAttrs) -> Self {
-        let kept = |attr| read.contains(attr);
+        let time = &facts.local_time;
         Self {
-            hour: if kept(ContextAttrs::HOUR) {
-                facts.local_time.hour
-            } else {
-                0
-            },
-            minute: if kept(ContextAttrs::MINUTE) {
-                facts.local_time.minute
-            } else {
-                0
-            },
-            weekday: if kept(ContextAttrs::WEEKDAY) {
-                facts.local_time.weekday
-            } else {
-                0
-            },
-            risk_score: if kept(ContextAttrs::RISK_SCORE) {
-                facts.risk_score
-            } else {
-                0
-            },
-            mfa: kept(ContextAttrs::MFA) && facts.mfa,
-            band: if kept(ContextAttrs::BAND) {
-                &facts.band
-            } else {
-                ""
-            },
-            ip: facts.ip.as_deref().filter(|_| kept(ContextAttrs::IP)),
+            hour: if_read(read, ContextAttrs::HOUR, time.hour),
+            minute: if_read(read, ContextAttrs::MINUTE, time.minute),
+            weekday: if_read(read, ContextAttrs::WEEKDAY, time.weekday),
+            risk_score: if_read(read, ContextAttrs::RISK_SCORE, facts.risk_score),
+            mfa: if_read(read, ContextAttrs::MFA, facts.mfa),
+            band: if_read(read, ContextAttrs::BAND, facts.band.as_str()),
+            ip: if_read(read, ContextAttrs::IP, facts.ip.as_deref()),
             // `device_trusted` is the device id checked against the principal's devices (the
             // principal is in the key).
             device_id: facts.device_id.as_deref().filter(|_| {
                 read.intersects(ContextAttrs::DEVICE_ID.union(ContextAttrs::DEVICE_TRUSTED))
             }),
         }
+    }
+}
+
+/// `value` when `attr` is among the attributes `read`, else its zero value.
+fn if_read<T: Default>(read: ContextAttrs, attr: ContextAttrs, value: T) -> T {
+    if read.contains(attr) {
+        value
+    } else {
+        T::default()
     }
 }
 

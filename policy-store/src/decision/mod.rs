@@ -673,7 +673,8 @@ impl<'p> Combined<'p> {
             let satisfied = match evaluator.interpret(policy.condition(), policy.slots()) {
                 Ok(value) => match value.value_kind() {
                     ValueKind::Lit(Literal::Bool(b)) => Ok(*b),
-                    // A condition is a conjunction, so this cannot happen; fail closed.
+                    // A body that is not a boolean (validation refuses one) is an error,
+                    // as in the conjunction Cedar's authorizer evaluates.
                     _ => Err(format!(
                         "the condition evaluated to `{value}`, not a boolean"
                     )),
