@@ -221,6 +221,14 @@ impl ContextAttrs {
         Self(self.0 | other.0)
     }
 
+    /// The attribute's name, for a set of exactly one attribute.
+    fn name(self) -> Option<&'static str> {
+        CONTEXT_ATTRIBUTES
+            .iter()
+            .find(|(_, attr)| *attr == self)
+            .map(|(name, _)| *name)
+    }
+
     /// Whether every attribute of `attrs` is in this set.
     pub(crate) fn contains(self, attrs: Self) -> bool {
         self.0 & attrs.0 == attrs.0
@@ -241,40 +249,23 @@ pub(crate) fn context(
     wanted: ContextAttrs,
 ) -> Result<cedar_policy_core::ast::Context, String> {
     let mut record: BTreeMap<SmolStr, Value> = BTreeMap::new();
-    let mut put = |attr: ContextAttrs, name: &'static str, value: Value| {
-        if wanted.contains(attr) {
+    let mut put = |attr: ContextAttrs, value: Value| {
+        if wanted.contains(attr)
+            && let Some(name) = attr.name()
+        {
             record.insert(SmolStr::new_static(name), value);
         }
     };
-    put(
-        ContextAttrs::HOUR,
-        "hour",
-        i64::from(facts.local_time.hour).into(),
-    );
-    put(
-        ContextAttrs::MINUTE,
-        "minute",
-        i64::from(facts.local_time.minute).into(),
-    );
-    put(
-        ContextAttrs::WEEKDAY,
-        "weekday",
-        i64::from(facts.local_time.weekday).into(),
-    );
-    put(
-        ContextAttrs::RISK_SCORE,
-        "risk_score",
-        facts.risk_score.into(),
-    );
-    put(ContextAttrs::MFA, "mfa", facts.mfa.into());
-    put(
-        ContextAttrs::DEVICE_TRUSTED,
-        "device_trusted",
-        device_trusted.into(),
-    );
-    put(ContextAttrs::BAND, "band", facts.band.as_str().into());
+    let time = &facts.local_time;
+    put(ContextAttrs::HOUR, i64::from(time.hour).into());
+    put(ContextAttrs::MINUTE, i64::from(time.minute).into());
+    put(ContextAttrs::WEEKDAY, i64::from(time.weekday).into());
+    put(ContextAttrs::RISK_SCORE, facts.risk_score.into());
+    put(ContextAttrs::MFA, facts.mfa.into());
+    put(ContextAttrs::DEVICE_TRUSTED, device_trusted.into());
+    put(ContextAttrs::BAND, facts.band.as_str().into());
     if let Some(d) = &facts.device_id {
-        put(ContextAttrs::DEVICE_ID, "device_id", d.as_str().into());
+        put(ContextAttrs::DEVICE_ID, d.as_str().into());
     }
     if let Some(ip) = facts
         .ip
@@ -288,7 +279,7 @@ pub(crate) fn context(
         let value = RestrictedEvaluator::new(Extensions::all_available())
             .interpret(call.as_borrowed())
             .map_err(|e| format!("client ip `{ip}`: {e}"))?;
-        put(ContextAttrs::IP, "ip", value);
+        put(ContextAttrs::IP, value);
     }
     Ok(cedar_policy_core::ast::Context::Value(Arc::new(record)))
 }
@@ -306,6 +297,7 @@ mod tests {
             // One bit per attribute, each its own.
             assert_eq!(attr.0.count_ones(), 1, "{name}");
             assert_eq!(none.with(name), attr, "{name}");
+            assert_eq!(attr.name(), Some(name));
             assert!(!none.contains(attr) && !none.intersects(attr));
             assert_eq!(some.contains(attr), name == "ip" || name == "mfa", "{name}");
             assert!(ContextAttrs::ALL.contains(attr));
