@@ -654,6 +654,17 @@ impl Portcullis {
         })
     }
 
+    /// Waits up to 10 s for `done`, failing with `what` and the log. For what the proxy
+    /// does on its own schedule (reloads, sinks) or after the answer has gone out (request
+    /// metrics and log lines are written once the response is sent).
+    pub fn wait_for(&self, mut done: impl FnMut() -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A request on the data plane; `token` becomes `Authorization: Bearer`.
     pub fn get(&self, target: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Reply {
         self.request("GET", target, token, headers)

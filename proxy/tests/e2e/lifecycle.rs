@@ -43,10 +43,22 @@ fn ops_endpoints_answer_and_metrics_pass_promtool() {
         404
     );
 
-    let text = p.metrics_text();
-    for name in [
+    // Requests are counted once their answer has gone out.
+    let counted = [
         "portcullis_requests_total{outcome=\"allowed\",route=\"get_document\"} 1",
         "portcullis_requests_total{outcome=\"unauthenticated\",route=\"get_document\"} 1",
+    ];
+    p.wait_for(
+        || {
+            let text = p.metrics_text();
+            counted.iter().all(|line| text.contains(line))
+        },
+        "both requests are counted",
+    );
+    let text = p.metrics_text();
+    for name in [
+        counted[0],
+        counted[1],
         "portcullis_decision_duration_seconds_bucket",
         "portcullis_upstream_duration_seconds_bucket",
         "portcullis_jwt_validations_total",
@@ -116,7 +128,7 @@ fn reload_refuses_bad_config_applies_good_and_sigterm_drains() {
     // A configuration with an unknown key is refused; the old one keeps serving.
     std::fs::write(&p.config_file, format!("{good}\nthreds: 4\n")).expect("write");
     p.signal("HUP");
-    wait_for(|| rejected(&p) >= 1.0, "the bad reload is counted", &p);
+    p.wait_for(|| rejected(&p) >= 1.0, "the bad reload is counted");
     assert!(p.log().contains("threds"), "the log names the bad key");
     assert_eq!(
         delete(&p).status,
@@ -129,7 +141,7 @@ fn reload_refuses_bad_config_applies_good_and_sigterm_drains() {
     assert_ne!(saturday, good);
     std::fs::write(&p.config_file, saturday).expect("write");
     p.signal("HUP");
-    wait_for(|| applied(&p) >= 1.0, "the good reload is applied", &p);
+    p.wait_for(|| applied(&p) >= 1.0, "the good reload is applied");
     let r = delete(&p);
     assert_eq!(r.status, 403, "{}", r.body);
     let id = r.json()["decision_id"]
@@ -155,10 +167,9 @@ fn reload_refuses_bad_config_applies_good_and_sigterm_drains() {
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     p.signal("TERM");
-    wait_for(
+    p.wait_for(
         || raw_request(p.ops, "GET", "/readyz", &[]).is_some_and(|r| r.status == 503),
         "readyz turns 503",
-        &p,
     );
     let served = p.get("/v1/spaces/s1/documents/d1", Some(&alice), &[]);
     assert_eq!(served.status, 200, "still serving while draining");
@@ -183,14 +194,6 @@ fn reload_refuses_bad_config_applies_good_and_sigterm_drains() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains(&format!("last at seq {last}")), "{stdout}");
-}
-
-fn wait_for(mut done: impl FnMut() -> bool, what: &str, p: &Portcullis) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}:\n{}", p.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -265,10 +268,6 @@ fn https_listener_follows_its_certificate_files() {
         )
         .unwrap_or(0.0)
     };
-    wait_for(
-        || rejected() >= 1.0,
-        "the broken certificate is refused",
-        &p,
-    );
+    p.wait_for(|| rejected() >= 1.0, "the broken certificate is refused");
     assert_eq!(get(&second.cert.pem()).expect("still served"), 200);
 }
