@@ -189,6 +189,8 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
         Ok(resolved) => resolved,
         Err((reason, detail)) => return Decision::deny(reason, detail, started),
     };
+    // What the action's policies read of the context and the action hierarchy.
+    let reads = resolved.action.reads();
 
     let key = cache::KeyRef {
         principal: request.principal,
@@ -196,7 +198,7 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
         resource: request.resource,
         route_parents: request.route_parents,
         roles: &resolved.roles,
-        facts: cache::ContextKey::of(request.facts, resolved.action.reads().context),
+        facts: cache::ContextKey::of(request.facts, reads.context),
     };
     if use_cache && let Some(mut hit) = snapshot.decisions().get(&key) {
         hit.elapsed = started.elapsed();
@@ -204,8 +206,7 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
         return hit;
     }
 
-    let slice = resolved.slice(snapshot, request);
-    let mut decision = match slice.cedar_input(resolved.action.reads()) {
+    let mut decision = match resolved.cedar_input(reads) {
         Ok(input) => {
             let mut decision = input.evaluate(resolved.action);
             decision.effective_roles = resolved.roles.iter().map(|r| (*r).to_owned()).collect();
@@ -221,8 +222,11 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
 }
 
 /// What a request resolves to in the snapshot: its action's policies, the principal with
-/// its groups, the resource chain and the roles in force.
+/// its groups, the resource chain and the roles in force; its entity slice is built from
+/// these.
 struct Resolved<'s> {
+    snapshot: &'s Snapshot,
+    request: &'s DecisionRequest<'s>,
     action: &'s ActionPolicies,
     principal: &'s PrincipalView,
     groups: Vec<&'s PrincipalView>,
@@ -236,7 +240,7 @@ impl<'s> Resolved<'s> {
     /// parent the resource does not have.
     fn of(
         snapshot: &'s Snapshot,
-        request: &DecisionRequest<'s>,
+        request: &'s DecisionRequest<'s>,
     ) -> Result<Self, (DecisionReason, Option<String>)> {
         let Some(action) = snapshot.policies().index().action(request.action) else {
             return Err((
@@ -260,6 +264,8 @@ impl<'s> Resolved<'s> {
         let groups = group_closure(snapshot, &principal.principal.groups);
         let roles = effective_roles(principal, &groups, &resource, request.facts, device_trusted);
         Ok(Self {
+            snapshot,
+            request,
             action,
             principal,
             groups,
@@ -267,18 +273,6 @@ impl<'s> Resolved<'s> {
             roles,
             device_trusted,
         })
-    }
-
-    fn slice<'a>(
-        &'a self,
-        snapshot: &'s Snapshot,
-        request: &'a DecisionRequest<'a>,
-    ) -> Slice<'a, 's> {
-        Slice {
-            snapshot,
-            request,
-            resolved: self,
-        }
     }
 }
 
@@ -435,13 +429,6 @@ fn in_force(a: &Assignment, facts: &RequestFacts, device_trusted: bool) -> bool 
         && (!c.require_trusted_device || device_trusted)
 }
 
-/// Everything one decision's entity slice is built from.
-struct Slice<'a, 's> {
-    snapshot: &'s Snapshot,
-    request: &'a DecisionRequest<'a>,
-    resolved: &'a Resolved<'s>,
-}
-
 /// One evaluation's input to Cedar: the request and its entity slice, and the scopes whose
 /// policy lists apply (the principal's ancestors and the principal).
 struct CedarInput {
@@ -466,36 +453,35 @@ impl CedarInput {
     }
 }
 
-impl Slice<'_, '_> {
+impl Resolved<'_> {
     /// Builds the entity slice and the request, with only what `reads` names of the action
     /// hierarchy and the context (the decision core passes what the action's policies can
     /// read). `Err` is a request that could not be turned into Cedar (a deny).
     fn cedar_input(&self, reads: Reads) -> Result<CedarInput, String> {
-        let resolved = self.resolved;
-        let principal_uid = self.principal_uid(resolved.principal)?;
+        let principal_uid = self.principal_uid(self.principal)?;
         // The principal's ancestors: its groups and the roles in force.
         let mut principal_scopes: Vec<EntityUID> =
-            Vec::with_capacity(1 + resolved.groups.len() + resolved.roles.len());
-        for g in &resolved.groups {
+            Vec::with_capacity(1 + self.groups.len() + self.roles.len());
+        for g in &self.groups {
             principal_scopes.push(self.principal_uid(g)?);
         }
-        for role in &resolved.roles {
+        for role in &self.roles {
             principal_scopes.push(self.role_uid(role)?);
         }
         let principal_ancestors: HashSet<EntityUID> = principal_scopes.iter().cloned().collect();
         principal_scopes.push(principal_uid.clone());
-        let resource_uid = self.entity_uid(resolved.resource.resource, resolved.resource.view)?;
+        let resource_uid = self.entity_uid(self.resource.resource, self.resource.view)?;
 
         // INVARIANT: every entity of the slice carries its transitively closed ancestors,
         // because the slice is built with `TCComputation::AssumeAlreadyComputed`.
         let mut slice: Vec<Entity> =
-            Vec::with_capacity(2 + resolved.groups.len() + resolved.resource.ancestors.len());
+            Vec::with_capacity(2 + self.groups.len() + self.resource.ancestors.len());
         slice.push(slice::entity(
             principal_uid.clone(),
-            self.principal_attrs(resolved.principal),
+            self.principal_attrs(self.principal),
             principal_ancestors,
         ));
-        for g in &resolved.groups {
+        for g in &self.groups {
             let closure = group_closure(self.snapshot, &g.principal.groups)
                 .into_iter()
                 .map(|parent| self.principal_uid(parent))
@@ -506,11 +492,11 @@ impl Slice<'_, '_> {
         if resource_uid != principal_uid {
             slice.push(self.resource_entity(resource_uid.clone())?);
         }
-        for (uid, view) in &resolved.resource.ancestors {
+        for (uid, view) in &self.resource.ancestors {
             slice.push(self.ancestor_entity(uid, *view)?);
         }
         if reads.action {
-            slice.extend(resolved.action.hierarchy().iter().cloned());
+            slice.extend(self.action.hierarchy().iter().cloned());
         }
         let entities = Entities::from_entities(
             slice,
@@ -520,10 +506,10 @@ impl Slice<'_, '_> {
         )
         .map_err(|e| e.to_string())?;
 
-        let context = slice::context(self.request.facts, resolved.device_trusted, reads.context)?;
+        let context = slice::context(self.request.facts, self.device_trusted, reads.context)?;
         let request = Request::new_unchecked(
             EntityUIDEntry::known(principal_uid, None),
-            EntityUIDEntry::known(resolved.action.uid().clone(), None),
+            EntityUIDEntry::known(self.action.uid().clone(), None),
             EntityUIDEntry::known(resource_uid, None),
             Some(context),
         );
@@ -589,7 +575,7 @@ impl Slice<'_, '_> {
     /// gets the principal's attributes; any other gets its stored (or no) attributes with the
     /// effective tenant and archived flags.
     fn resource_entity(&self, uid: EntityUID) -> Result<Entity, String> {
-        let chain = &self.resolved.resource;
+        let chain = &self.resource;
         let ancestors = chain
             .ancestors
             .iter()

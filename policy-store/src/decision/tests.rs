@@ -419,13 +419,15 @@ fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
                     let Ok(resolved) = Resolved::of(&snapshot, &request) else {
                         continue;
                     };
-                    let slice = resolved.slice(&snapshot, &request);
                     let reads = resolved.action.reads();
                     if reads != everything {
                         projected += 1;
                     }
-                    let ours = slice.cedar_input(reads).unwrap().evaluate(resolved.action);
-                    let full = slice.cedar_input(everything).unwrap();
+                    let ours = resolved
+                        .cedar_input(reads)
+                        .unwrap()
+                        .evaluate(resolved.action);
+                    let full = resolved.cedar_input(everything).unwrap();
                     let theirs = Authorizer::new().is_authorized(full.request, all, &full.entities);
 
                     let case = format!("{principal} {action_id} {resource} {facts:?}");
