@@ -148,7 +148,7 @@ pub struct Metrics {
     pub upstream_seconds: HistogramVec,
     /// `portcullis_jwt_validations_total{outcome}`: `ok`, `cached`, or an error code.
     pub jwt: IntCounterVec,
-    /// `portcullis_bad_requests_total{reason}`: refused request targets by reason.
+    /// `portcullis_bad_requests_total{reason}`: requests refused as ambiguous, by reason.
     pub bad_requests: IntCounterVec,
     /// `portcullis_snapshot_revision`.
     pub snapshot_revision: IntGauge,
@@ -280,7 +280,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         bad_requests: counter(
             "portcullis_bad_requests_total",
-            "Request targets refused before routing, by reason.",
+            "Requests refused as ambiguous before routing (target, credentials, method, host), by reason.",
             &["reason"],
         ),
         snapshot_revision,

@@ -216,6 +216,7 @@ fn config_dump_prints_the_example_and_reports_every_problem() {
             "ops.adress=x",
         ])
         .env("PORTCULLIS_LISTEN__ADDRESS", "nowhere")
+        .env("PORTCULLIS_DECISION_ENDPOINT__ENABLED", "true")
         .env("PORTCULLIS_STORE__POSTGRES_URL", "postgres://u:secret@db/p")
         .output()
         .unwrap();
@@ -225,7 +226,8 @@ fn config_dump_prints_the_example_and_reports_every_problem() {
         "--set ops.adress: `ops.adress` is not a configuration key",
         "threads: must be at least 1",
         "listen.address: `nowhere` is not an address",
-        "3 problem(s)",
+        "decision_endpoint.gateway: name the gateway in front: `nginx`, `traefik` or `envoy`",
+        "4 problem(s)",
     ] {
         assert!(err.contains(expected), "{expected} in {err}");
     }

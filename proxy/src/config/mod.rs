@@ -16,6 +16,8 @@ mod overrides;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::data_plane::gateway::GatewayKind;
+use crate::data_plane::screen::MethodOverride;
 use portcullis_policy_store::audit::RedactionMasks;
 use portcullis_policy_store::audit::tail::SinkFormat;
 use serde::{Deserialize, Serialize};
@@ -313,6 +315,22 @@ pub struct AuthConfig {
     pub token_cache_entries: u64,
     /// Which claims mean what.
     pub claims: ClaimsConfig,
+    /// Whether the upstream receives the caller's `Authorization`: `verified` (on a
+    /// protected route only the credential that was verified, never an unverified one) or
+    /// `none`.
+    pub forward_credential: ForwardCredential,
+}
+
+/// What becomes of the caller's `Authorization` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardCredential {
+    /// Forwarded when it was verified (protected routes) or, on a public route, as sent;
+    /// removed when it did not verify (shadow mode).
+    #[default]
+    Verified,
+    /// Never forwarded.
+    None,
 }
 
 impl Default for AuthConfig {
@@ -333,6 +351,7 @@ impl Default for AuthConfig {
             max_token_bytes: 8_192,
             token_cache_entries: 100_000,
             claims: ClaimsConfig::default(),
+            forward_credential: ForwardCredential::Verified,
         }
     }
 }
@@ -412,6 +431,11 @@ pub struct EnforcementConfig {
     pub mode: Mode,
     /// Status for requests no route matches: 403 or 404.
     pub unmatched_status: u16,
+    /// A method-override header or parameter naming another method: `refuse` (400) or
+    /// `strip` (removed before forwarding; the decision endpoint always refuses).
+    pub method_override: MethodOverride,
+    /// Query parameters that act as method overrides for the app (e.g. `_method`).
+    pub method_override_query: Vec<String>,
 }
 
 impl Default for EnforcementConfig {
@@ -419,6 +443,8 @@ impl Default for EnforcementConfig {
         Self {
             mode: Mode::Enforce,
             unmatched_status: 403,
+            method_override: MethodOverride::Refuse,
+            method_override_query: Vec::new(),
         }
     }
 }
@@ -441,8 +467,13 @@ pub struct DecisionEndpointConfig {
     pub enabled: bool,
     /// Its path; requests below it carry the original path (Envoy's `path_prefix`).
     pub path: String,
-    /// Gateways (CIDRs) whose `X-Original-*` / `X-Forwarded-*` headers are believed.
+    /// Gateways (CIDRs) allowed to call it.
     pub trusted_gateways: Vec<String>,
+    /// The gateway in front, which says how it names the request it asks about: `nginx`
+    /// (`X-Original-Method`, `X-Original-URI`), `traefik` (`X-Forwarded-Method`,
+    /// `X-Forwarded-Uri`) or `envoy` (the request's method, the path after `path`).
+    /// Required when enabled.
+    pub gateway: Option<GatewayKind>,
 }
 
 impl Default for DecisionEndpointConfig {
@@ -451,6 +482,7 @@ impl Default for DecisionEndpointConfig {
             enabled: false,
             path: String::from("/.portcullis/authz"),
             trusted_gateways: vec![String::from("127.0.0.1/32"), String::from("::1/128")],
+            gateway: None,
         }
     }
 }
@@ -918,6 +950,20 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             "enforcement.unmatched_status",
             "must be 403 or 404",
         ));
+    }
+    if config.decision_endpoint.enabled && config.decision_endpoint.gateway.is_none() {
+        problems.push(problem(
+            "decision_endpoint.gateway",
+            "name the gateway in front: `nginx`, `traefik` or `envoy`",
+        ));
+    }
+    for name in &config.enforcement.method_override_query {
+        if name.is_empty() || name.contains(['&', '=']) {
+            problems.push(problem(
+                "enforcement.method_override_query",
+                format!("`{name}` is not a query parameter name"),
+            ));
+        }
     }
     let endpoint = &config.decision_endpoint.path;
     if !endpoint.starts_with('/') || endpoint.len() < 2 {

@@ -13,9 +13,17 @@
 //! | `x-portcullis-decision-id` | the decision's id (also in the audit record) |
 //! | `traceparent` | W3C trace context: the caller's trace with a new span, or a new trace |
 //!
-//! Also removed from client requests, because some frameworks route by them: every header
-//! that claims an "original" URL (`x-original-url`, `x-original-uri`, `x-rewrite-url`,
-//! `x-forwarded-uri`, `x-forwarded-prefix`, `x-forwarded-path`, `x-envoy-original-path`).
+//! Also removed from client requests, in every spelling ([`strip_client_headers`]):
+//! - every header that claims an "original" URL ([`ORIGINAL_URL_HEADERS`]), because some
+//!   frameworks route by them;
+//! - `Proxy-Authorization`, a credential Portcullis never checks;
+//! - forwarding and client-address headers ([`FORWARDING_HEADERS`]) unless a trusted hop
+//!   sent them in their exact spelling; `X-Forwarded-For` and `X-Forwarded-Proto` are then
+//!   set from what Portcullis itself saw;
+//! - `Authorization` when no credential was verified on a protected route, or when
+//!   `auth.forward_credential` is `none`;
+//! - method-override headers (those naming another method than the request's were refused
+//!   unless `enforcement.method_override` is `strip`).
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -40,7 +48,8 @@ pub const DECISION_ID: &str = "x-portcullis-decision-id";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
-const ORIGINAL_URL_HEADERS: &[&str] = &[
+/// Headers that claim an original URL; some frameworks route by them.
+pub const ORIGINAL_URL_HEADERS: &[&str] = &[
     "x-original-url",
     "x-original-uri",
     "x-rewrite-url",
@@ -50,29 +59,94 @@ const ORIGINAL_URL_HEADERS: &[&str] = &[
     "x-envoy-original-path",
 ];
 
-/// Whether a client header must not reach the upstream: an identity header or an
-/// original-URL header, in any spelling. Runs for every header of every request, so it
-/// compares in place rather than building the canonical spelling.
-pub fn is_reserved(name: &str) -> bool {
-    let canonical = |b: &u8| match b {
+/// Headers that make frameworks treat a request as another method.
+pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Headers that say who the client is or how it reached us. Believed only from a trusted
+/// hop, and only in their exact spelling; `x-forwarded-for` is then rewritten from the
+/// peer address.
+pub const FORWARDING_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "forwarded",
+    "x-forwarded",
+    "forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-host",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-originating-ip",
+];
+
+/// `Proxy-Authorization`: a credential for a proxy, which Portcullis never reads.
+pub const PROXY_AUTHORIZATION: &str = "proxy-authorization";
+
+/// Whether `name` is `canonical` (lower case, `-` between words) in some spelling: any
+/// case, and `_` or `.` for `-`. Servers that read headers as CGI-style variables
+/// (`HTTP_X_FORWARDED_FOR`) cannot tell these spellings apart, so neither may we. Runs for
+/// every header of every request, so it compares in place.
+pub fn spells(name: &str, canonical: &str) -> bool {
+    name.len() == canonical.len() && spells_prefix(name.as_bytes(), canonical)
+}
+
+fn spells_prefix(name: &[u8], canonical: &str) -> bool {
+    let fold = |b: &u8| match b {
         b'_' | b'.' => b'-',
         b => b.to_ascii_lowercase(),
     };
-    let spells =
-        |candidate: &[u8], reserved: &str| candidate.iter().map(canonical).eq(reserved.bytes());
-    let name = name.as_bytes();
-    name.get(..PREFIX.len())
-        .is_some_and(|head| spells(head, PREFIX))
-        || ORIGINAL_URL_HEADERS
-            .iter()
-            .any(|reserved| reserved.len() == name.len() && spells(name, reserved))
+    name.get(..canonical.len())
+        .is_some_and(|head| head.iter().map(fold).eq(canonical.bytes()))
 }
 
-/// Removes every reserved header.
-pub fn strip_reserved(headers: &mut HeaderMap) {
+/// Whether a client header must never reach the upstream: an identity header or an
+/// original-URL header, in any spelling.
+pub fn is_reserved(name: &str) -> bool {
+    spells_prefix(name.as_bytes(), PREFIX) || ORIGINAL_URL_HEADERS.iter().any(|r| spells(name, r))
+}
+
+/// The canonical forwarding header `name` spells, if any.
+fn forwarding(name: &str) -> Option<&'static str> {
+    FORWARDING_HEADERS.iter().copied().find(|f| spells(name, f))
+}
+
+/// What [`strip_client_headers`] removes beside the reserved headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strip {
+    /// The peer is a trusted hop: forwarding headers in their exact spelling pass.
+    pub trusted_peer: bool,
+    /// Remove `Authorization` (none was verified, or credentials are not forwarded).
+    pub authorization: bool,
+}
+
+/// Removes, in every spelling, what a client may not send the upstream: the reserved
+/// headers, `Proxy-Authorization`, method overrides (those naming another method were
+/// refused unless `enforcement.method_override` is `strip`), forwarding headers (unless
+/// from a trusted hop in their exact spelling) and, when `strip` says, `Authorization`.
+/// One pass; allocates only when something is removed.
+pub fn strip_client_headers(headers: &mut HeaderMap, strip: Strip) {
     let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_reserved(n.as_str()))
+        .filter(|n| {
+            let name = n.as_str();
+            is_reserved(name)
+                || spells(name, PROXY_AUTHORIZATION)
+                || (strip.authorization && *n == http::header::AUTHORIZATION)
+                || METHOD_OVERRIDE_HEADERS.iter().any(|m| spells(name, m))
+                || forwarding(name).is_some_and(|f| !strip.trusted_peer || name != f)
+        })
         .cloned()
         .collect();
     for name in names {
@@ -211,20 +285,83 @@ mod tests {
         }
     }
 
+    fn stripped(names: &[&str], strip: Strip) -> Vec<String> {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for name in names {
+            req.append_header(name.to_string(), "v").unwrap();
+        }
+        let mut headers = req.headers.clone();
+        strip_client_headers(&mut headers, strip);
+        headers.keys().map(|k| k.as_str().to_owned()).collect()
+    }
+
+    const UNTRUSTED: Strip = Strip {
+        trusted_peer: false,
+        authorization: false,
+    };
+
     #[test]
     fn strip_removes_duplicates_and_variants() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_header("X-Portcullis-Subject", "mallory")
-            .unwrap();
-        req.append_header("x-portcullis-subject", "mallory2")
-            .unwrap();
-        req.append_header("X_Portcullis_Roles", "admin").unwrap();
-        req.append_header("X-Original-URL", "/admin").unwrap();
-        req.append_header("Accept", "*/*").unwrap();
-        let mut headers = req.headers.clone();
-        strip_reserved(&mut headers);
-        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        let left = stripped(
+            &[
+                "X-Portcullis-Subject",
+                "x-portcullis-subject",
+                "X_Portcullis_Roles",
+                "X-Original-URL",
+                "Proxy-Authorization",
+                "Proxy_Authorization",
+                "Accept",
+            ],
+            UNTRUSTED,
+        );
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn forwarding_headers_pass_only_from_a_trusted_hop_in_their_exact_spelling() {
+        for canonical in FORWARDING_HEADERS {
+            let variants = [
+                canonical.to_string(),
+                canonical.to_ascii_uppercase(),
+                canonical.replace('-', "_"),
+                canonical.replace('-', "."),
+            ];
+            for name in &variants {
+                assert!(
+                    stripped(&[name], UNTRUSTED).is_empty(),
+                    "`{name}` from an untrusted peer"
+                );
+                let trusted = Strip {
+                    trusted_peer: true,
+                    ..UNTRUSTED
+                };
+                let left = stripped(&[name], trusted);
+                // Header maps keep names in lower case: only `_`/`.` spellings differ.
+                let exact = name.to_ascii_lowercase() == *canonical;
+                assert_eq!(
+                    left.len(),
+                    usize::from(exact),
+                    "`{name}` from a trusted hop"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn method_overrides_always_go_and_authorization_when_asked() {
+        let names = [
+            "Authorization",
+            "X-HTTP-Method-Override",
+            "x_http_method",
+            "X.Method.Override",
+            "Accept",
+        ];
+        assert_eq!(stripped(&names, UNTRUSTED), ["authorization", "accept"]);
+        let all = Strip {
+            trusted_peer: false,
+            authorization: true,
+        };
+        assert_eq!(stripped(&names, all), ["accept"]);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The data plane: what happens to one request, from its target to a forward or a refusal.
 //!
-//! - [`path`] normalises the target once; [`crate::routes`] maps method + path to a Cedar
-//!   action and resource;
+//! - [`path`] normalises the target once; [`screen`] refuses what is ambiguous about the
+//!   rest (credentials, method overrides, `Host`); [`crate::routes`] maps method + path to
+//!   a Cedar action and resource;
 //! - [`authn`] verifies the bearer token; [`context`] builds the request facts;
 //! - [`DataPlane::check`] runs those steps and the decision core, and says whether to
 //!   forward (with which identity) or to refuse (with which [`respond::Rejection`]);
 //! - [`proxy`] is the Pingora `ProxyHttp` that calls it for every request and also serves
-//!   the decision-only endpoint for other gateways;
+//!   the decision-only endpoint for other gateways, whose question [`gateway`] reads;
 //! - [`headers`] owns the identity headers.
 //!
 //! Everything the checks read — route map, settings, snapshot, keys — is prepared ahead and
@@ -14,10 +15,12 @@
 
 pub mod authn;
 pub mod context;
+pub mod gateway;
 pub mod headers;
 pub mod path;
 pub mod proxy;
 pub mod respond;
+pub mod screen;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,13 +34,15 @@ use portcullis_policy_store::decision::{Decision, DecisionRequest, RequestFacts,
 use portcullis_policy_store::model::PrincipalKind;
 use portcullis_policy_store::snapshot::SnapshotHandle;
 
-use crate::config::{Config, Mode, parse_cidr, split_host_port};
+use crate::config::{Config, ForwardCredential, Mode, parse_cidr, split_host_port};
 use crate::metrics::{HOT, METRICS, Outcome, RouteMetrics};
 use crate::routes::RouteMap;
 use authn::Authenticator;
 use context::ContextSettings;
+use gateway::GatewayKind;
 use path::Target;
 use respond::Rejection;
+use screen::Screen;
 
 /// One upstream, ready to connect to.
 #[derive(Debug, Clone)]
@@ -63,13 +68,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Whether this upstream serves `host` (a name without port or trailing dot, see
+    /// [`screen::host`]) and `path`.
     fn serves(&self, host: Option<&str>, path: &str) -> bool {
         let host_ok = match (&self.host, host) {
             (None, _) => true,
-            (Some(want), Some(got)) => {
-                let got = got.rsplit_once(':').map_or(got, |(h, _)| h);
-                want.eq_ignore_ascii_case(got)
-            }
+            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
             (Some(_), None) => false,
         };
         let prefix = self.path_prefix.as_str();
@@ -89,6 +93,8 @@ pub struct DecisionEndpoint {
     pub path: String,
     /// Peers allowed to call it.
     pub trusted_gateways: Vec<IpNet>,
+    /// How the gateway names the request it asks about.
+    pub gateway: GatewayKind,
 }
 
 /// Everything the data plane decides with apart from the snapshot and the keys: built from
@@ -107,6 +113,10 @@ pub struct Gate {
     pub upstreams: Vec<Upstream>,
     /// The decision endpoint, if enabled.
     pub decision_endpoint: Option<DecisionEndpoint>,
+    /// What a request may not carry.
+    pub screen: Screen,
+    /// Whether the verified credential goes on to the upstream.
+    pub forward_credential: ForwardCredential,
     /// Metric handles per route, by route index; the last one is for unmatched requests.
     route_metrics: Vec<RouteMetrics>,
 }
@@ -125,7 +135,10 @@ impl Gate {
                     address: u.address.clone(),
                     tls: u.tls,
                     sni: u.sni.clone().unwrap_or_else(|| host.to_owned()),
-                    host: u.host.clone(),
+                    host: u
+                        .host
+                        .as_deref()
+                        .map(|h| h.trim_end_matches('.').to_owned()),
                     path_prefix: u.path_prefix.clone(),
                     connect_timeout: Duration::from_millis(u.connect_timeout_ms),
                     read_timeout: Duration::from_millis(u.read_timeout_ms),
@@ -138,6 +151,9 @@ impl Gate {
             .enabled
             .then(|| {
                 Ok::<_, String>(DecisionEndpoint {
+                    gateway: endpoint.gateway.ok_or_else(|| {
+                        String::from("decision_endpoint.gateway: name the gateway in front")
+                    })?,
                     path: endpoint.path.trim_end_matches('/').to_owned(),
                     trusted_gateways: endpoint
                         .trusted_gateways
@@ -164,6 +180,11 @@ impl Gate {
             context: ContextSettings::new(&config.context)?,
             upstreams,
             decision_endpoint,
+            screen: Screen {
+                method_override: config.enforcement.method_override,
+                override_query: config.enforcement.method_override_query.clone(),
+            },
+            forward_credential: config.auth.forward_credential,
         })
     }
 
@@ -216,6 +237,8 @@ pub struct Checked {
     pub shadowed: Option<Rejection>,
     /// Identity headers for the upstream (allowed, or authenticated in shadow mode).
     pub grant: Option<Grant>,
+    /// The request's `Authorization` was verified (it may go on to the upstream).
+    pub credential_verified: bool,
     /// Decision facts for the log: principal, action, resource.
     pub subject: Option<DecisionSubject>,
 }
@@ -311,7 +334,9 @@ fn new_decision_id(now_ms: i64) -> String {
 }
 
 impl DataPlane {
-    /// Checks one request: route, authentication, decision. `target` is already normalised.
+    /// Checks one request: screening, route, authentication, decision. `target` is already
+    /// normalised. `forwarded` says whether Portcullis forwards the request itself (and so
+    /// can strip what it must not pass on) or only answers for a gateway.
     pub fn check(
         &self,
         gate: &Gate,
@@ -319,6 +344,7 @@ impl DataPlane {
         target: &Target,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
+        forwarded: bool,
     ) -> Checked {
         let mut checked = Checked {
             route: None,
@@ -326,8 +352,16 @@ impl DataPlane {
             rejection: None,
             shadowed: None,
             grant: None,
+            credential_verified: false,
             subject: None,
         };
+        if let Err(e) = gate
+            .screen
+            .check(method, target.query.as_deref(), headers, forwarded)
+        {
+            METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+            return checked.reject(Rejection::BadRequest(e));
+        }
         if self.contact.as_ref().is_some_and(|c| c.is_stale()) {
             // Fail closed: the state may be too old to enforce.
             return checked.reject(Rejection::Unavailable("state_stale"));
@@ -360,6 +394,7 @@ impl DataPlane {
                 } else {
                     HOT.jwt_ok.inc();
                 }
+                checked.credential_verified = true;
                 identity
             }
             Err(e) => {
@@ -489,6 +524,7 @@ impl Checked {
             rejection: Some(rejection),
             shadowed: None,
             grant: None,
+            credential_verified: false,
             subject: None,
         }
     }
@@ -512,6 +548,7 @@ impl Checked {
         self.outcome = rejection.outcome();
         self.rejection = Some(rejection);
         self.grant = None;
+        self.credential_verified = false;
         self
     }
 

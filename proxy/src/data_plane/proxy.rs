@@ -3,12 +3,11 @@
 //! headers and the normalised target set in `upstream_request_filter`, metrics and the
 //! decision log in `logging`.
 //!
-//! The same listener serves the decision-only endpoint (`decision_endpoint.path`) for other
-//! gateways: nginx `auth_request` (`X-Original-Method`, `X-Original-URI`), Traefik
-//! forwardAuth (`X-Forwarded-Method`, `X-Forwarded-Uri`) and Envoy's HTTP ext_authz (the
-//! original path appended to the endpoint path). It answers 200 with the identity headers,
-//! or the refusal, and forwards nothing. Those headers are believed only from a configured
-//! trusted gateway.
+//! The same listener serves the decision-only endpoint (`decision_endpoint.path`) for the
+//! one configured kind of gateway in front ([`super::gateway`]: nginx `auth_request`,
+//! Traefik forwardAuth or Envoy's HTTP ext_authz). It answers 200 with the identity
+//! headers, or the refusal, and forwards nothing. Only configured trusted gateways may
+//! call it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -22,10 +21,13 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::context::ip_text;
-use super::headers::{self, edit_upstream_request, identity_headers, strip_reserved};
+use super::gateway::original_request;
+use super::headers::{self, Strip, edit_upstream_request, identity_headers, strip_client_headers};
 use super::path::{PathError, Target, normalize};
 use super::respond::{Rejection, bad_gateway_body};
+use super::screen;
 use super::{Checked, DataPlane, Gate, InFlight};
+use crate::config::ForwardCredential;
 use crate::metrics::{METRICS, Outcome};
 
 /// Per-request state.
@@ -94,40 +96,36 @@ impl EnforcingProxy {
         let checked =
             if peer.is_some_and(|ip| endpoint.trusted_gateways.iter().any(|n| n.contains(&ip))) {
                 let req = session.req_header();
-                let (method, uri): (String, Vec<u8>) =
-                    if let Some(uri) = header_text(req, "x-original-uri") {
-                        let method = header_text(req, "x-original-method").unwrap_or("GET");
-                        (method.to_owned(), uri.as_bytes().to_vec())
-                    } else if let Some(uri) = header_text(req, "x-forwarded-uri") {
-                        let method = header_text(req, "x-forwarded-method").unwrap_or("GET");
-                        (method.to_owned(), uri.as_bytes().to_vec())
-                    } else {
-                        // Envoy ext_authz (HTTP): the original path follows the endpoint path.
-                        let raw = req.raw_path();
-                        let rest = raw.get(prefix_len..).unwrap_or_default();
-                        let rest = if rest.first() == Some(&b'?') || rest.is_empty() {
-                            [b"/".as_slice(), rest].concat()
-                        } else {
-                            rest.to_vec()
-                        };
-                        (req.method.as_str().to_owned(), rest)
-                    };
-                match normalize(&uri) {
+                let asked = original_request(
+                    endpoint.gateway,
+                    &req.headers,
+                    req.method.as_str(),
+                    req.raw_path(),
+                    prefix_len,
+                );
+                match asked {
                     Err(e) => {
                         METRICS.bad_requests.with_label_values(&[e.code()]).inc();
-                        Checked::refused(Rejection::BadTarget(e))
+                        Checked::refused(Rejection::BadRequest(e))
                     }
-                    Ok(target) => {
-                        let checked = self.plane.check(
-                            gate,
-                            &method.to_ascii_uppercase(),
-                            &target,
-                            &req.headers,
-                            peer,
-                        );
-                        ctx.target = Some(target);
-                        checked
-                    }
+                    Ok(asked) => match normalize(&asked.target) {
+                        Err(e) => {
+                            METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                            Checked::refused(Rejection::BadTarget(e))
+                        }
+                        Ok(target) => {
+                            let checked = self.plane.check(
+                                gate,
+                                asked.method,
+                                &target,
+                                &req.headers,
+                                peer,
+                                false,
+                            );
+                            ctx.target = Some(target);
+                            checked
+                        }
+                    },
                 }
             } else {
                 Checked::refused(Rejection::UntrustedGateway)
@@ -232,19 +230,30 @@ impl ProxyHttp for EnforcingProxy {
             }
         }
 
+        let req = session.req_header();
+        let host = screen::host(
+            req.version,
+            &req.headers,
+            req.uri.authority().map(|a| a.as_str()),
+        );
         let normalized = if had_fragment(session) {
             Err(PathError::Fragment)
         } else {
             normalize(raw)
         };
-        let checked = match normalized {
-            Err(e) => {
+        let checked = match (host, normalized) {
+            (Err(e), _) => {
+                METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                Checked::refused(Rejection::BadRequest(e))
+            }
+            (_, Err(e)) => {
                 METRICS.bad_requests.with_label_values(&[e.code()]).inc();
                 Checked::refused(Rejection::BadTarget(e))
             }
-            Ok(target) => {
-                let req = session.req_header();
-                let host = header_text(req, "host").or_else(|| req.uri.host());
+            (Ok(host), Ok(mut target)) => {
+                if let Some(query) = gate.screen.strip_query(target.query.as_deref()) {
+                    target.query = query;
+                }
                 let checked = match gate.upstream_for(host, &target.path) {
                     None => Checked::refused(Rejection::NoUpstream),
                     Some(upstream) => {
@@ -255,6 +264,7 @@ impl ProxyHttp for EnforcingProxy {
                             &target,
                             &req.headers,
                             peer_ip(session),
+                            true,
                         )
                     }
                 };
@@ -311,12 +321,27 @@ impl ProxyHttp for EnforcingProxy {
             pingora::Error::explain(pingora::ErrorType::InternalError, "normalised target")
         })?;
         let peer = peer_ip(session);
+        let gate = ctx
+            .gate
+            .as_ref()
+            .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no gate"))?;
+        let trusted_peer = gate.context.is_trusted(peer);
+        let checked = ctx.checked.as_ref();
+        let keep_authorization = gate.forward_credential == ForwardCredential::Verified
+            && checked.is_some_and(|c| c.credential_verified || c.outcome == Outcome::Public);
+        let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         edit_upstream_request(upstream_request, |request| {
             request.uri = uri;
             let map = &mut request.headers;
-            strip_reserved(map);
+            strip_client_headers(
+                map,
+                Strip {
+                    trusted_peer,
+                    authorization: !keep_authorization,
+                },
+            );
             // Room for what is added: no growing and rehashing the map on the way.
-            map.reserve(7);
+            map.reserve(8);
             if let Some((traceparent, _)) = &ctx.traceparent {
                 map.insert(
                     const { HeaderName::from_static(headers::TRACEPARENT) },
@@ -328,18 +353,22 @@ impl ProxyHttp for EnforcingProxy {
                     map.insert(name, headers::value(value)?);
                 }
             }
-            // The client address as we see it; a chain is only extended for trusted hops.
-            if let (Some(ip), Some(gate)) = (peer, ctx.gate.as_ref()) {
+            // The client address as we see it; a chain is only extended for trusted hops
+            // (from anyone else, the forwarding headers are gone by now).
+            if let Some(ip) = peer {
                 let forwarded_for =
                     const { HeaderName::from_static(super::context::FORWARDED_FOR) };
                 let chain = map.get(&forwarded_for).and_then(|v| v.to_str().ok());
                 let forwarded = match chain {
-                    Some(chain) if gate.context.is_trusted(peer) => {
-                        format!("{chain}, {}", ip_text(ip))
-                    }
-                    _ => ip_text(ip),
+                    Some(chain) => format!("{chain}, {}", ip_text(ip)),
+                    None => ip_text(ip),
                 };
                 map.insert(forwarded_for, headers::value(forwarded)?);
+            }
+            let forwarded_proto = const { HeaderName::from_static("x-forwarded-proto") };
+            if !map.contains_key(&forwarded_proto) {
+                let scheme = if https { "https" } else { "http" };
+                map.insert(forwarded_proto, http::HeaderValue::from_static(scheme));
             }
             Ok(())
         })

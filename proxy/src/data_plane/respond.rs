@@ -4,7 +4,7 @@
 //!
 //! | status | `error` | when |
 //! |---|---|---|
-//! | 400 | `bad_request` | the request target is ambiguous (`reason` says why) |
+//! | 400 | `bad_request` | the request target, credentials, method or `Host` are ambiguous (`reason` says why) |
 //! | 401 | `unauthenticated` | no, bad or revoked credentials; with `WWW-Authenticate: Bearer` |
 //! | 403 | `forbidden` | the decision denied (`reason`, `decision_id`), or no route matches |
 //! | 404 | `not_found` | no route matches and `enforcement.unmatched_status` is 404 |
@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::authn::AuthnError;
 use super::headers::DECISION_ID;
 use super::path::PathError;
+use super::screen::RequestError;
 use crate::metrics::Outcome;
 
 /// Why the data plane answers a request itself.
@@ -26,6 +27,8 @@ use crate::metrics::Outcome;
 pub enum Rejection {
     /// An ambiguous request target.
     BadTarget(PathError),
+    /// Something else ambiguous about the request.
+    BadRequest(RequestError),
     /// No route matches (403 or 404).
     Unmatched {
         /// 403 or 404.
@@ -63,7 +66,7 @@ impl Rejection {
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Self::BadTarget(_) => 400,
+            Self::BadTarget(_) | Self::BadRequest(_) => 400,
             Self::Unmatched { status } => *status,
             Self::NoUpstream => 404,
             Self::Unauthenticated(_) | Self::SessionRevoked => 401,
@@ -75,7 +78,7 @@ impl Rejection {
     /// The metric outcome.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::BadTarget(_) => Outcome::BadRequest,
+            Self::BadTarget(_) | Self::BadRequest(_) => Outcome::BadRequest,
             Self::Unmatched { .. } | Self::NoUpstream => Outcome::Unmatched,
             Self::Unauthenticated(_) | Self::SessionRevoked => Outcome::Unauthenticated,
             Self::Denied { .. } | Self::UntrustedGateway => Outcome::Denied,
@@ -87,6 +90,7 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::BadTarget(e) => e.code(),
+            Self::BadRequest(e) => e.code(),
             Self::Unmatched { .. } => "no_route",
             Self::NoUpstream => "no_upstream",
             Self::Unauthenticated(e) => e.code(),
@@ -100,6 +104,7 @@ impl Rejection {
     fn body(&self) -> Vec<u8> {
         let (error, reason, decision_id) = match self {
             Self::BadTarget(e) => ("bad_request", Some(e.code()), None),
+            Self::BadRequest(e) => ("bad_request", Some(e.code()), None),
             Self::Unmatched { status: 404 } | Self::NoUpstream => {
                 ("not_found", Some(self.reason()), None)
             }

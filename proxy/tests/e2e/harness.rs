@@ -747,6 +747,16 @@ fn raw_exchange(
     if let Some(b) = &body {
         request.push_str(b);
     }
+    send_raw(local, addr, request.into_bytes())
+}
+
+/// Sends `request` exactly as given on a fresh connection and reads the reply to the end;
+/// for requests the other helpers cannot write (no `Host`, broken framing).
+pub fn send_raw(
+    local: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    request: Vec<u8>,
+) -> Option<Reply> {
     rt().block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let socket = tokio::net::TcpSocket::new_v4().ok()?;
@@ -757,7 +767,7 @@ fn raw_exchange(
             .await
             .ok()?
             .ok()?;
-        stream.write_all(request.as_bytes()).await.ok()?;
+        stream.write_all(&request).await.ok()?;
         let mut raw = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
             .await

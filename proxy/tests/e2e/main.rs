@@ -19,6 +19,7 @@ mod audit_sqs;
 mod distribution;
 mod enforcement;
 mod gateway;
+mod hardening;
 mod lifecycle;
 mod requests;
 mod tokens;
