@@ -435,10 +435,13 @@ async fn principals_assignments_and_entities_drive_what_if_decisions() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     api.refresh().await;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let ann: portcullis_policy_store::model::EntityRef = "User::\"ann\"".parse().unwrap();
+    let bob: portcullis_policy_store::model::EntityRef = "User::\"bob\"".parse().unwrap();
+    assert!(api.snapshot.load().is_session_revoked(&ann, "s-1", now));
     assert!(
-        api.snapshot
-            .load()
-            .is_session_revoked("s-1", jiff::Timestamp::now().as_millisecond())
+        !api.snapshot.load().is_session_revoked(&bob, "s-1", now),
+        "revoked for ann only"
     );
     let before = jiff::Timestamp::now().as_millisecond();
     let (status, body) = api
@@ -1074,6 +1077,14 @@ async fn a_tenant_admin_manages_its_own_tenant_and_nothing_else() {
                 json!({"principal": "User::\"bob\"", "action": "document.read", "resource": "Space::\"s2\""}),
             ),
         ),
+        // Every entity a question names counts, the parents given for the route too.
+        (
+            "POST",
+            "/v1/authorize",
+            Some(
+                json!({"principal": "User::\"ann\"", "action": "document.read", "resource": "Document::\"d1\"", "parents": ["Space::\"s2\""]}),
+            ),
+        ),
         (
             "POST",
             "/v1/roles",
@@ -1119,6 +1130,36 @@ async fn a_tenant_admin_manages_its_own_tenant_and_nothing_else() {
         api.store.revision().await.unwrap(),
         before,
         "nothing written"
+    );
+
+    // A session id is no handle on another tenant's sessions: revoking `shared` for ann
+    // neither refuses bob's token with that id nor replaces (or shortens) bob's own
+    // revocation of it.
+    let soon = jiff::Timestamp::now().as_millisecond() + 60_000;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/principals/users/bob/sessions:revoke",
+            Some(json!({"session_id": "shared"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = as_t1(
+        "POST",
+        "/v1/principals/users/ann/sessions:revoke",
+        Some(json!({"session_id": "shared", "expires_at": soon})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.refresh().await;
+    let ann: portcullis_policy_store::model::EntityRef = "User::\"ann\"".parse().unwrap();
+    let bob: portcullis_policy_store::model::EntityRef = "User::\"bob\"".parse().unwrap();
+    let snapshot = api.snapshot.load();
+    assert!(snapshot.is_session_revoked(&ann, "shared", soon - 1));
+    assert!(!snapshot.is_session_revoked(&ann, "shared", soon));
+    assert!(
+        snapshot.is_session_revoked(&bob, "shared", soon + 3_600_000),
+        "bob's own revocation keeps its 24 hours"
     );
 }
 

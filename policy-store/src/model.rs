@@ -297,7 +297,8 @@ pub fn principal_ref(kind: PrincipalKind, id: &str) -> EntityRef {
 pub struct RevokedSession {
     /// The `sid` or `jti` claim value.
     pub session_id: String,
-    /// The principal the session belonged to, if known.
+    /// The principal the session belongs to: only its tokens are refused. `None` refuses
+    /// the session id in every principal's tokens (for sources that know only the id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<EntityRef>,
     /// After this instant the record can be forgotten (the token has expired by then).
@@ -314,6 +315,16 @@ impl RevokedSession {
     /// again moves the cutoff instead of adding a record.
     pub fn all_sessions_key(principal: &EntityRef) -> String {
         format!("all-sessions-of:{principal}")
+    }
+
+    /// The key the record is stored under. A session revoked for a principal is that
+    /// principal's alone: another principal's revocation of the same `sid` is another
+    /// record, and neither touches the other's tokens.
+    pub fn record_key(&self) -> String {
+        match (&self.principal, self.issued_before) {
+            (Some(principal), None) => format!("{principal}#{}", self.session_id),
+            _ => self.session_id.clone(),
+        }
     }
 }
 

@@ -69,8 +69,8 @@ impl StoreState {
             }
         }
         for session in delta.revoked_sessions {
-            self.revoked_sessions
-                .retain(|s| s.session_id != session.session_id);
+            let key = session.record_key();
+            self.revoked_sessions.retain(|s| s.record_key() != key);
             self.revoked_sessions.push(session);
         }
         if let Some(roles) = delta.roles {
@@ -204,7 +204,8 @@ pub struct Snapshot {
     inputs: PolicyInputs,
     principals: imbl::HashMap<EntityRef, Arc<PrincipalView>>,
     entities: imbl::HashMap<EntityRef, Arc<EntityView>>,
-    revoked: imbl::HashMap<String, UnixMillis>,
+    /// Revoked session ids: for each, whose (`None`: anyone's) and until when.
+    revoked: imbl::HashMap<String, Revocations>,
     /// Principals whose tokens issued before an instant are refused: (cutoff, forget after).
     revoked_before: imbl::HashMap<EntityRef, (UnixMillis, UnixMillis)>,
     /// Decisions made against this snapshot; a patched snapshot starts with an empty one.
@@ -344,7 +345,14 @@ impl Snapshot {
         for session in delta.revoked_sessions {
             add_revocation(&mut next.revoked, &mut next.revoked_before, session);
         }
-        next.revoked.retain(|_, expires_at| *expires_at > now);
+        next.revoked = next
+            .revoked
+            .into_iter()
+            .filter_map(|(id, mut holders)| {
+                holders.retain(|(_, expires_at)| *expires_at > now);
+                (!holders.is_empty()).then_some((id, holders))
+            })
+            .collect();
         next.revoked_before
             .retain(|_, (_, expires_at)| *expires_at > now);
         next.revision = delta.revision;
@@ -402,11 +410,19 @@ impl Snapshot {
         self.entities.get(key)
     }
 
-    /// Whether a session id (`sid` or `jti`) is revoked at `now`.
-    pub fn is_session_revoked(&self, session_id: &str, now: UnixMillis) -> bool {
-        self.revoked
-            .get(session_id)
-            .is_some_and(|expires_at| *expires_at > now)
+    /// Whether `principal`'s session id (`sid` or `jti`) is revoked at `now`: revoked for
+    /// that principal, or for everyone.
+    pub fn is_session_revoked(
+        &self,
+        principal: &EntityRef,
+        session_id: &str,
+        now: UnixMillis,
+    ) -> bool {
+        self.revoked.get(session_id).is_some_and(|holders| {
+            holders.iter().any(|(whose, expires_at)| {
+                *expires_at > now && whose.as_ref().is_none_or(|p| p == principal)
+            })
+        })
     }
 
     /// Whether a token of `principal` issued at `issued_at` (ms; `None` when it has no
@@ -519,10 +535,14 @@ impl SnapshotHandle {
     }
 }
 
-/// Files a revoked-session record under its session id, or under its principal when it
-/// revokes every session of that principal.
+/// Who a revoked session id is revoked for (`None`: everyone), and until when.
+type Revocations = Vec<(Option<EntityRef>, UnixMillis)>;
+
+/// Files a revoked-session record under its session id and principal (replacing that
+/// principal's earlier one), or under its principal when it revokes every session of that
+/// principal.
 fn add_revocation(
-    revoked: &mut imbl::HashMap<String, UnixMillis>,
+    revoked: &mut imbl::HashMap<String, Revocations>,
     revoked_before: &mut imbl::HashMap<EntityRef, (UnixMillis, UnixMillis)>,
     session: RevokedSession,
 ) {
@@ -530,8 +550,10 @@ fn add_revocation(
         (Some(cutoff), Some(principal)) => {
             revoked_before.insert(principal, (cutoff, session.expires_at));
         }
-        _ => {
-            revoked.insert(session.session_id, session.expires_at);
+        (_, principal) => {
+            let holders = revoked.entry(session.session_id).or_default();
+            holders.retain(|(whose, _)| *whose != principal);
+            holders.push((principal, session.expires_at));
         }
     }
 }

@@ -545,13 +545,21 @@ async fn revoked_sessions_expire(store: SqlStore) {
     };
     store.revoke_session(&all_of_alice(10_000)).await.unwrap();
     let snap = Snapshot::build(store.load_state().await.unwrap(), 0).unwrap();
-    assert!(snap.is_session_revoked("sid-2", 1_000));
-    assert!(!snap.is_session_revoked("sid-1", 1_000));
+    let bob = eref("User::\"bob\"");
+    assert!(
+        snap.is_session_revoked(&alice, "sid-2", 1_000),
+        "revoked for everyone"
+    );
+    assert!(
+        snap.is_session_revoked(&bob, "sid-2", 1_000),
+        "revoked for everyone"
+    );
+    assert!(!snap.is_session_revoked(&alice, "sid-1", 1_000));
     assert!(snap.is_token_revoked_for(&alice, Some(9_999), 1_000));
     assert!(snap.is_token_revoked_for(&alice, None, 1_000), "no iat");
     assert!(!snap.is_token_revoked_for(&alice, Some(10_000), 1_000));
     assert!(!snap.is_token_revoked_for(&eref("User::\"bob\""), None, 1_000));
-    assert!(!snap.is_session_revoked(&RevokedSession::all_sessions_key(&alice), 1_000));
+    assert!(!snap.is_session_revoked(&alice, &RevokedSession::all_sessions_key(&alice), 1_000));
 
     // Revoking again moves the cutoff; a follower applying the change sees the same.
     let revision = store.revoke_session(&all_of_alice(20_000)).await.unwrap();
@@ -563,6 +571,53 @@ async fn revoked_sessions_expire(store: SqlStore) {
     let patched = snap.patched(delta, 1_000).unwrap();
     assert!(patched.is_token_revoked_for(&alice, Some(15_000), 1_000));
     assert!(!patched.is_token_revoked_for(&alice, Some(20_000), 1_000));
+}
+
+/// A session revoked for one principal is that principal's: the same id in another
+/// principal's token still works, and another principal's revocation of the same id
+/// (with another expiry) neither replaces nor shortens the first.
+async fn a_revoked_session_belongs_to_its_principal(store: SqlStore) {
+    seed(&store).await;
+    let alice = eref("User::\"alice\"");
+    let bob = eref("User::\"bob\"");
+    let revoke = |who: &EntityRef, expires_at| RevokedSession {
+        session_id: String::from("shared"),
+        principal: Some(who.clone()),
+        expires_at,
+        issued_before: None,
+    };
+    store.revoke_session(&revoke(&bob, i64::MAX)).await.unwrap();
+    let snap = Snapshot::build(store.load_state().await.unwrap(), 0).unwrap();
+    assert!(snap.is_session_revoked(&bob, "shared", 1_000));
+    assert!(
+        !snap.is_session_revoked(&alice, "shared", 1_000),
+        "not alice's"
+    );
+
+    // load_state forgets what expired in real time: alice's lasts an hour from now.
+    let now = jiff::Timestamp::now().as_millisecond();
+    let later = now + 3_600_000;
+    let revision = store.revoke_session(&revoke(&alice, later)).await.unwrap();
+    let state = store.load_state().await.unwrap();
+    assert_eq!(state.revoked_sessions.len(), 2, "one record each");
+    let SnapshotUpdate::Patch(delta) = store.load_update(revision - 1).await.unwrap() else {
+        panic!("one revocation is a patch");
+    };
+    for (how, snap) in [
+        ("patched", snap.patched(delta, now).unwrap()),
+        ("built", Snapshot::build(state, 0).unwrap()),
+    ] {
+        assert!(snap.is_session_revoked(&alice, "shared", now), "{how}");
+        assert!(snap.is_session_revoked(&bob, "shared", now), "{how}");
+        assert!(
+            !snap.is_session_revoked(&alice, "shared", later),
+            "{how}: alice's expired"
+        );
+        assert!(
+            snap.is_session_revoked(&bob, "shared", later),
+            "{how}: bob's did not"
+        );
+    }
 }
 
 async fn policy_versions_increase(store: SqlStore) {
@@ -735,6 +790,7 @@ suite!(
     roles_in_use_cannot_be_deleted,
     snapshot_follows_changes,
     revoked_sessions_expire,
+    a_revoked_session_belongs_to_its_principal,
     policy_versions_increase,
     policy_writes_are_conditional_and_history_is_kept,
     bulk_import_is_one_revision_and_rebuilds,

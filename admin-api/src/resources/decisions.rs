@@ -135,7 +135,8 @@ fn what_if(
     }
 }
 
-/// What asking about `requests` touches: every principal's and resource's tenant.
+/// What asking about `requests` touches: every principal's, resource's and given parent's
+/// tenant.
 async fn decisions_target<S: Store>(
     store: &S,
     requests: &[AuthorizeRequest],
@@ -144,6 +145,9 @@ async fn decisions_target<S: Store>(
     for r in requests {
         tenants.push(principal_tenant(store, &r.principal).await?);
         tenants.push(entity_tenant_of(store, &r.resource).await?);
+        for parent in &r.parents {
+            tenants.push(entity_tenant_of(store, parent).await?);
+        }
     }
     Ok(Target::tenants(tenants.iter().map(Option::as_deref)))
 }

@@ -155,7 +155,8 @@ pub(crate) async fn delete_principal<S: Store>(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeRequest {
-    /// The `sid` or `jti` to refuse.
+    /// The `sid` or `jti` to refuse in this principal's tokens (another principal's token
+    /// with the same id is not affected).
     #[serde(default)]
     session_id: Option<String>,
     /// `true`: refuse every token of this principal issued before now (and every token of

@@ -870,7 +870,7 @@ impl Store for SqlStore {
             "INSERT INTO revoked_sessions (session_id, expires_at, doc) VALUES ($1, $2, $3) \
              ON CONFLICT (session_id) DO UPDATE SET expires_at = excluded.expires_at, doc = excluded.doc",
         )
-        .bind(session.session_id.clone())
+        .bind(session.record_key())
         .bind(session.expires_at)
         .bind(to_doc(session)?)
         .execute(&mut *tx)
@@ -878,7 +878,7 @@ impl Store for SqlStore {
         self.commit(
             tx,
             &[ChangeKind::Session {
-                session_id: session.session_id.clone(),
+                session_id: session.record_key(),
             }],
         )
         .await

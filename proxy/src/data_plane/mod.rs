@@ -412,7 +412,7 @@ impl DataPlane {
         if identity
             .session_ids
             .iter()
-            .any(|s| snapshot.is_session_revoked(s, now_ms))
+            .any(|s| snapshot.is_session_revoked(&identity.principal, s, now_ms))
             || snapshot.is_token_revoked_for(
                 &identity.principal,
                 identity.issued_at.map(|iat| iat.saturating_mul(1000)),
