@@ -384,6 +384,7 @@ pub(crate) fn key_source(config: &Config) -> Result<(KeySource, String, Option<D
             KeySource::Url {
                 url: url.clone(),
                 refresh: std::time::Duration::from_secs(auth.jwks_refresh_seconds.max(10)),
+                follow_redirects: auth.jwks_follow_redirects,
             },
             issuer,
             None,

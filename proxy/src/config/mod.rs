@@ -305,6 +305,9 @@ pub struct AuthConfig {
     pub jwks_file: Option<PathBuf>,
     /// Periodic JWKS refresh.
     pub jwks_refresh_seconds: u64,
+    /// Follow redirects of the JWKS URL, to the same host only (at most 3). Off: a
+    /// redirect is a failed fetch.
+    pub jwks_follow_redirects: bool,
     /// At most one refetch per this many seconds when a token names an unknown `kid`.
     pub unknown_kid_cooldown_seconds: u64,
     /// Clock skew allowed for `exp` and `nbf`.
@@ -346,6 +349,7 @@ impl Default for AuthConfig {
             jwks_url: None,
             jwks_file: None,
             jwks_refresh_seconds: 300,
+            jwks_follow_redirects: false,
             unknown_kid_cooldown_seconds: 30,
             leeway_seconds: 30,
             max_token_bytes: 8_192,

@@ -409,13 +409,18 @@ impl DataPlane {
         };
 
         let snapshot = self.snapshot.load();
+        let leeway_seconds = i64::try_from(self.authn.settings().leeway_seconds).unwrap_or(0);
         if identity
             .session_ids
             .iter()
             .any(|s| snapshot.is_session_revoked(&identity.principal, s, now_ms))
             || snapshot.is_token_revoked_for(
                 &identity.principal,
-                identity.issued_at.map(|iat| iat.saturating_mul(1000)),
+                // The issuer's clock may run up to the leeway ahead of ours: a token that
+                // says it was issued that little after a revoke-all may predate it.
+                identity
+                    .issued_at
+                    .map(|iat| iat.saturating_sub(leeway_seconds).saturating_mul(1000)),
                 now_ms,
             )
         {

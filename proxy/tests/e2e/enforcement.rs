@@ -231,7 +231,12 @@ fn revoked_sessions_and_status_changes_apply_without_restart() {
 
     let upstream = Upstream::start();
     let keys = Keys::generate();
-    let p = Portcullis::start(&upstream, &keys, "");
+    // The wall clock, which the admin API's revoke-all cutoff is taken on too.
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        "context:\n  trusted_hops: [127.0.0.1/32]\n",
+    );
     p.seed(world::import());
     let store = p.store();
     let rt = crate::harness::rt();
@@ -268,7 +273,9 @@ fn revoked_sessions_and_status_changes_apply_without_restart() {
 
     // Signing alice out everywhere through the admin API: every token issued before (and
     // every token without `iat`) is refused; a token issued afterwards passes.
-    let without_iat = keys.token("alice", json!({"iat": null}));
+    let mut without_iat = Keys::claims("alice", json!({}));
+    without_iat.as_object_mut().expect("claims").remove("iat");
+    let without_iat = keys.rs256(&without_iat);
     let r = p.admin_call(
         "POST",
         "/v1/principals/users/alice/sessions:revoke",
@@ -288,9 +295,23 @@ fn revoked_sessions_and_status_changes_apply_without_restart() {
         401,
         "session_revoked",
     );
-    let signed_in_again = keys.token(
+    // Issuers' clocks may run ahead by the leeway (30 s): a token that says it was issued
+    // within it after the cutoff may predate it, and is refused too; one issued later
+    // passes. Two seconds on, `now + 29` is past the cutoff by more than the leeway.
+    let just_after = keys.token(
         "alice",
         json!({"iat": jiff::Timestamp::now().as_second() + 1}),
+    );
+    expect_reason(
+        "iat within the leeway after the cutoff",
+        &p.get(D1, Some(&just_after), &[]),
+        401,
+        "session_revoked",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let signed_in_again = keys.token(
+        "alice",
+        json!({"iat": jiff::Timestamp::now().as_second() + 29}),
     );
     expect_status(
         "signed in again after the revocation",

@@ -25,6 +25,18 @@ use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
 
+/// The instant `portcullis serve` instances run at unless a test replaces the `context`
+/// section (`context.fixed_time`): working hours hold, and tokens are judged on it.
+pub const PINNED_TIME: &str = "2026-01-06T10:00:00Z";
+
+/// [`PINNED_TIME`] in seconds since the epoch.
+pub fn pinned_now() -> i64 {
+    PINNED_TIME
+        .parse::<jiff::Timestamp>()
+        .expect("pinned time")
+        .as_second()
+}
+
 /// The runtime the upstream and async helpers run on, shared by a test binary's tests.
 pub fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -229,12 +241,13 @@ impl Keys {
         }
     }
 
-    /// Standard claims for `sub`, valid for an hour, plus `extra`.
+    /// Standard claims for `sub`, plus `extra`: valid for an hour on both clocks an instance
+    /// may run on, the real one and [`PINNED_TIME`].
     pub fn claims(sub: &str, extra: Value) -> Value {
-        let now = jiff::Timestamp::now().as_second();
+        let (real, pinned) = (jiff::Timestamp::now().as_second(), pinned_now());
         let mut claims = json!({
             "iss": ISSUER, "aud": AUDIENCE, "sub": sub,
-            "iat": now, "nbf": now - 5, "exp": now + 3600,
+            "iat": real.min(pinned), "nbf": real.min(pinned) - 5, "exp": real.max(pinned) + 3600,
             "jti": uuid::Uuid::now_v7().to_string(),
         });
         if let (Some(map), Value::Object(extra)) = (claims.as_object_mut(), extra) {
@@ -401,8 +414,8 @@ impl Portcullis {
             ("log", String::from("log:\n  format: json\n  level: info\n")),
             (
                 "context",
-                String::from(
-                    "context:\n  fixed_time: \"2026-01-06T10:00:00Z\"\n  trusted_hops: [127.0.0.1/32]\n",
+                format!(
+                    "context:\n  fixed_time: \"{PINNED_TIME}\"\n  trusted_hops: [127.0.0.1/32]\n",
                 ),
             ),
         ];

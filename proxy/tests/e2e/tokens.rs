@@ -19,7 +19,8 @@ fn bad_tokens_are_refused_with_a_bearer_challenge() {
     let keys = Keys::generate();
     let p = Portcullis::start(&upstream, &keys, "");
     p.seed(world::import());
-    let now = jiff::Timestamp::now().as_second();
+    // The instance's clock (context.fixed_time), which tokens are judged on.
+    let now = crate::harness::pinned_now();
     let claims = |extra: Value| Keys::claims("alice", extra);
 
     assert_eq!(
@@ -61,6 +62,12 @@ fn bad_tokens_are_refused_with_a_bearer_challenge() {
     );
     let mut no_exp = claims(json!({}));
     no_exp.as_object_mut().expect("object").remove("exp");
+    let critical = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(String::from(crate::harness::ED_KID));
+        header.crit = Some(vec![String::from("exp-ext")]);
+        keys.sign_with(header, &claims(json!({})))
+    };
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("no credentials", None, "missing"),
         (
@@ -96,6 +103,31 @@ fn bad_tokens_are_refused_with_a_bearer_challenge() {
             "bad_signature",
         ),
         ("no exp", Some(keys.rs256(&no_exp)), "missing_claim"),
+        (
+            "exp not a number",
+            Some(keys.rs256(&claims(json!({"exp": "tomorrow"})))),
+            "missing_claim",
+        ),
+        (
+            "issued in the future beyond the leeway",
+            Some(keys.rs256(&claims(json!({"iat": now + 600})))),
+            "issued_in_future",
+        ),
+        (
+            "iss as an array holding ours",
+            Some(keys.rs256(&claims(json!({"iss": [crate::harness::ISSUER]})))),
+            "wrong_issuer",
+        ),
+        (
+            "a crit header we do not understand",
+            Some(critical),
+            "critical_header",
+        ),
+        (
+            "expired on this instance's clock, not on the wall clock",
+            Some(keys.rs256(&claims(json!({"exp": now - 120})))),
+            "expired",
+        ),
         ("not a JWT", Some(String::from("abc.def")), "malformed"),
     ];
     for (case, token, reason) in cases {
@@ -132,6 +164,23 @@ fn bad_tokens_are_refused_with_a_bearer_challenge() {
         (r.status, r.json()["reason"].as_str()),
         (401, Some("too_large"))
     );
+
+    // One clock judges a token, the cached path and the verifying path alike: a token valid
+    // on the instance's pinned clock but expired on the wall clock keeps passing, and one
+    // expired on the pinned clock keeps failing.
+    let real = jiff::Timestamp::now().as_second();
+    if real > now + 600 {
+        let pinned_valid = keys.rs256(&claims(
+            json!({"iat": now - 10, "nbf": now - 10, "exp": now + 300}),
+        ));
+        for attempt in 0..3 {
+            assert_eq!(
+                p.get(D1, Some(&pinned_valid), &[]).status,
+                200,
+                "attempt {attempt}"
+            );
+        }
+    }
 
     // The signature is checked once per token: the second use comes from the cache.
     let token = keys.rs256(&claims(json!({})));
@@ -175,6 +224,40 @@ fn a_rotated_jwks_file_is_picked_up() {
         p.get(D1, Some(&old), &[]).status,
         401,
         "the old key is gone"
+    );
+}
+
+#[test]
+fn a_key_removed_from_the_jwks_stops_the_tokens_it_signed_even_cached_ones() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(&upstream, &keys, "");
+    p.seed(world::import());
+    let rsa_token = keys.rs256(&Keys::claims("alice", json!({})));
+    let ed_token = keys.eddsa(&Keys::claims("alice", json!({})));
+    for _ in 0..2 {
+        assert_eq!(
+            p.get(D1, Some(&rsa_token), &[]).status,
+            200,
+            "verified, then cached"
+        );
+        assert_eq!(p.get(D1, Some(&ed_token), &[]).status, 200);
+    }
+    // Drop the RSA key, keep the Ed25519 one.
+    let mut jwks = keys.jwks.clone();
+    jwks["keys"]
+        .as_array_mut()
+        .expect("keys")
+        .retain(|k| k["kid"] != crate::harness::RSA_KID);
+    std::fs::write(p.dir.join("jwks.json"), jwks.to_string()).expect("rewrite");
+    p.wait_for(
+        || p.get(D1, Some(&rsa_token), &[]).status == 401,
+        "the cached token of the removed key is refused",
+    );
+    assert_eq!(
+        p.get(D1, Some(&ed_token), &[]).status,
+        200,
+        "a kept key's token still verifies"
     );
 }
 

@@ -43,7 +43,7 @@ impl JwtVerifier for AdminJwt {
         }
         let claims = self
             .authn
-            .verified_claims(token, &self.audiences)
+            .verified_claims(token, &self.audiences, jiff::Timestamp::now().as_second())
             .map_err(|e| e.code().to_owned())?;
         let subject = claims
             .get(&self.authn.settings().claims.subject)

@@ -2,7 +2,9 @@
 //! when it is reloaded. Keys only ever come from configuration (a file, a URL, or the dev
 //! key of `serve`), never from a token's `jku`, `x5u` or embedded `jwk`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+
+use sha2::{Digest, Sha256};
 
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -20,6 +22,8 @@ pub struct Key {
 pub struct KeySet {
     by_kid: HashMap<String, Key>,
     without_kid: Vec<Key>,
+    /// SHA-256 of each usable JWK as parsed, to tell whether a reload removed a key.
+    fingerprints: BTreeSet<[u8; 32]>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -73,6 +77,8 @@ impl KeySet {
                 decoding,
                 algorithm,
             };
+            let canonical = serde_json::to_vec(jwk).map_err(|e| format!("key `{name}`: {e}"))?;
+            keys.fingerprints.insert(Sha256::digest(&canonical).into());
             match &jwk.common.key_id {
                 Some(kid) => {
                     keys.by_kid.insert(kid.clone(), key);
@@ -107,5 +113,10 @@ impl KeySet {
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.by_kid.len() + self.without_kid.len()
+    }
+
+    /// Whether every key of `other` is still here (same `kid`, same key material).
+    pub fn holds_all_of(&self, other: &Self) -> bool {
+        other.fingerprints.is_subset(&self.fingerprints)
     }
 }

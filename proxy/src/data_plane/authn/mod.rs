@@ -2,9 +2,15 @@
 //!
 //! - Algorithms come from an allow-list; symmetric ones are refused outright, so a token
 //!   signed with HMAC over a public key (RS256 → HS256 confusion) never verifies.
-//! - `iss`, `aud` and `exp` are required, `nbf` is checked, with a configured leeway.
+//! - `iss` (one string), `aud` and `exp` are required; `exp`, `nbf` and `iat` are judged
+//!   against the data plane's own clock (pinned by `context.fixed_time` too), with a
+//!   configured leeway: a token issued in the future beyond it is refused.
+//! - A token whose header names `crit` extensions is refused: none is understood
+//!   (RFC 7515 §4.1.11).
 //! - A verified token is cached under the SHA-256 of the whole token, never past its `exp`,
-//!   so a signature is checked once per token rather than once per request.
+//!   so a signature is checked once per token rather than once per request. When a key
+//!   leaves the key set, every cached token is verified again, so a removed key stops the
+//!   tokens it signed at once.
 //! - A `kid` the key set does not hold asks the key source for a refetch (at most once per
 //!   cooldown) and the request is refused: no network call happens on the request path.
 //!
@@ -69,6 +75,10 @@ pub enum AuthnError {
     WrongAudience,
     /// A required claim (`exp`, `iss`, `aud`, subject) is missing or malformed.
     MissingClaim,
+    /// `iat` is later than now, beyond the leeway.
+    IssuedInFuture,
+    /// The header names `crit` extensions.
+    CriticalHeader,
     /// No keys are loaded yet.
     NoKeys,
 }
@@ -89,6 +99,8 @@ impl AuthnError {
             Self::WrongIssuer => "wrong_issuer",
             Self::WrongAudience => "wrong_audience",
             Self::MissingClaim => "missing_claim",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::CriticalHeader => "critical_header",
             Self::NoKeys => "no_keys",
         }
     }
@@ -103,7 +115,7 @@ impl AuthnError {
     }
 
     /// Every code, for metric initialisation.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::Missing,
         Self::NotBearer,
         Self::Malformed,
@@ -116,6 +128,8 @@ impl AuthnError {
         Self::WrongIssuer,
         Self::WrongAudience,
         Self::MissingClaim,
+        Self::IssuedInFuture,
+        Self::CriticalHeader,
         Self::NoKeys,
     ];
 }
@@ -180,11 +194,21 @@ impl AuthSettings {
     }
 }
 
+/// A verified token's identity, and the key-set generation it was verified under.
+#[derive(Clone)]
+struct Verified {
+    identity: Arc<Identity>,
+    key_generation: u64,
+}
+
 /// Verifies bearer tokens.
 pub struct Authenticator {
     settings: AuthSettings,
     keys: ArcSwap<KeySet>,
-    verified: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+    /// Moves on whenever a key leaves the set: tokens cached under an older generation are
+    /// verified again.
+    key_generation: std::sync::atomic::AtomicU64,
+    verified: moka::sync::Cache<[u8; 32], Verified>,
     refetch: tokio::sync::Notify,
     started: Instant,
     /// Milliseconds since `started` of the last refetch request, -1 if none.
@@ -204,16 +228,18 @@ impl std::fmt::Debug for Authenticator {
 /// Cached identities live until their token's `exp`.
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
+impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &Arc<Identity>,
+        value: &Verified,
         _created_at: Instant,
     ) -> Option<Duration> {
+        // Memory only: whether a cached token is still valid is judged on every hit
+        // against the data plane's clock.
         let now = jiff::Timestamp::now().as_second();
         Some(Duration::from_secs(
-            u64::try_from(value.expires_at.saturating_sub(now)).unwrap_or(0),
+            u64::try_from(value.identity.expires_at.saturating_sub(now)).unwrap_or(0),
         ))
     }
 }
@@ -224,6 +250,7 @@ impl Authenticator {
         Self {
             settings,
             keys: ArcSwap::from_pointee(KeySet::default()),
+            key_generation: std::sync::atomic::AtomicU64::new(0),
             verified: moka::sync::Cache::builder()
                 .max_capacity(cache_entries)
                 .expire_after(UntilExpiry)
@@ -240,10 +267,15 @@ impl Authenticator {
         &self.settings
     }
 
-    /// Replaces the key set. Verified tokens stay cached: a key that disappears does not
-    /// make a token it signed invalid before its `exp` (rotate with short-lived tokens).
+    /// Replaces the key set. When a key leaves it, every cached token is verified again
+    /// on its next use, so tokens signed by the removed key stop at once; a refresh that
+    /// only keeps or adds keys leaves the cache alone.
     pub fn set_keys(&self, keys: KeySet) {
-        self.keys.store(Arc::new(keys));
+        let previous = self.keys.swap(Arc::new(keys));
+        if !self.keys.load().holds_all_of(&previous) {
+            self.key_generation.fetch_add(1, Ordering::AcqRel);
+            self.verified.invalidate_all();
+        }
         self.keys_loaded.store(true, Ordering::Release);
     }
 
@@ -292,32 +324,45 @@ impl Authenticator {
             return Err(AuthnError::Malformed);
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(identity) = self.verified.get(&digest) {
+        // Read before the keys: a key removed while this token is verified leaves it cached
+        // under an old generation, verified again next time.
+        let generation = self.key_generation.load(Ordering::Acquire);
+        if let Some(hit) = self.verified.get(&digest)
+            && hit.key_generation == generation
+        {
             let leeway = i64::try_from(self.settings.leeway_seconds).unwrap_or(0);
-            if identity.expires_at + leeway > now {
-                return Ok((identity, true));
+            if hit.identity.expires_at + leeway > now {
+                return Ok((hit.identity, true));
             }
             self.verified.invalidate(&digest);
             return Err(AuthnError::Expired);
         }
-        let identity = Arc::new(self.verify(token)?);
-        self.verified.insert(digest, Arc::clone(&identity));
+        let claims = self.verified_claims(token, &self.settings.audiences, now)?;
+        let identity = Arc::new(identity_of(&claims, &self.settings.claims)?);
+        self.verified.insert(
+            digest,
+            Verified {
+                identity: Arc::clone(&identity),
+                key_generation: generation,
+            },
+        );
         Ok((identity, false))
     }
 
-    fn verify(&self, token: &str) -> Result<Identity, AuthnError> {
-        let claims = self.verified_claims(token, &self.settings.audiences)?;
-        identity_of(&claims, &self.settings.claims)
-    }
-
-    /// The claims of `token` once its signature, issuer, `exp`/`nbf` and an audience among
-    /// `audiences` check out (no cache: admin JWTs use this).
+    /// The claims of `token` once its header, signature, issuer, an audience among
+    /// `audiences`, and `exp`/`nbf`/`iat` at `now` (seconds) check out (no cache: admin
+    /// JWTs use this).
     pub fn verified_claims(
         &self,
         token: &str,
         audiences: &[String],
+        now: i64,
     ) -> Result<Map<String, Value>, AuthnError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
+        // No `crit` extension is understood here; RFC 7515 §4.1.11 says to refuse then.
+        if header.crit.is_some() {
+            return Err(AuthnError::CriticalHeader);
+        }
         if !self.settings.algorithms.contains(&header.alg) {
             return Err(AuthnError::AlgorithmNotAllowed);
         }
@@ -341,8 +386,9 @@ impl Authenticator {
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // Time is judged below, on our clock, not the library's system time.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.leeway = self.settings.leeway_seconds;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
             .map_err(|e| match e.kind() {
@@ -363,7 +409,26 @@ impl Authenticator {
                 | ErrorKind::InvalidRsaKey(_) => AuthnError::BadSignature,
                 _ => AuthnError::Malformed,
             })?;
-        Ok(data.claims)
+        let claims = data.claims;
+        if !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(AuthnError::WrongIssuer);
+        }
+        let leeway = i64::try_from(self.settings.leeway_seconds).unwrap_or(0);
+        let time = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or(AuthnError::MissingClaim),
+        };
+        let exp = time("exp")?.ok_or(AuthnError::MissingClaim)?;
+        if exp.saturating_add(leeway) <= now {
+            return Err(AuthnError::Expired);
+        }
+        if time("nbf")?.is_some_and(|nbf| nbf.saturating_sub(leeway) > now) {
+            return Err(AuthnError::NotYetValid);
+        }
+        if time("iat")?.is_some_and(|iat| iat.saturating_sub(leeway) > now) {
+            return Err(AuthnError::IssuedInFuture);
+        }
+        Ok(claims)
     }
 }
 

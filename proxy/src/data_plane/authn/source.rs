@@ -22,6 +22,9 @@ pub enum KeySource {
         url: String,
         /// Periodic refresh.
         refresh: Duration,
+        /// Follow redirects (to the same host only, at most 3); otherwise a redirect is a
+        /// failed fetch.
+        follow_redirects: bool,
     },
     /// A JWKS document fixed at start.
     Fixed(Vec<u8>),
@@ -52,7 +55,11 @@ impl KeySource {
         match self {
             Self::Fixed(_) => std::future::pending().await,
             Self::File(path) => watch_file(path, authn).await,
-            Self::Url { url, refresh } => poll_url(url, refresh, authn).await,
+            Self::Url {
+                url,
+                refresh,
+                follow_redirects,
+            } => poll_url(url, refresh, follow_redirects, authn).await,
         }
     }
 }
@@ -110,10 +117,34 @@ fn install(authn: &Authenticator, bytes: &[u8], source: &str) {
     }
 }
 
-async fn poll_url(url: String, refresh: Duration, authn: Arc<Authenticator>) {
+/// Redirects a JWKS fetch may follow: none, or (when configured) at most 3 to the host it
+/// started on, so a compromised or misconfigured endpoint cannot send us to keys elsewhere.
+fn redirect_policy(follow: bool) -> reqwest::redirect::Policy {
+    if !follow {
+        return reqwest::redirect::Policy::none();
+    }
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_host = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.host_str() == attempt.url().host_str());
+        if attempt.previous().len() > 3 || !same_host {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+async fn poll_url(
+    url: String,
+    refresh: Duration,
+    follow_redirects: bool,
+    authn: Arc<Authenticator>,
+) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(redirect_policy(follow_redirects))
         .build()
     {
         Ok(c) => c,
@@ -153,14 +184,144 @@ async fn poll_url(url: String, refresh: Duration, authn: Arc<Authenticator>) {
     }
 }
 
+/// The largest JWKS document read.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+/// Fetches the JWKS, reading the body chunk by chunk and giving up as soon as it passes
+/// [`MAX_JWKS_BYTES`]: a hostile endpoint cannot make us buffer more.
 async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
-    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-    if bytes.len() > 1 << 20 {
-        return Err(String::from("JWKS document larger than 1 MiB"));
+    let too_large = || format!("JWKS document larger than {MAX_JWKS_BYTES} bytes");
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+    {
+        return Err(too_large());
     }
-    Ok(bytes.to_vec())
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A real HTTP server on loopback answering every request with `response`.
+    async fn answering(response: String) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut request = [0_u8; 4096];
+                    let _read = stream.read(&mut request).await;
+                    let _written = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn client(follow: bool) -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(redirect_policy(follow))
+            .build()
+            .unwrap()
+    }
+
+    const JWKS: &str = r#"{"keys":[]}"#;
+
+    fn redirect_to(location: &str) -> String {
+        format!("HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn redirects_are_refused_unless_asked_and_never_lead_to_another_host() {
+        let keys = answering(format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{JWKS}",
+            JWKS.len()
+        ))
+        .await;
+        let same_host =
+            answering(redirect_to(&format!("http://127.0.0.1:{}/k", keys.port()))).await;
+        let other_host =
+            answering(redirect_to(&format!("http://localhost:{}/k", keys.port()))).await;
+        let url = |addr: SocketAddr| format!("http://{addr}/jwks.json");
+
+        assert_eq!(
+            fetch(&client(false), &url(keys)).await.unwrap(),
+            JWKS.as_bytes()
+        );
+        assert_eq!(
+            fetch(&client(false), &url(same_host)).await.unwrap_err(),
+            "status 302 Found",
+            "not followed by default"
+        );
+        assert_eq!(
+            fetch(&client(true), &url(same_host)).await.unwrap(),
+            JWKS.as_bytes()
+        );
+        assert_eq!(
+            fetch(&client(true), &url(other_host)).await.unwrap_err(),
+            "status 302 Found",
+            "never to another host"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_jwks_past_the_limit_is_refused_as_it_streams_in() {
+        // Announced too large: refused before the body is read.
+        let announced = answering(format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{JWKS}",
+            MAX_JWKS_BYTES + 1
+        ))
+        .await;
+        let err = fetch(&client(false), &format!("http://{announced}/"))
+            .await
+            .unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+
+        // Not announced (chunked) and without end: reading stops just past the limit, and
+        // the server sees the connection go while it still has most of its 64 MiB to send.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0_u8; 4096];
+            let _read = stream.read(&mut request).await;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("10000\r\n{}\r\n", "a".repeat(0x10000));
+            let mut sent = 0_usize;
+            while sent < 64 << 20 {
+                if stream.write_all(chunk.as_bytes()).await.is_err() {
+                    break;
+                }
+                sent += 0x10000;
+            }
+            sent
+        });
+        let err = fetch(&client(false), &format!("http://{addr}/"))
+            .await
+            .unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        let sent = server.await.unwrap();
+        assert!(sent < 16 << 20, "the server got to send {sent} bytes");
+    }
 }
