@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use portcullis_policy_store::audit::checkpoint::{self, Checkpoint};
-use portcullis_policy_store::audit::verify::{Break, VerifyOptions, verify};
+use portcullis_policy_store::audit::verify::{Break, Summary, VerifyOptions, verify};
 use portcullis_policy_store::audit::writer::{Ledger, LedgerConfig};
 use portcullis_policy_store::audit::{EncodedEntry, Entry, GENESIS, Record, seal, unseal};
 
@@ -66,7 +66,7 @@ fn write(dir: &Path, count: u64, max_file_bytes: u64) {
     thread.join().unwrap();
 }
 
-fn verify_dir(dir: &Path) -> Result<portcullis_policy_store::audit::verify::Summary, Break> {
+fn verify_dir(dir: &Path) -> Result<Summary, Break> {
     verify(
         &[dir.to_path_buf()],
         &VerifyOptions {
@@ -215,7 +215,7 @@ fn a_chain_rebuilt_from_a_fresh_genesis_fails_at_the_first_checkpoint() {
     let forger = SigningKey::from_bytes(&[9; 32]);
     let last = lines(&file).last().cloned().unwrap();
     let (_, hash) = unseal(&last).unwrap();
-    let forged = Checkpoint::sign(&forger, 25, hash, "2026-01-06T11:00:00.000Z");
+    let forged = Checkpoint::sign(&forger, 25, hash, "2026-01-06T11:00:00.000Z", GENESIS);
     std::fs::write(
         dir.path().join(checkpoint::FILE),
         serde_json::to_string(&forged).unwrap() + "\n",
@@ -255,20 +255,199 @@ fn a_restarted_writer_continues_the_chain_and_cuts_a_torn_line() {
     assert_eq!(summary.range, Some((1, 30)));
 }
 
+fn verify_with(dir: &Path, options: VerifyOptions) -> Result<Summary, Break> {
+    verify(&[dir.to_path_buf()], &options, &mut |_| {})
+}
+
+fn with_key() -> VerifyOptions {
+    VerifyOptions {
+        public_key: Some(key().verifying_key()),
+        ..VerifyOptions::default()
+    }
+}
+
 #[test]
-fn from_and_to_seq_limit_the_range() {
+fn a_start_past_genesis_needs_a_signed_checkpoint_as_its_anchor() {
     let (dir, _) = ledger();
-    let summary = verify(
-        &[dir.path().to_path_buf()],
-        &VerifyOptions {
-            from_seq: Some(5),
-            to_seq: Some(12),
-            public_key: Some(key().verifying_key()),
+    // Checkpoints at 0, 10, 20 and 25: seq 11 starts from the one at 10.
+    let summary = verify_with(
+        dir.path(),
+        VerifyOptions {
+            from_seq: Some(11),
+            to_seq: Some(22),
+            ..with_key()
         },
-        &mut |_| {},
     )
     .unwrap();
-    assert_eq!((summary.records, summary.range), (8, Some((5, 12))));
+    assert_eq!((summary.records, summary.range), (12, Some((11, 22))));
+    for (from, key) in [(5, true), (11, false)] {
+        let options = VerifyOptions {
+            from_seq: Some(from),
+            public_key: key.then(|| self::key().verifying_key()),
+            ..VerifyOptions::default()
+        };
+        let b = verify_with(dir.path(), options).unwrap_err();
+        assert!(
+            b.what.contains("no signed checkpoint at seq"),
+            "{from}: {b}"
+        );
+    }
+}
+
+/// Rotated files of a 40-record ledger, in order.
+fn rotated() -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 40, 2_000);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !p.ends_with(checkpoint::FILE))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    (dir, files)
+}
+
+#[test]
+fn a_deleted_head_file_or_cut_head_breaks_unless_a_signed_checkpoint_anchors_the_rest() {
+    let (dir, files) = rotated();
+    let first_of_second = {
+        let (canonical, _) = unseal(&lines(&files[1])[0]).unwrap();
+        serde_json::from_str::<Record>(&canonical).unwrap().seq
+    };
+    std::fs::remove_file(&files[0]).unwrap();
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert_eq!(b.seq, Some(first_of_second), "{b}");
+    assert!(b.what.contains("its head was removed"), "{b}");
+
+    // Cutting the first records of the (new) first file is the same break.
+    let mut l = lines(&files[1]);
+    l.drain(..2);
+    save(&files[1], &l);
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert!(b.what.contains("its head was removed"), "{b}");
+}
+
+#[test]
+fn a_tail_appended_after_the_last_checkpoint_is_unsigned_and_fails_unless_accepted() {
+    let (dir, file) = ledger();
+    // Forged records, correctly chained to the real head.
+    let mut l = lines(&file);
+    let (canonical, head) = unseal(l.last().unwrap()).unwrap();
+    let mut record: Record = serde_json::from_str(&canonical).unwrap();
+    let mut prev = head.to_owned();
+    for seq in 26..=28 {
+        record.seq = seq;
+        record.prev_hash = prev.clone();
+        record.entry.decision = Some(String::from("allow"));
+        let (hash, line) = seal(&record).unwrap();
+        prev = hash;
+        l.push(line);
+    }
+    save(&file, &l);
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert_eq!((b.line, b.seq), (26, Some(26)), "{b}");
+    assert!(
+        b.what.contains("3 record(s) from here on are not covered"),
+        "{b}"
+    );
+    let summary = verify_with(
+        dir.path(),
+        VerifyOptions {
+            allow_unsigned_tail: true,
+            ..with_key()
+        },
+    )
+    .unwrap();
+    assert_eq!((summary.records, summary.unsigned_tail), (28, 3));
+    // Without the public key nothing counts as signed.
+    let b = verify_with(dir.path(), VerifyOptions::default()).unwrap_err();
+    assert!(b.what.contains("no signature was checked"), "{b}");
+}
+
+/// The checkpoint file's lines.
+fn checkpoint_lines(dir: &Path) -> Vec<String> {
+    lines(&dir.join(checkpoint::FILE))
+}
+
+#[test]
+fn a_checkpoint_removed_from_the_middle_or_the_start_breaks_the_links() {
+    for removed in [1, 0] {
+        let (dir, _) = ledger();
+        let mut l = checkpoint_lines(dir.path());
+        assert_eq!(l.len(), 4, "at 0, 10, 20 and 25");
+        l.remove(removed);
+        save(&dir.path().join(checkpoint::FILE), &l);
+        let b = verify_dir(dir.path()).unwrap_err();
+        assert!(b.what.contains("does not link"), "removed #{removed}: {b}");
+    }
+}
+
+#[test]
+fn the_last_checkpoint_dropped_with_its_records_is_caught_only_by_a_witness() {
+    let (dir, file) = ledger();
+    // The attacker cuts the ledger back to the checkpoint at 20 and drops the one at 25.
+    let witness = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join(checkpoint::FILE),
+        witness.path().join(checkpoint::FILE),
+    )
+    .unwrap();
+    let mut l = lines(&file);
+    l.truncate(20);
+    save(&file, &l);
+    let mut cps = checkpoint_lines(dir.path());
+    cps.pop();
+    save(&dir.path().join(checkpoint::FILE), &cps);
+    // Alone, the shortened ledger is consistent: the documented limit.
+    let summary = verify_dir(dir.path()).unwrap();
+    assert_eq!(summary.range, Some((1, 20)));
+    // The witness's copy of the checkpoints shows the cut.
+    let b = verify(
+        &[
+            dir.path().to_path_buf(),
+            witness.path().join(checkpoint::FILE),
+        ],
+        &with_key(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(b.what.contains("ends at seq 20"), "{b}");
+}
+
+#[test]
+fn everything_rewritten_and_resigned_with_another_key_fails_against_the_real_one() {
+    let (dir, file) = ledger();
+    rebuild(&file);
+    let forger = SigningKey::from_bytes(&[9; 32]);
+    let mut prev = String::from(GENESIS);
+    let records = lines(&file);
+    let resigned: Vec<String> = checkpoint_lines(dir.path())
+        .iter()
+        .map(|line| {
+            let real: Checkpoint = serde_json::from_str(line).unwrap();
+            let hash = if real.seq == 0 {
+                String::from(GENESIS)
+            } else {
+                let (_, hash) = unseal(&records[real.seq as usize - 1]).unwrap();
+                hash.to_owned()
+            };
+            let forged = Checkpoint::sign(&forger, real.seq, &hash, &real.ts, &prev);
+            prev = forged.digest();
+            serde_json::to_string(&forged).unwrap()
+        })
+        .collect();
+    save(&dir.path().join(checkpoint::FILE), &resigned);
+    let forged_key = VerifyOptions {
+        public_key: Some(forger.verifying_key()),
+        ..VerifyOptions::default()
+    };
+    assert!(
+        verify_with(dir.path(), forged_key).is_ok(),
+        "consistent in itself"
+    );
+    let b = verify_dir(dir.path()).unwrap_err();
+    assert!(b.what.contains("signature does not verify"), "{b}");
 }
 
 #[test]

@@ -83,6 +83,12 @@ fn instance_name(config: &Config) -> String {
     })
 }
 
+/// `path` made absolute against the working directory, without touching the file system
+/// (neither may exist yet).
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 impl Audit {
     /// Opens the ledger of `config` and starts its keeper thread; `None` when auditing is
     /// off. The keeper ends (after a last checkpoint) once every handle to the ledger is
@@ -98,6 +104,14 @@ impl Audit {
             .checkpoint_key_file
             .clone()
             .unwrap_or_else(|| config.data_dir.join("audit-checkpoint-key.pem"));
+        // Whoever can rewrite the ledger must not find the key that signs it beside it.
+        if absolute(&key_file).starts_with(absolute(&dir)) {
+            return Err(format!(
+                "audit.checkpoint_key_file: `{}` is inside the ledger directory `{}`; keep the signing key elsewhere",
+                key_file.display(),
+                dir.display()
+            ));
+        }
         let key = checkpoint::load_or_create_key(&key_file)?;
         // A per-installation secret for redaction hashes, derived from the checkpoint key.
         let salt = RedactionSalt::new(&sha256_hex(

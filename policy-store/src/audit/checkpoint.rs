@@ -1,13 +1,18 @@
-//! Signed checkpoints: every so often the writer signs `(seq, head hash, time)` with an
-//! Ed25519 key and appends it to `checkpoints.jsonl`. A verifier holding the public key can
-//! then tell a complete ledger from one whose tail was cut off or which was rebuilt from a
-//! fresh genesis — neither of which the hash chain alone reveals.
+//! Signed checkpoints: every so often the writer signs `(seq, head hash, time, previous
+//! checkpoint)` with an Ed25519 key and appends it to `checkpoints.jsonl`. A verifier holding
+//! the public key can then tell a complete ledger from one whose tail was cut off or which
+//! was rebuilt from a fresh genesis — neither of which the hash chain alone reveals — and,
+//! since each checkpoint names the digest of the one before it ([`Checkpoint::digest`]),
+//! from one whose checkpoint file lost a checkpoint in the middle or at its start.
 //!
 //! The writer signs one at every start too (seq 0 and the genesis hash for an empty
 //! ledger), so a ledger that ever ran has at least one.
 //!
 //! The signed message is the UTF-8 text
-//! `portcullis-audit-checkpoint\n<seq>\n<hash>\n<ts>`; the signature is base64 (standard).
+//! `portcullis-audit-checkpoint-v2\n<seq>\n<hash>\n<ts>\n<prev>`, where `prev` is the
+//! previous checkpoint's digest (64 zeros for the first); the signature is base64
+//! (standard). A checkpoint without `prev` (written before checkpoints were linked) signs
+//! `portcullis-audit-checkpoint\n<seq>\n<hash>\n<ts>`.
 
 use std::path::Path;
 
@@ -29,25 +34,44 @@ pub struct Checkpoint {
     pub hash: String,
     /// When the checkpoint was written.
     pub ts: String,
-    /// Ed25519 signature of [`message`], base64.
+    /// The previous checkpoint's [`Checkpoint::digest`] (64 zeros for the first); absent
+    /// only in checkpoints written before they were linked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
+    /// Ed25519 signature of [`Checkpoint::message`], base64.
     pub signature: String,
 }
 
-/// The signed text.
-pub fn message(seq: u64, hash: &str, ts: &str) -> String {
-    format!("portcullis-audit-checkpoint\n{seq}\n{hash}\n{ts}")
-}
-
 impl Checkpoint {
-    /// Signs a checkpoint.
-    pub fn sign(key: &SigningKey, seq: u64, hash: &str, ts: &str) -> Self {
-        let signature = key.sign(message(seq, hash, ts).as_bytes());
-        Self {
+    /// Signs a checkpoint of the head `(seq, hash)` following the checkpoint whose digest
+    /// is `prev`.
+    pub fn sign(key: &SigningKey, seq: u64, hash: &str, ts: &str, prev: &str) -> Self {
+        let mut checkpoint = Self {
             seq,
             hash: hash.to_owned(),
             ts: ts.to_owned(),
-            signature: base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+            prev: Some(prev.to_owned()),
+            signature: String::new(),
+        };
+        let signature = key.sign(checkpoint.message().as_bytes());
+        checkpoint.signature =
+            base64::engine::general_purpose::STANDARD.encode(signature.to_bytes());
+        checkpoint
+    }
+
+    /// The signed text.
+    pub fn message(&self) -> String {
+        let (seq, hash, ts) = (self.seq, &self.hash, &self.ts);
+        match &self.prev {
+            Some(prev) => format!("portcullis-audit-checkpoint-v2\n{seq}\n{hash}\n{ts}\n{prev}"),
+            None => format!("portcullis-audit-checkpoint\n{seq}\n{hash}\n{ts}"),
         }
+    }
+
+    /// What the next checkpoint names as `prev`: SHA-256 (hex) of the signed text, which
+    /// holds this one's own `prev`, so the digest covers every checkpoint before it.
+    pub fn digest(&self) -> String {
+        super::sha256_hex(self.message().as_bytes())
     }
 
     /// Whether the signature is `key`'s.
@@ -58,12 +82,23 @@ impl Checkpoint {
         let Ok(signature) = Signature::from_slice(&bytes) else {
             return false;
         };
-        key.verify(
-            message(self.seq, &self.hash, &self.ts).as_bytes(),
-            &signature,
-        )
-        .is_ok()
+        key.verify(self.message().as_bytes(), &signature).is_ok()
     }
+}
+
+/// The digest of the last checkpoint in `path` that parses (a torn last line from a crash
+/// is passed over), or the genesis value when there is none: what the next one links to.
+pub fn last_digest(path: &Path) -> Result<String, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("`{}`: cannot read: {e}", path.display())),
+    };
+    Ok(text
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Checkpoint>(line).ok())
+        .map_or_else(|| String::from(super::GENESIS), |cp| cp.digest()))
 }
 
 /// Reads a signing key (PKCS#8 PEM), or creates one (mode 0600) with its public key beside it
@@ -117,10 +152,24 @@ mod tests {
     fn a_checkpoint_verifies_only_under_its_key_and_content() {
         let key = SigningKey::generate(&mut rand_core::OsRng);
         let other = SigningKey::generate(&mut rand_core::OsRng);
-        let cp = Checkpoint::sign(&key, 7, "ab", "t");
+        let cp = Checkpoint::sign(&key, 7, "ab", "t", super::super::GENESIS);
         assert!(cp.is_signed_by(&key.verifying_key()));
         assert!(!cp.is_signed_by(&other.verifying_key()));
-        let moved = Checkpoint { seq: 8, ..cp };
+        let moved = Checkpoint {
+            seq: 8,
+            ..cp.clone()
+        };
         assert!(!moved.is_signed_by(&key.verifying_key()));
+        let relinked = Checkpoint {
+            prev: Some(cp.digest()),
+            ..cp.clone()
+        };
+        assert!(!relinked.is_signed_by(&key.verifying_key()));
+        let next = Checkpoint::sign(&key, 9, "cd", "t", &cp.digest());
+        assert_ne!(
+            next.digest(),
+            cp.digest(),
+            "each digest covers its own content"
+        );
     }
 }

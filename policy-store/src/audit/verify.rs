@@ -1,7 +1,25 @@
 //! Verification of a ledger: every line sealed, every hash right, sequence numbers without
 //! gaps, each `prev_hash` the hash before it, across rotated files; and the signed
-//! checkpoints matching the chain, with none beyond its end. The first break is reported
-//! with its file, line and sequence number.
+//! checkpoints matching the chain, linked to one another, with none beyond its end. The
+//! first break is reported with its file, line and sequence number.
+//!
+//! What a clean result guarantees (with the public key given from a copy kept apart from
+//! the ledger):
+//!
+//! - the chain runs unbroken from the genesis hash (seq 1), or from a signed checkpoint
+//!   named as the trust anchor (`from_seq`: the checkpoint at `from_seq - 1`), so a deleted
+//!   head file or a cut head is a break;
+//! - every record up to the last signed checkpoint is as the writer wrote it, and no
+//!   checkpoint was removed from the middle or the start of the checkpoint file (each names
+//!   its predecessor's digest);
+//! - records after the last signed checkpoint are reported as unsigned, a failure unless
+//!   `allow_unsigned_tail` (a live ledger has up to a checkpoint interval of them).
+//!
+//! Its limits: whoever can write the directory can cut the tail back to a checkpoint and
+//! delete the checkpoints after it, and that ledger verifies, only shorter. Only a copy of
+//! the checkpoints kept elsewhere (a witness: the Redis or SQS sink's stream, given here as
+//! another `checkpoints.jsonl`) shows it. A rewrite with another key fails against the
+//! real public key.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,13 +34,16 @@ use super::{GENESIS, Record, sha256_hex, unseal};
 /// What to check.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
-    /// Start at this sequence number (its `prev_hash` is taken as given).
+    /// Start at this sequence number, trusting the signed checkpoint at `from_seq - 1` as
+    /// the anchor (the records before it may have been pruned).
     pub from_seq: Option<u64>,
     /// Stop after this sequence number.
     pub to_seq: Option<u64>,
     /// Check checkpoint signatures with this key; with a key, a ledger without checkpoints
-    /// fails (its tail cannot be shown complete).
+    /// fails (its tail cannot be shown complete). Without one, no record counts as signed.
     pub public_key: Option<VerifyingKey>,
+    /// Accept records after the last signed checkpoint instead of failing on them.
+    pub allow_unsigned_tail: bool,
 }
 
 /// A clean result.
@@ -40,6 +61,8 @@ pub struct Summary {
     pub last_checkpoint: Option<u64>,
     /// Whether checkpoint signatures were checked.
     pub signatures_checked: bool,
+    /// Records after the last signed checkpoint (all of them without a public key).
+    pub unsigned_tail: u64,
 }
 
 /// The first problem found.
@@ -96,10 +119,27 @@ pub fn ledger_files(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>), S
     Ok((records, checkpoints))
 }
 
-fn read_checkpoints(
-    files: &[PathBuf],
-) -> Result<BTreeMap<u64, (Checkpoint, PathBuf, usize)>, Break> {
-    let mut all = BTreeMap::new();
+/// A checkpoint and where it was read.
+struct Read {
+    checkpoint: Checkpoint,
+    file: PathBuf,
+    line: usize,
+}
+
+impl Read {
+    fn at(&self, what: String) -> Break {
+        Break {
+            file: self.file.clone(),
+            line: self.line,
+            seq: Some(self.checkpoint.seq),
+            what,
+        }
+    }
+}
+
+/// Every checkpoint of `files`, file by file in file order.
+fn read_checkpoints(files: &[PathBuf]) -> Result<Vec<Vec<Read>>, Break> {
+    let mut all = Vec::new();
     for file in files {
         let reader = BufReader::new(File::open(file).map_err(|e| Break {
             file: file.clone(),
@@ -107,6 +147,7 @@ fn read_checkpoints(
             seq: None,
             what: format!("cannot open: {e}"),
         })?);
+        let mut read = Vec::new();
         for (i, line) in reader.lines().enumerate() {
             let at = |what: String| Break {
                 file: file.clone(),
@@ -118,12 +159,46 @@ fn read_checkpoints(
             if line.trim().is_empty() {
                 continue;
             }
-            let cp: Checkpoint =
+            let checkpoint: Checkpoint =
                 serde_json::from_str(&line).map_err(|e| at(format!("not a checkpoint: {e}")))?;
-            all.insert(cp.seq, (cp, file.clone(), i + 1));
+            read.push(Read {
+                checkpoint,
+                file: file.clone(),
+                line: i + 1,
+            });
         }
+        all.push(read);
     }
     Ok(all)
+}
+
+/// Checks that each file's checkpoints name their predecessor: the first in a file the
+/// genesis value or a checkpoint another file holds (a witness may start later), every
+/// other the one before it. Checkpoints written before linking (no `prev`) are passed.
+fn check_links(files: &[Vec<Read>]) -> Result<(), Break> {
+    let known: std::collections::HashSet<String> = files
+        .iter()
+        .flatten()
+        .map(|r| r.checkpoint.digest())
+        .collect();
+    for file in files {
+        let mut before: Option<&Read> = None;
+        for read in file {
+            if let Some(prev) = &read.checkpoint.prev {
+                let linked = match before {
+                    Some(b) => *prev == b.checkpoint.digest(),
+                    None => prev == GENESIS || known.contains(prev),
+                };
+                if !linked {
+                    return Err(read.at(String::from(
+                        "checkpoint does not link to the checkpoint before it: a checkpoint was removed or the file rewritten",
+                    )));
+                }
+            }
+            before = Some(read);
+        }
+    }
+    Ok(())
 }
 
 /// Verifies the ledger in `paths`. `progress` is called with the number of records checked
@@ -139,7 +214,7 @@ pub fn verify(
         seq: None,
         what,
     })?;
-    let checkpoints = read_checkpoints(&checkpoint_files)?;
+    let checkpoint_files = read_checkpoints(&checkpoint_files)?;
     let mut summary = Summary {
         records: 0,
         range: None,
@@ -147,29 +222,64 @@ pub fn verify(
         checkpoints: 0,
         last_checkpoint: None,
         signatures_checked: options.public_key.is_some(),
+        unsigned_tail: 0,
+    };
+    let everything = || Break {
+        file: paths.first().cloned().unwrap_or_default(),
+        line: 0,
+        seq: None,
+        what: String::new(),
     };
     if let Some(key) = &options.public_key {
-        for (cp, file, line) in checkpoints.values() {
-            if !cp.is_signed_by(key) {
-                return Err(Break {
-                    file: file.clone(),
-                    line: *line,
-                    seq: Some(cp.seq),
-                    what: String::from("checkpoint signature does not verify with the public key"),
-                });
+        for read in checkpoint_files.iter().flatten() {
+            if !read.checkpoint.is_signed_by(key) {
+                return Err(read.at(String::from(
+                    "checkpoint signature does not verify with the public key",
+                )));
             }
         }
-        if checkpoints.is_empty() {
+        if checkpoint_files.iter().all(Vec::is_empty) {
             return Err(Break {
-                file: paths.first().cloned().unwrap_or_default(),
-                line: 0,
-                seq: None,
                 what: String::from(
                     "no checkpoint found: with a public key given, the tail must be covered by a signed checkpoint",
                 ),
+                ..everything()
             });
         }
     }
+    check_links(&checkpoint_files)?;
+    let mut checkpoints: BTreeMap<u64, Vec<&Read>> = BTreeMap::new();
+    for read in checkpoint_files.iter().flatten() {
+        checkpoints
+            .entry(read.checkpoint.seq)
+            .or_default()
+            .push(read);
+    }
+    // Where the chain must start: the genesis hash, or the anchor's hash.
+    let start = match options.from_seq {
+        None | Some(0 | 1) => (1, String::from(GENESIS)),
+        Some(from) => {
+            let anchor = checkpoints
+                .get(&(from - 1))
+                .and_then(|reads| reads.first())
+                .filter(|_| options.public_key.is_some())
+                .ok_or_else(|| Break {
+                    seq: Some(from - 1),
+                    what: format!(
+                        "no signed checkpoint at seq {} to start from: give --public-key and a seq just after a checkpoint",
+                        from - 1
+                    ),
+                    ..everything()
+                })?;
+            (from, anchor.checkpoint.hash.clone())
+        }
+    };
+    // The last record a verified signature covers: none without the key.
+    let signed_up_to = options
+        .public_key
+        .as_ref()
+        .and_then(|_| checkpoints.keys().next_back().copied());
+    let mut first_unsigned: Option<Break> = None;
 
     let mut previous: Option<(u64, String)> = None;
     let mut last_file: Option<PathBuf> = None;
@@ -212,10 +322,28 @@ pub fn verify(
             }
             match &previous {
                 None => {
-                    if options.from_seq.is_none() && seq == 1 && record.prev_hash != GENESIS {
+                    let (first, ref start_hash) = start;
+                    if seq != first {
                         return Err(at(
                             Some(seq),
-                            String::from("the first record does not start from the genesis hash"),
+                            format!(
+                                "the chain starts at seq {seq}, not {first}: its head was removed (or start from a signed checkpoint with --from-seq)"
+                            ),
+                        ));
+                    }
+                    if &record.prev_hash != start_hash {
+                        return Err(at(
+                            Some(seq),
+                            if first == 1 {
+                                String::from(
+                                    "the first record does not start from the genesis hash",
+                                )
+                            } else {
+                                format!(
+                                    "prev_hash does not link to the anchor checkpoint at seq {}",
+                                    first - 1
+                                )
+                            },
                         ));
                     }
                 }
@@ -237,21 +365,22 @@ pub fn verify(
                     }
                 }
             }
-            if let Some((cp, cp_file, cp_line)) = checkpoints.get(&seq) {
-                if cp.hash != claimed {
-                    return Err(Break {
-                        file: cp_file.clone(),
-                        line: *cp_line,
-                        seq: Some(seq),
-                        what: format!(
-                            "checkpoint hash differs from the ledger's record at {}:{}: the chain was rewritten",
-                            file.display(),
-                            i + 1
-                        ),
-                    });
+            for read in checkpoints.get(&seq).into_iter().flatten() {
+                if read.checkpoint.hash != claimed {
+                    return Err(read.at(format!(
+                        "checkpoint hash differs from the ledger's record at {}:{}: the chain was rewritten",
+                        file.display(),
+                        i + 1
+                    )));
                 }
                 summary.checkpoints += 1;
                 summary.last_checkpoint = Some(seq);
+            }
+            if signed_up_to.is_none_or(|signed| seq > signed) {
+                summary.unsigned_tail += 1;
+                if first_unsigned.is_none() {
+                    first_unsigned = Some(at(Some(seq), String::new()));
+                }
             }
             summary.records += 1;
             summary.range = Some(match summary.range {
@@ -266,18 +395,32 @@ pub fn verify(
     }
     let end = previous.as_ref().map_or(0, |(s, _)| *s);
     if options.to_seq.is_none()
-        && let Some((&beyond, (_, cp_file, cp_line))) = checkpoints.range(end + 1..).next()
+        && let Some(read) = checkpoints
+            .range(end + 1..)
+            .next()
+            .and_then(|(_, r)| r.first())
     {
+        let beyond = read.checkpoint.seq;
+        return Err(read.at(format!(
+            "a signed checkpoint covers seq {beyond} but the ledger ends at seq {end}{}: records were removed from the tail",
+            last_file
+                .map(|f| format!(" ({})", f.display()))
+                .unwrap_or_default()
+        )));
+    }
+    if let Some(first) = first_unsigned
+        && !options.allow_unsigned_tail
+    {
+        let covered = match signed_up_to {
+            Some(signed) => format!("after the last signed checkpoint (seq {signed})"),
+            None => String::from("and no signature was checked (no public key)"),
+        };
         return Err(Break {
-            file: cp_file.clone(),
-            line: *cp_line,
-            seq: Some(beyond),
             what: format!(
-                "a signed checkpoint covers seq {beyond} but the ledger ends at seq {end}{}: records were removed from the tail",
-                last_file
-                    .map(|f| format!(" ({})", f.display()))
-                    .unwrap_or_default()
+                "{} record(s) from here on are not covered by a verified signature, {covered}: anyone who can write the ledger could have appended them (--allow-unsigned-tail accepts them)",
+                summary.unsigned_tail
             ),
+            ..first
         });
     }
     Ok(summary)

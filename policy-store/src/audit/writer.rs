@@ -510,6 +510,8 @@ struct Writer {
     rotated: Vec<File>,
     /// Checkpoints signed, for the keeper to write.
     signed: Vec<Checkpoint>,
+    /// The digest of the last checkpoint signed, which the next one links to.
+    checkpoint_prev: String,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     stats: Arc<LedgerStats>,
@@ -539,6 +541,7 @@ impl Writer {
         rx: mpsc::Receiver<Pending>,
         stats: Arc<LedgerStats>,
     ) -> Result<Self, String> {
+        let checkpoint_prev = checkpoint::last_digest(&config.dir.join(checkpoint::FILE))?;
         let path = match &tail.file {
             Some(p) => p.clone(),
             None => config
@@ -560,6 +563,7 @@ impl Writer {
             buf: Vec::with_capacity(64 * 1024),
             rotated: Vec::new(),
             signed: Vec::new(),
+            checkpoint_prev,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             stats,
@@ -588,12 +592,15 @@ impl Writer {
     /// again.
     fn sign_checkpoint(&mut self) {
         if let Some(key) = &self.config.checkpoint_key {
-            self.signed.push(Checkpoint::sign(
+            let checkpoint = Checkpoint::sign(
                 key,
                 self.tail.seq,
                 &self.tail.hash,
                 &super::timestamp_now(),
-            ));
+                &self.checkpoint_prev,
+            );
+            self.checkpoint_prev = checkpoint.digest();
+            self.signed.push(checkpoint);
         }
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();

@@ -1,6 +1,8 @@
 //! `portcullis audit verify PATH...`: recomputes the hash chain of a ledger (across rotated
-//! files) and checks its signed checkpoints; prints the first break with file, line and
-//! sequence number.
+//! files) from the genesis hash (or a signed checkpoint given as the anchor) and checks its
+//! linked, signed checkpoints; prints the first break with file, line and sequence number.
+//! Records no verified signature covers fail it unless `--allow-unsigned-tail`. What a
+//! clean result guarantees, and what it cannot, is in `audit/verify.rs`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,19 +15,27 @@ use super::Exit;
 /// Arguments of `audit verify`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Ledger directories or files (`audit-*.jsonl`, `checkpoints.jsonl`).
+    /// Ledger directories or files (`audit-*.jsonl`, `checkpoints.jsonl`); a witness's copy
+    /// of the checkpoints (from the Redis or SQS sink) can be given as another
+    /// `checkpoints.jsonl`.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Start at this sequence number.
+    /// Start at this sequence number, trusting the signed checkpoint just before it as the
+    /// anchor (for a ledger whose older files were pruned); default: the genesis record.
     #[arg(long)]
     pub from_seq: Option<u64>,
     /// Stop after this sequence number.
     #[arg(long)]
     pub to_seq: Option<u64>,
-    /// Checkpoint public key (SPKI PEM, e.g. `portcullis-data/audit-checkpoint-key.pem.pub`):
-    /// checks signatures, and fails a ledger without checkpoints.
+    /// Checkpoint public key (SPKI PEM, e.g. `portcullis-data/audit-checkpoint-key.pem.pub`,
+    /// best from a copy kept away from the ledger): checks signatures, and fails a ledger
+    /// without checkpoints. Without it, no record counts as signed.
     #[arg(long, env = "PORTCULLIS_AUDIT_PUBLIC_KEY")]
     pub public_key: Option<PathBuf>,
+    /// Accept records after the last signed checkpoint (a running ledger has up to a
+    /// checkpoint interval of them) instead of failing.
+    #[arg(long, env = "PORTCULLIS_AUDIT_ALLOW_UNSIGNED_TAIL")]
+    pub allow_unsigned_tail: bool,
 }
 
 /// Exit 0 when the ledger verifies, 1 at the first break, 3 when the input is unusable.
@@ -41,6 +51,7 @@ pub fn run(args: &Args) -> Exit {
         from_seq: args.from_seq,
         to_seq: args.to_seq,
         public_key,
+        allow_unsigned_tail: args.allow_unsigned_tail,
     };
     let terminal = std::io::stderr().is_terminal();
     let mut progress = |n: u64| {
@@ -59,7 +70,7 @@ pub fn run(args: &Args) -> Exit {
                 |(a, b)| format!("seq {a}..={b}"),
             );
             println!(
-                "ok: {} records ({range}) in {} file(s); {} checkpoint(s) matched, last at {}{}",
+                "ok: {} records ({range}) in {} file(s); {} checkpoint(s) matched, last at {}{}{}",
                 s.records,
                 s.files,
                 s.checkpoints,
@@ -69,6 +80,14 @@ pub fn run(args: &Args) -> Exit {
                     ", signatures verified"
                 } else {
                     "; signatures NOT checked (no --public-key)"
+                },
+                if s.unsigned_tail > 0 {
+                    format!(
+                        "; {} record(s) UNSIGNED (accepted by --allow-unsigned-tail)",
+                        s.unsigned_tail
+                    )
+                } else {
+                    String::new()
                 }
             );
             Exit::Ok

@@ -541,13 +541,20 @@ impl Portcullis {
             .collect()
     }
 
-    /// `portcullis audit verify` over the ledger with the checkpoint public key.
+    /// `portcullis audit verify` over the ledger with the checkpoint public key, accepting
+    /// the unsigned tail a running (or killed) writer leaves.
     pub fn verify_ledger(&self) -> std::process::Output {
+        self.verify_ledger_with(&["--allow-unsigned-tail"])
+    }
+
+    /// `portcullis audit verify` over the ledger with the checkpoint public key and `args`.
+    pub fn verify_ledger_with(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["audit", "verify"])
             .arg(self.ledger_dir())
             .arg("--public-key")
             .arg(self.dir.join("data/audit-checkpoint-key.pem.pub"))
+            .args(args)
             .output()
             .expect("verify runs")
     }
