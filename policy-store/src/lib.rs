@@ -7,7 +7,8 @@
 //!   PostgreSQL), where every mutation is one transaction that bumps the revision;
 //! - [`snapshot`]: the immutable in-memory view the hot path reads, swapped atomically;
 //! - [`decision`]: the decision core, [`decision::decide`];
-//! - [`audit`]: the hash-chained decision ledger, its writer and its verifier.
+//! - [`audit`]: the hash-chained decision ledger, its writer and its verifier;
+//! - [`backoff`]: the jittered backoff of every reconnect loop.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +20,7 @@
 //! ```
 
 pub mod audit;
+pub mod backoff;
 pub mod decision;
 pub mod error;
 pub mod hex;

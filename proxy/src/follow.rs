@@ -1,7 +1,7 @@
 //! How `portcullis proxy` gets its state from a control plane: bootstrap from
 //! `GET /v1/snapshot`, then follow `GET /v1/watch?since=R` (server-sent events: each update
 //! as the control plane publishes it, heartbeats between) and apply each update; reconnect
-//! with backoff when the stream breaks or falls silent. The whole state is kept as a
+//! with a jittered backoff of at most a second when the stream breaks or falls silent. The whole state is kept as a
 //! last-known-good file (written atomically), to start from when the control plane cannot be
 //! reached.
 //!
@@ -14,13 +14,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use portcullis_policy_store::backoff::Backoff;
 use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate, StoreState};
 
 use crate::metrics::METRICS;
 
-/// When the control plane was last reached, and how stale is too stale.
+/// When the control plane was last reached, and how stale is too stale. Measured on the
+/// monotonic clock: a wall clock stepped back during an outage cannot make old state look
+/// fresh.
 #[derive(Debug)]
 pub struct Contact {
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last contact (negative: before the start).
     last_ms: AtomicI64,
     max_staleness: Duration,
 }
@@ -31,21 +36,27 @@ fn now_ms() -> i64 {
 
 impl Contact {
     /// Contact tracking with a staleness limit; the state was last known current at
-    /// `confirmed_ms`.
+    /// `confirmed_ms` (wall clock, e.g. the last-known-good file's time: read once here).
     pub fn new(max_staleness: Duration, confirmed_ms: i64) -> Self {
+        let age_ms = (now_ms() - confirmed_ms).max(0);
         Self {
-            last_ms: AtomicI64::new(confirmed_ms),
+            started: std::time::Instant::now(),
+            last_ms: AtomicI64::new(-age_ms),
             max_staleness,
         }
     }
 
+    fn elapsed_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
     fn reached(&self) {
-        self.last_ms.store(now_ms(), Ordering::Release);
+        self.last_ms.store(self.elapsed_ms(), Ordering::Release);
     }
 
     /// Seconds since the control plane was last reached.
     pub fn age_seconds(&self) -> f64 {
-        (now_ms() - self.last_ms.load(Ordering::Acquire)).max(0) as f64 / 1000.0
+        (self.elapsed_ms() - self.last_ms.load(Ordering::Acquire)).max(0) as f64 / 1000.0
     }
 
     /// Whether the state is older than allowed.
@@ -168,45 +179,144 @@ impl SseParser {
     }
 }
 
-/// Writes the last-known-good state: to a temporary file, then renamed over the old one.
-pub fn save(path: &Path, state: &StoreState) -> Result<(), String> {
-    let json = serde_json::to_vec(state).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
+/// The last-known-good file: the state as the control plane served it, sealed with an
+/// HMAC-SHA256 under a key derived from the proxy's control-plane token, written with mode
+/// 0600. A file edited by hand (a suspended user made active again while the control plane
+/// is away), cut, or sealed under another token is refused like a corrupt one: the proxy
+/// then waits for the control plane instead. The file's modification time says when its
+/// state was last confirmed current.
+///
+/// Format: a first line `portcullis-lkg-v1 <hex HMAC of the rest>`, then the state's JSON.
+#[derive(Clone)]
+pub struct LastKnownGood {
+    path: PathBuf,
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for LastKnownGood {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LastKnownGood")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first line's tag.
+const LKG_FORMAT: &str = "portcullis-lkg-v1";
+
+/// Lower-case hex to bytes; `None` for anything else.
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Some(digit(*pair.first()?)? << 4 | digit(*pair.get(1)?)?))
+        .collect()
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl LastKnownGood {
+    /// The file at `path`, sealed under a key derived from `token`.
+    pub fn new(path: PathBuf, token: &str) -> Result<Self, String> {
+        use hmac::Mac;
+        use sha2::Digest;
+        let key = sha2::Sha256::digest(
+            [b"portcullis-last-known-good\n".as_slice(), token.as_bytes()].concat(),
+        );
+        let mac =
+            HmacSha256::new_from_slice(&key).map_err(|e| format!("last-known-good seal: {e}"))?;
+        Ok(Self { path, mac })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the state: to a temporary file (mode 0600), then renamed over the old one.
+    pub fn save(&self, state: &StoreState) -> Result<(), String> {
+        use hmac::Mac;
+        use std::io::Write;
+        let json = serde_json::to_vec(state).map_err(|e| e.to_string())?;
+        let mut mac = self.mac.clone();
+        mac.update(&json);
+        let seal = portcullis_policy_store::hex::hex(&mac.finalize().into_bytes());
+        let tmp = self.path.with_extension("tmp");
+        let written = (|| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&tmp)?;
+            // A temporary file left by an earlier crash keeps its mode: set it again.
+            #[cfg(unix)]
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            file.write_all(format!("{LKG_FORMAT} {seal}\n").as_bytes())?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        written.map_err(|e| {
             format!(
                 "`{}`: cannot write the last-known-good state: {e}",
-                path.display()
+                self.path.display()
             )
         })
-}
+    }
 
-/// Reads the last-known-good state.
-pub fn load(path: &Path) -> Result<StoreState, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("`{}`: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("`{}`: {e}", path.display()))
-}
+    /// Reads the state, refusing a file whose seal does not verify.
+    pub fn load(&self) -> Result<StoreState, String> {
+        use hmac::Mac;
+        let at = |what: &str| format!("`{}`: {what}", self.path.display());
+        let bytes = std::fs::read(&self.path).map_err(|e| at(&e.to_string()))?;
+        let newline = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| at("not a sealed last-known-good file"))?;
+        let (head, json) = bytes.split_at(newline);
+        let json = json.get(1..).unwrap_or_default();
+        let seal = std::str::from_utf8(head)
+            .ok()
+            .and_then(|h| h.strip_prefix(LKG_FORMAT))
+            .and_then(|h| h.strip_prefix(' '))
+            .and_then(decode_hex)
+            .ok_or_else(|| at("not a sealed last-known-good file"))?;
+        let mut mac = self.mac.clone();
+        mac.update(json);
+        mac.verify_slice(&seal).map_err(|_| {
+            at("the seal does not verify: the file was changed, or sealed under another token")
+        })?;
+        serde_json::from_slice(json).map_err(|e| at(&e.to_string()))
+    }
 
-/// When the file's state was last confirmed current: its modification time, which every
-/// successful poll refreshes.
-fn confirmed_at(file: &Path) -> i64 {
-    std::fs::metadata(file)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .unwrap_or(0)
-}
+    /// When the file's state was last confirmed current: its modification time, which
+    /// every successful poll refreshes.
+    fn confirmed_at(&self) -> i64 {
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or(0)
+    }
 
-/// Marks the file's state as confirmed current now.
-fn touch(file: &Path) {
-    let touched = std::fs::File::options()
-        .write(true)
-        .open(file)
-        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-    if let Err(e) = touched {
-        tracing::debug!(error = %e, "last-known-good file not touched");
+    /// Marks the file's state as confirmed current now.
+    fn touch(&self) {
+        let touched = std::fs::File::options()
+            .write(true)
+            .open(&self.path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::debug!(error = %e, "last-known-good file not touched");
+        }
     }
 }
 
@@ -214,12 +324,12 @@ fn touch(file: &Path) {
 /// answers (saved as last-known-good), else from the last-known-good file (current as of
 /// its last confirmation, so staleness keeps counting across restarts), else retried with
 /// backoff until one of them works.
-pub async fn bootstrap(control: &ControlPlane, file: &Path) -> (StoreState, i64) {
-    let mut backoff = Duration::from_millis(250);
+pub async fn bootstrap(control: &ControlPlane, file: &LastKnownGood) -> (StoreState, i64) {
+    let mut backoff = Backoff::reconnect();
     loop {
         match control.snapshot().await {
             Ok(state) => {
-                if let Err(e) = save(file, &state) {
+                if let Err(e) = file.save(&state) {
                     tracing::warn!(error = %e, "last-known-good state not saved");
                 }
                 tracing::info!(
@@ -228,15 +338,15 @@ pub async fn bootstrap(control: &ControlPlane, file: &Path) -> (StoreState, i64)
                 );
                 return (state, now_ms());
             }
-            Err(e) if file.exists() => match load(file) {
+            Err(e) if file.path().exists() => match file.load() {
                 Ok(state) => {
                     tracing::warn!(
                         error = %e,
-                        file = %file.display(),
+                        file = %file.path().display(),
                         revision = state.revision,
                         "control plane unreachable: serving the last-known-good state"
                     );
-                    return (state, confirmed_at(file));
+                    return (state, file.confirmed_at());
                 }
                 Err(load_error) => {
                     tracing::error!(error = %e, file_error = %load_error, "no state to serve yet; retrying");
@@ -246,8 +356,7 @@ pub async fn bootstrap(control: &ControlPlane, file: &Path) -> (StoreState, i64)
                 tracing::warn!(error = %e, "control plane unreachable and no last-known-good state; retrying")
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        backoff.wait().await;
     }
 }
 
@@ -257,7 +366,7 @@ pub async fn follow(
     control: ControlPlane,
     state: StoreState,
     handle: Arc<SnapshotHandle>,
-    file: PathBuf,
+    file: LastKnownGood,
     contact: Arc<Contact>,
     heartbeat: Duration,
 ) {
@@ -269,6 +378,7 @@ pub async fn follow(
         refused: None,
     };
     let mut failures: u32 = 0;
+    let mut backoff = Backoff::reconnect();
     loop {
         let revision = follower.handle.load().revision();
         let outcome = match control.watch(revision, heartbeat).await {
@@ -277,6 +387,7 @@ pub async fn follow(
                     tracing::info!("control plane reachable again");
                 }
                 failures = 0;
+                backoff.reset();
                 follower.stream(response, heartbeat).await
             }
             Err(e) => Err(e),
@@ -287,8 +398,7 @@ pub async fn follow(
                 tracing::warn!(error = %e, stale_s = follower.contact.age_seconds(), "control plane unreachable; enforcing the last state");
             }
         }
-        let backoff = Duration::from_millis(100) * 2_u32.saturating_pow(failures.min(7));
-        tokio::time::sleep(backoff.min(Duration::from_secs(10))).await;
+        backoff.wait().await;
     }
 }
 
@@ -296,7 +406,7 @@ pub async fn follow(
 struct Follower {
     state: StoreState,
     handle: Arc<SnapshotHandle>,
-    file: PathBuf,
+    file: LastKnownGood,
     contact: Arc<Contact>,
     /// A refused update is not retried until the control plane moves past it.
     refused: Option<i64>,
@@ -318,7 +428,7 @@ impl Follower {
                 .ok_or_else(|| String::from("the control plane closed the change stream"))?;
             for event in parser.push(&chunk) {
                 self.contact.reached();
-                touch(&self.file);
+                self.file.touch();
                 if event.event == "update" {
                     let update: SnapshotUpdate = serde_json::from_str(&event.data)
                         .map_err(|e| format!("/v1/watch: an update that does not parse: {e}"))?;
@@ -343,7 +453,7 @@ impl Follower {
                     .with_label_values(&["applied"])
                     .inc();
                 self.state.apply(update);
-                if let Err(e) = save(&self.file, &self.state) {
+                if let Err(e) = self.file.save(&self.state) {
                     tracing::warn!(error = %e, "last-known-good state not saved");
                 }
                 tracing::info!(
@@ -371,6 +481,48 @@ pub fn build(state: StoreState) -> Result<Snapshot, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state() -> StoreState {
+        StoreState {
+            revision: 7,
+            ..StoreState::default()
+        }
+    }
+
+    #[test]
+    fn the_last_known_good_file_is_sealed_and_any_change_is_refused() {
+        let dir = std::env::temp_dir().join(format!("portcullis-lkg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("last-known-good.json");
+        let file = LastKnownGood::new(path.clone(), "token-a").unwrap();
+        file.save(&state()).unwrap();
+        assert_eq!(file.load().unwrap().revision, 7);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let other_token = LastKnownGood::new(path.clone(), "token-b").unwrap();
+        assert!(other_token.load().unwrap_err().contains("does not verify"));
+
+        let sealed = std::fs::read_to_string(&path).unwrap();
+        let edited = sealed.replacen("\"revision\":7", "\"revision\":8", 1);
+        assert_ne!(edited, sealed);
+        std::fs::write(&path, edited).unwrap();
+        assert!(file.load().unwrap_err().contains("does not verify"));
+        let (head, json) = sealed.split_once('\n').unwrap();
+        for broken in [
+            json.to_owned(),
+            format!("{head}\n"),
+            format!("{head}x\n{json}"),
+            String::new(),
+        ] {
+            std::fs::write(&path, broken).unwrap();
+            assert!(file.load().is_err());
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn events_are_split_across_chunks_and_comments_are_skipped() {

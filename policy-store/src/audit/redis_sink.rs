@@ -30,15 +30,15 @@ pub struct RedisSinkConfig {
 
 /// Forwards the ledger in `dir` to Redis until the process ends.
 pub async fn forward(dir: PathBuf, prefix: String, config: RedisSinkConfig, stats: Arc<SinkStats>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         if let Err(e) = forward_once(&dir, &prefix, &config, &stats).await {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, stream = config.stream, "audit records not forwarded to Redis; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff.wait().await;
         } else {
-            backoff = Duration::from_millis(200);
+            backoff.reset();
         }
     }
 }

@@ -82,15 +82,15 @@ pub async fn client(config: &SqsSinkConfig) -> aws_sdk_sqs::Client {
 /// Forwards the ledger in `dir` to SQS until the process ends.
 pub async fn forward(dir: PathBuf, prefix: String, config: SqsSinkConfig, stats: Arc<SinkStats>) {
     let client = client(&config).await;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         if let Err(e) = forward_once(&client, &dir, &prefix, &config, &stats).await {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, queue = config.queue_url, "audit records not forwarded to SQS; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff.wait().await;
         } else {
-            backoff = Duration::from_millis(200);
+            backoff.reset();
         }
     }
 }

@@ -14,7 +14,7 @@ use super::Exit;
 use super::serve::{ConfigArgs, join_audit_keeper, key_source, load_config, parse_sets};
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Gate, Health};
-use crate::follow::{self, Contact, ControlPlane};
+use crate::follow::{self, Contact, ControlPlane, LastKnownGood};
 use crate::reload::Reloader;
 
 /// Arguments of `proxy`.
@@ -69,6 +69,17 @@ pub fn run(args: &Args) -> Exit {
             return Exit::InvalidInput;
         }
     };
+    let state_file = cp
+        .state_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("last-known-good.json"));
+    let state_file = match LastKnownGood::new(state_file, token.trim()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("portcullis proxy: {e}");
+            return Exit::Failure;
+        }
+    };
     let control = match ControlPlane::new(&url, token) {
         Ok(c) => c,
         Err(e) => {
@@ -92,11 +103,6 @@ pub fn run(args: &Args) -> Exit {
         tracing::error!(error = %e, "not started");
         return Exit::Failure;
     }
-    let state_file = cp
-        .state_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("last-known-good.json"));
-
     let (state, confirmed_ms) = runtime.block_on(follow::bootstrap(&control, &state_file));
     let snapshot = match follow::build(state.clone()) {
         Ok(s) => s,
@@ -167,7 +173,7 @@ pub fn run(args: &Args) -> Exit {
         ops = %config.ops.address,
         control_plane = url,
         revision = plane.snapshot.load().revision(),
-        state_file = %state_file.display(),
+        state_file = %state_file.path().display(),
         "portcullis proxy starting"
     );
     runtime.spawn(follow::follow(

@@ -165,9 +165,39 @@ fn a_proxy_follows_its_control_plane_survives_it_and_fails_closed_when_stale() {
     assert_eq!(ready.status, 503);
     assert!(ready.body.contains("[-] control plane"), "{}", ready.body);
 
-    // The control plane comes back: so does the proxy.
+    // The control plane comes back: so does the proxy, within about a second.
     control.restart();
-    wait_status(&proxy, &alice, 200, "recovers with the control plane");
+    let back = wait_status(&proxy, &alice, 200, "recovers with the control plane");
+    eprintln!("proxy following again {back:?} after the control plane came back");
+    assert!(back < Duration::from_secs(2), "{back:?}");
+
+    // The last-known-good file is the owner's alone, and sealed: edited while the control
+    // plane is away (Sam, suspended, made active), it is refused like a corrupt file.
+    let lkg = proxy.dir.join("data/last-known-good.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&lkg).expect("lkg").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    control.kill9();
+    proxy.kill9();
+    let text = std::fs::read_to_string(&lkg).expect("lkg");
+    assert!(text.contains("\"suspended\""), "Sam is in it");
+    std::fs::write(&lkg, text.replacen("\"suspended\"", "\"active\"", 1)).expect("edit");
+    proxy.restart_unready();
+    proxy.wait_for(
+        || proxy.log().contains("the seal does not verify"),
+        "the edited state is refused",
+    );
+    let ready = raw_request(proxy.ops, "GET", "/readyz", &[]);
+    assert!(
+        ready.is_none_or(|r| r.status != 200),
+        "not ready on an edited state"
+    );
+    control.restart();
+    proxy.wait_until_ready();
+    assert_eq!(proxy.get(D1, Some(&alice), &[]).status, 200);
 }
 
 #[test]

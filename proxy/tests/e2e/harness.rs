@@ -479,6 +479,12 @@ impl Portcullis {
 
     /// Starts the process again on the same configuration and data.
     pub fn restart(&mut self) {
+        self.restart_unready();
+        self.wait_ready();
+    }
+
+    /// Starts the process again without waiting for it to be ready.
+    pub fn restart_unready(&mut self) {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log_file)
@@ -488,6 +494,10 @@ impl Portcullis {
             .stderr(log)
             .spawn()
             .expect("portcullis restarts");
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_until_ready(&mut self) {
         self.wait_ready();
     }
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use portcullis_policy_store::backoff::Backoff;
+
 use super::Authenticator;
 use super::keys::KeySet;
 use crate::metrics::METRICS;
@@ -153,7 +155,7 @@ async fn poll_url(
             return;
         }
     };
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     loop {
         let loaded = match fetch(&client, &url).await {
             Ok(bytes) => {
@@ -169,13 +171,12 @@ async fn poll_url(
         // Until the first success, retry with backoff; afterwards, on the refresh period or
         // when a token names an unknown `kid`.
         let wait = if authn.has_keys() && loaded {
-            backoff = Duration::from_millis(250);
+            backoff.reset();
             refresh
         } else if authn.has_keys() {
             refresh.min(Duration::from_secs(30))
         } else {
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            backoff
+            backoff.next_delay()
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
