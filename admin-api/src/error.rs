@@ -65,6 +65,8 @@ pub enum ApiError {
     PreconditionRequired(String),
     /// 500: something failed inside (detail logged, not returned).
     Internal(String),
+    /// 503: a change the audit ledger cannot record is not made (detail logged).
+    LedgerUnavailable(String),
 }
 
 impl ApiError {
@@ -108,6 +110,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = match &self {
             Self::TooManyFailures(seconds) => Some(*seconds),
+            Self::LedgerUnavailable(_) => Some(1),
             _ => None,
         };
         let (status, kind, title, detail, errors) = match self {
@@ -176,6 +179,21 @@ impl IntoResponse for ApiError {
                 detail,
                 Vec::new(),
             ),
+            Self::LedgerUnavailable(detail) => {
+                tracing::error!(
+                    detail,
+                    "admin change refused: the audit ledger cannot record it"
+                );
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ledger-unavailable",
+                    "The change cannot be recorded",
+                    String::from(
+                        "the audit ledger cannot record this change, so it was not made; retry later",
+                    ),
+                    Vec::new(),
+                )
+            }
             Self::Internal(detail) => {
                 tracing::error!(detail, "admin API internal error");
                 (

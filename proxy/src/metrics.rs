@@ -175,7 +175,7 @@ pub struct Metrics {
 pub struct AuditMetrics {
     /// `portcullis_audit_records_total`: records written.
     pub records: prometheus::IntCounter,
-    /// `portcullis_audit_dropped_total`: entries dropped (`audit.on_full: drop`).
+    /// `portcullis_audit_dropped_total`: entries not recorded (`audit.on_full: drop`).
     pub dropped: prometheus::IntCounter,
     /// `portcullis_audit_refused_total`: requests refused because the queue stayed full.
     pub refused: prometheus::IntCounter,
@@ -310,7 +310,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             records: int_counter("portcullis_audit_records_total", "Audit records written."),
             dropped: int_counter(
                 "portcullis_audit_dropped_total",
-                "Audit entries dropped because the queue was full (audit.on_full = drop).",
+                "Audit entries not recorded under audit.on_full = drop: the queue was full or the write failed.",
             ),
             refused: int_counter(
                 "portcullis_audit_refused_total",

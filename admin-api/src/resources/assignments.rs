@@ -9,8 +9,8 @@ use portcullis_policy_store::store::{AssignmentFilter, Store};
 use serde::Deserialize;
 
 use super::{
-    Body, Change, Page, Params, St, allow, as_json, changed, check, created, entity_tenant_of,
-    name_problems, page_after, page_of, page_size, principal_tenant,
+    Body, Change, Page, Params, St, allow, as_json, check, created, entity_tenant_of,
+    name_problems, page_after, page_of, page_size, principal_tenant, record_change,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -66,19 +66,20 @@ pub(crate) async fn create_assignment<S: Store>(
         assigned_by: assignment.assigned_by.or_else(|| Some(actor.recorded())),
         ..assignment
     };
-    let revision = st.store.create_assignment(&assignment).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "assignment.create",
             resource: format!("Assignment::{:?}", assignment.id),
-            revision,
             before: None,
             after: as_json(&assignment),
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.create_assignment(&assignment).await)
+        .await?;
     Ok(created(assignment))
 }
 
@@ -173,18 +174,19 @@ pub(crate) async fn delete_assignment<S: Store>(
         None => Target::global(),
     };
     allow(&st, &actor, AdminAction::AssignmentsWrite, &target)?;
-    let revision = st.store.delete_assignment(&id).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "assignment.delete",
             resource: format!("Assignment::{id:?}"),
-            revision,
             before: before.as_ref().and_then(as_json),
             after: None,
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.delete_assignment(&id).await)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use portcullis_policy_store::model::{EntityRecord, EntityRef};
 use portcullis_policy_store::store::Store;
 
-use super::{Body, Change, St, allow, as_json, changed, check, entity_tenant_of};
+use super::{Body, Change, St, allow, as_json, check, entity_tenant_of, record_change};
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
@@ -76,19 +76,20 @@ pub(crate) async fn put_entity<S: Store>(
         });
     }
     check(errors)?;
-    let revision = st.store.put_entity(&entity).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "entity.put",
             resource: key.to_string(),
-            revision,
             before: before.as_ref().and_then(as_json),
             after: as_json(&entity),
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.put_entity(&entity).await)
+        .await?;
     Ok(Json(entity).into_response())
 }
 
@@ -103,18 +104,19 @@ pub(crate) async fn delete_entity<S: Store>(
     let before = st.store.get_entity(&key).await?;
     let target = Target::tenants([before.as_ref().and_then(crate::authz::entity_tenant)]);
     allow(&st, &actor, AdminAction::EntitiesWrite, &target)?;
-    let revision = st.store.delete_entity(&key).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "entity.delete",
             resource: key.to_string(),
-            revision,
             before: before.as_ref().and_then(as_json),
             after: None,
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.delete_entity(&key).await)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

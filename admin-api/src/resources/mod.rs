@@ -101,17 +101,15 @@ async fn entity_tenant_of<S: Store>(
         .and_then(|e| crate::authz::entity_tenant(&e).map(str::to_owned)))
 }
 
-/// A committed change, as [`changed`] records it.
+/// An admin change about to be made, as [`record_change`] records it.
 struct Change {
     /// The admin operation (`principal.put`).
     action: &'static str,
     /// The object changed (`User::"alice"`).
     resource: String,
-    /// The store revision the change produced.
-    revision: i64,
     /// The object as read just before the write; `None` when it did not exist.
     before: Option<serde_json::Value>,
-    /// The object as written; `None` when deleted.
+    /// The object as it will be written; `None` when deleted.
     after: Option<serde_json::Value>,
 }
 
@@ -120,42 +118,116 @@ fn as_json<T: Serialize>(value: &T) -> Option<serde_json::Value> {
     serde_json::to_value(value).ok()
 }
 
-/// Logs a committed change and records it in the audit ledger, with its actor, before and
-/// after. The change is already in the store (which keeps its own change log), so a ledger
-/// that cannot take the record is logged as an error rather than undoing it.
-async fn changed<S>(st: &AppState<S>, actor: &Actor, change: Change) {
+/// A change the ledger has recorded, waiting for the store's answer.
+struct Recorded {
+    action: &'static str,
+    resource: String,
+    actor: String,
+}
+
+/// Records `change` in the audit ledger, with its actor, before it is made: a change the
+/// ledger cannot take is not made (503), as the data plane refuses what it cannot record.
+/// Without a ledger (audit off), only logged.
+async fn record_change<S>(
+    st: &AppState<S>,
+    actor: &Actor,
+    change: Change,
+) -> Result<Recorded, ApiError> {
     let Change {
         action,
         resource,
-        revision,
         before,
         after,
     } = change;
-    let recorded = actor.recorded();
-    tracing::info!(actor = recorded, action, resource, revision, "admin change");
-    let Some(ledger) = &st.ledger else {
-        return;
+    let recorded = Recorded {
+        action,
+        resource,
+        actor: actor.recorded(),
     };
-    let entry = Entry {
-        ts: portcullis_policy_store::audit::timestamp_now(),
-        kind: RecordKind::AdminChange,
-        actor: Some(recorded),
-        action: Some(action.to_owned()),
-        resource: Some(resource),
-        reason: Some(format!("store revision {revision}")),
-        before,
-        after,
-        ..Entry::default()
-    };
-    let appended = match entry.encode() {
-        Ok(encoded) => ledger
+    if let Some(ledger) = &st.ledger {
+        let entry = Entry {
+            ts: portcullis_policy_store::audit::timestamp_now(),
+            kind: RecordKind::AdminChange,
+            actor: Some(recorded.actor.clone()),
+            action: Some(action.to_owned()),
+            resource: Some(recorded.resource.clone()),
+            before,
+            after,
+            ..Entry::default()
+        };
+        let encoded = entry
+            .encode()
+            .map_err(|e| ApiError::LedgerUnavailable(format!("{action}: {e}")))?;
+        ledger
             .append(encoded, std::time::Duration::from_secs(1))
             .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = appended {
-        tracing::error!(error = %e, action, "admin change not recorded in the audit ledger");
+            .map_err(|e| ApiError::LedgerUnavailable(format!("{action}: {e}")))?;
+    }
+    Ok(recorded)
+}
+
+/// What a store write answers, with the revision it made.
+trait Committed {
+    fn revision(&self) -> i64;
+}
+
+impl Committed for i64 {
+    fn revision(&self) -> i64 {
+        *self
+    }
+}
+
+/// `(revision, policy-set version)`.
+impl Committed for (i64, i64) {
+    fn revision(&self) -> i64 {
+        self.0
+    }
+}
+
+impl Recorded {
+    /// The store's answer to the recorded change: logged with its revision when made; when
+    /// it was not made, a second record says so (as far as the ledger can take it) and the
+    /// error is returned.
+    async fn outcome<S, T: Committed>(
+        self,
+        st: &AppState<S>,
+        result: Result<T, portcullis_policy_store::error::StoreError>,
+    ) -> Result<T, ApiError> {
+        let Self {
+            action,
+            resource,
+            actor,
+        } = self;
+        let error = match result {
+            Ok(value) => {
+                let revision = value.revision();
+                tracing::info!(actor, action, resource, revision, "admin change");
+                return Ok(value);
+            }
+            Err(e) => e,
+        };
+        if let Some(ledger) = &st.ledger {
+            let entry = Entry {
+                ts: portcullis_policy_store::audit::timestamp_now(),
+                kind: RecordKind::AdminChange,
+                actor: Some(actor),
+                action: Some(action.to_owned()),
+                resource: Some(resource),
+                reason: Some(format!("not made: {error}")),
+                ..Entry::default()
+            };
+            let appended = match entry.encode() {
+                Ok(encoded) => ledger
+                    .append(encoded, std::time::Duration::from_secs(1))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = appended {
+                tracing::error!(error = %e, action, "a failed admin change not recorded as failed");
+            }
+        }
+        Err(error.into())
     }
 }
 

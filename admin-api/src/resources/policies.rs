@@ -15,8 +15,8 @@ use portcullis_policy_store::store::Store;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Body, Change, Page, PageQuery, Params, St, allow, changed, check, name_problems, page_after,
-    page_of, page_size,
+    Body, Change, Page, PageQuery, Params, St, allow, check, name_problems, page_after, page_of,
+    page_size, record_change,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -207,25 +207,29 @@ async fn store_version<S: Store>(
     schema: &str,
     expected: i64,
 ) -> Result<Response, ApiError> {
-    let (revision, version) = st
-        .store
-        .put_policy_set(files, schema, Some(&actor.recorded()), Some(expected))
-        .await?;
-    changed(
+    let recorded = record_change(
         st,
         actor,
         Change {
             action,
-            resource: format!("PolicySet::\"{version}\""),
-            revision,
+            // The new version's number is the store's to give: the record names the one
+            // it replaces.
+            resource: String::from("PolicySet"),
             before: Some(serde_json::json!({ "version": expected })),
             after: Some(serde_json::json!({
-                "version": version,
                 "files": files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
             })),
         },
     )
-    .await;
+    .await?;
+    let (_, version) = recorded
+        .outcome(
+            st,
+            st.store
+                .put_policy_set(files, schema, Some(&actor.recorded()), Some(expected))
+                .await,
+        )
+        .await?;
     let stored =
         st.store.policy_set_version(version).await?.ok_or_else(|| {
             ApiError::Internal(format!("version {version} vanished after storing"))

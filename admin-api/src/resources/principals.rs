@@ -9,7 +9,8 @@ use portcullis_policy_store::store::Store;
 use serde::Deserialize;
 
 use super::{
-    Body, Change, Revision, St, allow, as_json, changed, check, name_problems, principal_tenant,
+    Body, Change, Revision, St, allow, as_json, check, name_problems, principal_tenant,
+    record_change,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -108,19 +109,20 @@ pub(crate) async fn put_principal<S: Store>(
         });
     }
     check(errors)?;
-    let revision = st.store.put_principal(&principal).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "principal.put",
             resource: key.to_string(),
-            revision,
             before: before.as_ref().and_then(as_json),
             after: as_json(&principal),
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.put_principal(&principal).await)
+        .await?;
     Ok(Json(principal).into_response())
 }
 
@@ -135,19 +137,20 @@ pub(crate) async fn delete_principal<S: Store>(
     let before = st.store.get_principal(&key).await?;
     let target = Target::tenants([before.as_ref().and_then(|p| p.tenant.as_deref())]);
     allow(&st, &actor, AdminAction::PrincipalsWrite, &target)?;
-    let revision = st.store.delete_principal(&key).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "principal.delete",
             resource: key.to_string(),
-            revision,
             before: before.as_ref().and_then(as_json),
             after: None,
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.delete_principal(&key).await)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -224,18 +227,19 @@ pub(crate) async fn revoke_session<S: Store>(
     } else {
         "session.revoke"
     };
-    let revision = st.store.revoke_session(&session).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action,
             resource: key.to_string(),
-            revision,
             before: None,
             after: as_json(&session),
         },
     )
-    .await;
+    .await?;
+    let revision = recorded
+        .outcome(&st, st.store.revoke_session(&session).await)
+        .await?;
     Ok(Json(Revision { revision }).into_response())
 }

@@ -8,8 +8,8 @@ use portcullis_policy_store::model::Role;
 use portcullis_policy_store::store::Store;
 
 use super::{
-    Body, Change, Page, PageQuery, Params, St, allow, as_json, changed, check, created,
-    name_problems, paginate,
+    Body, Change, Page, PageQuery, Params, St, allow, as_json, check, created, name_problems,
+    paginate, record_change,
 };
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
@@ -78,19 +78,20 @@ pub(crate) async fn create_role<S: Store>(
 ) -> Result<Response, ApiError> {
     allow(&st, &actor, AdminAction::RolesWrite, &Target::global())?;
     check(role_problems(&role))?;
-    let revision = st.store.create_role(&role).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "role.create",
             resource: format!("Role::{:?}", role.name),
-            revision,
             before: None,
             after: as_json(&role),
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.create_role(&role).await)
+        .await?;
     Ok(created(role))
 }
 
@@ -113,19 +114,20 @@ pub(crate) async fn update_role<S: Store>(
     }
     check(errors)?;
     let before = stored_role(&st.store, &name).await?;
-    let revision = st.store.update_role(&role).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "role.update",
             resource: format!("Role::{:?}", role.name),
-            revision,
             before: before.as_ref().and_then(as_json),
             after: as_json(&role),
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.update_role(&role).await)
+        .await?;
     Ok(Json(role).into_response())
 }
 
@@ -139,19 +141,20 @@ pub(crate) async fn delete_role<S: Store>(
 ) -> Result<Response, ApiError> {
     allow(&st, &actor, AdminAction::RolesWrite, &Target::global())?;
     let before = stored_role(&st.store, &name).await?;
-    let revision = st.store.delete_role(&name).await?;
-    changed(
+    let recorded = record_change(
         &st,
         &actor,
         Change {
             action: "role.delete",
             resource: format!("Role::{name:?}"),
-            revision,
             before: before.as_ref().and_then(as_json),
             after: None,
         },
     )
-    .await;
+    .await?;
+    recorded
+        .outcome(&st, st.store.delete_role(&name).await)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -89,7 +89,8 @@ struct Pending {
 pub struct LedgerStats {
     /// Records written.
     pub written: AtomicU64,
-    /// Entries dropped because the queue was full (only with [`Ledger::append_nowait`]).
+    /// Entries of [`Ledger::append_nowait`] not written: the queue was full, or the write
+    /// failed (a full disk).
     pub dropped: AtomicU64,
     /// Appends refused because the queue stayed full (back-pressure).
     pub refused: AtomicU64,
@@ -680,10 +681,17 @@ impl Writer {
                 self.since_checkpoint += count;
                 self.stats.written.fetch_add(count, Ordering::Relaxed);
                 for (pending, at) in batch.drain(..).zip(sealed) {
-                    if let Some(done) = pending.done {
-                        let reply = at.ok_or_else(|| String::from("entry cannot be encoded"));
-                        // The requester may have given up; nothing to do then.
-                        drop(done.send(reply));
+                    match pending.done {
+                        Some(done) => {
+                            let reply = at.ok_or_else(|| String::from("entry cannot be encoded"));
+                            // The requester may have given up; nothing to do then.
+                            drop(done.send(reply));
+                        }
+                        // Nobody waits for it: an entry not written is a dropped record.
+                        None if at.is_none() => {
+                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {}
                     }
                 }
                 if self.since_checkpoint >= self.config.checkpoint_every {
@@ -699,8 +707,13 @@ impl Writer {
                     tracing::error!(error = %e, "cannot cut a partial audit write");
                 }
                 for pending in batch.drain(..) {
-                    if let Some(done) = pending.done {
-                        drop(done.send(Err(e.to_string())));
+                    match pending.done {
+                        Some(done) => drop(done.send(Err(e.to_string()))),
+                        // Nobody waits for it (`on_full: drop`): the record is lost, and
+                        // counted as dropped like one the full queue refused.
+                        None => {
+                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }

@@ -553,3 +553,118 @@ fn a_sink_can_send_ocsf_events_that_point_back_into_the_ledger() {
     );
     assert_eq!(event["metadata"]["sequence"], record["seq"]);
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped. Needs root, as `.ci/run`
+/// has; `None` (and the test says so) elsewhere.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(bytes: usize) -> Option<Self> {
+        let dir = crate::harness::temp_dir("tmpfs");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self(dir))
+    }
+
+    /// Fills what is left with a file; returns it.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let block = [0_u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn on_a_full_disk_every_unrecorded_request_is_refused_or_counted() {
+    let Some(disk) = SmallDisk::mount(1 << 20) else {
+        panic!("this test mounts a tmpfs and needs root (as .ci/run has)");
+    };
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let alice = keys.token("alice", json!({}));
+    let ledger = disk.0.join("audit");
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!("audit:\n  dir: {}\n  on_full: drop\n", ledger.display()),
+    );
+    p.seed(world::import());
+    assert_eq!(p.get(D1, Some(&alice), &[]).status, 200);
+    let recorded_before = p.audit_records().len();
+    let filler = disk.fill();
+
+    // drop: forwarded without a record, and every one of them counted.
+    let sent = 20;
+    for _ in 0..sent {
+        assert_eq!(p.get(D1, Some(&alice), &[]).status, 200);
+    }
+    // The last page the file had may still take a few records; every other one is counted.
+    p.wait_for(
+        || {
+            let dropped = p
+                .metric("portcullis_audit_dropped_total", &[])
+                .unwrap_or(0.0);
+            let written = (p.audit_records().len() - recorded_before) as f64;
+            dropped >= 1.0 && dropped + written == f64::from(sent)
+        },
+        "each request the full disk kept from the ledger is counted",
+    );
+    let recorded_before = p.audit_records().len();
+
+    // Room again: records are written again, and the chain still verifies.
+    std::fs::remove_file(filler).expect("room");
+    assert_eq!(p.get(D1, Some(&alice), &[]).status, 200);
+    p.wait_for(
+        || p.audit_records().len() == recorded_before + 1,
+        "recorded again",
+    );
+    let out = p.verify_ledger();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(p);
+
+    // wait (the default): a request that cannot be recorded is refused.
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!("audit:\n  dir: {}\n", disk.0.join("audit-wait").display()),
+    );
+    p.seed(world::import());
+    let filler = disk.fill();
+    let r = p.get(D1, Some(&alice), &[]);
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (503, Some("audit_unavailable"))
+    );
+
+    // An admin change the ledger cannot record is not made either.
+    let r = p.admin_call(
+        "PUT",
+        "/v1/principals/users/dana",
+        &json!({"kind": "user", "id": "dana", "tenant": "t1"}),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(
+        r.json()["type"],
+        "https://portcullis.dev/problems/ledger-unavailable"
+    );
+    std::fs::remove_file(filler).expect("room");
+    let r = p.admin_call("GET", "/v1/principals/users/dana", &json!(null));
+    assert_eq!(r.status, 404, "the refused change was not made: {}", r.body);
+}

@@ -524,7 +524,12 @@ impl Portcullis {
 
     /// The audit ledger directory.
     pub fn ledger_dir(&self) -> PathBuf {
-        self.dir.join("data/audit")
+        // `audit:\n  dir: X` in the test's config, or the default under the data dir.
+        let config = std::fs::read_to_string(&self.config_file).unwrap_or_default();
+        config
+            .split_once("audit:\n  dir: ")
+            .and_then(|(_, rest)| rest.lines().next())
+            .map_or_else(|| self.dir.join("data/audit"), PathBuf::from)
     }
 
     /// Every audit record written so far, in order.
