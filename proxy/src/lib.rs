@@ -3,6 +3,7 @@
 //! - [`data_plane`]: the enforcing proxy (Pingora) — path normalisation, routing,
 //!   authentication, context, decision, identity headers, the decision endpoint;
 //! - [`server`], [`ops`], [`tls`]: the listeners, health and metrics, the HTTPS certificate;
+//!   [`head_deadline`]: the deadline for a whole request head;
 //! - [`audit`]: what the data plane writes into the decision audit ledger;
 //! - [`config`], [`reload`]: the configuration and its live reload;
 //! - [`embedded`], [`devkey`]: the embedded store and dev key of `portcullis serve`;
@@ -17,6 +18,7 @@ pub mod data_plane;
 pub mod devkey;
 pub mod embedded;
 pub mod follow;
+pub mod head_deadline;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -150,6 +150,9 @@ pub struct Metrics {
     pub jwt: IntCounterVec,
     /// `portcullis_bad_requests_total{reason}`: requests refused as ambiguous, by reason.
     pub bad_requests: IntCounterVec,
+    /// `portcullis_request_head_timeouts_total`: connections closed because a request head
+    /// took longer than `listen.request_head_timeout_ms` (slowloris).
+    pub request_head_timeouts: prometheus::IntCounter,
     /// `portcullis_snapshot_revision`.
     pub snapshot_revision: IntGauge,
     /// `portcullis_snapshot_age_seconds`: since the snapshot was last built or patched.
@@ -282,6 +285,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "portcullis_bad_requests_total",
             "Requests refused as ambiguous before routing (target, credentials, method, host), by reason.",
             &["reason"],
+        ),
+        request_head_timeouts: int_counter(
+            "portcullis_request_head_timeouts_total",
+            "Connections closed because a request head took longer than listen.request_head_timeout_ms.",
         ),
         snapshot_revision,
         snapshot_age,

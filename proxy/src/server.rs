@@ -16,6 +16,8 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 
+use crate::head_deadline::HeadDeadline;
+
 use crate::config::Config;
 use crate::data_plane::proxy::EnforcingProxy;
 use crate::data_plane::{DataPlane, Health};
@@ -81,10 +83,16 @@ fn add_data_plane(
     plane: &Arc<DataPlane>,
     cert: Option<Arc<ReloadingCert>>,
 ) {
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         EnforcingProxy::new(Arc::clone(plane)),
-        "portcullis data plane",
+    );
+    let mut proxy = Service::new(
+        String::from("portcullis data plane"),
+        HeadDeadline::new(
+            app,
+            Duration::from_millis(config.listen.request_head_timeout_ms),
+        ),
     );
     proxy.add_tcp(&config.listen.address);
     if let (Some(tls), Some(cert)) = (&config.listen.tls, cert) {

@@ -102,6 +102,9 @@ pub struct ListenConfig {
     pub address: String,
     /// An HTTPS listener beside it.
     pub tls: Option<TlsListenConfig>,
+    /// The longest a whole request head may take to arrive, from its first byte (slowloris);
+    /// then the connection is closed and counted.
+    pub request_head_timeout_ms: u64,
 }
 
 impl Default for ListenConfig {
@@ -109,6 +112,7 @@ impl Default for ListenConfig {
         Self {
             address: String::from(DEFAULT_LISTEN),
             tls: None,
+            request_head_timeout_ms: 10_000,
         }
     }
 }
@@ -978,6 +982,12 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
     }
     if config.threads == 0 {
         problems.push(problem("threads", "must be at least 1"));
+    }
+    if config.listen.request_head_timeout_ms == 0 {
+        problems.push(problem(
+            "listen.request_head_timeout_ms",
+            "must be at least 1",
+        ));
     }
     if config.store.postgres_url.is_some() && config.store.sqlite_path.is_some() {
         problems.push(problem(

@@ -473,3 +473,104 @@ fn host_must_be_one_valid_name_and_a_trailing_dot_routes_like_none() {
     let r = send_raw(None, p.data, b"GET /healthz HTTP/1.0\r\n\r\n".to_vec()).expect("answer");
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn a_request_head_trickling_in_is_cut_at_its_deadline_and_counted() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!("listen:\n  address: {{data}}\n  request_head_timeout_ms: 1000\n"),
+    );
+    // Slowloris: a byte every 200 ms, each read well inside any per-read timeout.
+    let mut slow = std::net::TcpStream::connect(p.data).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let head =
+        b"GET /healthz HTTP/1.1\r\nhost: a\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    for byte in head {
+        if slow.write_all(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    // The server closed the connection at the deadline: reading ends at once.
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "the connection stayed open {elapsed:?} for a head trickling in"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "the trickled request was served: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    p.wait_for(
+        || p.metric("portcullis_request_head_timeouts_total", &[]) == Some(1.0),
+        "the cut is counted",
+    );
+
+    // A head that arrives in time, in pieces, and a slow body after it, are served.
+    let mut ok = std::net::TcpStream::connect(p.data).expect("connect");
+    ok.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for piece in [
+        &b"GET /healthz HTTP/1.1\r\n"[..],
+        b"host: a\r\n",
+        b"connection: close\r\n\r\n",
+    ] {
+        ok.write_all(piece).expect("write");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut answer = String::new();
+    ok.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Keep-alive: the idle wait before the next request is not part of any head.
+    let mut kept = std::net::TcpStream::connect(p.data).expect("connect");
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for round in 0..2 {
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n")
+            .expect("write");
+        let answer = read_one_response(&mut kept);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+}
+
+/// One response with a `content-length` body from a kept-alive connection.
+fn read_one_response(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    let mut byte = [0_u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("head");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .expect("content-length");
+    let mut body = vec![0_u8; length];
+    stream.read_exact(&mut body).expect("body");
+    head
+}

@@ -1,0 +1,418 @@
+//! A deadline for reading a whole request head (`listen.request_head_timeout_ms`), against
+//! slowloris: Pingora's read timeout is per read, so a client sending one byte every few
+//! seconds could keep a request — and a worker's connection slot — open forever.
+//!
+//! [`HeadDeadline`] wraps the data plane's Pingora app and each connection it is given in
+//! a [`DeadlineStream`] that watches the bytes go by: from the first byte of a request head
+//! to the blank line that ends it, at most the deadline may pass, or the read fails and the
+//! connection is closed (counted in `portcullis_request_head_timeouts_total`). Bodies, the
+//! wait between keep-alive requests (Pingora's keep-alive timeout), `100 Continue` and
+//! upgraded connections (`101`, e.g. WebSocket) are not limited; neither is HTTP/2, whose
+//! frames carry no head to find.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType,
+};
+use pingora::protocols::{SocketDigest, TimingDigest};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::metrics::METRICS;
+
+/// The end of a request head.
+const END_OF_HEAD: &[u8] = b"\r\n\r\n";
+
+/// Where the connection is in its current request.
+#[derive(Debug)]
+enum Phase {
+    /// Between requests: no byte of the next head yet.
+    Idle,
+    /// A head is arriving; it must end before the timer fires. `matched` bytes of
+    /// [`END_OF_HEAD`] were the last ones read.
+    Head {
+        timer: Pin<Box<tokio::time::Sleep>>,
+        matched: usize,
+    },
+    /// The head ended: a body, then the response. The response's first write starts the
+    /// wait for the next head (unless it is `100 Continue`).
+    Request,
+    /// Upgraded (`101`) or HTTP/2: nothing more to watch.
+    Passthrough,
+}
+
+/// A connection whose request heads must arrive within a deadline.
+#[derive(Debug)]
+pub struct DeadlineStream {
+    inner: Stream,
+    limit: Duration,
+    phase: Phase,
+}
+
+impl DeadlineStream {
+    fn new(inner: Stream, limit: Duration) -> Self {
+        let h2 = inner.selected_alpn_proto() == Some(ALPN::H2);
+        Self {
+            inner,
+            limit,
+            phase: if h2 { Phase::Passthrough } else { Phase::Idle },
+        }
+    }
+
+    /// Follows the bytes just read through the head.
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if matches!(self.phase, Phase::Idle) {
+            self.phase = Phase::Head {
+                timer: Box::pin(tokio::time::sleep(self.limit)),
+                matched: 0,
+            };
+        }
+        if let Phase::Head { matched, .. } = &mut self.phase {
+            for &b in bytes {
+                *matched = match (END_OF_HEAD.get(*matched), b) {
+                    (Some(&want), got) if want == got => *matched + 1,
+                    (_, b'\r') => 1,
+                    _ => 0,
+                };
+                if *matched == END_OF_HEAD.len() {
+                    self.phase = Phase::Request;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Follows a write: a response's first bytes end the request, or the watching.
+    fn wrote(&mut self, bytes: &[u8]) {
+        if !matches!(self.phase, Phase::Request) || bytes.is_empty() {
+            return;
+        }
+        let status = bytes.get(9..12);
+        self.phase = match status {
+            Some(b"101") => Phase::Passthrough,
+            Some(b"100") => Phase::Request,
+            _ => Phase::Idle,
+        };
+    }
+}
+
+/// The read error of a head past its deadline (counted).
+fn timed_out() -> io::Error {
+    METRICS.request_head_timeouts.inc();
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the request head did not arrive within listen.request_head_timeout_ms",
+    )
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().get(before..).unwrap_or_default();
+                this.saw(read);
+                match &this.phase {
+                    Phase::Head { timer, .. } if timer.is_elapsed() => {
+                        Poll::Ready(Err(timed_out()))
+                    }
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match &mut this.phase {
+                Phase::Head { timer, .. } => match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(timed_out())),
+                    Poll::Pending => Poll::Pending,
+                },
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for DeadlineStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            this.wrote(buf.get(..*n).unwrap_or_default());
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(first)) = (&written, bufs.iter().find(|b| !b.is_empty())) {
+            this.wrote(first.get(..(*n).min(first.len())).unwrap_or_default());
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for DeadlineStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for DeadlineStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for DeadlineStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for DeadlineStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for DeadlineStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for DeadlineStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for DeadlineStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// A Pingora app whose connections read their request heads within a deadline.
+pub struct HeadDeadline<A> {
+    inner: Arc<A>,
+    limit: Duration,
+}
+
+impl<A> HeadDeadline<A> {
+    /// Wraps `inner`; `limit` is the time a whole request head may take.
+    pub fn new(inner: A, limit: Duration) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            limit,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // A kept-alive connection comes back already wrapped.
+        let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
+            stream
+        } else {
+            Box::new(DeadlineStream::new(stream, self.limit))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase_after(reads: &[&[u8]]) -> &'static str {
+        let (client, _server) = tokio::io::duplex(64);
+        let mut stream = DeadlineStream::new(Box::new(Fake(client)), Duration::from_secs(1));
+        for read in reads {
+            stream.saw(read);
+        }
+        match stream.phase {
+            Phase::Idle => "idle",
+            Phase::Head { .. } => "head",
+            Phase::Request => "request",
+            Phase::Passthrough => "passthrough",
+        }
+    }
+
+    #[derive(Debug)]
+    struct Fake(tokio::io::DuplexStream);
+
+    impl AsyncRead for Fake {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Fake {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[async_trait]
+    impl Shutdown for Fake {
+        async fn shutdown(&mut self) {}
+    }
+
+    impl UniqueID for Fake {
+        fn id(&self) -> UniqueIDType {
+            0
+        }
+    }
+
+    impl Ssl for Fake {}
+
+    impl GetTimingDigest for Fake {
+        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+            Vec::new()
+        }
+    }
+
+    impl GetProxyDigest for Fake {
+        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+            None
+        }
+    }
+
+    impl GetSocketDigest for Fake {
+        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+            None
+        }
+    }
+
+    #[async_trait]
+    impl Peek for Fake {}
+
+    #[tokio::test]
+    async fn the_head_ends_at_the_blank_line_however_the_reads_split_it() {
+        assert_eq!(phase_after(&[]), "idle");
+        assert_eq!(phase_after(&[b"G"]), "head");
+        assert_eq!(
+            phase_after(&[b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"]),
+            "request"
+        );
+        assert_eq!(
+            phase_after(&[b"GET / HTTP/1.1\r\nhost: a\r", b"\n", b"\r", b"\nbody"]),
+            "request"
+        );
+        assert_eq!(
+            phase_after(&[b"GET / HTTP/1.1\r\n\r\r\n"]),
+            "head",
+            "no blank line yet"
+        );
+        assert_eq!(phase_after(&[b"GET / HTTP/1.1\r\r\n\r\n"]), "request");
+    }
+
+    #[tokio::test]
+    async fn a_response_starts_the_wait_for_the_next_head_unless_it_continues_or_upgrades() {
+        let (client, _server) = tokio::io::duplex(64);
+        let mut stream = DeadlineStream::new(Box::new(Fake(client)), Duration::from_secs(1));
+        stream.saw(b"POST / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n");
+        stream.wrote(b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(
+            matches!(stream.phase, Phase::Request),
+            "the body may follow slowly"
+        );
+        stream.wrote(b"HTTP/1.1 200 OK\r\n");
+        assert!(matches!(stream.phase, Phase::Idle));
+        stream.saw(b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\n\r\n");
+        stream.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert!(matches!(stream.phase, Phase::Passthrough));
+        stream.saw(b"frames");
+        assert!(matches!(stream.phase, Phase::Passthrough));
+    }
+}
