@@ -1,5 +1,9 @@
 //! The Redis Stream sink: forwards the ledger, in order, to a stream (`XADD` with an
-//! approximate `MAXLEN`), each entry carrying the record's `seq` and its sealed line.
+//! approximate `MAXLEN`), each entry carrying the record's `seq` and its sealed line; and
+//! every signed checkpoint, as written, to a second stream (`<stream>:checkpoints`, field
+//! `checkpoint`): a witness outside the ledger's directory. Given to `portcullis audit
+//! verify` as another `checkpoints.jsonl`, it shows a tail cut back to an earlier
+//! checkpoint (with the later checkpoints deleted), which the directory alone cannot.
 //!
 //! The ledger files are the spool ([`super::tail`]): the sink only moves past a record once
 //! Redis has taken it, so a Redis that goes away loses nothing — the sink retries with
@@ -13,7 +17,76 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
+use super::checkpoint;
 use super::tail::{SinkFormat, SinkStats, ledger_files, position_after, read_after, seq_of};
+
+/// The stream the checkpoints of `stream`'s ledger go to.
+pub fn checkpoint_stream(stream: &str) -> String {
+    format!("{stream}:checkpoints")
+}
+
+/// The complete lines of the ledger's checkpoint file from byte `from`, with the offset
+/// after each.
+fn checkpoint_lines_from(dir: &Path, from: u64) -> Vec<(String, u64)> {
+    use std::io::{BufRead, Seek};
+    let Ok(mut file) = std::fs::File::open(dir.join(checkpoint::FILE)) else {
+        return Vec::new();
+    };
+    if file.seek(std::io::SeekFrom::Start(from)).is_err() {
+        return Vec::new();
+    }
+    let mut reader = std::io::BufReader::new(file);
+    let mut lines = Vec::new();
+    let mut offset = from;
+    let mut line = String::new();
+    while let Ok(n) = reader.read_line(&mut line) {
+        // A line still being written (no end yet) waits for the next round.
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        offset += n as u64;
+        let text = line.trim_end();
+        if !text.is_empty() {
+            lines.push((text.to_owned(), offset));
+        }
+        line.clear();
+    }
+    lines
+}
+
+/// Forwards the checkpoints the witness stream does not hold yet: those after byte `sent`
+/// of the checkpoint file, which then moves past them.
+async fn forward_checkpoints(
+    conn: &mut redis::aio::MultiplexedConnection,
+    dir: &Path,
+    stream: &str,
+    sent: &mut u64,
+) -> Result<(), String> {
+    let unchanged =
+        std::fs::metadata(dir.join(checkpoint::FILE)).map_or(true, |m| m.len() <= *sent);
+    if unchanged {
+        return Ok(());
+    }
+    let new = checkpoint_lines_from(dir, *sent);
+    let Some((_, end)) = new.last() else {
+        return Ok(());
+    };
+    let end = *end;
+    let mut pipe = redis::pipe();
+    for (line, _) in &new {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("checkpoint")
+            .arg(line)
+            .ignore();
+    }
+    pipe.query_async::<()>(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    *sent = end;
+    Ok(())
+}
 
 /// Where to forward.
 #[derive(Debug, Clone)]
@@ -66,7 +139,25 @@ async fn forward_once(
         .unwrap_or(0);
     stats.last_seq.store(last_seq, Ordering::Relaxed);
     let mut cursor = position_after(&ledger_files(dir, prefix).unwrap_or_default(), last_seq);
+    // The witness holds the checkpoint file up to the last line it has (all of it again
+    // when it came back empty).
+    let witness = checkpoint_stream(&config.stream);
+    let last: redis::streams::StreamRangeReply = conn
+        .xrevrange_count(&witness, "+", "-", 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let held = last
+        .ids
+        .first()
+        .and_then(|entry| entry.get::<String>("checkpoint"));
+    let mut checkpoints_sent = held.map_or(0, |held| {
+        checkpoint_lines_from(dir, 0)
+            .into_iter()
+            .find(|(line, _)| *line == held)
+            .map_or(0, |(_, end)| end)
+    });
     loop {
+        forward_checkpoints(&mut conn, dir, &witness, &mut checkpoints_sent).await?;
         let files = ledger_files(dir, prefix).unwrap_or_default();
         let batch = read_after(&files, &cursor, 256);
         let Some((_, after)) = batch.last().cloned() else {

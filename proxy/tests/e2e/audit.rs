@@ -333,12 +333,20 @@ impl Redis {
 
     /// The `seq` fields of the stream, in stream order.
     fn seqs(&self, stream: &str) -> Vec<u64> {
+        self.field_values(stream, "seq")
+            .iter()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    }
+
+    /// The values of `field` in the stream, in stream order.
+    fn field_values(&self, stream: &str, field: &str) -> Vec<String> {
         let raw = self.cli(&["XRANGE", stream, "-", "+"]);
         let lines: Vec<&str> = raw.lines().collect();
         lines
             .windows(2)
-            .filter(|w| w[0] == "seq")
-            .filter_map(|w| w[1].parse().ok())
+            .filter(|w| w[0] == field)
+            .map(|w| w[1].to_owned())
             .collect()
     }
 }
@@ -411,6 +419,29 @@ fn the_redis_sink_loses_nothing_when_redis_goes_away_and_keeps_the_order() {
         seqs,
         (1..=seqs.len() as u64).collect::<Vec<_>>(),
         "in order, none lost"
+    );
+
+    // The checkpoints went to the witness stream too, every one of them again after the
+    // outage: a copy outside the directory.
+    let local = std::fs::read_to_string(p.ledger_dir().join("checkpoints.jsonl")).expect("cps");
+    let local: Vec<&str> = local.lines().collect();
+    let witness = p.dir.join("witness");
+    std::fs::create_dir_all(&witness).expect("witness dir");
+    p.wait_for(
+        || {
+            let held = redis.field_values("audit-e2e:checkpoints", "checkpoint");
+            std::fs::write(witness.join("checkpoints.jsonl"), held.join("\n") + "\n")
+                .expect("write");
+            held == local
+        },
+        "the witness holds every checkpoint",
+    );
+    let out = p.verify_ledger_with(&["--allow-unsigned-tail", witness.to_str().expect("utf-8")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     drop(redis);
 }
