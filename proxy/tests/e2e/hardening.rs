@@ -484,7 +484,7 @@ fn a_request_head_trickling_in_is_cut_at_its_deadline_and_counted() {
     let p = Portcullis::start(
         &upstream,
         &keys,
-        &format!("listen:\n  address: {{data}}\n  request_head_timeout_ms: 1000\n"),
+        "listen:\n  address: {data}\n  request_head_timeout_ms: 1000\n",
     );
     // Slowloris: a byte every 200 ms, each read well inside any per-read timeout.
     let mut slow = std::net::TcpStream::connect(p.data).expect("connect");
