@@ -124,16 +124,7 @@ pub fn original_request<'a>(
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        map
-    }
+    use crate::data_plane::headers::header_map as headers;
 
     const ENDPOINT: &[u8] = b"/.portcullis/authz";
 

@@ -234,16 +234,7 @@ fn valid_port(port: &str) -> Result<(), RequestError> {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        map
-    }
+    use crate::data_plane::headers::header_map as headers;
 
     #[test]
     fn one_credential_per_request() {
