@@ -200,6 +200,58 @@ fn a_proxy_follows_its_control_plane_survives_it_and_fails_closed_when_stale() {
     assert_eq!(proxy.get(D1, Some(&alice), &[]).status, 200);
 }
 
+/// Debian's libfaketime (package `faketime`; `.ci/run` installs it).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn a_wall_clock_stepped_back_during_an_outage_does_not_keep_a_proxy_fresh() {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: install Debian's `faketime` (.ci/run does)"
+    );
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let mut control = Portcullis::start(&upstream, &keys, "");
+    control.seed(world::import());
+    // The proxy's wall clock is read from a file on every call; its monotonic clock is real.
+    let clock = crate::harness::temp_dir("faketime").join("offset");
+    std::fs::write(&clock, "+0").expect("clock file");
+    let clock_path = clock.display().to_string();
+    let proxy = Portcullis::start_proxy_with_env(
+        &upstream,
+        &keys,
+        &control,
+        &[
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME_TIMESTAMP_FILE", &clock_path),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let alice = keys.token("alice", json!({}));
+    wait_status(
+        &proxy,
+        &alice,
+        200,
+        "the proxy enforces the control plane's state",
+    );
+
+    // The control plane goes away, and the proxy's wall clock steps back an hour.
+    control.kill9();
+    std::fs::write(&clock, "-1h").expect("step the clock back");
+    let stale = wait_status(
+        &proxy,
+        &alice,
+        503,
+        "fails closed once stale, whatever the wall clock says",
+    );
+    assert!(stale < Duration::from_secs(6), "{stale:?}");
+    assert_eq!(
+        proxy.get(D1, Some(&alice), &[]).json()["reason"],
+        "state_stale"
+    );
+}
+
 #[test]
 fn control_replicas_share_postgres_and_a_proxy_enforces_changes_made_through_either() {
     let upstream = Upstream::start();

@@ -304,11 +304,12 @@ impl Reply {
 
 /// The binary with `command` and `--config`. AWS credentials are dummies for the SQS sink
 /// tests' own moto server; instance metadata is never asked.
-fn portcullis_command(command: &[String], config_file: &Path) -> Command {
+fn portcullis_command(command: &[String], config_file: &Path, env: &[(String, String)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     c.args(command)
         .arg("--config")
         .arg(config_file)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("RUST_LOG")
         .env("AWS_ACCESS_KEY_ID", "portcullis-e2e")
         .env("AWS_SECRET_ACCESS_KEY", "portcullis-e2e")
@@ -320,6 +321,8 @@ fn portcullis_command(command: &[String], config_file: &Path) -> Command {
 pub struct Portcullis {
     child: Child,
     command: Vec<String>,
+    /// More environment for the process (kept for restarts).
+    env: Vec<(String, String)>,
     /// The data-plane address.
     pub data: SocketAddr,
     /// The ops address.
@@ -351,12 +354,12 @@ impl Portcullis {
     /// replaces that default section; `{data}` and `{admin}` in it are the data-plane and
     /// admin API addresses).
     pub fn start(upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
-        Self::start_command(&["serve", "--no-demo-data"], upstream, keys, extra)
+        Self::start_command(&["serve", "--no-demo-data"], upstream, keys, extra, &[])
     }
 
     /// `portcullis control` (no data plane) with the same defaults as [`Self::start`].
     pub fn start_control(upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
-        Self::start_command(&["control", "--no-demo-data"], upstream, keys, extra)
+        Self::start_command(&["control", "--no-demo-data"], upstream, keys, extra, &[])
     }
 
     /// `portcullis proxy` following `control`'s admin API (heartbeats every 200 ms, failing
@@ -372,10 +375,31 @@ impl Portcullis {
             control.admin,
             control.dir.join("data/admin-token").display()
         );
-        Self::start_command(&["proxy"], upstream, keys, &extra)
+        Self::start_command(&["proxy"], upstream, keys, &extra, &[])
     }
 
-    fn start_command(command: &[&str], upstream: &Upstream, keys: &Keys, extra: &str) -> Self {
+    /// [`Self::start_proxy`] with more environment (e.g. `LD_PRELOAD` of libfaketime).
+    pub fn start_proxy_with_env(
+        upstream: &Upstream,
+        keys: &Keys,
+        control: &Portcullis,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let extra = format!(
+            "control_plane:\n  url: http://{}\n  token_file: {}\n  heartbeat_ms: 200\n  max_staleness_seconds: 3\n",
+            control.admin,
+            control.dir.join("data/admin-token").display()
+        );
+        Self::start_command(&["proxy"], upstream, keys, &extra, env)
+    }
+
+    fn start_command(
+        command: &[&str],
+        upstream: &Upstream,
+        keys: &Keys,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = temp_dir("serve");
         let jwks = dir.join("jwks.json");
         std::fs::write(&jwks, keys.jwks.to_string()).expect("jwks");
@@ -434,6 +458,9 @@ impl Portcullis {
         std::fs::write(&config_file, config).expect("config");
         Self::spawn(
             command.iter().map(|s| s.to_string()).collect(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
             config_file,
             data,
@@ -444,6 +471,7 @@ impl Portcullis {
 
     fn spawn(
         command: Vec<String>,
+        env: Vec<(String, String)>,
         dir: PathBuf,
         config_file: PathBuf,
         data: SocketAddr,
@@ -452,7 +480,7 @@ impl Portcullis {
     ) -> Self {
         let log_file = dir.join("portcullis.log");
         let log = std::fs::File::create(&log_file).expect("log file");
-        let child = portcullis_command(&command, &config_file)
+        let child = portcullis_command(&command, &config_file, &env)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -460,6 +488,7 @@ impl Portcullis {
         let mut me = Self {
             child,
             command,
+            env,
             data,
             ops,
             admin,
@@ -489,7 +518,7 @@ impl Portcullis {
             .append(true)
             .open(&self.log_file)
             .expect("log file");
-        self.child = portcullis_command(&self.command, &self.config_file)
+        self.child = portcullis_command(&self.command, &self.config_file, &self.env)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
