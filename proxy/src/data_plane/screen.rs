@@ -12,6 +12,8 @@
 //!
 //! Every refusal is a 400 with a stable reason ([`RequestError::code`]).
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
@@ -82,11 +84,17 @@ pub struct Screen {
 /// The query parameter of RFC 6750 §2.3.
 const ACCESS_TOKEN: &str = "access_token";
 
-/// `(decoded name, raw pair)` of each `&`-separated query parameter.
-fn query_params(query: &str) -> impl Iterator<Item = (Option<String>, &str)> {
+/// `(name as a server decodes it, raw pair)` of each `&`-separated query parameter; the
+/// name is borrowed when there is nothing to decode (the usual case, on every request).
+fn query_params(query: &str) -> impl Iterator<Item = (Option<Cow<'_, str>>, &str)> {
     query.split('&').map(|pair| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        (decode_param(&name.replace('+', " ")), pair)
+        let decoded = if name.contains(['%', '+']) {
+            decode_param(&name.replace('+', " ")).map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(name))
+        };
+        (decoded, pair)
     })
 }
 
@@ -100,6 +108,11 @@ fn query_value(pair: &str) -> Option<String> {
 }
 
 impl Screen {
+    /// Whether a (decoded) query parameter name is a configured method override.
+    fn is_override(&self, name: &str) -> bool {
+        self.override_query.iter().any(|o| o == name)
+    }
+
     /// Refuses what is ambiguous about the request's credentials and method. With
     /// `can_strip` (the request is forwarded by Portcullis) and `strip` configured, method
     /// overrides are left for [`Self::strip_query`] and the header filter to remove.
@@ -132,7 +145,7 @@ impl Screen {
         });
         let query_override = || {
             params().any(|(name, pair)| {
-                name.is_some_and(|n| self.override_query.contains(&n))
+                name.is_some_and(|n| self.is_override(&n))
                     && query_value(pair).is_none_or(|v| other_method(v.as_bytes()))
             })
         };
@@ -149,10 +162,8 @@ impl Screen {
         if self.method_override != MethodOverride::Strip || self.override_query.is_empty() {
             return None;
         }
-        let is_override = |name: &Option<String>| {
-            name.as_ref()
-                .is_some_and(|n| self.override_query.contains(n))
-        };
+        let is_override =
+            |name: &Option<Cow<'_, str>>| name.as_ref().is_some_and(|n| self.is_override(n));
         if !query_params(query).any(|(name, _)| is_override(&name)) {
             return None;
         }
