@@ -1,9 +1,9 @@
 //! How `portcullis proxy` gets its state from a control plane: bootstrap from
 //! `GET /v1/snapshot`, then follow `GET /v1/watch?since=R` (server-sent events: each update
 //! as the control plane publishes it, heartbeats between) and apply each update; reconnect
-//! with a jittered backoff of at most a second when the stream breaks or falls silent. The whole state is kept as a
-//! last-known-good file (written atomically), to start from when the control plane cannot be
-//! reached.
+//! with a jittered backoff of at most a second when the stream breaks or falls silent. The
+//! whole state is kept as a sealed last-known-good file ([`LastKnownGood`], written
+//! atomically), to start from when the control plane cannot be reached.
 //!
 //! Contact is tracked: every event counts. Past `control_plane.max_staleness_seconds`
 //! without one, the data plane fails closed (503) and `/readyz` says why, until contact
