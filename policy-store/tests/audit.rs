@@ -227,15 +227,7 @@ fn a_chain_rebuilt_from_a_fresh_genesis_fails_at_the_first_checkpoint() {
 
 #[test]
 fn the_chain_runs_across_rotated_files_and_a_missing_file_breaks_it() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), 40, 2_000);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !p.ends_with(checkpoint::FILE))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 3, "{files:?}");
+    let (dir, files) = rotated();
     let summary = verify_dir(dir.path()).unwrap();
     assert_eq!((summary.records, summary.files), (40, files.len()));
     std::fs::remove_file(&files[1]).unwrap();

@@ -38,11 +38,14 @@ const END_OF_HEAD: &[u8] = b"\r\n\r\n";
 enum Phase {
     /// Between requests: no byte of the next head yet.
     Idle,
-    /// A head is arriving; it must end before the timer fires. `matched` bytes of
-    /// [`END_OF_HEAD`] were the last ones read.
+    /// A head is arriving; it must end before the timer fires. The timer is made the first
+    /// time the head is incomplete and a read must wait (a head that arrives whole, the
+    /// usual case, never makes one). `tail` holds the last bytes read, for an end split
+    /// across reads.
     Head {
-        timer: Pin<Box<tokio::time::Sleep>>,
-        matched: usize,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        tail: [u8; 3],
+        tail_len: usize,
     },
     /// The head ended: a body, then the response. The response's first write starts the
     /// wait for the next head (unless it is `100 Continue`).
@@ -76,22 +79,50 @@ impl DeadlineStream {
         }
         if matches!(self.phase, Phase::Idle) {
             self.phase = Phase::Head {
-                timer: Box::pin(tokio::time::sleep(self.limit)),
-                matched: 0,
+                timer: None,
+                tail: [0; 3],
+                tail_len: 0,
             };
         }
-        if let Phase::Head { matched, .. } = &mut self.phase {
-            for &b in bytes {
-                *matched = match (END_OF_HEAD.get(*matched), b) {
-                    (Some(&want), got) if want == got => *matched + 1,
-                    (_, b'\r') => 1,
-                    _ => 0,
-                };
-                if *matched == END_OF_HEAD.len() {
-                    self.phase = Phase::Request;
-                    return;
-                }
-            }
+        let Phase::Head { tail, tail_len, .. } = &mut self.phase else {
+            return;
+        };
+        // A whole head in one read ends the read (a GET); otherwise search, across the
+        // boundary with the previous read too.
+        let mut seam = [0_u8; 6];
+        let kept = tail.get(..*tail_len).unwrap_or_default();
+        let head_of_read = bytes.get(..bytes.len().min(3)).unwrap_or_default();
+        let seam_len = kept.len() + head_of_read.len();
+        if let Some(s) = seam.get_mut(..seam_len) {
+            let (a, b) = s.split_at_mut(kept.len());
+            a.copy_from_slice(kept);
+            b.copy_from_slice(head_of_read);
+        }
+        let ended = bytes.ends_with(END_OF_HEAD)
+            || memchr::memmem::find(bytes, END_OF_HEAD).is_some()
+            || memchr::memmem::find(seam.get(..seam_len).unwrap_or_default(), END_OF_HEAD)
+                .is_some();
+        if ended {
+            self.phase = Phase::Request;
+            return;
+        }
+        // Keep the last three bytes of what was seen for the next read's seam.
+        let mut joined = [0_u8; 6];
+        let recent = bytes
+            .get(bytes.len().saturating_sub(3)..)
+            .unwrap_or_default();
+        let total = (kept.len() + recent.len()).min(6);
+        if let Some(j) = joined.get_mut(..kept.len() + recent.len()) {
+            let (a, b) = j.split_at_mut(kept.len());
+            a.copy_from_slice(kept);
+            b.copy_from_slice(recent);
+        }
+        let last = joined
+            .get(total.saturating_sub(3)..total)
+            .unwrap_or_default();
+        *tail_len = last.len();
+        if let Some(t) = tail.get_mut(..last.len()) {
+            t.copy_from_slice(last);
         }
     }
 
@@ -131,20 +162,27 @@ impl AsyncRead for DeadlineStream {
                 let read = buf.filled().get(before..).unwrap_or_default();
                 this.saw(read);
                 match &this.phase {
-                    Phase::Head { timer, .. } if timer.is_elapsed() => {
-                        Poll::Ready(Err(timed_out()))
-                    }
+                    Phase::Head {
+                        timer: Some(timer), ..
+                    } if timer.is_elapsed() => Poll::Ready(Err(timed_out())),
                     _ => Poll::Ready(Ok(())),
                 }
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match &mut this.phase {
-                Phase::Head { timer, .. } => match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(timed_out())),
-                    Poll::Pending => Poll::Pending,
-                },
-                _ => Poll::Pending,
-            },
+            Poll::Pending => {
+                let limit = this.limit;
+                match &mut this.phase {
+                    Phase::Head { timer, .. } => {
+                        let timer =
+                            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                        match timer.as_mut().poll(cx) {
+                            Poll::Ready(()) => Poll::Ready(Err(timed_out())),
+                            Poll::Pending => Poll::Pending,
+                        }
+                    }
+                    _ => Poll::Pending,
+                }
+            }
         }
     }
 }
@@ -395,6 +433,24 @@ mod tests {
             "no blank line yet"
         );
         assert_eq!(phase_after(&[b"GET / HTTP/1.1\r\r\n\r\n"]), "request");
+    }
+
+    #[tokio::test]
+    async fn every_split_of_a_head_into_three_reads_ends_it_at_its_blank_line() {
+        let head: &[u8] = b"GET / HTTP/1.1\r\nhost: a\r\nx: \r\r\n\r\n";
+        for i in 1..head.len() {
+            for j in i..head.len() {
+                let (a, rest) = head.split_at(i);
+                let (b, c) = rest.split_at(j - i);
+                assert_eq!(phase_after(&[a, b, c]), "request", "{i} {j}");
+                let short = &c[..c.len() - 1];
+                assert_eq!(
+                    phase_after(&[a, b, short]),
+                    "head",
+                    "{i} {j} without the last byte"
+                );
+            }
+        }
     }
 
     #[tokio::test]
