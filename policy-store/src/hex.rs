@@ -1,4 +1,5 @@
-//! Lower-case hex, the one encoder of the workspace (hashes, ids, trace context).
+//! Lower-case hex, the one encoder (and decoder) of the workspace (hashes, ids, trace
+//! context, page tokens, sealed files).
 
 use sha2::{Digest, Sha256};
 
@@ -37,9 +38,37 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Hex (either case) to bytes; `None` for an odd length or anything but hex digits.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    let digit = |b: &u8| {
+        char::from(*b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair.first()?)? << 4 | digit(pair.get(1)?)?))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_reverses_encoding_and_refuses_what_is_not_hex() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(decode(&hex(&all)), Some(all));
+        assert_eq!(decode("ABcd"), Some(vec![0xab, 0xcd]));
+        assert_eq!(decode(""), Some(vec![]));
+        for bad in ["a", "0g", "+f", " 0", "é0"] {
+            assert_eq!(decode(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn every_byte_is_two_lower_case_digits() {

@@ -204,23 +204,6 @@ impl std::fmt::Debug for LastKnownGood {
 /// The first line's tag.
 const LKG_FORMAT: &str = "portcullis-lkg-v1";
 
-/// Lower-case hex to bytes; `None` for anything else.
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    };
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(2) {
-        return None;
-    }
-    bytes
-        .chunks_exact(2)
-        .map(|pair| Some(digit(*pair.first()?)? << 4 | digit(*pair.get(1)?)?))
-        .collect()
-}
-
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl LastKnownGood {
@@ -287,7 +270,7 @@ impl LastKnownGood {
             .ok()
             .and_then(|h| h.strip_prefix(LKG_FORMAT))
             .and_then(|h| h.strip_prefix(' '))
-            .and_then(decode_hex)
+            .and_then(portcullis_policy_store::hex::decode)
             .ok_or_else(|| at("not a sealed last-known-good file"))?;
         let mut mac = self.mac.clone();
         mac.update(json);

@@ -33,6 +33,15 @@ use crate::metrics::METRICS;
 /// The end of a request head.
 const END_OF_HEAD: &[u8] = b"\r\n\r\n";
 
+/// `a` followed by `b` (at most three bytes each), on the stack, with its length.
+fn joined(a: &[u8], b: &[u8]) -> ([u8; 6], usize) {
+    let mut out = [0_u8; 6];
+    for (slot, byte) in out.iter_mut().zip(a.iter().chain(b)) {
+        *slot = *byte;
+    }
+    (out, (a.len() + b.len()).min(6))
+}
+
 /// Where the connection is in its current request.
 #[derive(Debug)]
 enum Phase {
@@ -88,16 +97,9 @@ impl DeadlineStream {
             return;
         };
         // A whole head in one read ends the read (a GET); otherwise search, across the
-        // boundary with the previous read too.
-        let mut seam = [0_u8; 6];
+        // seam with the previous read's last bytes too.
         let kept = tail.get(..*tail_len).unwrap_or_default();
-        let head_of_read = bytes.get(..bytes.len().min(3)).unwrap_or_default();
-        let seam_len = kept.len() + head_of_read.len();
-        if let Some(s) = seam.get_mut(..seam_len) {
-            let (a, b) = s.split_at_mut(kept.len());
-            a.copy_from_slice(kept);
-            b.copy_from_slice(head_of_read);
-        }
+        let (seam, seam_len) = joined(kept, bytes.get(..3).unwrap_or(bytes));
         let ended = bytes.ends_with(END_OF_HEAD)
             || memchr::memmem::find(bytes, END_OF_HEAD).is_some()
             || memchr::memmem::find(seam.get(..seam_len).unwrap_or_default(), END_OF_HEAD)
@@ -106,19 +108,10 @@ impl DeadlineStream {
             self.phase = Phase::Request;
             return;
         }
-        // Keep the last three bytes of what was seen for the next read's seam.
-        let mut joined = [0_u8; 6];
-        let recent = bytes
-            .get(bytes.len().saturating_sub(3)..)
-            .unwrap_or_default();
-        let total = (kept.len() + recent.len()).min(6);
-        if let Some(j) = joined.get_mut(..kept.len() + recent.len()) {
-            let (a, b) = j.split_at_mut(kept.len());
-            a.copy_from_slice(kept);
-            b.copy_from_slice(recent);
-        }
-        let last = joined
-            .get(total.saturating_sub(3)..total)
+        let recent = bytes.get(bytes.len().saturating_sub(3)..).unwrap_or(bytes);
+        let (seen, seen_len) = joined(kept, recent);
+        let last = seen
+            .get(seen_len.saturating_sub(3)..seen_len)
             .unwrap_or_default();
         *tail_len = last.len();
         if let Some(t) = tail.get_mut(..last.len()) {

@@ -74,13 +74,8 @@ fn parse_line(line: &str) -> Result<([u8; 32], Identity), String> {
     let hash = words
         .next()
         .and_then(|h| h.strip_prefix("sha256:"))
-        .and_then(|hex| {
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
-                .collect::<Option<_>>()?;
-            <[u8; 32]>::try_from(bytes).ok()
-        })
+        .and_then(portcullis_policy_store::hex::decode)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .ok_or_else(|| String::from("expected `<subject> sha256:<64 hex digits>`"))?;
     let mut identity = Identity {
         subject: subject.to_owned(),

@@ -276,18 +276,11 @@ pub(crate) struct Page<T> {
 }
 
 fn hex_encode(s: &str) -> String {
-    s.bytes()
-        .flat_map(|b| [b >> 4, b & 0x0f])
-        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
-        .collect()
+    portcullis_policy_store::hex::hex(s.as_bytes())
 }
 
 fn hex_decode(s: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(portcullis_policy_store::hex::decode(s)?).ok()
 }
 
 /// A checked `page_size` (1 to 1000, default 100).

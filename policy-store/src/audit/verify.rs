@@ -208,11 +208,16 @@ pub fn verify(
     options: &VerifyOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Summary, Break> {
-    let (files, checkpoint_files) = ledger_files(paths).map_err(|what| Break {
+    // A problem of the ledger as a whole: named by the first path given.
+    let everything = || Break {
         file: paths.first().cloned().unwrap_or_default(),
         line: 0,
         seq: None,
+        what: String::new(),
+    };
+    let (files, checkpoint_files) = ledger_files(paths).map_err(|what| Break {
         what,
+        ..everything()
     })?;
     let checkpoint_files = read_checkpoints(&checkpoint_files)?;
     let mut summary = Summary {
@@ -223,12 +228,6 @@ pub fn verify(
         last_checkpoint: None,
         signatures_checked: options.public_key.is_some(),
         unsigned_tail: 0,
-    };
-    let everything = || Break {
-        file: paths.first().cloned().unwrap_or_default(),
-        line: 0,
-        seq: None,
-        what: String::new(),
     };
     if let Some(key) = &options.public_key {
         for read in checkpoint_files.iter().flatten() {

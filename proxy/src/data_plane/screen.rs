@@ -84,27 +84,27 @@ pub struct Screen {
 /// The query parameter of RFC 6750 §2.3.
 const ACCESS_TOKEN: &str = "access_token";
 
-/// `(name as a server decodes it, raw pair)` of each `&`-separated query parameter; the
-/// name is borrowed when there is nothing to decode (the usual case, on every request).
+/// A query parameter's name or value as a server decodes it (`+` a space, `%XX` a byte);
+/// borrowed when there is nothing to decode (the usual case, on every request).
+fn decode_form(text: &str) -> Option<Cow<'_, str>> {
+    if text.contains(['%', '+']) {
+        decode_param(&text.replace('+', " ")).map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(text))
+    }
+}
+
+/// `(decoded name, raw pair)` of each `&`-separated query parameter.
 fn query_params(query: &str) -> impl Iterator<Item = (Option<Cow<'_, str>>, &str)> {
     query.split('&').map(|pair| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        let decoded = if name.contains(['%', '+']) {
-            decode_param(&name.replace('+', " ")).map(Cow::Owned)
-        } else {
-            Some(Cow::Borrowed(name))
-        };
-        (decoded, pair)
+        (decode_form(name), pair)
     })
 }
 
-fn query_value(pair: &str) -> Option<String> {
-    decode_param(
-        &pair
-            .split_once('=')
-            .map_or("", |(_, v)| v)
-            .replace('+', " "),
-    )
+/// The decoded value of a `name=value` pair (empty without `=`).
+fn query_value(pair: &str) -> Option<Cow<'_, str>> {
+    decode_form(pair.split_once('=').map_or("", |(_, v)| v))
 }
 
 impl Screen {
