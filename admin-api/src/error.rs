@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use portcullis_policy_store::error::StoreError;
+use portcullis_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
 

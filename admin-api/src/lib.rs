@@ -1,8 +1,10 @@
 //! `portcullis-admin-api` owns the control plane's HTTP API (axum): CRUD over the
 //! authorization model and what-if decisions, under `/v1`, on its own listener.
 //!
-//! It talks to the store only through `portcullis_policy_store::store::Store`, and answers
+//! It talks to the store only through `portcullis_store::Store`, and answers
 //! what-if questions with the same decision core and snapshot the data plane uses.
+//! [`publish`] is the control plane's core loop: each committed revision read once, applied
+//! to that snapshot and kept, encoded once, in the feed every watching sidecar reads.
 //! Build the router with [`app`]; tests call it with `tower::ServiceExt::oneshot`, without
 //! a socket.
 //!
@@ -37,14 +39,15 @@ pub mod authz;
 pub mod conventions;
 pub mod error;
 pub mod openapi;
+pub mod publish;
 mod resources;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use portcullis_policy_store::snapshot::SnapshotHandle;
-use portcullis_policy_store::store::Store;
+use portcullis_engine::snapshot::SnapshotHandle;
+use portcullis_store::Store;
 
 pub use auth::throttle::FailureLimit;
 pub use auth::{Actor, AdminAuth, AdminTokens, JwtVerifier};
@@ -57,24 +60,25 @@ pub struct AppState<S> {
     pub store: S,
     /// The snapshot the data plane decides with (what-if decisions use it too).
     pub snapshot: Arc<SnapshotHandle>,
+    /// The published changes `GET /v1/watch` streams, fed by the [`publish::Publisher`].
+    pub feed: Arc<publish::ChangeFeed>,
     /// The audit ledger admin changes are recorded in, with their actor.
-    pub ledger: Option<Arc<portcullis_policy_store::audit::writer::Ledger>>,
+    pub ledger: Option<Arc<portcullis_ledger::writer::Ledger>>,
     /// The admin policies every call is checked against; swapped on reload.
     pub admin_policies: Arc<arc_swap::ArcSwap<authz::AdminPolicies>>,
     /// What this process enforces beside the API (`serve`'s route map): a policy set that
     /// would leave a route undecidable is refused. `None` in `control`, which has no routes.
     pub route_guard: Option<Arc<dyn RouteGuard>>,
+    /// Given when the process stops: long-lived responses (`/v1/watch`) end, so the server
+    /// can finish the calls in flight and close.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Checks a candidate policy set against the routes this process enforces.
 pub trait RouteGuard: Send + Sync + std::fmt::Debug {
     /// Why `files` over `schema` would leave routes undecidable; empty when it would not,
     /// or when the set does not compile (the store then refuses it with every message).
-    fn problems(
-        &self,
-        files: &[portcullis_policy_store::model::PolicyFile],
-        schema: &str,
-    ) -> Vec<String>;
+    fn problems(&self, files: &[portcullis_model::PolicyFile], schema: &str) -> Vec<String>;
 }
 
 /// The admin API router.

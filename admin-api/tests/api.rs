@@ -10,17 +10,22 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use portcullis_admin_api::auth::token_line;
 use portcullis_admin_api::authz::AdminPolicies;
+use portcullis_admin_api::publish::{ChangeFeed, Publisher};
 use portcullis_admin_api::{AdminAuth, AdminTokens, AppState, app};
-use portcullis_policy_store::audit::writer::{Ledger, LedgerConfig};
-use portcullis_policy_store::model::{PolicyFile, Role};
-use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle};
-use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use portcullis_engine::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate, StoreState};
+use portcullis_ledger::writer::{Ledger, LedgerConfig};
+use portcullis_model::{
+    Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetCheck, PolicySetSummary,
+    PolicySetVersion, Principal, RevokedSession, Role,
+};
+use portcullis_store::{AssignmentFilter, Import, SqlStore, Store, StoreConfig, StoreError};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -36,9 +41,85 @@ const AUDITOR: &str = "auditor-token";
 
 struct Api {
     router: axum::Router,
-    store: SqlStore,
+    store: Counting,
     snapshot: Arc<SnapshotHandle>,
+    publisher: tokio::sync::Mutex<Publisher<Counting>>,
     _dir: tempfile_dir::Dir,
+}
+
+/// The real SQLite store, counting the reads that bring a follower up to date
+/// (`load_update`, `load_state`, `changes_since`): what distributing a change costs the
+/// database.
+#[derive(Debug, Clone)]
+struct Counting {
+    inner: SqlStore,
+    update_reads: Arc<AtomicUsize>,
+}
+
+/// Methods handed to the real store as they are.
+macro_rules! delegate {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $out:ty;)*) => {
+        $(
+            fn $name(&self $(, $arg: $ty)*) -> impl Future<Output = Result<$out, StoreError>> + Send {
+                self.inner.$name($($arg),*)
+            }
+        )*
+    };
+}
+
+impl Store for Counting {
+    fn commits(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.inner.commits()
+    }
+
+    fn load_state(&self) -> impl Future<Output = Result<StoreState, StoreError>> + Send {
+        self.update_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load_state()
+    }
+
+    fn changes_since(
+        &self,
+        since: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Change>, StoreError>> + Send {
+        self.update_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.changes_since(since, limit)
+    }
+
+    fn load_update(
+        &self,
+        since: i64,
+    ) -> impl Future<Output = Result<SnapshotUpdate, StoreError>> + Send {
+        self.update_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load_update(since)
+    }
+
+    delegate! {
+        fn revision(&self) -> i64;
+        fn put_principal(&self, principal: &Principal) -> i64;
+        fn delete_principal(&self, key: &EntityRef) -> i64;
+        fn get_principal(&self, key: &EntityRef) -> Option<Principal>;
+        fn get_assignment(&self, id: &str) -> Option<Assignment>;
+        fn get_entity(&self, uid: &EntityRef) -> Option<EntityRecord>;
+        fn create_role(&self, role: &Role) -> i64;
+        fn update_role(&self, role: &Role) -> i64;
+        fn delete_role(&self, name: &str) -> i64;
+        fn list_roles(&self) -> Vec<Role>;
+        fn create_assignment(&self, assignment: &Assignment) -> i64;
+        fn delete_assignment(&self, id: &str) -> i64;
+        fn assignments_of(&self, principal: &EntityRef) -> Vec<Assignment>;
+        fn list_assignments(&self, filter: &AssignmentFilter, after: Option<&str>, limit: i64) -> Vec<Assignment>;
+        fn put_entity(&self, entity: &EntityRecord) -> i64;
+        fn delete_entity(&self, uid: &EntityRef) -> i64;
+        fn revoke_session(&self, session: &RevokedSession) -> i64;
+        fn put_policy_set(&self, files: &[PolicyFile], schema: &str, created_by: Option<&str>, if_version: Option<i64>) -> (i64, i64);
+        fn check_policy_set(&self, files: &[PolicyFile], schema: &str) -> PolicySetCheck;
+        fn current_policy_set(&self) -> Option<PolicySetVersion>;
+        fn policy_set_version(&self, version: i64) -> Option<PolicySetVersion>;
+        fn policy_set_history(&self, before: Option<i64>, limit: i64) -> Vec<PolicySetSummary>;
+        fn policies_dir_digest(&self) -> Option<String>;
+        fn import(&self, import: &Import) -> i64;
+    }
 }
 
 mod tempfile_dir {
@@ -112,15 +193,28 @@ async fn api() -> Api {
         stdout: false,
     })
     .unwrap();
+    let store = Counting {
+        inner: store,
+        update_reads: Arc::new(AtomicUsize::new(0)),
+    };
+    let feed = Arc::new(ChangeFeed::new(snapshot.load().revision()));
+    let publisher = Publisher::new(
+        store.clone(),
+        Arc::clone(&snapshot),
+        Arc::clone(&feed),
+        None,
+    );
     let router = app(
         AppState {
             store: store.clone(),
             snapshot: Arc::clone(&snapshot),
+            feed,
             ledger: Some(ledger),
             admin_policies: Arc::new(arc_swap::ArcSwap::from_pointee(
                 AdminPolicies::builtin().unwrap(),
             )),
             route_guard: None,
+            stopping: tokio_util::sync::CancellationToken::new(),
         },
         AdminAuth::new(tokens),
     );
@@ -128,6 +222,7 @@ async fn api() -> Api {
         router,
         store,
         snapshot,
+        publisher: tokio::sync::Mutex::new(publisher),
         _dir: tempfile_dir::Dir(dir),
     }
 }
@@ -204,11 +299,10 @@ impl Api {
         self.router.clone().oneshot(request).await.unwrap()
     }
 
-    /// Brings the snapshot to the store (the follower's job in a running process).
+    /// Brings the snapshot and the change feed to the store, as the control plane's
+    /// publisher does in a running process.
     async fn refresh(&self) {
-        let since = self.snapshot.load().revision();
-        let update = self.store.load_update(since).await.unwrap();
-        self.snapshot.apply(update, 0).unwrap();
+        self.publisher.lock().await.publish_pending().await.unwrap();
     }
 }
 
@@ -436,8 +530,8 @@ async fn principals_assignments_and_entities_drive_what_if_decisions() {
     assert_eq!(status, StatusCode::OK, "{body}");
     api.refresh().await;
     let now = jiff::Timestamp::now().as_millisecond();
-    let ann: portcullis_policy_store::model::EntityRef = "User::\"ann\"".parse().unwrap();
-    let bob: portcullis_policy_store::model::EntityRef = "User::\"bob\"".parse().unwrap();
+    let ann: portcullis_model::EntityRef = "User::\"ann\"".parse().unwrap();
+    let bob: portcullis_model::EntityRef = "User::\"bob\"".parse().unwrap();
     assert!(api.snapshot.load().is_session_revoked(&ann, "s-1", now));
     assert!(
         !api.snapshot.load().is_session_revoked(&bob, "s-1", now),
@@ -453,7 +547,7 @@ async fn principals_assignments_and_entities_drive_what_if_decisions() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     api.refresh().await;
-    let ann: portcullis_policy_store::model::EntityRef = "User::\"ann\"".parse().unwrap();
+    let ann: portcullis_model::EntityRef = "User::\"ann\"".parse().unwrap();
     let now = jiff::Timestamp::now().as_millisecond();
     assert!(
         api.snapshot
@@ -1152,8 +1246,8 @@ async fn a_tenant_admin_manages_its_own_tenant_and_nothing_else() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     api.refresh().await;
-    let ann: portcullis_policy_store::model::EntityRef = "User::\"ann\"".parse().unwrap();
-    let bob: portcullis_policy_store::model::EntityRef = "User::\"bob\"".parse().unwrap();
+    let ann: portcullis_model::EntityRef = "User::\"ann\"".parse().unwrap();
+    let bob: portcullis_model::EntityRef = "User::\"bob\"".parse().unwrap();
     let snapshot = api.snapshot.load();
     assert!(snapshot.is_session_revoked(&ann, "shared", soon - 1));
     assert!(!snapshot.is_session_revoked(&ann, "shared", soon));
@@ -1382,29 +1476,15 @@ async fn watch_streams_each_published_revision_and_heartbeats_between() {
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut body = response.into_body();
-    let mut next_event = async || -> (String, Option<String>, String) {
-        let mut text = String::new();
-        while !text.contains("\n\n") {
-            let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
-                .await
-                .expect("an event within 5 s")
-                .unwrap()
-                .unwrap();
-            text.push_str(std::str::from_utf8(frame.data_ref().unwrap()).unwrap());
-        }
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}:")))
-                .map(|v| v.trim().to_owned())
-        };
-        (field("event").unwrap(), field("id"), field("data").unwrap())
+    let mut events = Events {
+        body: response.into_body(),
+        text: String::new(),
     };
 
     // A heartbeat at once, then one per interval while nothing changes.
-    let (event, _, data) = next_event().await;
+    let (event, _, data) = events.next().await;
     assert_eq!((event.as_str(), data), ("heartbeat", since.to_string()));
-    let (event, _, _) = next_event().await;
+    let (event, _, _) = events.next().await;
     assert_eq!(event, "heartbeat");
 
     // A change is streamed once this control plane publishes it.
@@ -1415,11 +1495,7 @@ async fn watch_streams_each_published_revision_and_heartbeats_between() {
     )
     .await;
     api.refresh().await;
-    let (mut event, mut id, mut data) = next_event().await;
-    while event == "heartbeat" {
-        (event, id, data) = next_event().await;
-    }
-    assert_eq!(event, "update");
+    let (id, data) = events.next_update().await;
     assert_eq!(id, Some((since + 1).to_string()));
     let update: Value = serde_json::from_str(&data).unwrap();
     assert_eq!(update["patch"]["revision"], since + 1, "{update}");
@@ -1430,6 +1506,128 @@ async fn watch_streams_each_published_revision_and_heartbeats_between() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(fields(&problem), ["heartbeat_ms"]);
+}
+
+/// The server-sent events of one `/v1/watch` response, one at a time.
+struct Events {
+    body: Body,
+    text: String,
+}
+
+impl Events {
+    /// `(event, id, data)` of the next event, within 5 s.
+    async fn next(&mut self) -> (String, Option<String>, String) {
+        loop {
+            if let Some(end) = self.text.find("\n\n") {
+                let event: String = self.text.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    event
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                        .map(|v| v.trim().to_owned())
+                };
+                return (field("event").unwrap(), field("id"), field("data").unwrap());
+            }
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(5), self.body.frame())
+                .await
+                .unwrap() // no event within 5 s
+                .unwrap()
+                .unwrap();
+            self.text
+                .push_str(std::str::from_utf8(frame.data_ref().unwrap()).unwrap());
+        }
+    }
+
+    /// The next `update` event, heartbeats skipped: its id and data.
+    async fn next_update(&mut self) -> (Option<String>, String) {
+        loop {
+            let (event, id, data) = self.next().await;
+            if event == "update" {
+                return (id, data);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn fifty_watchers_cost_the_store_one_read_per_change() {
+    let api = api().await;
+    let since = api.snapshot.load().revision();
+    let mut watchers = Vec::new();
+    for _ in 0..50 {
+        let response = api
+            .open(
+                SIDECAR,
+                "GET",
+                &format!("/v1/watch?since={since}&heartbeat_ms=60000"),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut events = Events {
+            body: response.into_body(),
+            text: String::new(),
+        };
+        // Connected: the greeting heartbeat.
+        assert_eq!(events.next().await.0, "heartbeat");
+        watchers.push(events);
+    }
+
+    for (n, user) in ["ann", "ben", "cyd"].into_iter().enumerate() {
+        api.call(
+            "PUT",
+            &format!("/v1/principals/users/{user}"),
+            Some(json!({"kind": "user", "id": user, "tenant": "t1"})),
+        )
+        .await;
+        api.store.update_reads.store(0, Ordering::SeqCst);
+        api.refresh().await;
+        let revision = since + i64::try_from(n).unwrap() + 1;
+        // Every watcher receives the change.
+        let mut updates = Vec::new();
+        for watcher in &mut watchers {
+            updates.push(watcher.next_update().await);
+        }
+        for (id, data) in &updates {
+            assert_eq!(id.as_deref(), Some(revision.to_string().as_str()));
+            assert!(data.contains(&format!("\"{user}\"")), "{data}");
+        }
+        // The same bytes to all fifty.
+        assert!(updates.iter().all(|u| u.1 == updates[0].1));
+        assert_eq!(
+            api.store.update_reads.load(Ordering::SeqCst),
+            1,
+            "change {revision}: one store read, by the publisher, for 50 watchers"
+        );
+    }
+
+    // A poller is answered from the feed when it holds the step; only a caller behind what
+    // the feed keeps reads the store, once.
+    api.store.update_reads.store(0, Ordering::SeqCst);
+    let (status, update) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            &format!("/v1/updates?since={}", since + 1),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(update["patch"]["revision"], since + 2, "{update}");
+    assert_eq!(
+        api.store.update_reads.load(Ordering::SeqCst),
+        0,
+        "a step the feed holds"
+    );
+    let (status, _) = api
+        .call_as(Some(SIDECAR), "GET", "/v1/updates?since=0", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        api.store.update_reads.load(Ordering::SeqCst),
+        1,
+        "behind the feed"
+    );
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 //!
 //! `cargo bench -p portcullis-bench --features regorus --bench rego`
 
-#[path = "../../policy-store/benches/fixtures/mod.rs"]
+#[path = "../../policy-store/engine/benches/fixtures/mod.rs"]
 #[expect(dead_code, reason = "only the default state is used")]
 mod fixtures;
 
@@ -20,8 +20,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fixtures::{AliceReadsD1, default_state, fail};
-use portcullis_policy_store::decision::decide_uncached;
-use portcullis_policy_store::snapshot::Snapshot;
+use portcullis_engine::decision::decide_uncached;
+use portcullis_engine::snapshot::Snapshot;
 
 /// The shipped rules that bear on a document read (policies/default.cedar), in Rego: role
 /// grants down the entity tree and owner access permit; status, tenant isolation, risk,

@@ -1,4 +1,4 @@
-//! The data plane's side of the audit ledger (`portcullis_policy_store::audit`): which
+//! The data plane's side of the audit ledger (`portcullis_ledger`): which
 //! requests leave a record, what goes into it, and what happens when the ledger cannot keep
 //! up — by default the request waits, then is refused (503); dropping must be configured
 //! and is counted.
@@ -15,14 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_policy_store::audit::redis_sink::{self, RedisSinkConfig};
-use portcullis_policy_store::audit::sqs_sink::{self, SqsSinkConfig};
-use portcullis_policy_store::audit::tail::SinkStats;
-use portcullis_policy_store::audit::writer::{AppendError, Ledger, LedgerConfig};
-use portcullis_policy_store::audit::{
+use portcullis_ledger::tail::SinkStats;
+use portcullis_ledger::writer::{AppendError, Ledger, LedgerConfig};
+use portcullis_ledger::{
     EncodeError, EncodedEntry, EntryRef, RecordKind, Redaction, RedactionSalt, band_redacts,
     checkpoint, sha256_hex, timestamp_now,
 };
+use portcullis_sinks::redis_sink::{self, RedisSinkConfig};
+use portcullis_sinks::sqs_sink::{self, SqsSinkConfig};
 use rand::Rng;
 
 use crate::config::{AuditOnFull, Config};

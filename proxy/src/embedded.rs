@@ -1,6 +1,7 @@
 //! The store under `portcullis serve`: opening it (an SQLite file in the data directory
 //! unless PostgreSQL is configured), keeping it in step with the policies directory, loading
-//! the demo data into a new one, and following its changes into the snapshot.
+//! the demo data into a new one, and loading it into the first snapshot (the admin API's
+//! publisher follows it from there).
 //!
 //! The policies directory and the admin API both write policies and roles; the newer intent
 //! wins. At start and on every reload, a directory that changed since it was last stored
@@ -9,16 +10,13 @@
 //! the store alone, so what was written through the admin API since survives restarts.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use portcullis_policy_store::model::{Assignment, EntityRecord, Principal, Role};
-use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle};
-use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use portcullis_engine::snapshot::Snapshot;
+use portcullis_model::{Assignment, EntityRecord, Principal, Role};
+use portcullis_store::{Import, SqlStore, Store, StoreConfig};
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::metrics::METRICS;
 use crate::policy_dir::PolicyDir;
 
 /// The demo data loaded into a new store.
@@ -31,9 +29,6 @@ struct DemoData {
     entities: Vec<EntityRecord>,
     assignments: Vec<Assignment>,
 }
-
-/// How often the follower looks for new revisions when no commit wakes it.
-const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The store configuration `serve` uses.
 pub fn store_config(config: &Config) -> StoreConfig {
@@ -116,7 +111,7 @@ impl Synced {
 const DIR_AUTHOR: &str = "policies.dir";
 
 /// A digest of everything the directory stores: schema, policy files, roles.
-fn dir_digest(sources: &portcullis_policy_store::policy::PolicySources, roles: &[Role]) -> String {
+fn dir_digest(sources: &portcullis_engine::policy::PolicySources, roles: &[Role]) -> String {
     use sha2::Digest;
     let files: Vec<(&str, &str)> = sources
         .files
@@ -182,7 +177,7 @@ pub async fn sync_policies(
                 sources
                     .files
                     .iter()
-                    .map(|f| portcullis_policy_store::model::PolicyFile {
+                    .map(|f| portcullis_model::PolicyFile {
                         name: file_name(&f.name).to_owned(),
                         text: f.text.clone(),
                     })
@@ -250,11 +245,8 @@ pub fn admin_tokens(
                     .flat_map(|b| [b >> 4, b & 0x0f])
                     .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
                     .collect();
-                portcullis_policy_store::private_file::create(
-                    &plain,
-                    format!("{token}\n").as_bytes(),
-                )?;
-                portcullis_policy_store::private_file::create(
+                portcullis_ledger::private_file::create(&plain, format!("{token}\n").as_bytes())?;
+                portcullis_ledger::private_file::create(
                     &path,
                     format!(
                         "# Admin API tokens: <subject> sha256:<hex> [roles=<role>,...] [tenant=<tenant>]\n\
@@ -293,60 +285,4 @@ pub async fn load_snapshot(store: &SqlStore) -> Result<Snapshot, String> {
         .map_err(|e| format!("cannot load the store: {e}"))?;
     Snapshot::build(state, jiff::Timestamp::now().as_millisecond())
         .map_err(|e| format!("the stored state does not compile: {e}"))
-}
-
-/// Follows the store: applies every new revision to the snapshot. Runs until the process
-/// ends. A revision that does not compile is refused and counted; the old snapshot stays.
-pub async fn follow(store: SqlStore, handle: Arc<SnapshotHandle>) {
-    // A refused revision is not retried until the store moves past it.
-    let mut refused: Option<i64> = None;
-    let mut commits = store.commits();
-    loop {
-        // Woken by a commit (this process's, or a replica's on PostgreSQL); the timer only
-        // catches what a wake-up missed.
-        tokio::select! {
-            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-            woken = commits.changed() => {
-                if woken.is_err() {
-                    tokio::time::sleep(FOLLOW_INTERVAL).await;
-                }
-            }
-        }
-        let current = handle.load().revision();
-        let revision = match store.revision().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the store revision; serving the last snapshot");
-                continue;
-            }
-        };
-        if revision <= current || refused == Some(revision) {
-            continue;
-        }
-        let update = match store.load_update(current).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the store's changes; serving the last snapshot");
-                continue;
-            }
-        };
-        match handle.apply(update, jiff::Timestamp::now().as_millisecond()) {
-            Ok(applied) => {
-                METRICS
-                    .snapshot_updates
-                    .with_label_values(&["applied"])
-                    .inc();
-                METRICS.snapshot_revision.set(applied);
-                tracing::info!(revision = applied, "snapshot updated");
-            }
-            Err(e) => {
-                refused = Some(revision);
-                METRICS
-                    .snapshot_updates
-                    .with_label_values(&["rejected"])
-                    .inc();
-                tracing::error!(error = %e, revision, "store revision refused; keeping the snapshot in force");
-            }
-        }
-    }
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use portcullis_policy_store::backoff::Backoff;
-use portcullis_policy_store::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate, StoreState};
+use portcullis_engine::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate, StoreState};
+use portcullis_sinks::backoff::Backoff;
 
 use crate::metrics::METRICS;
 
@@ -231,7 +231,7 @@ impl LastKnownGood {
         let json = serde_json::to_vec(state).map_err(|e| e.to_string())?;
         let mut mac = self.mac.clone();
         mac.update(&json);
-        let seal = portcullis_policy_store::hex::hex(&mac.finalize().into_bytes());
+        let seal = portcullis_ledger::hex::hex(&mac.finalize().into_bytes());
         let tmp = self.path.with_extension("tmp");
         let written = (|| {
             let mut options = std::fs::OpenOptions::new();
@@ -270,7 +270,7 @@ impl LastKnownGood {
             .ok()
             .and_then(|h| h.strip_prefix(LKG_FORMAT))
             .and_then(|h| h.strip_prefix(' '))
-            .and_then(portcullis_policy_store::hex::decode)
+            .and_then(portcullis_ledger::hex::decode)
             .ok_or_else(|| at("not a sealed last-known-good file"))?;
         let mut mac = self.mac.clone();
         mac.update(json);

@@ -2,6 +2,8 @@
 //!
 //! - [`data_plane`]: the enforcing proxy (Pingora) — path normalisation, routing,
 //!   authentication, context, decision, identity headers, the decision endpoint;
+//! - [`process`]: the process every mode runs in — the background tasks under one shutdown
+//!   signal, and the order things stop in;
 //! - [`server`], [`ops`], [`tls`]: the listeners, health and metrics, the HTTPS certificate;
 //!   [`head_deadline`]: the deadline for a whole request head;
 //! - [`audit`]: what the data plane writes into the decision audit ledger;
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod ops;
 pub mod policy_dir;
 pub mod policy_tests;
+pub mod process;
 pub mod reload;
 pub mod routes;
 pub mod server;

@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use portcullis_admin_api::authz::AdminPolicies;
-use portcullis_policy_store::model::{PolicyFile, Role};
-use portcullis_policy_store::policy::{PolicyDiagnostic, PolicySources};
+use portcullis_engine::policy::{PolicyDiagnostic, PolicySources};
+use portcullis_model::{PolicyFile, Role};
 use serde::Deserialize;
 
 /// The schema file name.
@@ -224,7 +224,7 @@ pub struct CompiledDir {
     /// What was loaded.
     pub dir: PolicyDir,
     /// The compiled policy set.
-    pub policies: portcullis_policy_store::policy::CompiledPolicies,
+    pub policies: portcullis_engine::policy::CompiledPolicies,
     /// The compiled route map, if the directory has one.
     pub routes: Option<crate::routes::RouteMap>,
     /// The admin policies: the directory's `admin.cedar`, or the built-in copy.
@@ -279,7 +279,7 @@ pub fn compile_loaded(loaded: PolicyDir) -> Result<CompiledDir, Vec<PolicyDiagno
         Some(file) => AdminPolicies::compile(file),
         None => AdminPolicies::builtin(),
     };
-    let policies = portcullis_policy_store::policy::compile(&loaded.sources);
+    let policies = portcullis_engine::policy::compile(&loaded.sources);
     let (policies, admin) = match (policies, admin) {
         (Ok(policies), Ok(admin)) => (policies, admin),
         (policies, admin) => {

@@ -28,12 +28,12 @@
 use std::path::{Path, PathBuf};
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request};
-use portcullis_policy_store::decision::{DecisionRequest, LocalTime, RequestFacts, decide};
-use portcullis_policy_store::model::{
+use portcullis_engine::decision::{DecisionRequest, LocalTime, RequestFacts, decide};
+use portcullis_engine::policy::{CompiledPolicies, PolicyDiagnostic};
+use portcullis_engine::snapshot::{Snapshot, StoreState};
+use portcullis_model::{
     Assignment, AssignmentConditions, EntityRecord, EntityRef, PolicySetVersion, Principal, Scope,
 };
-use portcullis_policy_store::policy::{CompiledPolicies, PolicyDiagnostic};
-use portcullis_policy_store::snapshot::{Snapshot, StoreState};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use portcullis_policy_store::store::SqlStore;
+use portcullis_store::SqlStore;
 
 use crate::config::{self, Config, Override};
 use crate::data_plane::{DataPlane, Gate};
@@ -49,7 +49,7 @@ pub fn load_policies(config: &Config) -> Result<CompiledDir, Vec<String>> {
 /// against the policies the control plane sent.
 pub fn local_route_map(
     config: &Config,
-    policies: &portcullis_policy_store::policy::CompiledPolicies,
+    policies: &portcullis_engine::policy::CompiledPolicies,
 ) -> Result<crate::routes::RouteMap, Vec<String>> {
     let path = config.policies.dir.join(ROUTES_FILE);
     let (name, text) = if path.exists() {
@@ -212,7 +212,7 @@ impl Reloader {
     /// Waits until the follower has brought the snapshot to the store's revision, so the
     /// new routes never meet the old policies.
     async fn wait_for_snapshot(&self, store: &SqlStore) -> Result<(), Vec<String>> {
-        use portcullis_policy_store::store::Store;
+        use portcullis_store::Store;
         let target = store
             .revision()
             .await
@@ -318,13 +318,9 @@ pub async fn watch_route_map(plane: Arc<DataPlane>) {
 pub struct ServedRoutes(pub Arc<DataPlane>);
 
 impl portcullis_admin_api::RouteGuard for ServedRoutes {
-    fn problems(
-        &self,
-        files: &[portcullis_policy_store::model::PolicyFile],
-        schema: &str,
-    ) -> Vec<String> {
+    fn problems(&self, files: &[portcullis_model::PolicyFile], schema: &str) -> Vec<String> {
         let sources = self.0.snapshot.load().candidate_sources(files, schema);
-        match portcullis_policy_store::policy::compile(&sources) {
+        match portcullis_engine::policy::compile(&sources) {
             Ok(candidate) => self.0.gate.load().routes.problems_with(&candidate),
             Err(_) => Vec::new(),
         }

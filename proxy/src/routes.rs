@@ -23,8 +23,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use cedar_policy::Schema;
-use portcullis_policy_store::model::EntityRef;
-use portcullis_policy_store::policy::{CompiledPolicies, PolicyDiagnostic};
+use portcullis_engine::policy::{CompiledPolicies, PolicyDiagnostic};
+use portcullis_model::EntityRef;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -407,8 +407,8 @@ fn resource_types_of(schema: &Schema, action: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_policy_store::model::PolicyFile;
-    use portcullis_policy_store::policy::{PolicySources, compile as compile_policies};
+    use portcullis_engine::policy::{PolicySources, compile as compile_policies};
+    use portcullis_model::PolicyFile;
 
     fn policies(actions: &str) -> CompiledPolicies {
         compile_policies(&PolicySources {

@@ -22,12 +22,13 @@ use crate::config::Config;
 use crate::data_plane::proxy::EnforcingProxy;
 use crate::data_plane::{DataPlane, Health};
 use crate::ops::Ops;
+use crate::process::Mode;
 use crate::tls::ReloadingCert;
 
 /// Fails early, with the address named, when a listener cannot bind (Pingora would only log).
-pub fn check_binds(config: &Config, data_plane: bool) -> Result<(), String> {
+pub fn check_binds(config: &Config, mode: Mode) -> Result<(), String> {
     let mut addresses = vec![("ops.address", config.ops.address.as_str())];
-    if data_plane {
+    if mode.serves_data_plane() {
         addresses.push(("listen.address", config.listen.address.as_str()));
         if let Some(tls) = &config.listen.tls {
             addresses.push(("listen.tls.address", tls.address.as_str()));
@@ -43,14 +44,9 @@ pub fn check_binds(config: &Config, data_plane: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the listeners until shutdown: the ops listener always, the data plane when asked
-/// (`portcullis control` serves no data plane).
-pub fn run(
-    config: &Config,
-    plane: Arc<DataPlane>,
-    cert: Option<Arc<ReloadingCert>>,
-    data_plane: bool,
-) {
+/// Runs the listeners until shutdown: the ops listener always, the data plane when the mode
+/// has one (`portcullis control` serves no data plane).
+pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCert>>, mode: Mode) {
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(1),
@@ -60,7 +56,7 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    if data_plane {
+    if mode.serves_data_plane() {
         add_data_plane(&mut server, config, &plane, cert);
     }
 

@@ -22,7 +22,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use portcullis_policy_store::hex::sha256_hex;
+use portcullis_ledger::hex::sha256_hex;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -74,7 +74,7 @@ fn parse_line(line: &str) -> Result<([u8; 32], Identity), String> {
     let hash = words
         .next()
         .and_then(|h| h.strip_prefix("sha256:"))
-        .and_then(portcullis_policy_store::hex::decode)
+        .and_then(portcullis_ledger::hex::decode)
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .ok_or_else(|| String::from("expected `<subject> sha256:<64 hex digits>`"))?;
     let mut identity = Identity {

@@ -12,9 +12,9 @@ use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
     PolicySet, Request, RestrictedExpression, Schema,
 };
-use portcullis_policy_store::error::CompileError;
-use portcullis_policy_store::model::{EntityRecord, PolicyFile};
-use portcullis_policy_store::policy::compile_plain;
+use portcullis_engine::error::CompileError;
+use portcullis_engine::policy::compile_plain;
+use portcullis_model::{EntityRecord, PolicyFile};
 
 use crate::auth::Actor;
 use crate::error::ApiError;

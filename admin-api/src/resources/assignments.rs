@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_policy_store::model::{Assignment, EntityRef, Scope};
-use portcullis_policy_store::store::{AssignmentFilter, Store};
+use portcullis_model::{Assignment, EntityRef, Scope};
+use portcullis_store::{AssignmentFilter, Store};
 use serde::Deserialize;
 
 use super::{
@@ -108,9 +108,7 @@ pub(crate) struct AssignmentQuery {
 fn entity_ref_field(field: &str, value: &str) -> Result<EntityRef, ApiError> {
     value
         .parse()
-        .map_err(|e: portcullis_policy_store::error::ModelError| {
-            ApiError::field(field, e.to_string())
-        })
+        .map_err(|e: portcullis_model::ModelError| ApiError::field(field, e.to_string()))
 }
 
 #[utoipa::path(get, path = "/v1/assignments", tag = "assignments", params(AssignmentQuery),

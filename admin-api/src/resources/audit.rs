@@ -6,9 +6,9 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use portcullis_policy_store::audit::RecordKind;
-use portcullis_policy_store::audit::query::AuditQuery;
-use portcullis_policy_store::store::Store;
+use portcullis_ledger::RecordKind;
+use portcullis_ledger::query::AuditQuery;
+use portcullis_store::Store;
 use serde::Deserialize;
 
 use super::{Page, Params, St, allow, check, hex_encode, page_after, page_size};

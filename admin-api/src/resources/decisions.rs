@@ -4,10 +4,10 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_policy_store::decision::{DecisionRequest, LocalTime, RequestFacts, decide};
-use portcullis_policy_store::model::EntityRef;
-use portcullis_policy_store::snapshot::Snapshot;
-use portcullis_policy_store::store::Store;
+use portcullis_engine::decision::{DecisionRequest, LocalTime, RequestFacts, decide};
+use portcullis_engine::snapshot::Snapshot;
+use portcullis_model::EntityRef;
+use portcullis_store::Store;
 use serde::{Deserialize, Serialize};
 
 use super::{Body, St, allow, check, entity_tenant_of, principal_tenant};

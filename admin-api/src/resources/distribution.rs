@@ -1,5 +1,8 @@
 //! What sidecars follow: the whole state, what changed since a revision, and a stream of
 //! changes as they are published (`GET /v1/watch`, server-sent events).
+//!
+//! A step the [`ChangeFeed`](crate::publish::ChangeFeed) holds is sent as the publisher
+//! encoded it, to every caller: only a caller behind what the feed keeps reads the store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_policy_store::snapshot::SnapshotUpdate;
-use portcullis_policy_store::store::Store;
+use portcullis_engine::snapshot::SnapshotUpdate;
+use portcullis_store::Store;
 use serde::Deserialize;
 
 use super::{Params, St, allow};
@@ -65,10 +68,35 @@ pub(crate) async fn updates<S: Store>(
         AdminAction::DistributionRead,
         &Target::global(),
     )?;
-    match update_since(&st.store, query.since).await? {
+    match encoded_update_since(&st, query.since).await? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
-        Some(update) => Ok(Json(update).into_response()),
+        Some((_, json)) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json.to_string(),
+        )
+            .into_response()),
     }
+}
+
+/// What brings a snapshot at `since` to the published revision, as JSON, with the revision
+/// it brings it to; `None` when it is there. From the feed when it holds that step.
+async fn encoded_update_since<S: Store>(
+    st: &AppState<S>,
+    since: i64,
+) -> Result<Option<(i64, Arc<str>)>, ApiError> {
+    if let Some(step) = st.feed.step_from(since) {
+        return Ok(Some((step.to, Arc::clone(&step.json))));
+    }
+    let Some(update) = update_since(&st.store, since).await? else {
+        return Ok(None);
+    };
+    let to = match &update {
+        SnapshotUpdate::Patch(delta) => delta.revision,
+        SnapshotUpdate::Rebuild(state) => state.revision,
+    };
+    let json = serde_json::to_string(&update)
+        .map_err(|e| ApiError::Internal(format!("update not encoded: {e}")))?;
+    Ok(Some((to, Arc::from(json))))
 }
 
 /// What brings a snapshot at `since` to the store's revision; `None` when it is there.
@@ -82,14 +110,6 @@ async fn update_since<S: Store>(store: &S, since: i64) -> Result<Option<Snapshot
         return Ok(Some(SnapshotUpdate::Rebuild(store.load_state().await?)));
     }
     Ok(Some(store.load_update(since).await?))
-}
-
-/// The revision an update brings a snapshot to.
-fn target_of(update: &SnapshotUpdate) -> i64 {
-    match update {
-        SnapshotUpdate::Patch(delta) => delta.revision,
-        SnapshotUpdate::Rebuild(state) => state.revision,
-    }
 }
 
 /// `GET /v1/watch` query.
@@ -130,7 +150,7 @@ pub(crate) async fn watch<S: Store + Send + Sync + 'static>(
         ));
     }
     let watcher = Watcher {
-        published: st.snapshot.subscribe(),
+        published: st.feed.subscribe(),
         st,
         since: query.since,
         heartbeat: Duration::from_millis(heartbeat_ms),
@@ -146,6 +166,7 @@ pub(crate) async fn watch<S: Store + Send + Sync + 'static>(
 /// One caller's watch: where it is, and the published revisions to wake on.
 struct Watcher<S> {
     st: Arc<AppState<S>>,
+    /// The feed's head: the revision published last.
     published: tokio::sync::watch::Receiver<i64>,
     since: i64,
     heartbeat: Duration,
@@ -158,20 +179,15 @@ impl<S: Store> Watcher<S> {
         loop {
             let published = *self.published.borrow_and_update();
             if published != self.since {
-                match update_since(&self.st.store, self.since).await {
-                    Ok(Some(update)) => {
-                        self.since = target_of(&update);
-                        return match Event::default()
-                            .event("update")
-                            .id(self.since.to_string())
-                            .json_data(&update)
-                        {
-                            Ok(event) => Some(event),
-                            Err(e) => {
-                                tracing::error!(error = %e, "watch: update not encoded; closing the stream");
-                                None
-                            }
-                        };
+                match encoded_update_since(&self.st, self.since).await {
+                    Ok(Some((to, json))) => {
+                        self.since = to;
+                        return Some(
+                            Event::default()
+                                .event("update")
+                                .id(to.to_string())
+                                .data(&*json),
+                        );
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -184,11 +200,15 @@ impl<S: Store> Watcher<S> {
                 self.greeted = true;
                 return Some(self.heartbeat_event());
             }
-            match tokio::time::timeout(self.heartbeat, self.published.changed()).await {
-                Ok(Ok(())) => {}
-                // The snapshot is gone: the process is stopping.
-                Ok(Err(_)) => return None,
-                Err(_) => return Some(self.heartbeat_event()),
+            tokio::select! {
+                changed = tokio::time::timeout(self.heartbeat, self.published.changed()) => match changed {
+                    Ok(Ok(())) => {}
+                    // The feed is gone: the process is stopping.
+                    Ok(Err(_)) => return None,
+                    Err(_) => return Some(self.heartbeat_event()),
+                },
+                // The caller reconnects, to another replica or after the restart.
+                () = self.st.stopping.cancelled() => return None,
             }
         }
     }

@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_policy_store::model::{EntityRecord, EntityRef};
-use portcullis_policy_store::store::Store;
+use portcullis_model::{EntityRecord, EntityRef};
+use portcullis_store::Store;
 
 use super::{Body, Change, St, allow, as_json, check, entity_tenant_of, record_change};
 use crate::auth::Actor;

@@ -29,14 +29,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use portcullis_policy_store::model::EntityRef;
-use portcullis_policy_store::store::Store;
+use portcullis_model::EntityRef;
+use portcullis_store::Store;
 
 use crate::AppState;
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError};
-use portcullis_policy_store::audit::{Entry, RecordKind};
+use portcullis_ledger::{Entry, RecordKind};
 
 type St<S> = State<Arc<AppState<S>>>;
 
@@ -146,7 +146,7 @@ async fn record_change<S>(
     };
     if let Some(ledger) = &st.ledger {
         let entry = Entry {
-            ts: portcullis_policy_store::audit::timestamp_now(),
+            ts: portcullis_ledger::timestamp_now(),
             kind: RecordKind::AdminChange,
             actor: Some(recorded.actor.clone()),
             action: Some(action.to_owned()),
@@ -191,7 +191,7 @@ impl Recorded {
     async fn outcome<S, T: Committed>(
         self,
         st: &AppState<S>,
-        result: Result<T, portcullis_policy_store::error::StoreError>,
+        result: Result<T, portcullis_store::StoreError>,
     ) -> Result<T, ApiError> {
         let Self {
             action,
@@ -208,7 +208,7 @@ impl Recorded {
         };
         if let Some(ledger) = &st.ledger {
             let entry = Entry {
-                ts: portcullis_policy_store::audit::timestamp_now(),
+                ts: portcullis_ledger::timestamp_now(),
                 kind: RecordKind::AdminChange,
                 actor: Some(actor),
                 action: Some(action.to_owned()),
@@ -276,11 +276,11 @@ pub(crate) struct Page<T> {
 }
 
 fn hex_encode(s: &str) -> String {
-    portcullis_policy_store::hex::hex(s.as_bytes())
+    portcullis_ledger::hex::hex(s.as_bytes())
 }
 
 fn hex_decode(s: &str) -> Option<String> {
-    String::from_utf8(portcullis_policy_store::hex::decode(s)?).ok()
+    String::from_utf8(portcullis_ledger::hex::decode(s)?).ok()
 }
 
 /// A checked `page_size` (1 to 1000, default 100).

@@ -8,10 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_policy_store::model::{
-    PolicyFile, PolicySetCheck, PolicySetSummary, PolicySetVersion,
-};
-use portcullis_policy_store::store::Store;
+use portcullis_model::{PolicyFile, PolicySetCheck, PolicySetSummary, PolicySetVersion};
+use portcullis_store::Store;
 use serde::{Deserialize, Serialize};
 
 use super::{

@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_policy_store::model::{EntityRef, Principal, PrincipalKind, RevokedSession};
-use portcullis_policy_store::store::Store;
+use portcullis_model::{EntityRef, Principal, PrincipalKind, RevokedSession};
+use portcullis_store::Store;
 use serde::Deserialize;
 
 use super::{
@@ -28,10 +28,7 @@ fn principal_key(kind: &str, id: &str) -> Result<(PrincipalKind, EntityRef), Api
             ));
         }
     };
-    Ok((
-        kind,
-        portcullis_policy_store::model::principal_ref(kind, id),
-    ))
+    Ok((kind, portcullis_model::principal_ref(kind, id)))
 }
 
 #[utoipa::path(get, path = "/v1/principals/{kind}/{id}", tag = "principals", params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
@@ -62,7 +59,7 @@ async fn principal_target<S: Store>(
         target.add(stored.tenant.as_deref());
     }
     for group in &principal.groups {
-        let group = portcullis_policy_store::model::principal_ref(PrincipalKind::Group, group);
+        let group = portcullis_model::principal_ref(PrincipalKind::Group, group);
         target.add(principal_tenant(store, &group).await?.as_deref());
     }
     Ok(target)

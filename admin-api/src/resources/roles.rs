@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_policy_store::model::Role;
-use portcullis_policy_store::store::Store;
+use portcullis_model::Role;
+use portcullis_store::Store;
 
 use super::{
     Body, Change, Page, PageQuery, Params, St, allow, as_json, check, created, name_problems,

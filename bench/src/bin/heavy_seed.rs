@@ -10,11 +10,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use portcullis_policy_store::model::{
+use portcullis_model::{
     Assignment, AssignmentConditions, EntityRef, Principal, PrincipalAttributes, PrincipalKind,
     PrincipalStatus, Scope,
 };
-use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use portcullis_store::{Import, SqlStore, Store, StoreConfig};
 
 fn entity(type_name: &str, id: &str) -> Result<EntityRef, String> {
     EntityRef::new(type_name, id).map_err(|e| e.to_string())

@@ -7,8 +7,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use portcullis_policy_store::audit::checkpoint::load_public_key;
-use portcullis_policy_store::audit::verify::{VerifyOptions, verify};
+use portcullis_ledger::checkpoint::load_public_key;
+use portcullis_ledger::verify::{VerifyOptions, verify};
 
 use super::Exit;
 

@@ -5,8 +5,9 @@
 
 use super::Exit;
 use super::serve::{Args, run_mode};
+use crate::process::Mode;
 
 /// Runs until SIGTERM or SIGINT.
 pub fn run(args: &Args) -> Exit {
-    run_mode(&args.config, args.no_demo_data, false)
+    run_mode(&args.config, args.no_demo_data, Mode::Control)
 }

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_policy_store::snapshot::SnapshotHandle;
+use portcullis_engine::snapshot::SnapshotHandle;
 
 use super::Exit;
 use super::serve::{ConfigArgs, join_audit_keeper, key_source, load_config, parse_sets};
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Gate, Health};
 use crate::follow::{self, Contact, ControlPlane, LastKnownGood};
+use crate::process::{Background, Mode};
 use crate::reload::Reloader;
 
 /// Arguments of `proxy`.
@@ -87,15 +88,10 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Failure;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("portcullis-control")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let background = match Background::new() {
+        Ok(b) => b,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the control runtime");
+            tracing::error!(error = %e, "not started");
             return Exit::Failure;
         }
     };
@@ -103,7 +99,7 @@ pub fn run(args: &Args) -> Exit {
         tracing::error!(error = %e, "not started");
         return Exit::Failure;
     }
-    let (state, confirmed_ms) = runtime.block_on(follow::bootstrap(&control, &state_file));
+    let (state, confirmed_ms) = background.block_on(follow::bootstrap(&control, &state_file));
     let snapshot = match follow::build(state.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -152,7 +148,7 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Failure;
         }
     };
-    if let Err(e) = crate::server::check_binds(&config, true) {
+    if let Err(e) = crate::server::check_binds(&config, Mode::Proxy) {
         tracing::error!(error = %e, "not started");
         return Exit::Failure;
     }
@@ -176,7 +172,7 @@ pub fn run(args: &Args) -> Exit {
         state_file = %state_file.path().display(),
         "portcullis proxy starting"
     );
-    runtime.spawn(follow::follow(
+    background.spawn(follow::follow(
         control,
         state,
         Arc::clone(&plane.snapshot),
@@ -184,17 +180,17 @@ pub fn run(args: &Args) -> Exit {
         contact,
         Duration::from_millis(cp.heartbeat_ms),
     ));
-    runtime.spawn(keys.run(Arc::clone(&plane.authn)));
-    runtime.spawn(crate::reload::watch_route_map(Arc::clone(&plane)));
+    background.spawn(keys.run(Arc::clone(&plane.authn)));
+    background.spawn(crate::reload::watch_route_map(Arc::clone(&plane)));
     for forward in plane
         .audit
         .as_ref()
         .map(|a| a.forwarders())
         .unwrap_or_default()
     {
-        runtime.spawn(forward);
+        background.spawn(forward);
     }
-    runtime.spawn(
+    background.spawn(
         Reloader {
             config_file: args.config.config.clone(),
             sets,
@@ -205,8 +201,8 @@ pub fn run(args: &Args) -> Exit {
         }
         .run(),
     );
-    crate::server::run(&config, plane, None, true);
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    crate::server::run(&config, plane, None, Mode::Proxy);
+    background.stop(Duration::from_secs(config.shutdown.grace_period_seconds));
     join_audit_keeper(audit_keeper);
     tracing::info!("stopped");
     Exit::Ok

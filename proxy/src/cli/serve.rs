@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Exit;
 use crate::config::{self, Config, Override};
@@ -16,9 +17,12 @@ use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Health};
 use crate::devkey::{DEV_ISSUER, DevKey};
 use crate::embedded;
+use crate::metrics::METRICS;
+use crate::process::{Background, Mode};
 use crate::reload::{self, Reloader};
 use crate::tls::ReloadingCert;
-use portcullis_policy_store::snapshot::SnapshotHandle;
+use portcullis_admin_api::publish::{ChangeFeed, PublishMetrics, Publisher};
+use portcullis_engine::snapshot::SnapshotHandle;
 
 /// Where the configuration comes from: shared by every command that reads it.
 #[derive(Debug, clap::Args)]
@@ -77,11 +81,12 @@ pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<
 
 /// Runs until SIGTERM or SIGINT.
 pub fn run(args: &Args) -> Exit {
-    run_mode(&args.config, args.no_demo_data, true)
+    run_mode(&args.config, args.no_demo_data, Mode::Serve)
 }
 
-/// `serve` (`data_plane`) or `control` (the same without the data-plane listener).
-pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane: bool) -> Exit {
+/// `serve`, or `control` (the same without the data-plane listener).
+pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, mode: Mode) -> Exit {
+    let data_plane = mode.serves_data_plane();
     let Some(sets) = parse_sets(&config_args.sets) else {
         return Exit::Usage;
     };
@@ -97,20 +102,15 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
     }
     pingora::tls::install_default_crypto_provider();
 
-    let control = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("portcullis-control")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let background = match Background::new() {
+        Ok(b) => b,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the control runtime");
+            tracing::error!(error = %e, "not started");
             return Exit::Failure;
         }
     };
 
-    let started = match control.block_on(start(&config, !no_demo_data, data_plane)) {
+    let started = match background.block_on(start(&config, !no_demo_data, data_plane)) {
         Ok(s) => s,
         Err(Failure::Input(problems)) => {
             for p in &problems {
@@ -124,22 +124,31 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
             return Exit::Failure;
         }
     };
-    if let Err(e) = crate::server::check_binds(&config, data_plane) {
+    if let Err(e) = crate::server::check_binds(&config, mode) {
         tracing::error!(error = %e, "not started");
         return Exit::Failure;
     }
 
-    control.spawn(embedded::follow(
-        started.store.clone(),
-        Arc::clone(&started.plane.snapshot),
-    ));
-    control.spawn({
+    let feed = Arc::new(ChangeFeed::new(started.plane.snapshot.load().revision()));
+    background.spawn(
+        Publisher::new(
+            started.store.clone(),
+            Arc::clone(&started.plane.snapshot),
+            Arc::clone(&feed),
+            Some(PublishMetrics {
+                updates: METRICS.snapshot_updates.clone(),
+                revision: METRICS.snapshot_revision.clone(),
+            }),
+        )
+        .run(),
+    );
+    background.spawn({
         let store = started.store.clone();
         async move { store.relay_peer_commits().await }
     });
-    control.spawn(started.keys.run(Arc::clone(&started.plane.authn)));
+    background.spawn(started.keys.run(Arc::clone(&started.plane.authn)));
     if data_plane {
-        control.spawn(reload::watch_route_map(Arc::clone(&started.plane)));
+        background.spawn(reload::watch_route_map(Arc::clone(&started.plane)));
     }
     for forward in started
         .plane
@@ -148,38 +157,44 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
         .map(|a| a.forwarders())
         .unwrap_or_default()
     {
-        control.spawn(forward);
+        background.spawn(forward);
     }
     if let Some(cert) = &started.cert {
-        control.spawn(Arc::clone(cert).watch());
+        background.spawn(Arc::clone(cert).watch());
     }
     if let Some((auth, plain)) = started.admin {
+        let stop = background.stop_signal();
         let router = portcullis_admin_api::app(
             portcullis_admin_api::AppState {
                 store: started.store.clone(),
                 snapshot: Arc::clone(&started.plane.snapshot),
+                feed,
                 ledger: started.plane.audit.as_ref().map(|a| Arc::clone(a.ledger())),
                 admin_policies: Arc::clone(&started.admin_policies),
                 route_guard: data_plane.then(|| {
                     Arc::new(reload::ServedRoutes(Arc::clone(&started.plane)))
                         as Arc<dyn portcullis_admin_api::RouteGuard>
                 }),
+                stopping: stop.clone(),
             },
             auth,
         );
         let address = config.admin.address.clone();
-        match control.block_on(tokio::net::TcpListener::bind(&address)) {
+        match background.block_on(tokio::net::TcpListener::bind(&address)) {
             Ok(listener) => {
                 tracing::info!(
                     admin = %address,
                     token = plain.as_ref().map(|p| p.display().to_string()),
                     "admin API listening"
                 );
-                control.spawn(async move {
+                background.spawn_until(async move {
                     // The peer address feeds the throttle of failed authentications.
                     let service =
                         router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                    if let Err(e) = axum::serve(listener, service).await {
+                    if let Err(e) = axum::serve(listener, service)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await
+                    {
                         tracing::error!(error = %e, "the admin API stopped");
                     }
                 });
@@ -190,7 +205,7 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
             }
         }
     }
-    control.spawn(
+    background.spawn(
         Reloader {
             config_file: config_args.config.clone(),
             sets,
@@ -202,8 +217,8 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, data_plane:
         .run(),
     );
 
-    crate::server::run(&config, started.plane, started.cert, data_plane);
-    control.shutdown_timeout(std::time::Duration::from_secs(1));
+    crate::server::run(&config, started.plane, started.cert, mode);
+    background.stop(Duration::from_secs(config.shutdown.grace_period_seconds));
     join_audit_keeper(started.audit_keeper);
     tracing::info!("stopped");
     Exit::Ok
@@ -237,7 +252,7 @@ struct Started {
     audit_keeper: Option<std::thread::JoinHandle<()>>,
     admin: Option<(portcullis_admin_api::AdminAuth, Option<PathBuf>)>,
     plane: Arc<DataPlane>,
-    store: portcullis_policy_store::store::SqlStore,
+    store: portcullis_store::SqlStore,
     keys: KeySource,
     cert: Option<Arc<ReloadingCert>>,
     admin_policies: Arc<arc_swap::ArcSwap<portcullis_admin_api::authz::AdminPolicies>>,
@@ -364,10 +379,10 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
 
 fn describe_store(config: &Config) -> String {
     match embedded::store_config(config) {
-        portcullis_policy_store::store::StoreConfig::Sqlite { path } => {
+        portcullis_store::StoreConfig::Sqlite { path } => {
             format!("sqlite:{}", path.display())
         }
-        portcullis_policy_store::store::StoreConfig::Postgres { .. } => String::from("postgres"),
+        portcullis_store::StoreConfig::Postgres { .. } => String::from("postgres"),
     }
 }
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use crate::data_plane::gateway::GatewayKind;
 use crate::data_plane::screen::MethodOverride;
-use portcullis_policy_store::audit::RedactionMasks;
-use portcullis_policy_store::audit::tail::SinkFormat;
+use portcullis_ledger::RedactionMasks;
+use portcullis_ledger::tail::SinkFormat;
 use serde::{Deserialize, Serialize};
 
 pub use overrides::Override;
@@ -1019,12 +1019,12 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
     let a = &config.audit;
     for (list, fields) in [("hash", &a.redact.hash), ("drop", &a.redact.drop)] {
         for (i, field) in fields.iter().enumerate() {
-            if !portcullis_policy_store::audit::MASKABLE.contains(&field.as_str()) {
+            if !portcullis_ledger::MASKABLE.contains(&field.as_str()) {
                 problems.push(problem(
                     format!("audit.redact.{list}.{i}"),
                     format!(
                         "`{field}` is not a field redaction can touch: {}",
-                        portcullis_policy_store::audit::MASKABLE.join(", ")
+                        portcullis_ledger::MASKABLE.join(", ")
                     ),
                 ));
             }

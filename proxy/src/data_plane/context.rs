@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
-use portcullis_policy_store::decision::{LocalTime, RequestFacts};
+use portcullis_engine::decision::{LocalTime, RequestFacts};
 
 use super::authn::Identity;
 use crate::config::{ContextConfig, parse_cidr};
@@ -167,7 +167,7 @@ impl ContextSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_policy_store::model::principal_ref;
+    use portcullis_model::principal_ref;
 
     fn settings(hops: &[&str]) -> ContextSettings {
         ContextSettings::new(&ContextConfig {
@@ -181,7 +181,7 @@ mod tests {
 
     fn identity() -> Identity {
         Identity {
-            principal: principal_ref(portcullis_policy_store::model::PrincipalKind::User, "a"),
+            principal: principal_ref(portcullis_model::PrincipalKind::User, "a"),
             tenant: None,
             mfa: false,
             risk_score: None,

@@ -28,7 +28,7 @@
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
-use portcullis_policy_store::hex::{hex, push_hex};
+use portcullis_ledger::hex::{hex, push_hex};
 use rand::RngCore;
 
 use super::Grant;

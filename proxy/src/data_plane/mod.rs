@@ -30,9 +30,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use ipnet::IpNet;
-use portcullis_policy_store::decision::{Decision, DecisionRequest, RequestFacts, decide};
-use portcullis_policy_store::model::PrincipalKind;
-use portcullis_policy_store::snapshot::SnapshotHandle;
+use portcullis_engine::decision::{Decision, DecisionRequest, RequestFacts, decide};
+use portcullis_engine::snapshot::SnapshotHandle;
+use portcullis_model::PrincipalKind;
 
 use crate::config::{Config, ForwardCredential, Mode, parse_cidr, split_host_port};
 use crate::metrics::{HOT, METRICS, Outcome, RouteMetrics};

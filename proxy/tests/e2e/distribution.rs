@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_policy_store::store::scratch::ScratchPostgres;
-use portcullis_policy_store::store::{SqlStore, Store, StoreConfig};
+use portcullis_store::scratch::ScratchPostgres;
+use portcullis_store::{SqlStore, Store, StoreConfig};
 use serde_json::json;
 
 use crate::harness::{Keys, Portcullis, Upstream, raw_request, rt};

@@ -226,8 +226,8 @@ fn decisions_follow_roles_scopes_and_abac_rules() {
 
 #[test]
 fn revoked_sessions_and_status_changes_apply_without_restart() {
-    use portcullis_policy_store::model::{PrincipalStatus, RevokedSession};
-    use portcullis_policy_store::store::Store;
+    use portcullis_model::{PrincipalStatus, RevokedSession};
+    use portcullis_store::Store;
 
     let upstream = Upstream::start();
     let keys = Keys::generate();

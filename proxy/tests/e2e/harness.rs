@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use portcullis_policy_store::store::{Import, SqlStore, Store, StoreConfig};
+use portcullis_store::{Import, SqlStore, Store, StoreConfig};
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};

@@ -4,11 +4,11 @@
 //! Tenant `t1`: spaces `s1`, `s2` and the archived `old`; documents `d1`, `d2` (public) and
 //! `secret` (classification 2) in `s1`, `od` in `old`. Tenant `t2`: space `x1`.
 
-use portcullis_policy_store::model::{
+use portcullis_model::{
     Assignment, AssignmentConditions, EntityAttributes, EntityRecord, EntityRef, Principal,
     PrincipalAttributes, PrincipalKind, PrincipalStatus, Scope,
 };
-use portcullis_policy_store::store::Import;
+use portcullis_store::Import;
 
 fn eref(s: &str) -> EntityRef {
     s.parse().expect("entity reference")

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
-use portcullis_policy_store::model::{EntityRef, PrincipalKind, principal_ref};
+use portcullis_model::{EntityRef, PrincipalKind, principal_ref};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 

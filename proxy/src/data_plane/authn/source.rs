@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use portcullis_policy_store::backoff::Backoff;
+use portcullis_sinks::backoff::Backoff;
 
 use super::Authenticator;
 use super::keys::KeySet;

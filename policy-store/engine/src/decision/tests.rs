@@ -1,0 +1,536 @@
+//! The decision core's evaluation against Cedar's own authorizer.
+//!
+//! For every action of the schema and many principals, resources and request facts, the
+//! entity slice is built twice: as the decision core builds it (only what the action's
+//! policies can read of the action hierarchy and the context) and in full. Cedar's
+//! `Authorizer` then evaluates the whole compiled policy set, with every condition as Cedar
+//! builds it, against the full slice; the decision core evaluates its indexed, prepared
+//! policies against its own. Both must find the same satisfied and erroring policies.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use cedar_policy_core::authorizer::{AuthorizationError, Authorizer};
+
+use super::*;
+use crate::policy::Reads;
+use crate::slice::ContextAttrs;
+use crate::snapshot::StoreState;
+use portcullis_model::{
+    AssignmentConditions, EntityAttributes, EntityRecord, PolicyFile, PolicySetVersion, Principal,
+    PrincipalAttributes, PrincipalStatus, Role, Scope, TemplateLink,
+};
+
+/// Policies of every scope shape the index and the prepared conditions treat apart, with
+/// bodies that read the action, the context whole and in part, and that raise errors.
+const SHAPES: &str = r#"
+@id("eq-principal")
+permit (principal == User::"bob", action == Action::"document.delete", resource in Space::"s1")
+when { context.hour >= 0 };
+
+@id("eq-group")
+permit (principal == Group::"team", action == Action::"space.read", resource);
+
+@id("in-group")
+permit (principal in Group::"org", action in [Action::"SHARE"], resource is Document in Tenant::"t1");
+
+@id("is-in-group")
+permit (principal is User in Group::"team", action == Action::"entity.read", resource);
+
+@id("service-risk")
+forbid (principal is Service, action, resource)
+when { context.risk_score > 50 };
+
+@id("ip-range")
+forbid (principal, action == Action::"document.update", resource)
+when { context has ip && context.ip.isInRange(ip("10.0.0.0/8")) };
+
+@id("action-in-body")
+forbid (principal, action in [Action::"SHARE", Action::"space.read"], resource)
+when { action in Action::"SHARE" && context.band == "RED" };
+
+@id("context-whole")
+forbid (principal, action == Action::"tenant.read", resource)
+when { context != context };
+
+@id("device-id")
+permit (principal, action == Action::"space.read", resource)
+when { context has device_id && context.device_id == "kiosk-9" };
+
+@id("manager-deref")
+permit (principal, action == Action::"document.read", resource)
+when { principal has manager && principal.manager.clearance > 5 };
+
+@id("overflow")
+forbid (principal, action == Action::"document.list", resource)
+when { context.risk_score * 4611686018427387904 > 0 };
+
+@id("unless-trusted")
+forbid (principal, action in Action::"WRITE", resource)
+unless { context.device_trusted };
+
+@id("resource-eq")
+forbid (principal, action, resource == Document::"d3")
+when { context.minute == 61 };
+
+@id("grant")
+permit (principal in ?principal, action in [Action::"READ"], resource in ?resource)
+when { context.weekday < 6 };
+
+@id("exact-grant")
+permit (principal == ?principal, action, resource == ?resource);
+"#;
+
+fn read_policy_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../policies")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn eref(type_name: &str, id: &str) -> EntityRef {
+    EntityRef::new(type_name, id).unwrap()
+}
+
+fn principal(kind: PrincipalKind, id: &str, tenant: Option<&str>) -> Principal {
+    Principal {
+        kind,
+        id: id.to_owned(),
+        status: PrincipalStatus::Active,
+        tenant: tenant.map(str::to_owned),
+        groups: vec![],
+        attributes: PrincipalAttributes::default(),
+        trusted_devices: vec![],
+    }
+}
+
+fn role(name: &str, actions: &[&str], scope_types: &[&str]) -> Role {
+    Role {
+        name: name.to_owned(),
+        description: String::new(),
+        actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+        scope_types: scope_types.iter().map(|t| (*t).to_owned()).collect(),
+    }
+}
+
+fn entity(uid: EntityRef, parents: &[EntityRef], attributes: EntityAttributes) -> EntityRecord {
+    EntityRecord {
+        uid,
+        parents: parents.to_vec(),
+        attributes,
+    }
+}
+
+/// The test's principals, roles, assignments, entities and links, with the policy files
+/// `files` (from `policies/`) and [`SHAPES`].
+fn state(files: &[&str]) -> StoreState {
+    let mut alice = principal(PrincipalKind::User, "alice", Some("t1"));
+    alice.groups = vec![String::from("team")];
+    alice.attributes.clearance = 2;
+    alice.attributes.manager = Some(String::from("bob"));
+    alice.trusted_devices = vec![String::from("laptop-1")];
+    let mut bob = principal(PrincipalKind::User, "bob", Some("t1"));
+    bob.attributes.clearance = 3;
+    bob.trusted_devices = vec![String::from("laptop-1")];
+    let mut dave = principal(PrincipalKind::User, "dave", None);
+    dave.groups = vec![String::from("org")];
+    let mut carol = principal(PrincipalKind::User, "carol", None);
+    carol.status = PrincipalStatus::Suspended;
+    let svc = principal(PrincipalKind::Service, "svc", Some("t2"));
+    let mut team = principal(PrincipalKind::Group, "team", Some("t1"));
+    team.groups = vec![String::from("org")];
+    let org = principal(PrincipalKind::Group, "org", None);
+
+    let assign = |id: &str, who: EntityRef, role: &str, scope: Scope, conditions| Assignment {
+        id: id.to_owned(),
+        principal: who,
+        role: role.to_owned(),
+        scope,
+        conditions,
+        assigned_by: None,
+        reason: None,
+    };
+    let always = AssignmentConditions::default;
+    let assignments = vec![
+        assign(
+            "a1",
+            eref("User", "alice"),
+            "member",
+            Scope::Entity(eref("Space", "s1")),
+            always(),
+        ),
+        assign(
+            "a2",
+            eref("User", "alice"),
+            "guest",
+            Scope::Entity(eref("Document", "d2")),
+            AssignmentConditions {
+                require_mfa: true,
+                ..always()
+            },
+        ),
+        assign(
+            "a3",
+            eref("Group", "team"),
+            "guardian",
+            Scope::Entity(eref("Tenant", "t1")),
+            AssignmentConditions {
+                allowed_bands: vec![String::from("GREEN")],
+                ..always()
+            },
+        ),
+        assign("a4", eref("User", "bob"), "admin", Scope::Global, always()),
+        assign(
+            "a5",
+            eref("Service", "svc"),
+            "service",
+            Scope::Entity(eref("Tenant", "t2")),
+            always(),
+        ),
+        assign(
+            "a6",
+            eref("User", "carol"),
+            "member",
+            Scope::Entity(eref("Space", "s1")),
+            always(),
+        ),
+    ];
+
+    let tenant = |t: &str| EntityAttributes {
+        tenant: Some(t.to_owned()),
+        ..EntityAttributes::default()
+    };
+    let entities = vec![
+        entity(eref("Tenant", "t1"), &[], EntityAttributes::default()),
+        entity(eref("Tenant", "t2"), &[], EntityAttributes::default()),
+        entity(
+            eref("Space", "s1"),
+            &[eref("Tenant", "t1")],
+            EntityAttributes {
+                owner: Some(String::from("alice")),
+                ..EntityAttributes::default()
+            },
+        ),
+        entity(
+            eref("Space", "s2"),
+            &[eref("Tenant", "t1")],
+            EntityAttributes {
+                archived: true,
+                ..EntityAttributes::default()
+            },
+        ),
+        entity(
+            eref("Document", "d1"),
+            &[eref("Space", "s1")],
+            EntityAttributes {
+                classification: Some(1),
+                ..EntityAttributes::default()
+            },
+        ),
+        entity(
+            eref("Document", "d2"),
+            &[eref("Space", "s2")],
+            EntityAttributes {
+                classification: Some(3),
+                ..EntityAttributes::default()
+            },
+        ),
+        entity(eref("Document", "d3"), &[eref("Space", "s1")], tenant("t2")),
+        entity(
+            eref("Entity", "e1"),
+            &[eref("Tenant", "t1")],
+            EntityAttributes {
+                kind: Some(String::from("issuer")),
+                ..EntityAttributes::default()
+            },
+        ),
+        entity(
+            eref("Entity", "e2"),
+            &[eref("Entity", "e1")],
+            EntityAttributes::default(),
+        ),
+    ];
+
+    let link = |id: &str, template: &str, principal: EntityRef, resource: EntityRef| TemplateLink {
+        id: id.to_owned(),
+        template: template.to_owned(),
+        principal: Some(principal),
+        resource: Some(resource),
+    };
+    StoreState {
+        revision: 1,
+        principals: vec![alice, bob, carol, dave, svc, team, org],
+        roles: vec![
+            role(
+                "member",
+                &["READ", "WRITE", "SHARE"],
+                &["Tenant", "Space", "Document"],
+            ),
+            role("guest", &["READ"], &["Space", "Document"]),
+            role(
+                "guardian",
+                &["READ", "WRITE", "SHARE", "ADMIN"],
+                &["Tenant", "Space", "Document"],
+            ),
+            role("admin", &["READ", "WRITE", "SHARE", "ADMIN", "PEOPLE"], &[]),
+            role(
+                "service",
+                &["READ", "WRITE"],
+                &["Tenant", "Space", "Document", "Entity"],
+            ),
+        ],
+        assignments,
+        entities,
+        revoked_sessions: vec![],
+        template_links: vec![
+            link(
+                "grant-alice-s1",
+                "grant",
+                eref("User", "alice"),
+                eref("Space", "s1"),
+            ),
+            link(
+                "grant-org-t2",
+                "grant",
+                eref("Group", "org"),
+                eref("Tenant", "t2"),
+            ),
+            link(
+                "exact-svc-t2",
+                "exact-grant",
+                eref("Service", "svc"),
+                eref("Tenant", "t2"),
+            ),
+        ],
+        policy_set: Some(PolicySetVersion {
+            version: 1,
+            files: files
+                .iter()
+                .map(|name| PolicyFile {
+                    name: (*name).to_owned(),
+                    text: read_policy_file(name),
+                })
+                .chain([PolicyFile {
+                    name: String::from("shapes.cedar"),
+                    text: String::from(SHAPES),
+                }])
+                .collect(),
+            schema: read_policy_file("schema.cedarschema"),
+            created_by: None,
+            created_at: 0,
+        }),
+    }
+}
+
+/// Request facts that turn the context-reading policies on and off.
+fn facts() -> Vec<RequestFacts> {
+    let at = |hour, minute, weekday| LocalTime {
+        hour,
+        minute,
+        weekday,
+    };
+    vec![
+        RequestFacts {
+            now: 1_700_000_000_000,
+            local_time: at(10, 30, 2),
+            risk_score: 10,
+            mfa: true,
+            device_id: Some(String::from("laptop-1")),
+            ip: Some(String::from("10.1.2.3")),
+            band: String::from("GREEN"),
+        },
+        RequestFacts {
+            now: 1_700_000_000_000,
+            local_time: at(20, 5, 6),
+            risk_score: 60,
+            mfa: false,
+            device_id: Some(String::from("kiosk-9")),
+            ip: Some(String::from("192.0.2.7")),
+            band: String::from("RED"),
+        },
+        RequestFacts {
+            now: 1_700_000_000_000,
+            local_time: at(9, 0, 5),
+            risk_score: 0,
+            mfa: false,
+            device_id: None,
+            ip: None,
+            band: String::from("AMBER"),
+        },
+    ]
+}
+
+/// Policy ids, sorted.
+fn ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    ids.into_iter()
+        .map(str::to_owned)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
+    let snapshot = Snapshot::build(state(&["default.cedar"]), 0).unwrap();
+    let all: &cedar_policy_core::ast::PolicySet = snapshot.policies().policy_set().as_ref();
+    let everything = Reads {
+        action: true,
+        context: ContextAttrs::ALL,
+    };
+    let principals = [
+        eref("User", "alice"),
+        eref("User", "bob"),
+        eref("User", "carol"),
+        eref("User", "dave"),
+        eref("Service", "svc"),
+    ];
+    let resources = [
+        (eref("Tenant", "t1"), vec![]),
+        (eref("Tenant", "t2"), vec![]),
+        (eref("Space", "s1"), vec![eref("Tenant", "t1")]),
+        (eref("Space", "s2"), vec![]),
+        (eref("Document", "d1"), vec![eref("Space", "s1")]),
+        (eref("Document", "d2"), vec![]),
+        (eref("Document", "d3"), vec![]),
+        (eref("Document", "unknown"), vec![eref("Space", "s1")]),
+        (eref("Entity", "e2"), vec![]),
+        (eref("User", "alice"), vec![]),
+        (eref("User", "bob"), vec![]),
+    ];
+    let mut actions: Vec<&str> = snapshot.policies().index().action_ids().collect();
+    actions.sort_unstable();
+    let facts = facts();
+
+    let mut compared = 0_usize;
+    let mut outcomes: BTreeSet<&'static str> = BTreeSet::new();
+    let mut determining_seen: BTreeSet<String> = BTreeSet::new();
+    let mut projected = 0_usize;
+    for action_id in &actions {
+        for principal in &principals {
+            for (resource, route_parents) in &resources {
+                for facts in &facts {
+                    let request = DecisionRequest {
+                        principal,
+                        action: action_id,
+                        resource,
+                        route_parents,
+                        facts,
+                    };
+                    let Ok(resolved) = Resolved::of(&snapshot, &request) else {
+                        continue;
+                    };
+                    let reads = resolved.action.reads();
+                    if reads != everything {
+                        projected += 1;
+                    }
+                    let ours = resolved
+                        .cedar_input(reads)
+                        .unwrap()
+                        .evaluate(resolved.action);
+                    let full = resolved.cedar_input(everything).unwrap();
+                    let theirs = Authorizer::new().is_authorized(full.request, all, &full.entities);
+
+                    let case = format!("{principal} {action_id} {resource} {facts:?}");
+                    let their_errors = ids(theirs.diagnostics.errors.iter().map(|e| {
+                        let AuthorizationError::PolicyEvaluationError { id, .. } = e;
+                        id.as_ref()
+                    }));
+                    if their_errors.is_empty() {
+                        let their_reasons =
+                            ids(theirs.diagnostics.reason.iter().map(AsRef::as_ref));
+                        let their_allow =
+                            theirs.decision == cedar_policy_core::authorizer::Decision::Allow;
+                        assert_eq!(ours.allowed, their_allow, "{case}");
+                        assert_eq!(ours.determining_policies, their_reasons, "{case}");
+                        assert!(ours.errors.is_empty(), "{case}: {:?}", ours.errors);
+                    } else {
+                        // Cedar skips an erroring policy; the decision core denies.
+                        assert_eq!(ours.reason, DecisionReason::EvaluationError, "{case}");
+                        assert_eq!(ours.determining_policies, their_errors, "{case}");
+                    }
+                    outcomes.insert(ours.reason.as_str());
+                    determining_seen.extend(ours.determining_policies);
+                    compared += 1;
+                }
+            }
+        }
+    }
+
+    // The comparison covered every kind of outcome and the policies of every shape.
+    assert!(compared > 1_000, "{compared} requests compared");
+    assert!(projected > 0, "no action leaves anything out of its slice");
+    for reason in [
+        "allowed",
+        "forbidden_by_policy",
+        "no_permit",
+        "evaluation_error",
+    ] {
+        assert!(
+            outcomes.contains(reason),
+            "no request came out {reason}: {outcomes:?}"
+        );
+    }
+    for id in [
+        "eq-principal",
+        "in-group",
+        "is-in-group",
+        "service-risk",
+        "ip-range",
+        "action-in-body",
+        "device-id",
+        "manager-deref",
+        "overflow",
+        "unless-trusted",
+        "grant-alice-s1",
+        "grant-org-t2",
+        "exact-svc-t2",
+        "role:member",
+        "role:guardian",
+        "role:admin",
+        "status-not-active",
+        "tenant-isolation",
+        "owner-access",
+        "self-read",
+    ] {
+        assert!(
+            determining_seen.contains(id),
+            "`{id}` never decided a request"
+        );
+    }
+}
+
+#[test]
+fn reads_are_what_the_conditions_mention() {
+    let snapshot = Snapshot::build(state(&[]), 0).unwrap();
+    let index = snapshot.policies().index();
+    let reads = |action: &str| index.action(action).unwrap().reads();
+    let attrs = |names: &[&str]| {
+        names
+            .iter()
+            .fold(ContextAttrs::default(), |set, name| set.with(name))
+    };
+    // Every action: `service-risk` (risk_score), `resource-eq` (minute).
+    let read = reads("document.read");
+    assert!(!read.action);
+    assert_eq!(read.context, attrs(&["risk_score", "minute", "weekday"]));
+    let update = reads("document.update");
+    assert!(!update.action);
+    assert_eq!(
+        update.context,
+        attrs(&["risk_score", "minute", "ip", "device_trusted"])
+    );
+    let delete = reads("document.delete");
+    assert_eq!(
+        delete.context,
+        attrs(&["risk_score", "minute", "hour", "device_trusted"])
+    );
+    // `action-in-body` reads the action and the band; `device-id` the device id.
+    let space_read = reads("space.read");
+    assert!(space_read.action);
+    assert_eq!(
+        space_read.context,
+        attrs(&["risk_score", "minute", "weekday", "band", "device_id"])
+    );
+    // `context != context` reads the context whole.
+    assert_eq!(reads("tenant.read").context, ContextAttrs::ALL);
+}

@@ -1,0 +1,360 @@
+//! Cedar values of the model, prepared ahead of the hot path: entity uids, evaluated
+//! attribute values and the request context.
+//!
+//! The snapshot converts each principal and entity once (when it is built or patched), so a
+//! decision only clones prepared values and never parses a name or evaluates a restricted
+//! expression. This works on `cedar-policy-core`'s AST types, the same version `cedar-policy`
+//! pins, reached through the `From`/`AsRef` bridges of `cedar-policy`'s public API.
+//!
+//! Attribute names and types here follow `policies/schema.cedarschema`; the policy test
+//! cases in `policies/tests/` exercise every one of them through the decision core.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+
+use cedar_policy_core::ast::{
+    Eid, Entity, EntityType, EntityUID, Name, PartialValue, RestrictedExpr, Value,
+};
+use cedar_policy_core::evaluator::RestrictedEvaluator;
+use cedar_policy_core::extensions::Extensions;
+use smol_str::SmolStr;
+
+use crate::decision::RequestFacts;
+use portcullis_model::{EntityRecord, EntityRef, Principal, PrincipalKind, PrincipalStatus};
+
+/// Entity types by name, parsed once. Names outside the map are parsed on demand.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EntityTypes {
+    by_name: HashMap<String, EntityType>,
+}
+
+impl EntityTypes {
+    /// The schema's entity types.
+    pub(crate) fn from_schema(schema: &cedar_policy::Schema) -> Self {
+        let by_name = schema
+            .entity_types()
+            .map(|t| (t.to_string(), AsRef::<EntityType>::as_ref(t).clone()))
+            .collect();
+        Self { by_name }
+    }
+
+    /// The Cedar uid of `entity`; `None` if its type is not a valid Cedar name (the model
+    /// refuses such references on input, so this does not happen for stored data).
+    pub(crate) fn uid(&self, entity: &EntityRef) -> Option<EntityUID> {
+        let ty = match self.by_name.get(entity.type_name()) {
+            Some(ty) => ty.clone(),
+            None => EntityType::from_normalized_str(entity.type_name()).ok()?,
+        };
+        Some(EntityUID::from_components(ty, Eid::new(entity.id()), None))
+    }
+
+    fn user_uid(&self, id: &str) -> Option<EntityUID> {
+        self.uid(&portcullis_model::principal_ref(PrincipalKind::User, id))
+    }
+}
+
+/// Evaluated attributes, ready to be placed on an entity.
+pub(crate) type Attrs = Vec<(SmolStr, PartialValue)>;
+
+fn attr(name: &'static str, value: impl Into<Value>) -> (SmolStr, PartialValue) {
+    (SmolStr::new_static(name), PartialValue::Value(value.into()))
+}
+
+/// A principal as Cedar sees it, minus what depends on other principals (its groups'
+/// closure, the manager chain) or on the request (its roles).
+#[derive(Debug, Clone)]
+pub(crate) struct CedarPrincipal {
+    /// `User::"alice"`.
+    pub(crate) uid: Option<EntityUID>,
+    /// Attributes of its own record.
+    pub(crate) attrs: Attrs,
+}
+
+impl CedarPrincipal {
+    pub(crate) fn new(principal: &Principal, types: &EntityTypes) -> Self {
+        let mut attrs: Attrs = Vec::with_capacity(8);
+        attrs.push(attr("status", principal.status.as_str()));
+        if let Some(tenant) = &principal.tenant {
+            attrs.push(attr("tenant", tenant.as_str()));
+        }
+        attrs.push(attr("clearance", principal.attributes.clearance));
+        if principal.kind == PrincipalKind::User {
+            let a = &principal.attributes;
+            if let Some(d) = &a.department {
+                attrs.push(attr("department", d.as_str()));
+            }
+            if let Some(j) = &a.job_title {
+                attrs.push(attr("job_title", j.as_str()));
+            }
+            if let Some(m) = a.manager.as_deref().and_then(|m| types.user_uid(m)) {
+                attrs.push(attr("manager", m));
+            }
+            attrs.push(attr("gdpr_consent", a.gdpr_consent_at.is_some()));
+        }
+        Self {
+            uid: types.uid(&principal.entity_ref()),
+            attrs,
+        }
+    }
+}
+
+/// A stored resource entity as Cedar sees it, minus what depends on its ancestors
+/// (effective tenant and archived flag).
+#[derive(Debug, Clone)]
+pub(crate) struct CedarEntity {
+    /// `Document::"d1"`.
+    pub(crate) uid: Option<EntityUID>,
+    /// Attributes of its own record.
+    pub(crate) attrs: Attrs,
+}
+
+impl CedarEntity {
+    pub(crate) fn new(record: &EntityRecord, types: &EntityTypes) -> Self {
+        let a = &record.attributes;
+        let mut attrs: Attrs = Vec::with_capacity(5);
+        if let Some(c) = a.classification {
+            attrs.push(attr("classification", c));
+        }
+        if let Some(t) = &a.tenant {
+            attrs.push(attr("tenant", t.as_str()));
+        }
+        if let Some(k) = &a.kind {
+            attrs.push(attr("kind", k.as_str()));
+        }
+        if let Some(o) = a.owner.as_deref().and_then(|o| types.user_uid(o)) {
+            attrs.push(attr("owner", o));
+        }
+        Self {
+            uid: types.uid(&record.uid),
+            attrs,
+        }
+    }
+}
+
+/// The attributes of a principal-typed resource the store does not know: they satisfy the
+/// schema and grant nothing (deleted, no clearance, nobody manages it).
+pub(crate) fn unknown_principal_attrs() -> Attrs {
+    vec![
+        attr("status", PrincipalStatus::Deleted.as_str()),
+        attr("clearance", 0_i64),
+        attr("managers", Value::set([], None)),
+        attr("gdpr_consent", false),
+    ]
+}
+
+/// The `managers` attribute: every manager up the org tree.
+pub(crate) fn managers_attr(
+    managers: impl IntoIterator<Item = EntityUID>,
+) -> (SmolStr, PartialValue) {
+    attr(
+        "managers",
+        Value::set(managers.into_iter().map(Value::from), None),
+    )
+}
+
+/// An attribute set to a boolean (the effective `archived` flag).
+pub(crate) fn bool_attr(name: &'static str, value: bool) -> (SmolStr, PartialValue) {
+    attr(name, value)
+}
+
+/// An attribute set to a string (the effective `tenant`).
+pub(crate) fn string_attr(name: &'static str, value: &str) -> (SmolStr, PartialValue) {
+    attr(name, value)
+}
+
+/// An entity whose `ancestors` are already transitively closed. Cedar's `in` looks at
+/// parents and indirect ancestors alike, so the closure goes into `parents`.
+pub(crate) fn entity(
+    uid: EntityUID,
+    attrs: impl IntoIterator<Item = (SmolStr, PartialValue)>,
+    ancestors: HashSet<EntityUID>,
+) -> Entity {
+    Entity::new_with_attr_partial_value(uid, attrs, HashSet::new(), ancestors, [])
+}
+
+/// The name of Cedar's `ip` extension constructor, parsed once.
+static IP_CONSTRUCTOR: LazyLock<Option<Name>> =
+    LazyLock::new(|| Name::parse_unqualified_name("ip").ok());
+
+/// A set of request-context attributes (`policies/schema.cedarschema`'s `RequestContext`):
+/// those the policies of an action can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ContextAttrs(u16);
+
+/// Each attribute of the context by name.
+const CONTEXT_ATTRIBUTES: [(&str, ContextAttrs); 9] = [
+    ("hour", ContextAttrs::HOUR),
+    ("minute", ContextAttrs::MINUTE),
+    ("weekday", ContextAttrs::WEEKDAY),
+    ("risk_score", ContextAttrs::RISK_SCORE),
+    ("mfa", ContextAttrs::MFA),
+    ("device_trusted", ContextAttrs::DEVICE_TRUSTED),
+    ("band", ContextAttrs::BAND),
+    ("device_id", ContextAttrs::DEVICE_ID),
+    ("ip", ContextAttrs::IP),
+];
+
+impl ContextAttrs {
+    pub(crate) const HOUR: Self = Self(1);
+    pub(crate) const MINUTE: Self = Self(1 << 1);
+    pub(crate) const WEEKDAY: Self = Self(1 << 2);
+    pub(crate) const RISK_SCORE: Self = Self(1 << 3);
+    pub(crate) const MFA: Self = Self(1 << 4);
+    pub(crate) const DEVICE_TRUSTED: Self = Self(1 << 5);
+    pub(crate) const BAND: Self = Self(1 << 6);
+    pub(crate) const DEVICE_ID: Self = Self(1 << 7);
+    pub(crate) const IP: Self = Self(1 << 8);
+    /// Every attribute.
+    pub(crate) const ALL: Self = Self((1 << CONTEXT_ATTRIBUTES.len()) - 1);
+
+    /// This set and the attribute `name`. A name that is not an attribute of the context
+    /// adds nothing: no context carries it.
+    pub(crate) fn with(self, name: &str) -> Self {
+        CONTEXT_ATTRIBUTES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(self, |(_, attr)| self.union(*attr))
+    }
+
+    /// Both sets.
+    pub(crate) fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// The attribute's name, for a set of exactly one attribute.
+    fn name(self) -> Option<&'static str> {
+        CONTEXT_ATTRIBUTES
+            .iter()
+            .find(|(_, attr)| *attr == self)
+            .map(|(name, _)| *name)
+    }
+
+    /// Whether every attribute of `attrs` is in this set.
+    pub(crate) fn contains(self, attrs: Self) -> bool {
+        self.0 & attrs.0 == attrs.0
+    }
+
+    /// Whether any attribute of `attrs` is in this set.
+    pub(crate) fn intersects(self, attrs: Self) -> bool {
+        self.0 & attrs.0 != 0
+    }
+}
+
+/// The request context of `policies/schema.cedarschema`'s `RequestContext`, with the
+/// attributes of `wanted` only: one that no policy reads is neither computed nor carried
+/// (the client IP's `ip` value above all, which Cedar's extension parses).
+pub(crate) fn context(
+    facts: &RequestFacts,
+    device_trusted: bool,
+    wanted: ContextAttrs,
+) -> Result<cedar_policy_core::ast::Context, String> {
+    let mut record: BTreeMap<SmolStr, Value> = BTreeMap::new();
+    let mut put = |attr: ContextAttrs, value: Value| {
+        if wanted.contains(attr)
+            && let Some(name) = attr.name()
+        {
+            record.insert(SmolStr::new_static(name), value);
+        }
+    };
+    let time = &facts.local_time;
+    put(ContextAttrs::HOUR, i64::from(time.hour).into());
+    put(ContextAttrs::MINUTE, i64::from(time.minute).into());
+    put(ContextAttrs::WEEKDAY, i64::from(time.weekday).into());
+    put(ContextAttrs::RISK_SCORE, facts.risk_score.into());
+    put(ContextAttrs::MFA, facts.mfa.into());
+    put(ContextAttrs::DEVICE_TRUSTED, device_trusted.into());
+    put(ContextAttrs::BAND, facts.band.as_str().into());
+    if let Some(d) = &facts.device_id {
+        put(ContextAttrs::DEVICE_ID, d.as_str().into());
+    }
+    if let Some(ip) = facts
+        .ip
+        .as_deref()
+        .filter(|_| wanted.contains(ContextAttrs::IP))
+    {
+        let constructor = IP_CONSTRUCTOR
+            .clone()
+            .ok_or_else(|| String::from("the `ip` extension is not available"))?;
+        let call = RestrictedExpr::call_extension_fn(constructor, [RestrictedExpr::val(ip)]);
+        let value = RestrictedEvaluator::new(Extensions::all_available())
+            .interpret(call.as_borrowed())
+            .map_err(|e| format!("client ip `{ip}`: {e}"))?;
+        put(ContextAttrs::IP, value);
+    }
+    Ok(cedar_policy_core::ast::Context::Value(Arc::new(record)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_attrs_hold_exactly_what_was_added() {
+        let none = ContextAttrs::default();
+        let some = none.with("ip").with("mfa").with("no_such_attribute");
+        assert_eq!(some, ContextAttrs::IP.union(ContextAttrs::MFA));
+        for (name, attr) in CONTEXT_ATTRIBUTES {
+            // One bit per attribute, each its own.
+            assert_eq!(attr.0.count_ones(), 1, "{name}");
+            assert_eq!(none.with(name), attr, "{name}");
+            assert_eq!(attr.name(), Some(name));
+            assert!(!none.contains(attr) && !none.intersects(attr));
+            assert_eq!(some.contains(attr), name == "ip" || name == "mfa", "{name}");
+            assert!(ContextAttrs::ALL.contains(attr));
+        }
+        assert!(some.intersects(ContextAttrs::IP.union(ContextAttrs::HOUR)));
+        assert!(!some.contains(ContextAttrs::IP.union(ContextAttrs::HOUR)));
+        assert_eq!(
+            CONTEXT_ATTRIBUTES
+                .iter()
+                .fold(none, |set, (_, attr)| set.union(*attr)),
+            ContextAttrs::ALL
+        );
+    }
+
+    #[test]
+    fn the_context_carries_the_wanted_attributes_only() {
+        let facts = RequestFacts {
+            now: 0,
+            local_time: crate::decision::LocalTime {
+                hour: 10,
+                minute: 5,
+                weekday: 2,
+            },
+            risk_score: 40,
+            mfa: true,
+            device_id: Some(String::from("laptop-1")),
+            ip: Some(String::from("not an address")),
+            band: String::from("RED"),
+        };
+        let names = |wanted: ContextAttrs| -> Vec<String> {
+            let cedar_policy_core::ast::Context::Value(record) =
+                context(&facts, true, wanted).unwrap()
+            else {
+                panic!("a context of values")
+            };
+            record.keys().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            names(ContextAttrs(ContextAttrs::ALL.0 & !ContextAttrs::IP.0)),
+            [
+                "band",
+                "device_id",
+                "device_trusted",
+                "hour",
+                "mfa",
+                "minute",
+                "risk_score",
+                "weekday"
+            ]
+        );
+        assert_eq!(
+            names(ContextAttrs::HOUR.union(ContextAttrs::MFA)),
+            ["hour", "mfa"]
+        );
+        assert!(names(ContextAttrs::default()).is_empty());
+        // The address is parsed, and refused, only when it is wanted.
+        let refused = context(&facts, true, ContextAttrs::ALL).unwrap_err();
+        assert!(refused.contains("client ip `not an address`"), "{refused}");
+    }
+}

@@ -1,0 +1,559 @@
+//! The snapshot: an immutable, indexed, in-memory view of the store for the hot path.
+//!
+//! Built once from a full [`StoreState`], then patched from [`StoreDelta`]s (the current
+//! values of whatever the change entries since the last revision touched). Maps are
+//! persistent (`imbl`), so a patch copies only the paths it changes. A new snapshot is
+//! published through [`SnapshotHandle`] with an atomic pointer swap; readers never lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::decision::DecisionCache;
+use crate::error::CompileError;
+use crate::policy::{CompiledPolicies, PolicySources, compile};
+use crate::slice::{CedarEntity, CedarPrincipal, EntityTypes};
+use portcullis_model::{
+    Assignment, EntityRecord, EntityRef, PolicyFile, PolicySetVersion, Principal, Revision,
+    RevokedSession, Role, TemplateLink, UnixMillis,
+};
+
+/// Everything the store holds, loaded at once (bootstrap). Also the document a control plane
+/// hands a sidecar (`GET /v1/snapshot`) and the sidecar keeps as its last-known-good state.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreState {
+    /// Revision the state was read at.
+    pub revision: Revision,
+    /// Principals.
+    pub principals: Vec<Principal>,
+    /// Roles.
+    pub roles: Vec<Role>,
+    /// Assignments.
+    pub assignments: Vec<Assignment>,
+    /// Resource entities.
+    pub entities: Vec<EntityRecord>,
+    /// Revoked sessions that have not expired.
+    pub revoked_sessions: Vec<RevokedSession>,
+    /// Template links.
+    pub template_links: Vec<TemplateLink>,
+    /// The current policy set, if one was ever stored.
+    pub policy_set: Option<PolicySetVersion>,
+}
+
+impl StoreState {
+    /// Applies an update to this copy of the state, so a follower can keep a whole state
+    /// (its last-known-good file) in step with its snapshot.
+    pub fn apply(&mut self, update: SnapshotUpdate) {
+        let delta = match update {
+            SnapshotUpdate::Rebuild(state) => {
+                *self = state;
+                return;
+            }
+            SnapshotUpdate::Patch(delta) => delta,
+        };
+        for (key, value) in delta.principals {
+            self.principals.retain(|p| p.entity_ref() != key);
+            self.assignments.retain(|a| a.principal != key);
+            if let Some((principal, assignments)) = value {
+                self.principals.push(principal);
+                self.assignments.extend(assignments);
+            }
+        }
+        for (key, value) in delta.entities {
+            self.entities.retain(|e| e.uid != key);
+            if let Some(record) = value {
+                self.entities.push(record);
+            }
+        }
+        for session in delta.revoked_sessions {
+            let key = session.record_key();
+            self.revoked_sessions.retain(|s| s.record_key() != key);
+            self.revoked_sessions.push(session);
+        }
+        if let Some(roles) = delta.roles {
+            self.roles = roles;
+        }
+        if let Some(links) = delta.template_links {
+            self.template_links = links;
+        }
+        if delta.policy_set.is_some() {
+            self.policy_set = delta.policy_set;
+        }
+        self.revision = delta.revision;
+    }
+}
+
+/// A principal record with all its assignments.
+pub type PrincipalWithAssignments = (Principal, Vec<Assignment>);
+
+/// The current values of what changed between two revisions.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreDelta {
+    /// Revision the delta brings the snapshot to.
+    pub revision: Revision,
+    /// Touched principals: their record and all their assignments, or `None` if deleted.
+    pub principals: Vec<(EntityRef, Option<PrincipalWithAssignments>)>,
+    /// Touched entities, `None` if deleted.
+    pub entities: Vec<(EntityRef, Option<EntityRecord>)>,
+    /// Newly revoked sessions.
+    pub revoked_sessions: Vec<RevokedSession>,
+    /// The whole role list, if any role changed.
+    pub roles: Option<Vec<Role>>,
+    /// The whole link list, if any link changed.
+    pub template_links: Option<Vec<TemplateLink>>,
+    /// The new current policy set, if it changed.
+    pub policy_set: Option<PolicySetVersion>,
+}
+
+/// What a follower needs to bring its snapshot to the store's current revision.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotUpdate {
+    /// Patch the current snapshot.
+    Patch(StoreDelta),
+    /// Build anew (after a bulk import, or when the changes since are no longer kept).
+    Rebuild(StoreState),
+}
+
+/// A principal with its assignments indexed by scope, and its Cedar form.
+#[derive(Debug, Clone)]
+pub struct PrincipalView {
+    /// The principal record.
+    pub principal: Principal,
+    global: Vec<Arc<Assignment>>,
+    scoped: HashMap<EntityRef, Vec<Arc<Assignment>>>,
+    pub(crate) cedar: CedarPrincipal,
+}
+
+impl PrincipalView {
+    fn new(
+        principal: Principal,
+        assignments: impl IntoIterator<Item = Assignment>,
+        types: &EntityTypes,
+    ) -> Self {
+        let mut view = Self {
+            cedar: CedarPrincipal::new(&principal, types),
+            principal,
+            global: Vec::new(),
+            scoped: HashMap::new(),
+        };
+        for a in assignments {
+            view.insert(Arc::new(a));
+        }
+        view
+    }
+
+    fn insert(&mut self, a: Arc<Assignment>) {
+        match a.scope.entity() {
+            None => self.global.push(a),
+            Some(e) => self.scoped.entry(e.clone()).or_default().push(a),
+        }
+    }
+
+    /// Global assignments.
+    pub fn global_assignments(&self) -> &[Arc<Assignment>] {
+        &self.global
+    }
+
+    /// Assignments scoped exactly to `entity`.
+    pub fn assignments_on(&self, entity: &EntityRef) -> &[Arc<Assignment>] {
+        self.scoped.get(entity).map_or(&[], Vec::as_slice)
+    }
+
+    /// Number of assignments.
+    pub fn assignment_count(&self) -> usize {
+        self.global.len() + self.scoped.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+/// A resource entity and its Cedar form.
+#[derive(Debug, Clone)]
+pub struct EntityView {
+    /// The stored record.
+    pub record: EntityRecord,
+    pub(crate) cedar: CedarEntity,
+}
+
+impl EntityView {
+    fn new(record: EntityRecord, types: &EntityTypes) -> Self {
+        Self {
+            cedar: CedarEntity::new(&record, types),
+            record,
+        }
+    }
+}
+
+/// What the policy set was compiled from, kept to recompile when roles or links change.
+#[derive(Debug, Clone)]
+struct PolicyInputs {
+    version: PolicySetVersion,
+    roles: Arc<Vec<Role>>,
+    links: Arc<Vec<TemplateLink>>,
+}
+
+/// An immutable view of the store at one revision.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    revision: Revision,
+    built_at: UnixMillis,
+    policies: Arc<CompiledPolicies>,
+    inputs: PolicyInputs,
+    principals: imbl::HashMap<EntityRef, Arc<PrincipalView>>,
+    entities: imbl::HashMap<EntityRef, Arc<EntityView>>,
+    /// Revoked session ids: for each, whose (`None`: anyone's) and until when.
+    revoked: imbl::HashMap<String, Revocations>,
+    /// Principals whose tokens issued before an instant are refused: (cutoff, forget after).
+    revoked_before: imbl::HashMap<EntityRef, (UnixMillis, UnixMillis)>,
+    /// Decisions made against this snapshot; a patched snapshot starts with an empty one.
+    decisions: Arc<DecisionCache>,
+}
+
+/// Why a snapshot could not be built or patched.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The store holds no policy set yet.
+    #[error("the store holds no policy set")]
+    NoPolicySet,
+    /// The stored policy set, roles or links do not compile.
+    #[error(transparent)]
+    Policy(#[from] CompileError),
+}
+
+/// The sources to compile from a stored version plus roles and links.
+pub fn policy_sources(
+    version: &PolicySetVersion,
+    roles: &[Role],
+    links: &[TemplateLink],
+) -> PolicySources {
+    PolicySources {
+        schema: PolicyFile {
+            name: String::from("schema.cedarschema"),
+            text: version.schema.clone(),
+        },
+        files: version.files.clone(),
+        roles_source: String::from("roles"),
+        roles: roles.to_vec(),
+        links: links.to_vec(),
+    }
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a full state. `now` is recorded as the build time.
+    pub fn build(state: StoreState, now: UnixMillis) -> Result<Self, SnapshotError> {
+        let version = state.policy_set.ok_or(SnapshotError::NoPolicySet)?;
+        let inputs = PolicyInputs {
+            version,
+            roles: Arc::new(state.roles),
+            links: Arc::new(state.template_links),
+        };
+        let policies = Arc::new(compile(&policy_sources(
+            &inputs.version,
+            &inputs.roles,
+            &inputs.links,
+        ))?);
+
+        let mut by_principal: HashMap<EntityRef, Vec<Assignment>> = HashMap::new();
+        for a in state.assignments {
+            by_principal.entry(a.principal.clone()).or_default().push(a);
+        }
+        let types = policies.types();
+        let principals = state
+            .principals
+            .into_iter()
+            .map(|p| {
+                let key = p.entity_ref();
+                let assignments = by_principal.remove(&key).unwrap_or_default();
+                (key, Arc::new(PrincipalView::new(p, assignments, types)))
+            })
+            .collect();
+        let entities = state
+            .entities
+            .into_iter()
+            .map(|e| (e.uid.clone(), Arc::new(EntityView::new(e, types))))
+            .collect();
+        let mut revoked = imbl::HashMap::new();
+        let mut revoked_before = imbl::HashMap::new();
+        for session in state.revoked_sessions {
+            add_revocation(&mut revoked, &mut revoked_before, session);
+        }
+        Ok(Self {
+            revision: state.revision,
+            built_at: now,
+            policies,
+            inputs,
+            principals,
+            entities,
+            revoked,
+            revoked_before,
+            decisions: Arc::new(DecisionCache::new()),
+        })
+    }
+
+    /// A new snapshot with `delta` applied. On a compile error nothing changes and the
+    /// caller keeps serving `self`.
+    pub fn patched(&self, delta: StoreDelta, now: UnixMillis) -> Result<Self, SnapshotError> {
+        let mut next = self.clone();
+        next.decisions = Arc::new(DecisionCache::new());
+        let recompile =
+            delta.roles.is_some() || delta.template_links.is_some() || delta.policy_set.is_some();
+        if let Some(version) = delta.policy_set {
+            next.inputs.version = version;
+        }
+        if let Some(roles) = delta.roles {
+            next.inputs.roles = Arc::new(roles);
+        }
+        if let Some(links) = delta.template_links {
+            next.inputs.links = Arc::new(links);
+        }
+        if recompile {
+            next.policies = Arc::new(compile(&policy_sources(
+                &next.inputs.version,
+                &next.inputs.roles,
+                &next.inputs.links,
+            ))?);
+        }
+        let policies = Arc::clone(&next.policies);
+        let types = policies.types();
+        for (key, value) in delta.principals {
+            match value {
+                Some((principal, assignments)) => {
+                    next.principals.insert(
+                        key,
+                        Arc::new(PrincipalView::new(principal, assignments, types)),
+                    );
+                }
+                None => {
+                    next.principals.remove(&key);
+                }
+            }
+        }
+        for (key, value) in delta.entities {
+            match value {
+                Some(record) => {
+                    next.entities
+                        .insert(key, Arc::new(EntityView::new(record, types)));
+                }
+                None => {
+                    next.entities.remove(&key);
+                }
+            }
+        }
+        for session in delta.revoked_sessions {
+            add_revocation(&mut next.revoked, &mut next.revoked_before, session);
+        }
+        next.revoked = next
+            .revoked
+            .into_iter()
+            .filter_map(|(id, mut holders)| {
+                holders.retain(|(_, expires_at)| *expires_at > now);
+                (!holders.is_empty()).then_some((id, holders))
+            })
+            .collect();
+        next.revoked_before
+            .retain(|_, (_, expires_at)| *expires_at > now);
+        next.revision = delta.revision;
+        next.built_at = now;
+        Ok(next)
+    }
+
+    /// The decisions made against this snapshot.
+    pub(crate) fn decisions(&self) -> &DecisionCache {
+        &self.decisions
+    }
+
+    /// The store revision this snapshot reflects.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// When this snapshot was built or last patched.
+    pub fn built_at(&self) -> UnixMillis {
+        self.built_at
+    }
+
+    /// The compiled policy set.
+    pub fn policies(&self) -> &CompiledPolicies {
+        &self.policies
+    }
+
+    /// What a candidate policy set (`files` over `schema`) would be compiled from with this
+    /// snapshot's roles and template links.
+    pub fn candidate_sources(&self, files: &[PolicyFile], schema: &str) -> PolicySources {
+        PolicySources {
+            schema: PolicyFile {
+                name: String::from("schema.cedarschema"),
+                text: schema.to_owned(),
+            },
+            files: files.to_vec(),
+            roles_source: String::from("roles"),
+            roles: self.inputs.roles.to_vec(),
+            links: self.inputs.links.to_vec(),
+        }
+    }
+
+    /// The version number of the hand-written policy set in force.
+    pub fn policy_version(&self) -> i64 {
+        self.inputs.version.version
+    }
+
+    /// A principal with its assignments.
+    pub fn principal(&self, key: &EntityRef) -> Option<&Arc<PrincipalView>> {
+        self.principals.get(key)
+    }
+
+    /// A resource entity.
+    pub fn entity(&self, key: &EntityRef) -> Option<&Arc<EntityView>> {
+        self.entities.get(key)
+    }
+
+    /// Whether `principal`'s session id (`sid` or `jti`) is revoked at `now`: revoked for
+    /// that principal, or for everyone.
+    pub fn is_session_revoked(
+        &self,
+        principal: &EntityRef,
+        session_id: &str,
+        now: UnixMillis,
+    ) -> bool {
+        self.revoked.get(session_id).is_some_and(|holders| {
+            holders.iter().any(|(whose, expires_at)| {
+                *expires_at > now && whose.as_ref().is_none_or(|p| p == principal)
+            })
+        })
+    }
+
+    /// Whether a token of `principal` issued at `issued_at` (ms; `None` when it has no
+    /// `iat`) falls under a revocation of all that principal's sessions at `now`.
+    pub fn is_token_revoked_for(
+        &self,
+        principal: &EntityRef,
+        issued_at: Option<UnixMillis>,
+        now: UnixMillis,
+    ) -> bool {
+        self.revoked_before
+            .get(principal)
+            .is_some_and(|(cutoff, expires_at)| {
+                *expires_at > now && issued_at.is_none_or(|iat| iat < *cutoff)
+            })
+    }
+
+    /// Number of principals, entities and assignments (for metrics and logs).
+    pub fn counts(&self) -> SnapshotCounts {
+        SnapshotCounts {
+            principals: self.principals.len(),
+            entities: self.entities.len(),
+            assignments: self.principals.values().map(|p| p.assignment_count()).sum(),
+            policies: self.policies.policy_count(),
+        }
+    }
+}
+
+/// Sizes of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotCounts {
+    /// Principals.
+    pub principals: usize,
+    /// Resource entities.
+    pub entities: usize,
+    /// Assignments.
+    pub assignments: usize,
+    /// Compiled policies (static and linked).
+    pub policies: usize,
+}
+
+/// The published snapshot: one atomic pointer that readers load without locking and
+/// writers replace whole. Watchers ([`SnapshotHandle::subscribe`]) learn each published
+/// revision without polling.
+#[derive(Debug)]
+pub struct SnapshotHandle {
+    current: ArcSwap<Snapshot>,
+    rejected_updates: AtomicU64,
+    published: tokio::sync::watch::Sender<Revision>,
+}
+
+impl SnapshotHandle {
+    /// Publishes `initial`.
+    pub fn new(initial: Snapshot) -> Self {
+        let (published, _) = tokio::sync::watch::channel(initial.revision());
+        Self {
+            current: ArcSwap::from_pointee(initial),
+            rejected_updates: AtomicU64::new(0),
+            published,
+        }
+    }
+
+    /// The revision of each snapshot published from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.published.subscribe()
+    }
+
+    /// The snapshot in force. Cheap; hold it for the length of one decision.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot in force.
+    pub fn publish(&self, next: Snapshot) {
+        let revision = next.revision();
+        self.current.store(Arc::new(next));
+        self.published.send_replace(revision);
+    }
+
+    /// Applies an update; on failure keeps the current snapshot, counts the rejection and
+    /// returns the error.
+    ///
+    /// INVARIANT: one task applies updates (the follower); readers are unlimited. Two
+    /// concurrent writers could otherwise publish over each other.
+    pub fn apply(
+        &self,
+        update: SnapshotUpdate,
+        now: UnixMillis,
+    ) -> Result<Revision, SnapshotError> {
+        let result = match update {
+            SnapshotUpdate::Patch(delta) => self.load().patched(delta, now),
+            SnapshotUpdate::Rebuild(state) => Snapshot::build(state, now),
+        };
+        match result {
+            Ok(next) => {
+                let revision = next.revision();
+                self.publish(next);
+                Ok(revision)
+            }
+            Err(e) => {
+                self.rejected_updates.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// How many updates were refused because they did not compile.
+    pub fn rejected_updates(&self) -> u64 {
+        self.rejected_updates.load(Ordering::Relaxed)
+    }
+}
+
+/// Who a revoked session id is revoked for (`None`: everyone), and until when.
+type Revocations = Vec<(Option<EntityRef>, UnixMillis)>;
+
+/// Files a revoked-session record under its session id and principal (replacing that
+/// principal's earlier one), or under its principal when it revokes every session of that
+/// principal.
+fn add_revocation(
+    revoked: &mut imbl::HashMap<String, Revocations>,
+    revoked_before: &mut imbl::HashMap<EntityRef, (UnixMillis, UnixMillis)>,
+    session: RevokedSession,
+) {
+    match (session.issued_before, session.principal) {
+        (Some(cutoff), Some(principal)) => {
+            revoked_before.insert(principal, (cutoff, session.expires_at));
+        }
+        (_, principal) => {
+            let holders = revoked.entry(session.session_id).or_default();
+            holders.retain(|(whose, _)| *whose != principal);
+            holders.push((principal, session.expires_at));
+        }
+    }
+}

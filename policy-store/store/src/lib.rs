@@ -1,0 +1,240 @@
+//! `portcullis-store` owns the storage of the authorization model behind one trait,
+//! [`Store`].
+//!
+//! Every mutation runs in one transaction that writes the object, bumps the store-wide
+//! revision and records a [`Change`] entry, so followers can catch up from any revision with
+//! [`Store::changes_since`] / [`Store::load_update`]. Writes that would leave the policy set
+//! uncompilable (a role naming an unknown action, a policy that does not validate) are
+//! refused before anything is written.
+//!
+//! [`SqlStore`] implements it for an embedded SQLite file (the default) and PostgreSQL.
+
+mod error;
+#[cfg(feature = "test-support")]
+pub mod scratch;
+mod sql;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+pub use error::StoreError;
+pub use sql::SqlStore;
+
+use portcullis_engine::snapshot::{SnapshotUpdate, StoreState};
+use portcullis_model::{
+    Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetCheck, PolicySetSummary,
+    PolicySetVersion, Principal, Revision, RevokedSession, Role, TemplateLink,
+};
+
+/// Which database holds the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// An embedded SQLite file, created if missing.
+    Sqlite {
+        /// Path of the database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL database shared by control-plane replicas.
+    Postgres {
+        /// `postgres://user@host:port/database`.
+        url: String,
+    },
+}
+
+/// Everything to import at once (seeding a new store, migrations from other systems,
+/// benchmarks). Applied in one transaction as one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Import {
+    /// Principals to create or replace.
+    pub principals: Vec<Principal>,
+    /// Roles to create or replace.
+    pub roles: Vec<Role>,
+    /// Assignments to create or replace.
+    pub assignments: Vec<Assignment>,
+    /// Entities to create or replace.
+    pub entities: Vec<EntityRecord>,
+    /// Template links to create or replace.
+    pub template_links: Vec<TemplateLink>,
+    /// A new policy-set version (files + schema), if any.
+    pub policy_set: Option<(Vec<PolicyFile>, String)>,
+    /// The digest of the policies directory this import stores, recorded with it (see
+    /// [`Store::policies_dir_digest`]).
+    pub policies_dir_digest: Option<String>,
+    /// Who imports: the `created_by` of the policy-set version (`import` when `None`).
+    pub author: Option<String>,
+}
+
+/// Which assignments to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentFilter {
+    /// A principal's.
+    Principal(EntityRef),
+    /// Those granting a role.
+    Role(String),
+    /// Those scoped exactly to one entity, or global.
+    Scope(portcullis_model::Scope),
+}
+
+/// The store of the authorization model.
+pub trait Store: Send + Sync {
+    /// The commit feed: wakes on every revision committed through this store. Followers
+    /// still look now and then: a missed wake-up only delays them.
+    fn commits(&self) -> tokio::sync::watch::Receiver<Revision>;
+
+    /// The current revision.
+    fn revision(&self) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Everything, read in one consistent transaction.
+    fn load_state(&self) -> impl Future<Output = Result<StoreState, StoreError>> + Send;
+
+    /// Change entries after `since`, oldest first, at most `limit`.
+    fn changes_since(
+        &self,
+        since: Revision,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Change>, StoreError>> + Send;
+
+    /// What a snapshot at `since` needs to reach the current revision: the current values
+    /// of everything changed after `since`, or the full state after a bulk import.
+    fn load_update(
+        &self,
+        since: Revision,
+    ) -> impl Future<Output = Result<SnapshotUpdate, StoreError>> + Send;
+
+    /// Creates or replaces a principal.
+    fn put_principal(
+        &self,
+        principal: &Principal,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Deletes a principal and its assignments.
+    fn delete_principal(
+        &self,
+        key: &EntityRef,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// A principal.
+    fn get_principal(
+        &self,
+        key: &EntityRef,
+    ) -> impl Future<Output = Result<Option<Principal>, StoreError>> + Send;
+
+    /// An assignment.
+    fn get_assignment(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Assignment>, StoreError>> + Send;
+
+    /// A resource entity.
+    fn get_entity(
+        &self,
+        uid: &EntityRef,
+    ) -> impl Future<Output = Result<Option<EntityRecord>, StoreError>> + Send;
+
+    /// Creates a role; [`StoreError::Conflict`] if the name is taken.
+    fn create_role(&self, role: &Role)
+    -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Replaces an existing role.
+    fn update_role(&self, role: &Role)
+    -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Deletes a role; [`StoreError::Conflict`] while assignments use it.
+    fn delete_role(&self, name: &str) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// All roles, by name.
+    fn list_roles(&self) -> impl Future<Output = Result<Vec<Role>, StoreError>> + Send;
+
+    /// Creates an assignment. The principal and the role must exist.
+    fn create_assignment(
+        &self,
+        assignment: &Assignment,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Deletes an assignment.
+    fn delete_assignment(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Assignments of a principal.
+    fn assignments_of(
+        &self,
+        principal: &EntityRef,
+    ) -> impl Future<Output = Result<Vec<Assignment>, StoreError>> + Send;
+
+    /// A page of the assignments matching `filter`, by id: at most `limit` with ids after
+    /// `after`.
+    fn list_assignments(
+        &self,
+        filter: &AssignmentFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Assignment>, StoreError>> + Send;
+
+    /// Creates or replaces a resource entity.
+    fn put_entity(
+        &self,
+        entity: &EntityRecord,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Deletes a resource entity.
+    fn delete_entity(
+        &self,
+        uid: &EntityRef,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Records a revoked session.
+    fn revoke_session(
+        &self,
+        session: &RevokedSession,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Stores a new policy-set version after checking it compiles with the current roles
+    /// and links. With `if_version`, only while that is the current version
+    /// ([`StoreError::VersionMismatch`] otherwise). Returns the revision and the new version
+    /// number.
+    fn put_policy_set(
+        &self,
+        files: &[PolicyFile],
+        schema: &str,
+        created_by: Option<&str>,
+        if_version: Option<i64>,
+    ) -> impl Future<Output = Result<(Revision, i64), StoreError>> + Send;
+
+    /// Checks what [`Store::put_policy_set`] would: that the set compiles with the current
+    /// roles and links. Writes nothing.
+    fn check_policy_set(
+        &self,
+        files: &[PolicyFile],
+        schema: &str,
+    ) -> impl Future<Output = Result<PolicySetCheck, StoreError>> + Send;
+
+    /// The current policy-set version.
+    fn current_policy_set(
+        &self,
+    ) -> impl Future<Output = Result<Option<PolicySetVersion>, StoreError>> + Send;
+
+    /// One policy-set version.
+    fn policy_set_version(
+        &self,
+        version: i64,
+    ) -> impl Future<Output = Result<Option<PolicySetVersion>, StoreError>> + Send;
+
+    /// The history, newest first: at most `limit` versions older than `before` (all when
+    /// `None`).
+    fn policy_set_history(
+        &self,
+        before: Option<i64>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<PolicySetSummary>, StoreError>> + Send;
+
+    /// The digest recorded by the last import that stored a policies directory.
+    fn policies_dir_digest(
+        &self,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Imports many objects in one transaction (one revision, one change per object kind).
+    /// The result must compile, or nothing is written.
+    fn import(&self, import: &Import) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+}
