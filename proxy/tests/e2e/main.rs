@@ -22,4 +22,5 @@ mod gateway;
 mod hardening;
 mod lifecycle;
 mod requests;
+mod shutdown;
 mod tokens;
