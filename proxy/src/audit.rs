@@ -21,11 +21,13 @@ use portcullis_ledger::{
     EncodeError, EncodedEntry, EntryRef, RecordKind, Redaction, RedactionSalt, band_redacts,
     checkpoint, sha256_hex, timestamp_now,
 };
+#[cfg(feature = "redis-sink")]
 use portcullis_sinks::redis_sink::{self, RedisSinkConfig};
+#[cfg(feature = "sqs-sink")]
 use portcullis_sinks::sqs_sink::{self, SqsSinkConfig};
 use rand::Rng;
 
-use crate::config::{AuditOnFull, Config};
+use crate::config::{AuditConfig, AuditOnFull, AuditRedisConfig, AuditSqsConfig, Config};
 use crate::data_plane::Checked;
 use crate::data_plane::respond::Rejection;
 use crate::metrics::{METRICS, Outcome};
@@ -40,6 +42,39 @@ const CONTEXT_KEYS: [&str; 7] = [
     "risk_score",
     "weekday",
 ];
+
+/// A task forwarding the ledger to one sink.
+pub type Forwarder = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A sink the ledger is forwarded to, as configured. A binary forwards to the kinds its
+/// features build in; the configuration refuses the others (`config::validate`).
+#[derive(Debug, Clone)]
+enum Sink {
+    /// A Redis Stream (feature `redis-sink`).
+    Redis(AuditRedisConfig),
+    /// An SQS queue (feature `sqs-sink`).
+    Sqs(AuditSqsConfig),
+}
+
+impl Sink {
+    /// The `sink` label of its metrics.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::Sqs(_) => "sqs",
+        }
+    }
+}
+
+/// The configured sinks, each with its counts.
+fn sinks(a: &AuditConfig) -> Vec<(Sink, Arc<SinkStats>)> {
+    let redis = a.redis.iter().cloned().map(Sink::Redis);
+    let sqs = a.sqs.iter().cloned().map(Sink::Sqs);
+    redis
+        .chain(sqs)
+        .map(|sink| (sink, Arc::new(SinkStats::default())))
+        .collect()
+}
 
 /// The ledger as the data plane uses it.
 #[derive(Debug)]
@@ -58,8 +93,8 @@ pub struct Audit {
     pub dir: PathBuf,
     /// The checkpoint public key file.
     pub public_key: PathBuf,
-    redis: Option<(RedisSinkConfig, Arc<SinkStats>)>,
-    sqs: Option<(SqsSinkConfig, Arc<SinkStats>)>,
+    /// The sinks the ledger is forwarded to, with what each has done.
+    sinks: Vec<(Sink, Arc<SinkStats>)>,
 }
 
 /// The ledger directory of a configuration.
@@ -99,7 +134,7 @@ impl Audit {
             return Ok(None);
         }
         let dir = ledger_dir(config);
-        crate::embedded::create_private_dir(&config.data_dir)?;
+        portcullis_ledger::private_file::create_dir(&config.data_dir)?;
         let key_file = a
             .checkpoint_key_file
             .clone()
@@ -140,28 +175,7 @@ impl Audit {
                 redact_principal: a.redact.outside_green("principal"),
                 redact_context: CONTEXT_KEYS.map(|key| a.redact.outside_green(key)),
                 public_key: checkpoint::public_key_path(&key_file),
-                redis: a.redis.as_ref().map(|r| {
-                    (
-                        RedisSinkConfig {
-                            url: r.url.clone(),
-                            stream: r.stream.clone(),
-                            maxlen: r.maxlen,
-                            format: r.format,
-                        },
-                        Arc::new(SinkStats::default()),
-                    )
-                }),
-                sqs: a.sqs.as_ref().map(|q| {
-                    (
-                        SqsSinkConfig {
-                            queue_url: q.queue_url.clone(),
-                            region: q.region.clone(),
-                            endpoint_url: q.endpoint_url.clone(),
-                            format: q.format,
-                        },
-                        Arc::new(SinkStats::default()),
-                    )
-                }),
+                sinks: sinks(a),
                 dir,
             },
             writer,
@@ -170,28 +184,59 @@ impl Audit {
 
     /// The tasks forwarding the ledger to each configured sink (Redis, SQS); spawn them on
     /// a runtime.
-    pub fn forwarders(
-        &self,
-    ) -> Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
-        let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
-            Vec::new();
-        if let Some((config, stats)) = self.redis.clone() {
-            tasks.push(Box::pin(redis_sink::forward(
+    pub fn forwarders(&self) -> Vec<Forwarder> {
+        self.sinks
+            .iter()
+            .filter_map(|(sink, stats)| self.forwarder(sink, stats))
+            .collect()
+    }
+
+    /// The task forwarding the ledger to `sink`, if this binary has that kind.
+    fn forwarder(&self, sink: &Sink, stats: &Arc<SinkStats>) -> Option<Forwarder> {
+        match sink {
+            #[cfg(feature = "redis-sink")]
+            Sink::Redis(r) => Some(Box::pin(redis_sink::forward(
                 self.dir.clone(),
                 String::from("audit"),
-                config,
-                stats,
-            )));
-        }
-        if let Some((config, stats)) = self.sqs.clone() {
-            tasks.push(Box::pin(sqs_sink::forward(
+                RedisSinkConfig {
+                    url: r.url.clone(),
+                    stream: r.stream.clone(),
+                    maxlen: r.maxlen,
+                    format: r.format,
+                },
+                Arc::clone(stats),
+            ))),
+            #[cfg(feature = "sqs-sink")]
+            Sink::Sqs(q) => Some(Box::pin(sqs_sink::forward(
                 self.dir.clone(),
                 String::from("audit"),
-                config,
-                stats,
-            )));
+                SqsSinkConfig {
+                    queue_url: q.queue_url.clone(),
+                    region: q.region.clone(),
+                    endpoint_url: q.endpoint_url.clone(),
+                    format: q.format,
+                },
+                Arc::clone(stats),
+            ))),
+            // Sinks this binary is built without: refused by the configuration's
+            // validation, so never here; counted as failing if they were.
+            #[cfg(not(feature = "redis-sink"))]
+            Sink::Redis(r) => {
+                stats
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(stream = r.stream, "built without the Redis sink");
+                None
+            }
+            #[cfg(not(feature = "sqs-sink"))]
+            Sink::Sqs(q) => {
+                stats
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(queue_url = q.queue_url, "built without the SQS sink");
+                None
+            }
         }
-        tasks
     }
 
     /// The ledger, for other writers of the process (admin changes).
@@ -353,21 +398,18 @@ impl Audit {
             .audit
             .queue_depth
             .set(i64::try_from(self.ledger.queue_depth()).unwrap_or(i64::MAX));
-        let sinks = [
-            ("redis", self.redis.as_ref().map(|(_, stats)| stats)),
-            ("sqs", self.sqs.as_ref().map(|(_, stats)| stats)),
-        ];
-        for (sink, stats) in sinks {
-            if let Some(stats) = stats {
-                sync(
-                    &METRICS.audit.sink_forwarded.with_label_values(&[sink]),
-                    stats.forwarded.load(Relaxed),
-                );
-                sync(
-                    &METRICS.audit.sink_errors.with_label_values(&[sink]),
-                    stats.errors.load(Relaxed),
-                );
-            }
+        for (sink, stats) in &self.sinks {
+            sync(
+                &METRICS
+                    .audit
+                    .sink_forwarded
+                    .with_label_values(&[sink.name()]),
+                stats.forwarded.load(Relaxed),
+            );
+            sync(
+                &METRICS.audit.sink_errors.with_label_values(&[sink.name()]),
+                stats.errors.load(Relaxed),
+            );
         }
     }
 }

@@ -9,8 +9,6 @@
 //! transaction, refused whole if it does not compile. A directory that did not change leaves
 //! the store alone, so what was written through the admin API since survives restarts.
 
-use std::path::Path;
-
 use portcullis_engine::snapshot::Snapshot;
 use portcullis_model::{Assignment, EntityRecord, Principal, Role};
 use portcullis_store::{Import, SqlStore, Store, StoreConfig};
@@ -47,25 +45,11 @@ pub fn store_config(config: &Config) -> StoreConfig {
 /// Opens the store, creating the data directory (mode 0700) when needed.
 pub async fn open(config: &Config) -> Result<SqlStore, String> {
     if config.store.postgres_url.is_none() {
-        create_private_dir(&config.data_dir)?;
+        portcullis_ledger::private_file::create_dir(&config.data_dir)?;
     }
     SqlStore::connect(&store_config(config))
         .await
         .map_err(|e| format!("cannot open the store: {e}"))
-}
-
-/// Creates `dir` (and parents) private to its owner, if missing.
-pub fn create_private_dir(dir: &Path) -> Result<(), String> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| format!("`{}`: cannot create the data directory: {e}", dir.display()))
 }
 
 /// What [`sync_policies`] did.
@@ -233,7 +217,7 @@ pub fn admin_tokens(
     let (path, plain) = match &config.admin.tokens_file {
         Some(p) => (p.clone(), None),
         None => {
-            create_private_dir(&config.data_dir)?;
+            portcullis_ledger::private_file::create_dir(&config.data_dir)?;
             let path = config.data_dir.join("admin-tokens");
             let plain = config.data_dir.join("admin-token");
             if !path.exists() {

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod data_plane;
 pub mod devkey;
+#[cfg(feature = "control-plane")]
 pub mod embedded;
 pub mod follow;
 pub mod head_deadline;
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod policy_dir;
+#[cfg(feature = "control-plane")]
 pub mod policy_tests;
 pub mod process;
 pub mod reload;

@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "control-plane")]
 use portcullis_admin_api::authz::AdminPolicies;
 use portcullis_engine::policy::{PolicyDiagnostic, PolicySources};
 use portcullis_model::{PolicyFile, Role};
@@ -25,6 +26,7 @@ pub const ROLES_FILE: &str = "roles.yaml";
 /// The route map file name.
 pub const ROUTES_FILE: &str = "routes.yaml";
 /// The admin policies' file name: not a data-plane policy file.
+#[cfg(feature = "control-plane")]
 pub use portcullis_admin_api::authz::ADMIN_POLICIES_FILE;
 
 /// A loaded policies directory.
@@ -86,6 +88,7 @@ pub fn first_line(s: &str) -> String {
     }
 }
 
+#[cfg(feature = "control-plane")]
 fn read(path: &Path, problems: &mut Vec<PolicyDiagnostic>) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
@@ -98,6 +101,7 @@ fn read(path: &Path, problems: &mut Vec<PolicyDiagnostic>) -> Option<String> {
 
 /// Loads a policies directory. Files are named relative to the current directory as the
 /// user gave `dir`, so messages point where the user looks.
+#[cfg(feature = "control-plane")]
 pub fn load(dir: &Path) -> Result<PolicyDir, Vec<PolicyDiagnostic>> {
     let mut problems = Vec::new();
     if !dir.is_dir() {
@@ -189,6 +193,7 @@ pub fn load(dir: &Path) -> Result<PolicyDir, Vec<PolicyDiagnostic>> {
 
 /// Places role diagnostics (which the compiler reports without a position) on the line of
 /// `- name: <role>` in the roles file.
+#[cfg(feature = "control-plane")]
 pub fn place_role_problems(dir: &PolicyDir, problems: &mut [PolicyDiagnostic]) {
     let Ok(text) = std::fs::read_to_string(dir.root.join(ROLES_FILE)) else {
         return;
@@ -219,6 +224,7 @@ pub fn place_role_problems(dir: &PolicyDir, problems: &mut [PolicyDiagnostic]) {
 }
 
 /// A policies directory compiled: policies, roles and the route map all checked.
+#[cfg(feature = "control-plane")]
 #[derive(Debug)]
 pub struct CompiledDir {
     /// What was loaded.
@@ -232,6 +238,7 @@ pub struct CompiledDir {
 }
 
 /// Loads and compiles a policies directory, reporting every problem at once.
+#[cfg(feature = "control-plane")]
 pub fn compile_dir(dir: &Path) -> Result<CompiledDir, Vec<PolicyDiagnostic>> {
     compile_loaded(load(dir)?)
 }
@@ -274,6 +281,7 @@ const BUILTIN_ROLES: &str = include_str!("../../policies/roles.yaml");
 const BUILTIN_ROUTES: &str = include_str!("../../policies/routes.yaml");
 
 /// Compiles a loaded policies directory, reporting every problem at once.
+#[cfg(feature = "control-plane")]
 pub fn compile_loaded(loaded: PolicyDir) -> Result<CompiledDir, Vec<PolicyDiagnostic>> {
     let admin = match &loaded.admin {
         Some(file) => AdminPolicies::compile(file),

@@ -104,3 +104,20 @@ impl Background {
         self.runtime.shutdown_timeout(Duration::from_millis(100));
     }
 }
+
+/// Once every handle to the ledger is gone, its keeper thread writes what is left, signs a
+/// last checkpoint and ends; waits up to 3 s for that.
+pub fn join_audit_keeper(keeper: Option<std::thread::JoinHandle<()>>) {
+    let Some(keeper) = keeper else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !keeper.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if !keeper.is_finished() {
+        tracing::warn!("the audit keeper did not stop in time; its last checkpoint may be missing");
+    } else if keeper.join().is_err() {
+        tracing::error!("the audit keeper failed while stopping");
+    }
+}

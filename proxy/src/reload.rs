@@ -11,16 +11,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "control-plane")]
 use portcullis_store::SqlStore;
 
 use crate::config::{self, Config, Override};
 use crate::data_plane::{DataPlane, Gate};
+#[cfg(feature = "control-plane")]
 use crate::embedded;
 use crate::metrics::METRICS;
-use crate::policy_dir::{self, CompiledDir, PolicyDir, ROLES_FILE, ROUTES_FILE, SCHEMA_FILE};
+use crate::policy_dir::{self, ROLES_FILE, ROUTES_FILE, SCHEMA_FILE};
+#[cfg(feature = "control-plane")]
+use crate::policy_dir::{CompiledDir, PolicyDir};
 
 /// The policies of a configuration: its directory, or the built-in set when the default
 /// directory does not exist.
+#[cfg(feature = "control-plane")]
 pub fn load_policies(config: &Config) -> Result<CompiledDir, Vec<String>> {
     let dir = &config.policies.dir;
     let loaded: Result<PolicyDir, _> = if dir.exists() {
@@ -68,6 +73,7 @@ pub fn local_route_map(
 }
 
 /// Builds the gate from a configuration and its compiled policies.
+#[cfg(feature = "control-plane")]
 pub fn gate(config: &Config, compiled: CompiledDir) -> Result<Gate, Vec<String>> {
     let routes = compiled
         .routes
@@ -86,9 +92,11 @@ pub struct Reloader {
     pub sets: Vec<Override>,
     /// The store policies are synced into (`serve`); `None` for `proxy`, whose policies
     /// come from the control plane and which reloads its configuration and routes only.
+    #[cfg(feature = "control-plane")]
     pub store: Option<SqlStore>,
     /// The admin API's policies (`serve`, `control`), swapped with the directory's
     /// `admin.cedar`.
+    #[cfg(feature = "control-plane")]
     pub admin_policies: Option<Arc<arc_swap::ArcSwap<portcullis_admin_api::authz::AdminPolicies>>>,
     /// The data plane whose gate is swapped.
     pub plane: Arc<DataPlane>,
@@ -182,35 +190,40 @@ impl Reloader {
         for key in restart_only_changes(&self.current, &next) {
             tracing::warn!(key, "changed; takes effect after a restart");
         }
-        let mut admin = None;
-        let gate = match &self.store {
-            Some(store) => {
-                let compiled = load_policies(&next)?;
-                admin = Some(Arc::clone(&compiled.admin));
-                let synced = embedded::sync_policies(store, &compiled.dir, false)
-                    .await
-                    .map_err(|e| vec![e])?;
-                synced.log();
-                if synced != embedded::Synced::Unchanged {
-                    self.wait_for_snapshot(store).await?;
-                }
-                gate(&next, compiled)?
-            }
-            None => {
-                let routes = local_route_map(&next, self.plane.snapshot.load().policies())?;
-                Gate::new(&next, routes).map_err(|e| vec![e])?
-            }
-        };
+        let gate = self.next_gate(&next).await?;
         self.plane.gate.store(Arc::new(gate));
-        if let (Some(slot), Some(admin)) = (&self.admin_policies, admin) {
-            slot.store(admin);
-        }
         self.current = next;
         Ok(())
     }
 
+    /// The gate of `next`: from the policies directory, synced into the store first
+    /// (`serve`, `control`, whose admin policies follow it); or from the local route map
+    /// over the policies followed from the control plane (`proxy`).
+    async fn next_gate(&self, next: &Config) -> Result<Gate, Vec<String>> {
+        #[cfg(feature = "control-plane")]
+        if let Some(store) = &self.store {
+            let compiled = load_policies(next)?;
+            let admin = Arc::clone(&compiled.admin);
+            let synced = embedded::sync_policies(store, &compiled.dir, false)
+                .await
+                .map_err(|e| vec![e])?;
+            synced.log();
+            if synced != embedded::Synced::Unchanged {
+                self.wait_for_snapshot(store).await?;
+            }
+            let gate = gate(next, compiled)?;
+            if let Some(slot) = &self.admin_policies {
+                slot.store(admin);
+            }
+            return Ok(gate);
+        }
+        let routes = local_route_map(next, self.plane.snapshot.load().policies())?;
+        Gate::new(next, routes).map_err(|e| vec![e])
+    }
+
     /// Waits until the follower has brought the snapshot to the store's revision, so the
     /// new routes never meet the old policies.
+    #[cfg(feature = "control-plane")]
     async fn wait_for_snapshot(&self, store: &SqlStore) -> Result<(), Vec<String>> {
         use portcullis_store::Store;
         let target = store
@@ -317,6 +330,7 @@ pub async fn watch_route_map(plane: Arc<DataPlane>) {
 #[derive(Debug)]
 pub struct ServedRoutes(pub Arc<DataPlane>);
 
+#[cfg(feature = "control-plane")]
 impl portcullis_admin_api::RouteGuard for ServedRoutes {
     fn problems(&self, files: &[portcullis_model::PolicyFile], schema: &str) -> Vec<String> {
         let sources = self.0.snapshot.load().candidate_sources(files, schema);

@@ -5,6 +5,9 @@
 //!
 //! # Format
 //!
+//! `SPEC.md` beside this crate specifies it for a verifier written without this code; in
+//! short:
+//!
 //! JSON lines in files `<prefix>-<first seq, 12 digits>.jsonl`, rotated by size; the chain
 //! runs across files. Each line is one [`Record`] whose last member is `hash`:
 //!

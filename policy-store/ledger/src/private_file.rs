@@ -1,5 +1,6 @@
 //! Files only their owner may read (mode 0600): signing keys and tokens. Created new, never
-//! overwritten, written and synced before they are used.
+//! overwritten, written and synced before they are used; and the directories that hold them
+//! (mode 0700).
 
 use std::io::Write;
 use std::path::Path;
@@ -16,4 +17,19 @@ pub fn create(path: &Path, bytes: &[u8]) -> Result<(), String> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("`{}`: cannot write: {e}", path.display()))
+}
+
+/// Creates `dir` (and its parents) readable by its owner only, unless it exists. Errors name
+/// the directory.
+pub fn create_dir(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| format!("`{}`: cannot create the data directory: {e}", dir.display()))
 }

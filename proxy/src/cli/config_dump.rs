@@ -2,7 +2,7 @@
 //! `--set` flags applied, secrets redacted — or every problem with it.
 
 use super::Exit;
-use super::serve::{ConfigArgs, load_config, parse_sets};
+use super::{ConfigArgs, load_config, parse_sets};
 
 /// Arguments of `config dump`.
 #[derive(Debug, clap::Args)]

@@ -3,15 +3,25 @@
 
 pub mod audit_verify;
 pub mod config_dump;
+#[cfg(feature = "control-plane")]
 pub mod control;
+#[cfg(feature = "control-plane")]
 pub mod policy_test;
+#[cfg(feature = "control-plane")]
 pub mod policy_validate;
 pub mod proxy;
+#[cfg(feature = "control-plane")]
 pub mod serve;
 pub mod token;
 pub mod version;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, Override};
+use crate::data_plane::authn::source::KeySource;
+use crate::devkey::{DEV_ISSUER, DevKey};
 
 /// Documented exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +62,11 @@ pub struct Cli {
 pub enum Command {
     /// Run everything in one process: the enforcing proxy and the ops listener on the
     /// embedded store (SQLite in the data directory).
+    #[cfg(feature = "control-plane")]
     Serve(serve::Args),
     /// Run the control plane alone: the admin API sidecars follow, the store (SQLite or a
     /// PostgreSQL shared by replicas), the ops listener; no data plane.
+    #[cfg(feature = "control-plane")]
     Control(serve::Args),
     /// Run the data plane alone, following a control plane (e.g. a `serve` elsewhere):
     /// bootstraps from it, keeps a last-known-good state, fails closed when too stale.
@@ -68,6 +80,7 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Policy-as-code tools: validate and test a policies directory.
+    #[cfg(feature = "control-plane")]
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Print the version and build facts.
@@ -89,6 +102,7 @@ pub enum ConfigCommand {
 }
 
 /// `portcullis policy ...`
+#[cfg(feature = "control-plane")]
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate schema, policies, roles and route map strictly; print every problem as
@@ -102,14 +116,93 @@ pub enum PolicyCommand {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Exit {
     match cli.command {
+        #[cfg(feature = "control-plane")]
         Command::Serve(args) => serve::run(&args),
         Command::Token(args) => token::run(&args),
         Command::Proxy(args) => proxy::run(&args),
+        #[cfg(feature = "control-plane")]
         Command::Control(args) => control::run(&args),
         Command::Config(ConfigCommand::Dump(args)) => config_dump::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify::run(&args),
+        #[cfg(feature = "control-plane")]
         Command::Policy(PolicyCommand::Validate(args)) => policy_validate::run(&args),
+        #[cfg(feature = "control-plane")]
         Command::Policy(PolicyCommand::Test(args)) => policy_test::run(&args),
         Command::Version(args) => version::run(&args),
     }
+}
+
+/// Where the configuration comes from: shared by every command that reads it.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// YAML configuration file (see deploy/examples/portcullis.yaml).
+    #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override one key, e.g. `--set upstreams.0.address=127.0.0.1:3000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// Parses `--set` flags; prints the bad ones.
+pub fn parse_sets(sets: &[String]) -> Option<Vec<Override>> {
+    let mut parsed = Vec::new();
+    let mut ok = true;
+    for s in sets {
+        match Override::parse(s) {
+            Ok(o) => parsed.push(o),
+            Err(e) => {
+                eprintln!("--set: {e}");
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(parsed)
+}
+
+/// Loads the configuration or prints every problem.
+pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<Config> {
+    match config::load(file, std::env::vars(), sets) {
+        Ok(c) => Some(c),
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "portcullis: the configuration has {} problem(s)",
+                problems.len()
+            );
+            None
+        }
+    }
+}
+
+/// The configured JWKS, or the dev key (created in the data directory if needed).
+pub(crate) fn key_source(config: &Config) -> Result<(KeySource, String, Option<DevKey>), String> {
+    let auth = &config.auth;
+    if let Some(path) = &auth.jwks_file {
+        let issuer = auth.issuer.clone().unwrap_or_default();
+        return Ok((KeySource::File(path.clone()), issuer, None));
+    }
+    if let Some(url) = &auth.jwks_url {
+        let issuer = auth.issuer.clone().unwrap_or_default();
+        return Ok((
+            KeySource::Url {
+                url: url.clone(),
+                refresh: std::time::Duration::from_secs(auth.jwks_refresh_seconds.max(10)),
+                follow_redirects: auth.jwks_follow_redirects,
+            },
+            issuer,
+            None,
+        ));
+    }
+    portcullis_ledger::private_file::create_dir(&config.data_dir)?;
+    let (key, created) = DevKey::load_or_create(&config.data_dir)?;
+    if created {
+        tracing::info!(key = %key.path().display(), "dev signing key created");
+    }
+    let issuer = auth
+        .issuer
+        .clone()
+        .unwrap_or_else(|| String::from(DEV_ISSUER));
+    Ok((KeySource::Fixed(key.jwks()), issuer, Some(key)))
 }

@@ -11,11 +11,11 @@ use std::time::Duration;
 use portcullis_engine::snapshot::SnapshotHandle;
 
 use super::Exit;
-use super::serve::{ConfigArgs, join_audit_keeper, key_source, load_config, parse_sets};
+use super::{ConfigArgs, key_source, load_config, parse_sets};
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Gate, Health};
 use crate::follow::{self, Contact, ControlPlane, LastKnownGood};
-use crate::process::{Background, Mode};
+use crate::process::{Background, Mode, join_audit_keeper};
 use crate::reload::Reloader;
 
 /// Arguments of `proxy`.
@@ -95,7 +95,7 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Failure;
         }
     };
-    if let Err(e) = crate::embedded::create_private_dir(&config.data_dir) {
+    if let Err(e) = portcullis_ledger::private_file::create_dir(&config.data_dir) {
         tracing::error!(error = %e, "not started");
         return Exit::Failure;
     }
@@ -194,7 +194,9 @@ pub fn run(args: &Args) -> Exit {
         Reloader {
             config_file: args.config.config.clone(),
             sets,
+            #[cfg(feature = "control-plane")]
             store: None,
+            #[cfg(feature = "control-plane")]
             admin_policies: None,
             plane: Arc::clone(&plane),
             current: config.clone(),

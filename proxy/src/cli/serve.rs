@@ -9,31 +9,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Exit;
-use crate::config::{self, Config, Override};
+use super::{ConfigArgs, Exit, key_source, load_config, parse_sets};
+use crate::config::Config;
 use crate::data_plane::authn::admin::AdminJwt;
 use crate::data_plane::authn::source::KeySource;
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Health};
-use crate::devkey::{DEV_ISSUER, DevKey};
 use crate::embedded;
 use crate::metrics::METRICS;
-use crate::process::{Background, Mode};
+use crate::process::{Background, Mode, join_audit_keeper};
 use crate::reload::{self, Reloader};
 use crate::tls::ReloadingCert;
 use portcullis_admin_api::publish::{ChangeFeed, PublishMetrics, Publisher};
 use portcullis_engine::snapshot::SnapshotHandle;
-
-/// Where the configuration comes from: shared by every command that reads it.
-#[derive(Debug, clap::Args)]
-pub struct ConfigArgs {
-    /// YAML configuration file (see deploy/examples/portcullis.yaml).
-    #[arg(long, short, env = "PORTCULLIS_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Override one key, e.g. `--set upstreams.0.address=127.0.0.1:3000` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-}
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -44,39 +32,6 @@ pub struct Args {
     /// Do not load the demo data into a new store.
     #[arg(long, env = "PORTCULLIS_NO_DEMO_DATA")]
     pub no_demo_data: bool,
-}
-
-/// Parses `--set` flags; prints the bad ones.
-pub fn parse_sets(sets: &[String]) -> Option<Vec<Override>> {
-    let mut parsed = Vec::new();
-    let mut ok = true;
-    for s in sets {
-        match Override::parse(s) {
-            Ok(o) => parsed.push(o),
-            Err(e) => {
-                eprintln!("--set: {e}");
-                ok = false;
-            }
-        }
-    }
-    ok.then_some(parsed)
-}
-
-/// Loads the configuration or prints every problem.
-pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<Config> {
-    match config::load(file, std::env::vars(), sets) {
-        Ok(c) => Some(c),
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            eprintln!(
-                "portcullis: the configuration has {} problem(s)",
-                problems.len()
-            );
-            None
-        }
-    }
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -224,23 +179,6 @@ pub(crate) fn run_mode(config_args: &ConfigArgs, no_demo_data: bool, mode: Mode)
     Exit::Ok
 }
 
-/// Once every handle to the ledger is gone, its keeper thread writes what is left, signs a
-/// last checkpoint and ends; waits up to 3 s for that.
-pub(crate) fn join_audit_keeper(keeper: Option<std::thread::JoinHandle<()>>) {
-    let Some(keeper) = keeper else {
-        return;
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while !keeper.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    if !keeper.is_finished() {
-        tracing::warn!("the audit keeper did not stop in time; its last checkpoint may be missing");
-    } else if keeper.join().is_err() {
-        tracing::error!("the audit keeper failed while stopping");
-    }
-}
-
 enum Failure {
     /// Configuration, policies or keys the user must fix (exit 3).
     Input(Vec<String>),
@@ -384,35 +322,4 @@ fn describe_store(config: &Config) -> String {
         }
         portcullis_store::StoreConfig::Postgres { .. } => String::from("postgres"),
     }
-}
-
-/// The configured JWKS, or the dev key (created in the data directory if needed).
-pub(crate) fn key_source(config: &Config) -> Result<(KeySource, String, Option<DevKey>), String> {
-    let auth = &config.auth;
-    if let Some(path) = &auth.jwks_file {
-        let issuer = auth.issuer.clone().unwrap_or_default();
-        return Ok((KeySource::File(path.clone()), issuer, None));
-    }
-    if let Some(url) = &auth.jwks_url {
-        let issuer = auth.issuer.clone().unwrap_or_default();
-        return Ok((
-            KeySource::Url {
-                url: url.clone(),
-                refresh: std::time::Duration::from_secs(auth.jwks_refresh_seconds.max(10)),
-                follow_redirects: auth.jwks_follow_redirects,
-            },
-            issuer,
-            None,
-        ));
-    }
-    embedded::create_private_dir(&config.data_dir)?;
-    let (key, created) = DevKey::load_or_create(&config.data_dir)?;
-    if created {
-        tracing::info!(key = %key.path().display(), "dev signing key created");
-    }
-    let issuer = auth
-        .issuer
-        .clone()
-        .unwrap_or_else(|| String::from(DEV_ISSUER));
-    Ok((KeySource::Fixed(key.jwks()), issuer, Some(key)))
 }

@@ -1053,6 +1053,18 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             ),
         ));
     }
+    if a.redis.is_some() && !cfg!(feature = "redis-sink") {
+        problems.push(problem(
+            "audit.redis",
+            "this binary is built without the Redis sink (cargo feature `redis-sink`); use `portcullis` or a build with it",
+        ));
+    }
+    if a.sqs.is_some() && !cfg!(feature = "sqs-sink") {
+        problems.push(problem(
+            "audit.sqs",
+            "this binary is built without the SQS sink (cargo feature `sqs-sink`); use `portcullis` or a build with it",
+        ));
+    }
     if let Some(r) = &a.redis
         && !(r.url.starts_with("redis://") || r.url.starts_with("rediss://"))
     {

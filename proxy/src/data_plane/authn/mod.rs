@@ -17,6 +17,7 @@
 //! Failures are typed ([`AuthnError`]); the data plane turns them into 401 responses in one
 //! place.
 
+#[cfg(feature = "control-plane")]
 pub mod admin;
 pub mod keys;
 pub mod source;
