@@ -21,6 +21,8 @@ pub mod path;
 pub mod proxy;
 pub mod respond;
 pub mod screen;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::sync::Arc;
