@@ -28,7 +28,7 @@ use portcullis_sinks::sqs_sink::{self, SqsSinkConfig};
 use rand::Rng;
 
 use crate::config::{AuditConfig, AuditOnFull, AuditRedisConfig, AuditSqsConfig, Config};
-use crate::data_plane::Checked;
+use crate::data_plane::Verdict;
 use crate::data_plane::respond::Rejection;
 use crate::metrics::{METRICS, Outcome};
 
@@ -260,16 +260,16 @@ impl Audit {
     /// to send instead (the ledger could not take the record and dropping is not allowed).
     pub async fn record(
         &self,
-        checked: &Checked,
-        outcome: Outcome,
+        verdict: &Verdict,
         route: &str,
         band: &str,
         trace_id: Option<&str>,
     ) -> Result<(), Rejection> {
+        let outcome = verdict.outcome();
         if !self.keeps(outcome) {
             return Ok(());
         }
-        let entry = match self.encode(checked, outcome, route, band, trace_id) {
+        let entry = match self.encode(verdict, outcome, route, band, trace_id) {
             Ok(entry) => entry,
             Err(e) => {
                 tracing::error!(error = %e, "decision not recorded; request refused");
@@ -300,13 +300,13 @@ impl Audit {
     /// copied into an intermediate entry: every request that is kept takes one).
     fn encode(
         &self,
-        checked: &Checked,
+        verdict: &Verdict,
         outcome: Outcome,
         route: &str,
         band: &str,
         trace_id: Option<&str>,
     ) -> Result<EncodedEntry, EncodeError> {
-        let refusal = checked.rejection.as_ref().or(checked.shadowed.as_ref());
+        let refusal = verdict.reason();
         let decision = match outcome {
             Outcome::Allowed => "allow",
             Outcome::Public => "public",
@@ -321,14 +321,14 @@ impl Audit {
         let mut entry = EntryRef {
             ts: &ts,
             kind: RecordKind::Decision,
-            decision_id: checked.decision_id(),
+            decision_id: verdict.decision_id(),
             decision: Some(decision),
             reason: refusal.map(Rejection::reason),
             route: Some(route),
             trace_id,
             ..EntryRef::default()
         };
-        let Some(d) = &checked.subject else {
+        let Some(d) = verdict.subject() else {
             return entry.encode();
         };
         let redacting = band_redacts(band);

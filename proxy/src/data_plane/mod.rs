@@ -4,8 +4,9 @@
 //!   rest (credentials, method overrides, `Host`); [`crate::routes`] maps method + path to
 //!   a Cedar action and resource;
 //! - [`authn`] verifies the bearer token; [`context`] builds the request facts;
-//! - [`DataPlane::check`] runs those steps and the decision core, and says whether to
-//!   forward (with which identity) or to refuse (with which [`respond::Rejection`]);
+//! - [`DataPlane::check`] runs those steps and the decision core and gives a [`Verdict`]:
+//!   public, allowed (with which identity), refused (with which [`respond::Rejection`]) or,
+//!   in shadow mode, forwarded with what would have been refused;
 //! - [`proxy`] is the Pingora `ProxyHttp` that calls it for every request and also serves
 //!   the decision-only endpoint for other gateways, whose question [`gateway`] reads;
 //! - [`headers`] owns the identity headers.
@@ -226,23 +227,46 @@ pub struct Grant {
     pub decision_id: String,
 }
 
-/// The result of checking one request.
+/// What the data plane concluded about one request; each kind carries exactly what it has.
+/// The proxy, the decision endpoint, the audit record and the metrics all read it.
 #[derive(Debug, Clone)]
-pub struct Checked {
-    /// The matched route, by index.
-    pub route: Option<usize>,
-    /// For metrics.
-    pub outcome: Outcome,
-    /// What to answer instead of forwarding; `None` to forward.
-    pub rejection: Option<Rejection>,
-    /// In shadow mode, what would have been answered.
-    pub shadowed: Option<Rejection>,
-    /// Identity headers for the upstream (allowed, or authenticated in shadow mode).
-    pub grant: Option<Grant>,
-    /// The request's `Authorization` was verified (it may go on to the upstream).
-    pub credential_verified: bool,
-    /// Decision facts for the log: principal, action, resource.
-    pub subject: Option<DecisionSubject>,
+pub enum Verdict {
+    /// A public route: forwarded without credentials or a decision.
+    Public {
+        /// The matched route, by index.
+        route: usize,
+    },
+    /// Decided and allowed: forwarded with the verified identity.
+    Allow {
+        /// The matched route, by index.
+        route: usize,
+        /// The identity headers for the upstream.
+        grant: Grant,
+        /// What was decided, for the log and the audit record.
+        subject: DecisionSubject,
+    },
+    /// Refused: `rejection` is answered instead of forwarding.
+    Refuse {
+        /// The matched route, when one matched.
+        route: Option<usize>,
+        /// What is answered.
+        rejection: Rejection,
+        /// What was decided, when the refusal is a decision's.
+        subject: Option<DecisionSubject>,
+    },
+    /// Shadow mode: would have been refused with `would_refuse`; forwarded all the same.
+    Shadow {
+        /// The matched route, by index.
+        route: usize,
+        /// What enforcing would have answered.
+        would_refuse: Rejection,
+        /// The identity headers, when the caller was identified.
+        grant: Option<Grant>,
+        /// The `Authorization` verified (it may go on to the upstream).
+        credential_verified: bool,
+        /// What was decided, when a decision was made.
+        subject: Option<DecisionSubject>,
+    },
 }
 
 /// What a decision was about, for the log and the audit record.
@@ -347,42 +371,34 @@ impl DataPlane {
         headers: &HeaderMap,
         peer: Option<IpAddr>,
         forwarded: bool,
-    ) -> Checked {
-        let mut checked = Checked {
-            route: None,
-            outcome: Outcome::Error,
-            rejection: None,
-            shadowed: None,
-            grant: None,
-            credential_verified: false,
-            subject: None,
-        };
+    ) -> Verdict {
         if let Err(e) = gate
             .screen
             .check(method, target.query.as_deref(), headers, forwarded)
         {
             METRICS.bad_requests.with_label_values(&[e.code()]).inc();
-            return checked.reject(Rejection::BadRequest(e));
+            return Verdict::refused(Rejection::BadRequest(e));
         }
         if self.contact.as_ref().is_some_and(|c| c.is_stale()) {
             // Fail closed: the state may be too old to enforce.
-            return checked.reject(Rejection::Unavailable("state_stale"));
+            return Verdict::refused(Rejection::Unavailable("state_stale"));
         }
         let Some(matched) = gate.routes.find(method, &target.path) else {
-            return checked.reject(Rejection::Unmatched {
+            return Verdict::refused(Rejection::Unmatched {
                 status: gate.unmatched_status,
             });
         };
-        checked.route = Some(matched.index);
-        let route = matched.route;
+        let (index, route) = (matched.index, matched.route);
         if route.public {
-            checked.outcome = Outcome::Public;
-            return checked;
+            return Verdict::Public { route: index };
         }
-        let shadow = gate.mode == Mode::Shadow || route.shadow;
+        let refuse = Refusal {
+            route: index,
+            shadow: gate.mode == Mode::Shadow || route.shadow,
+        };
         let (Some(action), Some(resource_template)) = (&route.action, &route.resource) else {
             // A compiled protected route always has both.
-            return checked.reject(Rejection::Unavailable("route_incomplete"));
+            return refuse.unidentified(Rejection::Unavailable("route_incomplete"), false);
         };
 
         let now_ms = gate.context.now_ms();
@@ -396,7 +412,6 @@ impl DataPlane {
                 } else {
                     HOT.jwt_ok.inc();
                 }
-                checked.credential_verified = true;
                 identity
             }
             Err(e) => {
@@ -406,7 +421,7 @@ impl DataPlane {
                 } else {
                     Rejection::Unauthenticated(e)
                 };
-                return checked.reject_or_shadow(rejection, shadow);
+                return refuse.unidentified(rejection, false);
             }
         };
 
@@ -426,7 +441,7 @@ impl DataPlane {
                 now_ms,
             )
         {
-            return checked.reject_or_shadow(Rejection::SessionRevoked, shadow);
+            return refuse.unidentified(Rejection::SessionRevoked, true);
         }
         let principal_view = snapshot.principal(&identity.principal);
         let tenant = principal_view.and_then(|p| p.principal.tenant.clone());
@@ -454,13 +469,13 @@ impl DataPlane {
             } else {
                 "no_tenant"
             };
-            checked.grant = Some(grant);
-            return checked.reject_or_shadow(
+            return refuse.identified(
                 Rejection::Denied {
                     decision_id,
                     reason,
                 },
-                shadow,
+                grant,
+                None,
             );
         };
         let facts = gate
@@ -493,7 +508,7 @@ impl DataPlane {
             &HOT.decision_evaluated
         };
         histogram.observe(elapsed.as_secs_f64());
-        checked.subject = Some(DecisionSubject {
+        let subject = DecisionSubject {
             principal: identity.principal.to_string(),
             action: action.clone(),
             resource: resource.to_string(),
@@ -502,70 +517,171 @@ impl DataPlane {
             cached,
             elapsed,
             facts,
-        });
-        checked.grant = Some(Grant {
+        };
+        let grant = Grant {
             roles: effective_roles,
             ..grant
-        });
+        };
         if allowed {
-            checked.outcome = Outcome::Allowed;
-            return checked;
+            return Verdict::Allow {
+                route: index,
+                grant,
+                subject,
+            };
         }
-        checked.reject_or_shadow(
+        refuse.identified(
             Rejection::Denied {
                 decision_id,
                 reason: reason.as_str(),
             },
-            shadow,
+            grant,
+            Some(subject),
         )
     }
 }
 
-impl Checked {
-    /// A request refused before any check (ambiguous target, no upstream, untrusted
-    /// gateway).
+/// How a protected route refuses: answered, or in shadow mode only noted. A 503 is never
+/// shadowed (the data plane could not decide, so it cannot forward as if it had).
+struct Refusal {
+    route: usize,
+    shadow: bool,
+}
+
+impl Refusal {
+    /// Refused before the caller was identified; `credential_verified` when the token was
+    /// good but is refused all the same (a revoked session).
+    fn unidentified(&self, rejection: Rejection, credential_verified: bool) -> Verdict {
+        self.refuse(rejection, None, credential_verified, None)
+    }
+
+    /// Refused after the caller was identified (`grant`), with the decision if one was made.
+    fn identified(
+        &self,
+        rejection: Rejection,
+        grant: Grant,
+        subject: Option<DecisionSubject>,
+    ) -> Verdict {
+        self.refuse(rejection, Some(grant), true, subject)
+    }
+
+    fn refuse(
+        &self,
+        rejection: Rejection,
+        grant: Option<Grant>,
+        credential_verified: bool,
+        subject: Option<DecisionSubject>,
+    ) -> Verdict {
+        if self.shadow && !matches!(rejection, Rejection::Unavailable(_)) {
+            Verdict::Shadow {
+                route: self.route,
+                would_refuse: rejection,
+                grant,
+                credential_verified,
+                subject,
+            }
+        } else {
+            Verdict::Refuse {
+                route: Some(self.route),
+                rejection,
+                subject,
+            }
+        }
+    }
+}
+
+impl Verdict {
+    /// A request refused before it matched a route (ambiguous target, no upstream,
+    /// untrusted gateway, screening).
     pub fn refused(rejection: Rejection) -> Self {
-        Self {
+        Self::Refuse {
             route: None,
-            outcome: rejection.outcome(),
-            rejection: Some(rejection),
-            shadowed: None,
-            grant: None,
-            credential_verified: false,
+            rejection,
             subject: None,
+        }
+    }
+
+    /// The matched route, by index.
+    pub fn route(&self) -> Option<usize> {
+        match self {
+            Self::Public { route } | Self::Allow { route, .. } | Self::Shadow { route, .. } => {
+                Some(*route)
+            }
+            Self::Refuse { route, .. } => *route,
+        }
+    }
+
+    /// For metrics, logs and the audit record.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Public { .. } => Outcome::Public,
+            Self::Allow { .. } => Outcome::Allowed,
+            Self::Refuse { rejection, .. } => rejection.outcome(),
+            Self::Shadow { .. } => Outcome::ShadowDenied,
+        }
+    }
+
+    /// What is answered instead of forwarding; `None` to forward.
+    pub fn refusal(&self) -> Option<&Rejection> {
+        match self {
+            Self::Refuse { rejection, .. } => Some(rejection),
+            _ => None,
+        }
+    }
+
+    /// Why the request is refused, or would have been in shadow mode.
+    pub fn reason(&self) -> Option<&Rejection> {
+        match self {
+            Self::Refuse { rejection, .. } => Some(rejection),
+            Self::Shadow { would_refuse, .. } => Some(would_refuse),
+            _ => None,
+        }
+    }
+
+    /// The identity headers for the upstream: allowed, or identified in shadow mode.
+    pub fn grant(&self) -> Option<&Grant> {
+        match self {
+            Self::Allow { grant, .. } => Some(grant),
+            Self::Shadow { grant, .. } => grant.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// What was decided, when a decision was made.
+    pub fn subject(&self) -> Option<&DecisionSubject> {
+        match self {
+            Self::Allow { subject, .. } => Some(subject),
+            Self::Refuse { subject, .. } | Self::Shadow { subject, .. } => subject.as_ref(),
+            Self::Public { .. } => None,
+        }
+    }
+
+    /// Whether the caller's `Authorization` may go on to the upstream: on a public route
+    /// (the caller's own, unchecked), or when it was verified and the request is forwarded.
+    pub fn forwards_credential(&self) -> bool {
+        match self {
+            Self::Public { .. } | Self::Allow { .. } => true,
+            Self::Shadow {
+                credential_verified,
+                ..
+            } => *credential_verified,
+            Self::Refuse { .. } => false,
         }
     }
 
     /// The decision id, when a decision was made.
     pub fn decision_id(&self) -> Option<&str> {
-        fn from_rejection(r: &Rejection) -> Option<&str> {
-            match r {
-                Rejection::Denied { decision_id, .. } => Some(decision_id.as_str()),
-                _ => None,
-            }
-        }
-        self.grant
-            .as_ref()
-            .map(|g| g.decision_id.as_str())
-            .or_else(|| self.rejection.as_ref().and_then(from_rejection))
-            .or_else(|| self.shadowed.as_ref().and_then(from_rejection))
-    }
-
-    fn reject(mut self, rejection: Rejection) -> Self {
-        self.outcome = rejection.outcome();
-        self.rejection = Some(rejection);
-        self.grant = None;
-        self.credential_verified = false;
-        self
-    }
-
-    fn reject_or_shadow(mut self, rejection: Rejection, shadow: bool) -> Self {
-        if shadow && !matches!(rejection, Rejection::Unavailable(_)) {
-            self.outcome = Outcome::ShadowDenied;
-            self.shadowed = Some(rejection);
-            self
-        } else {
-            self.reject(rejection)
+        match self {
+            Self::Allow { grant, .. } => Some(&grant.decision_id),
+            Self::Refuse { rejection, .. } => rejection.decision_id(),
+            Self::Shadow {
+                grant,
+                would_refuse,
+                ..
+            } => grant
+                .as_ref()
+                .map(|g| g.decision_id.as_str())
+                .or_else(|| would_refuse.decision_id()),
+            Self::Public { .. } => None,
         }
     }
 }

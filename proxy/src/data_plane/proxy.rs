@@ -26,7 +26,7 @@ use super::headers::{self, Strip, edit_upstream_request, identity_headers, strip
 use super::path::{PathError, Target, normalize};
 use super::respond::{Rejection, bad_gateway_body};
 use super::screen;
-use super::{Checked, DataPlane, Gate, InFlight};
+use super::{DataPlane, Gate, InFlight, Verdict};
 use crate::config::ForwardCredential;
 use crate::metrics::{METRICS, Outcome};
 
@@ -36,7 +36,7 @@ pub struct RequestCtx {
     started: Instant,
     gate: Option<Arc<Gate>>,
     target: Option<Target>,
-    checked: Option<Checked>,
+    verdict: Option<Verdict>,
     upstream: Option<usize>,
     upstream_started: Option<Instant>,
     traceparent: Option<(String, String)>,
@@ -93,7 +93,7 @@ impl EnforcingProxy {
             return Ok(false);
         };
         let peer = peer_ip(session);
-        let checked =
+        let verdict =
             if peer.is_some_and(|ip| endpoint.trusted_gateways.iter().any(|n| n.contains(&ip))) {
                 let req = session.req_header();
                 let asked = original_request(
@@ -106,15 +106,15 @@ impl EnforcingProxy {
                 match asked {
                     Err(e) => {
                         METRICS.bad_requests.with_label_values(&[e.code()]).inc();
-                        Checked::refused(Rejection::BadRequest(e))
+                        Verdict::refused(Rejection::BadRequest(e))
                     }
                     Ok(asked) => match normalize(&asked.target) {
                         Err(e) => {
                             METRICS.bad_requests.with_label_values(&[e.code()]).inc();
-                            Checked::refused(Rejection::BadTarget(e))
+                            Verdict::refused(Rejection::BadTarget(e))
                         }
                         Ok(target) => {
-                            let checked = self.plane.check(
+                            let verdict = self.plane.check(
                                 gate,
                                 asked.method,
                                 &target,
@@ -123,20 +123,20 @@ impl EnforcingProxy {
                                 false,
                             );
                             ctx.target = Some(target);
-                            checked
+                            verdict
                         }
                     },
                 }
             } else {
-                Checked::refused(Rejection::UntrustedGateway)
+                Verdict::refused(Rejection::UntrustedGateway)
             };
-        let refusal = self.record(ctx, gate, checked).await;
+        let refusal = self.record(ctx, gate, verdict).await;
         if let Some(rejection) = refusal {
             rejection.send(session).await?;
             return Ok(true);
         }
         let mut header = ResponseHeader::build(200, Some(7))?;
-        if let Some(grant) = ctx.checked.as_ref().and_then(|c| c.grant.as_ref()) {
+        if let Some(grant) = ctx.verdict.as_ref().and_then(Verdict::grant) {
             for (name, value) in identity_headers(grant) {
                 header.insert_header(name, value)?;
             }
@@ -159,20 +159,19 @@ impl EnforcingProxy {
         &self,
         ctx: &mut RequestCtx,
         gate: &Gate,
-        checked: Checked,
+        verdict: Verdict,
     ) -> Option<Rejection> {
-        ctx.outcome = checked.outcome;
-        let mut refusal = checked.rejection.clone();
+        ctx.outcome = verdict.outcome();
+        let mut refusal = verdict.refusal().cloned();
         if let Some(audit) = &self.plane.audit {
             let route = gate
                 .routes
                 .routes()
-                .get(checked.route.unwrap_or(usize::MAX));
+                .get(verdict.route().unwrap_or(usize::MAX));
             let trace_id = ctx.traceparent.as_ref().map(|(_, t)| t.as_str());
             if let Err(unavailable) = audit
                 .record(
-                    &checked,
-                    checked.outcome,
+                    &verdict,
                     route.map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str()),
                     route.map_or("GREEN", |r| r.band.as_str()),
                     trace_id,
@@ -183,7 +182,7 @@ impl EnforcingProxy {
                 refusal = Some(unavailable);
             }
         }
-        ctx.checked = Some(checked);
+        ctx.verdict = Some(verdict);
         refusal
     }
 }
@@ -197,7 +196,7 @@ impl ProxyHttp for EnforcingProxy {
             started: Instant::now(),
             gate: None,
             target: None,
-            checked: None,
+            verdict: None,
             upstream: None,
             upstream_started: None,
             traceparent: None,
@@ -241,21 +240,21 @@ impl ProxyHttp for EnforcingProxy {
         } else {
             normalize(raw)
         };
-        let checked = match (host, normalized) {
+        let verdict = match (host, normalized) {
             (Err(e), _) => {
                 METRICS.bad_requests.with_label_values(&[e.code()]).inc();
-                Checked::refused(Rejection::BadRequest(e))
+                Verdict::refused(Rejection::BadRequest(e))
             }
             (_, Err(e)) => {
                 METRICS.bad_requests.with_label_values(&[e.code()]).inc();
-                Checked::refused(Rejection::BadTarget(e))
+                Verdict::refused(Rejection::BadTarget(e))
             }
             (Ok(host), Ok(mut target)) => {
                 if let Some(query) = gate.screen.strip_query(target.query.as_deref()) {
                     target.query = query;
                 }
-                let checked = match gate.upstream_for(host, &target.path) {
-                    None => Checked::refused(Rejection::NoUpstream),
+                let verdict = match gate.upstream_for(host, &target.path) {
+                    None => Verdict::refused(Rejection::NoUpstream),
                     Some(upstream) => {
                         ctx.upstream = Some(upstream);
                         self.plane.check(
@@ -269,10 +268,10 @@ impl ProxyHttp for EnforcingProxy {
                     }
                 };
                 ctx.target = Some(target);
-                checked
+                verdict
             }
         };
-        let refusal = self.record(ctx, &gate, checked).await;
+        let refusal = self.record(ctx, &gate, verdict).await;
         match refusal {
             Some(rejection) => {
                 rejection.send(session).await?;
@@ -326,9 +325,11 @@ impl ProxyHttp for EnforcingProxy {
             .as_ref()
             .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no gate"))?;
         let trusted_peer = gate.context.is_trusted(peer);
-        let checked = ctx.checked.as_ref();
         let keep_authorization = gate.forward_credential == ForwardCredential::Verified
-            && checked.is_some_and(|c| c.credential_verified || c.outcome == Outcome::Public);
+            && ctx
+                .verdict
+                .as_ref()
+                .is_some_and(Verdict::forwards_credential);
         let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         edit_upstream_request(upstream_request, |request| {
             request.uri = uri;
@@ -348,7 +349,7 @@ impl ProxyHttp for EnforcingProxy {
                     headers::value(traceparent.as_str())?,
                 );
             }
-            if let Some(grant) = ctx.checked.as_ref().and_then(|c| c.grant.as_ref()) {
+            if let Some(grant) = ctx.verdict.as_ref().and_then(Verdict::grant) {
                 for (name, value) in identity_headers(grant) {
                     map.insert(name, headers::value(value)?);
                 }
@@ -381,7 +382,7 @@ impl ProxyHttp for EnforcingProxy {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         // The client can quote the decision id when asking why; it names nothing else.
-        if let Some(id) = ctx.checked.as_ref().and_then(Checked::decision_id) {
+        if let Some(id) = ctx.verdict.as_ref().and_then(Verdict::decision_id) {
             upstream_response.insert_header(headers::DECISION_ID, id)?;
         }
         Ok(())
@@ -434,7 +435,7 @@ impl ProxyHttp for EnforcingProxy {
     ) {
         let elapsed = ctx.started.elapsed();
         let route = ctx.gate.as_ref().map_or(crate::metrics::NO_ROUTE, |g| {
-            g.route_name(ctx.checked.as_ref().and_then(|c| c.route))
+            g.route_name(ctx.verdict.as_ref().and_then(Verdict::route))
         });
         let outcome = if error.is_some() && ctx.outcome == Outcome::Allowed {
             Outcome::Error
@@ -444,7 +445,7 @@ impl ProxyHttp for EnforcingProxy {
         let route_metrics = ctx
             .gate
             .as_ref()
-            .and_then(|g| g.route_metrics(ctx.checked.as_ref().and_then(|c| c.route)));
+            .and_then(|g| g.route_metrics(ctx.verdict.as_ref().and_then(Verdict::route)));
         if let Some(m) = route_metrics {
             m.count(outcome);
             if let Some(started) = ctx.upstream_started {
@@ -452,10 +453,10 @@ impl ProxyHttp for EnforcingProxy {
             }
         }
         METRICS.request_seconds.observe(elapsed.as_secs_f64());
-        let checked = ctx.checked.as_ref();
-        let refusal = checked.and_then(|c| c.rejection.as_ref().or(c.shadowed.as_ref()));
-        let subject = checked.and_then(|c| c.subject.as_ref());
-        let decision_id = checked.and_then(Checked::decision_id);
+        let verdict = ctx.verdict.as_ref();
+        let refusal = verdict.and_then(Verdict::reason);
+        let subject = verdict.and_then(Verdict::subject);
+        let decision_id = verdict.and_then(Verdict::decision_id);
         let trace_id = ctx.traceparent.as_ref().map(|(_, t)| t.as_str());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if matches!(

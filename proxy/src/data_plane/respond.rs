@@ -63,6 +63,14 @@ struct Body<'a> {
 }
 
 impl Rejection {
+    /// The decision id of a decision's refusal.
+    pub fn decision_id(&self) -> Option<&str> {
+        match self {
+            Self::Denied { decision_id, .. } => Some(decision_id),
+            _ => None,
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {

@@ -19,7 +19,7 @@ use super::authn::source::KeySource;
 use super::authn::{AuthSettings, Authenticator, AuthnError};
 use super::path::Target;
 use super::respond::Rejection;
-use super::{Checked, DataPlane, Gate, Health};
+use super::{DataPlane, Gate, Health, Verdict};
 use crate::config::{self, Override};
 use crate::devkey::{DEV_ISSUER, DevKey};
 use crate::follow::Contact;
@@ -130,7 +130,7 @@ impl Fixture {
     }
 
     /// Checks `method target` with `headers` (`name: value`) as Portcullis forwarding it.
-    fn check(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Checked {
+    fn check(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Verdict {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(
@@ -152,7 +152,7 @@ impl Fixture {
         )
     }
 
-    fn as_user(&self, sub: &str, method: &str, target: &str) -> Checked {
+    fn as_user(&self, sub: &str, method: &str, target: &str) -> Verdict {
         let bearer = format!("Bearer {}", self.token(sub, json!({})));
         self.check(method, target, &[("authorization", &bearer)])
     }
@@ -163,10 +163,17 @@ const MEDICAL: &str = "/v1/spaces/family/documents/medical";
 /// Unclassified: alice (guardian of the space) and carol (its guest) may read it.
 const GROCERIES: &str = "/v1/spaces/family/documents/groceries";
 
-fn denied_reason(checked: &Checked) -> Option<&'static str> {
-    match (&checked.rejection, &checked.shadowed) {
-        (Some(Rejection::Denied { reason, .. }), _)
-        | (None, Some(Rejection::Denied { reason, .. })) => Some(reason),
+fn denied_reason(checked: &Verdict) -> Option<&'static str> {
+    match checked.reason() {
+        Some(Rejection::Denied { reason, .. }) => Some(reason),
+        _ => None,
+    }
+}
+
+/// What shadow mode noted instead of answering.
+fn shadowed(checked: &Verdict) -> Option<&Rejection> {
+    match checked {
+        Verdict::Shadow { would_refuse, .. } => Some(would_refuse),
         _ => None,
     }
 }
@@ -175,10 +182,10 @@ fn denied_reason(checked: &Checked) -> Option<&'static str> {
 fn screen_a_method_override_is_refused_before_anything_else() {
     let f = fixture(&[], true, Vec::new());
     let checked = f.check("POST", MEDICAL, &[("x-http-method-override", "DELETE")]);
-    assert_eq!(checked.outcome, Outcome::BadRequest);
-    assert!(matches!(checked.rejection, Some(Rejection::BadRequest(_))));
-    assert_eq!(checked.route, None);
-    assert!(checked.grant.is_none() && checked.subject.is_none());
+    assert_eq!(checked.outcome(), Outcome::BadRequest);
+    assert!(matches!(checked.refusal(), Some(Rejection::BadRequest(_))));
+    assert_eq!(checked.route(), None);
+    assert!(checked.grant().is_none() && checked.subject().is_none());
 }
 
 #[test]
@@ -190,9 +197,9 @@ fn staleness_past_the_limit_fails_closed_even_for_a_good_token() {
         jiff::Timestamp::now().as_millisecond() - 600_000,
     )));
     let checked = f.as_user("alice", "GET", MEDICAL);
-    assert_eq!(checked.outcome, Outcome::Unavailable);
+    assert_eq!(checked.outcome(), Outcome::Unavailable);
     assert!(matches!(
-        checked.rejection,
+        checked.refusal(),
         Some(Rejection::Unavailable("state_stale"))
     ));
     // Within the limit: decided as usual.
@@ -201,7 +208,7 @@ fn staleness_past_the_limit_fails_closed_even_for_a_good_token() {
         jiff::Timestamp::now().as_millisecond(),
     )));
     assert_eq!(
-        f.as_user("alice", "GET", GROCERIES).outcome,
+        f.as_user("alice", "GET", GROCERIES).outcome(),
         Outcome::Allowed
     );
 }
@@ -214,13 +221,13 @@ fn routing_no_route_is_refused_with_the_configured_status() {
     ] {
         let f = fixture(sets, true, Vec::new());
         let checked = f.as_user("alice", "GET", "/v1/nowhere");
-        assert_eq!(checked.outcome, Outcome::Unmatched);
+        assert_eq!(checked.outcome(), Outcome::Unmatched);
         assert!(
-            matches!(checked.rejection, Some(Rejection::Unmatched { status: s }) if s == status)
+            matches!(checked.refusal(), Some(Rejection::Unmatched { status: s }) if *s == status)
         );
         // The method is part of the route: a known path with another method is no route.
         assert_eq!(
-            f.as_user("alice", "TRACE", MEDICAL).outcome,
+            f.as_user("alice", "TRACE", MEDICAL).outcome(),
             Outcome::Unmatched
         );
     }
@@ -230,11 +237,11 @@ fn routing_no_route_is_refused_with_the_configured_status() {
 fn routing_a_public_route_is_forwarded_without_credentials_or_decision() {
     let f = fixture(&[], false, Vec::new());
     let checked = f.check("GET", "/healthz", &[]);
-    assert_eq!(checked.outcome, Outcome::Public);
-    assert!(checked.rejection.is_none() && checked.shadowed.is_none());
-    assert!(checked.grant.is_none() && checked.subject.is_none());
-    assert!(!checked.credential_verified);
-    assert_eq!(f.gate.route_name(checked.route), "healthz");
+    assert_eq!(checked.outcome(), Outcome::Public);
+    assert!(checked.refusal().is_none() && shadowed(&checked).is_none());
+    assert!(checked.grant().is_none() && checked.subject().is_none());
+    assert!(checked.forwards_credential(), "the caller's own, unchecked");
+    assert_eq!(f.gate.route_name(checked.route()), "healthz");
 }
 
 #[test]
@@ -242,12 +249,12 @@ fn authentication_without_keys_is_unavailable_not_unauthenticated_even_in_shadow
     for sets in [&[][..], &["enforcement.mode=shadow"][..]] {
         let f = fixture(sets, false, Vec::new());
         let checked = f.as_user("alice", "GET", MEDICAL);
-        assert_eq!(checked.outcome, Outcome::Unavailable, "{sets:?}");
+        assert_eq!(checked.outcome(), Outcome::Unavailable, "{sets:?}");
         assert!(matches!(
-            checked.rejection,
+            checked.refusal(),
             Some(Rejection::Unavailable("keys_not_loaded"))
         ));
-        assert!(checked.shadowed.is_none());
+        assert!(shadowed(&checked).is_none());
     }
 }
 
@@ -255,34 +262,34 @@ fn authentication_without_keys_is_unavailable_not_unauthenticated_even_in_shadow
 fn authentication_a_missing_or_bad_token_is_refused_and_shadowed_in_shadow_mode() {
     let f = fixture(&[], true, Vec::new());
     let checked = f.check("GET", MEDICAL, &[]);
-    assert_eq!(checked.outcome, Outcome::Unauthenticated);
+    assert_eq!(checked.outcome(), Outcome::Unauthenticated);
     assert!(matches!(
-        checked.rejection,
+        checked.refusal(),
         Some(Rejection::Unauthenticated(_))
     ));
     let forged = format!("Bearer {}x", f.token("alice", json!({})));
     let checked = f.check("GET", MEDICAL, &[("authorization", &forged)]);
     assert!(
         matches!(
-            checked.rejection,
+            checked.refusal(),
             Some(Rejection::Unauthenticated(
                 AuthnError::BadSignature | AuthnError::Malformed
             ))
         ),
         "{:?}",
-        checked.rejection
+        checked.refusal()
     );
-    assert!(!checked.credential_verified);
+    assert!(!checked.forwards_credential());
 
     let shadow = fixture(&["enforcement.mode=shadow"], true, Vec::new());
     let checked = shadow.check("GET", MEDICAL, &[]);
-    assert_eq!(checked.outcome, Outcome::ShadowDenied);
-    assert!(checked.rejection.is_none(), "shadow mode forwards");
+    assert_eq!(checked.outcome(), Outcome::ShadowDenied);
+    assert!(checked.refusal().is_none(), "shadow mode forwards");
     assert!(matches!(
-        checked.shadowed,
+        shadowed(&checked),
         Some(Rejection::Unauthenticated(_))
     ));
-    assert!(checked.grant.is_none() && !checked.credential_verified);
+    assert!(checked.grant().is_none() && !checked.forwards_credential());
 }
 
 #[test]
@@ -296,12 +303,12 @@ fn revocation_a_revoked_session_is_refused_and_other_sessions_are_not() {
     let f = fixture(&[], true, vec![revoked]);
     let stolen = format!("Bearer {}", f.token("alice", json!({"sid": "s-stolen"})));
     let checked = f.check("GET", MEDICAL, &[("authorization", &stolen)]);
-    assert_eq!(checked.outcome, Outcome::Unauthenticated);
-    assert!(matches!(checked.rejection, Some(Rejection::SessionRevoked)));
-    assert!(checked.grant.is_none() && !checked.credential_verified);
+    assert_eq!(checked.outcome(), Outcome::Unauthenticated);
+    assert!(matches!(checked.refusal(), Some(Rejection::SessionRevoked)));
+    assert!(checked.grant().is_none() && !checked.forwards_credential());
     let other = format!("Bearer {}", f.token("alice", json!({"sid": "s-other"})));
     let checked = f.check("GET", GROCERIES, &[("authorization", &other)]);
-    assert_eq!(checked.outcome, Outcome::Allowed);
+    assert_eq!(checked.outcome(), Outcome::Allowed);
 }
 
 #[test]
@@ -309,15 +316,15 @@ fn resource_resolution_an_unknown_principal_has_no_tenant_for_tenant_routes() {
     let f = fixture(&[], true, Vec::new());
     // `/v1/spaces` names the caller's tenant (`{$tenant}`): a stranger has none.
     let checked = f.as_user("stranger", "GET", "/v1/spaces");
-    assert_eq!(checked.outcome, Outcome::Denied);
+    assert_eq!(checked.outcome(), Outcome::Denied);
     assert_eq!(denied_reason(&checked), Some("unknown_principal"));
-    assert!(checked.grant.is_none(), "a refusal forwards no identity");
-    assert!(checked.subject.is_none(), "no decision was made");
+    assert!(checked.grant().is_none(), "a refusal forwards no identity");
+    assert!(checked.subject().is_none(), "no decision was made");
     // A principal the store knows has a tenant: the same route is decided for it.
     let known = f.as_user("alice", "GET", "/v1/spaces");
-    assert!(known.subject.is_some(), "decided");
+    assert!(known.subject().is_some(), "decided");
     assert_eq!(
-        known.subject.as_ref().map(|s| s.resource.as_str()),
+        known.subject().map(|s| s.resource.as_str()),
         Some(r#"Tenant::"household""#)
     );
 }
@@ -326,20 +333,20 @@ fn resource_resolution_an_unknown_principal_has_no_tenant_for_tenant_routes() {
 fn decision_allowed_forwards_the_identity_with_its_roles() {
     let f = fixture(&[], true, Vec::new());
     let checked = f.as_user("alice", "GET", GROCERIES);
-    assert_eq!(checked.outcome, Outcome::Allowed);
-    assert!(checked.rejection.is_none() && checked.shadowed.is_none());
-    assert!(checked.credential_verified);
-    let grant = checked.grant.as_ref().unwrap();
+    assert_eq!(checked.outcome(), Outcome::Allowed);
+    assert!(checked.refusal().is_none() && shadowed(&checked).is_none());
+    assert!(checked.forwards_credential());
+    let grant = checked.grant().unwrap();
     assert_eq!(grant.subject, "alice");
     assert_eq!(grant.principal_type, "user");
     assert_eq!(grant.tenant.as_deref(), Some("household"));
     assert_eq!(grant.roles, ["guardian"]);
-    let subject = checked.subject.as_ref().unwrap();
+    let subject = checked.subject().unwrap();
     assert_eq!(subject.action, "document.read");
     assert_eq!(subject.resource, r#"Document::"groceries""#);
     assert!(!subject.policies.is_empty());
     assert_eq!(checked.decision_id(), Some(grant.decision_id.as_str()));
-    assert_eq!(f.gate.route_name(checked.route), "get_document");
+    assert_eq!(f.gate.route_name(checked.route()), "get_document");
 }
 
 #[test]
@@ -347,32 +354,32 @@ fn decision_denied_is_refused_with_its_reason_and_shadowed_in_shadow_mode() {
     let f = fixture(&[], true, Vec::new());
     // Carol is a guest of the groceries list only.
     let checked = f.as_user("carol", "GET", MEDICAL);
-    assert_eq!(checked.outcome, Outcome::Denied);
+    assert_eq!(checked.outcome(), Outcome::Denied);
     assert!(denied_reason(&checked).is_some());
-    assert!(checked.grant.is_none(), "a refusal forwards no identity");
+    assert!(checked.grant().is_none(), "a refusal forwards no identity");
     assert!(
-        checked.subject.is_some(),
+        checked.subject().is_some(),
         "the decision is kept for the log and audit"
     );
     assert!(checked.decision_id().is_some());
     // A suspended principal is denied whatever its roles.
     assert_eq!(
-        f.as_user("mallory", "GET", MEDICAL).outcome,
+        f.as_user("mallory", "GET", MEDICAL).outcome(),
         Outcome::Denied
     );
 
     let shadow = fixture(&["enforcement.mode=shadow"], true, Vec::new());
     let checked = shadow.as_user("carol", "GET", MEDICAL);
-    assert_eq!(checked.outcome, Outcome::ShadowDenied);
-    assert!(checked.rejection.is_none(), "shadow mode forwards");
-    assert!(matches!(checked.shadowed, Some(Rejection::Denied { .. })));
+    assert_eq!(checked.outcome(), Outcome::ShadowDenied);
+    assert!(checked.refusal().is_none(), "shadow mode forwards");
+    assert!(matches!(shadowed(&checked), Some(Rejection::Denied { .. })));
     assert!(
-        checked.grant.is_some(),
+        checked.grant().is_some(),
         "forwarded with the verified identity"
     );
     // Shadow mode does not turn an allow into anything else.
     assert_eq!(
-        shadow.as_user("alice", "GET", GROCERIES).outcome,
+        shadow.as_user("alice", "GET", GROCERIES).outcome(),
         Outcome::Allowed
     );
 }
