@@ -3,7 +3,10 @@
 //! as the control plane publishes it, heartbeats between) and apply each update; reconnect
 //! with a jittered backoff of at most a second when the stream breaks or falls silent. The
 //! whole state is kept as a sealed last-known-good file ([`LastKnownGood`], written
-//! atomically), to start from when the control plane cannot be reached.
+//! atomically), to start from when the control plane cannot be reached. It is written by a
+//! thread of its own ([`Keeper`]), never on the async runtime: an update is written as soon
+//! as the writer is free, and the updates that arrive while it writes go out together in
+//! the next write, not one whole-state write each.
 //!
 //! Contact is tracked: every event counts. Past `control_plane.max_staleness_seconds`
 //! without one, the data plane fails closed (503) and `/readyz` says why, until contact
@@ -347,16 +350,14 @@ pub async fn bootstrap(control: &ControlPlane, file: &LastKnownGood) -> (StoreSt
 /// keeps the last-known-good file current, tracks contact, reconnects with backoff.
 pub async fn follow(
     control: ControlPlane,
-    state: StoreState,
     handle: Arc<SnapshotHandle>,
-    file: LastKnownGood,
+    keeper: Keeper,
     contact: Arc<Contact>,
     heartbeat: Duration,
 ) {
     let mut follower = Follower {
-        state,
         handle,
-        file,
+        keeper,
         contact,
         refused: None,
     };
@@ -387,9 +388,8 @@ pub async fn follow(
 
 /// What the follower keeps between streams.
 struct Follower {
-    state: StoreState,
     handle: Arc<SnapshotHandle>,
-    file: LastKnownGood,
+    keeper: Keeper,
     contact: Arc<Contact>,
     /// A refused update is not retried until the control plane moves past it.
     refused: Option<i64>,
@@ -411,7 +411,7 @@ impl Follower {
                 .ok_or_else(|| String::from("the control plane closed the change stream"))?;
             for event in parser.push(&chunk) {
                 self.contact.reached();
-                self.file.touch();
+                self.keeper.send(Keep::Confirm);
                 if event.event == "update" {
                     let update: SnapshotUpdate = serde_json::from_str(&event.data)
                         .map_err(|e| format!("/v1/watch: an update that does not parse: {e}"))?;
@@ -435,10 +435,7 @@ impl Follower {
                     .snapshot_updates
                     .with_label_values(&["applied"])
                     .inc();
-                self.state.apply(update);
-                if let Err(e) = self.file.save(&self.state) {
-                    tracing::warn!(error = %e, "last-known-good state not saved");
-                }
+                self.keeper.send(Keep::Apply(Box::new(update)));
                 tracing::info!(
                     revision = applied,
                     "snapshot updated from the control plane"
@@ -452,6 +449,64 @@ impl Follower {
                     .inc();
                 tracing::error!(error = %e, revision = target, "control-plane update refused; keeping the snapshot in force");
             }
+        }
+    }
+}
+
+/// What the last-known-good writer is asked to do.
+#[derive(Debug)]
+pub enum Keep {
+    /// Apply an update the snapshot took, and write the state.
+    Apply(Box<SnapshotUpdate>),
+    /// The control plane was heard from: the file's state is current as of now.
+    Confirm,
+}
+
+/// Keeps the last-known-good file in step with the snapshot, on a thread of its own: the
+/// follower hands it each applied update and each contact and never waits for the disk.
+/// While it writes, what arrives queues up, and is applied and written at once after. When
+/// the follower goes, the thread writes what is pending and ends; a process that exits
+/// first loses at most that write (the file is replaced whole, never torn).
+#[derive(Debug)]
+pub struct Keeper {
+    queue: std::sync::mpsc::Sender<Keep>,
+}
+
+impl Keeper {
+    /// Starts the writer over `state` (already in the file).
+    pub fn start(file: LastKnownGood, mut state: StoreState) -> Result<Self, String> {
+        let (queue, pending) = std::sync::mpsc::channel::<Keep>();
+        std::thread::Builder::new()
+            .name(String::from("portcullis-lkg"))
+            .spawn(move || {
+                while let Ok(first) = pending.recv() {
+                    let (mut changed, mut confirmed) = (false, false);
+                    for keep in std::iter::once(first).chain(pending.try_iter()) {
+                        match keep {
+                            Keep::Apply(update) => {
+                                state.apply(*update);
+                                changed = true;
+                            }
+                            Keep::Confirm => confirmed = true,
+                        }
+                    }
+                    if changed {
+                        if let Err(e) = file.save(&state) {
+                            tracing::warn!(error = %e, "last-known-good state not saved");
+                        }
+                    } else if confirmed {
+                        file.touch();
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the last-known-good writer: {e}"))?;
+        Ok(Self { queue })
+    }
+
+    /// Hands `keep` to the writer; never blocks.
+    pub fn send(&self, keep: Keep) {
+        if self.queue.send(keep).is_err() {
+            tracing::warn!("the last-known-good writer has stopped; the file is not kept");
         }
     }
 }
@@ -470,6 +525,55 @@ mod tests {
             revision: 7,
             ..StoreState::default()
         }
+    }
+
+    /// Waits up to 5 s for the file to hold `revision`.
+    fn wait_for_revision(file: &LastKnownGood, revision: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while file.load().map(|s| s.revision).ok() != Some(revision) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the file never reached revision {revision}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_keeper_writes_each_update_off_the_caller_and_what_is_pending_when_dropped() {
+        let dir = std::env::temp_dir().join(format!("portcullis-keeper-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("last-known-good.json");
+        let file = || LastKnownGood::new(path.clone(), "token").unwrap();
+        file().save(&state()).unwrap();
+        let rebuild = |revision| {
+            Keep::Apply(Box::new(SnapshotUpdate::Rebuild(StoreState {
+                revision,
+                ..StoreState::default()
+            })))
+        };
+
+        let keeper = Keeper::start(file(), state()).unwrap();
+        // One update is written without the keeper being asked again.
+        keeper.send(rebuild(8));
+        wait_for_revision(&file(), 8);
+        // A contact refreshes the file's confirmation time, its state unchanged.
+        let before = file().confirmed_at();
+        std::thread::sleep(Duration::from_millis(20));
+        keeper.send(Keep::Confirm);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while file().confirmed_at() == before {
+            assert!(std::time::Instant::now() < deadline, "never confirmed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(file().load().unwrap().revision, 8);
+        // A burst: whatever is pending when the follower goes is written last.
+        for revision in 9..=40 {
+            keeper.send(rebuild(revision));
+        }
+        drop(keeper);
+        wait_for_revision(&file(), 40);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

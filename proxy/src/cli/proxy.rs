@@ -14,7 +14,7 @@ use super::Exit;
 use super::{ConfigArgs, key_source, load_config, parse_sets};
 use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Gate, Health};
-use crate::follow::{self, Contact, ControlPlane, LastKnownGood};
+use crate::follow::{self, Contact, ControlPlane, Keeper, LastKnownGood};
 use crate::process::{Background, Mode, join_audit_keeper};
 use crate::reload::Reloader;
 
@@ -172,11 +172,17 @@ pub fn run(args: &Args) -> Exit {
         state_file = %state_file.path().display(),
         "portcullis proxy starting"
     );
+    let keeper = match Keeper::start(state_file, state) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "not started");
+            return Exit::Failure;
+        }
+    };
     background.spawn(follow::follow(
         control,
-        state,
         Arc::clone(&plane.snapshot),
-        state_file,
+        keeper,
         contact,
         Duration::from_millis(cp.heartbeat_ms),
     ));
