@@ -7,12 +7,16 @@
 //! - [`server`], [`ops`], [`tls`]: the listeners, health and metrics, the HTTPS certificate;
 //!   [`head_deadline`]: the deadline for a whole request head;
 //! - [`audit`]: what the data plane writes into the decision audit ledger;
-//! - [`config`], [`reload`]: the configuration and its live reload;
+//! - [`config`], [`reload`]: the configuration and its live reload; [`prepare`]: the
+//!   data plane's settings made from it (the data plane reads no configuration);
 //! - [`embedded`], [`devkey`]: the embedded store and dev key of `portcullis serve`;
+//!   [`admin_jwt`]: admin JWTs for the admin API, verified with the data plane's keys;
 //! - [`follow`]: how `portcullis proxy` follows a control plane, with a last-known-good file;
 //! - [`policy_dir`], [`routes`], [`policy_tests`]: policy as code;
 //! - [`cli`]: one module per subcommand.
 
+#[cfg(feature = "control-plane")]
+pub mod admin_jwt;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -28,6 +32,7 @@ pub mod ops;
 pub mod policy_dir;
 #[cfg(feature = "control-plane")]
 pub mod policy_tests;
+pub mod prepare;
 pub mod process;
 pub mod reload;
 pub mod routes;

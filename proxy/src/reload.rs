@@ -78,7 +78,7 @@ pub fn gate(config: &Config, compiled: CompiledDir) -> Result<Gate, Vec<String>>
     let routes = compiled
         .routes
         .ok_or_else(|| vec![String::from("no route map")])?;
-    Gate::new(config, routes).map_err(|e| vec![e])
+    crate::prepare::gate(config, routes).map_err(|e| vec![e])
 }
 
 /// What is watched for changes: (path, modified, length).
@@ -218,7 +218,7 @@ impl Reloader {
             return Ok(gate);
         }
         let routes = local_route_map(next, self.plane.snapshot.load().policies())?;
-        Gate::new(next, routes).map_err(|e| vec![e])
+        crate::prepare::gate(next, routes).map_err(|e| vec![e])
     }
 
     /// Waits until the follower has brought the snapshot to the store's revision, so the

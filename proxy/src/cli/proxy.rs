@@ -12,8 +12,8 @@ use portcullis_engine::snapshot::SnapshotHandle;
 
 use super::Exit;
 use super::{ConfigArgs, key_source, load_config, parse_sets};
-use crate::data_plane::authn::{AuthSettings, Authenticator};
-use crate::data_plane::{DataPlane, Gate, Health};
+use crate::data_plane::authn::Authenticator;
+use crate::data_plane::{DataPlane, Health};
 use crate::follow::{self, Contact, ControlPlane, Keeper, LastKnownGood};
 use crate::process::{Background, Mode, join_audit_keeper};
 use crate::reload::Reloader;
@@ -108,7 +108,7 @@ pub fn run(args: &Args) -> Exit {
         }
     };
     let gate = match crate::reload::local_route_map(&config, snapshot.policies())
-        .and_then(|routes| Gate::new(&config, routes).map_err(|e| vec![e]))
+        .and_then(|routes| crate::prepare::gate(&config, routes).map_err(|e| vec![e]))
     {
         Ok(g) => g,
         Err(problems) => {
@@ -125,7 +125,7 @@ pub fn run(args: &Args) -> Exit {
             return Exit::InvalidInput;
         }
     };
-    let authn = match AuthSettings::new(&config.auth, issuer) {
+    let authn = match crate::prepare::auth_settings(&config.auth, issuer) {
         Ok(s) => Arc::new(Authenticator::new(s, config.auth.token_cache_entries)),
         Err(e) => {
             eprintln!("{e}");

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ConfigArgs, Exit, key_source, load_config, parse_sets};
+use crate::admin_jwt::AdminJwt;
 use crate::config::Config;
-use crate::data_plane::authn::admin::AdminJwt;
+use crate::data_plane::authn::Authenticator;
 use crate::data_plane::authn::source::KeySource;
-use crate::data_plane::authn::{AuthSettings, Authenticator};
 use crate::data_plane::{DataPlane, Health};
 use crate::embedded;
 use crate::metrics::METRICS;
@@ -211,8 +211,8 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
     let gate = reload::gate(config, compiled).map_err(Failure::Input)?;
 
     let (keys, issuer, dev_key) = key_source(config).map_err(|e| Failure::Input(vec![e]))?;
-    let settings =
-        AuthSettings::new(&config.auth, issuer.clone()).map_err(|e| Failure::Input(vec![e]))?;
+    let settings = crate::prepare::auth_settings(&config.auth, issuer.clone())
+        .map_err(|e| Failure::Input(vec![e]))?;
     let authn = Arc::new(Authenticator::new(
         settings,
         config.auth.token_cache_entries,

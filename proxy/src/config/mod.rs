@@ -16,8 +16,10 @@ mod overrides;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::data_plane::authn::ClaimNames;
 use crate::data_plane::gateway::GatewayKind;
 use crate::data_plane::screen::MethodOverride;
+use crate::data_plane::{EnforcementMode, ForwardCredential};
 use portcullis_ledger::RedactionMasks;
 use portcullis_ledger::tail::SinkFormat;
 use serde::{Deserialize, Serialize};
@@ -321,23 +323,11 @@ pub struct AuthConfig {
     /// Verified tokens kept (each until its `exp`).
     pub token_cache_entries: u64,
     /// Which claims mean what.
-    pub claims: ClaimsConfig,
+    pub claims: ClaimNames,
     /// Whether the upstream receives the caller's `Authorization`: `verified` (on a
     /// protected route only the credential that was verified, never an unverified one) or
     /// `none`.
     pub forward_credential: ForwardCredential,
-}
-
-/// What becomes of the caller's `Authorization` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ForwardCredential {
-    /// Forwarded when it was verified (protected routes) or, on a public route, as sent;
-    /// removed when it did not verify (shadow mode).
-    #[default]
-    Verified,
-    /// Never forwarded.
-    None,
 }
 
 impl Default for AuthConfig {
@@ -358,47 +348,8 @@ impl Default for AuthConfig {
             leeway_seconds: 30,
             max_token_bytes: 8_192,
             token_cache_entries: 100_000,
-            claims: ClaimsConfig::default(),
+            claims: ClaimNames::default(),
             forward_credential: ForwardCredential::Verified,
-        }
-    }
-}
-
-/// Claim names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClaimsConfig {
-    /// The principal id.
-    pub subject: String,
-    /// The principal's tenant (informational: the store's tenant is authoritative).
-    pub tenant: String,
-    /// Risk score 0..100.
-    pub risk_score: String,
-    /// Device id.
-    pub device_id: String,
-    /// `amr` values that count as a second factor.
-    pub mfa_amr: Vec<String>,
-    /// `acr` values that count as a second factor.
-    pub mfa_acr: Vec<String>,
-    /// A token is a service's (client credentials) when this claim ...
-    pub service_claim: String,
-    /// ... has this value.
-    pub service_value: String,
-}
-
-impl Default for ClaimsConfig {
-    fn default() -> Self {
-        Self {
-            subject: String::from("sub"),
-            tenant: String::from("tenant"),
-            risk_score: String::from("risk_score"),
-            device_id: String::from("device_id"),
-            mfa_amr: ["mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "pop"]
-                .map(String::from)
-                .to_vec(),
-            mfa_acr: Vec::new(),
-            service_claim: String::from("gty"),
-            service_value: String::from("client-credentials"),
         }
     }
 }
@@ -436,7 +387,7 @@ impl Default for ContextConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EnforcementConfig {
     /// `enforce`, or `shadow` (decide, count and log, but forward everything).
-    pub mode: Mode,
+    pub mode: EnforcementMode,
     /// Status for requests no route matches: 403 or 404.
     pub unmatched_status: u16,
     /// A method-override header or parameter naming another method: `refuse` (400) or
@@ -449,22 +400,12 @@ pub struct EnforcementConfig {
 impl Default for EnforcementConfig {
     fn default() -> Self {
         Self {
-            mode: Mode::Enforce,
+            mode: EnforcementMode::Enforce,
             unmatched_status: 403,
             method_override: MethodOverride::Refuse,
             method_override_query: Vec::new(),
         }
     }
-}
-
-/// Enforcement mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Denied requests are refused.
-    Enforce,
-    /// Denied requests are counted and logged, and forwarded.
-    Shadow,
 }
 
 /// The decision endpoint (nginx `auth_request`, Envoy ext_authz HTTP, Traefik forwardAuth).

@@ -9,7 +9,6 @@ use ipnet::IpNet;
 use portcullis_engine::decision::{LocalTime, RequestFacts};
 
 use super::authn::Identity;
-use crate::config::{ContextConfig, parse_cidr};
 
 /// Context settings, parsed once.
 #[derive(Debug, Clone)]
@@ -43,35 +42,23 @@ pub fn ip_text(ip: IpAddr) -> String {
 }
 
 impl ContextSettings {
-    /// From validated configuration.
-    pub fn new(config: &ContextConfig) -> Result<Self, String> {
-        let time_zone = jiff::tz::TimeZone::get(&config.time_zone)
-            .map_err(|e| format!("context.time_zone: {e}"))?;
-        let fixed_now_ms = config
-            .fixed_time
-            .as_deref()
-            .map(|t| {
-                t.parse::<jiff::Timestamp>()
-                    .map(|ts| ts.as_millisecond())
-                    .map_err(|e| format!("context.fixed_time: {e}"))
-            })
-            .transpose()?;
-        let trusted_hops = config
-            .trusted_hops
-            .iter()
-            .map(|c| parse_cidr(c).ok_or_else(|| format!("context.trusted_hops: `{c}`")))
-            .collect::<Result<_, _>>()?;
-        let header = |name: &str, key: &str| {
-            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                .map_err(|_| format!("{key}: `{name}` is not a header name"))
-        };
-        Ok(Self {
+    /// Settings of parsed values (see `crate::prepare::context`): the time zone local
+    /// hours and weekdays are read in, a pinned clock (tests and demos), the peers whose
+    /// forwarded headers are trusted, and the headers carrying a risk score and a device id.
+    pub fn new(
+        time_zone: jiff::tz::TimeZone,
+        fixed_now_ms: Option<i64>,
+        trusted_hops: Vec<IpNet>,
+        risk_header: HeaderName,
+        device_header: HeaderName,
+    ) -> Self {
+        Self {
             time_zone,
             fixed_now_ms,
             trusted_hops,
-            risk_header: header(&config.risk_header, "context.risk_header")?,
-            device_header: header(&config.device_header, "context.device_header")?,
-        })
+            risk_header,
+            device_header,
+        }
     }
 
     /// Whether the clock is pinned (`context.fixed_time`).
@@ -170,11 +157,11 @@ mod tests {
     use portcullis_model::principal_ref;
 
     fn settings(hops: &[&str]) -> ContextSettings {
-        ContextSettings::new(&ContextConfig {
+        crate::prepare::context(&crate::config::ContextConfig {
             time_zone: String::from("Europe/Berlin"),
             fixed_time: Some(String::from("2026-01-05T08:30:00Z")),
             trusted_hops: hops.iter().map(|s| s.to_string()).collect(),
-            ..ContextConfig::default()
+            ..crate::config::ContextConfig::default()
         })
         .unwrap()
     }

@@ -36,8 +36,8 @@ use ipnet::IpNet;
 use portcullis_engine::decision::{Decision, DecisionRequest, RequestFacts, decide};
 use portcullis_engine::snapshot::SnapshotHandle;
 use portcullis_model::PrincipalKind;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ForwardCredential, Mode, parse_cidr, split_host_port};
 use crate::metrics::{HOT, METRICS, Outcome, RouteMetrics};
 use crate::routes::RouteMap;
 use authn::Authenticator;
@@ -107,7 +107,7 @@ pub struct Gate {
     /// The compiled route map.
     pub routes: RouteMap,
     /// Enforce or shadow.
-    pub mode: Mode,
+    pub mode: EnforcementMode,
     /// 403 or 404 for unmatched requests.
     pub unmatched_status: u16,
     /// Context settings.
@@ -124,71 +124,77 @@ pub struct Gate {
     route_metrics: Vec<RouteMetrics>,
 }
 
+/// Everything of a [`Gate`] but its route map, prepared from the configuration by the
+/// application.
+#[derive(Debug)]
+pub struct GateSettings {
+    /// Enforce or shadow.
+    pub mode: EnforcementMode,
+    /// 403 or 404 for unmatched requests.
+    pub unmatched_status: u16,
+    /// Context settings.
+    pub context: ContextSettings,
+    /// Upstreams, first match wins.
+    pub upstreams: Vec<Upstream>,
+    /// The decision endpoint, if enabled.
+    pub decision_endpoint: Option<DecisionEndpoint>,
+    /// What a request may not carry.
+    pub screen: Screen,
+    /// Whether the verified credential goes on to the upstream.
+    pub forward_credential: ForwardCredential,
+}
+
+/// Enforcement mode (`enforcement.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforcementMode {
+    /// Denied requests are refused.
+    Enforce,
+    /// Denied requests are counted and logged, and forwarded.
+    Shadow,
+}
+
+/// What becomes of the caller's `Authorization` header (`auth.forward_credential`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardCredential {
+    /// Forwarded when it was verified (protected routes) or, on a public route, as sent;
+    /// removed when it did not verify (shadow mode).
+    #[default]
+    Verified,
+    /// Never forwarded.
+    None,
+}
+
 impl Gate {
-    /// Builds a gate from validated configuration and a compiled route map.
-    pub fn new(config: &Config, routes: RouteMap) -> Result<Self, String> {
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                let (host, _) = split_host_port(&u.address)
-                    .ok_or_else(|| format!("upstream `{}`: bad address", u.name))?;
-                Ok(Upstream {
-                    name: u.name.clone(),
-                    address: u.address.clone(),
-                    tls: u.tls,
-                    sni: u.sni.clone().unwrap_or_else(|| host.to_owned()),
-                    host: u
-                        .host
-                        .as_deref()
-                        .map(|h| h.trim_end_matches('.').to_owned()),
-                    path_prefix: u.path_prefix.clone(),
-                    connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-                    read_timeout: Duration::from_millis(u.read_timeout_ms),
-                    idle_timeout: Duration::from_millis(u.idle_timeout_ms),
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        let endpoint = &config.decision_endpoint;
-        let decision_endpoint = endpoint
-            .enabled
-            .then(|| {
-                Ok::<_, String>(DecisionEndpoint {
-                    gateway: endpoint.gateway.ok_or_else(|| {
-                        String::from("decision_endpoint.gateway: name the gateway in front")
-                    })?,
-                    path: endpoint.path.trim_end_matches('/').to_owned(),
-                    trusted_gateways: endpoint
-                        .trusted_gateways
-                        .iter()
-                        .map(|c| {
-                            parse_cidr(c)
-                                .ok_or_else(|| format!("decision_endpoint.trusted_gateways: `{c}`"))
-                        })
-                        .collect::<Result<_, _>>()?,
-                })
-            })
-            .transpose()?;
+    /// A gate over a compiled route map and prepared settings.
+    pub fn new(routes: RouteMap, settings: GateSettings) -> Self {
+        let GateSettings {
+            mode,
+            unmatched_status,
+            context,
+            upstreams,
+            decision_endpoint,
+            screen,
+            forward_credential,
+        } = settings;
         let route_metrics = routes
             .routes()
             .iter()
             .map(|r| RouteMetrics::new(&r.name))
             .chain(std::iter::once(RouteMetrics::new(crate::metrics::NO_ROUTE)))
             .collect();
-        Ok(Self {
+        Self {
             route_metrics,
             routes,
-            mode: config.enforcement.mode,
-            unmatched_status: config.enforcement.unmatched_status,
-            context: ContextSettings::new(&config.context)?,
+            mode,
+            unmatched_status,
+            context,
             upstreams,
             decision_endpoint,
-            screen: Screen {
-                method_override: config.enforcement.method_override,
-                override_query: config.enforcement.method_override_query.clone(),
-            },
-            forward_credential: config.auth.forward_credential,
-        })
+            screen,
+            forward_credential,
+        }
     }
 
     /// The upstream for a host and normalised path.
@@ -394,7 +400,7 @@ impl DataPlane {
         }
         let refuse = Refusal {
             route: index,
-            shadow: gate.mode == Mode::Shadow || route.shadow,
+            shadow: gate.mode == EnforcementMode::Shadow || route.shadow,
         };
         let (Some(action), Some(resource_template)) = (&route.action, &route.resource) else {
             // A compiled protected route always has both.

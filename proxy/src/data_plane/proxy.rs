@@ -26,8 +26,7 @@ use super::headers::{self, Strip, edit_upstream_request, identity_headers, strip
 use super::path::{PathError, Target, normalize};
 use super::respond::{Rejection, bad_gateway_body};
 use super::screen;
-use super::{DataPlane, Gate, InFlight, Verdict};
-use crate::config::ForwardCredential;
+use super::{DataPlane, ForwardCredential, Gate, InFlight, Verdict};
 use crate::metrics::{METRICS, Outcome};
 
 /// Per-request state.

@@ -16,7 +16,7 @@ use portcullis_model::{
 use serde_json::json;
 
 use super::authn::source::KeySource;
-use super::authn::{AuthSettings, Authenticator, AuthnError};
+use super::authn::{Authenticator, AuthnError};
 use super::path::Target;
 use super::respond::Rejection;
 use super::{DataPlane, Gate, Health, Verdict};
@@ -94,13 +94,13 @@ fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fi
 
     let (key, _) = DevKey::load_or_create(&dir).unwrap();
     let authn = Authenticator::new(
-        AuthSettings::new(&config.auth, String::from(DEV_ISSUER)).unwrap(),
+        crate::prepare::auth_settings(&config.auth, String::from(DEV_ISSUER)).unwrap(),
         100,
     );
     if keys_loaded {
         authn.set_keys(KeySource::Fixed(key.jwks()).load_local().unwrap().unwrap());
     }
-    let gate = Arc::new(Gate::new(&config, routes).unwrap());
+    let gate = Arc::new(crate::prepare::gate(&config, routes).unwrap());
     let plane = DataPlane {
         gate: arc_swap::ArcSwap::new(Arc::clone(&gate)),
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),

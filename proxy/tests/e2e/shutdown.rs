@@ -17,8 +17,11 @@ use crate::world;
 
 /// Drain 1 s, then at most 5 s for what is in flight.
 const SHUTDOWN: &str = "shutdown:\n  drain_delay_seconds: 1\n  grace_period_seconds: 5\n  runtime_timeout_seconds: 5\n";
-/// Drain delay and grace period: the most a stop may take.
-const STOP_LIMIT: Duration = Duration::from_secs(6);
+/// The most a stop may take: the drain delay (1 s), the grace period for what is in flight
+/// (5 s; under load that never pauses, all of it), Pingora's own fixed second after closing
+/// its listeners, and a second for the rest. A part that outlives the grace period also
+/// leaves a warning in the log, checked below.
+const STOP_LIMIT: Duration = Duration::from_secs(8);
 
 /// What became of one request.
 #[derive(Debug)]
@@ -149,7 +152,7 @@ fn stop_under_load(p: &mut Portcullis, addr: SocketAddr, load: Vec<u8>, in_fligh
     assert!(status.success(), "exit {status}:\n{}", p.log());
     assert!(
         took < STOP_LIMIT,
-        "stopped in {took:?}, more than the drain delay and grace period:\n{}",
+        "stopped in {took:?}, past {STOP_LIMIT:?}:\n{}",
         p.log()
     );
     let cut: Vec<&str> = outcomes

@@ -17,8 +17,6 @@
 //! Failures are typed ([`AuthnError`]); the data plane turns them into 401 responses in one
 //! place.
 
-#[cfg(feature = "control-plane")]
-pub mod admin;
 pub mod keys;
 pub mod source;
 
@@ -30,10 +28,10 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use portcullis_model::{EntityRef, PrincipalKind, principal_ref};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthConfig, ClaimsConfig};
 use keys::KeySet;
 
 /// Parses an `alg` name from configuration; symmetric algorithms are refused.
@@ -157,7 +155,46 @@ pub struct Identity {
     pub issued_at: Option<i64>,
 }
 
-/// Authentication settings derived from [`AuthConfig`].
+/// Which claims say what (`auth.claims`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    /// The principal id.
+    pub subject: String,
+    /// The principal's tenant (informational: the store's tenant is authoritative).
+    pub tenant: String,
+    /// Risk score 0..100.
+    pub risk_score: String,
+    /// Device id.
+    pub device_id: String,
+    /// `amr` values that count as a second factor.
+    pub mfa_amr: Vec<String>,
+    /// `acr` values that count as a second factor.
+    pub mfa_acr: Vec<String>,
+    /// A token is a service's (client credentials) when this claim ...
+    pub service_claim: String,
+    /// ... has this value.
+    pub service_value: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            subject: String::from("sub"),
+            tenant: String::from("tenant"),
+            risk_score: String::from("risk_score"),
+            device_id: String::from("device_id"),
+            mfa_amr: ["mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "pop"]
+                .map(String::from)
+                .to_vec(),
+            mfa_acr: Vec::new(),
+            service_claim: String::from("gty"),
+            service_value: String::from("client-credentials"),
+        }
+    }
+}
+
+/// Authentication settings, prepared from `auth` by the application.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     /// Required issuer.
@@ -173,26 +210,7 @@ pub struct AuthSettings {
     /// Cooldown between refetches caused by unknown `kid`s.
     pub unknown_kid_cooldown: Duration,
     /// Claim names.
-    pub claims: ClaimsConfig,
-}
-
-impl AuthSettings {
-    /// Settings from the configuration, with `issuer` given (the config's or the dev one).
-    pub fn new(config: &AuthConfig, issuer: String) -> Result<Self, String> {
-        Ok(Self {
-            issuer,
-            audiences: config.audiences.clone(),
-            algorithms: config
-                .algorithms
-                .iter()
-                .map(|a| parse_algorithm(a))
-                .collect::<Result<_, _>>()?,
-            leeway_seconds: config.leeway_seconds,
-            max_token_bytes: config.max_token_bytes,
-            unknown_kid_cooldown: Duration::from_secs(config.unknown_kid_cooldown_seconds),
-            claims: config.claims.clone(),
-        })
-    }
+    pub claims: ClaimNames,
 }
 
 /// A verified token's identity, and the key-set generation it was verified under.
@@ -434,7 +452,7 @@ impl Authenticator {
 }
 
 /// The identity a verified claim set describes.
-fn identity_of(claims: &Map<String, Value>, names: &ClaimsConfig) -> Result<Identity, AuthnError> {
+fn identity_of(claims: &Map<String, Value>, names: &ClaimNames) -> Result<Identity, AuthnError> {
     let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
     let subject = text(&names.subject)
         .filter(|s| !s.is_empty())
@@ -497,7 +515,7 @@ mod tests {
 
     #[test]
     fn claims_map_to_an_identity() {
-        let names = ClaimsConfig::default();
+        let names = ClaimNames::default();
         let claims: Map<String, Value> = serde_json::from_value(serde_json::json!({
             "sub": "billing", "exp": 10, "gty": "client-credentials", "amr": ["pwd", "otp"],
             "risk_score": "17.4", "sid": "s1", "jti": "j1", "tenant": "t1"

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use portcullis_admin_api::auth::{Identity, JwtVerifier};
 use serde_json::Value;
 
-use super::Authenticator;
 use crate::config::AdminJwtConfig;
+use crate::data_plane::authn::Authenticator;
 
 /// Verifies admin JWTs with the data plane's [`Authenticator`].
 #[derive(Debug)]
