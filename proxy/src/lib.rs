@@ -7,7 +7,8 @@
 //! - [`server`], [`ops`], [`tls`]: the listeners, health and metrics, the HTTPS certificate;
 //!   [`head_deadline`]: the deadline for a whole request head;
 //! - [`audit`]: what the data plane writes into the decision audit ledger;
-//! - [`config`], [`reload`]: the configuration and its live reload; [`prepare`]: the
+//! - [`config`], [`reload`], [`file_watch`]: the configuration, its live reload, and how
+//!   changed files are noticed; [`prepare`]: the
 //!   data plane's settings made from it (the data plane reads no configuration);
 //! - [`embedded`], [`devkey`]: the embedded store and dev key of `portcullis serve`;
 //!   [`admin_jwt`]: admin JWTs for the admin API, verified with the data plane's keys;
@@ -24,6 +25,7 @@ pub mod data_plane;
 pub mod devkey;
 #[cfg(feature = "control-plane")]
 pub mod embedded;
+pub mod file_watch;
 pub mod follow;
 pub mod head_deadline;
 pub mod logging;

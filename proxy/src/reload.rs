@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 #[cfg(feature = "control-plane")]
 use portcullis_store::SqlStore;
@@ -18,6 +18,7 @@ use crate::config::{self, Config, Override};
 use crate::data_plane::{DataPlane, Gate};
 #[cfg(feature = "control-plane")]
 use crate::embedded;
+use crate::file_watch::FileWatch;
 use crate::metrics::METRICS;
 use crate::policy_dir::{self, ROLES_FILE, ROUTES_FILE, SCHEMA_FILE};
 #[cfg(feature = "control-plane")]
@@ -81,9 +82,6 @@ pub fn gate(config: &Config, compiled: CompiledDir) -> Result<Gate, Vec<String>>
     crate::prepare::gate(config, routes).map_err(|e| vec![e])
 }
 
-/// What is watched for changes: (path, modified, length).
-type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
-
 /// Reloads on SIGHUP and on file changes.
 pub struct Reloader {
     /// The config file, if any.
@@ -105,7 +103,8 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    fn fingerprint(&self) -> Fingerprint {
+    /// The files a reload reads: the config file and the policies directory's.
+    fn watched(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = self.config_file.iter().cloned().collect();
         let dir = &self.current.policies.dir;
         for name in [SCHEMA_FILE, ROLES_FILE, ROUTES_FILE] {
@@ -121,14 +120,6 @@ impl Reloader {
             paths.extend(cedar);
         }
         paths
-            .into_iter()
-            .map(|p| {
-                let meta = std::fs::metadata(&p).ok();
-                let modified = meta.as_ref().and_then(|m| m.modified().ok());
-                let len = meta.map_or(0, |m| m.len());
-                (p, modified, len)
-            })
-            .collect()
     }
 
     /// Watches for SIGHUP and file changes until the process ends.
@@ -141,7 +132,7 @@ impl Reloader {
                 None
             }
         };
-        let mut seen = self.fingerprint();
+        let mut watch = FileWatch::new(self.watched());
         loop {
             let why = tokio::select! {
                 _ = async {
@@ -151,15 +142,14 @@ impl Reloader {
                     }
                 } => "SIGHUP",
                 () = tokio::time::sleep(Duration::from_secs(2)) => {
-                    let now = self.fingerprint();
-                    if now == seen {
+                    if !watch.changed(self.watched()) {
                         continue;
                     }
                     "a watched file changed"
                 }
             };
             self.reload(why).await;
-            seen = self.fingerprint();
+            watch = FileWatch::new(self.watched());
         }
     }
 

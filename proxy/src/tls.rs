@@ -4,12 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
 
+use crate::file_watch::FileWatch;
 use crate::metrics::METRICS;
 
 /// A certificate that follows its files.
@@ -46,10 +47,6 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
     Ok(certified)
 }
 
-fn stamp(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 impl ReloadingCert {
     /// Loads the pair; an error names the file.
     pub fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Self, String> {
@@ -63,14 +60,13 @@ impl ReloadingCert {
 
     /// Re-reads the files whenever they change, until the process ends.
     pub async fn watch(self: Arc<Self>) {
-        let mut seen = (stamp(&self.cert_file), stamp(&self.key_file));
+        let files = || vec![self.cert_file.clone(), self.key_file.clone()];
+        let mut watch = FileWatch::new(files());
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let now = (stamp(&self.cert_file), stamp(&self.key_file));
-            if now == seen {
+            if !watch.changed(files()) {
                 continue;
             }
-            seen = now;
             match load(&self.cert_file, &self.key_file) {
                 Ok(certified) => {
                     self.current.store(Arc::new(certified));

@@ -5,12 +5,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use portcullis_sinks::backoff::Backoff;
 
 use super::Authenticator;
 use super::keys::KeySet;
+use crate::file_watch::FileWatch;
 use crate::metrics::METRICS;
 
 /// A source of keys.
@@ -76,22 +77,16 @@ impl std::fmt::Display for KeySource {
     }
 }
 
-fn modified(path: &PathBuf) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 async fn watch_file(path: PathBuf, authn: Arc<Authenticator>) {
-    let mut seen = modified(&path);
+    let mut watch = FileWatch::new(vec![path.clone()]);
     loop {
         tokio::select! {
             () = tokio::time::sleep(FILE_POLL) => {}
             () = authn.refetch_requested() => {}
         }
-        let now = modified(&path);
-        if now == seen {
+        if !watch.changed(vec![path.clone()]) {
             continue;
         }
-        seen = now;
         match tokio::fs::read(&path).await {
             Ok(bytes) => install(&authn, &bytes, &path.display().to_string()),
             Err(e) => {
