@@ -229,7 +229,7 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
         )),
         None => None,
     };
-    if gate.context.clock_is_fixed() {
+    if gate.settings.context.clock_is_fixed() {
         tracing::warn!(
             fixed_time = config.context.fixed_time.as_deref(),
             "the clock is pinned by context.fixed_time: for tests and demos only"
@@ -253,7 +253,7 @@ async fn start(config: &Config, demo_data: bool, data_plane: bool) -> Result<Sta
             policies = policy_root,
             revision = snapshot.revision(),
             routes = gate.routes.len(),
-            mode = ?gate.mode,
+            mode = ?gate.settings.mode,
             "portcullis serve starting"
         );
     }

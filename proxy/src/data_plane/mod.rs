@@ -106,20 +106,8 @@ pub struct DecisionEndpoint {
 pub struct Gate {
     /// The compiled route map.
     pub routes: RouteMap,
-    /// Enforce or shadow.
-    pub mode: EnforcementMode,
-    /// 403 or 404 for unmatched requests.
-    pub unmatched_status: u16,
-    /// Context settings.
-    pub context: ContextSettings,
-    /// Upstreams, first match wins.
-    pub upstreams: Vec<Upstream>,
-    /// The decision endpoint, if enabled.
-    pub decision_endpoint: Option<DecisionEndpoint>,
-    /// What a request may not carry.
-    pub screen: Screen,
-    /// Whether the verified credential goes on to the upstream.
-    pub forward_credential: ForwardCredential,
+    /// Everything else, prepared from the configuration.
+    pub settings: GateSettings,
     /// Metric handles per route, by route index; the last one is for unmatched requests.
     route_metrics: Vec<RouteMetrics>,
 }
@@ -169,15 +157,6 @@ pub enum ForwardCredential {
 impl Gate {
     /// A gate over a compiled route map and prepared settings.
     pub fn new(routes: RouteMap, settings: GateSettings) -> Self {
-        let GateSettings {
-            mode,
-            unmatched_status,
-            context,
-            upstreams,
-            decision_endpoint,
-            screen,
-            forward_credential,
-        } = settings;
         let route_metrics = routes
             .routes()
             .iter()
@@ -185,21 +164,18 @@ impl Gate {
             .chain(std::iter::once(RouteMetrics::new(crate::metrics::NO_ROUTE)))
             .collect();
         Self {
-            route_metrics,
             routes,
-            mode,
-            unmatched_status,
-            context,
-            upstreams,
-            decision_endpoint,
-            screen,
-            forward_credential,
+            settings,
+            route_metrics,
         }
     }
 
     /// The upstream for a host and normalised path.
     pub fn upstream_for(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.serves(host, path))
+        self.settings
+            .upstreams
+            .iter()
+            .position(|u| u.serves(host, path))
     }
 
     /// The route name for logs.
@@ -378,9 +354,10 @@ impl DataPlane {
         peer: Option<IpAddr>,
         forwarded: bool,
     ) -> Verdict {
-        if let Err(e) = gate
-            .screen
-            .check(method, target.query.as_deref(), headers, forwarded)
+        if let Err(e) =
+            gate.settings
+                .screen
+                .check(method, target.query.as_deref(), headers, forwarded)
         {
             METRICS.bad_requests.with_label_values(&[e.code()]).inc();
             return Verdict::refused(Rejection::BadRequest(e));
@@ -391,7 +368,7 @@ impl DataPlane {
         }
         let Some(matched) = gate.routes.find(method, &target.path) else {
             return Verdict::refused(Rejection::Unmatched {
-                status: gate.unmatched_status,
+                status: gate.settings.unmatched_status,
             });
         };
         let (index, route) = (matched.index, matched.route);
@@ -400,14 +377,14 @@ impl DataPlane {
         }
         let refuse = Refusal {
             route: index,
-            shadow: gate.mode == EnforcementMode::Shadow || route.shadow,
+            shadow: gate.settings.mode == EnforcementMode::Shadow || route.shadow,
         };
         let (Some(action), Some(resource_template)) = (&route.action, &route.resource) else {
             // A compiled protected route always has both.
             return refuse.unidentified(Rejection::Unavailable("route_incomplete"), false);
         };
 
-        let now_ms = gate.context.now_ms();
+        let now_ms = gate.settings.context.now_ms();
         let authorization = headers
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
@@ -485,6 +462,7 @@ impl DataPlane {
             );
         };
         let facts = gate
+            .settings
             .context
             .facts(&identity, &route.band, peer, headers, now_ms);
         let decision = decide(

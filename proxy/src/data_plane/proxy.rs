@@ -88,7 +88,7 @@ impl EnforcingProxy {
         gate: &Gate,
         prefix_len: usize,
     ) -> pingora::Result<bool> {
-        let Some(endpoint) = &gate.decision_endpoint else {
+        let Some(endpoint) = &gate.settings.decision_endpoint else {
             return Ok(false);
         };
         let peer = peer_ip(session);
@@ -221,7 +221,7 @@ impl ProxyHttp for EnforcingProxy {
             headers::TRACEPARENT,
         )));
         let raw = session.req_header().raw_path();
-        if let Some(endpoint) = &gate.decision_endpoint {
+        if let Some(endpoint) = &gate.settings.decision_endpoint {
             let p = endpoint.path.as_bytes();
             if raw.starts_with(p) && matches!(raw.get(p.len()), None | Some(b'/' | b'?')) {
                 return self.decision_endpoint(session, ctx, &gate, p.len()).await;
@@ -249,7 +249,7 @@ impl ProxyHttp for EnforcingProxy {
                 Verdict::refused(Rejection::BadTarget(e))
             }
             (Ok(host), Ok(mut target)) => {
-                if let Some(query) = gate.screen.strip_query(target.query.as_deref()) {
+                if let Some(query) = gate.settings.screen.strip_query(target.query.as_deref()) {
                     target.query = query;
                 }
                 let verdict = match gate.upstream_for(host, &target.path) {
@@ -289,7 +289,7 @@ impl ProxyHttp for EnforcingProxy {
             .gate
             .as_ref()
             .zip(ctx.upstream)
-            .and_then(|(gate, i)| gate.upstreams.get(i))
+            .and_then(|(gate, i)| gate.settings.upstreams.get(i))
             .ok_or_else(|| {
                 pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen")
             })?;
@@ -323,8 +323,8 @@ impl ProxyHttp for EnforcingProxy {
             .gate
             .as_ref()
             .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no gate"))?;
-        let trusted_peer = gate.context.is_trusted(peer);
-        let keep_authorization = gate.forward_credential == ForwardCredential::Verified
+        let trusted_peer = gate.settings.context.is_trusted(peer);
+        let keep_authorization = gate.settings.forward_credential == ForwardCredential::Verified
             && ctx
                 .verdict
                 .as_ref()
