@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use portcullis_engine::snapshot::{SnapshotHandle, SnapshotUpdate};
+use portcullis_engine::snapshot::SnapshotHandle;
 use portcullis_model::Revision;
 use portcullis_store::{Store, StoreError};
 use prometheus::{IntCounterVec, IntGauge};
@@ -128,10 +128,7 @@ impl<S: Store> Publisher<S> {
             return Ok(current);
         }
         let update = self.store.load_update(current).await?;
-        let to = match &update {
-            SnapshotUpdate::Patch(delta) => delta.revision,
-            SnapshotUpdate::Rebuild(state) => state.revision,
-        };
+        let to = update.revision();
         let json = match serde_json::to_string(&update) {
             Ok(json) => Arc::<str>::from(json),
             Err(e) => {

@@ -379,10 +379,7 @@ impl Follower {
     }
 
     fn apply(&mut self, update: SnapshotUpdate) {
-        let target = match &update {
-            SnapshotUpdate::Patch(delta) => delta.revision,
-            SnapshotUpdate::Rebuild(state) => state.revision,
-        };
+        let target = update.revision();
         if self.refused == Some(target) {
             return;
         }

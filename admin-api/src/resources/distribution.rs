@@ -90,10 +90,7 @@ async fn encoded_update_since<S: Store>(
     let Some(update) = update_since(&st.store, since).await? else {
         return Ok(None);
     };
-    let to = match &update {
-        SnapshotUpdate::Patch(delta) => delta.revision,
-        SnapshotUpdate::Rebuild(state) => state.revision,
-    };
+    let to = update.revision();
     let json = serde_json::to_string(&update)
         .map_err(|e| ApiError::Internal(format!("update not encoded: {e}")))?;
     Ok(Some((to, Arc::from(json))))

@@ -119,6 +119,16 @@ pub enum SnapshotUpdate {
     Rebuild(StoreState),
 }
 
+impl SnapshotUpdate {
+    /// The revision it brings a snapshot to.
+    pub fn revision(&self) -> Revision {
+        match self {
+            Self::Patch(delta) => delta.revision,
+            Self::Rebuild(state) => state.revision,
+        }
+    }
+}
+
 /// A principal with its assignments indexed by scope, and its Cedar form.
 #[derive(Debug, Clone)]
 pub struct PrincipalView {
