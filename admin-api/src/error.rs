@@ -102,6 +102,9 @@ impl From<StoreError> for ApiError {
             e @ StoreError::VersionMismatch { .. } => Self::PreconditionFailed(e.to_string()),
             StoreError::Database(e) => Self::Internal(format!("database: {e}")),
             StoreError::Corrupt(e) => Self::Internal(format!("corrupt data: {e}")),
+            e @ (StoreError::Migration(_) | StoreError::NewerStore(_)) => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 }

@@ -11,6 +11,14 @@ pub enum StoreError {
     /// The database failed or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("store migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The store holds a migration this binary does not have: a newer version made it.
+    #[error(
+        "the store has migration {0}, which this Portcullis does not know: it was made by a newer version"
+    )]
+    NewerStore(i64),
     /// A stored row could not be decoded (corrupt or written by a newer version).
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),

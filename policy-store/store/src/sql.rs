@@ -2,7 +2,8 @@
 //!
 //! One code path serves both databases: queries use `$N` placeholders (which both accept),
 //! plain column types, and JSON documents in `TEXT` columns beside the indexed keys. The
-//! schema lives in `migrations/` and is applied on connect.
+//! schema lives in `migrations/` and is applied on connect by sqlx's migrator, which keeps
+//! what it applied (with checksums) in `_sqlx_migrations`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
@@ -10,7 +11,8 @@ use std::str::FromStr;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
+use sqlx::{AnyConnection, AnyPool, Row, SqlStr};
 
 use super::{AssignmentFilter, Import, Store, StoreConfig};
 use crate::error::StoreError;
@@ -23,11 +25,41 @@ use portcullis_model::{
     UnixMillis,
 };
 
-/// Embedded migrations, applied in order; each runs once, in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_policy_versions.sql")),
+/// The migrations of `migrations/`, embedded, with the version and description their file
+/// names give (`0002_policy_versions.sql`: 2, "policy versions"); each runs once, in its own
+/// transaction. Listed here rather than found by `sqlx::migrate!`, whose proc-macro would
+/// build a second copy of the database drivers (bundled SQLite's C included) for the host.
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "policy versions",
+        include_str!("../migrations/0002_policy_versions.sql"),
+    ),
 ];
+
+/// Where sqlx's migrator records what it applied.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// Where stores made before sqlx's migrator recorded applied versions (bare numbers).
+const OLD_MIGRATIONS_TABLE: &str = "schema_migrations";
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
 
 /// Rows per multi-row `INSERT` during imports (SQLite allows 32766 parameters).
 const IMPORT_BATCH: usize = 500;
@@ -123,34 +155,74 @@ impl SqlStore {
         }
     }
 
+    /// Applies pending migrations with sqlx's migrator, after taking over the record of a
+    /// store made before it (see [`SqlStore::adopt_old_migrations`]).
     async fn migrate(&self) -> Result<(), StoreError> {
+        self.adopt_old_migrations().await?;
+        Ok(migrator().run(&self.pool).await?)
+    }
+
+    /// A store made by an earlier Portcullis records its applied migrations as bare
+    /// versions in `schema_migrations`. Once, in one transaction (on PostgreSQL under a lock,
+    /// so replicas starting together do it once): record them in sqlx's table, with the
+    /// checksums of the same files, and drop the old table. A version this binary does not
+    /// know is refused: the store was made by a newer one.
+    async fn adopt_old_migrations(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         if self.dialect == Dialect::Postgres {
-            // Replicas starting together migrate one at a time.
             sqlx::query("SELECT pg_advisory_xact_lock(7261001)")
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+        let exists = match self.dialect {
+            Dialect::Sqlite => sqlx::query(
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1",
+            ),
+            Dialect::Postgres => sqlx::query(
+                "SELECT COUNT(*) AS n FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = $1",
+            ),
+        }
+        .bind(OLD_MIGRATIONS_TABLE)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?
+            > 0;
+        if !exists {
+            return Ok(());
+        }
+        let applied: Vec<i64> =
+            sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>("version"))
+                .collect::<Result<_, _>>()?;
+        let migrator = migrator();
+        tx.ensure_migrations_table(MIGRATIONS_TABLE).await?;
+        for version in &applied {
+            let Some(m) = migrator.iter().find(|m| m.version == *version) else {
+                return Err(StoreError::NewerStore(*version));
+            };
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations \
+                 (version, description, success, checksum, execution_time) \
+                 VALUES ($1, $2, TRUE, $3, 0)",
+            )
+            .bind(m.version)
+            .bind(m.description.to_string())
+            .bind(m.checksum.to_vec())
             .execute(&mut *tx)
             .await?;
-        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<i64, _>("version"))
-            .collect::<Result<_, _>>()?;
-        for (version, sql) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
-                .bind(*version)
-                .execute(&mut *tx)
-                .await?;
         }
+        sqlx::query("DROP TABLE schema_migrations")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
+        tracing::info!(
+            versions = ?applied,
+            "store migrations now recorded by sqlx's migrator ({MIGRATIONS_TABLE})"
+        );
         Ok(())
     }
 

@@ -798,3 +798,101 @@ suite!(
     commits_wake_followers,
     assignments_are_listed_by_principal_role_and_scope,
 );
+
+/// A store made before sqlx's migrator: the same schema, its applied versions in
+/// `schema_migrations` instead of `_sqlx_migrations`. Made from a store of today's code,
+/// turned back into what the earlier code left.
+async fn make_old_layout(url: &str, versions: &[i64]) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    sqlx::query("DROP TABLE _sqlx_migrations")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for v in versions {
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(*v)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+}
+
+/// Whether the old migration table exists, and the versions sqlx's table records as
+/// applied successfully (`None`: no such table).
+async fn migration_tables(url: &str) -> (bool, Option<Vec<i64>>) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let old = sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(&pool)
+        .await
+        .is_ok();
+    let new = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .ok()
+        .map(|rows| {
+            use sqlx::Row;
+            rows.iter()
+                .map(|r| r.try_get::<i64, _>("version").unwrap())
+                .collect()
+        });
+    pool.close().await;
+    (old, new)
+}
+
+/// An existing store keeps its data when sqlx's migrator takes over its record of applied
+/// migrations, once; a store with a migration this binary lacks is refused untouched.
+async fn migrations_of_an_earlier_store_are_adopted(config: StoreConfig, url: &str) {
+    let store = SqlStore::connect(&config).await.unwrap();
+    seed(&store).await;
+    store.put_principal(&user("alice", "t1")).await.unwrap();
+    drop(store);
+    make_old_layout(url, &[1, 2]).await;
+    assert_eq!(migration_tables(url).await, (true, None));
+
+    let store = SqlStore::connect(&config).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), 2, "the data is kept");
+    assert_eq!(migration_tables(url).await, (false, Some(vec![1, 2])));
+    drop(store);
+    // Again: nothing to adopt, and sqlx's checksums match the recorded ones (it refuses a
+    // mismatch).
+    let store = SqlStore::connect(&config).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), 2);
+    drop(store);
+
+    make_old_layout(url, &[1, 2, 3]).await;
+    match SqlStore::connect(&config).await {
+        Err(StoreError::NewerStore(3)) => {}
+        other => panic!("a store from a newer version must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        migration_tables(url).await,
+        (true, None),
+        "nothing half-written"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_migrations_of_an_earlier_store_are_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let url = format!("sqlite://{}", path.display());
+    migrations_of_an_earlier_store_are_adopted(StoreConfig::Sqlite { path }, &url).await;
+}
+
+#[tokio::test]
+async fn postgres_migrations_of_an_earlier_store_are_adopted() {
+    let db = ScratchPostgres::create("migrate")
+        .await
+        .expect("PostgreSQL must be reachable for the store suite (see .ci/run)");
+    let config = StoreConfig::Postgres {
+        url: db.url.clone(),
+    };
+    migrations_of_an_earlier_store_are_adopted(config, &db.url).await;
+}
