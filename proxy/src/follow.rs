@@ -14,7 +14,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
@@ -22,53 +21,7 @@ use futures_util::StreamExt;
 use portcullis_engine::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate, StoreState};
 use portcullis_sinks::backoff::Backoff;
 
-use crate::metrics::METRICS;
-
-/// When the control plane was last reached, and how stale is too stale. Measured on the
-/// monotonic clock: a wall clock stepped back during an outage cannot make old state look
-/// fresh.
-#[derive(Debug)]
-pub struct Contact {
-    started: std::time::Instant,
-    /// Milliseconds after `started` of the last contact (negative: before the start).
-    last_ms: AtomicI64,
-    max_staleness: Duration,
-}
-
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
-impl Contact {
-    /// Contact tracking with a staleness limit; the state was last known current at
-    /// `confirmed_ms` (wall clock, e.g. the last-known-good file's time: read once here).
-    pub fn new(max_staleness: Duration, confirmed_ms: i64) -> Self {
-        let age_ms = (now_ms() - confirmed_ms).max(0);
-        Self {
-            started: std::time::Instant::now(),
-            last_ms: AtomicI64::new(-age_ms),
-            max_staleness,
-        }
-    }
-
-    fn elapsed_ms(&self) -> i64 {
-        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
-    }
-
-    fn reached(&self) {
-        self.last_ms.store(self.elapsed_ms(), Ordering::Release);
-    }
-
-    /// Seconds since the control plane was last reached.
-    pub fn age_seconds(&self) -> f64 {
-        (self.elapsed_ms() - self.last_ms.load(Ordering::Acquire)).max(0) as f64 / 1000.0
-    }
-
-    /// Whether the state is older than allowed.
-    pub fn is_stale(&self) -> bool {
-        self.age_seconds() > self.max_staleness.as_secs_f64()
-    }
-}
+use crate::data_plane::staleness::{Contact, now_ms};
 
 /// A control-plane client.
 #[derive(Debug, Clone)]
@@ -306,18 +259,21 @@ pub async fn bootstrap(control: &ControlPlane, file: &LastKnownGood) -> (StoreSt
 }
 
 /// Follows the control plane until the process ends: streams updates and applies them,
-/// keeps the last-known-good file current, tracks contact, reconnects with backoff.
+/// keeps the last-known-good file current, tracks contact, reconnects with backoff;
+/// counts each update applied or refused in `updates` (by outcome).
 pub async fn follow(
     control: ControlPlane,
     handle: Arc<SnapshotHandle>,
     keeper: Keeper,
     contact: Arc<Contact>,
     heartbeat: Duration,
+    updates: prometheus::IntCounterVec,
 ) {
     let mut follower = Follower {
         handle,
         keeper,
         contact,
+        updates,
         refused: None,
     };
     let mut failures: u32 = 0;
@@ -350,6 +306,8 @@ struct Follower {
     handle: Arc<SnapshotHandle>,
     keeper: Keeper,
     contact: Arc<Contact>,
+    /// `portcullis_snapshot_updates_total`.
+    updates: prometheus::IntCounterVec,
     /// A refused update is not retried until the control plane moves past it.
     refused: Option<i64>,
 }
@@ -385,10 +343,7 @@ impl Follower {
         }
         match self.handle.apply(update.clone(), now_ms()) {
             Ok(applied) => {
-                METRICS
-                    .snapshot_updates
-                    .with_label_values(&["applied"])
-                    .inc();
+                self.updates.with_label_values(&["applied"]).inc();
                 self.keeper.send(Keep::Apply(Box::new(update)));
                 tracing::info!(
                     revision = applied,
@@ -397,10 +352,7 @@ impl Follower {
             }
             Err(e) => {
                 self.refused = Some(target);
-                METRICS
-                    .snapshot_updates
-                    .with_label_values(&["rejected"])
-                    .inc();
+                self.updates.with_label_values(&["rejected"]).inc();
                 tracing::error!(error = %e, revision = target, "control-plane update refused; keeping the snapshot in force");
             }
         }

@@ -28,8 +28,6 @@ use pingora::protocols::{SocketDigest, TimingDigest};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::metrics::METRICS;
-
 /// The end of a request head.
 const END_OF_HEAD: &[u8] = b"\r\n\r\n";
 
@@ -69,14 +67,17 @@ pub struct DeadlineStream {
     inner: Stream,
     limit: Duration,
     phase: Phase,
+    /// `portcullis_request_head_timeouts_total`.
+    timeouts: prometheus::IntCounter,
 }
 
 impl DeadlineStream {
-    fn new(inner: Stream, limit: Duration) -> Self {
+    fn new(inner: Stream, limit: Duration, timeouts: prometheus::IntCounter) -> Self {
         let h2 = inner.selected_alpn_proto() == Some(ALPN::H2);
         Self {
             inner,
             limit,
+            timeouts,
             phase: if h2 { Phase::Passthrough } else { Phase::Idle },
         }
     }
@@ -134,8 +135,8 @@ impl DeadlineStream {
 }
 
 /// The read error of a head past its deadline (counted).
-fn timed_out() -> io::Error {
-    METRICS.request_head_timeouts.inc();
+fn timed_out(timeouts: &prometheus::IntCounter) -> io::Error {
+    timeouts.inc();
     io::Error::new(
         io::ErrorKind::TimedOut,
         "the request head did not arrive within listen.request_head_timeout_ms",
@@ -157,7 +158,7 @@ impl AsyncRead for DeadlineStream {
                 match &this.phase {
                     Phase::Head {
                         timer: Some(timer), ..
-                    } if timer.is_elapsed() => Poll::Ready(Err(timed_out())),
+                    } if timer.is_elapsed() => Poll::Ready(Err(timed_out(&self.timeouts))),
                     _ => Poll::Ready(Ok(())),
                 }
             }
@@ -169,7 +170,7 @@ impl AsyncRead for DeadlineStream {
                         let timer =
                             timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                         match timer.as_mut().poll(cx) {
-                            Poll::Ready(()) => Poll::Ready(Err(timed_out())),
+                            Poll::Ready(()) => Poll::Ready(Err(timed_out(&self.timeouts))),
                             Poll::Pending => Poll::Pending,
                         }
                     }
@@ -292,14 +293,17 @@ impl Peek for DeadlineStream {
 pub struct HeadDeadline<A> {
     inner: Arc<A>,
     limit: Duration,
+    timeouts: prometheus::IntCounter,
 }
 
 impl<A> HeadDeadline<A> {
-    /// Wraps `inner`; `limit` is the time a whole request head may take.
-    pub fn new(inner: A, limit: Duration) -> Self {
+    /// Wraps `inner`; `limit` is the time a whole request head may take; each connection
+    /// closed for taking longer is counted in `timeouts`.
+    pub fn new(inner: A, limit: Duration, timeouts: prometheus::IntCounter) -> Self {
         Self {
             inner: Arc::new(inner),
             limit,
+            timeouts,
         }
     }
 }
@@ -315,7 +319,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
         let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
             stream
         } else {
-            Box::new(DeadlineStream::new(stream, self.limit))
+            Box::new(DeadlineStream::new(
+                stream,
+                self.limit,
+                self.timeouts.clone(),
+            ))
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -331,7 +339,11 @@ mod tests {
 
     fn phase_after(reads: &[&[u8]]) -> &'static str {
         let (client, _server) = tokio::io::duplex(64);
-        let mut stream = DeadlineStream::new(Box::new(Fake(client)), Duration::from_secs(1));
+        let mut stream = DeadlineStream::new(
+            Box::new(Fake(client)),
+            Duration::from_secs(1),
+            prometheus::IntCounter::new("t", "t").unwrap(),
+        );
         for read in reads {
             stream.saw(read);
         }
@@ -449,7 +461,11 @@ mod tests {
     #[tokio::test]
     async fn a_response_starts_the_wait_for_the_next_head_unless_it_continues_or_upgrades() {
         let (client, _server) = tokio::io::duplex(64);
-        let mut stream = DeadlineStream::new(Box::new(Fake(client)), Duration::from_secs(1));
+        let mut stream = DeadlineStream::new(
+            Box::new(Fake(client)),
+            Duration::from_secs(1),
+            prometheus::IntCounter::new("t", "t").unwrap(),
+        );
         stream.saw(b"POST / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n");
         stream.wrote(b"HTTP/1.1 100 Continue\r\n\r\n");
         assert!(

@@ -2,11 +2,14 @@
 //!
 //! - [`data_plane`]: the enforcing proxy (Pingora) — path normalisation, routing,
 //!   authentication, context, decision, identity headers, the decision endpoint;
+//! - [`app`]: the composition root of `serve`, `control` and `proxy`; [`control`]: the
+//!   control plane's parts in the process (store, publisher, admin API);
 //! - [`process`]: the process every mode runs in — the background tasks under one shutdown
 //!   signal, and the order things stop in;
 //! - [`server`], [`ops`], [`tls`]: the listeners, health and metrics, the HTTPS certificate;
 //!   [`head_deadline`]: the deadline for a whole request head;
-//! - [`audit`]: what the data plane writes into the decision audit ledger;
+//! - [`audit`]: the audit ledger of the process (files, signing key, sinks, counts);
+//!   [`metrics`]: the process's Prometheus registry;
 //! - [`config`], [`reload`], [`file_watch`]: the configuration, its live reload, and how
 //!   changed files are noticed; [`prepare`]: the
 //!   data plane's settings made from it (the data plane reads no configuration);
@@ -18,9 +21,12 @@
 
 #[cfg(feature = "control-plane")]
 pub mod admin_jwt;
+pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "control-plane")]
+pub mod control;
 pub mod data_plane;
 pub mod devkey;
 #[cfg(feature = "control-plane")]

@@ -1,15 +1,15 @@
-//! Every Prometheus metric of the process, registered once in the default registry and
-//! served by the ops listener (`prometheus::gather()`).
+//! Every Prometheus metric of the process, registered in the process's own registry: the
+//! composition root makes one [`Metrics`] and hands it to whoever counts (the data plane,
+//! the follower, reloads, the ops listener that serves it). No metric is a global, so a
+//! test (or a second data plane in one process) has counts of its own.
 //!
 //! Names follow Prometheus conventions (`portcullis_` prefix, base units, `_total` on
 //! counters). Labels come from bounded sets only: route *names* from the route map, and the
 //! fixed codes of [`Outcome`], [`AuthnError`](crate::data_plane::authn::AuthnError) and
 //! friends — never paths, principals, tenants or token values (those go to the audit log).
 
-use std::sync::LazyLock;
-
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// What became of a request on the data plane (modelled on Envoy ext_authz's outcomes).
@@ -75,13 +75,13 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// The handles of `route` (every outcome, so each series exists from the start).
-    pub fn new(route: &str) -> Self {
+    pub fn new(metrics: &Metrics, route: &str) -> Self {
         Self {
             requests: Outcome::ALL
                 .iter()
-                .map(|o| METRICS.requests.with_label_values(&[route, o.as_str()]))
+                .map(|o| metrics.requests.with_label_values(&[route, o.as_str()]))
                 .collect(),
-            upstream: METRICS.upstream_seconds.with_label_values(&[route]),
+            upstream: metrics.upstream_seconds.with_label_values(&[route]),
         }
     }
 
@@ -111,14 +111,6 @@ pub struct Hot {
     pub decision_evaluated: Histogram,
 }
 
-/// The hot-path handles.
-pub static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
-    jwt_ok: METRICS.jwt.with_label_values(&["ok"]),
-    jwt_cached: METRICS.jwt.with_label_values(&["cached"]),
-    decision_cached: METRICS.decision_seconds.with_label_values(&["true"]),
-    decision_evaluated: METRICS.decision_seconds.with_label_values(&["false"]),
-});
-
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "_unmatched";
 /// Route label for the decision endpoint when the original request matched no route.
@@ -136,9 +128,12 @@ const UPSTREAM_BUCKETS: &[f64] = &[
     10.0,
 ];
 
-/// The metrics.
+/// The metrics of one process, in their registry.
 #[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    /// The handles the request path uses on every request.
+    pub hot: Hot,
     /// `portcullis_requests_total{route, outcome}`.
     pub requests: IntCounterVec,
     /// `portcullis_decision_duration_seconds{cached}`: time in the decision core.
@@ -165,6 +160,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `portcullis_jwks_refreshes_total{outcome}`: `ok` or `error`.
     pub jwks_refreshes: IntCounterVec,
+    /// `portcullis_admin_auth_failures_total{reason}`: the admin API's refused credentials.
+    #[cfg(feature = "control-plane")]
+    pub admin_auth_failures: IntCounterVec,
     /// `portcullis_build_info{version, cedar}` = 1.
     pub build_info: IntGaugeVec,
     /// `portcullis_request_duration_seconds`: the whole request on the data plane.
@@ -196,8 +194,8 @@ pub struct AuditMetrics {
     pub sink_errors: IntCounterVec,
 }
 
-fn int_counter(name: &str, help: &str) -> prometheus::IntCounter {
-    register(built(prometheus::IntCounter::new(name, help)))
+fn int_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    register(r, built(prometheus::IntCounter::new(name, help)))
 }
 
 /// Metric definitions here are static (names, help, labels, buckets); building one fails
@@ -213,153 +211,235 @@ fn built<T>(metric: prometheus::Result<T>) -> T {
     }
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
-    if let Err(e) = prometheus::default_registry().register(Box::new(metric.clone())) {
-        tracing::error!(error = %e, "metric not registered");
+/// Registers `metric` in `r`; the names are unique, so this fails only on a programming
+/// error, caught like [`built`]'s.
+#[expect(
+    clippy::panic,
+    reason = "static metric definitions; a failure is a bug caught by the unit test"
+)]
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, metric: T) -> T {
+    if let Err(e) = r.register(Box::new(metric.clone())) {
+        panic!("metric not registered: {e}");
     }
     metric
 }
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(built(IntCounterVec::new(Opts::new(name, help), labels)))
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(r, built(IntCounterVec::new(Opts::new(name, help), labels)))
 }
 
-fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    register(built(HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )))
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    register(
+        r,
+        built(HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )),
+    )
 }
 
-/// The process's metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let snapshot_revision = register(built(IntGauge::new(
-        "portcullis_snapshot_revision",
-        "Store revision of the snapshot in force.",
-    )));
-    let snapshot_age = register(built(prometheus::Gauge::new(
-        "portcullis_snapshot_age_seconds",
-        "Seconds since the snapshot in force was built or last patched.",
-    )));
-    let build_info = register(built(IntGaugeVec::new(
-        Opts::new("portcullis_build_info", "Build facts; always 1."),
-        &["version", "cedar"],
-    )));
-    build_info
-        .with_label_values(&[
-            env!("CARGO_PKG_VERSION"),
-            &cedar_policy::get_sdk_version().to_string(),
-        ])
-        .set(1);
-    let request_seconds = register(built(Histogram::with_opts(
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric, registered in a new registry.
+    pub fn new() -> Self {
+        Self::build(Registry::new())
+    }
+
+    /// The registry's metric families, for the ops listener.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
+    fn build(registry: Registry) -> Self {
+        let r = &registry;
+        let snapshot_revision = register(
+            r,
+            built(IntGauge::new(
+                "portcullis_snapshot_revision",
+                "Store revision of the snapshot in force.",
+            )),
+        );
+        let snapshot_age = register(
+            r,
+            built(prometheus::Gauge::new(
+                "portcullis_snapshot_age_seconds",
+                "Seconds since the snapshot in force was built or last patched.",
+            )),
+        );
+        let build_info = register(
+            r,
+            built(IntGaugeVec::new(
+                Opts::new("portcullis_build_info", "Build facts; always 1."),
+                &["version", "cedar"],
+            )),
+        );
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &cedar_policy::get_sdk_version().to_string(),
+            ])
+            .set(1);
+        let request_seconds = register(r, built(Histogram::with_opts(
         HistogramOpts::new(
             "portcullis_request_duration_seconds",
             "Whole requests on the data plane, from the request header to the end of the response.",
         )
         .buckets(UPSTREAM_BUCKETS.to_vec()),
     )));
-    Metrics {
-        requests: counter(
+        let requests = counter(
+            r,
             "portcullis_requests_total",
             "Requests on the data plane by route name and outcome.",
             &["route", "outcome"],
-        ),
-        decision_seconds: histogram_vec(
+        );
+        let decision_seconds = histogram_vec(
+            r,
             "portcullis_decision_duration_seconds",
             "Time in the decision core, by whether the decision cache answered.",
             &["cached"],
             DECISION_BUCKETS,
-        ),
-        upstream_seconds: histogram_vec(
-            "portcullis_upstream_duration_seconds",
-            "Forwarded requests, from choosing the upstream to the end of its response.",
-            &["route"],
-            UPSTREAM_BUCKETS,
-        ),
-        jwt: counter(
+        );
+        let jwt = counter(
+            r,
             "portcullis_jwt_validations_total",
             "Bearer token checks: ok, cached (verified-token cache hit), or why they failed.",
             &["outcome"],
-        ),
-        bad_requests: counter(
-            "portcullis_bad_requests_total",
-            "Requests refused as ambiguous before routing (target, credentials, method, host), by reason.",
-            &["reason"],
-        ),
-        request_head_timeouts: int_counter(
-            "portcullis_request_head_timeouts_total",
-            "Connections closed because a request head took longer than listen.request_head_timeout_ms.",
-        ),
-        snapshot_revision,
-        snapshot_age,
-        snapshot_updates: counter(
-            "portcullis_snapshot_updates_total",
-            "Snapshot updates from the store: applied, or rejected (kept the old one).",
-            &["outcome"],
-        ),
-        routes_unenforceable: register(built(IntGauge::new(
-            "portcullis_routes_unenforceable",
-            "Routes whose action the policy set in force lacks (or no longer applies to their resource type): they deny every request.",
-        ))),
-        reloads: counter(
-            "portcullis_config_reloads_total",
-            "Reloads of configuration, routes and policies: applied or rejected.",
-            &["outcome"],
-        ),
-        jwks_refreshes: counter(
-            "portcullis_jwks_refreshes_total",
-            "JWKS loads: ok or error (the previous keys stay in force).",
-            &["outcome"],
-        ),
-        build_info,
-        request_seconds,
-        audit: AuditMetrics {
-            records: int_counter("portcullis_audit_records_total", "Audit records written."),
-            dropped: int_counter(
-                "portcullis_audit_dropped_total",
-                "Audit entries not recorded under audit.on_full = drop: the queue was full or the write failed.",
+        );
+        Metrics {
+            hot: Hot {
+                jwt_ok: jwt.with_label_values(&["ok"]),
+                jwt_cached: jwt.with_label_values(&["cached"]),
+                decision_cached: decision_seconds.with_label_values(&["true"]),
+                decision_evaluated: decision_seconds.with_label_values(&["false"]),
+            },
+            requests,
+            decision_seconds,
+            jwt,
+            upstream_seconds: histogram_vec(
+                r,
+                "portcullis_upstream_duration_seconds",
+                "Forwarded requests, from choosing the upstream to the end of its response.",
+                &["route"],
+                UPSTREAM_BUCKETS,
             ),
-            refused: int_counter(
-                "portcullis_audit_refused_total",
-                "Requests refused because the audit queue stayed full (back-pressure).",
+            bad_requests: counter(
+                r,
+                "portcullis_bad_requests_total",
+                "Requests refused as ambiguous before routing (target, credentials, method, host), by reason.",
+                &["reason"],
             ),
-            write_errors: int_counter(
-                "portcullis_audit_write_errors_total",
-                "Audit batches that could not be written.",
+            request_head_timeouts: int_counter(
+                r,
+                "portcullis_request_head_timeouts_total",
+                "Connections closed because a request head took longer than listen.request_head_timeout_ms.",
             ),
-            batches: int_counter("portcullis_audit_batches_total", "Audit batches written."),
-            write_seconds: register(built(prometheus::Counter::new(
-                "portcullis_audit_write_seconds_total",
-                "Time spent writing audit batches.",
-            ))),
-            queue_depth: register(built(IntGauge::new(
-                "portcullis_audit_queue_depth",
-                "Audit entries waiting for the writer.",
-            ))),
-            sink_forwarded: counter(
-                "portcullis_audit_sink_forwarded_total",
-                "Audit records forwarded by a sink, in order.",
-                &["sink"],
+            snapshot_revision,
+            snapshot_age,
+            snapshot_updates: counter(
+                r,
+                "portcullis_snapshot_updates_total",
+                "Snapshot updates from the store: applied, or rejected (kept the old one).",
+                &["outcome"],
             ),
-            sink_errors: counter(
-                "portcullis_audit_sink_errors_total",
-                "Failed attempts of a sink; it retries and resumes where it stopped.",
-                &["sink"],
+            routes_unenforceable: register(
+                r,
+                built(IntGauge::new(
+                    "portcullis_routes_unenforceable",
+                    "Routes whose action the policy set in force lacks (or no longer applies to their resource type): they deny every request.",
+                )),
             ),
-        },
+            reloads: counter(
+                r,
+                "portcullis_config_reloads_total",
+                "Reloads of configuration, routes and policies: applied or rejected.",
+                &["outcome"],
+            ),
+            jwks_refreshes: counter(
+                r,
+                "portcullis_jwks_refreshes_total",
+                "JWKS loads: ok or error (the previous keys stay in force).",
+                &["outcome"],
+            ),
+            #[cfg(feature = "control-plane")]
+            admin_auth_failures: register(r, portcullis_admin_api::auth::failure_counter()),
+            build_info,
+            request_seconds,
+            audit: AuditMetrics {
+                records: int_counter(
+                    r,
+                    "portcullis_audit_records_total",
+                    "Audit records written.",
+                ),
+                dropped: int_counter(
+                    r,
+                    "portcullis_audit_dropped_total",
+                    "Audit entries not recorded under audit.on_full = drop: the queue was full or the write failed.",
+                ),
+                refused: int_counter(
+                    r,
+                    "portcullis_audit_refused_total",
+                    "Requests refused because the audit queue stayed full (back-pressure).",
+                ),
+                write_errors: int_counter(
+                    r,
+                    "portcullis_audit_write_errors_total",
+                    "Audit batches that could not be written.",
+                ),
+                batches: int_counter(
+                    r,
+                    "portcullis_audit_batches_total",
+                    "Audit batches written.",
+                ),
+                write_seconds: register(
+                    r,
+                    built(prometheus::Counter::new(
+                        "portcullis_audit_write_seconds_total",
+                        "Time spent writing audit batches.",
+                    )),
+                ),
+                queue_depth: register(
+                    r,
+                    built(IntGauge::new(
+                        "portcullis_audit_queue_depth",
+                        "Audit entries waiting for the writer.",
+                    )),
+                ),
+                sink_forwarded: counter(
+                    r,
+                    "portcullis_audit_sink_forwarded_total",
+                    "Audit records forwarded by a sink, in order.",
+                    &["sink"],
+                ),
+                sink_errors: counter(
+                    r,
+                    "portcullis_audit_sink_errors_total",
+                    "Failed attempts of a sink; it retries and resumes where it stopped.",
+                    &["sink"],
+                ),
+            },
+            registry,
+        }
     }
-});
+}
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn every_metric_builds_and_registers() {
-        let m = &*super::METRICS;
+        let m = super::Metrics::new();
         m.requests.with_label_values(&["r", "allowed"]).inc();
-        let names: Vec<String> = prometheus::gather()
-            .iter()
-            .map(|f| f.name().to_owned())
-            .collect();
+        let names: Vec<String> = m.gather().iter().map(|f| f.name().to_owned()).collect();
         for expected in [
             "portcullis_requests_total",
             "portcullis_build_info",
@@ -370,5 +450,9 @@ mod tests {
                 "{expected} in {names:?}"
             );
         }
+        // A second set counts on its own.
+        let other = super::Metrics::new();
+        assert_eq!(other.requests.with_label_values(&["r", "allowed"]).get(), 0);
+        assert_eq!(m.requests.with_label_values(&["r", "allowed"]).get(), 1);
     }
 }

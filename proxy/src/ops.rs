@@ -10,19 +10,20 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::Encoder;
 
+use crate::audit::Audit;
 use crate::data_plane::DataPlane;
-use crate::metrics::METRICS;
 
 /// The ops HTTP app.
 #[derive(Debug)]
 pub struct Ops {
     plane: Arc<DataPlane>,
+    audit: Option<Arc<Audit>>,
 }
 
 impl Ops {
-    /// Ops over the data plane's state.
-    pub fn new(plane: Arc<DataPlane>) -> Self {
-        Self { plane }
+    /// Ops over the data plane's state and metrics, and the audit ledger's counts.
+    pub fn new(plane: Arc<DataPlane>, audit: Option<Arc<Audit>>) -> Self {
+        Self { plane, audit }
     }
 
     /// Each readiness check: name, passed, detail.
@@ -98,15 +99,16 @@ impl Ops {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
+        let metrics = &self.plane.metrics;
         let snapshot = self.plane.snapshot.load();
-        METRICS.snapshot_revision.set(snapshot.revision());
-        METRICS.snapshot_age.set(age_seconds(snapshot.built_at()));
-        if let Some(audit) = &self.plane.audit {
-            audit.export_metrics();
+        metrics.snapshot_revision.set(snapshot.revision());
+        metrics.snapshot_age.set(age_seconds(snapshot.built_at()));
+        if let Some(audit) = &self.audit {
+            audit.export_metrics(metrics);
         }
         let encoder = prometheus::TextEncoder::new();
         let mut body = Vec::with_capacity(16 * 1024);
-        match encoder.encode(&prometheus::gather(), &mut body) {
+        match encoder.encode(&metrics.gather(), &mut body) {
             Ok(()) => text_response(StatusCode::OK, encoder.format_type(), body),
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode metrics");

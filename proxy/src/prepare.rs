@@ -12,10 +12,11 @@ use crate::data_plane::authn::{AuthSettings, parse_algorithm};
 use crate::data_plane::context::ContextSettings;
 use crate::data_plane::screen::Screen;
 use crate::data_plane::{DecisionEndpoint, Gate, GateSettings, Upstream};
+use crate::metrics::Metrics;
 use crate::routes::RouteMap;
 
-/// The gate of a validated configuration over a compiled route map.
-pub fn gate(config: &Config, routes: RouteMap) -> Result<Gate, String> {
+/// The gate of a validated configuration over a compiled route map, counting in `metrics`.
+pub fn gate(config: &Config, routes: RouteMap, metrics: &Metrics) -> Result<Gate, String> {
     let upstreams = config
         .upstreams
         .iter()
@@ -72,6 +73,7 @@ pub fn gate(config: &Config, routes: RouteMap) -> Result<Gate, String> {
             },
             forward_credential: config.auth.forward_credential,
         },
+        metrics,
     ))
 }
 

@@ -19,7 +19,6 @@ use crate::data_plane::{DataPlane, Gate};
 #[cfg(feature = "control-plane")]
 use crate::embedded;
 use crate::file_watch::FileWatch;
-use crate::metrics::METRICS;
 use crate::policy_dir::{self, ROLES_FILE, ROUTES_FILE, SCHEMA_FILE};
 #[cfg(feature = "control-plane")]
 use crate::policy_dir::{CompiledDir, PolicyDir};
@@ -75,11 +74,15 @@ pub fn local_route_map(
 
 /// Builds the gate from a configuration and its compiled policies.
 #[cfg(feature = "control-plane")]
-pub fn gate(config: &Config, compiled: CompiledDir) -> Result<Gate, Vec<String>> {
+pub fn gate(
+    config: &Config,
+    compiled: CompiledDir,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Gate, Vec<String>> {
     let routes = compiled
         .routes
         .ok_or_else(|| vec![String::from("no route map")])?;
-    crate::prepare::gate(config, routes).map_err(|e| vec![e])
+    crate::prepare::gate(config, routes, metrics).map_err(|e| vec![e])
 }
 
 /// Reloads on SIGHUP and on file changes.
@@ -157,11 +160,19 @@ impl Reloader {
     pub async fn reload(&mut self, why: &str) {
         match self.try_reload().await {
             Ok(()) => {
-                METRICS.reloads.with_label_values(&["applied"]).inc();
+                self.plane
+                    .metrics
+                    .reloads
+                    .with_label_values(&["applied"])
+                    .inc();
                 tracing::info!(trigger = why, "configuration and policies reloaded");
             }
             Err(problems) => {
-                METRICS.reloads.with_label_values(&["rejected"]).inc();
+                self.plane
+                    .metrics
+                    .reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
                 for p in &problems {
                     tracing::error!(trigger = why, problem = %p, "reload refused");
                 }
@@ -201,14 +212,14 @@ impl Reloader {
             if synced != embedded::Synced::Unchanged {
                 self.wait_for_snapshot(store).await?;
             }
-            let gate = gate(next, compiled)?;
+            let gate = gate(next, compiled, &self.plane.metrics)?;
             if let Some(slot) = &self.admin_policies {
                 slot.store(admin);
             }
             return Ok(gate);
         }
         let routes = local_route_map(next, self.plane.snapshot.load().policies())?;
-        crate::prepare::gate(next, routes).map_err(|e| vec![e])
+        crate::prepare::gate(next, routes, &self.plane.metrics).map_err(|e| vec![e])
     }
 
     /// Waits until the follower has brought the snapshot to the store's revision, so the
@@ -284,7 +295,8 @@ pub async fn watch_route_map(plane: Arc<DataPlane>) {
         });
         if !fresh {
             let problems = gate.routes.problems_with(snapshot.policies());
-            METRICS
+            plane
+                .metrics
                 .routes_unenforceable
                 .set(i64::try_from(problems.len()).unwrap_or(i64::MAX));
             if problems != reported {

@@ -18,6 +18,7 @@ use pingora::services::listening::Service;
 
 use crate::head_deadline::HeadDeadline;
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::data_plane::proxy::EnforcingProxy;
 use crate::data_plane::{DataPlane, Health};
@@ -46,7 +47,14 @@ pub fn check_binds(config: &Config, mode: Mode) -> Result<(), String> {
 
 /// Runs the listeners until shutdown: the ops listener always, the data plane when the mode
 /// has one (`portcullis control` serves no data plane).
-pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCert>>, mode: Mode) {
+/// `audit`, when open, is counted in the metrics the ops listener serves.
+pub fn run(
+    config: &Config,
+    plane: Arc<DataPlane>,
+    cert: Option<Arc<ReloadingCert>>,
+    audit: Option<Arc<Audit>>,
+    mode: Mode,
+) {
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(1),
@@ -60,7 +68,10 @@ pub fn run(config: &Config, plane: Arc<DataPlane>, cert: Option<Arc<ReloadingCer
         add_data_plane(&mut server, config, &plane, cert);
     }
 
-    let mut ops = Service::new(String::from("portcullis ops"), Ops::new(Arc::clone(&plane)));
+    let mut ops = Service::new(
+        String::from("portcullis ops"),
+        Ops::new(Arc::clone(&plane), audit),
+    );
     ops.add_tcp(&config.ops.address);
     server.add_service(ops);
 
@@ -88,6 +99,7 @@ fn add_data_plane(
         HeadDeadline::new(
             app,
             Duration::from_millis(config.listen.request_head_timeout_ms),
+            plane.metrics.request_head_timeouts.clone(),
         ),
     );
     proxy.add_tcp(&config.listen.address);

@@ -11,7 +11,6 @@ use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
 
 use crate::file_watch::FileWatch;
-use crate::metrics::METRICS;
 
 /// A certificate that follows its files.
 #[derive(Debug)]
@@ -58,8 +57,9 @@ impl ReloadingCert {
         })
     }
 
-    /// Re-reads the files whenever they change, until the process ends.
-    pub async fn watch(self: Arc<Self>) {
+    /// Re-reads the files whenever they change, until the process ends; counts each reload
+    /// in `reloads` (`applied` or `rejected`).
+    pub async fn watch(self: Arc<Self>, reloads: prometheus::IntCounterVec) {
         let files = || vec![self.cert_file.clone(), self.key_file.clone()];
         let mut watch = FileWatch::new(files());
         loop {
@@ -70,11 +70,11 @@ impl ReloadingCert {
             match load(&self.cert_file, &self.key_file) {
                 Ok(certified) => {
                     self.current.store(Arc::new(certified));
-                    METRICS.reloads.with_label_values(&["applied"]).inc();
+                    reloads.with_label_values(&["applied"]).inc();
                     tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
                 }
                 Err(e) => {
-                    METRICS.reloads.with_label_values(&["rejected"]).inc();
+                    reloads.with_label_values(&["rejected"]).inc();
                     tracing::error!(error = %e, "TLS certificate not reloaded; keeping the one in force");
                 }
             }

@@ -15,7 +15,7 @@
 pub mod throttle;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -161,16 +161,28 @@ pub struct AdminAuth {
     tokens: AdminTokens,
     jwt: Option<Arc<dyn JwtVerifier>>,
     throttle: Arc<Throttle>,
+    /// `portcullis_admin_auth_failures_total{reason}`.
+    failures: prometheus::IntCounterVec,
 }
 
 impl AdminAuth {
-    /// Bearer tokens from a token file only, with the default failure limit.
+    /// Bearer tokens from a token file only, with the default failure limit; failures are
+    /// counted in a counter of its own until [`AdminAuth::counting_failures_in`].
     pub fn new(tokens: AdminTokens) -> Self {
         Self {
             tokens,
             jwt: None,
             throttle: Arc::new(Throttle::new(FailureLimit::default())),
+            failures: failure_counter(),
         }
+    }
+
+    /// Counts failed authentications in `failures` (labelled `reason`), a counter the
+    /// caller serves; made by [`failure_counter`].
+    #[must_use]
+    pub fn counting_failures_in(mut self, failures: prometheus::IntCounterVec) -> Self {
+        self.failures = failures;
+        self
     }
 
     /// Also accepts JWTs that `verifier` accepts.
@@ -199,12 +211,14 @@ impl AdminAuth {
     }
 }
 
-/// Failed authentications by reason (`missing`, `invalid`, `throttled`).
+/// `portcullis_admin_auth_failures_total`: failed authentications by reason (`missing`,
+/// `invalid`, `throttled`), every series present from the start. Unregistered: the caller
+/// registers it where its metrics are served.
 #[expect(
     clippy::panic,
     reason = "a static metric definition; a failure is a bug the API tests catch"
 )]
-static AUTH_FAILURES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+pub fn failure_counter() -> prometheus::IntCounterVec {
     let counter = match prometheus::IntCounterVec::new(
         prometheus::Opts::new(
             "portcullis_admin_auth_failures_total",
@@ -215,13 +229,11 @@ static AUTH_FAILURES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
         Ok(counter) => counter,
         Err(e) => panic!("invalid static metric definition: {e}"),
     };
-    // Registering twice (several routers in one test process) is harmless.
-    let _ = prometheus::register(Box::new(counter.clone()));
     for reason in ["missing", "invalid", "throttled"] {
         counter.with_label_values(&[reason]);
     }
     counter
-});
+}
 
 /// Middleware: refuses calls without valid admin credentials (401 problem+json), and every
 /// call from an address over its failure limit (429), and puts the [`Actor`] into the
@@ -237,7 +249,7 @@ pub async fn require_admin(
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let now = Instant::now();
     if let Some(retry_after) = auth.throttle.refused(client, now) {
-        AUTH_FAILURES.with_label_values(&["throttled"]).inc();
+        auth.failures.with_label_values(&["throttled"]).inc();
         return ApiError::TooManyFailures(retry_after).into_response();
     }
     let on_behalf_of = match request.headers().get("x-actor-id") {
@@ -262,7 +274,7 @@ pub async fn require_admin(
         })
         .filter(|token| !token.is_empty());
     let Some(credential) = credential else {
-        AUTH_FAILURES.with_label_values(&["missing"]).inc();
+        auth.failures.with_label_values(&["missing"]).inc();
         auth.throttle.failed(client, now);
         return ApiError::Unauthenticated.into_response();
     };
@@ -275,7 +287,7 @@ pub async fn require_admin(
             next.run(request).await
         }
         Err(reason) => {
-            AUTH_FAILURES.with_label_values(&["invalid"]).inc();
+            auth.failures.with_label_values(&["invalid"]).inc();
             auth.throttle.failed(client, now);
             tracing::info!(client = %client, reason, "admin call with bad credentials refused");
             ApiError::Unauthenticated.into_response()

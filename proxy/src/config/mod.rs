@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data_plane::authn::ClaimNames;
 use crate::data_plane::gateway::GatewayKind;
+use crate::data_plane::record::OnFull;
 use crate::data_plane::screen::MethodOverride;
 use crate::data_plane::{EnforcementMode, ForwardCredential};
 use portcullis_ledger::RedactionMasks;
@@ -448,7 +449,7 @@ pub struct AuditConfig {
     pub max_file_bytes: u64,
     /// When the queue is full: `wait` (up to `max_wait_ms`, then answer 503) or `drop`
     /// (forward without a record, counted in `portcullis_audit_dropped_total`).
-    pub on_full: AuditOnFull,
+    pub on_full: OnFull,
     /// How long a request waits for room in the queue.
     pub max_wait_ms: u64,
     /// Entries between the request path and the writer.
@@ -528,7 +529,7 @@ impl Default for AuditConfig {
             enabled: true,
             dir: None,
             max_file_bytes: 100 * 1024 * 1024,
-            on_full: AuditOnFull::Wait,
+            on_full: OnFull::Wait,
             max_wait_ms: 1_000,
             queue_capacity: 65_536,
             fsync: false,
@@ -573,16 +574,6 @@ impl Default for ControlPlaneConfig {
             state_file: None,
         }
     }
-}
-
-/// What a full audit queue does to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditOnFull {
-    /// Wait, then fail closed (503).
-    Wait,
-    /// Forward without a record; counted.
-    Drop,
 }
 
 /// Shutdown timing. The defaults fit Kubernetes' 30 s termination grace period.

@@ -20,8 +20,10 @@ pub mod gateway;
 pub mod headers;
 pub mod path;
 pub mod proxy;
+pub mod record;
 pub mod respond;
 pub mod screen;
+pub mod staleness;
 #[cfg(test)]
 mod tests;
 
@@ -38,7 +40,7 @@ use portcullis_engine::snapshot::SnapshotHandle;
 use portcullis_model::PrincipalKind;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{HOT, METRICS, Outcome, RouteMetrics};
+use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::routes::RouteMap;
 use authn::Authenticator;
 use context::ContextSettings;
@@ -46,6 +48,7 @@ use gateway::GatewayKind;
 use path::Target;
 use respond::Rejection;
 use screen::Screen;
+use staleness::Contact;
 
 /// One upstream, ready to connect to.
 #[derive(Debug, Clone)]
@@ -155,13 +158,16 @@ pub enum ForwardCredential {
 }
 
 impl Gate {
-    /// A gate over a compiled route map and prepared settings.
-    pub fn new(routes: RouteMap, settings: GateSettings) -> Self {
+    /// A gate over a compiled route map and prepared settings, counting in `metrics`.
+    pub fn new(routes: RouteMap, settings: GateSettings, metrics: &Metrics) -> Self {
         let route_metrics = routes
             .routes()
             .iter()
-            .map(|r| RouteMetrics::new(&r.name))
-            .chain(std::iter::once(RouteMetrics::new(crate::metrics::NO_ROUTE)))
+            .map(|r| RouteMetrics::new(metrics, &r.name))
+            .chain(std::iter::once(RouteMetrics::new(
+                metrics,
+                crate::metrics::NO_ROUTE,
+            )))
             .collect();
         Self {
             routes,
@@ -323,10 +329,12 @@ pub struct DataPlane {
     pub authn: Arc<Authenticator>,
     /// Readiness.
     pub health: Arc<Health>,
-    /// The decision audit ledger, if enabled.
-    pub audit: Option<crate::audit::Audit>,
+    /// Where decisions are recorded, if auditing is on.
+    pub recorder: Option<record::Recorder>,
     /// Contact with the control plane (`portcullis proxy`); `None` for `serve`.
-    pub contact: Option<Arc<crate::follow::Contact>>,
+    pub contact: Option<Arc<Contact>>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A UUIDv7 (time-ordered, so decision ids sort like the log). The random part comes from
@@ -359,7 +367,10 @@ impl DataPlane {
                 .screen
                 .check(method, target.query.as_deref(), headers, forwarded)
         {
-            METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+            self.metrics
+                .bad_requests
+                .with_label_values(&[e.code()])
+                .inc();
             return Verdict::refused(Rejection::BadRequest(e));
         }
         if self.contact.as_ref().is_some_and(|c| c.is_stale()) {
@@ -391,14 +402,14 @@ impl DataPlane {
         let identity = match self.authn.authenticate(authorization, now_ms / 1000) {
             Ok((identity, cached)) => {
                 if cached {
-                    HOT.jwt_cached.inc();
+                    self.metrics.hot.jwt_cached.inc();
                 } else {
-                    HOT.jwt_ok.inc();
+                    self.metrics.hot.jwt_ok.inc();
                 }
                 identity
             }
             Err(e) => {
-                METRICS.jwt.with_label_values(&[e.code()]).inc();
+                self.metrics.jwt.with_label_values(&[e.code()]).inc();
                 let rejection = if e == authn::AuthnError::NoKeys {
                     Rejection::Unavailable("keys_not_loaded")
                 } else {
@@ -487,9 +498,9 @@ impl DataPlane {
             cached,
         } = decision;
         let histogram = if cached {
-            &HOT.decision_cached
+            &self.metrics.hot.decision_cached
         } else {
-            &HOT.decision_evaluated
+            &self.metrics.hot.decision_evaluated
         };
         histogram.observe(elapsed.as_secs_f64());
         let subject = DecisionSubject {

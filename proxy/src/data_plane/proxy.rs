@@ -27,7 +27,7 @@ use super::path::{PathError, Target, normalize};
 use super::respond::{Rejection, bad_gateway_body};
 use super::screen;
 use super::{DataPlane, ForwardCredential, Gate, InFlight, Verdict};
-use crate::metrics::{METRICS, Outcome};
+use crate::metrics::Outcome;
 
 /// Per-request state.
 #[derive(Debug)]
@@ -104,12 +104,20 @@ impl EnforcingProxy {
                 );
                 match asked {
                     Err(e) => {
-                        METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                        self.plane
+                            .metrics
+                            .bad_requests
+                            .with_label_values(&[e.code()])
+                            .inc();
                         Verdict::refused(Rejection::BadRequest(e))
                     }
                     Ok(asked) => match normalize(&asked.target) {
                         Err(e) => {
-                            METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                            self.plane
+                                .metrics
+                                .bad_requests
+                                .with_label_values(&[e.code()])
+                                .inc();
                             Verdict::refused(Rejection::BadTarget(e))
                         }
                         Ok(target) => {
@@ -162,13 +170,13 @@ impl EnforcingProxy {
     ) -> Option<Rejection> {
         ctx.outcome = verdict.outcome();
         let mut refusal = verdict.refusal().cloned();
-        if let Some(audit) = &self.plane.audit {
+        if let Some(recorder) = &self.plane.recorder {
             let route = gate
                 .routes
                 .routes()
                 .get(verdict.route().unwrap_or(usize::MAX));
             let trace_id = ctx.traceparent.as_ref().map(|(_, t)| t.as_str());
-            if let Err(unavailable) = audit
+            if let Err(unavailable) = recorder
                 .record(
                     &verdict,
                     route.map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str()),
@@ -241,11 +249,19 @@ impl ProxyHttp for EnforcingProxy {
         };
         let verdict = match (host, normalized) {
             (Err(e), _) => {
-                METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                self.plane
+                    .metrics
+                    .bad_requests
+                    .with_label_values(&[e.code()])
+                    .inc();
                 Verdict::refused(Rejection::BadRequest(e))
             }
             (_, Err(e)) => {
-                METRICS.bad_requests.with_label_values(&[e.code()]).inc();
+                self.plane
+                    .metrics
+                    .bad_requests
+                    .with_label_values(&[e.code()])
+                    .inc();
                 Verdict::refused(Rejection::BadTarget(e))
             }
             (Ok(host), Ok(mut target)) => {
@@ -451,7 +467,10 @@ impl ProxyHttp for EnforcingProxy {
                 m.upstream(started.elapsed().as_secs_f64());
             }
         }
-        METRICS.request_seconds.observe(elapsed.as_secs_f64());
+        self.plane
+            .metrics
+            .request_seconds
+            .observe(elapsed.as_secs_f64());
         let verdict = ctx.verdict.as_ref();
         let refusal = verdict.and_then(Verdict::reason);
         let subject = verdict.and_then(Verdict::subject);

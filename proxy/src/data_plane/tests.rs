@@ -21,8 +21,9 @@ use super::path::Target;
 use super::respond::Rejection;
 use super::{DataPlane, Gate, Health, Verdict};
 use crate::config::{self, Override};
+use crate::data_plane::staleness::Contact;
 use crate::devkey::{DEV_ISSUER, DevKey};
-use crate::follow::Contact;
+use crate::metrics::Metrics;
 use crate::metrics::Outcome;
 use crate::policy_dir;
 
@@ -100,14 +101,16 @@ fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fi
     if keys_loaded {
         authn.set_keys(KeySource::Fixed(key.jwks()).load_local().unwrap().unwrap());
     }
-    let gate = Arc::new(crate::prepare::gate(&config, routes).unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let gate = Arc::new(crate::prepare::gate(&config, routes, &metrics).unwrap());
     let plane = DataPlane {
         gate: arc_swap::ArcSwap::new(Arc::clone(&gate)),
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
         authn: Arc::new(authn),
         health: Arc::new(Health::default()),
-        audit: None,
+        recorder: None,
         contact: None,
+        metrics,
     };
     Fixture {
         plane,
@@ -186,6 +189,9 @@ fn screen_a_method_override_is_refused_before_anything_else() {
     assert!(matches!(checked.refusal(), Some(Rejection::BadRequest(_))));
     assert_eq!(checked.route(), None);
     assert!(checked.grant().is_none() && checked.subject().is_none());
+    // Counted by reason in this data plane's own registry.
+    let bad = &f.plane.metrics.bad_requests;
+    assert_eq!(bad.with_label_values(&["method_override"]).get(), 1);
 }
 
 #[test]
@@ -280,6 +286,14 @@ fn authentication_a_missing_or_bad_token_is_refused_and_shadowed_in_shadow_mode(
         checked.refusal()
     );
     assert!(!checked.forwards_credential());
+    let jwt = &f.plane.metrics.jwt;
+    assert_eq!(jwt.with_label_values(&["missing"]).get(), 1);
+    assert_eq!(
+        jwt.with_label_values(&["bad_signature"]).get()
+            + jwt.with_label_values(&["malformed"]).get(),
+        1
+    );
+    assert_eq!(f.plane.metrics.hot.jwt_ok.get(), 0);
 
     let shadow = fixture(&["enforcement.mode=shadow"], true, Vec::new());
     let checked = shadow.check("GET", MEDICAL, &[]);
@@ -309,6 +323,10 @@ fn revocation_a_revoked_session_is_refused_and_other_sessions_are_not() {
     let other = format!("Bearer {}", f.token("alice", json!({"sid": "s-other"})));
     let checked = f.check("GET", GROCERIES, &[("authorization", &other)]);
     assert_eq!(checked.outcome(), Outcome::Allowed);
+    // Both tokens verified once (and the revoked one refused after verification); one
+    // decision evaluated.
+    assert_eq!(f.plane.metrics.hot.jwt_ok.get(), 2);
+    assert_eq!(f.plane.metrics.hot.decision_evaluated.get_sample_count(), 1);
 }
 
 #[test]

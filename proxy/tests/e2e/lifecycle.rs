@@ -200,51 +200,20 @@ fn reload_refuses_bad_config_applies_good_and_sigterm_drains() {
 fn https_listener_follows_its_certificate_files() {
     let upstream = Upstream::start();
     let keys = Keys::generate();
-    let dir = crate::harness::temp_dir("tls");
-    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let first = rcgen::generate_simple_self_signed(vec![String::from("localhost")]).expect("cert");
-    std::fs::write(&cert_file, first.cert.pem()).expect("cert");
-    std::fs::write(&key_file, first.key_pair.serialize_pem()).expect("key");
-    let https_port = crate::harness::free_port();
-    let p = Portcullis::start(
-        &upstream,
-        &keys,
-        &format!(
-            "listen:\n  address: {{data}}\n  tls:\n    address: 127.0.0.1:{https_port}\n    cert_file: {}\n    key_file: {}\n",
-            cert_file.display(),
-            key_file.display()
-        ),
-    );
+    let tls = Tls::new();
+    let first = &tls.first;
+    let (cert_file, key_file) = (&tls.cert_file, &tls.key_file);
+    let p = Portcullis::start(&upstream, &keys, &tls.listen());
+    let https_port = tls.port;
     p.seed(world::import());
     let alice = keys.token("alice", json!({}));
-    let url = format!("https://localhost:{https_port}/v1/spaces/s1/documents/d1");
-    let get = |trusted_pem: &str| {
-        let client = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(trusted_pem.as_bytes()).expect("pem"),
-            )
-            .resolve(
-                "localhost",
-                std::net::SocketAddr::from(([127, 0, 0, 1], https_port)),
-            )
-            .build()
-            .expect("client");
-        crate::harness::rt().block_on(async {
-            client
-                .get(&url)
-                .bearer_auth(&alice)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        })
-    };
+    let get = |trusted_pem: &str| https_status(https_port, trusted_pem, &alice);
     assert_eq!(get(&first.cert.pem()).expect("https answers"), 200);
 
     // New files: the listener serves the new certificate without a restart.
     let second = rcgen::generate_simple_self_signed(vec![String::from("localhost")]).expect("cert");
-    std::fs::write(&key_file, second.key_pair.serialize_pem()).expect("key");
-    std::fs::write(&cert_file, second.cert.pem()).expect("cert");
+    std::fs::write(key_file, second.key_pair.serialize_pem()).expect("key");
+    std::fs::write(cert_file, second.cert.pem()).expect("cert");
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(&second.cert.pem()).is_err() {
         assert!(
@@ -260,7 +229,7 @@ fn https_listener_follows_its_certificate_files() {
     );
 
     // A broken pair keeps the certificate in force.
-    std::fs::write(&cert_file, "not a certificate").expect("cert");
+    std::fs::write(cert_file, "not a certificate").expect("cert");
     let rejected = || {
         p.metric(
             "portcullis_config_reloads_total",
@@ -270,4 +239,88 @@ fn https_listener_follows_its_certificate_files() {
     };
     p.wait_for(|| rejected() >= 1.0, "the broken certificate is refused");
     assert_eq!(get(&second.cert.pem()).expect("still served"), 200);
+}
+
+/// The status of an HTTPS GET of a document on `port`, trusting only `trusted_pem`.
+fn https_status(port: u16, trusted_pem: &str, token: &str) -> reqwest::Result<u16> {
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(trusted_pem.as_bytes()).expect("pem"))
+        .resolve(
+            "localhost",
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+        .build()
+        .expect("client");
+    crate::harness::rt().block_on(async {
+        client
+            .get(format!(
+                "https://localhost:{port}/v1/spaces/s1/documents/d1"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    })
+}
+
+/// `portcullis proxy` serves HTTPS like `serve` when `listen.tls` is configured (it once
+/// started without the HTTPS listener, silently).
+#[test]
+fn the_data_plane_alone_serves_https_too() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let control = Portcullis::start(&upstream, &keys, "");
+    control.seed(world::import());
+    let tls = Tls::new();
+    let (cert, https_port) = (&tls.first, tls.port);
+    let proxy = Portcullis::start_proxy(&upstream, &keys, &control, &tls.listen());
+    let alice = keys.token("alice", json!({}));
+    let zoe = keys.token("zoe", json!({}));
+    assert_eq!(
+        https_status(https_port, &cert.cert.pem(), &alice).expect("https answers"),
+        200,
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(
+        https_status(https_port, &cert.cert.pem(), &zoe).expect("https answers"),
+        403,
+        "decided over HTTPS as over HTTP"
+    );
+}
+
+/// A self-signed certificate for `localhost` in files, and a free HTTPS port.
+struct Tls {
+    cert_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    first: rcgen::CertifiedKey,
+    port: u16,
+}
+
+impl Tls {
+    fn new() -> Self {
+        let dir = crate::harness::temp_dir("tls");
+        let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let first =
+            rcgen::generate_simple_self_signed(vec![String::from("localhost")]).expect("cert");
+        std::fs::write(&cert_file, first.cert.pem()).expect("cert");
+        std::fs::write(&key_file, first.key_pair.serialize_pem()).expect("key");
+        Self {
+            cert_file,
+            key_file,
+            first,
+            port: crate::harness::free_port(),
+        }
+    }
+
+    /// The `listen` section serving it (and plain HTTP on `{data}`).
+    fn listen(&self) -> String {
+        format!(
+            "listen:\n  address: {{data}}\n  tls:\n    address: 127.0.0.1:{}\n    cert_file: {}\n    key_file: {}\n",
+            self.port,
+            self.cert_file.display(),
+            self.key_file.display()
+        )
+    }
 }

@@ -12,7 +12,6 @@ use portcullis_sinks::backoff::Backoff;
 use super::Authenticator;
 use super::keys::KeySet;
 use crate::file_watch::FileWatch;
-use crate::metrics::METRICS;
 
 /// A source of keys.
 #[derive(Debug, Clone)]
@@ -53,16 +52,18 @@ impl KeySource {
         Ok(Some(keys))
     }
 
-    /// Keeps `authn`'s keys fresh until `shutdown` resolves.
-    pub async fn run(self, authn: Arc<Authenticator>) {
+    /// Keeps `authn`'s keys fresh for as long as it runs; counts each load in `refreshes`
+    /// (`ok` or `error`).
+    pub async fn run(self, authn: Arc<Authenticator>, refreshes: prometheus::IntCounterVec) {
+        let loads = Loads { authn, refreshes };
         match self {
             Self::Fixed(_) => std::future::pending().await,
-            Self::File(path) => watch_file(path, authn).await,
+            Self::File(path) => watch_file(path, loads).await,
             Self::Url {
                 url,
                 refresh,
                 follow_redirects,
-            } => poll_url(url, refresh, follow_redirects, authn).await,
+            } => poll_url(url, refresh, follow_redirects, loads).await,
         }
     }
 }
@@ -77,39 +78,52 @@ impl std::fmt::Display for KeySource {
     }
 }
 
-async fn watch_file(path: PathBuf, authn: Arc<Authenticator>) {
+/// Where loaded keys go, and where loads are counted.
+struct Loads {
+    authn: Arc<Authenticator>,
+    refreshes: prometheus::IntCounterVec,
+}
+
+impl Loads {
+    /// Installs the keys of a JWKS document, or keeps those in force when it is refused.
+    fn install(&self, bytes: &[u8], source: &str) {
+        match KeySet::from_jwks(bytes) {
+            Ok((keys, warnings)) => {
+                for w in warnings {
+                    tracing::warn!(source, "{w}");
+                }
+                tracing::info!(source, keys = keys.len(), "JWKS loaded");
+                self.authn.set_keys(keys);
+                self.refreshes.with_label_values(&["ok"]).inc();
+            }
+            Err(e) => {
+                self.failed();
+                tracing::warn!(source, error = %e, "JWKS refused; keeping the keys in force");
+            }
+        }
+    }
+
+    fn failed(&self) {
+        self.refreshes.with_label_values(&["error"]).inc();
+    }
+}
+
+async fn watch_file(path: PathBuf, loads: Loads) {
     let mut watch = FileWatch::new(vec![path.clone()]);
     loop {
         tokio::select! {
             () = tokio::time::sleep(FILE_POLL) => {}
-            () = authn.refetch_requested() => {}
+            () = loads.authn.refetch_requested() => {}
         }
         if !watch.changed(vec![path.clone()]) {
             continue;
         }
         match tokio::fs::read(&path).await {
-            Ok(bytes) => install(&authn, &bytes, &path.display().to_string()),
+            Ok(bytes) => loads.install(&bytes, &path.display().to_string()),
             Err(e) => {
-                METRICS.jwks_refreshes.with_label_values(&["error"]).inc();
+                loads.failed();
                 tracing::warn!(path = %path.display(), error = %e, "JWKS file unreadable; keeping the keys in force");
             }
-        }
-    }
-}
-
-fn install(authn: &Authenticator, bytes: &[u8], source: &str) {
-    match KeySet::from_jwks(bytes) {
-        Ok((keys, warnings)) => {
-            for w in warnings {
-                tracing::warn!(source, "{w}");
-            }
-            tracing::info!(source, keys = keys.len(), "JWKS loaded");
-            authn.set_keys(keys);
-            METRICS.jwks_refreshes.with_label_values(&["ok"]).inc();
-        }
-        Err(e) => {
-            METRICS.jwks_refreshes.with_label_values(&["error"]).inc();
-            tracing::warn!(source, error = %e, "JWKS refused; keeping the keys in force");
         }
     }
 }
@@ -133,12 +147,7 @@ fn redirect_policy(follow: bool) -> reqwest::redirect::Policy {
     })
 }
 
-async fn poll_url(
-    url: String,
-    refresh: Duration,
-    follow_redirects: bool,
-    authn: Arc<Authenticator>,
-) {
+async fn poll_url(url: String, refresh: Duration, follow_redirects: bool, loads: Loads) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(redirect_policy(follow_redirects))
@@ -154,28 +163,28 @@ async fn poll_url(
     loop {
         let loaded = match fetch(&client, &url).await {
             Ok(bytes) => {
-                install(&authn, &bytes, &url);
+                loads.install(&bytes, &url);
                 true
             }
             Err(e) => {
-                METRICS.jwks_refreshes.with_label_values(&["error"]).inc();
+                loads.failed();
                 tracing::warn!(url, error = %e, "JWKS fetch failed; keeping the keys in force");
                 false
             }
         };
         // Until the first success, retry with backoff; afterwards, on the refresh period or
         // when a token names an unknown `kid`.
-        let wait = if authn.has_keys() && loaded {
+        let wait = if loads.authn.has_keys() && loaded {
             backoff.reset();
             refresh
-        } else if authn.has_keys() {
+        } else if loads.authn.has_keys() {
             refresh.min(Duration::from_secs(30))
         } else {
             backoff.next_delay()
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = authn.refetch_requested() => {}
+            () = loads.authn.refetch_requested() => {}
         }
     }
 }

@@ -1,0 +1,156 @@
+//! The control plane inside `serve` and `control`: the store (opened, synced with the
+//! policies directory, loaded into the first snapshot — see [`crate::embedded`]), the
+//! publisher that carries each commit to the snapshot and to every watching sidecar, the
+//! relay of commits made by other replicas, and the admin API. The composition root
+//! ([`crate::app`]) starts it beside the data plane's parts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use portcullis_admin_api::authz::AdminPolicies;
+use portcullis_admin_api::publish::{ChangeFeed, PublishMetrics, Publisher};
+use portcullis_engine::snapshot::Snapshot;
+use portcullis_store::{SqlStore, StoreConfig};
+
+use crate::admin_jwt::AdminJwt;
+use crate::app::Failure;
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::data_plane::authn::Authenticator;
+use crate::data_plane::{DataPlane, Gate};
+use crate::embedded;
+use crate::metrics::Metrics;
+use crate::process::{Background, Mode};
+use crate::reload;
+
+/// The store side of the process, opened.
+#[derive(Debug)]
+pub struct StoreSide {
+    /// The store.
+    pub store: SqlStore,
+    /// The admin API's policies (`admin.cedar`), swapped on reload.
+    pub admin_policies: Arc<ArcSwap<AdminPolicies>>,
+    /// The policies directory in use, for the start-up log.
+    pub policy_root: String,
+}
+
+impl StoreSide {
+    /// Opens the store, brings it in step with the policies directory (loading the demo
+    /// data into a new store when `demo_data`), and makes the first snapshot and the gate
+    /// over the directory's route map.
+    pub(crate) async fn open(
+        config: &Config,
+        demo_data: bool,
+        metrics: &Metrics,
+    ) -> Result<(Self, Snapshot, Gate), Failure> {
+        let compiled = reload::load_policies(config).map_err(Failure::Input)?;
+        let store = embedded::open(config).await.map_err(Failure::Runtime)?;
+        let synced = embedded::sync_policies(&store, &compiled.dir, demo_data)
+            .await
+            .map_err(|e| Failure::Input(vec![e]))?;
+        synced.log();
+        let snapshot = embedded::load_snapshot(&store)
+            .await
+            .map_err(Failure::Runtime)?;
+        let policy_root = compiled.dir.root.display().to_string();
+        let admin_policies = Arc::new(ArcSwap::new(Arc::clone(&compiled.admin)));
+        let gate = reload::gate(config, compiled, metrics).map_err(Failure::Input)?;
+        let side = Self {
+            store,
+            admin_policies,
+            policy_root,
+        };
+        Ok((side, snapshot, gate))
+    }
+
+    /// Which database, for logs.
+    pub fn describe(&self, config: &Config) -> String {
+        match embedded::store_config(config) {
+            StoreConfig::Sqlite { path } => format!("sqlite:{}", path.display()),
+            StoreConfig::Postgres { .. } => String::from("postgres"),
+        }
+    }
+
+    /// Starts the publisher, the relay of other replicas' commits and, when enabled, the
+    /// admin API (admin JWTs verified with `authn`'s keys), under `background`'s signal.
+    pub(crate) fn spawn(
+        &self,
+        background: &Background,
+        config: &Config,
+        mode: Mode,
+        plane: &Arc<DataPlane>,
+        audit: Option<&Audit>,
+        authn: &Arc<Authenticator>,
+    ) -> Result<(), Failure> {
+        let feed = Arc::new(ChangeFeed::new(plane.snapshot.load().revision()));
+        background.spawn(
+            Publisher::new(
+                self.store.clone(),
+                Arc::clone(&plane.snapshot),
+                Arc::clone(&feed),
+                Some(PublishMetrics {
+                    updates: plane.metrics.snapshot_updates.clone(),
+                    revision: plane.metrics.snapshot_revision.clone(),
+                }),
+            )
+            .run(),
+        );
+        background.spawn({
+            let store = self.store.clone();
+            async move { store.relay_peer_commits().await }
+        });
+        if !config.admin.enabled {
+            return Ok(());
+        }
+        let (tokens, plain) =
+            embedded::admin_tokens(config).map_err(|e| Failure::Input(vec![e]))?;
+        let mut auth = portcullis_admin_api::AdminAuth::new(tokens)
+            .with_failure_limit(portcullis_admin_api::FailureLimit {
+                max_failures: config.admin.failed_auth.max_failures,
+                window: std::time::Duration::from_secs(config.admin.failed_auth.window_seconds),
+            })
+            .counting_failures_in(plane.metrics.admin_auth_failures.clone());
+        if let Some(jwt) = &config.admin.jwt {
+            auth = auth.with_jwt(Arc::new(AdminJwt::new(Arc::clone(authn), jwt)));
+        }
+        let stop = background.stop_signal();
+        let router = portcullis_admin_api::app(
+            portcullis_admin_api::AppState {
+                store: self.store.clone(),
+                snapshot: Arc::clone(&plane.snapshot),
+                feed,
+                ledger: audit.map(|a| Arc::clone(a.ledger())),
+                admin_policies: Arc::clone(&self.admin_policies),
+                route_guard: mode.serves_data_plane().then(|| {
+                    Arc::new(reload::ServedRoutes(Arc::clone(plane)))
+                        as Arc<dyn portcullis_admin_api::RouteGuard>
+                }),
+                stopping: stop.clone(),
+            },
+            auth,
+        );
+        let address = config.admin.address.clone();
+        let listener = background
+            .block_on(tokio::net::TcpListener::bind(&address))
+            .map_err(|e| {
+                Failure::Runtime(format!("admin.address: cannot listen on `{address}`: {e}"))
+            })?;
+        tracing::info!(
+            admin = %address,
+            token = plain.as_ref().map(|p: &PathBuf| p.display().to_string()),
+            "admin API listening"
+        );
+        background.spawn_until(async move {
+            // The peer address feeds the throttle of failed authentications.
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = axum::serve(listener, service)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "the admin API stopped");
+            }
+        });
+        Ok(())
+    }
+}
