@@ -60,7 +60,8 @@ impl DevKey {
         let pem = signing
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .map_err(|e| format!("cannot encode the dev signing key: {e}"))?;
-        portcullis_ledger::private_file::create(&path, pem.as_bytes())?;
+        portcullis_ledger::private_file::create(&path, pem.as_bytes())
+            .map_err(|e| e.to_string())?;
         Ok((Self { signing, path }, true))
     }
 

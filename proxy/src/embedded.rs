@@ -45,7 +45,7 @@ pub fn store_config(config: &Config) -> StoreConfig {
 /// Opens the store, creating the data directory (mode 0700) when needed.
 pub async fn open(config: &Config) -> Result<SqlStore, String> {
     if config.store.postgres_url.is_none() {
-        portcullis_ledger::private_file::create_dir(&config.data_dir)?;
+        portcullis_ledger::private_file::create_dir(&config.data_dir).map_err(|e| e.to_string())?;
     }
     SqlStore::connect(&store_config(config))
         .await
@@ -96,16 +96,13 @@ const DIR_AUTHOR: &str = "policies.dir";
 
 /// A digest of everything the directory stores: schema, policy files, roles.
 fn dir_digest(sources: &portcullis_engine::policy::PolicySources, roles: &[Role]) -> String {
-    use sha2::Digest;
     let files: Vec<(&str, &str)> = sources
         .files
         .iter()
         .map(|f| (file_name(&f.name), f.text.as_str()))
         .collect();
     let encoded = serde_json::to_vec(&(&sources.schema.text, files, roles)).unwrap_or_default();
-    let digest = sha2::Sha256::digest(&encoded);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", portcullis_ledger::sha256_hex(&encoded))
 }
 
 /// Stores the directory's policies and roles when the directory changed since it was last
@@ -217,19 +214,17 @@ pub fn admin_tokens(
     let (path, plain) = match &config.admin.tokens_file {
         Some(p) => (p.clone(), None),
         None => {
-            portcullis_ledger::private_file::create_dir(&config.data_dir)?;
+            portcullis_ledger::private_file::create_dir(&config.data_dir)
+                .map_err(|e| e.to_string())?;
             let path = config.data_dir.join("admin-tokens");
             let plain = config.data_dir.join("admin-token");
             if !path.exists() {
                 use rand::RngCore;
                 let mut bytes = [0_u8; 24];
                 rand::rngs::OsRng.fill_bytes(&mut bytes);
-                let token: String = bytes
-                    .iter()
-                    .flat_map(|b| [b >> 4, b & 0x0f])
-                    .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
-                    .collect();
-                portcullis_ledger::private_file::create(&plain, format!("{token}\n").as_bytes())?;
+                let token = portcullis_ledger::hex::hex(&bytes);
+                portcullis_ledger::private_file::create(&plain, format!("{token}\n").as_bytes())
+                    .map_err(|e| e.to_string())?;
                 portcullis_ledger::private_file::create(
                     &path,
                     format!(
@@ -239,7 +234,7 @@ pub fn admin_tokens(
                         portcullis_admin_api::auth::token_line("admin", &token)
                     )
                     .as_bytes(),
-                )?;
+                ).map_err(|e| e.to_string())?;
             }
             (path, Some(plain))
         }

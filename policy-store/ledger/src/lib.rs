@@ -28,6 +28,7 @@
 
 pub mod canonical;
 pub mod checkpoint;
+pub mod error;
 pub mod hex;
 pub mod ocsf;
 pub mod private_file;
@@ -42,6 +43,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::error::FileError;
 pub use crate::hex::sha256_hex;
 pub use canonical::{EncodeError, EncodedEntry, EntryRef, seal, seal_into, unseal};
 

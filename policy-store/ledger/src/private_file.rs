@@ -5,23 +5,23 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::FileError;
+
 /// Creates `path` with `bytes`; fails if it exists. Errors name the file.
-pub fn create(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn create(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| format!("`{}`: cannot create: {e}", path.display()))?;
+    let mut file = options.open(path).map_err(FileError::io(path, "create"))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("`{}`: cannot write: {e}", path.display()))
+        .map_err(FileError::io(path, "write"))
 }
 
 /// Creates `dir` (and its parents) readable by its owner only, unless it exists. Errors name
 /// the directory.
-pub fn create_dir(dir: &Path) -> Result<(), String> {
+pub fn create_dir(dir: &Path) -> Result<(), FileError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -31,5 +31,5 @@ pub fn create_dir(dir: &Path) -> Result<(), String> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .map_err(|e| format!("`{}`: cannot create the data directory: {e}", dir.display()))
+        .map_err(FileError::io(dir, "create the data directory"))
 }

@@ -542,7 +542,8 @@ impl Writer {
         rx: mpsc::Receiver<Pending>,
         stats: Arc<LedgerStats>,
     ) -> Result<Self, String> {
-        let checkpoint_prev = checkpoint::last_digest(&config.dir.join(checkpoint::FILE))?;
+        let checkpoint_prev = checkpoint::last_digest(&config.dir.join(checkpoint::FILE))
+            .map_err(|e| e.to_string())?;
         let path = match &tail.file {
             Some(p) => p.clone(),
             None => config

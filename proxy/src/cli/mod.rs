@@ -195,7 +195,7 @@ pub(crate) fn key_source(config: &Config) -> Result<(KeySource, String, Option<D
             None,
         ));
     }
-    portcullis_ledger::private_file::create_dir(&config.data_dir)?;
+    portcullis_ledger::private_file::create_dir(&config.data_dir).map_err(|e| e.to_string())?;
     let (key, created) = DevKey::load_or_create(&config.data_dir)?;
     if created {
         tracing::info!(key = %key.path().display(), "dev signing key created");
