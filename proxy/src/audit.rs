@@ -155,7 +155,8 @@ impl Audit {
             checkpoint_key: Some(key),
             fsync: a.fsync,
             stdout: a.stdout,
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         let recorder = Recorder::new(Arc::clone(&ledger), record_settings(a, salt));
         Ok(Some(Opened {
             audit: Self {

@@ -68,7 +68,7 @@ fn main() {
         fsync: false,
         stdout: false,
     })
-    .unwrap_or_else(|e| fail(&e));
+    .unwrap_or_else(|e| fail(&e.to_string()));
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(&e.to_string()));
     rt.block_on(async {

@@ -21,7 +21,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::FileError;
+use crate::LedgerError;
 
 /// The checkpoint file in a ledger directory.
 pub const FILE: &str = "checkpoints.jsonl";
@@ -92,10 +92,10 @@ impl Checkpoint {
 /// is passed over), or the genesis value when there is none: what the next one links to.
 /// Reads only the file's last 64 KiB (hundreds of checkpoints): a start costs the same
 /// however long the ledger has run.
-pub fn last_digest(path: &Path) -> Result<String, FileError> {
+pub fn last_digest(path: &Path) -> Result<String, LedgerError> {
     use std::io::{Read, Seek, SeekFrom};
     const WINDOW: u64 = 64 * 1024;
-    let cannot = |e: std::io::Error| FileError::io(path, "read")(e);
+    let cannot = |e: std::io::Error| LedgerError::io(path, "read")(e);
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -124,10 +124,10 @@ pub fn last_digest(path: &Path) -> Result<String, FileError> {
 
 /// Reads a signing key (PKCS#8 PEM), or creates one (mode 0600) with its public key beside it
 /// (`<path>.pub`, SPKI PEM) when the file does not exist.
-pub fn load_or_create_key(path: &Path) -> Result<SigningKey, FileError> {
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, LedgerError> {
     if path.exists() {
-        let pem = std::fs::read_to_string(path).map_err(FileError::io(path, "read"))?;
-        return SigningKey::from_pkcs8_pem(&pem).map_err(|e| FileError::NotAKey {
+        let pem = std::fs::read_to_string(path).map_err(LedgerError::io(path, "read"))?;
+        return SigningKey::from_pkcs8_pem(&pem).map_err(|e| LedgerError::NotAKey {
             path: path.to_path_buf(),
             expected: "an Ed25519 PKCS#8 key",
             detail: e.to_string(),
@@ -136,7 +136,7 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, FileError> {
     let key = SigningKey::generate(&mut rand_core::OsRng);
     let pem = key
         .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-        .map_err(|e| FileError::Encode {
+        .map_err(|e| LedgerError::Encode {
             what: "checkpoint key",
             detail: e.to_string(),
         })?;
@@ -144,12 +144,12 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, FileError> {
     let public = key
         .verifying_key()
         .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-        .map_err(|e| FileError::Encode {
+        .map_err(|e| LedgerError::Encode {
             what: "checkpoint public key",
             detail: e.to_string(),
         })?;
     let public_path = public_key_path(path);
-    std::fs::write(&public_path, public).map_err(FileError::io(&public_path, "write"))?;
+    std::fs::write(&public_path, public).map_err(LedgerError::io(&public_path, "write"))?;
     Ok(key)
 }
 
@@ -161,9 +161,9 @@ pub fn public_key_path(key: &Path) -> std::path::PathBuf {
 }
 
 /// Reads a public key (SPKI PEM).
-pub fn load_public_key(path: &Path) -> Result<VerifyingKey, FileError> {
-    let pem = std::fs::read_to_string(path).map_err(FileError::io(path, "read"))?;
-    VerifyingKey::from_public_key_pem(&pem).map_err(|e| FileError::NotAKey {
+pub fn load_public_key(path: &Path) -> Result<VerifyingKey, LedgerError> {
+    let pem = std::fs::read_to_string(path).map_err(LedgerError::io(path, "read"))?;
+    VerifyingKey::from_public_key_pem(&pem).map_err(|e| LedgerError::NotAKey {
         path: path.to_path_buf(),
         expected: "an Ed25519 public key (SPKI PEM)",
         detail: e.to_string(),

@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use crate::error::FileError;
+pub use crate::error::LedgerError;
 pub use crate::hex::sha256_hex;
 pub use canonical::{EncodeError, EncodedEntry, EntryRef, seal, seal_into, unseal};
 

@@ -5,23 +5,25 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::FileError;
+use crate::LedgerError;
 
 /// Creates `path` with `bytes`; fails if it exists. Errors name the file.
-pub fn create(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+pub fn create(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(FileError::io(path, "create"))?;
+    let mut file = options
+        .open(path)
+        .map_err(LedgerError::io(path, "create"))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(FileError::io(path, "write"))
+        .map_err(LedgerError::io(path, "write"))
 }
 
 /// Creates `dir` (and its parents) readable by its owner only, unless it exists. Errors name
 /// the directory.
-pub fn create_dir(dir: &Path) -> Result<(), FileError> {
+pub fn create_dir(dir: &Path) -> Result<(), LedgerError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -31,5 +33,5 @@ pub fn create_dir(dir: &Path) -> Result<(), FileError> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .map_err(FileError::io(dir, "create the data directory"))
+        .map_err(LedgerError::io(dir, "create the data directory"))
 }

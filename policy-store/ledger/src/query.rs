@@ -13,7 +13,7 @@ use std::path::Path;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{Record, RecordKind, unseal};
+use super::{LedgerError, Record, RecordKind, unseal};
 
 /// What to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,7 +77,7 @@ fn first_seq(file: &Path) -> Option<u64> {
 }
 
 /// Reads a page of the ledger `<dir>/<prefix>-*.jsonl`.
-pub fn query(dir: &Path, prefix: &str, query: &AuditQuery) -> Result<AuditPage, String> {
+pub fn query(dir: &Path, prefix: &str, query: &AuditQuery) -> Result<AuditPage, LedgerError> {
     let files = super::tail::ledger_files(dir, prefix)?;
     let wanted = query.after_seq.saturating_add(1);
     // The last file starting at or before the wanted seq holds it (or nothing does).
@@ -88,12 +88,10 @@ pub fn query(dir: &Path, prefix: &str, query: &AuditQuery) -> Result<AuditPage, 
     let mut records = Vec::new();
     let mut scanned = 0_usize;
     for file in files.get(start..).unwrap_or_default() {
-        let reader = BufReader::new(
-            std::fs::File::open(file)
-                .map_err(|e| format!("`{}`: cannot open: {e}", file.display()))?,
-        );
+        let reader =
+            BufReader::new(std::fs::File::open(file).map_err(LedgerError::io(file, "open"))?);
         for line in reader.lines() {
-            let line = line.map_err(|e| format!("`{}`: cannot read: {e}", file.display()))?;
+            let line = line.map_err(LedgerError::io(file, "read"))?;
             // A line that does not parse is torn (being written) or damaged; `audit verify`
             // is the tool for the latter.
             let Some((canonical, _)) = unseal(&line) else {
@@ -107,8 +105,10 @@ pub fn query(dir: &Path, prefix: &str, query: &AuditQuery) -> Result<AuditPage, 
             }
             scanned += 1;
             if query.matches(&record) {
-                let value = serde_json::from_str(&line)
-                    .map_err(|e| format!("`{}`: {e}", file.display()))?;
+                let value = serde_json::from_str(&line).map_err(|e| LedgerError::Damaged {
+                    path: file.clone(),
+                    what: e.to_string(),
+                })?;
                 records.push(value);
             }
             if records.len() >= query.limit || scanned >= query.scan_limit {

@@ -47,9 +47,9 @@ pub fn seq_of(line: &str) -> Option<u64> {
 
 /// The ledger files of `prefix` in `dir` (`<prefix>-<first seq, 12 digits>.jsonl`), in
 /// chain order.
-pub fn ledger_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, String> {
+pub fn ledger_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, crate::LedgerError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("`{}`: cannot list: {e}", dir.display()))?
+        .map_err(crate::LedgerError::io(dir, "list"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {

@@ -90,13 +90,12 @@ impl std::fmt::Display for Break {
 
 /// The ledger files and checkpoint file named by `paths` (files, or directories holding
 /// them), in chain order.
-pub fn ledger_files(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>), String> {
+pub fn ledger_files(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>), crate::LedgerError> {
     let mut records = Vec::new();
     let mut checkpoints = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let entries = std::fs::read_dir(path)
-                .map_err(|e| format!("`{}`: cannot list: {e}", path.display()))?;
+            let entries = std::fs::read_dir(path).map_err(crate::LedgerError::io(path, "list"))?;
             for entry in entries.filter_map(Result::ok) {
                 let p = entry.path();
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -111,7 +110,7 @@ pub fn ledger_files(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>), S
         } else if path.is_file() {
             records.push(path.clone());
         } else {
-            return Err(format!("`{}`: no such file or directory", path.display()));
+            return Err(crate::LedgerError::Missing { path: path.clone() });
         }
     }
     records.sort();
@@ -215,8 +214,8 @@ pub fn verify(
         seq: None,
         what: String::new(),
     };
-    let (files, checkpoint_files) = ledger_files(paths).map_err(|what| Break {
-        what,
+    let (files, checkpoint_files) = ledger_files(paths).map_err(|e| Break {
+        what: e.to_string(),
         ..everything()
     })?;
     let checkpoint_files = read_checkpoints(&checkpoint_files)?;

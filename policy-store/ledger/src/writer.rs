@@ -38,7 +38,7 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{self, Checkpoint};
-use super::{EncodedEntry, GENESIS, Record, seal_into, unseal};
+use super::{EncodedEntry, GENESIS, LedgerError, Record, seal_into, unseal};
 
 /// Writer settings.
 #[derive(Debug, Clone)]
@@ -139,15 +139,20 @@ impl Ledger {
     /// start: a ledger that ever ran has one, so a deleted checkpoint file cannot pass for a
     /// young ledger) and starts the keeper thread, which ends, after a last checkpoint, once
     /// every `Ledger` handle is dropped.
-    pub fn open(config: LedgerConfig) -> Result<(Arc<Self>, std::thread::JoinHandle<()>), String> {
-        std::fs::create_dir_all(&config.dir)
-            .map_err(|e| format!("`{}`: cannot create: {e}", config.dir.display()))?;
+    pub fn open(
+        config: LedgerConfig,
+    ) -> Result<(Arc<Self>, std::thread::JoinHandle<()>), LedgerError> {
+        std::fs::create_dir_all(&config.dir).map_err(LedgerError::io(&config.dir, "create"))?;
         let tail = recover(&config.dir, &config.prefix)?;
         let mut checkpoints = match &config.checkpoint_key {
-            Some(_) => Some(CheckpointFile {
-                file: open_append(&config.dir.join(checkpoint::FILE))?,
-                unwritten: Vec::new(),
-            }),
+            Some(_) => {
+                let path = config.dir.join(checkpoint::FILE);
+                Some(CheckpointFile {
+                    file: open_append(&path)?,
+                    path,
+                    unwritten: Vec::new(),
+                })
+            }
             None => None,
         };
         let (dir, prefix) = (config.dir.clone(), config.prefix.clone());
@@ -172,7 +177,7 @@ impl Ledger {
         let thread = std::thread::Builder::new()
             .name(String::from("portcullis-audit"))
             .spawn(move || keeper_shared.keep(checkpoints))
-            .map_err(|e| format!("cannot start the audit keeper thread: {e}"))?;
+            .map_err(LedgerError::Thread)?;
         // Only this thread sets it, once.
         let _ = shared.keeper.set(thread.thread().clone());
         Ok((
@@ -288,7 +293,7 @@ impl Ledger {
     pub fn query(
         &self,
         query: &super::query::AuditQuery,
-    ) -> Result<super::query::AuditPage, String> {
+    ) -> Result<super::query::AuditPage, LedgerError> {
         super::query::query(&self.dir, &self.prefix, query)
     }
 }
@@ -409,24 +414,26 @@ impl Shared {
 /// The checkpoint file and what is signed but not yet in it; owned by the keeper thread.
 struct CheckpointFile {
     file: File,
+    path: PathBuf,
     unwritten: Vec<Checkpoint>,
 }
 
 impl CheckpointFile {
     /// Appends and syncs the signed checkpoints; on failure they stay for the next try.
-    fn write(&mut self) -> Result<(), String> {
+    fn write(&mut self) -> Result<(), LedgerError> {
         if self.unwritten.is_empty() {
             return Ok(());
         }
         let mut lines = String::new();
         for cp in &self.unwritten {
-            lines.push_str(&serde_json::to_string(cp).map_err(|e| e.to_string())?);
+            // A checkpoint is strings and numbers: it always serialises.
+            lines.push_str(&serde_json::to_string(cp).unwrap_or_default());
             lines.push('\n');
         }
         self.file
             .write_all(lines.as_bytes())
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| format!("`{}`: {e}", checkpoint::FILE))?;
+            .map_err(LedgerError::io(&self.path, "write"))?;
         self.unwritten.clear();
         Ok(())
     }
@@ -441,14 +448,14 @@ struct Tail {
 }
 
 /// Finds the last complete record; cuts a torn last line.
-fn recover(dir: &Path, prefix: &str) -> Result<Tail, String> {
+fn recover(dir: &Path, prefix: &str) -> Result<Tail, LedgerError> {
     let files = super::tail::ledger_files(dir, prefix)?;
     for file in files.iter().rev() {
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)
             .open(file)
-            .map_err(|e| format!("`{}`: cannot open: {e}", file.display()))?;
+            .map_err(LedgerError::io(file, "open"))?;
         let mut last: Option<String> = None;
         let mut complete_len: u64 = 0;
         let mut reader = BufReader::new(&mut f);
@@ -457,7 +464,7 @@ fn recover(dir: &Path, prefix: &str) -> Result<Tail, String> {
             line.clear();
             let n = reader
                 .read_line(&mut line)
-                .map_err(|e| format!("`{}`: cannot read: {e}", file.display()))?;
+                .map_err(LedgerError::io(file, "read"))?;
             if n == 0 {
                 break;
             }
@@ -472,16 +479,19 @@ fn recover(dir: &Path, prefix: &str) -> Result<Tail, String> {
         let size = f.metadata().map(|m| m.len()).unwrap_or(complete_len);
         if size > complete_len {
             f.set_len(complete_len)
-                .map_err(|e| format!("`{}`: cannot cut the torn last line: {e}", file.display()))?;
+                .map_err(LedgerError::io(file, "cut the torn last line of"))?;
             tracing::warn!(file = %file.display(), bytes = size - complete_len, "cut a torn last audit line (it was never acknowledged)");
         }
         if let Some(line) = last {
-            let (canonical, hash) = unseal(&line).ok_or_else(|| {
-                format!("`{}`: the last line is not a sealed record", file.display())
+            let (canonical, hash) = unseal(&line).ok_or_else(|| LedgerError::Damaged {
+                path: file.clone(),
+                what: String::from("the last line is not a sealed record"),
             })?;
-            let record: Record = serde_json::from_str(&canonical).map_err(|e| {
-                format!("`{}`: the last record does not parse: {e}", file.display())
-            })?;
+            let record: Record =
+                serde_json::from_str(&canonical).map_err(|e| LedgerError::Damaged {
+                    path: file.clone(),
+                    what: format!("the last record does not parse: {e}"),
+                })?;
             return Ok(Tail {
                 seq: record.seq,
                 hash: hash.to_owned(),
@@ -527,12 +537,12 @@ impl std::fmt::Debug for Writer {
     }
 }
 
-fn open_append(path: &Path) -> Result<File, String> {
+fn open_append(path: &Path) -> Result<File, LedgerError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| format!("`{}`: cannot open for appending: {e}", path.display()))
+        .map_err(LedgerError::io(path, "open for appending"))
 }
 
 impl Writer {
@@ -541,9 +551,8 @@ impl Writer {
         tail: Tail,
         rx: mpsc::Receiver<Pending>,
         stats: Arc<LedgerStats>,
-    ) -> Result<Self, String> {
-        let checkpoint_prev = checkpoint::last_digest(&config.dir.join(checkpoint::FILE))
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Self, LedgerError> {
+        let checkpoint_prev = checkpoint::last_digest(&config.dir.join(checkpoint::FILE))?;
         let path = match &tail.file {
             Some(p) => p.clone(),
             None => config
@@ -553,7 +562,7 @@ impl Writer {
         let mut file = open_append(&path)?;
         let size = file
             .seek(SeekFrom::End(0))
-            .map_err(|e| format!("`{}`: {e}", path.display()))?;
+            .map_err(LedgerError::io(&path, "seek in"))?;
         Ok(Self {
             config,
             tail,

@@ -140,9 +140,9 @@ async fn forward_once(
     let cursor_file = cursor_file(dir, prefix);
     let sent = read_cursor(&cursor_file)?;
     stats.last_seq.store(sent, Ordering::Relaxed);
-    let mut cursor = position_after(&ledger_files(dir, prefix)?, sent);
+    let mut cursor = position_after(&ledger_files(dir, prefix).map_err(|e| e.to_string())?, sent);
     loop {
-        let files = ledger_files(dir, prefix)?;
+        let files = ledger_files(dir, prefix).map_err(|e| e.to_string())?;
         let mut batch = read_after(&files, &cursor, MAX_BATCH);
         // One request carries at most 256 KiB.
         let mut bytes = 0;
