@@ -305,7 +305,7 @@ impl Reply {
 /// The binary with `command` and `--config`. AWS credentials are dummies for the SQS sink
 /// tests' own moto server; instance metadata is never asked.
 fn portcullis_command(command: &[String], config_file: &Path, env: &[(String, String)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis-under-test"));
     c.args(command)
         .arg("--config")
         .arg(config_file)
@@ -593,7 +593,7 @@ impl Portcullis {
 
     /// `portcullis audit verify` over the ledger with the checkpoint public key and `args`.
     pub fn verify_ledger_with(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        Command::new(env!("CARGO_BIN_EXE_portcullis-under-test"))
             .args(["audit", "verify"])
             .arg(self.ledger_dir())
             .arg("--public-key")
