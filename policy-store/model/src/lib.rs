@@ -5,6 +5,8 @@
 //! (which indexes them for the hot path) and the control plane (which edits them). Nothing
 //! here does I/O or knows about SQL, HTTP or Cedar evaluation.
 
+pub mod events;
+
 use std::fmt;
 use std::str::FromStr;
 

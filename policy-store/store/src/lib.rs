@@ -21,9 +21,11 @@ pub use error::StoreError;
 pub use sql::SqlStore;
 
 use portcullis_engine::snapshot::{SnapshotUpdate, StoreState};
+use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord};
 use portcullis_model::{
     Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetCheck, PolicySetSummary,
-    PolicySetVersion, Principal, Revision, RevokedSession, Role, TemplateLink,
+    PolicySetVersion, Principal, PrincipalStatus, Revision, RevokedSession, Role, Scope,
+    TemplateLink,
 };
 
 /// Which database holds the store.
@@ -62,6 +64,43 @@ pub struct Import {
     pub policies_dir_digest: Option<String>,
     /// Who imports: the `created_by` of the policy-set version (`import` when `None`).
     pub author: Option<String>,
+}
+
+/// One change a lifecycle event makes (see [`Store::take_event`]); the changes of one
+/// event make one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Creates or replaces a principal.
+    PutPrincipal(Principal),
+    /// Deletes a principal and its assignments (nothing when it is gone already).
+    DeletePrincipal(EntityRef),
+    /// Sets the status of a principal that exists.
+    SetStatus {
+        /// The principal.
+        principal: EntityRef,
+        /// Its new status.
+        status: PrincipalStatus,
+    },
+    /// Adds a principal that exists to groups (those it is in already stay once).
+    JoinGroups {
+        /// The principal.
+        principal: EntityRef,
+        /// Group ids.
+        groups: Vec<String>,
+    },
+    /// Creates or replaces an assignment; its principal and role must exist.
+    PutAssignment(Assignment),
+    /// Deletes a principal's assignments: those of exactly one scope, or all of them.
+    DeleteAssignments {
+        /// The principal.
+        principal: EntityRef,
+        /// Only this scope; every scope when `None`.
+        scope: Option<Scope>,
+    },
+    /// Marks an entity that exists archived (its subtree is denied with it).
+    Archive(EntityRef),
+    /// Records a revoked session.
+    RevokeSession(RevokedSession),
 }
 
 /// Which assignments to list.
@@ -189,6 +228,39 @@ pub trait Store: Send + Sync {
         &self,
         session: &RevokedSession,
     ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Takes a lifecycle event, once: in one transaction, unless its id was taken before
+    /// ([`EventOutcome::Duplicate`]) or a newer event was applied to one of its subjects
+    /// ([`EventOutcome::Stale`]), makes its `ops` (none: [`EventOutcome::Acknowledged`])
+    /// and records it. A change the store refuses refuses the whole event, recording
+    /// nothing.
+    fn take_event(
+        &self,
+        event: &EventRecord,
+        ops: &[Op],
+    ) -> impl Future<Output = Result<EventOutcome, StoreError>> + Send;
+
+    /// Keeps an event that could not be applied.
+    fn add_dead_letter(
+        &self,
+        letter: &DeadLetter,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Dead letters after id `after`, oldest first, at most `limit`.
+    fn dead_letters(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, StoreError>> + Send;
+
+    /// One dead letter.
+    fn dead_letter(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<DeadLetter>, StoreError>> + Send;
+
+    /// Notes that a dead letter was replayed and applied.
+    fn mark_replayed(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Stores a new policy-set version after checking it compiles with the current roles
     /// and links. With `if_version`, only while that is the current version

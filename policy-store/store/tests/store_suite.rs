@@ -759,6 +759,278 @@ async fn bulk_import_is_one_revision_and_rebuilds(store: SqlStore) {
     }
 }
 
+fn event(id: &str, at: i64, subjects: &[&str]) -> portcullis_model::events::EventRecord {
+    portcullis_model::events::EventRecord {
+        id: id.to_owned(),
+        source: String::from("test"),
+        event_type: String::from("TEST"),
+        occurred_at: at,
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn member_of(id: &str, who: &str, scope: Scope) -> Assignment {
+    Assignment {
+        id: id.to_owned(),
+        principal: eref(&format!("User::\"{who}\"")),
+        role: String::from("member"),
+        scope,
+        conditions: AssignmentConditions::default(),
+        assigned_by: None,
+        reason: None,
+    }
+}
+
+/// An event applies once, whole, and never over a newer one about the same subject.
+async fn events_apply_once_whole_and_in_order(store: SqlStore) {
+    use portcullis_model::events::EventOutcome;
+    use portcullis_store::Op;
+    seed(&store).await;
+    let u1 = eref("User::\"u1\"");
+    let created = store
+        .take_event(
+            &event("e1", 1_000, &["User::\"u1\""]),
+            &[
+                Op::PutPrincipal(user("u1", "t1")),
+                Op::PutAssignment(member_of("a1", "u1", Scope::Global)),
+            ],
+        )
+        .await
+        .unwrap();
+    let EventOutcome::Applied { revision } = created else {
+        panic!("applied: {created:?}");
+    };
+    assert_eq!(store.revision().await.unwrap(), revision);
+    assert_eq!(store.assignments_of(&u1).await.unwrap().len(), 1);
+
+    // The same id again: nothing.
+    let again = store
+        .take_event(
+            &event("e1", 1_000, &["User::\"u1\""]),
+            &[Op::DeletePrincipal(u1.clone())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, EventOutcome::Duplicate);
+    assert!(store.get_principal(&u1).await.unwrap().is_some());
+    assert_eq!(store.revision().await.unwrap(), revision);
+
+    // Older than what u1 last heard: stale, and a duplicate when redelivered.
+    let suspend = Op::SetStatus {
+        principal: u1.clone(),
+        status: PrincipalStatus::Suspended,
+    };
+    let old = event("e0", 500, &["User::\"u1\""]);
+    assert_eq!(
+        store
+            .take_event(&old, std::slice::from_ref(&suspend))
+            .await
+            .unwrap(),
+        EventOutcome::Stale
+    );
+    assert_eq!(
+        store
+            .take_event(&old, std::slice::from_ref(&suspend))
+            .await
+            .unwrap(),
+        EventOutcome::Duplicate
+    );
+    let status = |store: SqlStore| async move {
+        store
+            .get_principal(&eref("User::\"u1\""))
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(store.clone()).await, PrincipalStatus::Active);
+    // Newer: applied.
+    assert!(matches!(
+        store
+            .take_event(&event("e2", 2_000, &["User::\"u1\""]), &[suspend])
+            .await
+            .unwrap(),
+        EventOutcome::Applied { .. }
+    ));
+    assert_eq!(status(store.clone()).await, PrincipalStatus::Suspended);
+
+    // A change the store refuses refuses the whole event, and records nothing: the same
+    // id applies once the cause is fixed.
+    let u2_event = event("e3", 3_000, &["User::\"u2\""]);
+    let bad = [
+        Op::PutPrincipal(user("u2", "t1")),
+        Op::PutAssignment(Assignment {
+            role: String::from("no-such-role"),
+            ..member_of("a2", "u2", Scope::Global)
+        }),
+    ];
+    let before = store.revision().await.unwrap();
+    assert!(matches!(
+        store.take_event(&u2_event, &bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(
+        store
+            .get_principal(&eref("User::\"u2\""))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.revision().await.unwrap(), before);
+    let good = [
+        Op::PutPrincipal(user("u2", "t1")),
+        Op::PutAssignment(member_of("a2", "u2", Scope::Entity(eref("Tenant::\"t1\"")))),
+        Op::JoinGroups {
+            principal: eref("User::\"u2\""),
+            groups: vec![String::from("ops"), String::from("ops")],
+        },
+    ];
+    assert!(matches!(
+        store.take_event(&u2_event, &good).await.unwrap(),
+        EventOutcome::Applied { .. }
+    ));
+    let u2 = store
+        .get_principal(&eref("User::\"u2\""))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u2.groups, vec![String::from("ops")]);
+
+    // No ops: acknowledged, no revision.
+    let before = store.revision().await.unwrap();
+    assert_eq!(
+        store
+            .take_event(&event("e4", 4_000, &[]), &[])
+            .await
+            .unwrap(),
+        EventOutcome::Acknowledged
+    );
+    assert_eq!(store.revision().await.unwrap(), before);
+
+    // Scoped removal takes only that scope's assignments; deleting twice is fine.
+    store
+        .take_event(
+            &event("e5", 5_000, &["User::\"u2\""]),
+            &[
+                Op::PutAssignment(member_of("a3", "u2", Scope::Global)),
+                Op::DeleteAssignments {
+                    principal: eref("User::\"u2\""),
+                    scope: Some(Scope::Entity(eref("Tenant::\"t1\""))),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let left: Vec<String> = store
+        .assignments_of(&eref("User::\"u2\""))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(left, vec![String::from("a3")]);
+    for id in ["e6", "e7"] {
+        store
+            .take_event(
+                &event(id, 6_000, &["User::\"u2\""]),
+                &[Op::DeletePrincipal(eref("User::\"u2\""))],
+            )
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .get_principal(&eref("User::\"u2\""))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .assignments_of(&eref("User::\"u2\""))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Archiving needs the entity.
+    assert!(matches!(
+        store
+            .take_event(
+                &event("e8", 7_000, &[]),
+                &[Op::Archive(eref("Space::\"nope\""))]
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    store
+        .put_entity(&EntityRecord {
+            uid: eref("Space::\"s1\""),
+            parents: vec![],
+            attributes: EntityAttributes::default(),
+        })
+        .await
+        .unwrap();
+    store
+        .take_event(
+            &event("e8", 7_000, &[]),
+            &[Op::Archive(eref("Space::\"s1\""))],
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_entity(&eref("Space::\"s1\""))
+            .await
+            .unwrap()
+            .unwrap()
+            .attributes
+            .archived
+    );
+}
+
+/// Dead letters are kept whole, listed in order, and marked when replayed.
+async fn dead_letters_are_kept_listed_and_marked(store: SqlStore) {
+    use portcullis_model::events::DeadLetter;
+    for (id, reason) in [("d1", "bad JSON"), ("d2", "unknown type `x`")] {
+        store
+            .add_dead_letter(&DeadLetter {
+                id: id.to_owned(),
+                event_id: (id == "d2").then(|| String::from("e9")),
+                source: String::from("test"),
+                received_at: 1_000,
+                reason: reason.to_owned(),
+                body: format!("{{\"n\":\"{id}\"}}"),
+                replayed_at: None,
+            })
+            .await
+            .unwrap();
+    }
+    let all = store.dead_letters(None, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["d1", "d2"]
+    );
+    assert_eq!(all[1].event_id.as_deref(), Some("e9"));
+    assert_eq!(all[1].body, "{\"n\":\"d2\"}");
+    let after = store.dead_letters(Some("d1"), 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    store.mark_replayed("d2").await.unwrap();
+    assert!(
+        store
+            .dead_letter("d2")
+            .await
+            .unwrap()
+            .unwrap()
+            .replayed_at
+            .is_some()
+    );
+    assert!(matches!(
+        store.mark_replayed("d3").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -797,18 +1069,27 @@ suite!(
     concurrent_writes_all_commit,
     commits_wake_followers,
     assignments_are_listed_by_principal_role_and_scope,
+    events_apply_once_whole_and_in_order,
+    dead_letters_are_kept_listed_and_marked,
 );
 
-/// A store made before sqlx's migrator: the same schema, its applied versions in
-/// `schema_migrations` instead of `_sqlx_migrations`. Made from a store of today's code,
-/// turned back into what the earlier code left.
+/// A store made before sqlx's migrator (which knew migrations 1 and 2): their schema, its
+/// applied versions in `schema_migrations` instead of `_sqlx_migrations`. Made from a
+/// store of today's code, turned back into what the earlier code left.
 async fn make_old_layout(url: &str, versions: &[i64]) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    sqlx::query("DROP TABLE _sqlx_migrations")
-        .execute(&pool)
-        .await
-        .unwrap();
+    for table in [
+        "_sqlx_migrations",
+        "dead_letters",
+        "event_subjects",
+        "events_taken",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     sqlx::query("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)")
         .execute(&pool)
         .await
@@ -858,7 +1139,11 @@ async fn migrations_of_an_earlier_store_are_adopted(config: StoreConfig, url: &s
 
     let store = SqlStore::connect(&config).await.unwrap();
     assert_eq!(store.revision().await.unwrap(), 2, "the data is kept");
-    assert_eq!(migration_tables(url).await, (false, Some(vec![1, 2])));
+    assert_eq!(
+        migration_tables(url).await,
+        (false, Some(vec![1, 2, 3])),
+        "1 and 2 adopted, 3 applied"
+    );
     drop(store);
     // Again: nothing to adopt, and sqlx's checksums match the recorded ones (it refuses a
     // mismatch).
@@ -866,9 +1151,9 @@ async fn migrations_of_an_earlier_store_are_adopted(config: StoreConfig, url: &s
     assert_eq!(store.revision().await.unwrap(), 2);
     drop(store);
 
-    make_old_layout(url, &[1, 2, 3]).await;
+    make_old_layout(url, &[1, 2, 99]).await;
     match SqlStore::connect(&config).await {
-        Err(StoreError::NewerStore(3)) => {}
+        Err(StoreError::NewerStore(99)) => {}
         other => panic!("a store from a newer version must be refused, got {other:?}"),
     }
     assert_eq!(

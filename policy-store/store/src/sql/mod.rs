@@ -16,9 +16,12 @@ use sqlx::{AnyConnection, AnyPool, Row, SqlStr};
 
 use super::{AssignmentFilter, Import, Store, StoreConfig};
 use crate::error::StoreError;
+
+mod events;
 use portcullis_engine::policy::compile;
 use portcullis_engine::snapshot::{SnapshotUpdate, StoreDelta, StoreState, policy_sources};
 use portcullis_model::ModelError;
+use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord};
 use portcullis_model::{
     Assignment, Change, ChangeKind, EntityRecord, EntityRef, PolicyFile, PolicySetCheck,
     PolicySetSummary, PolicySetVersion, Principal, Revision, RevokedSession, Role, TemplateLink,
@@ -29,12 +32,17 @@ use portcullis_model::{
 /// names give (`0002_policy_versions.sql`: 2, "policy versions"); each runs once, in its own
 /// transaction. Listed here rather than found by `sqlx::migrate!`, whose proc-macro would
 /// build a second copy of the database drivers (bundled SQLite's C included) for the host.
-const MIGRATIONS: [(i64, &str, &str); 2] = [
-    (1, "init", include_str!("../migrations/0001_init.sql")),
+const MIGRATIONS: [(i64, &str, &str); 3] = [
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
         "policy versions",
-        include_str!("../migrations/0002_policy_versions.sql"),
+        include_str!("../../migrations/0002_policy_versions.sql"),
+    ),
+    (
+        3,
+        "events",
+        include_str!("../../migrations/0003_events.sql"),
     ),
 ];
 
@@ -262,6 +270,15 @@ impl SqlStore {
         changes: &[ChangeKind],
     ) -> Result<Revision, StoreError> {
         let revision = bump(&mut tx, changes).await?;
+        self.finish(tx, revision).await
+    }
+
+    /// Commits a transaction whose revision [`bump`] already took, and tells followers.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        revision: Revision,
+    ) -> Result<Revision, StoreError> {
         if self.dialect == Dialect::Postgres {
             // Delivered to listening replicas when (and only if) the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -464,6 +481,62 @@ async fn insert_assignment(conn: &mut AnyConnection, a: &Assignment) -> Result<(
     .bind(a.role.clone())
     .bind(a.scope.entity().map(ToString::to_string))
     .bind(to_doc(a)?)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a principal and its assignments; whether it existed.
+async fn delete_principal_rows(
+    conn: &mut AnyConnection,
+    key: &EntityRef,
+) -> Result<bool, StoreError> {
+    let deleted = sqlx::query("DELETE FROM principals WHERE key = $1")
+        .bind(key.to_string())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    sqlx::query("DELETE FROM assignments WHERE principal = $1")
+        .bind(key.to_string())
+        .execute(conn)
+        .await?;
+    Ok(deleted > 0)
+}
+
+/// Refuses an assignment whose principal or role does not exist.
+async fn check_assignment_refs(conn: &mut AnyConnection, a: &Assignment) -> Result<(), StoreError> {
+    if principal_doc(conn, &a.principal).await?.is_none() {
+        return Err(StoreError::Invalid(ModelError::Invalid(format!(
+            "principal `{}` does not exist",
+            a.principal
+        ))));
+    }
+    let role_exists = sqlx::query("SELECT name FROM roles WHERE name = $1")
+        .bind(a.role.clone())
+        .fetch_optional(conn)
+        .await?
+        .is_some();
+    if !role_exists {
+        return Err(StoreError::Invalid(ModelError::Invalid(format!(
+            "role `{}` does not exist",
+            a.role
+        ))));
+    }
+    Ok(())
+}
+
+/// Records a revoked session, replacing the record under the same key.
+async fn upsert_revoked_session(
+    conn: &mut AnyConnection,
+    session: &RevokedSession,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO revoked_sessions (session_id, expires_at, doc) VALUES ($1, $2, $3) \
+         ON CONFLICT (session_id) DO UPDATE SET expires_at = excluded.expires_at, doc = excluded.doc",
+    )
+    .bind(session.record_key())
+    .bind(session.expires_at)
+    .bind(to_doc(session)?)
     .execute(conn)
     .await?;
     Ok(())
@@ -720,18 +793,9 @@ impl Store for SqlStore {
 
     async fn delete_principal(&self, key: &EntityRef) -> Result<Revision, StoreError> {
         let mut tx = self.write_tx().await?;
-        let deleted = sqlx::query("DELETE FROM principals WHERE key = $1")
-            .bind(key.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
+        if !delete_principal_rows(&mut tx, key).await? {
             return Err(StoreError::NotFound(format!("principal `{key}`")));
         }
-        sqlx::query("DELETE FROM assignments WHERE principal = $1")
-            .bind(key.to_string())
-            .execute(&mut *tx)
-            .await?;
         self.commit(
             tx,
             &[ChangeKind::Principal {
@@ -808,26 +872,7 @@ impl Store for SqlStore {
 
     async fn create_assignment(&self, assignment: &Assignment) -> Result<Revision, StoreError> {
         let mut tx = self.write_tx().await?;
-        if principal_doc(&mut tx, &assignment.principal)
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::Invalid(ModelError::Invalid(format!(
-                "principal `{}` does not exist",
-                assignment.principal
-            ))));
-        }
-        let role_exists = sqlx::query("SELECT name FROM roles WHERE name = $1")
-            .bind(assignment.role.clone())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if !role_exists {
-            return Err(StoreError::Invalid(ModelError::Invalid(format!(
-                "role `{}` does not exist",
-                assignment.role
-            ))));
-        }
+        check_assignment_refs(&mut tx, assignment).await?;
         let taken = sqlx::query("SELECT id FROM assignments WHERE id = $1")
             .bind(assignment.id.clone())
             .fetch_optional(&mut *tx)
@@ -937,15 +982,7 @@ impl Store for SqlStore {
 
     async fn revoke_session(&self, session: &RevokedSession) -> Result<Revision, StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO revoked_sessions (session_id, expires_at, doc) VALUES ($1, $2, $3) \
-             ON CONFLICT (session_id) DO UPDATE SET expires_at = excluded.expires_at, doc = excluded.doc",
-        )
-        .bind(session.record_key())
-        .bind(session.expires_at)
-        .bind(to_doc(session)?)
-        .execute(&mut *tx)
-        .await?;
+        upsert_revoked_session(&mut tx, session).await?;
         self.commit(
             tx,
             &[ChangeKind::Session {
@@ -953,6 +990,34 @@ impl Store for SqlStore {
             }],
         )
         .await
+    }
+
+    async fn take_event(
+        &self,
+        event: &EventRecord,
+        ops: &[crate::Op],
+    ) -> Result<EventOutcome, StoreError> {
+        self.take_event_in_tx(event, ops).await
+    }
+
+    async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.add_dead_letter_row(letter).await
+    }
+
+    async fn dead_letters(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead_letter_rows(after, limit).await
+    }
+
+    async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        self.dead_letter_row(id).await
+    }
+
+    async fn mark_replayed(&self, id: &str) -> Result<(), StoreError> {
+        self.mark_replayed_row(id).await
     }
 
     async fn put_policy_set(
