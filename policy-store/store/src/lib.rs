@@ -72,6 +72,8 @@ pub struct Import {
 pub enum Op {
     /// Creates or replaces a principal.
     PutPrincipal(Principal),
+    /// Creates a principal unless one with its kind and id exists (which is kept as it is).
+    EnsurePrincipal(Principal),
     /// Deletes a principal and its assignments (nothing when it is gone already).
     DeletePrincipal(EntityRef),
     /// Sets the status of a principal that exists.

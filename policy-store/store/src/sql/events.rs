@@ -183,6 +183,14 @@ async fn apply(conn: &mut AnyConnection, op: &Op) -> Result<Vec<ChangeKind>, Sto
             upsert(conn, UPSERT_PRINCIPAL, key.to_string(), to_doc(p)?).await?;
             Ok(vec![ChangeKind::Principal { principal: key }])
         }
+        Op::EnsurePrincipal(p) => {
+            let key = p.entity_ref();
+            if principal_doc(conn, &key).await?.is_some() {
+                return Ok(Vec::new());
+            }
+            upsert(conn, UPSERT_PRINCIPAL, key.to_string(), to_doc(p)?).await?;
+            Ok(vec![ChangeKind::Principal { principal: key }])
+        }
         Op::DeletePrincipal(key) => {
             // Gone already is gone: an event deleting it again changes nothing more.
             delete_principal_rows(conn, key).await?;

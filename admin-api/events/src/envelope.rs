@@ -1,0 +1,335 @@
+//! The envelopes of the seed systems, read into one [`Envelope`]:
+//!
+//! - seed 000 (MemoryOS): `{topic: "USER_CREATED@1.0", payload, trace_context, id?, ts?,
+//!   signature?}`; the event id is `id`, else the SHA-256 of the payload's bytes; its time
+//!   is `ts`, else the payload's `*_ts`. An optional Ed25519 `signature`
+//!   (`{key_id, value}`, base64) covers the SHA-256 of the payload's bytes as sent: with
+//!   keys configured, a seed-000 event must carry one that verifies;
+//! - seed 001 (user management): `{id, type, timestamp, version, source, tenantId, userId,
+//!   data}`;
+//! - seed 004 (entity & permissions core): `{event_id, event_type, source, occurred_at,
+//!   payload, context, correlation_id}`;
+//!
+//! each also inside an SNS notification (`{"Type": "Notification", "Message": "<json>"}`),
+//! as SNS delivers to SQS. Anything else is refused with every problem named.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use portcullis_model::UnixMillis;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Which seed's envelope an event came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Seed 000: `topic` + `payload`.
+    Topic,
+    /// Seed 001: `type` + `data`.
+    Typed,
+    /// Seed 004: `event_type` + `payload`.
+    Platform,
+}
+
+/// An event, whatever envelope it came in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The envelope it came in.
+    pub format: Format,
+    /// The producer's id for it.
+    pub id: String,
+    /// Its type: a topic without its version (`USER_CREATED`) or a dotted name
+    /// (`user.deactivated`).
+    pub event_type: String,
+    /// The producer, when the envelope names it.
+    pub producer: Option<String>,
+    /// When it happened (milliseconds since the epoch).
+    pub occurred_at: UnixMillis,
+    /// The tenant the envelope names (seed 001 `tenantId`).
+    pub tenant: Option<String>,
+    /// The user the envelope names (seed 001 `userId`: the actor for some types).
+    pub user: Option<String>,
+    /// What the event says (seed 000 `payload`, 001 `data`, 004 `payload`).
+    pub data: Map<String, Value>,
+}
+
+/// Why a message is not an event this reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Refused(pub Vec<String>);
+
+impl Refused {
+    fn one(problem: impl Into<String>) -> Self {
+        Self(vec![problem.into()])
+    }
+}
+
+/// The Ed25519 keys seed-000 signatures are checked with, by key id. Empty: signatures are
+/// not checked (and not required).
+#[derive(Debug, Clone, Default)]
+pub struct SignatureKeys(HashMap<String, VerifyingKey>);
+
+impl SignatureKeys {
+    /// Keys by id.
+    pub fn new(keys: HashMap<String, VerifyingKey>) -> Self {
+        Self(keys)
+    }
+
+    /// Whether signatures are required.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Reads one message.
+pub fn read(body: &[u8], keys: &SignatureKeys) -> Result<Envelope, Refused> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Refused::one(format!("not JSON: {e}")))?;
+    // SNS → SQS deliveries wrap the message as a string.
+    if value.get("Type").and_then(Value::as_str) == Some("Notification") {
+        let Some(message) = value.get("Message").and_then(Value::as_str) else {
+            return Err(Refused::one(
+                "an SNS notification without a `Message` string",
+            ));
+        };
+        return read_unwrapped(message.as_bytes(), keys);
+    }
+    read_unwrapped(body, keys)
+}
+
+fn read_unwrapped(body: &[u8], keys: &SignatureKeys) -> Result<Envelope, Refused> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Refused::one(format!("not JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(Refused::one("not a JSON object"));
+    };
+    if object.contains_key("topic") {
+        topic_envelope(body, object, keys)
+    } else if object.contains_key("event_type") {
+        platform_envelope(object)
+    } else if object.contains_key("type") {
+        typed_envelope(object)
+    } else {
+        Err(Refused::one(
+            "no envelope this reads: expected `topic` (seed 000), `type` (seed 001) or `event_type` (seed 004)",
+        ))
+    }
+}
+
+/// Collects the problems of one envelope, so all are named at once.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn string(&mut self, object: &Map<String, Value>, key: &str) -> Option<String> {
+        match object.get(key) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+            Some(Value::String(_)) => {
+                self.0.push(format!("`{key}` is empty"));
+                None
+            }
+            Some(_) => {
+                self.0.push(format!("`{key}` is not a string"));
+                None
+            }
+            None => {
+                self.0.push(format!("`{key}` is missing"));
+                None
+            }
+        }
+    }
+
+    fn optional_string(&mut self, object: &Map<String, Value>, key: &str) -> Option<String> {
+        match object.get(key) {
+            None | Some(Value::Null) => None,
+            Some(_) => self.string(object, key),
+        }
+    }
+
+    fn time(&mut self, object: &Map<String, Value>, key: &str) -> Option<UnixMillis> {
+        let text = self.string(object, key)?;
+        match parse_time(&text) {
+            Some(t) => Some(t),
+            None => {
+                self.0
+                    .push(format!("`{key}`: `{text}` is not an RFC 3339 time"));
+                None
+            }
+        }
+    }
+
+    fn object(&mut self, object: &Map<String, Value>, key: &str) -> Option<Map<String, Value>> {
+        match object.get(key) {
+            Some(Value::Object(o)) => Some(o.clone()),
+            Some(_) => {
+                self.0.push(format!("`{key}` is not an object"));
+                None
+            }
+            None => {
+                self.0.push(format!("`{key}` is missing"));
+                None
+            }
+        }
+    }
+
+    fn done<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Refused> {
+        if self.0.is_empty() {
+            value().ok_or_else(|| Refused::one("incomplete envelope"))
+        } else {
+            Err(Refused(self.0))
+        }
+    }
+}
+
+/// An RFC 3339 time (offsets normalised), as milliseconds since the epoch.
+pub fn parse_time(text: &str) -> Option<UnixMillis> {
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .map(jiff::Timestamp::as_millisecond)
+}
+
+/// The payload's bytes as sent, for the signature and the derived id.
+#[derive(Deserialize)]
+struct RawPayload<'a> {
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+fn topic_envelope(
+    body: &[u8],
+    object: &Map<String, Value>,
+    keys: &SignatureKeys,
+) -> Result<Envelope, Refused> {
+    let mut p = Problems::default();
+    let topic = p.string(object, "topic");
+    let data = p.object(object, "payload");
+    let id = p.optional_string(object, "id");
+    let ts = match object.get("ts") {
+        None | Some(Value::Null) => None,
+        Some(_) => p.time(object, "ts"),
+    };
+    let raw = serde_json::from_slice::<RawPayload<'_>>(body).ok();
+    let payload_bytes = raw.map(|r| r.payload.get().as_bytes());
+    let digest = payload_bytes.map(Sha256::digest);
+    if !keys.is_empty() {
+        match (object.get("signature"), digest) {
+            (None, _) => p.0.push(String::from(
+                "`signature` is missing: signature keys are configured",
+            )),
+            (Some(signature), Some(digest)) => {
+                if let Err(e) = verify(signature, &digest, keys) {
+                    p.0.push(format!("`signature`: {e}"));
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
+    let time = ts.or_else(|| {
+        data.as_ref().and_then(|d| {
+            ["created_ts", "assigned_ts", "changed_ts", "granted_ts"]
+                .iter()
+                .find_map(|k| d.get(*k).and_then(Value::as_str).and_then(parse_time))
+        })
+    });
+    if time.is_none() && data.is_some() {
+        p.0.push(String::from(
+            "no time: give `ts`, or the payload's `created_ts` / `assigned_ts` / `changed_ts`",
+        ));
+    }
+    p.done(|| {
+        let topic = topic?;
+        let event_type = topic
+            .split_once('@')
+            .map_or(topic.as_str(), |(name, _)| name)
+            .to_owned();
+        let id = id.or_else(|| {
+            payload_bytes.map(|b| format!("sha256:{}", portcullis_ledger::sha256_hex(b)))
+        })?;
+        Some(Envelope {
+            format: Format::Topic,
+            id,
+            event_type,
+            producer: None,
+            occurred_at: time?,
+            tenant: None,
+            user: None,
+            data: data?,
+        })
+    })
+}
+
+/// Checks a seed-000 signature `{key_id, value}` over `digest`.
+fn verify(signature: &Value, digest: &[u8], keys: &SignatureKeys) -> Result<(), String> {
+    let key_id = signature
+        .get("key_id")
+        .and_then(Value::as_str)
+        .ok_or("no `key_id`")?;
+    let key = keys
+        .0
+        .get(key_id)
+        .ok_or_else(|| format!("unknown key `{key_id}`"))?;
+    let value = signature
+        .get("value")
+        .and_then(Value::as_str)
+        .ok_or("no `value`")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|e| format!("`value` is not base64: {e}"))?;
+    let signature =
+        Signature::from_slice(&bytes).map_err(|e| format!("`value` is not a signature: {e}"))?;
+    key.verify(digest, &signature)
+        .map_err(|_| String::from("does not verify"))
+}
+
+fn typed_envelope(object: &Map<String, Value>) -> Result<Envelope, Refused> {
+    let mut p = Problems::default();
+    let id = p.string(object, "id");
+    let event_type = p.string(object, "type");
+    let time = p.time(object, "timestamp");
+    let producer = p.optional_string(object, "source");
+    let tenant = p.optional_string(object, "tenantId");
+    let user = p.optional_string(object, "userId");
+    let data = match object.get("data") {
+        None | Some(Value::Null) => Some(Map::new()),
+        Some(_) => p.object(object, "data"),
+    };
+    p.done(|| {
+        Some(Envelope {
+            format: Format::Typed,
+            id: id?,
+            event_type: event_type?,
+            producer,
+            occurred_at: time?,
+            tenant,
+            user,
+            data: data?,
+        })
+    })
+}
+
+fn platform_envelope(object: &Map<String, Value>) -> Result<Envelope, Refused> {
+    let mut p = Problems::default();
+    let id = p.string(object, "event_id");
+    let event_type = p.string(object, "event_type");
+    let time = p.time(object, "occurred_at");
+    let producer = p.optional_string(object, "source");
+    let data = match object.get("payload") {
+        None | Some(Value::Null) => Some(Map::new()),
+        Some(_) => p.object(object, "payload"),
+    };
+    p.done(|| {
+        Some(Envelope {
+            format: Format::Platform,
+            id: id?,
+            event_type: event_type?,
+            producer,
+            occurred_at: time?,
+            tenant: None,
+            user: None,
+            data: data?,
+        })
+    })
+}
