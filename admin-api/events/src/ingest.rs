@@ -3,6 +3,10 @@
 //! handled (the source acknowledges it and never redelivers it). Only a failing database
 //! is an error: the source then leaves the message for a later try.
 
+use std::sync::Arc;
+
+use portcullis_ledger::writer::Ledger;
+use portcullis_ledger::{Entry, RecordKind};
 use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord};
 use portcullis_store::{Store, StoreError};
 use serde::Serialize;
@@ -55,6 +59,19 @@ impl Outcome {
 pub struct Ingest<S> {
     store: S,
     keys: SignatureKeys,
+    ledger: Option<Arc<Ledger>>,
+}
+
+/// Why an event could not be taken now: the source keeps it for a later try.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit ledger could not record the change: it is not made, as an admin change
+    /// the ledger cannot take is not.
+    #[error("the audit ledger cannot record the event: {0}")]
+    Ledger(String),
 }
 
 /// Whether the store refused the change itself (the event is at fault), rather than failed.
@@ -71,11 +88,23 @@ fn refused_by_store(e: &StoreError) -> bool {
 impl<S: Store> Ingest<S> {
     /// Into `store`; seed-000 signatures checked with `keys` (none: not checked).
     pub fn new(store: S, keys: SignatureKeys) -> Self {
-        Self { store, keys }
+        Self {
+            store,
+            keys,
+            ledger: None,
+        }
+    }
+
+    /// Records each change an event makes in `ledger` first, with the event's source and
+    /// id as the actor (`event:<source>/<id>`), as admin changes are recorded.
+    #[must_use]
+    pub fn recording_in(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Takes one message from `source` (`http`, `sqs:<queue>`, `redis:<stream>`).
-    pub async fn take(&self, source: &str, body: &[u8]) -> Result<Receipt, StoreError> {
+    pub async fn take(&self, source: &str, body: &[u8]) -> Result<Receipt, Unavailable> {
         let envelope = match read(body, &self.keys) {
             Ok(e) => e,
             Err(refused) => {
@@ -89,7 +118,7 @@ impl<S: Store> Ingest<S> {
 
     /// Re-applies a dead letter (after the cause was fixed: a role created, a key added);
     /// marks it replayed when it is taken. It stays a dead letter when it fails again.
-    pub async fn replay(&self, id: &str) -> Result<Option<Receipt>, StoreError> {
+    pub async fn replay(&self, id: &str) -> Result<Option<Receipt>, Unavailable> {
         let Some(letter) = self.store.dead_letter(id).await? else {
             return Ok(None);
         };
@@ -128,7 +157,7 @@ impl<S: Store> Ingest<S> {
         source: &str,
         envelope: &Envelope,
         body: &[u8],
-    ) -> Result<Receipt, StoreError> {
+    ) -> Result<Receipt, Unavailable> {
         match self.effect_and_take(source, envelope).await? {
             Ok(outcome) => Ok(Receipt {
                 event_id: Some(envelope.id.clone()),
@@ -153,7 +182,7 @@ impl<S: Store> Ingest<S> {
         &self,
         source: &str,
         envelope: &Envelope,
-    ) -> Result<Result<EventOutcome, String>, StoreError> {
+    ) -> Result<Result<EventOutcome, String>, Unavailable> {
         let roles = self.store.list_roles().await?;
         let effect = match effect(envelope, &roles) {
             Ok(e) => e,
@@ -169,11 +198,62 @@ impl<S: Store> Ingest<S> {
             occurred_at: envelope.occurred_at,
             subjects: effect.subjects,
         };
-        match self.store.take_event(&record, &effect.ops).await {
+        let actor = format!("event:{}/{}", record.source, record.id);
+        let action = format!("event.{}", record.event_type);
+        if !effect.ops.is_empty() {
+            let intent = serde_json::json!({
+                "occurred_at": record.occurred_at,
+                "subjects": record.subjects,
+                "changes": effect.ops.iter().map(|op| format!("{op:?}")).collect::<Vec<_>>(),
+            });
+            self.record(&actor, &action, None, Some(intent))
+                .await
+                .map_err(Unavailable::Ledger)?;
+        }
+        let taken = self.store.take_event(&record, &effect.ops).await;
+        let not_made = match &taken {
+            Ok(EventOutcome::Duplicate) => Some(String::from("not made: duplicate")),
+            Ok(EventOutcome::Stale) => Some(String::from("not made: stale")),
+            Ok(_) => None,
+            Err(e) => Some(format!("not made: {e}")),
+        };
+        if let Some(reason) = not_made.filter(|_| !effect.ops.is_empty())
+            && let Err(e) = self.record(&actor, &action, Some(reason), None).await
+        {
+            tracing::error!(error = %e, action, "an event not made not recorded as such");
+        }
+        match taken {
             Ok(outcome) => Ok(Ok(outcome)),
             Err(e) if refused_by_store(&e) => Ok(Err(e.to_string())),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        reason: Option<String>,
+        after: Option<serde_json::Value>,
+    ) -> Result<(), String> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let entry = Entry {
+            ts: portcullis_ledger::timestamp_now(),
+            kind: RecordKind::AdminChange,
+            actor: Some(actor.to_owned()),
+            action: Some(action.to_owned()),
+            reason,
+            after,
+            ..Entry::default()
+        };
+        let encoded = entry.encode().map_err(|e| e.to_string())?;
+        ledger
+            .append(encoded, std::time::Duration::from_secs(1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     async fn dead_letter(
@@ -183,7 +263,7 @@ impl<S: Store> Ingest<S> {
         event_type: Option<String>,
         reason: String,
         body: &[u8],
-    ) -> Result<Receipt, StoreError> {
+    ) -> Result<Receipt, Unavailable> {
         let now = jiff::Timestamp::now().as_millisecond();
         let letter = DeadLetter {
             id: uuid::Uuid::now_v7().to_string(),

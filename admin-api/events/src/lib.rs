@@ -8,4 +8,4 @@ pub mod effects;
 pub mod envelope;
 pub mod ingest;
 
-pub use ingest::{Ingest, Outcome, Receipt};
+pub use ingest::{Ingest, Outcome, Receipt, Unavailable};

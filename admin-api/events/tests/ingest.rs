@@ -451,3 +451,71 @@ on_both_stores!(
     poison_is_kept_with_its_reason_and_replayed_after_a_fix,
     signatures_are_required_and_checked_when_keys_are_configured,
 );
+
+/// Each change an event makes is in the audit ledger first, with the event as the actor; a
+/// redelivery is recorded as not made.
+#[tokio::test]
+async fn changes_are_recorded_in_the_ledger_with_the_event_as_actor() {
+    use portcullis_ledger::query::AuditQuery;
+    use portcullis_ledger::writer::{Ledger, LedgerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::connect(&portcullis_store::StoreConfig::Sqlite {
+        path: dir.path().join("store.db"),
+    })
+    .await
+    .unwrap();
+    seed(&store).await;
+    let (ledger, _writer) = Ledger::open(LedgerConfig {
+        dir: dir.path().join("audit"),
+        prefix: String::from("audit"),
+        max_file_bytes: 1 << 20,
+        instance: String::from("events-test"),
+        queue_capacity: 64,
+        checkpoint_every: 1000,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        checkpoint_key: None,
+        fsync: false,
+        stdout: false,
+    })
+    .unwrap();
+    let ingest = Ingest::new(store.clone(), SignatureKeys::default()).recording_in(ledger.clone());
+    for _ in 0..2 {
+        ingest
+            .take(
+                "sqs:users",
+                fixture("000_user_status_changed.json").as_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    // The user did not exist: refused by the store, recorded as not made.
+    let actor = |r: &Value| r["actor"].as_str().unwrap_or_default().to_owned();
+    let wait = std::time::Instant::now();
+    let records = loop {
+        let page = ledger
+            .query(&AuditQuery {
+                limit: 100,
+                scan_limit: 1000,
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        if page.records.len() >= 3 || wait.elapsed() > std::time::Duration::from_secs(5) {
+            break page.records;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(records.len() >= 3, "{records:?}");
+    assert!(actor(&records[0]).starts_with("event:sqs:users/sha256:"));
+    assert_eq!(records[0]["action"], "event.USER_STATUS_CHANGED");
+    assert!(
+        records[0]["reason"].is_null(),
+        "the intent, before the change"
+    );
+    assert!(
+        records[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not made: principal"),
+        "{records:?}"
+    );
+}
