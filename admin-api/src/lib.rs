@@ -25,6 +25,8 @@
 //! | `GET /v1/snapshot` | the whole state, for a sidecar to bootstrap from |
 //! | `GET /v1/updates?since=R` | a patch (or the whole state) from revision R; 204 if none |
 //! | `GET /v1/watch?since=R` | server-sent events: each update as it is published, heartbeats |
+//! | `POST /v1/events` | lifecycle events (one, or a batch): applied once, or dead-lettered |
+//! | `GET /v1/events/dead-letters`, `POST …/{id}/replay` | events not applied, with why; re-apply one |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (no token needed) |
 //!
 //! Every call needs `Authorization: Bearer <admin token or JWT>` ([`auth`]; failures are
@@ -62,6 +64,9 @@ pub struct AppState<S> {
     pub snapshot: Arc<SnapshotHandle>,
     /// The published changes `GET /v1/watch` streams, fed by the [`publish::Publisher`].
     pub feed: Arc<publish::ChangeFeed>,
+    /// The one ingestion path of lifecycle events (`POST /v1/events`, and the queue
+    /// consumers beside the API).
+    pub events: portcullis_events::Ingest<S>,
     /// The audit ledger admin changes are recorded in, with their actor.
     pub ledger: Option<Arc<portcullis_ledger::writer::Ledger>>,
     /// The admin policies every call is checked against; swapped on reload.
@@ -149,6 +154,15 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
         .route("/v1/snapshot", get(resources::snapshot::<S>))
         .route("/v1/updates", get(resources::updates::<S>))
         .route("/v1/watch", get(resources::watch::<S>))
+        .route("/v1/events", post(resources::post_events::<S>))
+        .route(
+            "/v1/events/dead-letters",
+            get(resources::list_dead_letters::<S>),
+        )
+        .route(
+            "/v1/events/dead-letters/{id}/replay",
+            post(resources::replay_dead_letter::<S>),
+        )
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             conventions::Idempotency::default(),

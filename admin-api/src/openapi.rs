@@ -45,6 +45,9 @@ use crate::resources;
         resources::snapshot,
         resources::updates,
         resources::watch,
+        resources::post_events,
+        resources::list_dead_letters,
+        resources::replay_dead_letter,
     ),
     modifiers(&AdminToken),
     security(("admin_token" = []))

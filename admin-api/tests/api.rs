@@ -38,6 +38,8 @@ const SIDECAR: &str = "sidecar-token";
 const NOBODY: &str = "nobody-token";
 /// An auditor: reads the audit ledger and the catalogue.
 const AUDITOR: &str = "auditor-token";
+/// A user-management system's service account: `roles=publisher`.
+const PUBLISHER: &str = "publisher-token";
 
 struct Api {
     router: axum::Router,
@@ -176,12 +178,13 @@ async fn api() -> Api {
         Snapshot::build(store.load_state().await.unwrap(), 0).unwrap(),
     ));
     let tokens = AdminTokens::parse(&format!(
-        "{}\n{} roles=tenant-admin tenant=t1\n{} roles=sidecar\n{} roles=\n{} roles=auditor\n",
+        "{}\n{} roles=tenant-admin tenant=t1\n{} roles=sidecar\n{} roles=\n{} roles=auditor\n{} roles=publisher\n",
         token_line("ops", TOKEN),
         token_line("t1-admin", T1_ADMIN),
         token_line("sidecar", SIDECAR),
         token_line("nobody", NOBODY),
         token_line("auditor", AUDITOR),
+        token_line("user-management", PUBLISHER),
     ))
     .unwrap();
     // The real writer, into the test's directory; it stops when the router is dropped.
@@ -211,6 +214,8 @@ async fn api() -> Api {
     );
     let router = app(
         AppState {
+            events: portcullis_events::Ingest::new(store.clone(), Default::default())
+                .recording_in(Arc::clone(&ledger)),
             store: store.clone(),
             snapshot: Arc::clone(&snapshot),
             feed,
@@ -1408,6 +1413,26 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
         ("get", "/v1/snapshot", "/v1/snapshot", None),
         ("get", "/v1/updates", "/v1/updates?since=0", None),
         ("get", "/v1/watch", "/v1/watch?since=0", None),
+        (
+            "post",
+            "/v1/events",
+            "/v1/events",
+            Some(
+                json!({"id": "s1", "type": "invitation.created", "timestamp": "2026-01-06T10:00:00Z"}),
+            ),
+        ),
+        (
+            "get",
+            "/v1/events/dead-letters",
+            "/v1/events/dead-letters",
+            None,
+        ),
+        (
+            "post",
+            "/v1/events/dead-letters/{id}/replay",
+            "/v1/events/dead-letters/nope/replay",
+            None,
+        ),
     ];
     let mut documented = 0;
     for (path, methods) in doc["paths"].as_object().unwrap() {
@@ -1849,4 +1874,143 @@ async fn every_change_is_in_the_audit_ledger_with_its_actor_before_and_after() {
         .call_as(Some(AUDITOR), "PUT", "/v1/principals/users/ann", Some(ann))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// `POST /v1/events`: a publisher sends events and does nothing else; each is applied once
+/// or kept as a dead letter (422 with its id), a batch answers per event, a dead letter is
+/// listed and replayed once its cause is fixed.
+#[tokio::test]
+async fn events_are_published_applied_once_and_dead_lettered_with_their_reason() {
+    let api = api().await;
+    let user_created = |id: &str, role: &str| {
+        json!({"topic": "USER_CREATED@1.0", "id": id, "payload": {
+            "user_id": "eve", "tenant_id": "t1", "initial_role": role,
+            "created_ts": "2026-01-06T09:00:00Z"}})
+    };
+    let (status, body) = api
+        .call_as(
+            Some(PUBLISHER),
+            "POST",
+            "/v1/events",
+            Some(user_created("e1", "member")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["outcome"], "applied");
+    assert_eq!(body["event_type"], "USER_CREATED");
+    assert!(body["revision"].as_i64().unwrap() > 0);
+    let (status, body) = api
+        .call_as(
+            Some(PUBLISHER),
+            "POST",
+            "/v1/events",
+            Some(user_created("e1", "member")),
+        )
+        .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("duplicate"))
+    );
+    let (status, eve) = api.call("GET", "/v1/principals/users/eve", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(eve["tenant"], "t1");
+
+    // A publisher may do nothing else; nobody else may publish.
+    for (method, uri) in [
+        ("GET", "/v1/principals/users/eve"),
+        ("GET", "/v1/events/dead-letters"),
+        ("GET", "/v1/audit"),
+    ] {
+        let (status, _) = api.call_as(Some(PUBLISHER), method, uri, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}");
+    }
+    for token in [T1_ADMIN, SIDECAR, AUDITOR, NOBODY] {
+        let (status, _) = api
+            .call_as(
+                Some(token),
+                "POST",
+                "/v1/events",
+                Some(user_created("e9", "member")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{token}");
+    }
+
+    // Poison: 422, named, kept.
+    let (status, problem) = api
+        .call_as(
+            Some(PUBLISHER),
+            "POST",
+            "/v1/events",
+            Some(user_created("e2", "operator")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("role `operator` does not exist"),
+        "{detail}"
+    );
+
+    // The dead letters, and a replay after the fix.
+    let (status, letters) = api.call("GET", "/v1/events/dead-letters", None).await;
+    assert_eq!(status, StatusCode::OK, "{letters}");
+    let items = letters["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["event_id"], "e2");
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+    let replay = format!("/v1/events/dead-letters/{id}/replay");
+    let (status, _) = api.call("POST", &replay, None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "still no such role"
+    );
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(json!({"name": "operator", "actions": ["READ"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = api.call("POST", &replay, None).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("applied")),
+        "{body}"
+    );
+    // A batch answers per event.
+    let (status, batch) = api
+        .call_as(
+            Some(PUBLISHER),
+            "POST",
+            "/v1/events",
+            Some(json!([
+                {"id": "b1", "type": "user.deactivated", "timestamp": "2026-01-06T10:00:00Z", "userId": "eve"},
+                {"id": "b2", "type": "user.teleported", "timestamp": "2026-01-06T10:00:00Z"},
+                {"id": "b3", "type": "invitation.created", "timestamp": "2026-01-06T10:00:00Z"}
+            ])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    let outcomes: Vec<&str> = batch["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["applied", "dead_lettered", "acknowledged"]);
+    let (_, eve) = api.call("GET", "/v1/principals/users/eve", None).await;
+    assert_eq!(eve["status"], "inactive");
+    let (_, letters) = api.call("GET", "/v1/events/dead-letters", None).await;
+    let letters = letters["items"].as_array().unwrap();
+    assert_eq!(letters.len(), 2);
+    assert!(letters[0]["replayed_at"].is_i64(), "{letters:?}");
+    assert_eq!(letters[1]["event_id"], "b2");
+
+    let (status, _) = api
+        .call("POST", "/v1/events/dead-letters/nope/replay", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -114,9 +114,15 @@ impl StoreSide {
         if let Some(jwt) = &config.admin.jwt {
             auth = auth.with_jwt(Arc::new(AdminJwt::new(Arc::clone(authn), jwt)));
         }
+        let keys = event_keys(config).map_err(|e| Failure::Input(vec![e]))?;
+        let mut events = portcullis_events::Ingest::new(self.store.clone(), keys);
+        if let Some(audit) = audit {
+            events = events.recording_in(Arc::clone(audit.ledger()));
+        }
         let stop = background.stop_signal();
         let router = portcullis_admin_api::app(
             portcullis_admin_api::AppState {
+                events,
                 store: self.store.clone(),
                 snapshot: Arc::clone(&plane.snapshot),
                 feed,
@@ -153,4 +159,15 @@ impl StoreSide {
         });
         Ok(())
     }
+}
+
+/// The keys seed-000 event signatures are checked with (`events.signature_keys`).
+fn event_keys(config: &Config) -> Result<portcullis_events::envelope::SignatureKeys, String> {
+    let mut keys = std::collections::HashMap::new();
+    for (id, file) in &config.events.signature_keys {
+        let key = portcullis_ledger::checkpoint::load_public_key(file)
+            .map_err(|e| format!("events.signature_keys.{id}: {e}"))?;
+        keys.insert(id.clone(), key);
+    }
+    Ok(portcullis_events::envelope::SignatureKeys::new(keys))
 }

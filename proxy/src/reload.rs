@@ -273,6 +273,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.shutdown != new.shutdown {
         keys.push("shutdown");
     }
+    if old.events != new.events {
+        keys.push("events");
+    }
     keys
 }
 

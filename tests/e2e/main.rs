@@ -18,6 +18,7 @@ mod audit;
 mod audit_sqs;
 mod distribution;
 mod enforcement;
+mod events;
 mod gateway;
 mod hardening;
 mod lifecycle;

@@ -59,6 +59,12 @@ pub enum AdminAction {
     DistributionRead,
     /// Read the audit ledger.
     AuditRead,
+    /// Send lifecycle events (`POST /v1/events`).
+    EventsPublish,
+    /// Read the dead letters of events.
+    EventsRead,
+    /// Replay a dead letter.
+    EventsReplay,
 }
 
 impl AdminAction {
@@ -79,6 +85,9 @@ impl AdminAction {
             Self::PoliciesWrite => "policies.write",
             Self::DistributionRead => "distribution.read",
             Self::AuditRead => "audit.read",
+            Self::EventsPublish => "events.publish",
+            Self::EventsRead => "events.read",
+            Self::EventsReplay => "events.replay",
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Where `portcullis proxy` gets its state.
     pub control_plane: ControlPlaneConfig,
+    /// Lifecycle events into the control plane (`serve`, `control`).
+    pub events: EventsConfig,
     /// Shutdown timing.
     pub shutdown: ShutdownConfig,
     /// Worker threads of the data plane.
@@ -90,6 +92,7 @@ impl Default for Config {
             decision_endpoint: DecisionEndpointConfig::default(),
             audit: AuditConfig::default(),
             control_plane: ControlPlaneConfig::default(),
+            events: EventsConfig::default(),
             shutdown: ShutdownConfig::default(),
             threads: 2,
             log: LogConfig::default(),
@@ -574,6 +577,15 @@ impl Default for ControlPlaneConfig {
             state_file: None,
         }
     }
+}
+
+/// Lifecycle events (`POST /v1/events`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Ed25519 public keys (SPKI PEM files) seed-000 event signatures are checked with, by
+    /// key id. With any configured, a seed-000 event must carry a signature that verifies.
+    pub signature_keys: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Shutdown timing. The defaults fit Kubernetes' 30 s termination grace period.
