@@ -122,6 +122,7 @@ impl Store for Counting {
         fn policies_dir_digest(&self) -> Option<String>;
         fn import(&self, import: &Import) -> i64;
         fn take_event(&self, event: &portcullis_model::events::EventRecord, ops: &[portcullis_store::Op]) -> portcullis_model::events::EventOutcome;
+        fn event_taken(&self, id: &str) -> bool;
         fn add_dead_letter(&self, letter: &portcullis_model::events::DeadLetter) -> ();
         fn dead_letters(&self, after: Option<&str>, limit: i64) -> Vec<portcullis_model::events::DeadLetter>;
         fn dead_letter(&self, id: &str) -> Option<portcullis_model::events::DeadLetter>;

@@ -115,7 +115,8 @@ impl StoreSide {
             auth = auth.with_jwt(Arc::new(AdminJwt::new(Arc::clone(authn), jwt)));
         }
         let keys = event_keys(config).map_err(|e| Failure::Input(vec![e]))?;
-        let mut events = portcullis_events::Ingest::new(self.store.clone(), keys);
+        let mut events = portcullis_events::Ingest::new(self.store.clone(), keys)
+            .counting_in(plane.metrics.events.clone());
         if let Some(audit) = audit {
             events = events.recording_in(Arc::clone(audit.ledger()));
         }

@@ -163,6 +163,9 @@ pub struct Metrics {
     /// `portcullis_admin_auth_failures_total{reason}`: the admin API's refused credentials.
     #[cfg(feature = "control-plane")]
     pub admin_auth_failures: IntCounterVec,
+    /// `portcullis_events_total{source, outcome}`: lifecycle events taken.
+    #[cfg(feature = "control-plane")]
+    pub events: IntCounterVec,
     /// `portcullis_build_info{version, cedar}` = 1.
     pub build_info: IntGaugeVec,
     /// `portcullis_request_duration_seconds`: the whole request on the data plane.
@@ -373,6 +376,8 @@ impl Metrics {
             ),
             #[cfg(feature = "control-plane")]
             admin_auth_failures: register(r, portcullis_admin_api::auth::failure_counter()),
+            #[cfg(feature = "control-plane")]
+            events: register(r, portcullis_events::ingest::event_counter()),
             build_info,
             request_seconds,
             audit: AuditMetrics {

@@ -73,4 +73,13 @@ fn events_change_what_is_enforced_within_moments() {
     let letters = p.admin_call("GET", "/v1/events/dead-letters", &json!({}));
     assert_eq!(letters.status, 200, "{}", letters.body);
     assert_eq!(letters.json()["items"][0]["event_id"], "x");
+    let counted = |outcome: &str| {
+        p.metric(
+            "portcullis_events_total",
+            &[("source", "http"), ("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(counted("applied"), 3.0);
+    assert_eq!(counted("dead_lettered"), 1.0);
 }

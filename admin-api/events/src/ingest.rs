@@ -60,6 +60,29 @@ pub struct Ingest<S> {
     store: S,
     keys: SignatureKeys,
     ledger: Option<Arc<Ledger>>,
+    /// `portcullis_events_total{source, outcome}`.
+    taken: prometheus::IntCounterVec,
+}
+
+/// `portcullis_events_total{source, outcome}`: events by the kind of source (`http`,
+/// `sqs`, `redis`: the part of the source name before `:`) and outcome (`applied`,
+/// `acknowledged`, `duplicate`, `stale`, `dead_lettered`). Unregistered: the caller
+/// registers it where its metrics are served.
+#[expect(
+    clippy::panic,
+    reason = "a static metric definition; a failure is a bug the tests catch"
+)]
+pub fn event_counter() -> prometheus::IntCounterVec {
+    match prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "portcullis_events_total",
+            "Lifecycle events taken, by kind of source and outcome.",
+        ),
+        &["source", "outcome"],
+    ) {
+        Ok(c) => c,
+        Err(e) => panic!("invalid static metric definition: {e}"),
+    }
 }
 
 /// Why an event could not be taken now: the source keeps it for a later try.
@@ -92,7 +115,15 @@ impl<S: Store> Ingest<S> {
             store,
             keys,
             ledger: None,
+            taken: event_counter(),
         }
+    }
+
+    /// Counts events in `taken` (made by [`event_counter`]), a counter the caller serves.
+    #[must_use]
+    pub fn counting_in(mut self, taken: prometheus::IntCounterVec) -> Self {
+        self.taken = taken;
+        self
     }
 
     /// Records each change an event makes in `ledger` first, with the event's source and
@@ -103,17 +134,20 @@ impl<S: Store> Ingest<S> {
         self
     }
 
-    /// Takes one message from `source` (`http`, `sqs:<queue>`, `redis:<stream>`).
+    /// Takes one message from `source` (`http:<caller>`, `sqs:<queue>`, `redis:<stream>`).
     pub async fn take(&self, source: &str, body: &[u8]) -> Result<Receipt, Unavailable> {
-        let envelope = match read(body, &self.keys) {
-            Ok(e) => e,
+        let receipt = match read(body, &self.keys) {
+            Ok(envelope) => self.apply(source, &envelope, body).await?,
             Err(refused) => {
-                return self
-                    .dead_letter(source, None, None, refused.to_string(), body)
-                    .await;
+                self.dead_letter(source, None, None, refused.to_string(), body)
+                    .await?
             }
         };
-        self.apply(source, &envelope, body).await
+        let kind = source.split_once(':').map_or(source, |(kind, _)| kind);
+        self.taken
+            .with_label_values(&[kind, receipt.outcome.as_str()])
+            .inc();
+        Ok(receipt)
     }
 
     /// Re-applies a dead letter (after the cause was fixed: a role created, a key added);
@@ -183,6 +217,12 @@ impl<S: Store> Ingest<S> {
         source: &str,
         envelope: &Envelope,
     ) -> Result<Result<EventOutcome, String>, Unavailable> {
+        // A redelivery is a duplicate before anything else: its effect may not be workable
+        // any more (a role deleted since), and it must not become a dead letter.
+        // (`take_event` checks again, inside its transaction.)
+        if self.store.event_taken(&envelope.id).await? {
+            return Ok(Ok(EventOutcome::Duplicate));
+        }
         let roles = self.store.list_roles().await?;
         let effect = match effect(envelope, &roles) {
             Ok(e) => e,

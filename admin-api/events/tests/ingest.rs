@@ -94,7 +94,8 @@ fn reason(o: &Outcome) -> &str {
 
 async fn every_seed_event_applies_once_in_order(store: SqlStore) {
     seed(&store).await;
-    let ingest = Ingest::new(store.clone(), SignatureKeys::default());
+    let counted = portcullis_events::ingest::event_counter();
+    let ingest = Ingest::new(store.clone(), SignatureKeys::default()).counting_in(counted.clone());
     let take = |name: &'static str| {
         let ingest = ingest.clone();
         async move { ingest.take("test", fixture(name).as_bytes()).await.unwrap() }
@@ -149,6 +150,16 @@ async fn every_seed_event_applies_once_in_order(store: SqlStore) {
     assert_eq!(g.role, "guest", "the one role granting exactly READ");
     assert_eq!(g.conditions.allowed_bands, ["GREEN"]);
     assert!(g.conditions.require_trusted_device, "device restrictions");
+    // The role changes; a redelivery is still a duplicate, not a dead letter because its
+    // permissions no longer match a role.
+    store
+        .update_role(&role("guest", &["READ", "document.create"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&take("000_user_space_access_granted.json").await.outcome),
+        "duplicate"
+    );
 
     assert_eq!(
         outcome(&take("000_user_status_changed.json").await.outcome),
@@ -281,6 +292,12 @@ async fn every_seed_event_applies_once_in_order(store: SqlStore) {
     assert_eq!(outcome(&r.outcome), "applied");
     assert!(store.get_principal(&m).await.unwrap().is_none());
     assert!(store.assignments_of(&m).await.unwrap().is_empty());
+    // Counted by kind of source and outcome.
+    let count = |outcome: &str| counted.with_label_values(&["test", outcome]).get();
+    assert_eq!(count("duplicate"), 2);
+    assert_eq!(count("stale"), 1);
+    assert_eq!(count("acknowledged"), 1);
+    assert_eq!(count("dead_lettered"), 0);
 }
 
 async fn poison_is_kept_with_its_reason_and_replayed_after_a_fix(store: SqlStore) {

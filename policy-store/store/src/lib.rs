@@ -242,6 +242,9 @@ pub trait Store: Send + Sync {
         ops: &[Op],
     ) -> impl Future<Output = Result<EventOutcome, StoreError>> + Send;
 
+    /// Whether an event with this id was taken (applied, acknowledged or found stale).
+    fn event_taken(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Keeps an event that could not be applied.
     fn add_dead_letter(
         &self,

@@ -1000,6 +1000,16 @@ impl Store for SqlStore {
         self.take_event_in_tx(event, ops).await
     }
 
+    async fn event_taken(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT event_id FROM events_taken WHERE event_id = $1")
+                .bind(id.to_owned())
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
     async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         self.add_dead_letter_row(letter).await
     }
