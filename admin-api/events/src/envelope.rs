@@ -95,14 +95,17 @@ pub fn read(body: &[u8], keys: &SignatureKeys) -> Result<Envelope, Refused> {
                 "an SNS notification without a `Message` string",
             ));
         };
-        return read_unwrapped(message.as_bytes(), keys);
+        let message = message.as_bytes();
+        let value: Value =
+            serde_json::from_slice(message).map_err(|e| Refused::one(format!("not JSON: {e}")))?;
+        return envelope_of(message, &value, keys);
     }
-    read_unwrapped(body, keys)
+    envelope_of(body, &value, keys)
 }
 
-fn read_unwrapped(body: &[u8], keys: &SignatureKeys) -> Result<Envelope, Refused> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| Refused::one(format!("not JSON: {e}")))?;
+/// The envelope of a message already parsed into `value` (`body` is its bytes, for the
+/// seed-000 payload as sent).
+fn envelope_of(body: &[u8], value: &Value, keys: &SignatureKeys) -> Result<Envelope, Refused> {
     let Some(object) = value.as_object() else {
         return Err(Refused::one("not a JSON object"));
     };
@@ -212,8 +215,7 @@ fn topic_envelope(
         Some(_) => p.time(object, "ts"),
     };
     let raw = serde_json::from_slice::<RawPayload<'_>>(body).ok();
-    let payload_bytes = raw.map(|r| r.payload.get().as_bytes());
-    let digest = payload_bytes.map(Sha256::digest);
+    let digest = raw.map(|r| Sha256::digest(r.payload.get().as_bytes()));
     if !keys.is_empty() {
         match (object.get("signature"), digest) {
             (None, _) => p.0.push(String::from(
@@ -245,9 +247,8 @@ fn topic_envelope(
             .split_once('@')
             .map_or(topic.as_str(), |(name, _)| name)
             .to_owned();
-        let id = id.or_else(|| {
-            payload_bytes.map(|b| format!("sha256:{}", portcullis_ledger::sha256_hex(b)))
-        })?;
+        let id =
+            id.or_else(|| digest.map(|d| format!("sha256:{}", portcullis_ledger::hex::hex(&d))))?;
         Some(Envelope {
             format: Format::Topic,
             id,

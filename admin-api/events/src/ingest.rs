@@ -5,8 +5,7 @@
 
 use std::sync::Arc;
 
-use portcullis_ledger::writer::Ledger;
-use portcullis_ledger::{Entry, RecordKind};
+use portcullis_ledger::writer::{ChangeRecord, Ledger};
 use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord};
 use portcullis_store::{Store, StoreError};
 use serde::Serialize;
@@ -279,18 +278,14 @@ impl<S: Store> Ingest<S> {
         let Some(ledger) = &self.ledger else {
             return Ok(());
         };
-        let entry = Entry {
-            ts: portcullis_ledger::timestamp_now(),
-            kind: RecordKind::AdminChange,
-            actor: Some(actor.to_owned()),
-            action: Some(action.to_owned()),
-            reason,
-            after,
-            ..Entry::default()
-        };
-        let encoded = entry.encode().map_err(|e| e.to_string())?;
         ledger
-            .append(encoded, std::time::Duration::from_secs(1))
+            .record_change(ChangeRecord {
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                reason,
+                after,
+                ..ChangeRecord::default()
+            })
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())

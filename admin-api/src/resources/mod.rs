@@ -38,7 +38,7 @@ use crate::AppState;
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError};
-use portcullis_ledger::{Entry, RecordKind};
+use portcullis_ledger::writer::ChangeRecord;
 
 type St<S> = State<Arc<AppState<S>>>;
 
@@ -147,21 +147,15 @@ async fn record_change<S>(
         actor: actor.recorded(),
     };
     if let Some(ledger) = &st.ledger {
-        let entry = Entry {
-            ts: portcullis_ledger::timestamp_now(),
-            kind: RecordKind::AdminChange,
-            actor: Some(recorded.actor.clone()),
-            action: Some(action.to_owned()),
-            resource: Some(recorded.resource.clone()),
-            before,
-            after,
-            ..Entry::default()
-        };
-        let encoded = entry
-            .encode()
-            .map_err(|e| ApiError::LedgerUnavailable(format!("{action}: {e}")))?;
         ledger
-            .append(encoded, std::time::Duration::from_secs(1))
+            .record_change(ChangeRecord {
+                actor: recorded.actor.clone(),
+                action: action.to_owned(),
+                resource: Some(recorded.resource.clone()),
+                before,
+                after,
+                ..ChangeRecord::default()
+            })
             .await
             .map_err(|e| ApiError::LedgerUnavailable(format!("{action}: {e}")))?;
     }
@@ -209,23 +203,16 @@ impl Recorded {
             Err(e) => e,
         };
         if let Some(ledger) = &st.ledger {
-            let entry = Entry {
-                ts: portcullis_ledger::timestamp_now(),
-                kind: RecordKind::AdminChange,
-                actor: Some(actor),
-                action: Some(action.to_owned()),
-                resource: Some(resource),
-                reason: Some(format!("not made: {error}")),
-                ..Entry::default()
-            };
-            let appended = match entry.encode() {
-                Ok(encoded) => ledger
-                    .append(encoded, std::time::Duration::from_secs(1))
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = appended {
+            let recorded = ledger
+                .record_change(ChangeRecord {
+                    actor,
+                    action: action.to_owned(),
+                    resource: Some(resource),
+                    reason: Some(format!("not made: {error}")),
+                    ..ChangeRecord::default()
+                })
+                .await;
+            if let Err(e) = recorded {
                 tracing::error!(error = %e, action, "a failed admin change not recorded as failed");
             }
         }

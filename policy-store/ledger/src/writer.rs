@@ -65,6 +65,38 @@ pub struct LedgerConfig {
     pub stdout: bool,
 }
 
+/// A change to the authorization model as the ledger records it (`kind: admin_change`):
+/// who made it, what, on which object, and either what it became or why it was not made.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeRecord {
+    /// Who: an admin token's subject, `jwt:<sub>`, or `event:<source>/<id>`.
+    pub actor: String,
+    /// What: `principal.put`, `event.USER_CREATED`, ...
+    pub action: String,
+    /// The changed object, when there is one.
+    pub resource: Option<String>,
+    /// Why it was not made (`not made: ...`); `None` for the change itself.
+    pub reason: Option<String>,
+    /// The object before.
+    pub before: Option<serde_json::Value>,
+    /// The object after (or what is about to change).
+    pub after: Option<serde_json::Value>,
+}
+
+/// Why a change could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// It has no canonical encoding.
+    #[error(transparent)]
+    Encode(#[from] super::EncodeError),
+    /// The ledger did not take it.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+/// How long a change waits for room in the ledger's queue.
+const CHANGE_WAIT: Duration = Duration::from_secs(1);
+
 /// Why an append failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
@@ -135,6 +167,23 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Ledger {
+    /// Records a change, waiting up to a second for room: a change that cannot be recorded
+    /// must not be made (the caller refuses it).
+    pub async fn record_change(&self, change: ChangeRecord) -> Result<u64, RecordError> {
+        let entry = super::Entry {
+            ts: super::timestamp_now(),
+            kind: super::RecordKind::AdminChange,
+            actor: Some(change.actor),
+            action: Some(change.action),
+            resource: change.resource,
+            reason: change.reason,
+            before: change.before,
+            after: change.after,
+            ..super::Entry::default()
+        };
+        Ok(self.append(entry.encode()?, CHANGE_WAIT).await?)
+    }
+
     /// Opens (or continues) the ledger in `config.dir`, signs a checkpoint (one at every
     /// start: a ledger that ever ran has one, so a deleted checkpoint file cannot pass for a
     /// young ledger) and starts the keeper thread, which ends, after a last checkpoint, once

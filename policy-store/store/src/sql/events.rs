@@ -94,10 +94,9 @@ impl SqlStore {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, event_id, source, received_at, reason, body, replayed_at \
-             FROM dead_letters WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_DEAD_LETTERS} WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2"
+        )))
         .bind(after.map(str::to_owned))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -107,10 +106,9 @@ impl SqlStore {
 
     /// See [`crate::Store::dead_letter`].
     pub(crate) async fn dead_letter_row(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
-        sqlx::query(
-            "SELECT id, event_id, source, received_at, reason, body, replayed_at \
-             FROM dead_letters WHERE id = $1",
-        )
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_DEAD_LETTERS} WHERE id = $1"
+        )))
         .bind(id.to_owned())
         .fetch_optional(&self.pool)
         .await?
@@ -133,6 +131,10 @@ impl SqlStore {
         Ok(())
     }
 }
+
+/// The columns [`dead_letter`] reads.
+const SELECT_DEAD_LETTERS: &str =
+    "SELECT id, event_id, source, received_at, reason, body, replayed_at FROM dead_letters";
 
 fn dead_letter(row: &sqlx::any::AnyRow) -> Result<DeadLetter, StoreError> {
     Ok(DeadLetter {
