@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use portcullis_sinks::testing::RedisServer;
 use serde_json::json;
 
 use crate::harness::{Keys, Portcullis, Upstream, raw_request};
@@ -288,74 +289,13 @@ fn configured_masks_hash_the_principal_and_drop_context_on_amber_routes() {
     assert_eq!(again.last().expect("record")["principal"], principal);
 }
 
-/// A redis-server of the test's own (Debian's `redis-server`), without persistence.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (Debian package `redis-server`)");
-        let me = Self { child, port };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while me.cli(&["PING"]).trim() != "PONG" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        me
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The `seq` fields of the stream, in stream order.
-    fn seqs(&self, stream: &str) -> Vec<u64> {
-        self.field_values(stream, "seq")
-            .iter()
-            .filter_map(|v| v.parse().ok())
-            .collect()
-    }
-
-    /// The values of `field` in the stream, in stream order.
-    fn field_values(&self, stream: &str, field: &str) -> Vec<String> {
-        let raw = self.cli(&["XRANGE", stream, "-", "+"]);
-        let lines: Vec<&str> = raw.lines().collect();
-        lines
-            .windows(2)
-            .filter(|w| w[0] == field)
-            .map(|w| w[1].to_owned())
-            .collect()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `seq` fields of `stream`, in stream order.
+fn seqs(redis: &RedisServer, stream: &str) -> Vec<u64> {
+    redis
+        .field_values(stream, "seq")
+        .iter()
+        .filter_map(|v| v.parse().ok())
+        .collect()
 }
 
 #[test]
@@ -363,7 +303,7 @@ fn the_redis_sink_loses_nothing_when_redis_goes_away_and_keeps_the_order() {
     let upstream = Upstream::start();
     let keys = Keys::generate();
     let port = crate::harness::free_port();
-    let mut redis = Redis::start(port);
+    let mut redis = RedisServer::start(port);
     let p = Portcullis::start(
         &upstream,
         &keys,
@@ -376,11 +316,11 @@ fn the_redis_sink_loses_nothing_when_redis_goes_away_and_keeps_the_order() {
             assert_eq!(p.get(D1, Some(&alice), &[]).status, 200);
         }
     };
-    let wait_complete = |redis: &Redis| {
+    let wait_complete = |redis: &RedisServer| {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let expected = p.audit_records().len();
-            let seqs = redis.seqs("audit-e2e");
+            let seqs = seqs(redis, "audit-e2e");
             if seqs.len() == expected {
                 return seqs;
             }
@@ -412,7 +352,7 @@ fn the_redis_sink_loses_nothing_when_redis_goes_away_and_keeps_the_order() {
         "the outage is noticed",
     );
     // It comes back empty (no persistence): the sink sends the whole ledger again, in order.
-    redis = Redis::start(port);
+    redis = RedisServer::start(port);
     let seqs = wait_complete(&redis);
     assert_eq!(seqs.len(), p.audit_records().len());
     assert_eq!(
@@ -539,7 +479,7 @@ fn a_sink_can_send_ocsf_events_that_point_back_into_the_ledger() {
     let upstream = Upstream::start();
     let keys = Keys::generate();
     let port = crate::harness::free_port();
-    let redis = Redis::start(port);
+    let redis = RedisServer::start(port);
     let p = Portcullis::start(
         &upstream,
         &keys,

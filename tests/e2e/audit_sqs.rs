@@ -2,10 +2,10 @@
 //! `moto[server]`, which .ci/run installs), started and stopped by the test itself, spoken
 //! to with the AWS SDK on both sides.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::QueueAttributeName;
+use portcullis_sinks::testing::Moto;
 use serde_json::{Value, json};
 
 use crate::harness::{Keys, Portcullis, Upstream, free_port, rt};
@@ -13,113 +13,52 @@ use crate::world;
 
 const D1: &str = "/v1/spaces/s1/documents/d1";
 
-/// A moto server of the test's own (in memory: a restart starts empty).
-struct Moto {
-    child: Child,
-    port: u16,
+/// Creates the FIFO queue `name`; its URL.
+fn create_fifo(moto: &Moto, name: &str) -> String {
+    rt().block_on(moto.create_queue(name, &[(QueueAttributeName::FifoQueue, "true")]))
 }
 
-impl Moto {
-    fn start(port: u16) -> Self {
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs (moto[server] from PyPI; .ci/run installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self { child, port }
-    }
-
-    fn client(&self) -> aws_sdk_sqs::Client {
-        use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let config = aws_sdk_sqs::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(format!("http://127.0.0.1:{}", self.port))
-            .credentials_provider(Credentials::new("e2e", "e2e", None, None, "e2e"))
-            .http_client(http)
-            .build();
-        aws_sdk_sqs::Client::from_conf(config)
-    }
-
-    /// Creates the FIFO queue `name`; its URL.
-    fn create_fifo(&self, name: &str) -> String {
-        let created = rt()
+/// Receives (and deletes) what the queue holds now, in order.
+fn drain(moto: &Moto, url: &str) -> Vec<Value> {
+    let client = moto.client();
+    let mut out = Vec::new();
+    loop {
+        let got = rt()
             .block_on(
-                self.client()
-                    .create_queue()
-                    .queue_name(name)
-                    .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+                client
+                    .receive_message()
+                    .queue_url(url)
+                    .max_number_of_messages(10)
+                    .message_attribute_names("All")
                     .send(),
             )
-            .expect("create queue");
-        created.queue_url().expect("queue url").to_owned()
-    }
-
-    /// Receives (and deletes) what the queue holds now, in order.
-    fn drain(&self, url: &str) -> Vec<Value> {
-        let client = self.client();
-        let mut out = Vec::new();
-        loop {
-            let got = rt()
-                .block_on(
-                    client
-                        .receive_message()
-                        .queue_url(url)
-                        .max_number_of_messages(10)
-                        .message_attribute_names("All")
-                        .send(),
-                )
-                .expect("receive");
-            let messages = got.messages();
-            if messages.is_empty() {
-                return out;
-            }
-            for m in messages {
-                let body: Value = serde_json::from_str(m.body().expect("body")).expect("json");
-                let seq = m
-                    .message_attributes()
-                    .and_then(|a| a.get("seq"))
-                    .and_then(|v| v.string_value())
-                    .expect("seq attribute");
-                assert_eq!(
-                    body["seq"].to_string(),
-                    seq,
-                    "the attribute is the record's"
-                );
-                out.push(body);
-                rt().block_on(
-                    client
-                        .delete_message()
-                        .queue_url(url)
-                        .receipt_handle(m.receipt_handle().expect("receipt"))
-                        .send(),
-                )
-                .expect("delete");
-            }
+            .expect("receive");
+        let messages = got.messages();
+        if messages.is_empty() {
+            return out;
         }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for m in messages {
+            let body: Value = serde_json::from_str(m.body().expect("body")).expect("json");
+            let seq = m
+                .message_attributes()
+                .and_then(|a| a.get("seq"))
+                .and_then(|v| v.string_value())
+                .expect("seq attribute");
+            assert_eq!(
+                body["seq"].to_string(),
+                seq,
+                "the attribute is the record's"
+            );
+            out.push(body);
+            rt().block_on(
+                client
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle().expect("receipt"))
+                    .send(),
+            )
+            .expect("delete");
+        }
     }
 }
 
@@ -129,7 +68,7 @@ fn the_sqs_sink_delivers_every_record_in_order_across_an_outage() {
     let keys = Keys::generate();
     let port = free_port();
     let mut moto = Moto::start(port);
-    let url = moto.create_fifo("audit-e2e.fifo");
+    let url = create_fifo(&moto, "audit-e2e.fifo");
     let p = Portcullis::start(
         &upstream,
         &keys,
@@ -149,7 +88,7 @@ fn the_sqs_sink_delivers_every_record_in_order_across_an_outage() {
     let wait_complete = |moto: &Moto, delivered: &mut Vec<Value>| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            delivered.extend(moto.drain(&url));
+            delivered.extend(drain(moto, &url));
             if delivered.len() >= p.audit_records().len() {
                 return;
             }
@@ -186,7 +125,7 @@ fn the_sqs_sink_delivers_every_record_in_order_across_an_outage() {
     // It comes back empty (moto keeps nothing): once the queue exists again, the sink goes
     // on after the last record SQS accepted.
     moto = Moto::start(port);
-    assert_eq!(moto.create_fifo("audit-e2e.fifo"), url);
+    assert_eq!(create_fifo(&moto, "audit-e2e.fifo"), url);
     wait_complete(&moto, &mut delivered);
 
     let ledger = p.audit_records();

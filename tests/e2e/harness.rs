@@ -12,7 +12,7 @@
 //! Each test starts its own instance, so a test's config changes stay its own.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -49,13 +49,7 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use portcullis_sinks::testing::free_port;
 
 /// The repository's `policies/`.
 pub fn policies_dir() -> PathBuf {

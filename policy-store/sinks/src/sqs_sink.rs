@@ -65,18 +65,19 @@ fn write_cursor(file: &Path, seq: u64) -> Result<(), String> {
         .map_err(|e| format!("`{}`: cannot write: {e}", file.display()))
 }
 
-/// An SQS client for `config`: rustls with ring (no second crypto library), the default
-/// credential chain.
-pub async fn client(config: &SqsSinkConfig) -> aws_sdk_sqs::Client {
+/// An SQS client for `region` (default: the environment's: `AWS_REGION`, profile, IMDS) at
+/// `endpoint_url` (default: AWS's; or LocalStack, moto, a VPC endpoint): rustls with ring
+/// (no second crypto library), the default credential chain. The event sources use it too.
+pub async fn client(region: Option<&str>, endpoint_url: Option<&str>) -> aws_sdk_sqs::Client {
     use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-    if let Some(region) = &config.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
     }
-    if let Some(endpoint) = &config.endpoint_url {
+    if let Some(endpoint) = endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }
     aws_sdk_sqs::Client::new(&loader.load().await)
@@ -84,7 +85,7 @@ pub async fn client(config: &SqsSinkConfig) -> aws_sdk_sqs::Client {
 
 /// Forwards the ledger in `dir` to SQS until the process ends.
 pub async fn forward(dir: PathBuf, prefix: String, config: SqsSinkConfig, stats: Arc<SinkStats>) {
-    let client = client(&config).await;
+    let client = client(config.region.as_deref(), config.endpoint_url.as_deref()).await;
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
