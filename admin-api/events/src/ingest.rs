@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::effects::effect;
 use crate::envelope::{Envelope, SignatureKeys, read};
+use crate::metrics::{EventMetrics, source_kind};
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,29 +60,7 @@ pub struct Ingest<S> {
     store: S,
     keys: SignatureKeys,
     ledger: Option<Arc<Ledger>>,
-    /// `portcullis_events_total{source, outcome}`.
-    taken: prometheus::IntCounterVec,
-}
-
-/// `portcullis_events_total{source, outcome}`: events by the kind of source (`http`,
-/// `sqs`, `redis`: the part of the source name before `:`) and outcome (`applied`,
-/// `acknowledged`, `duplicate`, `stale`, `dead_lettered`). Unregistered: the caller
-/// registers it where its metrics are served.
-#[expect(
-    clippy::panic,
-    reason = "a static metric definition; a failure is a bug the tests catch"
-)]
-pub fn event_counter() -> prometheus::IntCounterVec {
-    match prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
-            "portcullis_events_total",
-            "Lifecycle events taken, by kind of source and outcome.",
-        ),
-        &["source", "outcome"],
-    ) {
-        Ok(c) => c,
-        Err(e) => panic!("invalid static metric definition: {e}"),
-    }
+    metrics: EventMetrics,
 }
 
 /// Why an event could not be taken now: the source keeps it for a later try.
@@ -114,15 +93,20 @@ impl<S: Store> Ingest<S> {
             store,
             keys,
             ledger: None,
-            taken: event_counter(),
+            metrics: EventMetrics::new(),
         }
     }
 
-    /// Counts events in `taken` (made by [`event_counter`]), a counter the caller serves.
+    /// Counts events in `metrics`, which the caller serves.
     #[must_use]
-    pub fn counting_in(mut self, taken: prometheus::IntCounterVec) -> Self {
-        self.taken = taken;
+    pub fn counting_in(mut self, metrics: EventMetrics) -> Self {
+        self.metrics = metrics;
         self
+    }
+
+    /// The metrics events are counted in (the sources count theirs there too).
+    pub fn metrics(&self) -> &EventMetrics {
+        &self.metrics
     }
 
     /// Records each change an event makes in `ledger` first, with the event's source and
@@ -135,6 +119,7 @@ impl<S: Store> Ingest<S> {
 
     /// Takes one message from `source` (`http:<caller>`, `sqs:<queue>`, `redis:<stream>`).
     pub async fn take(&self, source: &str, body: &[u8]) -> Result<Receipt, Unavailable> {
+        let started = std::time::Instant::now();
         let receipt = match read(body, &self.keys) {
             Ok(envelope) => self.apply(source, &envelope, body).await?,
             Err(refused) => {
@@ -142,10 +127,54 @@ impl<S: Store> Ingest<S> {
                     .await?
             }
         };
-        let kind = source.split_once(':').map_or(source, |(kind, _)| kind);
-        self.taken
+        self.counted(source, receipt, started)
+    }
+
+    /// Takes one message from a queue, which it entered at `queued_at` (Unix milliseconds):
+    /// as [`Ingest::take`], and the delay counted.
+    pub async fn take_queued(
+        &self,
+        source: &str,
+        body: &[u8],
+        queued_at: i64,
+    ) -> Result<Receipt, Unavailable> {
+        let receipt = self.take(source, body).await?;
+        let delay_ms = jiff::Timestamp::now().as_millisecond() - queued_at;
+        self.metrics
+            .delay_seconds
+            .with_label_values(&[source_kind(source)])
+            .observe(delay_ms.max(0) as f64 / 1000.0);
+        Ok(receipt)
+    }
+
+    /// Keeps a message that is no event at all (a queue entry without its body) as a dead
+    /// letter with `reason`.
+    pub async fn refuse(
+        &self,
+        source: &str,
+        body: &[u8],
+        reason: String,
+    ) -> Result<Receipt, Unavailable> {
+        let started = std::time::Instant::now();
+        let receipt = self.dead_letter(source, None, None, reason, body).await?;
+        self.counted(source, receipt, started)
+    }
+
+    fn counted(
+        &self,
+        source: &str,
+        receipt: Receipt,
+        started: std::time::Instant,
+    ) -> Result<Receipt, Unavailable> {
+        let kind = source_kind(source);
+        self.metrics
+            .taken
             .with_label_values(&[kind, receipt.outcome.as_str()])
             .inc();
+        self.metrics
+            .take_seconds
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
         Ok(receipt)
     }
 

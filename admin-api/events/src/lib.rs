@@ -1,11 +1,15 @@
 //! `portcullis-events` owns lifecycle events coming into the control plane: the envelopes
-//! of the seed systems ([`envelope`]), what each event type changes ([`effects`]), and the
+//! of the seed systems ([`envelope`]), what each event type changes ([`effects`]), the
 //! one ingestion path every source uses ([`ingest`]): taken once, whole, in order, or
-//! kept as a dead letter with the reason. The sources (the admin API's `POST /v1/events`,
-//! and the queue consumers) only hand it message bodies.
+//! kept as a dead letter with the reason; the queues it is fed from ([`sources`]: SQS,
+//! Redis Streams — the admin API's `POST /v1/events` hands it bodies itself), and what all
+//! of it counts ([`metrics`]).
 
 pub mod effects;
 pub mod envelope;
 pub mod ingest;
+pub mod metrics;
+pub mod sources;
 
 pub use ingest::{Ingest, Outcome, Receipt, Unavailable};
+pub use metrics::EventMetrics;

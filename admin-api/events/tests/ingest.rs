@@ -10,7 +10,6 @@
 )]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
@@ -18,61 +17,12 @@ use portcullis_events::envelope::SignatureKeys;
 use portcullis_events::{Ingest, Outcome};
 use portcullis_model::events::EventOutcome;
 use portcullis_model::*;
-use portcullis_store::{Import, SqlStore, Store};
+use portcullis_store::{SqlStore, Store};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-fn fixture(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn role(name: &str, actions: &[&str]) -> Role {
-    Role {
-        name: name.to_owned(),
-        description: String::new(),
-        actions: actions.iter().map(|s| s.to_string()).collect(),
-        scope_types: vec![],
-    }
-}
-
-/// The shipped policies and the seed-000 roles.
-async fn seed(store: &SqlStore) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    let text = std::fs::read_to_string(dir.join("default.cedar")).unwrap();
-    let schema = std::fs::read_to_string(dir.join("schema.cedarschema")).unwrap();
-    store
-        .import(&Import {
-            roles: vec![
-                role("guardian", &["READ", "WRITE", "SHARE", "ADMIN"]),
-                role("member", &["READ", "WRITE", "SHARE"]),
-                role("guest", &["READ"]),
-                role("admin", &["READ", "WRITE", "SHARE", "ADMIN", "PEOPLE"]),
-            ],
-            policy_set: Some((
-                vec![PolicyFile {
-                    name: String::from("default.cedar"),
-                    text,
-                }],
-                schema,
-            )),
-            entities: vec![EntityRecord {
-                uid: "Entity::\"0f0f7e13-7cb5-449b-9349-0ed8cc5d9b32\""
-                    .parse()
-                    .unwrap(),
-                parents: vec![],
-                attributes: EntityAttributes {
-                    kind: Some(String::from("issuer")),
-                    ..EntityAttributes::default()
-                },
-            }],
-            ..Import::default()
-        })
-        .await
-        .unwrap();
-}
+mod common;
+use common::{fixture, role, seed};
 
 fn user(id: &str) -> EntityRef {
     principal_ref(PrincipalKind::User, id)
@@ -94,8 +44,8 @@ fn reason(o: &Outcome) -> &str {
 
 async fn every_seed_event_applies_once_in_order(store: SqlStore) {
     seed(&store).await;
-    let counted = portcullis_events::ingest::event_counter();
-    let ingest = Ingest::new(store.clone(), SignatureKeys::default()).counting_in(counted.clone());
+    let ingest = Ingest::new(store.clone(), SignatureKeys::default());
+    let counted = ingest.metrics().taken.clone();
     let take = |name: &'static str| {
         let ingest = ingest.clone();
         async move { ingest.take("test", fixture(name).as_bytes()).await.unwrap() }

@@ -1,0 +1,257 @@
+//! The SQS source: long polls a queue, takes each message in the order received, deletes
+//! it only once taken, and extends the visibility of the messages of a batch still being
+//! taken, so a slow batch is not handed to another consumer meanwhile. A message left by
+//! a failure (the store or the ledger away) comes back once its visibility ends; the
+//! queue's redrive policy, when it has one, moves it to its own dead-letter queue after
+//! `maxReceiveCount` tries. Messages delivered by an SNS subscription (seed 004's topics)
+//! are unwrapped by [`crate::envelope`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName, QueueAttributeName,
+};
+use portcullis_sinks::backoff::Backoff;
+use portcullis_store::Store;
+
+use crate::{Ingest, Unavailable};
+
+/// Where and how to consume.
+#[derive(Debug, Clone)]
+pub struct SqsSource {
+    /// The queue URL.
+    pub queue_url: String,
+    /// The region; default: the environment's.
+    pub region: Option<String>,
+    /// Another endpoint (LocalStack, moto, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+    /// Messages per receive, 1 to 10.
+    pub batch: i32,
+    /// Long-poll wait per receive, 0 to 20 seconds.
+    pub wait_seconds: i32,
+    /// How long a received message stays hidden from other consumers; renewed while its
+    /// batch is still being taken.
+    pub visibility_timeout_seconds: i32,
+}
+
+impl SqsSource {
+    /// The source name in dead letters, the ledger and logs: `sqs:<queue name>`.
+    pub fn name(&self) -> String {
+        let queue = self.queue_url.rsplit('/').next().unwrap_or(&self.queue_url);
+        format!("sqs:{queue}")
+    }
+}
+
+/// Consumes `source` into `ingest` until the task is dropped, with the credentials of the
+/// default AWS chain.
+pub async fn consume<S: Store>(ingest: Ingest<S>, source: SqsSource) {
+    let client = portcullis_sinks::sqs_sink::client(
+        source.region.as_deref(),
+        source.endpoint_url.as_deref(),
+    )
+    .await;
+    consume_with(client, ingest, source).await;
+}
+
+/// Consumes `source` with `client` (built elsewhere: the tests' own credentials).
+pub async fn consume_with<S: Store>(
+    client: aws_sdk_sqs::Client,
+    ingest: Ingest<S>,
+    source: SqsSource,
+) {
+    let name = source.name();
+    tracing::info!(
+        source = name,
+        queue = source.queue_url,
+        "consuming lifecycle events"
+    );
+    let errors = ingest.metrics().source_errors.with_label_values(&["sqs"]);
+    let backlog = ingest.metrics().backlog.with_label_values(&["sqs"]);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backlog_read = None::<Instant>;
+    loop {
+        if backlog_read.is_none_or(|at| at.elapsed() >= super::BACKLOG_EVERY) {
+            backlog_read = Some(Instant::now());
+            match waiting(&client, &source.queue_url).await {
+                Ok(n) => backlog.set(n),
+                Err(e) => {
+                    tracing::warn!(source = name, error = e, "cannot read the queue's backlog")
+                }
+            }
+        }
+        let received = client
+            .receive_message()
+            .queue_url(&source.queue_url)
+            .max_number_of_messages(source.batch)
+            .wait_time_seconds(source.wait_seconds)
+            .visibility_timeout(source.visibility_timeout_seconds)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .send()
+            .await;
+        let messages = match received {
+            Ok(r) => r.messages.unwrap_or_default(),
+            Err(e) => {
+                errors.inc();
+                tracing::warn!(source = name, error = %DisplayErrorContext(e), "cannot receive lifecycle events; retrying");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        let outcome = take_batch(&client, &ingest, &source, &name, &messages).await;
+        let taken = outcome.as_ref().map_or_else(|(n, _)| *n, |n| *n);
+        if let Err(e) = delete(
+            &client,
+            &source.queue_url,
+            messages.get(..taken).unwrap_or_default(),
+        )
+        .await
+        {
+            // Not lost: they come back once their visibility ends, and are duplicates then.
+            errors.inc();
+            tracing::warn!(
+                source = name,
+                error = e,
+                "taken events not deleted from the queue; they will come back as duplicates"
+            );
+        }
+        match outcome {
+            Ok(_) => backoff.reset(),
+            Err((_, e)) => {
+                errors.inc();
+                tracing::warn!(source = name, error = %e, left = messages.len() - taken, "lifecycle events left in the queue for a later try");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Takes `messages` in order while renewing the visibility of those not yet taken; how
+/// many were taken, and the failure that stopped it early.
+async fn take_batch<S: Store>(
+    client: &aws_sdk_sqs::Client,
+    ingest: &Ingest<S>,
+    source: &SqsSource,
+    name: &str,
+    messages: &[Message],
+) -> Result<usize, (usize, Unavailable)> {
+    let taken = AtomicUsize::new(0);
+    let work = async {
+        for m in messages {
+            let queued_at = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                .and_then(|t| t.parse::<i64>().ok())
+                .unwrap_or_else(|| jiff::Timestamp::now().as_millisecond());
+            let body = m.body().unwrap_or_default().as_bytes();
+            ingest
+                .take_queued(name, body, queued_at)
+                .await
+                .map_err(|e| (taken.load(Ordering::Relaxed), e))?;
+            taken.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(taken.load(Ordering::Relaxed))
+    };
+    tokio::pin!(work);
+    // Renewed at half the timeout, for as long again.
+    let period = Duration::from_secs(
+        u64::try_from(source.visibility_timeout_seconds.max(2)).unwrap_or(2) / 2,
+    );
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = renew.tick() => {
+                let left = messages.get(taken.load(Ordering::Relaxed)..).unwrap_or_default();
+                if let Err(e) = extend(client, &source.queue_url, left, source.visibility_timeout_seconds).await {
+                    ingest.metrics().source_errors.with_label_values(&["sqs"]).inc();
+                    tracing::warn!(source = name, error = e, "cannot extend the visibility of a slow batch");
+                }
+            }
+        }
+    }
+}
+
+/// Deletes taken messages, ten to a request.
+async fn delete(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    messages: &[Message],
+) -> Result<(), String> {
+    for chunk in messages.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = client
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
+        if let Some(failed) = out.failed().first() {
+            return Err(format!(
+                "SQS refused to delete {} messages, e.g.: {}",
+                out.failed().len(),
+                failed.message().unwrap_or(failed.code())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Hides `messages` for `seconds` more.
+async fn extend(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    messages: &[Message],
+    seconds: i32,
+) -> Result<(), String> {
+    for chunk in messages.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .visibility_timeout(seconds)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        client
+            .change_message_visibility_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
+    }
+    Ok(())
+}
+
+/// The queue's `ApproximateNumberOfMessages`.
+async fn waiting(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<i64, String> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(e).to_string())?;
+    out.attributes()
+        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| String::from("the queue did not say how many messages it holds"))
+}

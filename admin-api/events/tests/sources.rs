@@ -1,0 +1,716 @@
+//! The queue sources against real queues — a `redis-server` and moto's SQS server of the
+//! test's own — into a real store (an SQLite file): every event type of the seed fixtures,
+//! then a generated mix with duplicates, reordering and poison, whose final state the test
+//! computes on its own; two replicas in one Redis group; a consumer killed mid-batch.
+//!
+//! `EVENT_SOAK=<n>` sets the size of the soak (default 2,000 events; BENCHMARKS.md
+//! records 100,000 in a release build).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test helpers fail the test loudly"
+)]
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use portcullis_events::envelope::SignatureKeys;
+use portcullis_events::sources::redis::RedisSource;
+use portcullis_events::sources::sqs::SqsSource;
+use portcullis_events::{EventMetrics, Ingest};
+use portcullis_model::*;
+use portcullis_sinks::testing::{Moto, RedisServer, free_port};
+use portcullis_store::{Import, SqlStore, Store};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+mod common;
+use common::{fixture, seed};
+
+const TENANT: &str = "tenant_soak";
+const OUTCOMES: [&str; 5] = [
+    "applied",
+    "acknowledged",
+    "duplicate",
+    "stale",
+    "dead_lettered",
+];
+
+/// The seed fixtures in the order their effects build on each other; all apply but the
+/// invitation, which is acknowledged.
+const FIXTURES: [&str; 11] = [
+    "000_user_created.json",
+    "000_user_role_assigned.json",
+    "000_user_space_access_granted.json",
+    "000_user_status_changed.json",
+    "001_tenant_member_joined.json",
+    "001_tenant_member_role_changed.json",
+    "001_invitation_created.json",
+    "001_team_members_added.json",
+    "001_user_session_revoked.json",
+    "001_tenant_member_removed.json",
+    "004_entity_archived.json",
+];
+
+/// What a stream of events must leave, worked out here, apart from the code under test.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct State {
+    status: BTreeMap<String, PrincipalStatus>,
+    tenant_role: BTreeMap<String, Vec<String>>,
+    groups: BTreeMap<String, BTreeSet<String>>,
+    sessions: BTreeSet<String>,
+}
+
+/// A generated mix of seed-001 events over principals the store holds before.
+struct Workload {
+    users: Vec<String>,
+    /// The message bodies, in the order they are sent.
+    messages: Vec<String>,
+    /// Outcomes by name, when the messages are taken in the order sent.
+    outcomes: BTreeMap<&'static str, u64>,
+    expected: State,
+}
+
+enum Kind {
+    Status(PrincipalStatus),
+    Role(String),
+    Team(String),
+    Session(String),
+    Invitation,
+    Poison,
+}
+
+impl Workload {
+    /// `events` events over `users` principals. With `ordered`, events about one principal
+    /// that overwrite its state are many and delivered out of order (some become stale,
+    /// which only a single consumer in the order sent makes predictable); without, each
+    /// principal gets at most one such event. 1% poison, 5% duplicates.
+    fn new(seed: u64, users: usize, events: usize, ordered: bool) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let users: Vec<String> = (0..users).map(|i| format!("soak-{seed}-{i}")).collect();
+        // Recent: a revoked session is kept 30 days after its event.
+        let base =
+            jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 86_400).unwrap();
+        let mut once = HashSet::new();
+        let mut planned: Vec<(String, Kind, String, String, usize)> = Vec::new();
+        for i in 0..events {
+            let user = users[rng.gen_range(0..users.len())].clone();
+            let id = format!("evt-{seed}-{i}");
+            let at = (base + jiff::SignedDuration::from_secs(i as i64)).to_string();
+            let roll = rng.gen_range(0..100);
+            let overwriting = roll < 60 && (ordered || once.insert(user.clone()));
+            let kind = match roll {
+                0 => Kind::Poison,
+                _ if overwriting && roll < 35 => Kind::Status(if rng.gen_bool(0.5) {
+                    PrincipalStatus::Inactive
+                } else {
+                    PrincipalStatus::Active
+                }),
+                _ if overwriting => {
+                    Kind::Role(["member", "admin", "guest"][rng.gen_range(0..3)].to_owned())
+                }
+                1..=79 => Kind::Team(format!("team-{}", rng.gen_range(0..5))),
+                80..=94 => Kind::Session(format!("sess-{seed}-{i}")),
+                _ => Kind::Invitation,
+            };
+            let body = match &kind {
+                Kind::Status(s) => {
+                    json!({"id": id, "type": if *s == PrincipalStatus::Active { "user.reactivated" } else { "user.deactivated" },
+                    "timestamp": at, "userId": user, "data": {}})
+                }
+                Kind::Role(r) => {
+                    json!({"id": id, "type": "tenant.member_role_changed", "timestamp": at,
+                    "tenantId": TENANT, "data": {"tenantId": TENANT, "userId": user, "newRoleName": r}})
+                }
+                Kind::Team(t) => json!({"id": id, "type": "team.members_added", "timestamp": at,
+                    "data": {"teamId": t, "userIds": [user]}}),
+                Kind::Session(s) => {
+                    json!({"id": id, "type": "user.session_revoked", "timestamp": at,
+                    "userId": user, "data": {"userId": user, "sessionId": s}})
+                }
+                Kind::Invitation => {
+                    json!({"id": id, "type": "invitation.created", "timestamp": at, "data": {}})
+                }
+                Kind::Poison => match rng.gen_range(0..3) {
+                    0 => json!(format!("not an event {i}")),
+                    1 => json!({"id": id, "type": "user.teleported", "timestamp": at, "data": {}}),
+                    _ => json!({"id": id, "type": "user.deactivated", "timestamp": at, "data": {}}),
+                },
+            };
+            let body = match body {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            planned.push((id, kind, user, body, i));
+        }
+        // Reordered: each event swapped with one up to 8 places later.
+        let last = planned.len() - 1;
+        for i in 0..last {
+            let j = (i + rng.gen_range(0..=8)).min(last);
+            planned.swap(i, j);
+        }
+        // Duplicated: 5% sent again, up to 50 places later.
+        let mut keyed: Vec<(usize, usize)> = Vec::new();
+        for (i, event) in planned.iter().enumerate() {
+            keyed.push((i * 100, i));
+            if rng.gen_range(0..100) < 5 && !matches!(event.1, Kind::Poison) {
+                keyed.push(((i + rng.gen_range(1..=50)) * 100 + 50, i));
+            }
+        }
+        keyed.sort_unstable();
+        let order: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
+
+        let mut expected = State::default();
+        for u in &users {
+            expected.status.insert(u.clone(), PrincipalStatus::Active);
+            expected
+                .tenant_role
+                .insert(u.clone(), vec![String::from("member")]);
+            expected.groups.insert(u.clone(), BTreeSet::new());
+        }
+        let mut outcomes: BTreeMap<&'static str, u64> = OUTCOMES.iter().map(|o| (*o, 0)).collect();
+        let mut taken = HashSet::new();
+        let mut newest: BTreeMap<String, usize> = BTreeMap::new();
+        for &k in &order {
+            let (id, kind, user, _, at) = &planned[k];
+            let (user, at) = (user.clone(), *at);
+            let outcome = if matches!(kind, Kind::Poison) {
+                "dead_lettered"
+            } else if !taken.insert(id.clone()) {
+                "duplicate"
+            } else {
+                match kind {
+                    Kind::Status(_) | Kind::Role(_) => {
+                        // Its time is its index as generated.
+                        if newest.get(&user).is_some_and(|&n| n > at) {
+                            "stale"
+                        } else {
+                            newest.insert(user.clone(), at);
+                            match kind {
+                                Kind::Status(s) => {
+                                    expected.status.insert(user, *s);
+                                }
+                                Kind::Role(r) => {
+                                    expected.tenant_role.insert(user, vec![r.clone()]);
+                                }
+                                _ => unreachable!(),
+                            }
+                            "applied"
+                        }
+                    }
+                    Kind::Team(t) => {
+                        expected.groups.get_mut(&user).unwrap().insert(t.clone());
+                        "applied"
+                    }
+                    Kind::Session(s) => {
+                        expected.sessions.insert(s.clone());
+                        "applied"
+                    }
+                    Kind::Invitation => "acknowledged",
+                    Kind::Poison => unreachable!(),
+                }
+            };
+            *outcomes.get_mut(outcome).unwrap() += 1;
+        }
+        let messages = order.iter().map(|&k| planned[k].3.clone()).collect();
+        Self {
+            users,
+            messages,
+            outcomes,
+            expected,
+        }
+    }
+
+    /// Puts the workload's principals in `store`: active, members of the tenant.
+    async fn prepare(&self, store: &SqlStore) {
+        let tenant = Scope::Entity(format!("Tenant::\"{TENANT}\"").parse().unwrap());
+        store
+            .import(&Import {
+                principals: self
+                    .users
+                    .iter()
+                    .map(|u| Principal {
+                        kind: PrincipalKind::User,
+                        id: u.clone(),
+                        status: PrincipalStatus::Active,
+                        tenant: Some(TENANT.to_owned()),
+                        groups: Vec::new(),
+                        attributes: PrincipalAttributes::default(),
+                        trusted_devices: Vec::new(),
+                    })
+                    .collect(),
+                assignments: self
+                    .users
+                    .iter()
+                    .map(|u| Assignment {
+                        id: format!("start:{u}"),
+                        principal: principal_ref(PrincipalKind::User, u),
+                        role: String::from("member"),
+                        scope: tenant.clone(),
+                        conditions: AssignmentConditions::default(),
+                        assigned_by: None,
+                        reason: None,
+                    })
+                    .collect(),
+                ..Import::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// What the store holds for the workload's principals.
+    async fn state(&self, store: &SqlStore) -> State {
+        let tenant = Scope::Entity(format!("Tenant::\"{TENANT}\"").parse().unwrap());
+        let mut state = State::default();
+        for u in &self.users {
+            let p = principal_ref(PrincipalKind::User, u);
+            let principal = store.get_principal(&p).await.unwrap().unwrap();
+            state.status.insert(u.clone(), principal.status);
+            state
+                .groups
+                .insert(u.clone(), principal.groups.into_iter().collect());
+            let roles = store
+                .assignments_of(&p)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.scope == tenant)
+                .map(|a| a.role)
+                .collect();
+            state.tenant_role.insert(u.clone(), roles);
+        }
+        state.sessions = store
+            .load_state()
+            .await
+            .unwrap()
+            .revoked_sessions
+            .into_iter()
+            .map(|s| s.session_id)
+            .filter(|s| s.starts_with("sess-"))
+            .collect();
+        state
+    }
+}
+
+async fn store(dir: &tempfile::TempDir) -> SqlStore {
+    let store = SqlStore::connect(&portcullis_store::StoreConfig::Sqlite {
+        path: dir.path().join("store.db"),
+    })
+    .await
+    .unwrap();
+    seed(&store).await;
+    store
+}
+
+fn count(metrics: &[&EventMetrics], kind: &str, outcome: &str) -> u64 {
+    metrics
+        .iter()
+        .map(|m| m.taken.with_label_values(&[kind, outcome]).get())
+        .sum()
+}
+
+fn taken(metrics: &[&EventMetrics], kind: &str) -> u64 {
+    OUTCOMES.iter().map(|o| count(metrics, kind, o)).sum()
+}
+
+/// Waits until `metrics` counted `n` messages from `kind` sources.
+async fn until_taken(metrics: &[&EventMetrics], kind: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while taken(metrics, kind) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} messages taken",
+            taken(metrics, kind)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn redis_source(redis: &RedisServer, stream: &str, consumer: &str) -> RedisSource {
+    RedisSource {
+        url: redis.url(),
+        stream: stream.to_owned(),
+        group: String::from("portcullis"),
+        consumer: consumer.to_owned(),
+        field: String::from("event"),
+        batch: 50,
+        block_ms: 200,
+        claim_idle_ms: 500,
+    }
+}
+
+async fn xadd(redis: &RedisServer, stream: &str, bodies: impl IntoIterator<Item = String>) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for body in bodies {
+        pipe.xadd(stream, "*", &[("event", body)]).ignore();
+    }
+    let () = pipe.query_async(&mut con).await.unwrap();
+}
+
+fn fixtures() -> Vec<String> {
+    FIXTURES.iter().map(|f| fixture(f)).collect()
+}
+
+/// The fixtures' effects, spot-checked: each source took them as the ingestion path does.
+async fn fixtures_took_effect(store: &SqlStore) {
+    let dana = principal_ref(PrincipalKind::User, "7f3a2c10-5b1e-4d2a-9c11-0a6f3e2d9b01");
+    assert_eq!(
+        store.get_principal(&dana).await.unwrap().unwrap().status,
+        PrincipalStatus::Suspended
+    );
+    assert!(
+        store
+            .get_assignment("01JGZ5Q8W3V2K7N4M6P9R1T0XA")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let issuer = store
+        .get_entity(
+            &"Entity::\"0f0f7e13-7cb5-449b-9349-0ed8cc5d9b32\""
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(issuer.attributes.archived);
+}
+
+fn assert_outcomes(metrics: &[&EventMetrics], kind: &str, workload: &Workload, fixtures: bool) {
+    for outcome in OUTCOMES {
+        let mut want = workload.outcomes[outcome];
+        if fixtures {
+            want += match outcome {
+                "applied" => 10,
+                "acknowledged" => 1,
+                _ => 0,
+            };
+        }
+        assert_eq!(count(metrics, kind, outcome), want, "{outcome}");
+    }
+}
+
+/// Every fixture, then the mix in the order sent: every outcome as computed, the final
+/// state as computed; each dead letter kept with its reason; the group left with nothing
+/// pending. The soak: its throughput is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_takes_every_kind_in_order_with_duplicates_reordering_and_poison() {
+    let events = std::env::var("EVENT_SOAK")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let workload = Workload::new(1, (events / 20).max(10), events, true);
+    workload.prepare(&store).await;
+    let redis = RedisServer::start(free_port());
+    xadd(&redis, "events", fixtures()).await;
+    // An entry without the field that holds the event.
+    redis.cli(&["XADD", "events", "*", "payload", "{}"]);
+    xadd(&redis, "events", workload.messages.clone()).await;
+    let sent = FIXTURES.len() as u64 + 1 + workload.messages.len() as u64;
+
+    let ingest = Ingest::new(store.clone(), SignatureKeys::default());
+    let metrics = ingest.metrics().clone();
+    let started = Instant::now();
+    let consumer = tokio::spawn(portcullis_events::sources::redis::consume(
+        ingest,
+        redis_source(&redis, "events", "solo"),
+    ));
+    until_taken(&[&metrics], "redis", sent).await;
+    let elapsed = started.elapsed();
+    println!(
+        "soak: {} messages over Redis Streams in {:.1} s: {:.0} events/s",
+        sent,
+        elapsed.as_secs_f64(),
+        sent as f64 / elapsed.as_secs_f64()
+    );
+
+    fixtures_took_effect(&store).await;
+    let mut want = workload.outcomes.clone();
+    *want.get_mut("dead_lettered").unwrap() += 1;
+    let workload = Workload {
+        outcomes: want,
+        ..workload
+    };
+    assert_outcomes(&[&metrics], "redis", &workload, true);
+    assert_eq!(workload.state(&store).await, workload.expected);
+    let letters = store.dead_letters(None, 1000).await.unwrap();
+    assert_eq!(letters.len() as u64, workload.outcomes["dead_lettered"]);
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.reason.contains("no `event` field") && l.body.contains("payload")),
+        "{letters:?}"
+    );
+    assert!(
+        letters.iter().any(|l| l.reason.contains("user.teleported")),
+        "{letters:?}"
+    );
+    // Everything acknowledged.
+    let pending = redis.cli(&["XPENDING", "events", "portcullis"]);
+    assert!(pending.starts_with('0'), "pending: {pending}");
+    consumer.abort();
+}
+
+/// Two replicas consume one group at once: each message taken once (copies sent twice are
+/// duplicates however the two share them), no effect made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_replicas_in_one_group_make_no_double_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let workload = Workload::new(2, 40, 600, false);
+    workload.prepare(&store).await;
+    let redis = RedisServer::start(free_port());
+    xadd(&redis, "events", workload.messages.clone()).await;
+
+    let replicas: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let ingest = Ingest::new(store.clone(), SignatureKeys::default());
+            let metrics = ingest.metrics().clone();
+            let mut source = redis_source(&redis, "events", name);
+            source.batch = 5;
+            (
+                tokio::spawn(portcullis_events::sources::redis::consume(ingest, source)),
+                metrics,
+            )
+        })
+        .collect();
+    let metrics: Vec<&EventMetrics> = replicas.iter().map(|(_, m)| m).collect();
+    until_taken(&metrics, "redis", workload.messages.len() as u64).await;
+    assert_outcomes(&metrics, "redis", &workload, false);
+    for m in &metrics {
+        assert!(taken(&[m], "redis") > 0, "both replicas took a share");
+    }
+    assert_eq!(workload.state(&store).await, workload.expected);
+    for (task, _) in replicas {
+        task.abort();
+    }
+}
+
+/// A consumer dies mid-batch; another in its group claims what it left pending: nothing is
+/// lost, nothing applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_consumer_killed_mid_batch_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let workload = Workload::new(3, 40, 600, false);
+    workload.prepare(&store).await;
+    let redis = RedisServer::start(free_port());
+    xadd(&redis, "events", workload.messages.clone()).await;
+    let sent = workload.messages.len() as u64;
+
+    let first = Ingest::new(store.clone(), SignatureKeys::default());
+    let first_metrics = first.metrics().clone();
+    let mut source = redis_source(&redis, "events", "doomed");
+    source.batch = 100;
+    let doomed = tokio::spawn(portcullis_events::sources::redis::consume(first, source));
+    until_taken(&[&first_metrics], "redis", 150).await;
+    doomed.abort();
+    let _ = doomed.await;
+    let left = taken(&[&first_metrics], "redis");
+    assert!(left < sent, "killed before the end");
+
+    let second = Ingest::new(store.clone(), SignatureKeys::default());
+    let second_metrics = second.metrics().clone();
+    let heir = tokio::spawn(portcullis_events::sources::redis::consume(
+        second,
+        redis_source(&redis, "events", "heir"),
+    ));
+    let both = [&first_metrics, &second_metrics];
+    // The entry in flight when it died may be taken again: a duplicate then.
+    until_taken(&both, "redis", sent).await;
+    let pending_clear = Instant::now() + Duration::from_secs(30);
+    while !redis
+        .cli(&["XPENDING", "events", "portcullis"])
+        .starts_with('0')
+    {
+        assert!(Instant::now() < pending_clear, "entries left pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count(&both, "redis", "applied"),
+        workload.outcomes["applied"]
+    );
+    assert_eq!(workload.state(&store).await, workload.expected);
+    heir.abort();
+}
+
+fn sqs_source(moto: &Moto, url: &str, visibility: i32) -> SqsSource {
+    SqsSource {
+        queue_url: url.to_owned(),
+        region: Some(String::from("us-east-1")),
+        endpoint_url: Some(moto.endpoint()),
+        batch: 10,
+        wait_seconds: 1,
+        visibility_timeout_seconds: visibility,
+    }
+}
+
+async fn send(moto: &Moto, url: &str, bodies: &[String]) {
+    let client = moto.client();
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = client
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed().is_empty(), "{:?}", out.failed());
+    }
+}
+
+async fn queue_empty(moto: &Moto, url: &str) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = moto
+            .client()
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::All)
+            .send()
+            .await
+            .unwrap();
+        let attrs = out.attributes().unwrap();
+        let n = |a: A| {
+            attrs
+                .get(&a)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if n(A::ApproximateNumberOfMessages) + n(A::ApproximateNumberOfMessagesNotVisible) == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "messages left in the queue: {attrs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every fixture (seed 004's as SNS delivers it), then a mix with duplicates and poison:
+/// every outcome and the final state as computed; every message deleted once taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_takes_every_kind_with_duplicates_and_poison_and_deletes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let workload = Workload::new(4, 30, 400, false);
+    workload.prepare(&store).await;
+    let moto = Moto::start(free_port());
+    let url = moto.create_queue("lifecycle", &[]).await;
+    let mut bodies = fixtures();
+    let archived = bodies.pop().unwrap();
+    bodies.push(
+        json!({
+            "Type": "Notification",
+            "MessageId": "5f1c7c7e-1d3b-4a55-9c0c-2f8e1d6b7a90",
+            "TopicArn": "arn:aws:sns:us-east-1:000000000000:epr-document-events",
+            "Message": archived,
+        })
+        .to_string(),
+    );
+    let ingest = Ingest::new(store.clone(), SignatureKeys::default());
+    let metrics = ingest.metrics().clone();
+    let consumer = tokio::spawn(portcullis_events::sources::sqs::consume_with(
+        moto.client(),
+        ingest,
+        sqs_source(&moto, &url, 30),
+    ));
+    // The fixtures build on each other: one at a time, in order.
+    for (i, body) in bodies.iter().enumerate() {
+        send(&moto, &url, std::slice::from_ref(body)).await;
+        until_taken(&[&metrics], "sqs", i as u64 + 1).await;
+    }
+    send(&moto, &url, &workload.messages).await;
+    until_taken(
+        &[&metrics],
+        "sqs",
+        (bodies.len() + workload.messages.len()) as u64,
+    )
+    .await;
+    queue_empty(&moto, &url).await;
+
+    fixtures_took_effect(&store).await;
+    assert_outcomes(&[&metrics], "sqs", &workload, true);
+    assert_eq!(workload.state(&store).await, workload.expected);
+    let letters = store.dead_letters(None, 1000).await.unwrap();
+    assert_eq!(letters.len() as u64, workload.outcomes["dead_lettered"]);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.source == "sqs:lifecycle" && !l.reason.is_empty())
+    );
+    assert!(
+        metrics
+            .delay_seconds
+            .with_label_values(&["sqs"])
+            .get_sample_count()
+            > 0,
+        "the queue delay is measured"
+    );
+    consumer.abort();
+}
+
+/// A consumer dies mid-batch; what it had received and not deleted comes back once its
+/// visibility ends and a new consumer takes it: nothing lost, nothing applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_a_consumer_killed_mid_batch_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let workload = Workload::new(5, 30, 300, false);
+    workload.prepare(&store).await;
+    let moto = Moto::start(free_port());
+    let url = moto.create_queue("lifecycle", &[]).await;
+    send(&moto, &url, &workload.messages).await;
+    let sent = workload.messages.len() as u64;
+
+    let first = Ingest::new(store.clone(), SignatureKeys::default());
+    let first_metrics = first.metrics().clone();
+    let doomed = tokio::spawn(portcullis_events::sources::sqs::consume_with(
+        moto.client(),
+        first,
+        sqs_source(&moto, &url, 2),
+    ));
+    until_taken(&[&first_metrics], "sqs", 45).await;
+    doomed.abort();
+    let _ = doomed.await;
+    assert!(
+        taken(&[&first_metrics], "sqs") < sent,
+        "killed before the end"
+    );
+
+    let second = Ingest::new(store.clone(), SignatureKeys::default());
+    let second_metrics = second.metrics().clone();
+    let heir = tokio::spawn(portcullis_events::sources::sqs::consume_with(
+        moto.client(),
+        second,
+        sqs_source(&moto, &url, 2),
+    ));
+    let both = [&first_metrics, &second_metrics];
+    until_taken(&both, "sqs", sent).await;
+    queue_empty(&moto, &url).await;
+    assert_eq!(count(&both, "sqs", "applied"), workload.outcomes["applied"]);
+    assert_eq!(workload.state(&store).await, workload.expected);
+    heir.abort();
+}
