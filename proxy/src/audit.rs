@@ -87,7 +87,9 @@ pub fn ledger_dir(config: &Config) -> PathBuf {
         .unwrap_or_else(|| config.data_dir.join("audit"))
 }
 
-fn instance_name(config: &Config) -> String {
+/// This process's name in audit records and in a Redis consumer group: `audit.instance`,
+/// default `<hostname>-<pid>`.
+pub(crate) fn instance_name(config: &Config) -> String {
     config.audit.instance.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .ok()

@@ -100,6 +100,13 @@ impl StoreSide {
             let store = self.store.clone();
             async move { store.relay_peer_commits().await }
         });
+        let keys = event_keys(config).map_err(|e| Failure::Input(vec![e]))?;
+        let mut events = portcullis_events::Ingest::new(self.store.clone(), keys)
+            .counting_in(plane.metrics.events.clone());
+        if let Some(audit) = audit {
+            events = events.recording_in(Arc::clone(audit.ledger()));
+        }
+        spawn_event_sources(background, config, &events);
         if !config.admin.enabled {
             return Ok(());
         }
@@ -113,12 +120,6 @@ impl StoreSide {
             .counting_failures_in(plane.metrics.admin_auth_failures.clone());
         if let Some(jwt) = &config.admin.jwt {
             auth = auth.with_jwt(Arc::new(AdminJwt::new(Arc::clone(authn), jwt)));
-        }
-        let keys = event_keys(config).map_err(|e| Failure::Input(vec![e]))?;
-        let mut events = portcullis_events::Ingest::new(self.store.clone(), keys)
-            .counting_in(plane.metrics.events.clone());
-        if let Some(audit) = audit {
-            events = events.recording_in(Arc::clone(audit.ledger()));
         }
         let stop = background.stop_signal();
         let router = portcullis_admin_api::app(
@@ -159,6 +160,47 @@ impl StoreSide {
             }
         });
         Ok(())
+    }
+}
+
+/// Starts a consumer for each configured queue of lifecycle events (`events.sqs`,
+/// `events.redis`), all feeding `events`.
+fn spawn_event_sources(
+    background: &Background,
+    config: &Config,
+    events: &portcullis_events::Ingest<SqlStore>,
+) {
+    use portcullis_events::sources::{redis, sqs};
+    for q in &config.events.sqs {
+        background.spawn(sqs::consume(
+            events.clone(),
+            sqs::SqsSource {
+                queue_url: q.queue_url.clone(),
+                region: q.region.clone(),
+                endpoint_url: q.endpoint_url.clone(),
+                batch: q.batch,
+                wait_seconds: q.wait_seconds,
+                visibility_timeout_seconds: q.visibility_timeout_seconds,
+            },
+        ));
+    }
+    if let Some(r) = &config.events.redis {
+        background.spawn(redis::consume(
+            events.clone(),
+            redis::RedisSource {
+                url: r.url.clone(),
+                stream: r.stream.clone(),
+                group: r.group.clone(),
+                consumer: r
+                    .consumer
+                    .clone()
+                    .unwrap_or_else(|| crate::audit::instance_name(config)),
+                field: r.field.clone(),
+                batch: r.batch,
+                block_ms: r.block_ms,
+                claim_idle_ms: r.claim_idle_ms,
+            },
+        ));
     }
 }
 

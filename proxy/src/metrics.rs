@@ -163,9 +163,10 @@ pub struct Metrics {
     /// `portcullis_admin_auth_failures_total{reason}`: the admin API's refused credentials.
     #[cfg(feature = "control-plane")]
     pub admin_auth_failures: IntCounterVec,
-    /// `portcullis_events_total{source, outcome}`: lifecycle events taken.
+    /// Lifecycle events: taken by outcome, take time, queue delay and backlog, source
+    /// errors.
     #[cfg(feature = "control-plane")]
-    pub events: IntCounterVec,
+    pub events: portcullis_events::EventMetrics,
     /// `portcullis_build_info{version, cedar}` = 1.
     pub build_info: IntGaugeVec,
     /// `portcullis_request_duration_seconds`: the whole request on the data plane.
@@ -377,7 +378,16 @@ impl Metrics {
             #[cfg(feature = "control-plane")]
             admin_auth_failures: register(r, portcullis_admin_api::auth::failure_counter()),
             #[cfg(feature = "control-plane")]
-            events: register(r, portcullis_events::ingest::event_counter()),
+            events: {
+                let m = portcullis_events::EventMetrics::new();
+                portcullis_events::EventMetrics {
+                    taken: register(r, m.taken),
+                    take_seconds: register(r, m.take_seconds),
+                    delay_seconds: register(r, m.delay_seconds),
+                    backlog: register(r, m.backlog),
+                    source_errors: register(r, m.source_errors),
+                }
+            },
             build_info,
             request_seconds,
             audit: AuditMetrics {

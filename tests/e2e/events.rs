@@ -1,9 +1,11 @@
-//! Lifecycle events through the real binary: sent to `POST /v1/events` of `serve`, each
-//! enforced by the data plane within moments, without a restart.
+//! Lifecycle events through the real binary: sent to `POST /v1/events` of `serve`, put
+//! on an SQS queue (moto) or a Redis Stream it consumes — each enforced by the data plane
+//! within moments, without a restart.
 
-use serde_json::json;
+use portcullis_sinks::testing::{Moto, RedisServer};
+use serde_json::{Value, json};
 
-use crate::harness::{Keys, Portcullis, Upstream};
+use crate::harness::{Keys, Portcullis, Upstream, free_port, rt};
 use crate::world;
 
 const D1: &str = "/v1/spaces/s1/documents/d1";
@@ -12,18 +14,9 @@ fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
-#[test]
-fn events_change_what_is_enforced_within_moments() {
-    let upstream = Upstream::start();
-    let keys = Keys::generate();
-    let p = Portcullis::start(&upstream, &keys, "");
-    p.seed(world::import());
-    let send = |event: serde_json::Value| {
-        let r = p.admin_call("POST", "/v1/events", &event);
-        assert_eq!(r.status, 200, "{event}: {}", r.body);
-        assert_eq!(r.json()["outcome"], "applied", "{}", r.body);
-    };
-
+/// A role assigned lets a refused request through; a revoked session's token is refused;
+/// a suspended user is denied — each event sent by `send`.
+fn the_three_cases(p: &Portcullis, keys: &Keys, send: &dyn Fn(Value)) {
     // USER_ROLE_ASSIGNED: the request that was refused is forwarded.
     let mia = keys.token("mia", json!({}));
     assert_eq!(p.get(D1, Some(&mia), &[]).status, 403);
@@ -62,6 +55,19 @@ fn events_change_what_is_enforced_within_moments() {
         || p.get(D1, Some(&other), &[]).status == 403,
         "a suspended user is denied",
     );
+}
+
+#[test]
+fn events_over_http_change_what_is_enforced_within_moments() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(&upstream, &keys, "");
+    p.seed(world::import());
+    the_three_cases(&p, &keys, &|event| {
+        let r = p.admin_call("POST", "/v1/events", &event);
+        assert_eq!(r.status, 200, "{event}: {}", r.body);
+        assert_eq!(r.json()["outcome"], "applied", "{}", r.body);
+    });
 
     // A poison message is answered 422 and kept.
     let r = p.admin_call(
@@ -82,4 +88,106 @@ fn events_change_what_is_enforced_within_moments() {
     };
     assert_eq!(counted("applied"), 3.0);
     assert_eq!(counted("dead_lettered"), 1.0);
+}
+
+#[test]
+fn events_from_sqs_change_what_is_enforced_within_moments() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let moto = Moto::start(free_port());
+    let url = rt().block_on(moto.create_queue("lifecycle", &[]));
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "events:\n  sqs:\n    - queue_url: {url}\n      region: us-east-1\n      endpoint_url: {}\n      wait_seconds: 1\n",
+            moto.endpoint()
+        ),
+    );
+    p.seed(world::import());
+    let client = moto.client();
+    the_three_cases(&p, &keys, &|event| {
+        rt().block_on(
+            client
+                .send_message()
+                .queue_url(&url)
+                .message_body(event.to_string())
+                .send(),
+        )
+        .expect("sent");
+    });
+    // A poison message is kept as a dead letter, and deleted from the queue.
+    rt().block_on(
+        client
+            .send_message()
+            .queue_url(&url)
+            .message_body("{oops")
+            .send(),
+    )
+    .expect("sent");
+    p.wait_for(
+        || {
+            p.metric(
+                "portcullis_events_total",
+                &[("source", "sqs"), ("outcome", "dead_lettered")],
+            ) == Some(1.0)
+        },
+        "the poison message is dead-lettered",
+    );
+    let letters = p.admin_call("GET", "/v1/events/dead-letters", &json!({}));
+    assert_eq!(
+        letters.json()["items"][0]["source"],
+        "sqs:lifecycle",
+        "{}",
+        letters.body
+    );
+    assert_eq!(
+        p.metric(
+            "portcullis_events_total",
+            &[("source", "sqs"), ("outcome", "applied")]
+        ),
+        Some(3.0)
+    );
+}
+
+#[test]
+fn events_from_a_redis_stream_change_what_is_enforced_within_moments() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let redis = RedisServer::start(free_port());
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "events:\n  redis:\n    url: {}\n    block_ms: 200\n",
+            redis.url()
+        ),
+    );
+    p.seed(world::import());
+    the_three_cases(&p, &keys, &|event| {
+        let id = redis.cli(&[
+            "XADD",
+            "portcullis:events",
+            "*",
+            "event",
+            &event.to_string(),
+        ]);
+        assert!(id.contains('-'), "XADD answered {id}");
+    });
+    assert_eq!(
+        p.metric(
+            "portcullis_events_total",
+            &[("source", "redis"), ("outcome", "applied")]
+        ),
+        Some(3.0)
+    );
+    // Every entry acknowledged by the group.
+    p.wait_for(
+        || {
+            redis
+                .cli(&["XPENDING", "portcullis:events", "portcullis"])
+                .starts_with('0')
+        },
+        "nothing left pending",
+    );
 }

@@ -579,13 +579,111 @@ impl Default for ControlPlaneConfig {
     }
 }
 
-/// Lifecycle events (`POST /v1/events`).
+/// Lifecycle events: over the admin API (`POST /v1/events`) and from the queues below,
+/// consumed by `serve` and `control`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// Ed25519 public keys (SPKI PEM files) seed-000 event signatures are checked with, by
     /// key id. With any configured, a seed-000 event must carry a signature that verifies.
     pub signature_keys: std::collections::BTreeMap<String, PathBuf>,
+    /// SQS queues to consume (SNS notifications are unwrapped). Credentials come from the
+    /// default AWS chain.
+    pub sqs: Vec<EventsSqsConfig>,
+    /// A Redis Stream to consume as a member of a consumer group.
+    pub redis: Option<EventsRedisConfig>,
+}
+
+/// One SQS queue of lifecycle events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSqsConfig {
+    /// The queue URL.
+    pub queue_url: String,
+    /// The region; default: the environment's.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint (LocalStack, moto, a VPC endpoint).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Messages per receive, 1 to 10.
+    #[serde(default = "default_sqs_batch")]
+    pub batch: i32,
+    /// Long-poll wait per receive, 0 to 20 seconds.
+    #[serde(default = "default_sqs_wait")]
+    pub wait_seconds: i32,
+    /// How long a received message stays hidden from other consumers (renewed while its
+    /// batch is still being taken); a message left by a failure comes back after it.
+    #[serde(default = "default_sqs_visibility")]
+    pub visibility_timeout_seconds: i32,
+}
+
+fn default_sqs_batch() -> i32 {
+    10
+}
+
+fn default_sqs_wait() -> i32 {
+    20
+}
+
+fn default_sqs_visibility() -> i32 {
+    30
+}
+
+/// The Redis Stream of lifecycle events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsRedisConfig {
+    /// `redis://host:port/db` (a secret when it holds a password: redacted in dumps).
+    pub url: String,
+    /// The stream key.
+    #[serde(default = "default_events_stream")]
+    pub stream: String,
+    /// The consumer group every control-plane replica joins; made from the stream's start
+    /// when missing.
+    #[serde(default = "default_events_group")]
+    pub group: String,
+    /// This replica's name in the group; default: the process's instance name
+    /// (`audit.instance`, `<hostname>-<pid>`).
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// The field of a stream entry that holds the event.
+    #[serde(default = "default_events_field")]
+    pub field: String,
+    /// Entries per read, 1 to 1000.
+    #[serde(default = "default_events_batch")]
+    pub batch: usize,
+    /// How long one read waits for new entries, 1 to 60000 ms.
+    #[serde(default = "default_events_block_ms")]
+    pub block_ms: usize,
+    /// Entries another consumer left pending this long (it died) are claimed; at least
+    /// 1000 ms.
+    #[serde(default = "default_events_claim_idle_ms")]
+    pub claim_idle_ms: u64,
+}
+
+fn default_events_stream() -> String {
+    String::from("portcullis:events")
+}
+
+fn default_events_group() -> String {
+    String::from("portcullis")
+}
+
+fn default_events_field() -> String {
+    String::from("event")
+}
+
+fn default_events_batch() -> usize {
+    100
+}
+
+fn default_events_block_ms() -> usize {
+    5000
+}
+
+fn default_events_claim_idle_ms() -> u64 {
+    30_000
 }
 
 /// Shutdown timing. The defaults fit Kubernetes' 30 s termination grace period.
@@ -1017,6 +1115,68 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             format!("`{}` is not a redis:// URL", r.url),
         ));
     }
+    for (i, q) in config.events.sqs.iter().enumerate() {
+        if !(q.queue_url.starts_with("https://") || q.queue_url.starts_with("http://")) {
+            problems.push(problem(
+                format!("events.sqs.{i}.queue_url"),
+                format!(
+                    "`{}` is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)",
+                    q.queue_url
+                ),
+            ));
+        }
+        for (field, value, range) in [
+            ("batch", q.batch, 1..=10),
+            ("wait_seconds", q.wait_seconds, 0..=20),
+            (
+                "visibility_timeout_seconds",
+                q.visibility_timeout_seconds,
+                2..=43_200,
+            ),
+        ] {
+            if !range.contains(&value) {
+                problems.push(problem(
+                    format!("events.sqs.{i}.{field}"),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ));
+            }
+        }
+    }
+    if let Some(r) = &config.events.redis {
+        if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+            problems.push(problem(
+                "events.redis.url",
+                format!("`{}` is not a redis:// URL", r.url),
+            ));
+        }
+        if !(1..=1000).contains(&r.batch) {
+            problems.push(problem("events.redis.batch", "must be between 1 and 1000"));
+        }
+        if !(1..=60_000).contains(&r.block_ms) {
+            problems.push(problem(
+                "events.redis.block_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if r.claim_idle_ms < 1000 {
+            problems.push(problem(
+                "events.redis.claim_idle_ms",
+                "must be at least 1000",
+            ));
+        }
+        for (field, value) in [
+            ("stream", &r.stream),
+            ("group", &r.group),
+            ("field", &r.field),
+        ] {
+            if value.is_empty() {
+                problems.push(problem(
+                    format!("events.redis.{field}"),
+                    "must not be empty",
+                ));
+            }
+        }
+    }
     let s = &config.shutdown;
     if s.drain_delay_seconds + s.grace_period_seconds + s.runtime_timeout_seconds > 300 {
         problems.push(problem(
@@ -1056,10 +1216,16 @@ pub fn dump(config: &Config) -> String {
     if shown.store.postgres_url.is_some() {
         shown.store.postgres_url = Some(String::from("<redacted>"));
     }
-    if let Some(redis) = shown.audit.redis.as_mut()
-        && redis.url.contains('@')
+    for url in [
+        shown.audit.redis.as_mut().map(|r| &mut r.url),
+        shown.events.redis.as_mut().map(|r| &mut r.url),
+    ]
+    .into_iter()
+    .flatten()
     {
-        redis.url = String::from("<redacted>");
+        if url.contains('@') {
+            *url = String::from("<redacted>");
+        }
     }
     serde_saphyr::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
 }
@@ -1116,6 +1282,47 @@ mod tests {
             ],
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn event_queue_settings_are_checked_and_their_secrets_redacted() {
+        let mut c = Config::default();
+        c.events.sqs = vec![EventsSqsConfig {
+            queue_url: String::from("sqs://user-events"),
+            region: None,
+            endpoint_url: None,
+            batch: 11,
+            wait_seconds: 21,
+            visibility_timeout_seconds: 1,
+        }];
+        c.events.redis = Some(EventsRedisConfig {
+            url: String::from("redis://:hunter2@cache:6379/0"),
+            stream: String::new(),
+            group: default_events_group(),
+            consumer: None,
+            field: default_events_field(),
+            batch: 0,
+            block_ms: 0,
+            claim_idle_ms: 10,
+        });
+        let problems = validate(&c);
+        let keys: Vec<&str> = problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "events.sqs.0.queue_url",
+                "events.sqs.0.batch",
+                "events.sqs.0.wait_seconds",
+                "events.sqs.0.visibility_timeout_seconds",
+                "events.redis.batch",
+                "events.redis.block_ms",
+                "events.redis.claim_idle_ms",
+                "events.redis.stream",
+            ],
+            "{problems:?}"
+        );
+        let shown = dump(&c);
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
