@@ -15,7 +15,8 @@ use crate::world;
 
 const D1: &str = "/v1/spaces/s1/documents/d1";
 
-fn wait_status(p: &Portcullis, token: &str, status: u16, what: &str) -> Duration {
+/// Polls `D1` every 5 ms until it answers `status`; how long that took.
+pub(crate) fn wait_status(p: &Portcullis, token: &str, status: u16, what: &str) -> Duration {
     let started = Instant::now();
     loop {
         let r = p.get(D1, Some(token), &[]);

@@ -5,6 +5,9 @@
 use portcullis_sinks::testing::{Moto, RedisServer};
 use serde_json::{Value, json};
 
+use std::time::{Duration, Instant};
+
+use crate::distribution::wait_status;
 use crate::harness::{Keys, Portcullis, Upstream, free_port, rt};
 use crate::world;
 
@@ -190,4 +193,93 @@ fn events_from_a_redis_stream_change_what_is_enforced_within_moments() {
         },
         "nothing left pending",
     );
+}
+
+/// p50, p99 and max of `times`.
+fn quantiles(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    (at(0.5), at(0.99), at(1.0))
+}
+
+/// Event to enforcement at a separate `portcullis proxy`: a status event put on a queue the
+/// control plane consumes, until the proxy following it answers accordingly (the client
+/// polls every 5 ms). BENCHMARKS.md's figure: PORTCULLIS_E2E_EVENTS=100 for each queue.
+#[test]
+fn events_from_queues_reach_a_separate_proxy_within_moments() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let moto = Moto::start(free_port());
+    let url = rt().block_on(moto.create_queue("lifecycle", &[]));
+    let redis = RedisServer::start(free_port());
+    let control = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "events:\n  sqs:\n    - queue_url: {url}\n      region: us-east-1\n      endpoint_url: {}\n  redis:\n    url: {}\n",
+            moto.endpoint(),
+            redis.url()
+        ),
+    );
+    control.seed(world::import());
+    let proxy = Portcullis::start_proxy(&upstream, &keys, &control, "");
+    let alice = keys.token("alice", json!({}));
+    wait_status(&proxy, &alice, 200, "alice reads d1");
+    let events: usize = std::env::var("PORTCULLIS_E2E_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(6);
+    let client = moto.client();
+    let start = jiff::Timestamp::now().as_second();
+    let mut seq = 0;
+    let mut measure = |send: &dyn Fn(String)| {
+        let mut times = Vec::new();
+        for i in 0..events {
+            seq += 1;
+            let (kind, status) = if i % 2 == 0 {
+                ("user.deactivated", 403)
+            } else {
+                ("user.reactivated", 200)
+            };
+            let at = jiff::Timestamp::from_second(start + seq)
+                .expect("time")
+                .to_string();
+            let event = json!({"id": format!("evt-prop-{seq}"), "type": kind, "timestamp": at,
+                "userId": "alice", "data": {}});
+            let sent = Instant::now();
+            send(event.to_string());
+            wait_status(&proxy, &alice, status, kind);
+            times.push(sent.elapsed());
+        }
+        // Back to active for the next queue.
+        if events % 2 == 1 {
+            seq += 1;
+            let at = jiff::Timestamp::from_second(start + seq)
+                .expect("time")
+                .to_string();
+            send(
+                json!({"id": format!("evt-prop-{seq}"), "type": "user.reactivated",
+                "timestamp": at, "userId": "alice", "data": {}})
+                .to_string(),
+            );
+            wait_status(&proxy, &alice, 200, "reactivated");
+        }
+        quantiles(times)
+    };
+    let (p50, p99, max) = measure(&|body| {
+        rt().block_on(
+            client
+                .send_message()
+                .queue_url(&url)
+                .message_body(body)
+                .send(),
+        )
+        .expect("sent");
+    });
+    eprintln!("SQS → proxy, {events} events: p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    let (p50, p99, max) = measure(&|body| {
+        let id = redis.cli(&["XADD", "portcullis:events", "*", "event", &body]);
+        assert!(id.contains('-'), "XADD answered {id}");
+    });
+    eprintln!("Redis Streams → proxy, {events} events: p50 {p50:?}, p99 {p99:?}, max {max:?}");
 }

@@ -199,27 +199,10 @@ async fn every_seed_event_applies_once_in_order(store: SqlStore) {
     assert!(tenant_roles().await.is_empty());
 
     // Seed 004, as SNS delivers it to SQS.
-    let sns = json!({
-        "Type": "Notification",
-        "MessageId": "5f1c7c7e-1d3b-4a55-9c0c-2f8e1d6b7a90",
-        "TopicArn": "arn:aws:sns:us-east-1:000000000000:epr-document-events",
-        "Message": fixture("004_entity_archived.json"),
-    });
-    let r = ingest
-        .take("test", sns.to_string().as_bytes())
-        .await
-        .unwrap();
+    let sns = common::sns_notification(fixture("004_entity_archived.json"));
+    let r = ingest.take("test", sns.as_bytes()).await.unwrap();
     assert_eq!(outcome(&r.outcome), "applied", "{r:?}");
-    let issuer = store
-        .get_entity(
-            &"Entity::\"0f0f7e13-7cb5-449b-9349-0ed8cc5d9b32\""
-                .parse()
-                .unwrap(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(issuer.attributes.archived);
+    assert!(common::issuer_archived(&store).await);
 
     // user.deactivated / reactivated / deleted.
     for (id, kind, at) in [

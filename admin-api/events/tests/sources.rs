@@ -370,16 +370,7 @@ async fn fixtures_took_effect(store: &SqlStore) {
             .unwrap()
             .is_some()
     );
-    let issuer = store
-        .get_entity(
-            &"Entity::\"0f0f7e13-7cb5-449b-9349-0ed8cc5d9b32\""
-                .parse()
-                .unwrap(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(issuer.attributes.archived);
+    assert!(common::issuer_archived(store).await);
 }
 
 fn assert_outcomes(metrics: &[&EventMetrics], kind: &str, workload: &Workload, fixtures: bool) {
@@ -621,15 +612,7 @@ async fn sqs_takes_every_kind_with_duplicates_and_poison_and_deletes_them() {
     let url = moto.create_queue("lifecycle", &[]).await;
     let mut bodies = fixtures();
     let archived = bodies.pop().unwrap();
-    bodies.push(
-        json!({
-            "Type": "Notification",
-            "MessageId": "5f1c7c7e-1d3b-4a55-9c0c-2f8e1d6b7a90",
-            "TopicArn": "arn:aws:sns:us-east-1:000000000000:epr-document-events",
-            "Message": archived,
-        })
-        .to_string(),
-    );
+    bodies.push(common::sns_notification(archived));
     let ingest = Ingest::new(store.clone(), SignatureKeys::default());
     let metrics = ingest.metrics().clone();
     let consumer = tokio::spawn(portcullis_events::sources::sqs::consume_with(

@@ -59,3 +59,28 @@ pub async fn seed(store: &SqlStore) {
         .await
         .unwrap();
 }
+
+/// Whether the seed-004 fixture's issuer is archived.
+pub async fn issuer_archived(store: &SqlStore) -> bool {
+    let issuer: EntityRef = "Entity::\"0f0f7e13-7cb5-449b-9349-0ed8cc5d9b32\""
+        .parse()
+        .unwrap();
+    store
+        .get_entity(&issuer)
+        .await
+        .unwrap()
+        .unwrap()
+        .attributes
+        .archived
+}
+
+/// `message` as an SNS subscription delivers it to SQS.
+pub fn sns_notification(message: String) -> String {
+    serde_json::json!({
+        "Type": "Notification",
+        "MessageId": "5f1c7c7e-1d3b-4a55-9c0c-2f8e1d6b7a90",
+        "TopicArn": "arn:aws:sns:us-east-1:000000000000:epr-document-events",
+        "Message": message,
+    })
+    .to_string()
+}
