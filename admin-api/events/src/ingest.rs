@@ -127,7 +127,7 @@ impl<S: Store> Ingest<S> {
                     .await?
             }
         };
-        self.counted(source, receipt, started)
+        Ok(self.counted(source, receipt, started))
     }
 
     /// Takes one message from a queue, which it entered at `queued_at` (Unix milliseconds):
@@ -157,15 +157,11 @@ impl<S: Store> Ingest<S> {
     ) -> Result<Receipt, Unavailable> {
         let started = std::time::Instant::now();
         let receipt = self.dead_letter(source, None, None, reason, body).await?;
-        self.counted(source, receipt, started)
+        Ok(self.counted(source, receipt, started))
     }
 
-    fn counted(
-        &self,
-        source: &str,
-        receipt: Receipt,
-        started: std::time::Instant,
-    ) -> Result<Receipt, Unavailable> {
+    /// `receipt`, counted by outcome and with the time since `started`.
+    fn counted(&self, source: &str, receipt: Receipt, started: std::time::Instant) -> Receipt {
         let kind = source_kind(source);
         self.metrics
             .taken
@@ -175,7 +171,7 @@ impl<S: Store> Ingest<S> {
             .take_seconds
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
-        Ok(receipt)
+        receipt
     }
 
     /// Re-applies a dead letter (after the cause was fixed: a role created, a key added);

@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 mod common;
-use common::{fixture, seed};
+use common::fixture;
 
 const TENANT: &str = "tenant_soak";
 const OUTCOMES: [&str; 5] = [
@@ -295,14 +295,24 @@ impl Workload {
     }
 }
 
-async fn store(dir: &tempfile::TempDir) -> SqlStore {
+/// A seeded SQLite store holding the principals of `Workload::new(seed, users, events,
+/// ordered)`, and that workload; the directory lives as long as the store is used.
+async fn prepared(
+    seed: u64,
+    users: usize,
+    events: usize,
+    ordered: bool,
+) -> (tempfile::TempDir, SqlStore, Workload) {
+    let dir = tempfile::tempdir().unwrap();
     let store = SqlStore::connect(&portcullis_store::StoreConfig::Sqlite {
         path: dir.path().join("store.db"),
     })
     .await
     .unwrap();
-    seed(&store).await;
-    store
+    common::seed(&store).await;
+    let workload = Workload::new(seed, users, events, ordered);
+    workload.prepare(&store).await;
+    (dir, store, workload)
 }
 
 /// Every dead letter, page by page.
@@ -409,10 +419,7 @@ async fn redis_takes_every_kind_in_order_with_duplicates_reordering_and_poison()
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(2_000);
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
-    let workload = Workload::new(1, (events / 20).max(10), events, true);
-    workload.prepare(&store).await;
+    let (_dir, store, workload) = prepared(1, (events / 20).max(10), events, true).await;
     let redis = RedisServer::start(free_port());
     xadd(&redis, "events", fixtures()).await;
     // An entry without the field that holds the event.
@@ -467,10 +474,7 @@ async fn redis_takes_every_kind_in_order_with_duplicates_reordering_and_poison()
 /// duplicates however the two share them), no effect made twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_replicas_in_one_group_make_no_double_effect() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
-    let workload = Workload::new(2, 40, 600, false);
-    workload.prepare(&store).await;
+    let (_dir, store, workload) = prepared(2, 40, 600, false).await;
     let redis = RedisServer::start(free_port());
     xadd(&redis, "events", workload.messages.clone()).await;
 
@@ -503,10 +507,7 @@ async fn redis_replicas_in_one_group_make_no_double_effect() {
 /// lost, nothing applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_consumer_killed_mid_batch_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
-    let workload = Workload::new(3, 40, 600, false);
-    workload.prepare(&store).await;
+    let (_dir, store, workload) = prepared(3, 40, 600, false).await;
     let redis = RedisServer::start(free_port());
     xadd(&redis, "events", workload.messages.clone()).await;
     let sent = workload.messages.len() as u64;
@@ -617,10 +618,7 @@ async fn queue_empty(moto: &Moto, url: &str) {
 /// every outcome and the final state as computed; every message deleted once taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_takes_every_kind_with_duplicates_and_poison_and_deletes_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
-    let workload = Workload::new(4, 30, 400, false);
-    workload.prepare(&store).await;
+    let (_dir, store, workload) = prepared(4, 30, 400, false).await;
     let moto = Moto::start(free_port());
     let url = moto.create_queue("lifecycle", &[]).await;
     let mut bodies = fixtures();
@@ -672,10 +670,7 @@ async fn sqs_takes_every_kind_with_duplicates_and_poison_and_deletes_them() {
 /// visibility ends and a new consumer takes it: nothing lost, nothing applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_a_consumer_killed_mid_batch_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
-    let workload = Workload::new(5, 30, 300, false);
-    workload.prepare(&store).await;
+    let (_dir, store, workload) = prepared(5, 30, 300, false).await;
     let moto = Moto::start(free_port());
     let url = moto.create_queue("lifecycle", &[]).await;
     send(&moto, &url, &workload.messages).await;

@@ -10,5 +10,28 @@
 pub mod redis;
 pub mod sqs;
 
+use std::time::{Duration, Instant};
+
 /// How often a source reads its queue's backlog for `portcullis_event_backlog`.
-const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+const BACKLOG_EVERY: Duration = Duration::from_secs(15);
+
+/// Work a consumer loop does now and then: due at the first turn, then once per period.
+struct Every {
+    period: Duration,
+    last: Option<Instant>,
+}
+
+impl Every {
+    fn new(period: Duration) -> Self {
+        Self { period, last: None }
+    }
+
+    /// Whether it is due now; if so, the period starts again.
+    fn due(&mut self) -> bool {
+        let due = self.last.is_none_or(|at| at.elapsed() >= self.period);
+        if due {
+            self.last = Some(Instant::now());
+        }
+        due
+    }
+}

@@ -11,7 +11,7 @@
 //! without it is kept as a dead letter, with all its fields as the body.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portcullis_sinks::backoff::Backoff;
 use portcullis_store::Store;
@@ -19,6 +19,7 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 
+use super::{BACKLOG_EVERY, Every};
 use crate::{Ingest, Unavailable};
 
 /// Where and how to consume.
@@ -120,13 +121,11 @@ async fn run<S: Store>(
     backoff: &mut Backoff,
 ) -> Stop {
     let backlog = ingest.metrics().backlog.with_label_values(&["redis"]);
-    let mut claimed_at = None::<Instant>;
-    let mut backlog_read = None::<Instant>;
-    let claim_every =
-        Duration::from_millis(source.claim_idle_ms / 2).max(Duration::from_millis(100));
+    let mut backlog_read = Every::new(BACKLOG_EVERY);
+    let mut claim =
+        Every::new(Duration::from_millis(source.claim_idle_ms / 2).max(Duration::from_millis(100)));
     loop {
-        if backlog_read.is_none_or(|at| at.elapsed() >= super::BACKLOG_EVERY) {
-            backlog_read = Some(Instant::now());
+        if backlog_read.due() {
             match lag(con, source).await {
                 Ok(Some(n)) => backlog.set(i64::try_from(n).unwrap_or(i64::MAX)),
                 Ok(None) => {}
@@ -145,9 +144,8 @@ async fn run<S: Store>(
             backoff.reset();
             continue;
         }
-        if claimed_at.is_none_or(|at| at.elapsed() >= claim_every) {
-            claimed_at = Some(Instant::now());
-            match claim(con, source).await {
+        if claim.due() {
+            match claim_idle(con, source).await {
                 // Taken on the next turn, as this consumer's own.
                 Ok(n) if n > 0 => {
                     tracing::info!(
@@ -197,7 +195,10 @@ async fn read(
 /// Claims entries idle with other consumers (they show up as this consumer's pending
 /// entries); how many. Entries deleted from the stream meanwhile are dropped from the
 /// group by Redis itself.
-async fn claim(con: &mut MultiplexedConnection, source: &RedisSource) -> redis::RedisResult<usize> {
+async fn claim_idle(
+    con: &mut MultiplexedConnection,
+    source: &RedisSource,
+) -> redis::RedisResult<usize> {
     let mut start = String::from("0-0");
     let mut claimed = 0;
     loop {

@@ -7,7 +7,7 @@
 //! are unwrapped by [`crate::envelope`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
@@ -17,6 +17,7 @@ use aws_sdk_sqs::types::{
 use portcullis_sinks::backoff::Backoff;
 use portcullis_store::Store;
 
+use super::{BACKLOG_EVERY, Every};
 use crate::{Ingest, Unavailable};
 
 /// Where and how to consume.
@@ -71,10 +72,9 @@ pub async fn consume_with<S: Store>(
     let errors = ingest.metrics().source_errors.with_label_values(&["sqs"]);
     let backlog = ingest.metrics().backlog.with_label_values(&["sqs"]);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut backlog_read = None::<Instant>;
+    let mut backlog_read = Every::new(BACKLOG_EVERY);
     loop {
-        if backlog_read.is_none_or(|at| at.elapsed() >= super::BACKLOG_EVERY) {
-            backlog_read = Some(Instant::now());
+        if backlog_read.due() {
             match waiting(&client, &source.queue_url).await {
                 Ok(n) => backlog.set(n),
                 Err(e) => {
@@ -100,8 +100,7 @@ pub async fn consume_with<S: Store>(
                 continue;
             }
         };
-        let outcome = take_batch(&client, &ingest, &source, &name, &messages).await;
-        let taken = outcome.as_ref().map_or_else(|(n, _)| *n, |n| *n);
+        let (taken, stopped) = take_batch(&client, &ingest, &source, &name, &messages).await;
         if let Err(e) = delete(
             &client,
             &source.queue_url,
@@ -117,9 +116,9 @@ pub async fn consume_with<S: Store>(
                 "taken events not deleted from the queue; they will come back as duplicates"
             );
         }
-        match outcome {
-            Ok(_) => backoff.reset(),
-            Err((_, e)) => {
+        match stopped {
+            None => backoff.reset(),
+            Some(e) => {
                 errors.inc();
                 tracing::warn!(source = name, error = %e, left = messages.len() - taken, "lifecycle events left in the queue for a later try");
                 backoff.wait().await;
@@ -136,7 +135,7 @@ async fn take_batch<S: Store>(
     source: &SqsSource,
     name: &str,
     messages: &[Message],
-) -> Result<usize, (usize, Unavailable)> {
+) -> (usize, Option<Unavailable>) {
     let taken = AtomicUsize::new(0);
     let work = async {
         for m in messages {
@@ -146,13 +145,12 @@ async fn take_batch<S: Store>(
                 .and_then(|t| t.parse::<i64>().ok())
                 .unwrap_or_else(|| jiff::Timestamp::now().as_millisecond());
             let body = m.body().unwrap_or_default().as_bytes();
-            ingest
-                .take_queued(name, body, queued_at)
-                .await
-                .map_err(|e| (taken.load(Ordering::Relaxed), e))?;
+            if let Err(e) = ingest.take_queued(name, body, queued_at).await {
+                return Some(e);
+            }
             taken.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(taken.load(Ordering::Relaxed))
+        None
     };
     tokio::pin!(work);
     // Renewed at half the timeout, for as long again.
@@ -162,7 +160,7 @@ async fn take_batch<S: Store>(
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
-            done = &mut work => return done,
+            stopped = &mut work => return (taken.load(Ordering::Relaxed), stopped),
             _ = renew.tick() => {
                 let left = messages.get(taken.load(Ordering::Relaxed)..).unwrap_or_default();
                 if let Err(e) = extend(client, &source.queue_url, left, source.visibility_timeout_seconds).await {
