@@ -12,8 +12,19 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port nothing listens on now.
+/// A port nothing listens on now, from below the kernel's ephemeral range (32768 and up
+/// on Linux): a port the kernel hands out for `bind(0)` may be taken again at once as the
+/// local port of some outgoing connection (a test's own client), before the server the
+/// test starts has bound it. Drawn at random, so tests running at once rarely meet.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
