@@ -540,9 +540,14 @@ async fn redis_a_consumer_killed_mid_batch_loses_nothing() {
         assert!(Instant::now() < pending_clear, "entries left pending");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        count(&both, "redis", "applied"),
-        workload.outcomes["applied"]
+    // Never more than once; one fewer counted when the kill fell between a take's commit
+    // and its count (the heir then finds that event a duplicate). The state shows it was
+    // applied.
+    let applied = count(&both, "redis", "applied");
+    let want = workload.outcomes["applied"];
+    assert!(
+        applied == want || applied + 1 == want,
+        "applied {applied}, want {want}"
     );
     assert_eq!(workload.state(&store).await, workload.expected);
     heir.abort();
@@ -701,7 +706,15 @@ async fn sqs_a_consumer_killed_mid_batch_loses_nothing() {
     let both = [&first_metrics, &second_metrics];
     until_taken(&both, "sqs", sent).await;
     queue_empty(&moto, &url).await;
-    assert_eq!(count(&both, "sqs", "applied"), workload.outcomes["applied"]);
+    // Never more than once; one fewer counted when the kill fell between a take's commit
+    // and its count (the heir then finds that event a duplicate). The state shows it was
+    // applied.
+    let applied = count(&both, "sqs", "applied");
+    let want = workload.outcomes["applied"];
+    assert!(
+        applied == want || applied + 1 == want,
+        "applied {applied}, want {want}"
+    );
     assert_eq!(workload.state(&store).await, workload.expected);
     heir.abort();
 }
