@@ -27,6 +27,7 @@
 //! | `GET /v1/watch?since=R` | server-sent events: each update as it is published, heartbeats |
 //! | `POST /v1/events` | lifecycle events (one, or a batch): applied once, or dead-lettered |
 //! | `GET /v1/events/dead-letters`, `POST …/{id}/replay` | events not applied, with why; re-apply one |
+//! | `GET /v1/events/stream` | server-sent events: each event taken or dead-lettered, `Last-Event-ID` resume |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (no token needed) |
 //!
 //! Every call needs `Authorization: Bearer <admin token or JWT>` ([`auth`]; failures are
@@ -155,6 +156,7 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
         .route("/v1/updates", get(resources::updates::<S>))
         .route("/v1/watch", get(resources::watch::<S>))
         .route("/v1/events", post(resources::post_events::<S>))
+        .route("/v1/events/stream", get(resources::stream_events::<S>))
         .route(
             "/v1/events/dead-letters",
             get(resources::list_dead_letters::<S>),

@@ -48,6 +48,7 @@ use crate::resources;
         resources::post_events,
         resources::list_dead_letters,
         resources::replay_dead_letter,
+        resources::stream_events,
     ),
     modifiers(&AdminToken),
     security(("admin_token" = []))

@@ -56,6 +56,8 @@ struct Api {
 struct Counting {
     inner: SqlStore,
     update_reads: Arc<AtomicUsize>,
+    /// Entries of the live event stream read from the store.
+    stream_entries_read: Arc<AtomicUsize>,
 }
 
 /// Methods handed to the real store as they are.
@@ -96,6 +98,17 @@ impl Store for Counting {
         self.inner.load_update(since)
     }
 
+    async fn event_stream(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<portcullis_model::events::StreamEntry>, StoreError> {
+        let entries = self.inner.event_stream(after, limit).await?;
+        self.stream_entries_read
+            .fetch_add(entries.len(), Ordering::SeqCst);
+        Ok(entries)
+    }
+
     delegate! {
         fn revision(&self) -> i64;
         fn put_principal(&self, principal: &Principal) -> i64;
@@ -127,6 +140,7 @@ impl Store for Counting {
         fn dead_letters(&self, after: Option<&str>, limit: i64) -> Vec<portcullis_model::events::DeadLetter>;
         fn dead_letter(&self, id: &str) -> Option<portcullis_model::events::DeadLetter>;
         fn mark_replayed(&self, id: &str) -> ();
+        fn event_stream_head(&self) -> i64;
     }
 }
 
@@ -205,6 +219,7 @@ async fn api() -> Api {
     let store = Counting {
         inner: store,
         update_reads: Arc::new(AtomicUsize::new(0)),
+        stream_entries_read: Arc::new(AtomicUsize::new(0)),
     };
     let feed = Arc::new(ChangeFeed::new(snapshot.load().revision()));
     let publisher = Publisher::new(
@@ -213,10 +228,19 @@ async fn api() -> Api {
         Arc::clone(&feed),
         None,
     );
+    let events = portcullis_events::Ingest::new(store.clone(), Default::default())
+        .recording_in(Arc::clone(&ledger));
+    // The follower `serve` and `control` run beside the API, ready before the first call.
+    tokio::spawn(Arc::clone(events.stream()).follow(store.clone()));
+    events
+        .stream()
+        .subscribe()
+        .wait_for(|head| *head >= 0)
+        .await
+        .unwrap();
     let router = app(
         AppState {
-            events: portcullis_events::Ingest::new(store.clone(), Default::default())
-                .recording_in(Arc::clone(&ledger)),
+            events,
             store: store.clone(),
             snapshot: Arc::clone(&snapshot),
             feed,
@@ -307,6 +331,19 @@ impl Api {
             .header("content-type", "application/json")
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .unwrap();
+        self.router.clone().oneshot(request).await.unwrap()
+    }
+
+    /// `GET /v1/events/stream` as the platform admin, resuming after `last_event_id`.
+    async fn event_stream(&self, last_event_id: Option<&str>) -> axum::response::Response {
+        let mut request = Request::builder()
+            .method("GET")
+            .uri("/v1/events/stream")
+            .header("authorization", format!("Bearer {TOKEN}"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let request = request.body(Body::empty()).unwrap();
         self.router.clone().oneshot(request).await.unwrap()
     }
 
@@ -1434,6 +1471,7 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
             "/v1/events/dead-letters/nope/replay",
             None,
         ),
+        ("get", "/v1/events/stream", "/v1/events/stream", None),
     ];
     let mut documented = 0;
     for (path, methods) in doc["paths"].as_object().unwrap() {
@@ -1456,7 +1494,8 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
             "nobody {method} {uri}: {problem}"
         );
         let follows = ["/v1/snapshot", "/v1/updates", "/v1/watch"].contains(&path);
-        // The body is not read: /v1/watch streams until the caller leaves.
+        // The body is not read: /v1/watch and /v1/events/stream stream until the caller
+        // leaves.
         let status = api.open(SIDECAR, &method, uri, body).await.status();
         assert_eq!(
             status == StatusCode::FORBIDDEN,
@@ -1577,6 +1616,160 @@ impl Events {
                 return (id, data);
             }
         }
+    }
+}
+
+/// `GET /v1/events/stream`: every event taken (duplicates excepted) or dead-lettered, named
+/// as consoles listen for it, numbered in commit order, sent to every console from one read
+/// of the store; `Last-Event-ID` resumes right after an entry, from the store when it is
+/// older than what is kept in memory.
+#[tokio::test]
+async fn the_event_stream_names_each_event_and_resumes_after_the_last_id() {
+    let api = api().await;
+    let mut consoles = Vec::new();
+    for _ in 0..3 {
+        let response = api.event_stream(None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        consoles.push(Events {
+            body: response.into_body(),
+            text: String::new(),
+        });
+    }
+    let status_changed = |id: &str, status: &str, at: &str| {
+        json!({"topic": "USER_STATUS_CHANGED@1.0", "id": id, "payload": {
+            "user_id": "eve", "new_status": status, "changed_ts": at}})
+    };
+    let created = json!({"topic": "USER_CREATED@1.0", "id": "c1", "payload": {
+        "user_id": "eve", "tenant_id": "t1", "initial_role": "member",
+        "created_ts": "2026-01-06T09:00:00Z"}});
+    let sent = [
+        (created.clone(), StatusCode::OK),
+        (
+            status_changed("s2", "suspended", "2026-01-06T11:00:00Z"),
+            StatusCode::OK,
+        ),
+        // Older than s2, arriving later: stale.
+        (
+            status_changed("s1", "active", "2026-01-06T10:00:00Z"),
+            StatusCode::OK,
+        ),
+        (
+            json!({"id": "i1", "type": "invitation.created", "timestamp": "2026-01-06T12:00:00Z"}),
+            StatusCode::OK,
+        ),
+        // A duplicate is no new event.
+        (created, StatusCode::OK),
+        (json!({"hello": 1}), StatusCode::UNPROCESSABLE_ENTITY),
+    ];
+    api.store.stream_entries_read.store(0, Ordering::SeqCst);
+    for (event, expected) in sent {
+        let (status, body) = api
+            .call_as(Some(PUBLISHER), "POST", "/v1/events", Some(event))
+            .await;
+        assert_eq!(status, expected, "{body}");
+    }
+    let names = [
+        "USER_CREATED",
+        "USER_STATUS_CHANGED",
+        "stale",
+        "invitation.created",
+        "dead_letter",
+    ];
+    for console in &mut consoles {
+        let mut seen = Vec::new();
+        for _ in 0..names.len() {
+            let (name, id, data) = console.next().await;
+            let data: Value = serde_json::from_str(&data).unwrap();
+            seen.push((name, id.unwrap(), data));
+        }
+        assert_eq!(
+            seen.iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(),
+            names
+        );
+        assert_eq!(
+            seen.iter()
+                .map(|(_, id, _)| id.as_str())
+                .collect::<Vec<_>>(),
+            ["1", "2", "3", "4", "5"]
+        );
+        let created = &seen[0].2;
+        assert_eq!(created["event_id"], "c1");
+        assert_eq!(created["outcome"], "applied");
+        assert!(created["revision"].as_i64().unwrap() > 0);
+        assert_eq!(created["data"]["user_id"], "eve", "the payload: {created}");
+        assert_eq!(seen[2].2["event_id"], "s1");
+        assert_eq!(seen[2].2["outcome"], "stale");
+        assert_eq!(seen[3].2["outcome"], "acknowledged");
+        assert!(
+            seen[4].2["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no envelope"),
+            "{}",
+            seen[4].2
+        );
+    }
+    assert_eq!(
+        api.store.stream_entries_read.load(Ordering::SeqCst),
+        names.len(),
+        "each entry read from the store once, for three consoles"
+    );
+    drop(consoles);
+
+    // Resumed after entry 2.
+    let mut resumed = Events {
+        body: api.event_stream(Some("2")).await.into_body(),
+        text: String::new(),
+    };
+    for (name, id) in [
+        ("stale", "3"),
+        ("invitation.created", "4"),
+        ("dead_letter", "5"),
+    ] {
+        let (n, i, _) = resumed.next().await;
+        assert_eq!((n.as_str(), i.as_deref()), (name, Some(id)));
+    }
+    // Ahead of the stream (the store was replaced): told to reload, then followed.
+    let mut ahead = Events {
+        body: api.event_stream(Some("99")).await.into_body(),
+        text: String::new(),
+    };
+    let (name, id, data) = ahead.next().await;
+    assert_eq!((name.as_str(), id.as_deref()), ("resync", Some("5")));
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"last_event_id": 99, "resumed_after": 5})
+    );
+    for bad in ["x", "-1", "1.5"] {
+        let response = api.event_stream(Some(bad)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // More than is kept in memory: the oldest come from the store, then the rest, in order.
+    let invitations: Vec<Value> = (0..1100)
+        .map(|n| json!({"id": format!("inv-{n}"), "type": "invitation.created", "timestamp": "2026-01-06T12:00:00Z"}))
+        .collect();
+    for batch in invitations.chunks(500) {
+        let (status, body) = api
+            .call_as(
+                Some(PUBLISHER),
+                "POST",
+                "/v1/events",
+                Some(Value::Array(batch.to_vec())),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut behind = Events {
+        body: api.event_stream(Some("5")).await.into_body(),
+        text: String::new(),
+    };
+    for n in 0..1100_usize {
+        let (name, id, data) = behind.next().await;
+        assert_eq!(name, "invitation.created");
+        assert_eq!(id, Some((n + 6).to_string()));
+        let data: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data["event_id"], format!("inv-{n}"));
     }
 }
 

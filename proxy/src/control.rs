@@ -72,8 +72,9 @@ impl StoreSide {
         }
     }
 
-    /// Starts the publisher, the relay of other replicas' commits and, when enabled, the
-    /// admin API (admin JWTs verified with `authn`'s keys), under `background`'s signal.
+    /// Starts the publisher, the relay of other replicas' commits, the configured event
+    /// sources and, when enabled, the admin API (admin JWTs verified with `authn`'s keys)
+    /// with the follower of its live event stream, under `background`'s signal.
     pub(crate) fn spawn(
         &self,
         background: &Background,
@@ -110,6 +111,8 @@ impl StoreSide {
         if !config.admin.enabled {
             return Ok(());
         }
+        // What `GET /v1/events/stream` serves consoles.
+        background.spawn(Arc::clone(events.stream()).follow(self.store.clone()));
         let (tokens, plain) =
             embedded::admin_tokens(config).map_err(|e| Failure::Input(vec![e]))?;
         let mut auth = portcullis_admin_api::AdminAuth::new(tokens)

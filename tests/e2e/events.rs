@@ -108,6 +108,7 @@ fn events_from_sqs_change_what_is_enforced_within_moments() {
         ),
     );
     p.seed(world::import());
+    let mut console = Console::open(&p);
     let client = moto.client();
     the_three_cases(&p, &keys, &|event| {
         rt().block_on(
@@ -151,6 +152,84 @@ fn events_from_sqs_change_what_is_enforced_within_moments() {
         ),
         Some(3.0)
     );
+    // A console following the live stream saw each, named as it listens for them.
+    let seen = console.events(4);
+    assert_eq!(
+        seen.iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "USER_ROLE_ASSIGNED",
+            "user.session_revoked",
+            "USER_STATUS_CHANGED",
+            "dead_letter"
+        ]
+    );
+    let ids: Vec<i64> = seen.iter().map(|(_, id)| id.parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids {ids:?}");
+}
+
+/// A console following `GET /v1/events/stream` over its own connection.
+struct Console {
+    socket: std::net::TcpStream,
+    text: String,
+}
+
+impl Console {
+    fn open(p: &Portcullis) -> Self {
+        use std::io::Write;
+        let token = std::fs::read_to_string(p.dir.join("data/admin-token")).expect("admin token");
+        let mut socket = std::net::TcpStream::connect(p.admin).expect("the admin API listens");
+        write!(
+            socket,
+            "GET /v1/events/stream HTTP/1.1\r\nHost: portcullis\r\nAccept: text/event-stream\r\n\
+             Authorization: Bearer {}\r\n\r\n",
+            token.trim()
+        )
+        .expect("request sent");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout set");
+        Self {
+            socket,
+            text: String::new(),
+        }
+    }
+
+    /// `(name, id)` of the next `n` events, within 10 s. (Each event is one chunk of the
+    /// response: its `event:` and `id:` lines are read as they are.)
+    fn events(&mut self, n: usize) -> Vec<(String, String)> {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<&str> = self.text.lines().collect();
+            let names = lines.iter().filter_map(|l| l.strip_prefix("event:"));
+            let ids = lines.iter().filter_map(|l| l.strip_prefix("id:"));
+            let seen: Vec<(String, String)> = names
+                .zip(ids)
+                .map(|(name, id)| (name.trim().to_owned(), id.trim().to_owned()))
+                .collect();
+            if seen.len() >= n {
+                return seen.into_iter().take(n).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} events not streamed within 10 s:\n{}",
+                self.text
+            );
+            let mut buf = [0_u8; 4096];
+            match self.socket.read(&mut buf) {
+                Ok(0) => panic!("the stream ended:\n{}", self.text),
+                Ok(read) => self.text.push_str(&String::from_utf8_lossy(&buf[..read])),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading the stream: {e}"),
+            }
+        }
+    }
 }
 
 #[test]

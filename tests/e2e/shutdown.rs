@@ -209,7 +209,7 @@ fn serve_stops_cleanly_under_load() {
 }
 
 #[test]
-fn control_stops_cleanly_under_load_and_ends_its_watch_streams() {
+fn control_stops_cleanly_under_load_and_ends_its_streams() {
     let upstream = Upstream::start();
     let keys = Keys::generate();
     let mut p = Portcullis::start_control(&upstream, &keys, SHUTDOWN);
@@ -223,8 +223,15 @@ fn control_stops_cleanly_under_load_and_ends_its_watch_streams() {
         p.admin,
         &[("authorization", &auth)],
     );
+    // A console's stream of events: the same.
+    let events = request(
+        "GET",
+        "/v1/events/stream",
+        p.admin,
+        &[("authorization", &auth)],
+    );
     let admin = p.admin;
-    stop_under_load(&mut p, admin, load, &[watch]);
+    stop_under_load(&mut p, admin, load, &[watch, events]);
 }
 
 #[test]

@@ -145,6 +145,25 @@ impl Problems {
         }
     }
 
+    /// An event type: a name of letters, digits, `_`, `.`, `-` and `:` (at most 128), so it
+    /// can name an SSE event and a log field as it is.
+    fn event_type(&mut self, key: &str, name: Option<&str>) -> Option<String> {
+        let name = name?;
+        let fits = name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'));
+        if fits {
+            Some(name.to_owned())
+        } else {
+            self.0.push(format!(
+                "`{key}`: `{}` is not an event type (letters, digits, `_ . - :`, at most 128)",
+                name.escape_debug()
+            ));
+            None
+        }
+    }
+
     fn optional_string(&mut self, object: &Map<String, Value>, key: &str) -> Option<String> {
         match object.get(key) {
             None | Some(Value::Null) => None,
@@ -208,6 +227,12 @@ fn topic_envelope(
 ) -> Result<Envelope, Refused> {
     let mut p = Problems::default();
     let topic = p.string(object, "topic");
+    let event_type = p.event_type(
+        "topic",
+        topic
+            .as_deref()
+            .map(|t| t.split_once('@').map_or(t, |(name, _)| name)),
+    );
     let data = p.object(object, "payload");
     let id = p.optional_string(object, "id");
     let ts = match object.get("ts") {
@@ -242,17 +267,12 @@ fn topic_envelope(
         ));
     }
     p.done(|| {
-        let topic = topic?;
-        let event_type = topic
-            .split_once('@')
-            .map_or(topic.as_str(), |(name, _)| name)
-            .to_owned();
         let id =
             id.or_else(|| digest.map(|d| format!("sha256:{}", portcullis_ledger::hex::hex(&d))))?;
         Some(Envelope {
             format: Format::Topic,
             id,
-            event_type,
+            event_type: event_type?,
             producer: None,
             occurred_at: time?,
             tenant: None,
@@ -289,6 +309,7 @@ fn typed_envelope(object: &Map<String, Value>) -> Result<Envelope, Refused> {
     let mut p = Problems::default();
     let id = p.string(object, "id");
     let event_type = p.string(object, "type");
+    let event_type = p.event_type("type", event_type.as_deref());
     let time = p.time(object, "timestamp");
     let producer = p.optional_string(object, "source");
     let tenant = p.optional_string(object, "tenantId");
@@ -315,6 +336,7 @@ fn platform_envelope(object: &Map<String, Value>) -> Result<Envelope, Refused> {
     let mut p = Problems::default();
     let id = p.string(object, "event_id");
     let event_type = p.string(object, "event_type");
+    let event_type = p.event_type("event_type", event_type.as_deref());
     let time = p.time(object, "occurred_at");
     let producer = p.optional_string(object, "source");
     let data = match object.get("payload") {

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::effects::effect;
 use crate::envelope::{Envelope, SignatureKeys, read};
 use crate::metrics::{EventMetrics, source_kind};
+use crate::stream::EventStream;
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -61,6 +62,7 @@ pub struct Ingest<S> {
     keys: SignatureKeys,
     ledger: Option<Arc<Ledger>>,
     metrics: EventMetrics,
+    stream: Arc<EventStream>,
 }
 
 /// Why an event could not be taken now: the source keeps it for a later try.
@@ -94,7 +96,14 @@ impl<S: Store> Ingest<S> {
             keys,
             ledger: None,
             metrics: EventMetrics::new(),
+            stream: Arc::default(),
         }
+    }
+
+    /// The live stream of what this path (and, through the store, its replicas) took; it
+    /// moves while [`EventStream::follow`] runs.
+    pub fn stream(&self) -> &Arc<EventStream> {
+        &self.stream
     }
 
     /// Counts events in `metrics`, which the caller serves.
@@ -162,6 +171,7 @@ impl<S: Store> Ingest<S> {
 
     /// `receipt`, counted by outcome and with the time since `started`.
     fn counted(&self, source: &str, receipt: Receipt, started: std::time::Instant) -> Receipt {
+        self.stream.wake();
         let kind = source_kind(source);
         self.metrics
             .taken
@@ -193,7 +203,9 @@ impl<S: Store> Ingest<S> {
                 }));
             }
         };
-        let receipt = match self.effect_and_take(&letter.source, &envelope).await? {
+        let taken = self.effect_and_take(&letter.source, &envelope).await?;
+        self.stream.wake();
+        let receipt = match taken {
             Ok(outcome) => {
                 self.store.mark_replayed(id).await?;
                 Outcome::Taken(outcome)
@@ -261,6 +273,7 @@ impl<S: Store> Ingest<S> {
             event_type: envelope.event_type.clone(),
             occurred_at: envelope.occurred_at,
             subjects: effect.subjects,
+            data: envelope.data.clone(),
         };
         let actor = format!("event:{}/{}", record.source, record.id);
         let action = format!("event.{}", record.event_type);

@@ -237,7 +237,7 @@ async fn poison_is_kept_with_its_reason_and_replayed_after_a_fix(store: SqlStore
     seed(&store).await;
     let ingest = Ingest::new(store.clone(), SignatureKeys::default());
     let before = store.revision().await.unwrap();
-    let cases: [(&[u8], &str); 6] = [
+    let cases: [(&[u8], &str); 7] = [
         (b"{not json", "not JSON"),
         (br#"[1, 2]"#, "not a JSON object"),
         (br#"{"hello": 1}"#, "no envelope"),
@@ -248,6 +248,11 @@ async fn poison_is_kept_with_its_reason_and_replayed_after_a_fix(store: SqlStore
         (
             br#"{"id": "e-x", "type": "user.teleported", "timestamp": "2025-01-22T10:00:00Z", "data": {}}"#,
             "unknown event type `user.teleported`",
+        ),
+        (
+            // A type is a name: it becomes an SSE event name and a log field as it is.
+            br#"{"id": "e-n", "type": "invitation.sent\nevent: USER_CREATED", "timestamp": "2025-01-22T10:00:00Z"}"#,
+            "`type`: `invitation.sent\\nevent: USER_CREATED` is not an event type",
         ),
         (
             br#"{"topic": "USER_SPACE_ACCESS_GRANTED@1.0", "payload": {"assignment_id": "x1", "user_id": "u", "space_id": "s", "permissions": ["READ"], "role_context": "guardian", "assigned_ts": "2026-01-06T09:06:00Z"}}"#,
@@ -265,7 +270,7 @@ async fn poison_is_kept_with_its_reason_and_replayed_after_a_fix(store: SqlStore
     }
     assert_eq!(store.revision().await.unwrap(), before, "nothing changed");
     let letters = store.dead_letters(None, 100).await.unwrap();
-    assert_eq!(letters.len(), 6);
+    assert_eq!(letters.len(), 7);
     assert_eq!(letters[0].body, "{not json", "kept as received");
 
     // A role that does not exist yet: dead letter; created; replayed: applied once.

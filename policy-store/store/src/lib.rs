@@ -20,8 +20,12 @@ use std::path::PathBuf;
 pub use error::StoreError;
 pub use sql::SqlStore;
 
+/// How many entries of the live event stream the store keeps: a console that was away for
+/// more is told to reload (`resync`) rather than replayed everything.
+pub const EVENT_STREAM_KEPT: i64 = 100_000;
+
 use portcullis_engine::snapshot::{SnapshotUpdate, StoreState};
-use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord};
+use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord, StreamEntry};
 use portcullis_model::{
     Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetCheck, PolicySetSummary,
     PolicySetVersion, Principal, PrincipalStatus, Revision, RevokedSession, Role, Scope,
@@ -266,6 +270,19 @@ pub trait Store: Send + Sync {
 
     /// Notes that a dead letter was replayed and applied.
     fn mark_replayed(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Entries of the live event stream after `after`, in order, at most `limit`. Entries
+    /// are numbered without gaps; the oldest are dropped past a bound
+    /// ([`EVENT_STREAM_KEPT`]), so a first entry numbered above `after + 1` means some
+    /// were dropped.
+    fn event_stream(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<StreamEntry>, StoreError>> + Send;
+
+    /// The number of the newest entry of the live event stream (0: none yet).
+    fn event_stream_head(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// Stores a new policy-set version after checking it compiles with the current roles
     /// and links. With `if_version`, only while that is the current version

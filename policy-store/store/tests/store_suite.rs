@@ -766,6 +766,7 @@ fn event(id: &str, at: i64, subjects: &[&str]) -> portcullis_model::events::Even
         event_type: String::from("TEST"),
         occurred_at: at,
         subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        data: serde_json::Map::new(),
     }
 }
 
@@ -1031,6 +1032,71 @@ async fn dead_letters_are_kept_listed_and_marked(store: SqlStore) {
     ));
 }
 
+/// The live event stream: an entry per event taken (not per duplicate) and per dead letter,
+/// numbered 1, 2, 3… in commit order even when writers race.
+async fn the_event_stream_numbers_entries_without_gaps(store: SqlStore) {
+    use portcullis_model::events::DeadLetter;
+    assert_eq!(store.event_stream_head().await.unwrap(), 0);
+    let mut writers = Vec::new();
+    for n in 0..30_i64 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            if n % 3 == 0 {
+                store
+                    .add_dead_letter(&DeadLetter {
+                        id: format!("d{n}"),
+                        event_id: None,
+                        source: String::from("test"),
+                        received_at: n,
+                        reason: String::from("bad JSON"),
+                        body: String::from("{"),
+                        replayed_at: None,
+                    })
+                    .await
+                    .unwrap();
+            } else {
+                let mut taken = event(&format!("e{n}"), n, &[]);
+                taken.event_type = String::from("invitation.created");
+                store.take_event(&taken, &[]).await.unwrap();
+                // Again: a duplicate, no entry.
+                store.take_event(&taken, &[]).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let entries = store.event_stream(0, 100).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(store.event_stream_head().await.unwrap(), 30);
+    let mut named: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            match e.name.as_str() {
+                "dead_letter" => data["dead_letter"].as_str().unwrap().to_owned(),
+                "invitation.created" => {
+                    assert_eq!(data["outcome"], "acknowledged");
+                    data["event_id"].as_str().unwrap().to_owned()
+                }
+                other => panic!("entry named {other}"),
+            }
+        })
+        .collect();
+    named.sort_unstable();
+    let mut expected: Vec<String> = (0..30)
+        .map(|n| format!("{}{n}", if n % 3 == 0 { "d" } else { "e" }))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(named, expected, "each once");
+    let page = store.event_stream(28, 100).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [29, 30]);
+    assert_eq!(store.event_stream(10, 5).await.unwrap().len(), 5);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1071,6 +1137,7 @@ suite!(
     assignments_are_listed_by_principal_role_and_scope,
     events_apply_once_whole_and_in_order,
     dead_letters_are_kept_listed_and_marked,
+    the_event_stream_numbers_entries_without_gaps,
 );
 
 /// A store made before sqlx's migrator (which knew migrations 1 and 2): their schema, its

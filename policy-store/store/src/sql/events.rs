@@ -2,7 +2,7 @@
 //! taken and the newest-event marks of its subjects are written in one transaction, so an
 //! event applies whole or not at all, once.
 
-use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord};
+use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord, StreamEntry};
 use portcullis_model::{ChangeKind, EntityRef, ModelError, Scope};
 use sqlx::{AnyConnection, Row};
 
@@ -11,7 +11,7 @@ use super::{
     docs, from_doc, insert_assignment, now_millis, principal_doc, to_doc, upsert,
     upsert_revoked_session,
 };
-use crate::{Op, StoreError};
+use crate::{EVENT_STREAM_KEPT, Op, StoreError};
 
 impl SqlStore {
     /// See [`crate::Store::take_event`].
@@ -61,17 +61,20 @@ impl SqlStore {
                 .await?;
             }
             let revision = bump(&mut tx, &changes).await?;
-            record_taken(&mut tx, event, "applied", Some(revision)).await?;
-            let revision = self.finish(tx, revision).await?;
-            return Ok(EventOutcome::Applied { revision });
+            let outcome = EventOutcome::Applied { revision };
+            record_taken(&mut tx, event, outcome).await?;
+            self.finish(tx, revision).await?;
+            return Ok(outcome);
         };
-        record_taken(&mut tx, event, outcome.as_str(), None).await?;
+        record_taken(&mut tx, event, outcome).await?;
         tx.commit().await?;
         Ok(outcome)
     }
 
-    /// See [`crate::Store::add_dead_letter`].
+    /// See [`crate::Store::add_dead_letter`]: under the write lock, as its stream entry
+    /// takes the next number.
     pub(crate) async fn add_dead_letter_row(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO dead_letters (id, event_id, source, received_at, reason, body, replayed_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -83,9 +86,36 @@ impl SqlStore {
         .bind(letter.reason.clone())
         .bind(letter.body.clone())
         .bind(letter.replayed_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let (name, data) = StreamEntry::dead_letter(letter);
+        append_to_stream(&mut tx, &name, &data).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// See [`crate::Store::event_stream`].
+    pub(crate) async fn event_stream_rows(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, name, data FROM event_stream WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StreamEntry {
+                    seq: row.try_get("seq")?,
+                    name: row.try_get("name")?,
+                    data: row.try_get("data")?,
+                })
+            })
+            .collect()
     }
 
     /// See [`crate::Store::dead_letters`].
@@ -148,13 +178,16 @@ fn dead_letter(row: &sqlx::any::AnyRow) -> Result<DeadLetter, StoreError> {
     })
 }
 
-/// Records that `event` was taken, with its outcome.
+/// Records that `event` was taken, with its outcome, and adds it to the live stream.
 async fn record_taken(
     conn: &mut AnyConnection,
     event: &EventRecord,
-    outcome: &str,
-    revision: Option<i64>,
+    outcome: EventOutcome,
 ) -> Result<(), StoreError> {
+    let revision = match outcome {
+        EventOutcome::Applied { revision } => Some(revision),
+        _ => None,
+    };
     sqlx::query(
         "INSERT INTO events_taken (event_id, source, event_type, occurred_at, taken_at, outcome, revision) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -164,10 +197,42 @@ async fn record_taken(
     .bind(event.event_type.clone())
     .bind(event.occurred_at)
     .bind(now_millis())
-    .bind(outcome.to_owned())
+    .bind(outcome.as_str().to_owned())
     .bind(revision)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    if let Some((name, data)) = StreamEntry::taken(event, outcome) {
+        append_to_stream(conn, &name, &data).await?;
+    }
+    Ok(())
+}
+
+/// Appends an entry to the live event stream, numbered next; every so often drops what is
+/// past [`EVENT_STREAM_KEPT`]. Runs under the store's write lock (numbers follow commits).
+async fn append_to_stream(
+    conn: &mut AnyConnection,
+    name: &str,
+    data: &str,
+) -> Result<(), StoreError> {
+    let seq: i64 = sqlx::query(
+        "UPDATE store_meta SET event_seq = event_seq + 1 WHERE id = 1 RETURNING event_seq",
+    )
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("event_seq")?;
+    sqlx::query("INSERT INTO event_stream (seq, name, data, at) VALUES ($1, $2, $3, $4)")
+        .bind(seq)
+        .bind(name.to_owned())
+        .bind(data.to_owned())
+        .bind(now_millis())
+        .execute(&mut *conn)
+        .await?;
+    if seq % 1000 == 0 {
+        sqlx::query("DELETE FROM event_stream WHERE seq <= $1")
+            .bind(seq - EVENT_STREAM_KEPT)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 

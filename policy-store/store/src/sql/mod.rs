@@ -21,7 +21,7 @@ mod events;
 use portcullis_engine::policy::compile;
 use portcullis_engine::snapshot::{SnapshotUpdate, StoreDelta, StoreState, policy_sources};
 use portcullis_model::ModelError;
-use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord};
+use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord, StreamEntry};
 use portcullis_model::{
     Assignment, Change, ChangeKind, EntityRecord, EntityRef, PolicyFile, PolicySetCheck,
     PolicySetSummary, PolicySetVersion, Principal, Revision, RevokedSession, Role, TemplateLink,
@@ -32,7 +32,7 @@ use portcullis_model::{
 /// names give (`0002_policy_versions.sql`: 2, "policy versions"); each runs once, in its own
 /// transaction. Listed here rather than found by `sqlx::migrate!`, whose proc-macro would
 /// build a second copy of the database drivers (bundled SQLite's C included) for the host.
-const MIGRATIONS: [(i64, &str, &str); 3] = [
+const MIGRATIONS: [(i64, &str, &str); 4] = [
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
@@ -43,6 +43,11 @@ const MIGRATIONS: [(i64, &str, &str); 3] = [
         3,
         "events",
         include_str!("../../migrations/0003_events.sql"),
+    ),
+    (
+        4,
+        "event stream",
+        include_str!("../../migrations/0004_event_stream.sql"),
     ),
 ];
 
@@ -1028,6 +1033,17 @@ impl Store for SqlStore {
 
     async fn mark_replayed(&self, id: &str) -> Result<(), StoreError> {
         self.mark_replayed_row(id).await
+    }
+
+    async fn event_stream(&self, after: i64, limit: i64) -> Result<Vec<StreamEntry>, StoreError> {
+        self.event_stream_rows(after, limit).await
+    }
+
+    async fn event_stream_head(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT event_seq FROM store_meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("event_seq")?)
     }
 
     async fn put_policy_set(
