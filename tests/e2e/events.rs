@@ -83,7 +83,7 @@ fn events_over_http_change_what_is_enforced_within_moments() {
     assert_eq!(letters.status, 200, "{}", letters.body);
     assert_eq!(letters.json()["items"][0]["event_id"], "x");
     let counted = |outcome: &str| {
-        p.metric(
+        p.metric_sum(
             "portcullis_events_total",
             &[("source", "http"), ("outcome", outcome)],
         )
@@ -91,6 +91,25 @@ fn events_over_http_change_what_is_enforced_within_moments() {
     };
     assert_eq!(counted("applied"), 3.0);
     assert_eq!(counted("dead_lettered"), 1.0);
+    // By type too, an unknown type as `other`.
+    assert_eq!(
+        p.metric(
+            "portcullis_events_total",
+            &[
+                ("source", "http"),
+                ("type", "USER_ROLE_ASSIGNED"),
+                ("outcome", "applied")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        p.metric(
+            "portcullis_events_total",
+            &[("type", "other"), ("outcome", "dead_lettered")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -131,7 +150,7 @@ fn events_from_sqs_change_what_is_enforced_within_moments() {
     .expect("sent");
     p.wait_for(
         || {
-            p.metric(
+            p.metric_sum(
                 "portcullis_events_total",
                 &[("source", "sqs"), ("outcome", "dead_lettered")],
             ) == Some(1.0)
@@ -146,7 +165,7 @@ fn events_from_sqs_change_what_is_enforced_within_moments() {
         letters.body
     );
     assert_eq!(
-        p.metric(
+        p.metric_sum(
             "portcullis_events_total",
             &[("source", "sqs"), ("outcome", "applied")]
         ),
@@ -257,7 +276,7 @@ fn events_from_a_redis_stream_change_what_is_enforced_within_moments() {
         assert!(id.contains('-'), "XADD answered {id}");
     });
     assert_eq!(
-        p.metric(
+        p.metric_sum(
             "portcullis_events_total",
             &[("source", "redis"), ("outcome", "applied")]
         ),

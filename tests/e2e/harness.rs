@@ -712,6 +712,26 @@ impl Portcullis {
         })
     }
 
+    /// The sum of every sample of `name` whose labels include all of `labels` (`None` when
+    /// there is none).
+    pub fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = self.metrics_text();
+        let values: Vec<f64> = text
+            .lines()
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+                (metric == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse().ok())
+                .flatten()
+            })
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// Waits up to 10 s for `done`, failing with `what` and the log. For what the proxy
     /// does on its own schedule (reloads, sinks) or after the answer has gone out (request
     /// metrics and log lines are written once the response is sent).

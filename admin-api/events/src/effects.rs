@@ -16,6 +16,40 @@ use crate::envelope::{Envelope, parse_time};
 /// (`data.expiresAt`): longer than any access token lives.
 pub const SESSION_REVOCATION_TTL_MS: UnixMillis = 30 * 24 * 3600 * 1000;
 
+/// The event types [`effect`] reads by name; with `invitation.*` (any invitation type)
+/// they are every type it does not refuse. Metrics label events by these (the rest as
+/// `other`), so the label set stays bounded whatever producers send.
+pub const KNOWN_TYPES: [&str; 14] = [
+    "USER_CREATED",
+    "USER_ROLE_ASSIGNED",
+    "USER_SPACE_ACCESS_GRANTED",
+    "USER_STATUS_CHANGED",
+    "user.deactivated",
+    "user.reactivated",
+    "user.deleted",
+    "user.session_revoked",
+    "user.profile_updated",
+    "tenant.member_joined",
+    "tenant.member_role_changed",
+    "tenant.member_removed",
+    "team.members_added",
+    "entity.archived",
+];
+
+/// The label of `event_type` in metrics: itself when known, `invitation.*` for any
+/// invitation, `other` for the rest and for messages whose type could not be read.
+pub fn type_label(event_type: Option<&str>) -> &'static str {
+    match event_type {
+        Some(t) if t.starts_with("invitation.") => "invitation.*",
+        Some(t) => KNOWN_TYPES
+            .iter()
+            .find(|known| **known == t)
+            .copied()
+            .unwrap_or("other"),
+        None => "other",
+    }
+}
+
 /// What an event asks of the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Effect {
@@ -545,4 +579,38 @@ fn team_members_added(d: &Data<'_>) -> Result<Effect, String> {
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Format;
+
+    /// Every labelled type is one [`effect`] reads (it may still refuse its data), and
+    /// only those and invitations are labelled as themselves.
+    #[test]
+    fn the_labelled_types_are_the_types_read() {
+        for event_type in KNOWN_TYPES
+            .iter()
+            .copied()
+            .chain(["invitation.created", "user.teleported"])
+        {
+            let event = Envelope {
+                format: Format::Typed,
+                id: String::from("e1"),
+                event_type: event_type.to_owned(),
+                producer: None,
+                occurred_at: 0,
+                tenant: None,
+                user: None,
+                data: Map::new(),
+            };
+            let unknown =
+                effect(&event, &[]).is_err_and(|reason| reason.starts_with("unknown event type"));
+            let label = type_label(Some(event_type));
+            assert_eq!(unknown, label == "other", "{event_type}: labelled {label}");
+        }
+        assert_eq!(type_label(Some("invitation.expired")), "invitation.*");
+        assert_eq!(type_label(None), "other");
+    }
 }

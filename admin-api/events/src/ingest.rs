@@ -10,7 +10,7 @@ use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord};
 use portcullis_store::{Store, StoreError};
 use serde::Serialize;
 
-use crate::effects::effect;
+use crate::effects::{effect, type_label};
 use crate::envelope::{Envelope, SignatureKeys, read};
 use crate::metrics::{EventMetrics, source_kind};
 use crate::stream::EventStream;
@@ -175,7 +175,11 @@ impl<S: Store> Ingest<S> {
         let kind = source_kind(source);
         self.metrics
             .taken
-            .with_label_values(&[kind, receipt.outcome.as_str()])
+            .with_label_values(&[
+                kind,
+                type_label(receipt.event_type.as_deref()),
+                receipt.outcome.as_str(),
+            ])
             .inc();
         self.metrics
             .take_seconds

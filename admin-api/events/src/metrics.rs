@@ -1,14 +1,16 @@
 //! The metrics of lifecycle events, made unregistered: the process registers them in the
-//! registry it serves. Every label is the kind of source (`http`, `sqs`, `redis`: the part
-//! of a source name before `:`), never a queue or stream name, so the sets stay bounded.
+//! registry it serves. Every label set is bounded: the kind of source (`http`, `sqs`,
+//! `redis`: the part of a source name before `:`), never a queue or stream name; the event
+//! type only as one of the known types ([`crate::effects::type_label`]).
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 
 /// What the ingestion path and the queue sources count.
 #[derive(Debug, Clone)]
 pub struct EventMetrics {
-    /// `portcullis_events_total{source, outcome}`: events taken, by outcome (`applied`,
-    /// `acknowledged`, `duplicate`, `stale`, `dead_lettered`).
+    /// `portcullis_events_total{source, type, outcome}`: events taken, by type (known
+    /// types, `invitation.*`, `other`) and outcome (`applied`, `acknowledged`, `duplicate`,
+    /// `stale`, `dead_lettered`).
     pub taken: IntCounterVec,
     /// `portcullis_event_take_seconds{source}`: how long taking one event took (effect
     /// worked out, ledger record, store transaction).
@@ -45,9 +47,9 @@ impl EventMetrics {
                 taken: IntCounterVec::new(
                     Opts::new(
                         "portcullis_events_total",
-                        "Lifecycle events taken, by kind of source and outcome.",
+                        "Lifecycle events taken, by kind of source, event type and outcome.",
                     ),
-                    &["source", "outcome"],
+                    &["source", "type", "outcome"],
                 )?,
                 take_seconds: HistogramVec::new(
                     HistogramOpts::new(

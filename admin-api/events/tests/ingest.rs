@@ -225,8 +225,15 @@ async fn every_seed_event_applies_once_in_order(store: SqlStore) {
     assert_eq!(outcome(&r.outcome), "applied");
     assert!(store.get_principal(&m).await.unwrap().is_none());
     assert!(store.assignments_of(&m).await.unwrap().is_empty());
-    // Counted by kind of source and outcome.
-    let count = |outcome: &str| counted.with_label_values(&["test", outcome]).get();
+    // Counted by kind of source, type and outcome.
+    let count =
+        |outcome: &str| common::total(&counted, &[("source", "test"), ("outcome", outcome)]);
+    assert_eq!(
+        counted
+            .with_label_values(&["test", "user.deleted", "applied"])
+            .get(),
+        1
+    );
     assert_eq!(count("duplicate"), 2);
     assert_eq!(count("stale"), 1);
     assert_eq!(count("acknowledged"), 1);

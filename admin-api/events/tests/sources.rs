@@ -331,7 +331,7 @@ async fn all_dead_letters(store: &SqlStore) -> Vec<portcullis_model::events::Dea
 fn count(metrics: &[&EventMetrics], kind: &str, outcome: &str) -> u64 {
     metrics
         .iter()
-        .map(|m| m.taken.with_label_values(&[kind, outcome]).get())
+        .map(|m| common::total(&m.taken, &[("source", kind), ("outcome", outcome)]))
         .sum()
 }
 

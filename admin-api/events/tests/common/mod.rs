@@ -84,3 +84,21 @@ pub fn sns_notification(message: String) -> String {
     })
     .to_string()
 }
+
+/// The sum of `counter`'s series whose labels include every one of `labels`.
+pub fn total(counter: &prometheus::IntCounterVec, labels: &[(&str, &str)]) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
