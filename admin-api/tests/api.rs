@@ -141,6 +141,8 @@ impl Store for Counting {
         fn dead_letter(&self, id: &str) -> Option<portcullis_model::events::DeadLetter>;
         fn mark_replayed(&self, id: &str) -> ();
         fn event_stream_head(&self) -> i64;
+        fn external_audit_recorded(&self, event_id: &str) -> bool;
+        fn mark_external_audit(&self, event_id: &str, source: &str, ledger_seq: u64) -> ();
     }
 }
 

@@ -108,6 +108,9 @@ impl StoreSide {
             events = events.recording_in(Arc::clone(audit.ledger()));
         }
         spawn_event_sources(background, config, &events);
+        if let Some(audit) = audit {
+            spawn_audit_sources(background, config, &self.store, audit, events.metrics());
+        }
         if !config.admin.enabled {
             return Ok(());
         }
@@ -166,6 +169,23 @@ impl StoreSide {
     }
 }
 
+/// Starts a consumer for each configured queue of other services' audit events
+/// (`events.audit_sqs`), appending them to `audit`'s ledger.
+fn spawn_audit_sources(
+    background: &Background,
+    config: &Config,
+    store: &SqlStore,
+    audit: &Audit,
+    metrics: &portcullis_events::EventMetrics,
+) {
+    use portcullis_events::external_audit::ExternalAudit;
+    use portcullis_events::sources::sqs;
+    let external = ExternalAudit::new(store.clone(), Arc::clone(audit.ledger()), metrics.clone());
+    for q in &config.events.audit_sqs {
+        background.spawn(sqs::consume(external.clone(), sqs_source(q)));
+    }
+}
+
 /// Starts a consumer for each configured queue of lifecycle events (`events.sqs`,
 /// `events.redis`), all feeding `events`.
 fn spawn_event_sources(
@@ -175,17 +195,7 @@ fn spawn_event_sources(
 ) {
     use portcullis_events::sources::{redis, sqs};
     for q in &config.events.sqs {
-        background.spawn(sqs::consume(
-            events.clone(),
-            sqs::SqsSource {
-                queue_url: q.queue_url.clone(),
-                region: q.region.clone(),
-                endpoint_url: q.endpoint_url.clone(),
-                batch: q.batch,
-                wait_seconds: q.wait_seconds,
-                visibility_timeout_seconds: q.visibility_timeout_seconds,
-            },
-        ));
+        background.spawn(sqs::consume(events.clone(), sqs_source(q)));
     }
     if let Some(r) = &config.events.redis {
         background.spawn(redis::consume(
@@ -216,4 +226,16 @@ fn event_keys(config: &Config) -> Result<portcullis_events::envelope::SignatureK
         keys.insert(id.clone(), key);
     }
     Ok(portcullis_events::envelope::SignatureKeys::new(keys))
+}
+
+/// The consumer settings of one configured queue.
+fn sqs_source(q: &crate::config::EventsSqsConfig) -> portcullis_events::sources::sqs::SqsSource {
+    portcullis_events::sources::sqs::SqsSource {
+        queue_url: q.queue_url.clone(),
+        region: q.region.clone(),
+        endpoint_url: q.endpoint_url.clone(),
+        batch: q.batch,
+        wait_seconds: q.wait_seconds,
+        visibility_timeout_seconds: q.visibility_timeout_seconds,
+    }
 }

@@ -386,6 +386,7 @@ impl Metrics {
                     delay_seconds: register(r, m.delay_seconds),
                     backlog: register(r, m.backlog),
                     source_errors: register(r, m.source_errors),
+                    external_audit: register(r, m.external_audit),
                 }
             },
             build_info,

@@ -188,6 +188,51 @@ fn events_from_sqs_change_what_is_enforced_within_moments() {
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids {ids:?}");
 }
 
+/// Other services' audit events on their queue end up in the ledger as `external`
+/// records, readable through `GET /v1/audit?kind=external`.
+#[test]
+fn external_audit_events_from_sqs_join_the_ledger() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let moto = Moto::start(free_port());
+    let url = rt().block_on(moto.create_queue("epr-audit-events", &[]));
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "events:\n  audit_sqs:\n    - queue_url: {url}\n      region: us-east-1\n      endpoint_url: {}\n      wait_seconds: 1\n",
+            moto.endpoint()
+        ),
+    );
+    let event = json!({"event_id": "audit-e2e-1", "source": "issuer-service",
+        "action": "issuer.created", "actor_id": "u7", "actor_type": "user",
+        "entity_id": "i9", "entity_type": "issuer", "occurred_at": now()});
+    rt().block_on(
+        moto.client()
+            .send_message()
+            .queue_url(&url)
+            .message_body(event.to_string())
+            .send(),
+    )
+    .expect("sent");
+    p.wait_for(
+        || {
+            p.metric(
+                "portcullis_external_audit_total",
+                &[("outcome", "recorded")],
+            ) == Some(1.0)
+        },
+        "the audit event is recorded",
+    );
+    let page = p.admin_call("GET", "/v1/audit?kind=external", &json!({}));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let items = page.json()["items"].clone();
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{}", page.body);
+    assert_eq!(items[0]["actor"], "user:u7");
+    assert_eq!(items[0]["resource"], "issuer:i9");
+    assert_eq!(items[0]["after"]["event_id"], "audit-e2e-1");
+}
+
 /// A console following `GET /v1/events/stream` over its own connection.
 struct Console {
     socket: std::net::TcpStream,

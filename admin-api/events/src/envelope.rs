@@ -88,19 +88,28 @@ impl SignatureKeys {
 pub fn read(body: &[u8], keys: &SignatureKeys) -> Result<Envelope, Refused> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| Refused::one(format!("not JSON: {e}")))?;
-    // SNS → SQS deliveries wrap the message as a string.
-    if value.get("Type").and_then(Value::as_str) == Some("Notification") {
-        let Some(message) = value.get("Message").and_then(Value::as_str) else {
-            return Err(Refused::one(
-                "an SNS notification without a `Message` string",
-            ));
-        };
+    if let Some(message) = sns_message(&value)? {
         let message = message.as_bytes();
         let value: Value =
             serde_json::from_slice(message).map_err(|e| Refused::one(format!("not JSON: {e}")))?;
         return envelope_of(message, &value, keys);
     }
     envelope_of(body, &value, keys)
+}
+
+/// The message an SNS notification carries (`{"Type": "Notification", "Message":
+/// "<json>"}`: SNS → SQS deliveries wrap it as a string); `None` when `value` is no
+/// notification.
+pub fn sns_message(value: &Value) -> Result<Option<&str>, Refused> {
+    if value.get("Type").and_then(Value::as_str) != Some("Notification") {
+        return Ok(None);
+    }
+    match value.get("Message").and_then(Value::as_str) {
+        Some(message) => Ok(Some(message)),
+        None => Err(Refused::one(
+            "an SNS notification without a `Message` string",
+        )),
+    }
 }
 
 /// The envelope of a message already parsed into `value` (`body` is its bytes, for the
@@ -124,10 +133,10 @@ fn envelope_of(body: &[u8], value: &Value, keys: &SignatureKeys) -> Result<Envel
 
 /// Collects the problems of one envelope, so all are named at once.
 #[derive(Default)]
-struct Problems(Vec<String>);
+pub(crate) struct Problems(Vec<String>);
 
 impl Problems {
-    fn string(&mut self, object: &Map<String, Value>, key: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, object: &Map<String, Value>, key: &str) -> Option<String> {
         match object.get(key) {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
             Some(Value::String(_)) => {
@@ -164,14 +173,18 @@ impl Problems {
         }
     }
 
-    fn optional_string(&mut self, object: &Map<String, Value>, key: &str) -> Option<String> {
+    pub(crate) fn optional_string(
+        &mut self,
+        object: &Map<String, Value>,
+        key: &str,
+    ) -> Option<String> {
         match object.get(key) {
             None | Some(Value::Null) => None,
             Some(_) => self.string(object, key),
         }
     }
 
-    fn time(&mut self, object: &Map<String, Value>, key: &str) -> Option<UnixMillis> {
+    pub(crate) fn time(&mut self, object: &Map<String, Value>, key: &str) -> Option<UnixMillis> {
         let text = self.string(object, key)?;
         match parse_time(&text) {
             Some(t) => Some(t),
@@ -183,7 +196,11 @@ impl Problems {
         }
     }
 
-    fn object(&mut self, object: &Map<String, Value>, key: &str) -> Option<Map<String, Value>> {
+    pub(crate) fn object(
+        &mut self,
+        object: &Map<String, Value>,
+        key: &str,
+    ) -> Option<Map<String, Value>> {
         match object.get(key) {
             Some(Value::Object(o)) => Some(o.clone()),
             Some(_) => {
@@ -197,7 +214,7 @@ impl Problems {
         }
     }
 
-    fn done<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Refused> {
+    pub(crate) fn done<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Refused> {
         if self.0.is_empty() {
             value().ok_or_else(|| Refused::one("incomplete envelope"))
         } else {

@@ -194,6 +194,18 @@ impl<S: Store> Ingest<S> {
         let Some(letter) = self.store.dead_letter(id).await? else {
             return Ok(None);
         };
+        if source_kind(&letter.source) == crate::external_audit::KIND {
+            return Ok(Some(Receipt {
+                event_id: letter.event_id,
+                event_type: None,
+                outcome: Outcome::DeadLettered {
+                    dead_letter: letter.id,
+                    reason: String::from(
+                        "an external audit event, not a lifecycle event: send it to its audit queue again, fixed",
+                    ),
+                },
+            }));
+        }
         let envelope = match read(letter.body.as_bytes(), &self.keys) {
             Ok(e) => e,
             Err(refused) => {

@@ -25,6 +25,10 @@ pub struct EventMetrics {
     /// acknowledgements, and messages left for a later try because the store or the ledger
     /// failed.
     pub source_errors: IntCounterVec,
+    /// `portcullis_external_audit_total{outcome}`: other services' audit events taken
+    /// from their queue: `recorded` in the ledger, `duplicate` (recorded before),
+    /// `dead_lettered` (not an audit event).
+    pub external_audit: IntCounterVec,
 }
 
 /// The kind of a source name: `sqs` of `sqs:orders`.
@@ -82,6 +86,13 @@ impl EventMetrics {
                         "Failed receives and acknowledgements of queued lifecycle events, and events left for a later try.",
                     ),
                     &["source"],
+                )?,
+                external_audit: IntCounterVec::new(
+                    Opts::new(
+                        "portcullis_external_audit_total",
+                        "Other services' audit events taken from their queue, by outcome.",
+                    ),
+                    &["outcome"],
                 )?,
             })
         })();

@@ -14,6 +14,7 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_events::envelope::SignatureKeys;
@@ -717,4 +718,155 @@ async fn sqs_a_consumer_killed_mid_batch_loses_nothing() {
     );
     assert_eq!(workload.state(&store).await, workload.expected);
     heir.abort();
+}
+
+/// Other services' audit events from their queue (seed 004's contract, plain and as SNS
+/// delivers it) are appended to the ledger as `external` records, chained with the rest,
+/// once each; a message that is no audit event is kept as a dead letter naming every
+/// problem; every message is deleted once taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_audit_events_are_appended_to_the_ledger_once() {
+    use portcullis_events::external_audit::ExternalAudit;
+    use portcullis_ledger::query::AuditQuery;
+    use portcullis_ledger::writer::{Ledger, LedgerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::connect(&portcullis_store::StoreConfig::Sqlite {
+        path: dir.path().join("store.db"),
+    })
+    .await
+    .unwrap();
+    let audit_dir = dir.path().join("audit");
+    let (ledger, _writer) = Ledger::open(LedgerConfig {
+        dir: audit_dir.clone(),
+        prefix: String::from("audit"),
+        max_file_bytes: 1 << 20,
+        instance: String::from("audit-source-test"),
+        queue_capacity: 64,
+        checkpoint_every: 1000,
+        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_key: None,
+        fsync: true,
+        stdout: false,
+    })
+    .unwrap();
+    let moto = Moto::start(free_port());
+    let url = moto.create_queue("epr-audit-events", &[]).await;
+    let issuer_created = json!({
+        "event_id": "6f4e1a2c-cc1b-4f79-b803-b0f7d8b7f02a",
+        "source": "issuer-service",
+        "action": "issuer.created",
+        "actor_id": "b5db2c29-6f2d-4dc6-9b6b-7827806bd0be",
+        "actor_type": "user",
+        "entity_id": "0f0f7e13-7cb5-449b-9349-0ed8cc5d9b32",
+        "entity_type": "issuer",
+        "correlation_id": "req-12345",
+        "details": {"issuer_code": "ACME"},
+        "occurred_at": "2024-04-14T18:03:11.221208Z"
+    });
+    let role_granted = json!({
+        "event_id": "7a0c2d1e-0000-4000-8000-000000000002",
+        "source": "entity-permissions-core",
+        "action": "role.granted",
+        "occurred_at": "2024-04-14T18:04:00+02:00"
+    });
+    let bodies = [
+        issuer_created.to_string(),
+        // Redelivered, or published twice: recorded once.
+        issuer_created.to_string(),
+        common::sns_notification(role_granted.to_string()),
+        json!({"event_id": "x", "source": "svc", "occurred_at": "last tuesday", "details": 5})
+            .to_string(),
+    ];
+    let metrics = EventMetrics::new();
+    let consumer = tokio::spawn(portcullis_events::sources::sqs::consume_with(
+        moto.client(),
+        ExternalAudit::new(store.clone(), Arc::clone(&ledger), metrics.clone()),
+        sqs_source(&moto, &url, 30),
+    ));
+    // One at a time: the duplicate after its original.
+    for (n, body) in bodies.iter().enumerate() {
+        send(&moto, &url, std::slice::from_ref(body)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while common::total(&metrics.external_audit, &[]) < n as u64 + 1 {
+            assert!(Instant::now() < deadline, "message {n} not taken");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    queue_empty(&moto, &url).await;
+    let counted = |outcome: &str| common::total(&metrics.external_audit, &[("outcome", outcome)]);
+    assert_eq!(
+        (
+            counted("recorded"),
+            counted("duplicate"),
+            counted("dead_lettered")
+        ),
+        (2, 1, 1)
+    );
+
+    let records = ledger
+        .query(&AuditQuery {
+            kind: Some(portcullis_ledger::RecordKind::External),
+            limit: 100,
+            scan_limit: 1000,
+            ..AuditQuery::default()
+        })
+        .unwrap()
+        .records;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["kind"], "external");
+    assert_eq!(
+        records[0]["actor"],
+        "user:b5db2c29-6f2d-4dc6-9b6b-7827806bd0be"
+    );
+    assert_eq!(records[0]["action"], "issuer.created");
+    assert_eq!(
+        records[0]["resource"],
+        "issuer:0f0f7e13-7cb5-449b-9349-0ed8cc5d9b32"
+    );
+    assert_eq!(
+        records[0]["after"], issuer_created,
+        "the event as published"
+    );
+    assert_eq!(records[1]["action"], "role.granted");
+    assert!(records[1]["actor"].is_null(), "no actor named");
+    assert!(
+        store
+            .external_audit_recorded("7a0c2d1e-0000-4000-8000-000000000002")
+            .await
+            .unwrap()
+    );
+    // Chained with the rest of the ledger.
+    let (files, _) = portcullis_ledger::verify::ledger_files(&[audit_dir]).unwrap();
+    let summary = portcullis_ledger::verify::verify(
+        &files,
+        &portcullis_ledger::verify::VerifyOptions {
+            allow_unsigned_tail: true,
+            ..Default::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(summary.records, 2);
+
+    let letters = all_dead_letters(&store).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].source, "audit-sqs:epr-audit-events");
+    for problem in [
+        "`action` is missing",
+        "`occurred_at`: `last tuesday` is not an RFC 3339 time",
+        "`details` is not an object",
+    ] {
+        assert!(letters[0].reason.contains(problem), "{}", letters[0].reason);
+    }
+    // Not replayable as a lifecycle event.
+    let replayed = Ingest::new(store.clone(), SignatureKeys::default())
+        .replay(&letters[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        replayed.outcome,
+        portcullis_events::Outcome::DeadLettered { .. }
+    ));
+    consumer.abort();
 }

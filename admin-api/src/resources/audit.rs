@@ -24,7 +24,7 @@ const SCAN_LIMIT: usize = 200_000;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditParams {
-    /// `decision` or `admin_change`.
+    /// `decision`, `admin_change` or `external` (other services' audit events).
     #[serde(default)]
     kind: Option<String>,
     /// The principal, e.g. `User::"alice"`.
@@ -72,10 +72,11 @@ pub(crate) async fn list_audit<S: Store>(
         None => None,
         Some("decision") => Some(RecordKind::Decision),
         Some("admin_change") => Some(RecordKind::AdminChange),
+        Some("external") => Some(RecordKind::External),
         Some(other) => {
             field(
                 "kind",
-                format!("`{other}` is not `decision` or `admin_change`"),
+                format!("`{other}` is not `decision`, `admin_change` or `external`"),
             );
             None
         }

@@ -143,6 +143,7 @@ impl EntryRef<'_> {
             match self.kind {
                 RecordKind::Decision => "decision",
                 RecordKind::AdminChange => "admin_change",
+                RecordKind::External => "external",
             },
         )?;
         optional(&mut out, "decision_id", self.decision_id)?;

@@ -59,6 +59,9 @@ pub enum RecordKind {
     Decision,
     /// A change made through the admin API.
     AdminChange,
+    /// An audit event another service published (seed 004's audit producers), appended
+    /// as it was received: `actor`, `action`, `resource`, and the event itself in `after`.
+    External,
 }
 
 /// What a record says happened, before the writer gives it a place in the chain. (Unknown

@@ -50,7 +50,7 @@ pub fn event(record: &Record, hash: &str) -> Value {
     let operation = entry.action.clone().unwrap_or_default();
     let activity_id = activity(&operation);
     let success = match entry.kind {
-        RecordKind::AdminChange => true,
+        RecordKind::AdminChange | RecordKind::External => true,
         RecordKind::Decision => entry.decision.as_deref() == Some("allow"),
     };
     let time = entry
@@ -58,7 +58,7 @@ pub fn event(record: &Record, hash: &str) -> Value {
         .parse::<jiff::Timestamp>()
         .map_or(0, |t| t.as_millisecond());
     let who = match entry.kind {
-        RecordKind::AdminChange => entry.actor.clone(),
+        RecordKind::AdminChange | RecordKind::External => entry.actor.clone(),
         RecordKind::Decision => entry.principal.clone(),
     };
     let mut event = json!({
@@ -78,6 +78,7 @@ pub fn event(record: &Record, hash: &str) -> Value {
             "log_name": match entry.kind {
                 RecordKind::Decision => "decisions",
                 RecordKind::AdminChange => "admin_changes",
+                RecordKind::External => "external",
             },
             "sequence": record.seq,
         },

@@ -83,6 +83,19 @@ pub struct ChangeRecord {
     pub after: Option<serde_json::Value>,
 }
 
+/// Another service's audit event as the ledger records it (`kind: external`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExternalRecord {
+    /// Who acted, as the event names them (`user:<id>`).
+    pub actor: Option<String>,
+    /// What they did (`issuer.created`).
+    pub action: String,
+    /// On what (`issuer:<id>`).
+    pub resource: Option<String>,
+    /// The event as published.
+    pub event: serde_json::Value,
+}
+
 /// Why a change could not be recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -179,6 +192,21 @@ impl Ledger {
             reason: change.reason,
             before: change.before,
             after: change.after,
+            ..super::Entry::default()
+        };
+        Ok(self.append(entry.encode()?, CHANGE_WAIT).await?)
+    }
+
+    /// Records another service's audit event, waiting up to a second for room; its place in
+    /// the chain once written.
+    pub async fn record_external(&self, external: ExternalRecord) -> Result<u64, RecordError> {
+        let entry = super::Entry {
+            ts: super::timestamp_now(),
+            kind: super::RecordKind::External,
+            actor: external.actor,
+            action: Some(external.action),
+            resource: external.resource,
+            after: Some(external.event),
             ..super::Entry::default()
         };
         Ok(self.append(entry.encode()?, CHANGE_WAIT).await?)

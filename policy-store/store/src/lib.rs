@@ -281,6 +281,21 @@ pub trait Store: Send + Sync {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<StreamEntry>, StoreError>> + Send;
 
+    /// Whether an external audit event with this id was appended to the ledger.
+    fn external_audit_recorded(
+        &self,
+        event_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Notes that an external audit event was appended to the ledger as record
+    /// `ledger_seq` (a second note of the same id changes nothing).
+    fn mark_external_audit(
+        &self,
+        event_id: &str,
+        source: &str,
+        ledger_seq: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// The number of the newest entry of the live event stream (0: none yet).
     fn event_stream_head(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 

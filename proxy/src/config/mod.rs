@@ -592,6 +592,9 @@ pub struct EventsConfig {
     pub sqs: Vec<EventsSqsConfig>,
     /// A Redis Stream to consume as a member of a consumer group.
     pub redis: Option<EventsRedisConfig>,
+    /// SQS queues of other services' audit events (seed 004's audit producers), appended
+    /// to the audit ledger as `external` records; needs `audit.enabled`.
+    pub audit_sqs: Vec<EventsSqsConfig>,
 }
 
 /// One SQS queue of lifecycle events.
@@ -1115,10 +1118,20 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             format!("`{}` is not a redis:// URL", r.url),
         ));
     }
-    for (i, q) in config.events.sqs.iter().enumerate() {
+    let queues =
+        (config.events.sqs.iter().enumerate()).map(|(i, q)| (format!("events.sqs.{i}"), q));
+    let audit_queues = (config.events.audit_sqs.iter().enumerate())
+        .map(|(i, q)| (format!("events.audit_sqs.{i}"), q));
+    if !config.events.audit_sqs.is_empty() && !a.enabled {
+        problems.push(problem(
+            "events.audit_sqs",
+            "external audit events are appended to the audit ledger: set `audit.enabled: true`",
+        ));
+    }
+    for (key, q) in queues.chain(audit_queues) {
         if !(q.queue_url.starts_with("https://") || q.queue_url.starts_with("http://")) {
             problems.push(problem(
-                format!("events.sqs.{i}.queue_url"),
+                format!("{key}.queue_url"),
                 format!(
                     "`{}` is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)",
                     q.queue_url
@@ -1136,7 +1149,7 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
         ] {
             if !range.contains(&value) {
                 problems.push(problem(
-                    format!("events.sqs.{i}.{field}"),
+                    format!("{key}.{field}"),
                     format!("must be between {} and {}", range.start(), range.end()),
                 ));
             }
@@ -1295,6 +1308,15 @@ mod tests {
             wait_seconds: 21,
             visibility_timeout_seconds: 1,
         }];
+        c.events.audit_sqs = vec![EventsSqsConfig {
+            queue_url: String::from("https://sqs.us-east-1.amazonaws.com/1/audit"),
+            region: None,
+            endpoint_url: None,
+            batch: 0,
+            wait_seconds: 20,
+            visibility_timeout_seconds: 30,
+        }];
+        c.audit.enabled = false;
         c.events.redis = Some(EventsRedisConfig {
             url: String::from("redis://:hunter2@cache:6379/0"),
             stream: String::new(),
@@ -1310,10 +1332,12 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "events.audit_sqs",
                 "events.sqs.0.queue_url",
                 "events.sqs.0.batch",
                 "events.sqs.0.wait_seconds",
                 "events.sqs.0.visibility_timeout_seconds",
+                "events.audit_sqs.0.batch",
                 "events.redis.batch",
                 "events.redis.block_ms",
                 "events.redis.claim_idle_ms",

@@ -4,7 +4,9 @@
 //! a failure (the store or the ledger away) comes back once its visibility ends; the
 //! queue's redrive policy, when it has one, moves it to its own dead-letter queue after
 //! `maxReceiveCount` tries. Messages delivered by an SNS subscription (seed 004's topics)
-//! are unwrapped by [`crate::envelope`].
+//! are unwrapped by [`crate::envelope`]. The same consumer feeds lifecycle events to
+//! [`Ingest`] and other services' audit events to
+//! [`ExternalAudit`](crate::external_audit::ExternalAudit): each a [`Taker`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,7 +20,37 @@ use portcullis_sinks::backoff::Backoff;
 use portcullis_store::Store;
 
 use super::{BACKLOG_EVERY, Every};
-use crate::{Ingest, Unavailable};
+use crate::{EventMetrics, Ingest, Unavailable};
+
+/// What a queue's messages are taken into.
+pub trait Taker: Send + Sync {
+    /// The kind of source, in source names and metric labels (`sqs`, `audit-sqs`).
+    const KIND: &'static str;
+
+    /// Where the consumer counts its errors and the backlog.
+    fn metrics(&self) -> &EventMetrics;
+
+    /// Takes one message from `source`, which entered the queue at `queued_at` (Unix
+    /// milliseconds). `Err`: not taken now; it stays in the queue.
+    fn take(
+        &self,
+        source: &str,
+        body: &[u8],
+        queued_at: i64,
+    ) -> impl Future<Output = Result<(), Unavailable>> + Send;
+}
+
+impl<S: Store> Taker for Ingest<S> {
+    const KIND: &'static str = "sqs";
+
+    fn metrics(&self) -> &EventMetrics {
+        Ingest::metrics(self)
+    }
+
+    async fn take(&self, source: &str, body: &[u8], queued_at: i64) -> Result<(), Unavailable> {
+        self.take_queued(source, body, queued_at).await.map(|_| ())
+    }
+}
 
 /// Where and how to consume.
 #[derive(Debug, Clone)]
@@ -39,38 +71,30 @@ pub struct SqsSource {
 }
 
 impl SqsSource {
-    /// The source name in dead letters, the ledger and logs: `sqs:<queue name>`.
-    pub fn name(&self) -> String {
+    /// The source name in dead letters, the ledger and logs: `<kind>:<queue name>`.
+    pub fn name(&self, kind: &str) -> String {
         let queue = self.queue_url.rsplit('/').next().unwrap_or(&self.queue_url);
-        format!("sqs:{queue}")
+        format!("{kind}:{queue}")
     }
 }
 
-/// Consumes `source` into `ingest` until the task is dropped, with the credentials of the
+/// Consumes `source` into `taker` until the task is dropped, with the credentials of the
 /// default AWS chain.
-pub async fn consume<S: Store>(ingest: Ingest<S>, source: SqsSource) {
+pub async fn consume<T: Taker>(taker: T, source: SqsSource) {
     let client = portcullis_sinks::sqs_sink::client(
         source.region.as_deref(),
         source.endpoint_url.as_deref(),
     )
     .await;
-    consume_with(client, ingest, source).await;
+    consume_with(client, taker, source).await;
 }
 
 /// Consumes `source` with `client` (built elsewhere: the tests' own credentials).
-pub async fn consume_with<S: Store>(
-    client: aws_sdk_sqs::Client,
-    ingest: Ingest<S>,
-    source: SqsSource,
-) {
-    let name = source.name();
-    tracing::info!(
-        source = name,
-        queue = source.queue_url,
-        "consuming lifecycle events"
-    );
-    let errors = ingest.metrics().source_errors.with_label_values(&["sqs"]);
-    let backlog = ingest.metrics().backlog.with_label_values(&["sqs"]);
+pub async fn consume_with<T: Taker>(client: aws_sdk_sqs::Client, taker: T, source: SqsSource) {
+    let name = source.name(T::KIND);
+    tracing::info!(source = name, queue = source.queue_url, "consuming");
+    let errors = taker.metrics().source_errors.with_label_values(&[T::KIND]);
+    let backlog = taker.metrics().backlog.with_label_values(&[T::KIND]);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut backlog_read = Every::new(BACKLOG_EVERY);
     loop {
@@ -95,12 +119,12 @@ pub async fn consume_with<S: Store>(
             Ok(r) => r.messages.unwrap_or_default(),
             Err(e) => {
                 errors.inc();
-                tracing::warn!(source = name, error = %DisplayErrorContext(e), "cannot receive lifecycle events; retrying");
+                tracing::warn!(source = name, error = %DisplayErrorContext(e), "cannot receive from the queue; retrying");
                 backoff.wait().await;
                 continue;
             }
         };
-        let (taken, stopped) = take_batch(&client, &ingest, &source, &name, &messages).await;
+        let (taken, stopped) = take_batch(&client, &taker, &source, &name, &messages).await;
         if let Err(e) = delete(
             &client,
             &source.queue_url,
@@ -113,14 +137,14 @@ pub async fn consume_with<S: Store>(
             tracing::warn!(
                 source = name,
                 error = e,
-                "taken events not deleted from the queue; they will come back as duplicates"
+                "taken messages not deleted from the queue; they will come back as duplicates"
             );
         }
         match stopped {
             None => backoff.reset(),
             Some(e) => {
                 errors.inc();
-                tracing::warn!(source = name, error = %e, left = messages.len() - taken, "lifecycle events left in the queue for a later try");
+                tracing::warn!(source = name, error = %e, left = messages.len() - taken, "messages left in the queue for a later try");
                 backoff.wait().await;
             }
         }
@@ -129,9 +153,9 @@ pub async fn consume_with<S: Store>(
 
 /// Takes `messages` in order while renewing the visibility of those not yet taken; how
 /// many were taken, and the failure that stopped it early.
-async fn take_batch<S: Store>(
+async fn take_batch<T: Taker>(
     client: &aws_sdk_sqs::Client,
-    ingest: &Ingest<S>,
+    taker: &T,
     source: &SqsSource,
     name: &str,
     messages: &[Message],
@@ -145,7 +169,7 @@ async fn take_batch<S: Store>(
                 .and_then(|t| t.parse::<i64>().ok())
                 .unwrap_or_else(|| jiff::Timestamp::now().as_millisecond());
             let body = m.body().unwrap_or_default().as_bytes();
-            if let Err(e) = ingest.take_queued(name, body, queued_at).await {
+            if let Err(e) = taker.take(name, body, queued_at).await {
                 return Some(e);
             }
             taken.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +188,7 @@ async fn take_batch<S: Store>(
             _ = renew.tick() => {
                 let left = messages.get(taken.load(Ordering::Relaxed)..).unwrap_or_default();
                 if let Err(e) = extend(client, &source.queue_url, left, source.visibility_timeout_seconds).await {
-                    ingest.metrics().source_errors.with_label_values(&["sqs"]).inc();
+                    taker.metrics().source_errors.with_label_values(&[T::KIND]).inc();
                     tracing::warn!(source = name, error = e, "cannot extend the visibility of a slow batch");
                 }
             }

@@ -32,7 +32,7 @@ use portcullis_model::{
 /// names give (`0002_policy_versions.sql`: 2, "policy versions"); each runs once, in its own
 /// transaction. Listed here rather than found by `sqlx::migrate!`, whose proc-macro would
 /// build a second copy of the database drivers (bundled SQLite's C included) for the host.
-const MIGRATIONS: [(i64, &str, &str); 4] = [
+const MIGRATIONS: [(i64, &str, &str); 5] = [
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
@@ -48,6 +48,11 @@ const MIGRATIONS: [(i64, &str, &str); 4] = [
         4,
         "event stream",
         include_str!("../../migrations/0004_event_stream.sql"),
+    ),
+    (
+        5,
+        "external audit",
+        include_str!("../../migrations/0005_external_audit.sql"),
     ),
 ];
 
@@ -1037,6 +1042,35 @@ impl Store for SqlStore {
 
     async fn event_stream(&self, after: i64, limit: i64) -> Result<Vec<StreamEntry>, StoreError> {
         self.event_stream_rows(after, limit).await
+    }
+
+    async fn external_audit_recorded(&self, event_id: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT event_id FROM external_audit_recorded WHERE event_id = $1")
+                .bind(event_id.to_owned())
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn mark_external_audit(
+        &self,
+        event_id: &str,
+        source: &str,
+        ledger_seq: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO external_audit_recorded (event_id, source, recorded_at, ledger_seq) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event_id.to_owned())
+        .bind(source.to_owned())
+        .bind(now_millis())
+        .bind(i64::try_from(ledger_seq).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn event_stream_head(&self) -> Result<i64, StoreError> {
