@@ -310,10 +310,22 @@ async fn prepared(
     })
     .await
     .unwrap();
-    common::seed(&store).await;
-    let workload = Workload::new(seed, users, events, ordered);
-    workload.prepare(&store).await;
+    let workload = prepared_in(&store, seed, users, events, ordered).await;
     (dir, store, workload)
+}
+
+/// [`prepared`] in a store of the caller's.
+async fn prepared_in(
+    store: &SqlStore,
+    seed: u64,
+    users: usize,
+    events: usize,
+    ordered: bool,
+) -> Workload {
+    common::seed(store).await;
+    let workload = Workload::new(seed, users, events, ordered);
+    workload.prepare(store).await;
+    workload
 }
 
 /// Every dead letter, page by page.
@@ -869,4 +881,70 @@ async fn sqs_audit_events_are_appended_to_the_ledger_once() {
         portcullis_events::Outcome::DeadLettered { .. }
     ));
     consumer.abort();
+}
+
+/// PostgreSQL goes away while both queues hold events: nothing is taken or acknowledged
+/// meanwhile (every message stays in its queue, the failures are counted), and once it is
+/// back every message is taken and the state is the one computed. The same events come
+/// through both queues: whichever source takes one first applies it, the other finds it a
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_leaves_the_events_in_both_queues_until_it_is_back() {
+    let db = portcullis_store::scratch::ScratchPostgres::create("sources")
+        .await
+        .expect("PostgreSQL must be reachable (see tests/setup)");
+    let store = SqlStore::connect(&portcullis_store::StoreConfig::Postgres {
+        url: db.url.clone(),
+    })
+    .await
+    .unwrap();
+    let workload = prepared_in(&store, 6, 20, 200, false).await;
+    let sent = workload.messages.len() as u64;
+    let moto = Moto::start(free_port());
+    let url = moto.create_queue("lifecycle", &[]).await;
+    let redis = RedisServer::start(free_port());
+
+    db.allow_connections(false).await.unwrap();
+    send(&moto, &url, &workload.messages).await;
+    xadd(&redis, "events", workload.messages.clone()).await;
+    let ingest = Ingest::new(store.clone(), SignatureKeys::default());
+    let metrics = ingest.metrics().clone();
+    let sqs = tokio::spawn(portcullis_events::sources::sqs::consume_with(
+        moto.client(),
+        ingest.clone(),
+        sqs_source(&moto, &url, 2),
+    ));
+    let redis_consumer = tokio::spawn(portcullis_events::sources::redis::consume(
+        ingest,
+        redis_source(&redis, "events", "solo"),
+    ));
+    let errors = |kind: &str| metrics.source_errors.with_label_values(&[kind]).get();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while errors("sqs") < 2 || errors("redis") < 2 {
+        assert!(Instant::now() < deadline, "the outage was not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(taken(&[&metrics], "sqs") + taken(&[&metrics], "redis"), 0);
+    let pending = redis.cli(&["XPENDING", "events", "portcullis"]);
+    let lag = redis.cli(&["XINFO", "GROUPS", "events"]);
+    assert!(
+        !pending.starts_with('0') || lag.contains(&sent.to_string()),
+        "the entries wait in the stream: {pending} / {lag}"
+    );
+
+    db.allow_connections(true).await.unwrap();
+    until_taken(&[&metrics], "sqs", sent).await;
+    until_taken(&[&metrics], "redis", sent).await;
+    queue_empty(&moto, &url).await;
+    assert_eq!(workload.state(&store).await, workload.expected);
+    // Each event applied once, by whichever source took it first.
+    let both =
+        |outcome: &str| count(&[&metrics], "sqs", outcome) + count(&[&metrics], "redis", outcome);
+    assert_eq!(
+        both("applied") + both("stale") + both("acknowledged"),
+        sent - workload.outcomes["dead_lettered"] - workload.outcomes["duplicate"],
+        "each event taken once"
+    );
+    sqs.abort();
+    redis_consumer.abort();
 }

@@ -50,6 +50,33 @@ impl ScratchPostgres {
     }
 }
 
+impl ScratchPostgres {
+    /// An outage of this database alone: refuses new connections and ends those open
+    /// (`false`), or lets them in again (`true`). The server and other tests' databases
+    /// stay up.
+    pub async fn allow_connections(&self, allowed: bool) -> Result<(), String> {
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .map_err(|e| format!("PostgreSQL at {}: {e}", self.admin_url))?;
+        let name = &self.name;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allowed}"
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("ALTER DATABASE {name}: {e}"))?;
+        if !allowed {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("ending the connections to {name}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for ScratchPostgres {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();
