@@ -1,7 +1,9 @@
 //! The queue sources against real queues — a `redis-server` and moto's SQS server of the
-//! test's own — into a real store (an SQLite file): every event type of the seed fixtures,
-//! then a generated mix with duplicates, reordering and poison, whose final state the test
-//! computes on its own; two replicas in one Redis group; a consumer killed mid-batch.
+//! test's own — into a real store (an SQLite file, or a scratch PostgreSQL database):
+//! every event type of the seed fixtures, then a generated mix with duplicates, reordering
+//! and poison, whose final state the test computes on its own; two replicas in one Redis
+//! group; a consumer killed mid-batch; PostgreSQL away while both queues hold events; a
+//! slow batch kept from another consumer; other services' audit events into the ledger.
 //!
 //! `EVENT_SOAK=<n>` sets the size of the soak (default 2,000 events; BENCHMARKS.md
 //! records 100,000 in a release build).
@@ -947,4 +949,73 @@ async fn a_store_outage_leaves_the_events_in_both_queues_until_it_is_back() {
     );
     sqs.abort();
     redis_consumer.abort();
+}
+
+/// A slow batch keeps its messages: while the first event of a batch waits on the
+/// database (its write lock held by another transaction for well past the visibility
+/// timeout), the consumer renews the visibility of the rest, so a second consumer polling
+/// the queue is not handed them; once the lock goes, each is taken once, none a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_a_slow_batch_stays_hidden_from_other_consumers() {
+    use sqlx::Connection;
+    let db = portcullis_store::scratch::ScratchPostgres::create("slow")
+        .await
+        .expect("PostgreSQL must be reachable (see tests/setup)");
+    let store = SqlStore::connect(&portcullis_store::StoreConfig::Postgres {
+        url: db.url.clone(),
+    })
+    .await
+    .unwrap();
+    let moto = Moto::start(free_port());
+    let url = moto.create_queue("lifecycle", &[]).await;
+    let bodies: Vec<String> = (0..10)
+        .map(|n| {
+            json!({"id": format!("inv-{n}"), "type": "invitation.created",
+                "timestamp": "2026-01-06T10:00:00Z"})
+            .to_string()
+        })
+        .collect();
+    // Every take waits for the store's write lock, held here.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT revision FROM store_meta WHERE id = 1 FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    send(&moto, &url, &bodies).await;
+    let first = Ingest::new(store.clone(), SignatureKeys::default());
+    let second = Ingest::new(store.clone(), SignatureKeys::default());
+    let metrics = [first.metrics().clone(), second.metrics().clone()];
+    let visibility = 2;
+    let slow = tokio::spawn(portcullis_events::sources::sqs::consume_with(
+        moto.client(),
+        first,
+        sqs_source(&moto, &url, visibility),
+    ));
+    // The first consumer has received the batch before the second starts polling.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let other = tokio::spawn(portcullis_events::sources::sqs::consume_with(
+        moto.client(),
+        second,
+        sqs_source(&moto, &url, visibility),
+    ));
+    // Three visibility timeouts.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let both = [&metrics[0], &metrics[1]];
+    assert_eq!(
+        taken(&both, "sqs"),
+        0,
+        "nothing taken while the lock is held"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+
+    until_taken(&both, "sqs", 10).await;
+    queue_empty(&moto, &url).await;
+    assert_eq!(count(&both, "sqs", "acknowledged"), 10);
+    assert_eq!(
+        count(&both, "sqs", "duplicate"),
+        0,
+        "no message handed to the second consumer while the first held it"
+    );
+    slow.abort();
+    other.abort();
 }
