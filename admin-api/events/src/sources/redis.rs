@@ -1,6 +1,7 @@
-//! The Redis Streams source: one consumer of a consumer group. Each turn it first takes
-//! what it was handed before and did not acknowledge (its pending entries: after a
-//! failure, or a restart under the same consumer name), then now and then claims the
+//! The Redis Streams source: one consumer of a consumer group. After connecting, and after
+//! each claim, it first takes what it was handed before and did not acknowledge (its
+//! pending entries: after a failure, a restart under the same consumer name, or a claim),
+//! then now and then claims the
 //! entries another consumer left pending longer than `claim_idle_ms` (`XAUTOCLAIM`: that
 //! consumer died), then blocks for new entries. An entry is acknowledged (`XACK`) only
 //! once taken. Several control-plane replicas share a group: each entry goes to one of
@@ -124,6 +125,10 @@ async fn run<S: Store>(
     let mut backlog_read = Every::new(BACKLOG_EVERY);
     let mut claim =
         Every::new(Duration::from_millis(source.claim_idle_ms / 2).max(Duration::from_millis(100)));
+    // Entries handed to this consumer and not acknowledged exist only after (re)connecting
+    // (a take that failed, a restart under the same name) and after a claim: only then is
+    // the own pending list read, until it is empty.
+    let mut own_pending = true;
     loop {
         if backlog_read.due() {
             match lag(con, source).await {
@@ -133,21 +138,25 @@ async fn run<S: Store>(
             }
         }
         // Own pending entries first: handed to this consumer before and not acknowledged.
-        let own = match read(con, source, "0", None).await {
-            Ok(entries) => entries,
-            Err(e) => return e.into(),
-        };
-        if !own.is_empty() {
-            if let Err(stop) = take_all(con, ingest, source, name, own).await {
-                return stop;
+        if own_pending {
+            let own = match read(con, source, "0", None).await {
+                Ok(entries) => entries,
+                Err(e) => return e.into(),
+            };
+            if !own.is_empty() {
+                if let Err(stop) = take_all(con, ingest, source, name, own).await {
+                    return stop;
+                }
+                backoff.reset();
+                continue;
             }
-            backoff.reset();
-            continue;
+            own_pending = false;
         }
         if claim.due() {
             match claim_idle(con, source).await {
                 // Taken on the next turn, as this consumer's own.
                 Ok(n) if n > 0 => {
+                    own_pending = true;
                     tracing::info!(
                         source = name,
                         entries = n,
