@@ -700,23 +700,19 @@ impl Portcullis {
 
     /// The value of one sample: `name{labels...}` where every given label matches.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.metrics_text().lines().find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse().ok())
-            .flatten()
-        })
+        self.samples(name, labels).first().copied()
     }
 
     /// The sum of every sample of `name` whose labels include all of `labels` (`None` when
     /// there is none).
     pub fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let text = self.metrics_text();
-        let values: Vec<f64> = text
+        let values = self.samples(name, labels);
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// The values of the samples of `name` whose labels include all of `labels`.
+    fn samples(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        self.metrics_text()
             .lines()
             .filter_map(|line| {
                 let (series, value) = line.rsplit_once(' ')?;
@@ -728,8 +724,7 @@ impl Portcullis {
                 .then(|| value.parse().ok())
                 .flatten()
             })
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+            .collect()
     }
 
     /// Waits up to 10 s for `done`, failing with `what` and the log. For what the proxy

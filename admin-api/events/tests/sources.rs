@@ -316,6 +316,19 @@ async fn prepared(
     (dir, store, workload)
 }
 
+/// A store in a scratch PostgreSQL database (dropped with the guard).
+async fn postgres_store(tag: &str) -> (portcullis_store::scratch::ScratchPostgres, SqlStore) {
+    let db = portcullis_store::scratch::ScratchPostgres::create(tag)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be reachable (see tests/setup): {e}"));
+    let store = SqlStore::connect(&portcullis_store::StoreConfig::Postgres {
+        url: db.url.clone(),
+    })
+    .await
+    .unwrap();
+    (db, store)
+}
+
 /// [`prepared`] in a store of the caller's.
 async fn prepared_in(
     store: &SqlStore,
@@ -892,14 +905,7 @@ async fn sqs_audit_events_are_appended_to_the_ledger_once() {
 /// duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_leaves_the_events_in_both_queues_until_it_is_back() {
-    let db = portcullis_store::scratch::ScratchPostgres::create("sources")
-        .await
-        .expect("PostgreSQL must be reachable (see tests/setup)");
-    let store = SqlStore::connect(&portcullis_store::StoreConfig::Postgres {
-        url: db.url.clone(),
-    })
-    .await
-    .unwrap();
+    let (db, store) = postgres_store("sources").await;
     let workload = prepared_in(&store, 6, 20, 200, false).await;
     let sent = workload.messages.len() as u64;
     let moto = Moto::start(free_port());
@@ -958,14 +964,7 @@ async fn a_store_outage_leaves_the_events_in_both_queues_until_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_a_slow_batch_stays_hidden_from_other_consumers() {
     use sqlx::Connection;
-    let db = portcullis_store::scratch::ScratchPostgres::create("slow")
-        .await
-        .expect("PostgreSQL must be reachable (see tests/setup)");
-    let store = SqlStore::connect(&portcullis_store::StoreConfig::Postgres {
-        url: db.url.clone(),
-    })
-    .await
-    .unwrap();
+    let (db, store) = postgres_store("slow").await;
     let moto = Moto::start(free_port());
     let url = moto.create_queue("lifecycle", &[]).await;
     let bodies: Vec<String> = (0..10)
