@@ -15,11 +15,11 @@
 use std::sync::Arc;
 
 use portcullis_ledger::writer::{ExternalRecord, Ledger};
-use portcullis_model::events::DeadLetter;
 use portcullis_store::Store;
 use serde_json::{Map, Value};
 
 use crate::envelope::{Problems, Refused, sns_message};
+use crate::ingest::new_dead_letter;
 use crate::sources::sqs::Taker;
 use crate::{EventMetrics, Unavailable};
 
@@ -59,15 +59,8 @@ impl<S: Store> ExternalAudit<S> {
     pub async fn take_audit(&self, source: &str, body: &[u8]) -> Result<Taken, Unavailable> {
         let taken = match audit_event(body) {
             Err(refused) => {
-                let letter = DeadLetter {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    event_id: None,
-                    source: source.to_owned(),
-                    received_at: jiff::Timestamp::now().as_millisecond(),
-                    reason: format!("not an audit event: {refused}"),
-                    body: String::from_utf8_lossy(body).into_owned(),
-                    replayed_at: None,
-                };
+                let letter =
+                    new_dead_letter(source, None, format!("not an audit event: {refused}"), body);
                 self.store.add_dead_letter(&letter).await?;
                 tracing::warn!(
                     source,

@@ -353,16 +353,7 @@ impl<S: Store> Ingest<S> {
         reason: String,
         body: &[u8],
     ) -> Result<Receipt, Unavailable> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let letter = DeadLetter {
-            id: uuid::Uuid::now_v7().to_string(),
-            event_id: event_id.clone(),
-            source: source.to_owned(),
-            received_at: now,
-            reason: reason.clone(),
-            body: String::from_utf8_lossy(body).into_owned(),
-            replayed_at: None,
-        };
+        let letter = new_dead_letter(source, event_id.clone(), reason.clone(), body);
         self.store.add_dead_letter(&letter).await?;
         tracing::warn!(source, event_id, reason, "event kept as a dead letter");
         Ok(Receipt {
@@ -373,5 +364,23 @@ impl<S: Store> Ingest<S> {
                 reason,
             },
         })
+    }
+}
+
+/// A dead letter received now from `source`: `body` kept as received, with `reason`.
+pub(crate) fn new_dead_letter(
+    source: &str,
+    event_id: Option<String>,
+    reason: String,
+    body: &[u8],
+) -> DeadLetter {
+    DeadLetter {
+        id: uuid::Uuid::now_v7().to_string(),
+        event_id,
+        source: source.to_owned(),
+        received_at: jiff::Timestamp::now().as_millisecond(),
+        reason,
+        body: String::from_utf8_lossy(body).into_owned(),
+        replayed_at: None,
     }
 }
