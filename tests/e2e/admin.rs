@@ -342,8 +342,8 @@ fn admin_jwts_act_within_their_claims_and_bad_credentials_are_throttled() {
         assert_eq!(r.status, 401, "{bad}: {}", r.body);
         failures += 1;
     }
-    // Over the limit: even good credentials from this address wait, told for how long.
-    let r = call(&ops, "GET", "/v1/roles", json!({}));
+    // Over the limit: further failures from this address wait, told for how long...
+    let r = call("junk", "GET", "/v1/roles", json!({}));
     assert_eq!(r.status, 429, "after {failures} failures: {}", r.body);
     let retry_after: u64 = r.headers["retry-after"].parse().expect("Retry-After");
     assert!((1..=60).contains(&retry_after), "{retry_after}");
@@ -351,6 +351,17 @@ fn admin_jwts_act_within_their_claims_and_bad_credentials_are_throttled() {
         r.json()["type"],
         "https://portcullis.dev/problems/too-many-failed-authentications"
     );
+    let r = call("", "GET", "/v1/roles", json!({}));
+    assert_eq!(r.status, 429, "no credential at all: {}", r.body);
+    // ...but credentials that verify, from the same address, are never locked out.
+    for good in [ops.as_str(), "reader-token"] {
+        let r = call(good, "GET", "/v1/roles", json!({}));
+        assert_eq!(
+            r.status, 200,
+            "a valid credential while throttled: {}",
+            r.body
+        );
+    }
     let metrics = p.metrics_text();
     for (reason, at_least) in [("invalid", failures), ("throttled", 1)] {
         let line = format!("portcullis_admin_auth_failures_total{{reason=\"{reason}\"}} ");

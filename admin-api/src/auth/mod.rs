@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -158,7 +159,8 @@ pub trait JwtVerifier: Send + Sync + std::fmt::Debug {
 /// failures.
 #[derive(Debug, Clone)]
 pub struct AdminAuth {
-    tokens: AdminTokens,
+    /// Swapped whole when the token file changes ([`AdminAuth::tokens`]).
+    tokens: Arc<ArcSwap<AdminTokens>>,
     jwt: Option<Arc<dyn JwtVerifier>>,
     throttle: Arc<Throttle>,
     /// `portcullis_admin_auth_failures_total{reason}`.
@@ -170,7 +172,7 @@ impl AdminAuth {
     /// counted in a counter of its own until [`AdminAuth::counting_failures_in`].
     pub fn new(tokens: AdminTokens) -> Self {
         Self {
-            tokens,
+            tokens: Arc::new(ArcSwap::from_pointee(tokens)),
             jwt: None,
             throttle: Arc::new(Throttle::new(FailureLimit::default())),
             failures: failure_counter(),
@@ -199,9 +201,15 @@ impl AdminAuth {
         self
     }
 
+    /// The accepted tokens: storing a new set there rotates them for the next call, without
+    /// a restart.
+    pub fn tokens(&self) -> Arc<ArcSwap<AdminTokens>> {
+        Arc::clone(&self.tokens)
+    }
+
     /// The identity of a presented bearer credential: a listed token, else a JWT.
     fn identify(&self, credential: &str) -> Result<Identity, String> {
-        if let Some(identity) = self.tokens.identify(credential) {
+        if let Some(identity) = self.tokens.load().identify(credential) {
             return Ok(identity.clone());
         }
         match &self.jwt {
@@ -235,9 +243,8 @@ pub fn failure_counter() -> prometheus::IntCounterVec {
     counter
 }
 
-/// Middleware: refuses calls without valid admin credentials (401 problem+json), and every
-/// call from an address over its failure limit (429), and puts the [`Actor`] into the
-/// request.
+/// Middleware: refuses calls without valid admin credentials (401 problem+json, or 429 from
+/// an address over its failure limit), and puts the [`Actor`] into the request.
 pub async fn require_admin(
     State(auth): State<AdminAuth>,
     mut request: Request,
@@ -248,10 +255,6 @@ pub async fn require_admin(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let now = Instant::now();
-    if let Some(retry_after) = auth.throttle.refused(client, now) {
-        auth.failures.with_label_values(&["throttled"]).inc();
-        return ApiError::TooManyFailures(retry_after).into_response();
-    }
     let on_behalf_of = match request.headers().get("x-actor-id") {
         None => None,
         Some(value) => match value.to_str() {
@@ -273,26 +276,30 @@ pub async fn require_admin(
                 .then_some(token.trim())
         })
         .filter(|token| !token.is_empty());
-    let Some(credential) = credential else {
-        auth.failures.with_label_values(&["missing"]).inc();
-        auth.throttle.failed(client, now);
-        return ApiError::Unauthenticated.into_response();
-    };
-    match auth.identify(credential) {
-        Ok(identity) => {
+    // A credential that verifies always passes: the throttle refuses only failures, so
+    // someone else's bad guesses from a shared address (a NAT, a node) never lock out a
+    // valid token. Past the limit a failure is answered 429 instead of 401.
+    let refusal = match credential.map(|c| auth.identify(c)) {
+        Some(Ok(identity)) => {
             request.extensions_mut().insert(Actor {
                 identity,
                 on_behalf_of,
             });
-            next.run(request).await
+            return next.run(request).await;
         }
-        Err(reason) => {
-            auth.failures.with_label_values(&["invalid"]).inc();
-            auth.throttle.failed(client, now);
+        Some(Err(reason)) => {
             tracing::info!(client = %client, reason, "admin call with bad credentials refused");
-            ApiError::Unauthenticated.into_response()
+            "invalid"
         }
+        None => "missing",
+    };
+    if let Some(retry_after) = auth.throttle.refused(client, now) {
+        auth.failures.with_label_values(&["throttled"]).inc();
+        return ApiError::TooManyFailures(retry_after).into_response();
     }
+    auth.failures.with_label_values(&[refusal]).inc();
+    auth.throttle.failed(client, now);
+    ApiError::Unauthenticated.into_response()
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! Throttling of failed admin authentications, per client address: after `max_failures`
-//! bad or missing credentials within `window`, every call from that address is answered
-//! 429 (with `Retry-After`) until the window ends — before its credentials are looked at,
-//! so guessing gets no answer either. Successful calls do not count.
+//! bad or missing credentials within `window`, every further failure from that address is
+//! answered 429 (with `Retry-After`) until the window ends. A credential that verifies is
+//! never refused here — a shared address (a NAT, a node's pods) must not let one client's
+//! bad guesses lock out another's valid token — and successful calls do not count. Admin
+//! tokens and JWT signatures are far beyond guessing, so what the throttle buys is a slower,
+//! visible flood: bad credentials past the limit are answered 429 and counted as such.
 //!
 //! The table is bounded: past [`MAX_CLIENTS`] addresses, expired entries are dropped, and
 //! failures from addresses that still do not fit are counted under one shared entry (many
