@@ -3,7 +3,8 @@
 //!
 //! 1. the state: from the store (`serve`, `control`: policies synced from `policies.dir`,
 //!    the snapshot loaded) or from a control plane (`proxy`: bootstrapped, or the
-//!    last-known-good file), and the route map over its policies;
+//!    last-known-good file, the ops address answering meanwhile), and the route map over
+//!    its policies;
 //! 2. the keys, the HTTPS certificate, the audit ledger — the parts the data plane is
 //!    given, each prepared from the configuration;
 //! 3. the listeners checked, the data plane assembled with the process's metrics;
@@ -27,6 +28,7 @@ use crate::data_plane::staleness::Contact;
 use crate::data_plane::{DataPlane, Health};
 use crate::follow::{self, ControlPlane, Keeper, LastKnownGood};
 use crate::metrics::Metrics;
+use crate::ops::Bootstrapping;
 use crate::process::{Background, Mode, join_audit_keeper};
 use crate::reload::{self, Reloader};
 use crate::tls::ReloadingCert;
@@ -67,6 +69,8 @@ pub struct Following {
     pub control: ControlPlane,
     /// Its URL, for the start-up log.
     pub url: String,
+    /// The file its token is read from, re-read when it changes.
+    pub token_file: PathBuf,
     /// The sealed last-known-good file.
     pub state_file: LastKnownGood,
 }
@@ -142,8 +146,16 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
         Source::ControlPlane(following) => {
             portcullis_ledger::private_file::create_dir(&config.data_dir)
                 .map_err(|e| Failure::Runtime(e.to_string()))?;
+            // Alive at once, ready once bootstrapped: the ops address answers meanwhile.
+            let early = background
+                .block_on(Bootstrapping::start(
+                    &config.ops.address,
+                    Arc::clone(&metrics),
+                ))
+                .map_err(Failure::Runtime)?;
             let (state, confirmed_ms) =
                 background.block_on(follow::bootstrap(&following.control, &following.state_file));
+            background.block_on(early.stop());
             let snapshot = follow::build(state.clone()).map_err(Failure::Runtime)?;
             let gate = reload::local_route_map(&config, snapshot.policies())
                 .and_then(|routes| {
@@ -160,7 +172,7 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     };
 
     // 2. The parts the data plane is given.
-    let (keys, issuer, dev_key) = key_source(&config).map_err(|e| Failure::Input(vec![e]))?;
+    let (keys, issuer, dev_key) = key_source(&config, mode).map_err(|e| Failure::Input(vec![e]))?;
     let settings = crate::prepare::auth_settings(&config.auth, issuer.clone())
         .map_err(|e| Failure::Input(vec![e]))?;
     let authn = Arc::new(Authenticator::new(
@@ -259,7 +271,15 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
             let Followed {
                 following, state, ..
             } = *f;
+            let state_path = following.state_file.path().to_path_buf();
             let keeper = Keeper::start(following.state_file, state).map_err(Failure::Runtime)?;
+            background.spawn(follow::watch_token(
+                following.token_file,
+                following.control.clone(),
+                keeper.clone(),
+                state_path,
+                metrics.reloads.clone(),
+            ));
             if let Some(contact) = contact {
                 background.spawn(follow::follow(
                     following.control,

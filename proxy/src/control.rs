@@ -23,6 +23,7 @@ use crate::embedded;
 use crate::metrics::Metrics;
 use crate::process::{Background, Mode};
 use crate::reload;
+use crate::tls::ReloadingCert;
 
 /// The store side of the process, opened.
 #[derive(Debug)]
@@ -127,6 +128,13 @@ impl StoreSide {
         if let Some(jwt) = &config.admin.jwt {
             auth = auth.with_jwt(Arc::new(AdminJwt::new(Arc::clone(authn), jwt)));
         }
+        if let Some(file) = embedded::admin_tokens_file(config) {
+            background.spawn(watch_admin_tokens(
+                file,
+                auth.tokens(),
+                plane.metrics.reloads.clone(),
+            ));
+        }
         let stop = background.stop_signal();
         let router = portcullis_admin_api::app(
             portcullis_admin_api::AppState {
@@ -152,21 +160,42 @@ impl StoreSide {
             })?;
         tracing::info!(
             admin = %address,
+            tls = config.admin.tls.is_some(),
             token = plain.as_ref().map(|p: &PathBuf| p.display().to_string()),
             "admin API listening"
         );
-        background.spawn_until(async move {
-            // The peer address feeds the throttle of failed authentications.
-            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            if let Err(e) = axum::serve(listener, service)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "the admin API stopped");
+        match &config.admin.tls {
+            None => background.spawn_until(crate::admin_tls::serve(listener, router, stop)),
+            Some(tls) => {
+                let cert = ReloadingCert::new(tls.cert_file.clone(), tls.key_file.clone())
+                    .map_err(|e| Failure::Input(vec![format!("admin.tls: {e}")]))?;
+                let cert = Arc::new(cert);
+                let server = crate::admin_tls::server_config(tls, Arc::clone(&cert))
+                    .map_err(|e| Failure::Input(vec![e]))?;
+                background.spawn(cert.watch(plane.metrics.reloads.clone()));
+                let listener = background.block_on(async {
+                    crate::admin_tls::TlsListener::start(listener, Arc::new(server), stop.clone())
+                });
+                background.spawn_until(crate::admin_tls::serve(listener, router, stop));
             }
-        });
+        }
         Ok(())
     }
+}
+
+/// Re-reads the admin tokens file whenever it changes: a rotated token works on the next
+/// call, a removed one stops working; a file that does not parse keeps the tokens in force.
+async fn watch_admin_tokens(
+    file: PathBuf,
+    tokens: Arc<ArcSwap<portcullis_admin_api::AdminTokens>>,
+    reloads: prometheus::IntCounterVec,
+) {
+    let paths = vec![file.clone()];
+    crate::file_watch::reload_on_change(paths, "admin tokens", reloads, || {
+        tokens.store(Arc::new(embedded::read_admin_tokens(&file)?));
+        Ok(())
+    })
+    .await;
 }
 
 /// Starts a consumer for each configured queue of other services' audit events

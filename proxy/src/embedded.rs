@@ -195,8 +195,9 @@ pub async fn sync_policies(
 
 /// The admin tokens of `serve`: `admin.tokens` inline, the configured file, or
 /// `<data_dir>/admin-tokens`, created on the first start with one random token for `admin`
-/// whose plain text goes to `<data_dir>/admin-token` (0600). Returns the tokens and, when the default file is used,
-/// where the plain token is.
+/// whose plain text goes to `<data_dir>/admin-token` (0600). Returns the tokens and, when
+/// the default file is used, where the plain token is. A file is re-read when it changes
+/// ([`admin_tokens_file`]).
 pub fn admin_tokens(
     config: &Config,
 ) -> Result<
@@ -206,49 +207,67 @@ pub fn admin_tokens(
     ),
     String,
 > {
-    if let Some(lines) = &config.admin.tokens {
+    let Some(path) = admin_tokens_file(config) else {
+        let lines = config.admin.tokens.as_deref().unwrap_or_default();
         let tokens = portcullis_admin_api::AdminTokens::parse(&lines.replace(';', "\n"))
             .map_err(|problems| format!("admin.tokens: {}", problems.join("; ")))?;
         return Ok((tokens, None));
-    }
-    let (path, plain) = match &config.admin.tokens_file {
-        Some(p) => (p.clone(), None),
-        None => {
-            portcullis_ledger::private_file::create_dir(&config.data_dir)
-                .map_err(|e| e.to_string())?;
-            let path = config.data_dir.join("admin-tokens");
-            let plain = config.data_dir.join("admin-token");
-            if !path.exists() {
-                use rand::RngCore;
-                let mut bytes = [0_u8; 24];
-                rand::rngs::OsRng.fill_bytes(&mut bytes);
-                let token = portcullis_ledger::hex::hex(&bytes);
-                portcullis_ledger::private_file::create(&plain, format!("{token}\n").as_bytes())
-                    .map_err(|e| e.to_string())?;
-                portcullis_ledger::private_file::create(
-                    &path,
-                    format!(
-                        "# Admin API tokens: <subject> sha256:<hex> [roles=<role>,...] [tenant=<tenant>]\n\
-                         # What each role may do is decided by policies/admin.cedar.\n\
-                         {} roles=platform-admin\n",
-                        portcullis_admin_api::auth::token_line("admin", &token)
-                    )
-                    .as_bytes(),
-                ).map_err(|e| e.to_string())?;
-            }
-            (path, Some(plain))
-        }
     };
-    let text = std::fs::read_to_string(&path)
+    let mut plain = None;
+    if config.admin.tokens_file.is_none() {
+        portcullis_ledger::private_file::create_dir(&config.data_dir).map_err(|e| e.to_string())?;
+        let plain_file = config.data_dir.join("admin-token");
+        if !path.exists() {
+            use rand::RngCore;
+            let mut bytes = [0_u8; 24];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            let token = portcullis_ledger::hex::hex(&bytes);
+            portcullis_ledger::private_file::create(&plain_file, format!("{token}\n").as_bytes())
+                .map_err(|e| e.to_string())?;
+            portcullis_ledger::private_file::create(
+                &path,
+                format!(
+                    "# Admin API tokens: <subject> sha256:<hex> [roles=<role>,...] [tenant=<tenant>]\n\
+                     # What each role may do is decided by policies/admin.cedar.\n\
+                     {} roles=platform-admin\n",
+                    portcullis_admin_api::auth::token_line("admin", &token)
+                )
+                .as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        plain = Some(plain_file);
+    }
+    Ok((read_admin_tokens(&path)?, plain))
+}
+
+/// The admin tokens file in use, unless the tokens are given inline (`admin.tokens`).
+pub fn admin_tokens_file(config: &Config) -> Option<std::path::PathBuf> {
+    if config.admin.tokens.is_some() {
+        return None;
+    }
+    Some(
+        config
+            .admin
+            .tokens_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("admin-tokens")),
+    )
+}
+
+/// Reads and parses an admin tokens file; the error names the file and each bad line.
+pub fn read_admin_tokens(
+    path: &std::path::Path,
+) -> Result<portcullis_admin_api::AdminTokens, String> {
+    let text = std::fs::read_to_string(path)
         .map_err(|e| format!("admin.tokens_file `{}`: cannot read: {e}", path.display()))?;
-    let tokens = portcullis_admin_api::AdminTokens::parse(&text).map_err(|problems| {
+    portcullis_admin_api::AdminTokens::parse(&text).map_err(|problems| {
         format!(
             "admin.tokens_file `{}`: {}",
             path.display(),
             problems.join("; ")
         )
-    })?;
-    Ok((tokens, plain))
+    })
 }
 
 /// The file name of a path as given (`policies/default.cedar` → `default.cedar`).

@@ -1,11 +1,15 @@
 //! The one way the process notices that files changed (the config file and the policies
-//! directory, the TLS certificate and key, a JWKS file): their modification time and length,
-//! compared with what was seen last. Polling, not inotify: Kubernetes swaps mounted
+//! directory, the TLS certificates and keys, a JWKS file, the admin and control-plane
+//! tokens): their modification time and length, compared with what was seen last; and
+//! [`reload_on_change`], the loop that re-reads a file when it changes. Polling, not inotify: Kubernetes swaps mounted
 //! ConfigMaps and Secrets through a symlink, which a poll of the path sees and an inotify
 //! watch on the old target does not.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// How often watched files are looked at.
+pub const POLL: Duration = Duration::from_secs(2);
 
 /// Modification time and length of each path (`None` and 0 for a missing file).
 type Stamps = Vec<(PathBuf, Option<SystemTime>, u64)>;
@@ -33,6 +37,35 @@ impl FileWatch {
         }
         self.seen = now;
         true
+    }
+}
+
+/// Calls `reload` whenever `paths` change, until the process ends. `reload` reads and
+/// applies the files, or leaves what is in force untouched and says why; each outcome is
+/// counted in `reloads` (`applied` or `rejected`) and logged under `what`.
+pub async fn reload_on_change(
+    paths: Vec<PathBuf>,
+    what: &'static str,
+    reloads: prometheus::IntCounterVec,
+    mut reload: impl FnMut() -> Result<(), String>,
+) {
+    let mut watch = FileWatch::new(paths.clone());
+    loop {
+        tokio::time::sleep(POLL).await;
+        if !watch.changed(paths.clone()) {
+            continue;
+        }
+        match reload() {
+            Ok(()) => {
+                reloads.with_label_values(&["applied"]).inc();
+                let file = paths.first().map(|p| p.display().to_string());
+                tracing::info!(file, "{what} reloaded");
+            }
+            Err(e) => {
+                reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(error = %e, "{what} not reloaded; keeping the one in force");
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use portcullis_engine::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate, StoreState};
@@ -27,30 +28,65 @@ use crate::data_plane::staleness::{Contact, now_ms};
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
     base: String,
-    token: String,
+    /// Swapped when the token file changes ([`watch_token`]).
+    token: Arc<ArcSwap<String>>,
     client: reqwest::Client,
 }
 
+/// The HTTP client a sidecar reaches its control plane with: rustls; the control plane's
+/// certificate verified against `ca_file` when given (instead of the public roots); the
+/// client certificate presented when given. Errors name the setting and the file.
+pub fn client(cp: &crate::config::ControlPlaneConfig) -> Result<reqwest::Client, String> {
+    let read = |at: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| format!("{at}: `{}`: {e}", path.display()))
+    };
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(ca_file) = &cp.ca_file {
+        let pem = read("control_plane.ca_file", ca_file)?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("control_plane.ca_file: `{}`: {e}", ca_file.display()))?;
+        if roots.is_empty() {
+            return Err(format!(
+                "control_plane.ca_file: `{}` holds no certificate",
+                ca_file.display()
+            ));
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&cp.client_cert_file, &cp.client_key_file) {
+        let mut pem = read("control_plane.client_cert_file", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("control_plane.client_key_file", key)?);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("control_plane.client_cert_file: `{}`: {e}", cert.display()))?;
+        builder = builder.identity(identity);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the control-plane client: {e}"))
+}
+
 impl ControlPlane {
-    /// A client for `base` (e.g. `http://127.0.0.1:8482`) with a bearer token.
-    pub fn new(base: &str, token: String) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|e| format!("cannot build the control-plane client: {e}"))?;
-        Ok(Self {
+    /// A client for `base` (e.g. `https://portcullis-control:8482`) with a bearer token,
+    /// over `client` (see [`client`]).
+    pub fn new(base: &str, token: String, client: reqwest::Client) -> Self {
+        Self {
             base: base.trim_end_matches('/').to_owned(),
-            token,
+            token: Arc::new(ArcSwap::from_pointee(token)),
             client,
-        })
+        }
     }
 
     async fn get(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.load().as_str())
             .send()
             .await
             .map_err(|e| e.to_string())?;
@@ -81,7 +117,7 @@ impl ControlPlane {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.load().as_str())
             // The stream has no end: only connecting is timed; silence is watched below.
             .timeout(Duration::from_secs(60 * 60 * 24 * 365))
             .send()
@@ -366,6 +402,8 @@ pub enum Keep {
     Apply(Box<SnapshotUpdate>),
     /// The control plane was heard from: the file's state is current as of now.
     Confirm,
+    /// The token changed: seal the file under the new one from now on, and again now.
+    Reseal(Box<LastKnownGood>),
 }
 
 /// Keeps the last-known-good file in step with the snapshot, on a thread of its own: the
@@ -373,14 +411,14 @@ pub enum Keep {
 /// While it writes, what arrives queues up, and is applied and written at once after. When
 /// the follower goes, the thread writes what is pending and ends; a process that exits
 /// first loses at most that write (the file is replaced whole, never torn).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Keeper {
     queue: std::sync::mpsc::Sender<Keep>,
 }
 
 impl Keeper {
     /// Starts the writer over `state` (already in the file).
-    pub fn start(file: LastKnownGood, mut state: StoreState) -> Result<Self, String> {
+    pub fn start(mut file: LastKnownGood, mut state: StoreState) -> Result<Self, String> {
         let (queue, pending) = std::sync::mpsc::channel::<Keep>();
         std::thread::Builder::new()
             .name(String::from("portcullis-lkg"))
@@ -394,6 +432,10 @@ impl Keeper {
                                 changed = true;
                             }
                             Keep::Confirm => confirmed = true,
+                            Keep::Reseal(sealed) => {
+                                file = *sealed;
+                                changed = true;
+                            }
                         }
                     }
                     if changed {
@@ -415,6 +457,44 @@ impl Keeper {
             tracing::warn!("the last-known-good writer has stopped; the file is not kept");
         }
     }
+}
+
+/// Reads a control-plane token file (surrounding whitespace trimmed); an empty file is an
+/// error.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("`{}`: {e}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(format!("`{}`: the token file is empty", path.display()));
+    }
+    Ok(token)
+}
+
+/// Re-reads the control-plane token file whenever it changes (a rotated Kubernetes Secret
+/// or projected token): the next request carries the new token, and the last-known-good
+/// file at `state_path` is sealed again under it, so a restart with the new token can
+/// still start from it. A file that cannot be read keeps the token in force.
+pub async fn watch_token(
+    token_file: PathBuf,
+    control: ControlPlane,
+    keeper: Keeper,
+    state_path: PathBuf,
+    reloads: prometheus::IntCounterVec,
+) {
+    let paths = vec![token_file.clone()];
+    crate::file_watch::reload_on_change(paths, "control-plane token", reloads, || {
+        let token = read_token(&token_file)?;
+        if **control.token.load() == token {
+            return Ok(());
+        }
+        let sealed = LastKnownGood::new(state_path.clone(), &token)?;
+        control.token.store(Arc::new(token));
+        keeper.send(Keep::Reseal(Box::new(sealed)));
+        Ok(())
+    })
+    .await;
 }
 
 /// Builds the snapshot of a state.

@@ -3,7 +3,8 @@
 //! - [`data_plane`]: the enforcing proxy (Pingora) — path normalisation, routing,
 //!   authentication, context, decision, identity headers, the decision endpoint;
 //! - [`app`]: the composition root of `serve`, `control` and `proxy`; [`control`]: the
-//!   control plane's parts in the process (store, publisher, admin API);
+//!   control plane's parts in the process (store, publisher, admin API); [`admin_tls`]:
+//!   the admin listener over TLS;
 //! - [`process`]: the process every mode runs in — the background tasks under one shutdown
 //!   signal, and the order things stop in;
 //! - [`server`], [`ops`], [`tls`]: the listeners, health and metrics, the HTTPS certificate;
@@ -21,6 +22,8 @@
 
 #[cfg(feature = "control-plane")]
 pub mod admin_jwt;
+#[cfg(feature = "control-plane")]
+pub mod admin_tls;
 pub mod app;
 pub mod audit;
 pub mod cli;

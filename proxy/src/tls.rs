@@ -4,13 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
-
-use crate::file_watch::FileWatch;
 
 /// A certificate that follows its files.
 #[derive(Debug)]
@@ -60,25 +57,13 @@ impl ReloadingCert {
     /// Re-reads the files whenever they change, until the process ends; counts each reload
     /// in `reloads` (`applied` or `rejected`).
     pub async fn watch(self: Arc<Self>, reloads: prometheus::IntCounterVec) {
-        let files = || vec![self.cert_file.clone(), self.key_file.clone()];
-        let mut watch = FileWatch::new(files());
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            if !watch.changed(files()) {
-                continue;
-            }
-            match load(&self.cert_file, &self.key_file) {
-                Ok(certified) => {
-                    self.current.store(Arc::new(certified));
-                    reloads.with_label_values(&["applied"]).inc();
-                    tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
-                }
-                Err(e) => {
-                    reloads.with_label_values(&["rejected"]).inc();
-                    tracing::error!(error = %e, "TLS certificate not reloaded; keeping the one in force");
-                }
-            }
-        }
+        let files = vec![self.cert_file.clone(), self.key_file.clone()];
+        crate::file_watch::reload_on_change(files, "TLS certificate", reloads, || {
+            let certified = load(&self.cert_file, &self.key_file)?;
+            self.current.store(Arc::new(certified));
+            Ok(())
+        })
+        .await;
     }
 }
 

@@ -298,7 +298,11 @@ impl Reply {
 
 /// The binary with `command` and `--config`. AWS credentials are dummies for the SQS sink
 /// tests' own moto server; instance metadata is never asked.
-fn portcullis_command(command: &[String], config_file: &Path, env: &[(String, String)]) -> Command {
+pub fn portcullis_command(
+    command: &[String],
+    config_file: &Path,
+    env: &[(String, String)],
+) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis-under-test"));
     c.args(command)
         .arg("--config")
@@ -387,7 +391,36 @@ impl Portcullis {
         Self::start_command(&["proxy"], upstream, keys, &extra, env)
     }
 
+    /// `portcullis proxy` with the `control_plane` section given (TLS, rotated tokens),
+    /// started without waiting for it to be ready: it may be waiting for its control plane.
+    pub fn start_proxy_unready(
+        upstream: &Upstream,
+        keys: &Keys,
+        control_plane: &str,
+        extra: &str,
+    ) -> Self {
+        Self::start_command_unready(
+            &["proxy"],
+            upstream,
+            keys,
+            &format!("{control_plane}{extra}"),
+            &[],
+        )
+    }
+
     fn start_command(
+        command: &[&str],
+        upstream: &Upstream,
+        keys: &Keys,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut me = Self::start_command_unready(command, upstream, keys, extra, env);
+        me.wait_ready();
+        me
+    }
+
+    fn start_command_unready(
         command: &[&str],
         upstream: &Upstream,
         keys: &Keys,
@@ -479,7 +512,7 @@ impl Portcullis {
             .stderr(log)
             .spawn()
             .expect("portcullis starts");
-        let mut me = Self {
+        Self {
             child,
             command,
             env,
@@ -489,9 +522,7 @@ impl Portcullis {
             dir,
             config_file,
             log_file,
-        };
-        me.wait_ready();
-        me
+        }
     }
 
     /// Kills the process without warning (SIGKILL), as a crash would.

@@ -176,8 +176,16 @@ pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<
     }
 }
 
-/// The configured JWKS, or the dev key (created in the data directory if needed).
-pub(crate) fn key_source(config: &Config) -> Result<(KeySource, String, Option<DevKey>), String> {
+/// Why `portcullis proxy` does not start without token keys.
+pub(crate) const NO_KEYS_FOR_PROXY: &str = "auth: `portcullis proxy` verifies tokens with the keys of your issuer: set auth.jwks_url (or auth.jwks_file) and auth.issuer; the dev signing key is trusted by `portcullis serve` only";
+
+/// The configured JWKS, or the dev key (created in the data directory if needed). The dev
+/// key is trusted by `serve` only: `proxy` enforces for real traffic and refuses to start
+/// without keys, and `control` without keys cannot verify admin JWTs.
+pub(crate) fn key_source(
+    config: &Config,
+    mode: crate::process::Mode,
+) -> Result<(KeySource, String, Option<DevKey>), String> {
     let auth = &config.auth;
     if let Some(path) = &auth.jwks_file {
         let issuer = auth.issuer.clone().unwrap_or_default();
@@ -194,6 +202,15 @@ pub(crate) fn key_source(config: &Config) -> Result<(KeySource, String, Option<D
             issuer,
             None,
         ));
+    }
+    match mode {
+        crate::process::Mode::Proxy => return Err(String::from(NO_KEYS_FOR_PROXY)),
+        crate::process::Mode::Control if config.admin.jwt.is_some() => {
+            return Err(String::from(
+                "admin.jwt: admin JWTs need the issuer's keys: set auth.jwks_url or auth.jwks_file",
+            ));
+        }
+        _ => {}
     }
     portcullis_ledger::private_file::create_dir(&config.data_dir).map_err(|e| e.to_string())?;
     let (key, created) = DevKey::load_or_create(&config.data_dir)?;

@@ -49,6 +49,10 @@ pub fn run(args: &Args) -> Exit {
         return Exit::InvalidInput;
     };
     crate::logging::init(&config.log);
+    if config.auth.jwks_url.is_none() && config.auth.jwks_file.is_none() {
+        eprintln!("portcullis proxy: {}", super::NO_KEYS_FOR_PROXY);
+        return Exit::InvalidInput;
+    }
     let cp = config.control_plane.clone();
     let (Some(url), Some(token_file)) = (cp.url.clone(), cp.token_file.clone()) else {
         eprintln!(
@@ -56,10 +60,10 @@ pub fn run(args: &Args) -> Exit {
         );
         return Exit::Usage;
     };
-    let token = match std::fs::read_to_string(&token_file) {
-        Ok(t) => t.trim().to_owned(),
+    let token = match crate::follow::read_token(&token_file) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("portcullis proxy: `{}`: {e}", token_file.display());
+            eprintln!("portcullis proxy: control_plane.token_file: {e}");
             return Exit::InvalidInput;
         }
     };
@@ -74,11 +78,11 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Failure;
         }
     };
-    let control = match ControlPlane::new(&url, token) {
-        Ok(c) => c,
+    let control = match crate::follow::client(&cp) {
+        Ok(client) => ControlPlane::new(&url, token, client),
         Err(e) => {
             eprintln!("portcullis proxy: {e}");
-            return Exit::Failure;
+            return Exit::InvalidInput;
         }
     };
     crate::app::run(Launch {
@@ -89,6 +93,7 @@ pub fn run(args: &Args) -> Exit {
         source: Source::ControlPlane(Box::new(Following {
             control,
             url,
+            token_file,
             state_file,
         })),
     })

@@ -169,8 +169,11 @@ pub struct AdminConfig {
     pub tokens: Option<String>,
     /// Also accept JWTs from `auth.issuer` (same keys) as admin credentials. Off by default.
     pub jwt: Option<AdminJwtConfig>,
-    /// Failed authentications tolerated per client address before its calls get 429.
+    /// Failed authentications tolerated per client address before its failures get 429.
     pub failed_auth: FailedAuthConfig,
+    /// Serve the admin API over TLS (what sidecars follow in a cluster). Off: plain HTTP,
+    /// for loopback.
+    pub tls: Option<AdminTlsConfig>,
 }
 
 impl Default for AdminConfig {
@@ -182,8 +185,38 @@ impl Default for AdminConfig {
             tokens: None,
             jwt: None,
             failed_auth: FailedAuthConfig::default(),
+            tls: None,
         }
     }
+}
+
+/// TLS on the admin listener. Certificate and key are re-read when the files change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA certificates client certificates must chain to; with it, `client_auth`
+    /// says whether a client must present one.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// `required`: a client without a certificate of `client_ca_file` cannot connect;
+    /// `optional`: one it presents must verify. Bearer tokens are asked for either way.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// Whether clients of a TLS listener must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// A client that connects without one is refused in the handshake.
+    #[default]
+    Required,
+    /// A client may connect without one; one it presents must verify.
+    Optional,
 }
 
 /// Admin JWTs: tokens of the data plane's issuer, for an audience of their own, whose claims
@@ -554,10 +587,23 @@ impl Default for AuditConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlPlaneConfig {
-    /// Base URL of its admin API, e.g. `http://portcullis-control:8482`.
+    /// Base URL of its admin API, e.g. `https://portcullis-control:8482`. Plain `http://`
+    /// only to a loopback address, unless `allow_plain_http`.
     pub url: Option<String>,
-    /// File holding the bearer token (one of the control plane's admin tokens).
+    /// File holding the bearer token (one of the control plane's admin tokens); re-read
+    /// when it changes.
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificates the control plane's certificate must chain to, instead of the
+    /// public roots (a cluster's own CA, cert-manager's issuer).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) presented to a control plane that asks for one, with
+    /// `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key_file: Option<PathBuf>,
+    /// Follow a control plane over plain HTTP on another host (its token and every policy
+    /// travel in clear text). Off: `http://` is accepted for loopback only.
+    pub allow_plain_http: bool,
     /// How often the control plane confirms the change stream is alive while nothing
     /// changes; three silent heartbeats and the proxy reconnects.
     pub heartbeat_ms: u64,
@@ -572,6 +618,10 @@ impl Default for ControlPlaneConfig {
         Self {
             url: None,
             token_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            allow_plain_http: false,
             heartbeat_ms: 5000,
             max_staleness_seconds: 300,
             state_file: None,
@@ -840,6 +890,21 @@ pub fn socket_addr(s: &str) -> Option<SocketAddr> {
     s.parse().ok()
 }
 
+/// Whether an `http(s)://host[:port]/...` URL names a loopback host (`localhost`,
+/// `127.0.0.0/8`, `[::1]`).
+fn url_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Every problem of a parsed configuration.
 pub fn validate(config: &Config) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
@@ -863,6 +928,17 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             ("listen.tls.key_file", &tls.key_file),
         ] {
             if !path.is_file() {
+                problems.push(problem(at, format!("`{}` is not a file", path.display())));
+            }
+        }
+    }
+    if let Some(tls) = &config.admin.tls {
+        for (at, path) in [
+            ("admin.tls.cert_file", Some(&tls.cert_file)),
+            ("admin.tls.key_file", Some(&tls.key_file)),
+            ("admin.tls.client_ca_file", tls.client_ca_file.as_ref()),
+        ] {
+            if let Some(path) = path.filter(|p| !p.is_file()) {
                 problems.push(problem(at, format!("`{}` is not a file", path.display())));
             }
         }
@@ -1049,6 +1125,36 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
         ));
     }
     let cp = &config.control_plane;
+    if let Some(url) = &cp.url
+        && url.starts_with("http://")
+        && !cp.allow_plain_http
+        && !url_is_loopback(url)
+    {
+        problems.push(problem(
+            "control_plane.url",
+            format!(
+                "`{url}` is plain HTTP to another host: the token and the policies would travel in clear text; use https:// (see admin.tls), or set control_plane.allow_plain_http"
+            ),
+        ));
+    }
+    for (at, path) in [
+        ("control_plane.ca_file", cp.ca_file.as_ref()),
+        (
+            "control_plane.client_cert_file",
+            cp.client_cert_file.as_ref(),
+        ),
+        ("control_plane.client_key_file", cp.client_key_file.as_ref()),
+    ] {
+        if let Some(path) = path.filter(|p| !p.is_file()) {
+            problems.push(problem(at, format!("`{}` is not a file", path.display())));
+        }
+    }
+    if cp.client_cert_file.is_some() != cp.client_key_file.is_some() {
+        problems.push(problem(
+            "control_plane.client_cert_file",
+            "give `client_cert_file` and `client_key_file` together",
+        ));
+    }
     if !(100..=60_000).contains(&cp.heartbeat_ms) {
         problems.push(problem(
             "control_plane.heartbeat_ms",
@@ -1295,6 +1401,38 @@ mod tests {
             ],
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_control_plane_on_another_host_is_followed_over_tls_only() {
+        for (url, loopback) in [
+            ("http://127.0.0.1:8482", true),
+            ("http://localhost:8482/", true),
+            ("http://[::1]:8482", true),
+            ("http://127.9.9.9", true),
+            ("http://portcullis-control:8482", false),
+            ("http://10.0.0.1:8482", false),
+            ("http://127.0.0.1@evil.example:8482", false),
+            ("http://evil.example#@127.0.0.1", false),
+        ] {
+            assert_eq!(url_is_loopback(url), loopback, "{url}");
+        }
+        let mut c = Config::default();
+        c.control_plane.url = Some(String::from("http://portcullis-control:8482"));
+        c.control_plane.client_cert_file = Some(PathBuf::from("Cargo.toml"));
+        let fields: Vec<String> = validate(&c).into_iter().map(|p| p.at).collect();
+        assert_eq!(
+            fields,
+            ["control_plane.url", "control_plane.client_cert_file"]
+        );
+        c.control_plane.allow_plain_http = true;
+        c.control_plane.client_key_file = Some(PathBuf::from("no-such-key.pem"));
+        let fields: Vec<String> = validate(&c).into_iter().map(|p| p.at).collect();
+        assert_eq!(fields, ["control_plane.client_key_file"]);
+        c.control_plane.client_key_file = Some(PathBuf::from("Cargo.toml"));
+        c.control_plane.url = Some(String::from("https://portcullis-control:8482"));
+        c.control_plane.allow_plain_http = false;
+        assert!(validate(&c).is_empty());
     }
 
     #[test]
