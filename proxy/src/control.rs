@@ -152,6 +152,15 @@ impl StoreSide {
             },
             auth,
         );
+        // The injection webhook beside the admin API, outside its authentication: the API
+        // server calls it.
+        let router = if config.inject.webhook {
+            router.merge(crate::inject::webhook::router(
+                crate::inject::Injector::new(config.inject.clone()),
+            ))
+        } else {
+            router
+        };
         let address = config.admin.address.clone();
         let listener = background
             .block_on(tokio::net::TcpListener::bind(&address))

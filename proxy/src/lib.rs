@@ -16,6 +16,7 @@
 //!   data plane's settings made from it (the data plane reads no configuration);
 //! - [`embedded`], [`devkey`]: the embedded store and dev key of `portcullis serve`;
 //!   [`admin_jwt`]: admin JWTs for the admin API, verified with the data plane's keys;
+//! - [`inject`]: the Kubernetes sidecar injection (webhook and `portcullis inject`);
 //! - [`follow`]: how `portcullis proxy` follows a control plane, with a last-known-good file;
 //! - [`policy_dir`], [`routes`], [`policy_tests`]: policy as code;
 //! - [`cli`]: one module per subcommand.
@@ -37,6 +38,8 @@ pub mod embedded;
 pub mod file_watch;
 pub mod follow;
 pub mod head_deadline;
+#[cfg(feature = "control-plane")]
+pub mod inject;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

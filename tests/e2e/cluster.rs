@@ -17,10 +17,10 @@ const D1: &str = "/v1/spaces/s1/documents/d1";
 
 /// A CA, a server certificate for `localhost` and `127.0.0.1` and a client certificate it
 /// signed, and a CA nobody trusts; as PEM files in `dir`.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) ca: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
     stranger_cert: PathBuf,
@@ -28,9 +28,10 @@ struct Pki {
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            SanType,
         };
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -41,12 +42,15 @@ impl Pki {
         let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
             let key = KeyPair::generate().expect("key");
             let mut params = CertificateParams::new(names).expect("params");
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
             params.extended_key_usages = vec![usage];
             let cert = params.signed_by(&key, &ca, &ca_key).expect("signed");
             (cert.pem(), key.serialize_pem())
         };
         let server = leaf(
-            vec![String::from("localhost"), String::from("127.0.0.1")],
+            vec![String::from("localhost")],
             ExtendedKeyUsagePurpose::ServerAuth,
         );
         let client = leaf(
@@ -75,7 +79,7 @@ impl Pki {
     }
 
     /// An HTTPS client trusting the CA, presenting `identity` (certificate, key) if any.
-    fn client(&self, identity: Option<(&Path, &Path)>) -> reqwest::Client {
+    pub(crate) fn client(&self, identity: Option<(&Path, &Path)>) -> reqwest::Client {
         let ca = std::fs::read(&self.ca).expect("ca");
         let mut builder = reqwest::Client::builder()
             .tls_built_in_root_certs(false)
@@ -117,7 +121,7 @@ fn https_call(
     })
 }
 
-fn wait_until(what: &str, log: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, log: impl Fn() -> String, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
         assert!(Instant::now() < deadline, "{what}:\n{}", log());

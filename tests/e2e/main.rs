@@ -22,6 +22,7 @@ mod enforcement;
 mod events;
 mod gateway;
 mod hardening;
+mod inject;
 mod lifecycle;
 mod requests;
 mod shutdown;

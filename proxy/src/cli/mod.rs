@@ -6,6 +6,8 @@ pub mod config_dump;
 #[cfg(feature = "control-plane")]
 pub mod control;
 #[cfg(feature = "control-plane")]
+pub mod inject;
+#[cfg(feature = "control-plane")]
 pub mod policy_test;
 #[cfg(feature = "control-plane")]
 pub mod policy_validate;
@@ -73,6 +75,10 @@ pub enum Command {
     Proxy(proxy::Args),
     /// Mint a token signed by the dev key of `serve`'s data directory.
     Token(token::Args),
+    /// Add the Portcullis sidecar to the workloads of Kubernetes manifests (a file or
+    /// standard input), as the injection webhook would; prints the manifests.
+    #[cfg(feature = "control-plane")]
+    Inject(inject::Args),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -119,6 +125,8 @@ pub fn run(cli: Cli) -> Exit {
         #[cfg(feature = "control-plane")]
         Command::Serve(args) => serve::run(&args),
         Command::Token(args) => token::run(&args),
+        #[cfg(feature = "control-plane")]
+        Command::Inject(args) => inject::run(&args),
         Command::Proxy(args) => proxy::run(&args),
         #[cfg(feature = "control-plane")]
         Command::Control(args) => control::run(&args),

@@ -74,6 +74,9 @@ pub struct Config {
     pub threads: usize,
     /// Logging.
     pub log: LogConfig,
+    /// The sidecar injected into Kubernetes pods (the webhook of `control`, `portcullis
+    /// inject`).
+    pub inject: InjectConfig,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             threads: 2,
             log: LogConfig::default(),
+            inject: InjectConfig::default(),
         }
     }
 }
@@ -186,6 +190,154 @@ impl Default for AdminConfig {
             jwt: None,
             failed_auth: FailedAuthConfig::default(),
             tls: None,
+        }
+    }
+}
+
+/// The sidecar that `portcullis inject` and the injection webhook add to a pod. Per pod,
+/// `portcullis.dev/*` annotations tune it (see `crate::inject`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InjectConfig {
+    /// Serve the mutating webhook, `POST /inject`, on the admin listener (the API server
+    /// calls it over HTTPS: needs `admin.tls`).
+    pub webhook: bool,
+    /// The sidecar's image.
+    pub image: String,
+    /// `IfNotPresent`, `Always` or `Never`.
+    pub image_pull_policy: String,
+    /// The control plane the sidecar follows.
+    pub control_plane_url: String,
+    /// The Secret (key `token`) with the sidecar's control-plane token, in the pod's
+    /// namespace.
+    pub token_secret: String,
+    /// The ConfigMap (key `ca.crt`) with the control plane's CA, in the pod's namespace;
+    /// empty: the public roots.
+    pub ca_config_map: String,
+    /// The ConfigMap with the sidecar's `portcullis.yaml` (auth, ...) and `routes.yaml`,
+    /// in the pod's namespace.
+    pub config_map: String,
+    /// A native sidecar (an init container with `restartPolicy: Always`, Kubernetes ≥
+    /// 1.29): `auto` (by `kubernetes_version`; native when it is unknown), `true`, `false`.
+    pub native_mode: NativeMode,
+    /// The cluster's version (`"1.30"`, quoted: as a number 1.30 would read 1.3), for
+    /// `native_mode: auto`; the Helm chart sets it.
+    #[serde(deserialize_with = "version_string")]
+    pub kubernetes_version: Option<String>,
+    /// The sidecar's ops port (`/livez`, `/readyz`, `/metrics`), unless a pod says
+    /// otherwise.
+    pub ops_port: u16,
+    /// The sidecar's resources, unless a pod says otherwise.
+    pub resources: SidecarResources,
+    /// Namespaces never injected (the control plane's own belongs here).
+    pub excluded_namespaces: Vec<String>,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        Self {
+            webhook: false,
+            image: format!(
+                "ghcr.io/portcullis-dev/portcullis:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            image_pull_policy: String::from("IfNotPresent"),
+            control_plane_url: String::from("https://portcullis-control.portcullis.svc:8482"),
+            token_secret: String::from("portcullis-sidecar-token"),
+            ca_config_map: String::from("portcullis-ca"),
+            config_map: String::from("portcullis-sidecar"),
+            native_mode: NativeMode::Auto,
+            kubernetes_version: None,
+            ops_port: 8481,
+            resources: SidecarResources::default(),
+            excluded_namespaces: vec![String::from("kube-system"), String::from("kube-node-lease")],
+        }
+    }
+}
+
+/// A version written as a string; a number is refused, since YAML reads `1.30` as 1.3.
+fn version_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Number(f64),
+    }
+    match Option::<Written>::deserialize(d)? {
+        None => Ok(None),
+        Some(Written::Text(v)) => Ok(Some(v)),
+        Some(Written::Number(n)) => Err(serde::de::Error::custom(format!(
+            "{n} is a number: quote the version (\"1.30\"), as YAML reads 1.30 as 1.3"
+        ))),
+    }
+}
+
+/// Whether the sidecar is a native one (`auto`, `true`, `false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NativeMode {
+    /// By the cluster's version.
+    #[default]
+    Auto,
+    /// Always an init container with `restartPolicy: Always`.
+    Always,
+    /// Always a plain container.
+    Never,
+}
+
+impl Serialize for NativeMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Self::Auto => "auto",
+            Self::Always => "true",
+            Self::Never => "false",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for NativeMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Flag(bool),
+            Word(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Flag(true) => Ok(Self::Always),
+            Written::Flag(false) => Ok(Self::Never),
+            Written::Word(w) => match w.as_str() {
+                "auto" => Ok(Self::Auto),
+                "true" => Ok(Self::Always),
+                "false" => Ok(Self::Never),
+                other => Err(serde::de::Error::custom(format!(
+                    "`{other}`: expected auto, true or false"
+                ))),
+            },
+        }
+    }
+}
+
+/// The sidecar's resource requests and limits (Kubernetes quantities).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SidecarResources {
+    /// `requests.cpu`.
+    pub cpu_request: Option<String>,
+    /// `requests.memory`.
+    pub memory_request: Option<String>,
+    /// `limits.cpu`.
+    pub cpu_limit: Option<String>,
+    /// `limits.memory`.
+    pub memory_limit: Option<String>,
+}
+
+impl Default for SidecarResources {
+    fn default() -> Self {
+        Self {
+            cpu_request: Some(String::from("50m")),
+            memory_request: Some(String::from("64Mi")),
+            cpu_limit: None,
+            memory_limit: Some(String::from("256Mi")),
         }
     }
 }
@@ -905,6 +1057,38 @@ fn url_is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `v` is a Kubernetes quantity as resources take them: a decimal number with an
+/// optional suffix (`50m`, `64Mi`, `0.5`, `1G`).
+pub fn is_quantity(v: &str) -> bool {
+    let digits = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = v.get(digits.len()..).unwrap_or_default();
+    let number_ok = !digits.is_empty()
+        && digits.chars().filter(|&c| c == '.').count() <= 1
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && digits.chars().any(|c| c.is_ascii_digit());
+    number_ok
+        && [
+            "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+        ]
+        .contains(&suffix)
+}
+
+/// The minor version of a Kubernetes version (`1.30`, `v1.29.4`, `1.31+`): `30`, when the
+/// major version is 1.
+pub fn kubernetes_minor(v: &str) -> Option<u32> {
+    let v = v.trim().trim_start_matches('v');
+    let mut parts = v.split('.');
+    if parts.next()? != "1" {
+        return None;
+    }
+    let minor: String = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    minor.parse().ok()
+}
+
 /// Every problem of a parsed configuration.
 pub fn validate(config: &Config) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
@@ -942,6 +1126,40 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
                 problems.push(problem(at, format!("`{}` is not a file", path.display())));
             }
         }
+    }
+    let inject = &config.inject;
+    if inject.webhook && config.admin.tls.is_none() {
+        problems.push(problem(
+            "inject.webhook",
+            "the Kubernetes API server calls webhooks over HTTPS only: configure admin.tls",
+        ));
+    }
+    if !["IfNotPresent", "Always", "Never"].contains(&inject.image_pull_policy.as_str()) {
+        problems.push(problem(
+            "inject.image_pull_policy",
+            "must be IfNotPresent, Always or Never",
+        ));
+    }
+    let r = &inject.resources;
+    for (at, value) in [
+        ("inject.resources.cpu_request", &r.cpu_request),
+        ("inject.resources.memory_request", &r.memory_request),
+        ("inject.resources.cpu_limit", &r.cpu_limit),
+        ("inject.resources.memory_limit", &r.memory_limit),
+    ] {
+        if let Some(v) = value.as_deref().filter(|v| !is_quantity(v)) {
+            problems.push(problem(at, format!("`{v}` is not a Kubernetes quantity")));
+        }
+    }
+    if inject
+        .kubernetes_version
+        .as_deref()
+        .is_some_and(|v| kubernetes_minor(v).is_none())
+    {
+        problems.push(problem(
+            "inject.kubernetes_version",
+            "expected a version such as 1.30 or v1.30.2",
+        ));
     }
     if config.admin.tokens.is_some() && config.admin.tokens_file.is_some() {
         problems.push(problem(
@@ -1485,6 +1703,60 @@ mod tests {
         );
         let shown = dump(&c);
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn injection_settings_are_checked() {
+        let dir = std::env::temp_dir().join(format!("portcullis-inject-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inject.yaml");
+        // YAML reads an unquoted 1.30 as the number 1.3: refused, not taken as 1.3.
+        std::fs::write(&path, "inject:\n  kubernetes_version: 1.30\n").unwrap();
+        let problems = load(Some(&path), [], &[]).unwrap_err();
+        assert!(
+            problems[0].to_string().contains("quote the version"),
+            "{problems:?}"
+        );
+        std::fs::write(
+            &path,
+            "inject:\n  webhook: true\n  native_mode: false\n  kubernetes_version: \"v1.30.2\"\n  image_pull_policy: Sometimes\n  resources:\n    cpu_request: lots\n    memory_limit: 128Mi\n",
+        )
+        .unwrap();
+        let problems: Vec<String> = load(Some(&path), [], &[])
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.at)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "inject.webhook",
+                "inject.image_pull_policy",
+                "inject.resources.cpu_request"
+            ]
+        );
+        std::fs::write(&path, "inject:\n  native_mode: sometimes\n").unwrap();
+        assert!(load(Some(&path), [], &[]).is_err());
+        for (quantity, ok) in [
+            ("50m", true),
+            ("0.5", true),
+            ("64Mi", true),
+            ("1e3", false),
+            ("Mi", false),
+            ("1.2.3", false),
+        ] {
+            assert_eq!(is_quantity(quantity), ok, "{quantity}");
+        }
+        for (version, minor) in [
+            ("1.30", Some(30)),
+            ("v1.29.4", Some(29)),
+            ("1.31+", Some(31)),
+            ("2.1", None),
+            ("x", None),
+        ] {
+            assert_eq!(kubernetes_minor(version), minor, "{version}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
