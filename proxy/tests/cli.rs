@@ -234,7 +234,10 @@ fn config_dump_prints_the_example_and_reports_every_problem() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["config", "dump"])
-        .env("PORTCULLIS_STORE__POSTGRES_URL", "postgres://u:pw-d0nt-sh0w@db/p")
+        .env(
+            "PORTCULLIS_STORE__POSTGRES_URL",
+            "postgres://u:pw-d0nt-sh0w@db/p",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

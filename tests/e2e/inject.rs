@@ -39,7 +39,7 @@ fn fixture(name: &str) -> Value {
 
 /// Validates `documents` (YAML or JSON text) with `kubernetes-validate --strict` against
 /// `version`; panics with its output when they do not validate.
-fn kubernetes_validate(dir: &Path, name: &str, documents: &str, version: &str) {
+pub(crate) fn kubernetes_validate(dir: &Path, name: &str, documents: &str, version: &str) {
     let file = dir.join(name);
     std::fs::write(&file, documents).expect("write");
     let out = Command::new("python3")

@@ -16,6 +16,7 @@ mod world;
 mod admin;
 mod audit;
 mod audit_sqs;
+mod chart;
 mod cluster;
 mod distribution;
 mod enforcement;
