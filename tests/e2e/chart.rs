@@ -3,7 +3,8 @@
 //! each rendered manifest validated against the Kubernetes schema by `kubernetes-validate`
 //! (the cert-manager and Prometheus Operator kinds have no schema there: it names them and
 //! they are checked here by hand), and each rendered `portcullis.yaml` read by the real
-//! binary (`portcullis config dump`).
+//! binary (`portcullis config dump`). The same for the Kubernetes examples
+//! (`deploy/examples/kubernetes/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -418,5 +419,78 @@ fn the_chart_renders_lints_and_validates_for_every_documented_combination() {
         let error = render(&[], &[set], "1.31.0").expect_err(set);
         assert!(error.contains(named), "{set}: {error}");
     }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn the_kubernetes_examples_validate_inject_and_configure() {
+    let dir = crate::harness::temp_dir("examples");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/kubernetes");
+    let read = |name: &str| std::fs::read_to_string(examples.join(name)).expect("example");
+
+    // The app as written, and as `portcullis inject` makes it.
+    let app = read("sidecar-app.yaml");
+    kubernetes_validate(&dir, "sidecar-app.yaml", &app, "1.30.0");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-under-test"))
+        .arg("inject")
+        .arg(examples.join("sidecar-app.yaml"))
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Deployment/orders: injected"));
+    let injected = String::from_utf8_lossy(&out.stdout).into_owned();
+    kubernetes_validate(&dir, "sidecar-app-injected.yaml", &injected, "1.30.0");
+    let docs = documents(&injected);
+    let orders = find(&docs, "Deployment", "orders", "shop").expect("orders");
+    let sidecar = &orders["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(
+        sidecar["ports"][0]["name"], "http",
+        "the Service's target port"
+    );
+    let network =
+        find(&docs, "NetworkPolicy", "orders-through-portcullis", "shop").expect("policy");
+    assert_eq!(
+        network["spec"]["ingress"][0]["ports"][0]["port"], sidecar["ports"][0]["containerPort"],
+        "the NetworkPolicy admits the sidecar's port"
+    );
+
+    // The plain control plane: valid manifests, a configuration the binary reads, and a
+    // sidecar configuration it runs with.
+    let plain = read("plain/control.yaml");
+    kubernetes_validate(&dir, "control.yaml", &plain, "1.30.0");
+    let docs = documents(&plain);
+    let config = find(&docs, "ConfigMap", "portcullis-control", "portcullis").expect("config")["data"]
+        ["portcullis.yaml"]
+        .as_str()
+        .expect("yaml")
+        .to_owned();
+    binary_accepts(&dir, "plain-control.yaml", &config);
+    binary_accepts(&dir, "plain-sidecar.yaml", &read("plain/sidecar.yaml"));
+
+    // The edge gateway's values with the chart.
+    let values = examples.join("edge-gateway.values.yaml");
+    let rendered = render(&[values.as_path()], &[], "1.31.0").expect("renders");
+    kubernetes_validate(&dir, "edge-gateway.yaml", &rendered, "1.31.0");
+    let docs = documents(&rendered);
+    let gateway =
+        find(&docs, "ConfigMap", "rel-portcullis-gateway", "portcullis").expect("gateway");
+    binary_accepts(
+        &dir,
+        "edge-gateway-config.yaml",
+        gateway["data"]["portcullis.yaml"].as_str().expect("yaml"),
+    );
+    assert!(
+        find(
+            &docs,
+            "HorizontalPodAutoscaler",
+            "rel-portcullis-gateway",
+            "portcullis"
+        )
+        .is_some()
+    );
     std::fs::remove_dir_all(dir).ok();
 }

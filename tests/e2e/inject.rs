@@ -555,7 +555,8 @@ fn the_injected_sidecar_runs_as_the_patch_says_and_enforces() {
     };
 
     // Exactly the container's arguments and environment (paths under its mounts mapped to
-    // the directories above), and nothing else: no HOME, no PATH, as in the image.
+    // the directories above), and nothing else: no HOME, no PATH, as in the image
+    // (deploy/Dockerfile).
     let args: Vec<String> = sidecar["args"]
         .as_array()
         .expect("args")
@@ -566,15 +567,37 @@ fn the_injected_sidecar_runs_as_the_patch_says_and_enforces() {
         .into_iter()
         .map(|(name, value)| (name, to_local(&value)))
         .collect();
+    // As in the image: the container's uid (65532, not root; when the tests run as root),
+    // the files as Kubernetes mounts them (a Secret's files 0644, read-only mounts, only
+    // the data volume writable by that uid), started in `/`, where it cannot write.
     let log = dir.join("sidecar.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_portcullis-under-test"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis-under-test"));
+    command
         .args(&args)
         .env_clear()
         .envs(env)
+        .current_dir("/")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("the sidecar starts");
+        .stderr(std::fs::File::create(&log).expect("log"));
+    let as_root = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0)
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let token = local("/var/run/secrets/portcullis").join("token");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("mode");
+        for dir in [&dir, &root] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        }
+    }
+    if as_root {
+        use std::os::unix::process::CommandExt;
+        std::os::unix::fs::chown(local("/var/lib/portcullis"), Some(65532), Some(65532))
+            .expect("chown the data volume");
+        command.uid(65532).gid(65532);
+    }
+    let child = command.spawn().expect("the sidecar starts");
     let sidecar_process = Sidecar(child, log);
     let ops_addr = format!("127.0.0.1:{ops}").parse().expect("addr");
     wait_until(
@@ -582,6 +605,17 @@ fn the_injected_sidecar_runs_as_the_patch_says_and_enforces() {
         || sidecar_process.log(),
         || raw_request(ops_addr, "GET", "/readyz", &[]).is_some_and(|r| r.status == 200),
     );
+
+    if as_root {
+        use std::os::unix::fs::MetadataExt;
+        let state = local("/var/lib/portcullis").join("last-known-good.json");
+        let owner = std::fs::metadata(&state).map(|m| m.uid());
+        assert_eq!(
+            owner.ok(),
+            Some(65532),
+            "the state written as the container's uid"
+        );
+    }
 
     // In front of the app: enforcing, and following a change made over TLS.
     let data_addr = format!("127.0.0.1:{listen}").parse().expect("addr");
