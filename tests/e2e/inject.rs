@@ -680,6 +680,49 @@ fn the_injected_sidecar_runs_as_the_patch_says_and_enforces() {
         || sidecar_process.log(),
         || status_of(&zoe, "zoe-granted") == 200,
     );
+
+    // A policy change: a quarantine of d1, put through the API with the ETag just read.
+    let policies = format!("https://localhost:{}/v1/policies", control.admin.port());
+    let (etag, set) = rt().block_on(async {
+        let r = admin
+            .get(&policies)
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .expect("GET /v1/policies");
+        let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
+        let set: Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+        (etag, set)
+    });
+    let mut files = set["files"].clone();
+    files.as_array_mut().expect("files").push(json!({
+        "name": "quarantine.cedar",
+        "text": "@id(\"quarantine-d1\")\nforbid(principal, action, resource == Document::\"d1\");\n"
+    }));
+    let status = rt().block_on(async {
+        admin
+            .put(&policies)
+            .bearer_auth(token.trim())
+            .header("if-match", etag)
+            .header("content-type", "application/json")
+            .body(json!({"files": files}).to_string())
+            .send()
+            .await
+            .expect("PUT /v1/policies")
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 200);
+    wait_until(
+        "the policy change reaches the injected sidecar",
+        || sidecar_process.log(),
+        || status_of(&alice, "alice-quarantined") == 403,
+    );
+    assert_eq!(status_of(&alice, "alice-after-quarantine"), 403);
+    assert!(
+        upstream.seen_with("alice-after-quarantine").is_empty(),
+        "refused, not forwarded"
+    );
     drop(sidecar_process);
     std::fs::remove_dir_all(dir).ok();
 }
