@@ -157,6 +157,7 @@ impl StoreSide {
         let router = if config.inject.webhook {
             router.merge(crate::inject::webhook::router(
                 crate::inject::Injector::new(config.inject.clone()),
+                plane.metrics.injections.clone(),
             ))
         } else {
             router

@@ -163,6 +163,10 @@ pub struct Metrics {
     /// `portcullis_admin_auth_failures_total{reason}`: the admin API's refused credentials.
     #[cfg(feature = "control-plane")]
     pub admin_auth_failures: IntCounterVec,
+    /// `portcullis_sidecar_injections_total{outcome}`: pods the injection webhook answered
+    /// (`injected`, `skipped`, `refused`, `invalid`).
+    #[cfg(feature = "control-plane")]
+    pub injections: IntCounterVec,
     /// Lifecycle events: taken by outcome, take time, queue delay and backlog, source
     /// errors.
     #[cfg(feature = "control-plane")]
@@ -377,6 +381,19 @@ impl Metrics {
             ),
             #[cfg(feature = "control-plane")]
             admin_auth_failures: register(r, portcullis_admin_api::auth::failure_counter()),
+            #[cfg(feature = "control-plane")]
+            injections: {
+                let c = counter(
+                    r,
+                    "portcullis_sidecar_injections_total",
+                    "Pods the injection webhook answered: injected, skipped (opted out, excluded, already injected), refused (cannot be injected correctly), invalid (not a review).",
+                    &["outcome"],
+                );
+                for outcome in crate::inject::webhook::OUTCOMES {
+                    c.with_label_values(&[outcome]);
+                }
+                c
+            },
             #[cfg(feature = "control-plane")]
             events: {
                 let m = portcullis_events::EventMetrics::new();

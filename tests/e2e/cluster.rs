@@ -18,6 +18,8 @@ const D1: &str = "/v1/spaces/s1/documents/d1";
 /// A CA, a server certificate for `localhost` and `127.0.0.1` and a client certificate it
 /// signed, and a CA nobody trusts; as PEM files in `dir`.
 pub(crate) struct Pki {
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
     pub(crate) ca: PathBuf,
     pub(crate) server_cert: PathBuf,
     pub(crate) server_key: PathBuf,
@@ -69,6 +71,8 @@ impl Pki {
         };
         Self {
             ca: write("ca.pem", &ca.pem()),
+            ca_cert: ca,
+            ca_key,
             server_cert: write("server.pem", &server.0),
             server_key: write("server.key", &server.1),
             client_cert: write("client.pem", &client.0),
@@ -78,10 +82,30 @@ impl Pki {
         }
     }
 
+    /// A new server certificate from the same CA, written over the old files (as
+    /// cert-manager renews one); its DER.
+    pub(crate) fn renew_server(&self) -> Vec<u8> {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![String::from("localhost")]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("signed");
+        // The key first: a certificate that does not match its key is not loaded.
+        std::fs::write(&self.server_key, key.serialize_pem()).expect("key");
+        std::fs::write(&self.server_cert, cert.pem()).expect("cert");
+        cert.der().to_vec()
+    }
+
     /// An HTTPS client trusting the CA, presenting `identity` (certificate, key) if any.
     pub(crate) fn client(&self, identity: Option<(&Path, &Path)>) -> reqwest::Client {
         let ca = std::fs::read(&self.ca).expect("ca");
         let mut builder = reqwest::Client::builder()
+            .tls_info(true)
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"))
             .timeout(Duration::from_secs(10));
@@ -184,6 +208,34 @@ fn a_sidecar_follows_its_control_plane_over_tls_and_is_alive_but_unready_until_i
     let with_cert = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
     let (status, _) = call(with_cert, "/v1/roles").expect("the admin API over TLS");
     assert_eq!(status, 200);
+
+    // The certificate is renewed (as cert-manager does): served from the next connection,
+    // without a restart.
+    let served = || {
+        rt().block_on(async {
+            let response = pki
+                .client(with_cert)
+                .get(format!("https://localhost:{port}/v1/roles"))
+                .bearer_auth(&admin_token)
+                .send()
+                .await
+                .expect("the admin API over TLS");
+            response
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(|info| info.peer_certificate())
+                .expect("the server's certificate")
+                .to_vec()
+        })
+    };
+    let first = served();
+    let renewed = pki.renew_server();
+    assert_ne!(first, renewed);
+    wait_until(
+        "the renewed certificate served",
+        || control.log(),
+        || served() == renewed,
+    );
 
     let token_file = control.dir.join("data/admin-token");
     let section = |ca: Option<&Path>| {

@@ -296,6 +296,21 @@ fn the_webhook_injects_real_admission_reviews_and_refuses_what_it_cannot_inject(
             .status()
     });
     assert_eq!(status, 400);
+    for (outcome, count) in [
+        ("injected", 2.0),
+        ("skipped", 4.0),
+        ("refused", 2.0),
+        ("invalid", 1.0),
+    ] {
+        assert_eq!(
+            control.metric(
+                "portcullis_sidecar_injections_total",
+                &[("outcome", outcome)]
+            ),
+            Some(count),
+            "{outcome}"
+        );
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -15,28 +15,45 @@ use serde_json::{Value, json};
 
 use super::{Injector, Outcome};
 
-/// The webhook's route.
-pub fn router(injector: Injector) -> axum::Router {
+/// The outcomes counted in `portcullis_sidecar_injections_total`.
+pub const OUTCOMES: [&str; 4] = ["injected", "skipped", "refused", "invalid"];
+
+/// What the webhook's handler holds.
+struct Webhook {
+    injector: Injector,
+    /// `portcullis_sidecar_injections_total{outcome}`.
+    outcomes: prometheus::IntCounterVec,
+}
+
+/// The webhook's route; each answer counted in `outcomes` (labelled by [`OUTCOMES`]).
+pub fn router(injector: Injector, outcomes: prometheus::IntCounterVec) -> axum::Router {
     axum::Router::new()
         .route("/inject", post(review))
-        .with_state(std::sync::Arc::new(injector))
+        .with_state(std::sync::Arc::new(Webhook { injector, outcomes }))
 }
 
 async fn review(
-    State(injector): State<std::sync::Arc<Injector>>,
+    State(webhook): State<std::sync::Arc<Webhook>>,
     body: axum::body::Bytes,
 ) -> (axum::http::StatusCode, Json<Value>) {
     match serde_json::from_slice::<Value>(&body) {
-        Ok(review) => (axum::http::StatusCode::OK, Json(answer(&injector, &review))),
-        Err(e) => (
-            axum::http::StatusCode::BAD_REQUEST,
-            Json(json!({"error": format!("not an AdmissionReview: {e}")})),
-        ),
+        Ok(review) => {
+            let (answer, outcome) = answer(&webhook.injector, &review);
+            webhook.outcomes.with_label_values(&[outcome]).inc();
+            (axum::http::StatusCode::OK, Json(answer))
+        }
+        Err(e) => {
+            webhook.outcomes.with_label_values(&["invalid"]).inc();
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("not an AdmissionReview: {e}")})),
+            )
+        }
     }
 }
 
-/// The AdmissionReview answering `review`.
-pub fn answer(injector: &Injector, review: &Value) -> Value {
+/// The AdmissionReview answering `review`, and its outcome (one of [`OUTCOMES`]).
+pub fn answer(injector: &Injector, review: &Value) -> (Value, &'static str) {
     let request = review.get("request").cloned().unwrap_or(Value::Null);
     let uid = request.get("uid").cloned().unwrap_or(json!(""));
     let response = |body: Value| {
@@ -53,10 +70,13 @@ pub fn answer(injector: &Injector, review: &Value) -> Value {
     let kind = request.pointer("/kind/kind").and_then(Value::as_str);
     let operation = request.get("operation").and_then(Value::as_str);
     if kind != Some("Pod") || operation != Some("CREATE") {
-        return response(json!({"allowed": true}));
+        return (response(json!({"allowed": true})), "skipped");
     }
     let Some(pod) = request.get("object") else {
-        return response(refused(&[String::from("the review carries no pod")]));
+        return (
+            response(refused(&[String::from("the review carries no pod")])),
+            "refused",
+        );
     };
     let namespace = request
         .get("namespace")
@@ -70,13 +90,16 @@ pub fn answer(injector: &Injector, review: &Value) -> Value {
     match injector.inject(pod, namespace) {
         Ok(Outcome::Skipped(why)) => {
             tracing::debug!(pod = pod_name, namespace, why, "not injected");
-            response(json!({"allowed": true}))
+            (response(json!({"allowed": true})), "skipped")
         }
         Ok(Outcome::Injected(injected)) => {
             let patch = patch(pod, &injected);
             tracing::info!(pod = pod_name, namespace, "sidecar injected");
             let encoded = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
-            response(json!({"allowed": true, "patchType": "JSONPatch", "patch": encoded}))
+            (
+                response(json!({"allowed": true, "patchType": "JSONPatch", "patch": encoded})),
+                "injected",
+            )
         }
         Err(problems) => {
             tracing::info!(
@@ -85,7 +108,7 @@ pub fn answer(injector: &Injector, review: &Value) -> Value {
                 problems = problems.join("; "),
                 "pod refused"
             );
-            response(refused(&problems))
+            (response(refused(&problems)), "refused")
         }
     }
 }
