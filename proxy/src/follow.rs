@@ -8,6 +8,10 @@
 //! as the writer is free, and the updates that arrive while it writes go out together in
 //! the next write, not one whole-state write each.
 //!
+//! The control plane is reached over TLS as configured ([`client`]); the token is re-read
+//! when its file changes, and the last-known-good file sealed again under it
+//! ([`watch_token`]).
+//!
 //! Contact is tracked: every event counts. Past `control_plane.max_staleness_seconds`
 //! without one, the data plane fails closed (503) and `/readyz` says why, until contact
 //! comes back. A short outage changes nothing else: the last state keeps being enforced.
