@@ -216,6 +216,14 @@ fn the_webhook_injects_real_admission_reviews_and_refuses_what_it_cannot_inject(
     assert_eq!(response["allowed"], true);
     assert!(response.get("patch").is_none(), "{response}");
 
+    // The status annotation alone, without the sidecar, does not pass for injected: a pod
+    // cannot opt out of enforcement by claiming it has it.
+    let mut claims = fixture("plain");
+    claims["request"]["object"]["metadata"]["annotations"]["portcullis.dev/status"] =
+        json!("injected");
+    let (claimed, _) = webhook.patched(&claims);
+    container(&claimed["spec"]["initContainers"], "portcullis");
+
     // Init containers, other containers, annotations and volumes of its own: kept, the
     // sidecar after the existing init containers, the pod's settings applied.
     let (pod, _) = webhook.patched(&fixture("init-containers"));
@@ -297,7 +305,7 @@ fn the_webhook_injects_real_admission_reviews_and_refuses_what_it_cannot_inject(
     });
     assert_eq!(status, 400);
     for (outcome, count) in [
-        ("injected", 2.0),
+        ("injected", 3.0),
         ("skipped", 4.0),
         ("refused", 2.0),
         ("invalid", 1.0),

@@ -13,9 +13,10 @@
 //! Per pod (annotations): `portcullis.dev/app-port` (required), `listen-port`, `ops-port`,
 //! `container` (the app container; default the first), `mode` (`enforce` or `shadow`),
 //! `cpu-request`, `memory-request`, `cpu-limit`, `memory-limit`. The label
-//! `portcullis.dev/inject: "false"` (or the annotation) opts a pod out; `portcullis.dev/status: injected` marks
-//! an injected one (injecting again changes nothing). A pod that cannot be injected
-//! correctly is refused with every reason, never half-changed.
+//! `portcullis.dev/inject: "false"` (or the annotation) opts a pod out;
+//! `portcullis.dev/status: injected` marks an injected one (injecting again changes nothing;
+//! the annotation without the sidecar container does not count). A pod that cannot be
+//! injected correctly is refused with every reason, never half-changed.
 
 pub mod manifests;
 pub mod webhook;
@@ -122,7 +123,20 @@ impl Injector {
                 .and_then(|a| a.get(&format!("{PREFIX}{name}")))
                 .and_then(Value::as_str)
         };
-        if annotation("status") == Some("injected") {
+        // Injected means the annotation and the sidecar: the annotation alone (written by
+        // hand, or copied from an injected pod) must not let a pod run unprotected.
+        let has_sidecar = ["/spec/initContainers", "/spec/containers"]
+            .iter()
+            .any(|list| {
+                template
+                    .pointer(list)
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| {
+                        l.iter()
+                            .any(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR))
+                    })
+            });
+        if annotation("status") == Some("injected") && has_sidecar {
             return Ok(Outcome::Skipped("already injected"));
         }
         // The label, as documented; the annotation of the same name is honoured too.
