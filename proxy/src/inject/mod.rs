@@ -79,6 +79,39 @@ pub enum Outcome {
     Skipped(&'static str),
 }
 
+/// What injecting one pod will do, once checked.
+struct Plan {
+    containers: Vec<Value>,
+    init_containers: Vec<Value>,
+    volumes: Vec<Value>,
+    /// The app container, in `containers`.
+    app_index: usize,
+    /// The port the sidecar takes (the one the Service targets).
+    listen: u16,
+    /// The port the app moves to.
+    app_port: u16,
+    /// The sidecar's ops port.
+    ops: u16,
+    /// `enforce` or `shadow`, when the pod says.
+    mode: Option<String>,
+    resources: crate::config::SidecarResources,
+}
+
+/// The value of the annotation `portcullis.dev/<name>`.
+fn annotation_in<'a>(annotations: Option<&'a Map<String, Value>>, name: &str) -> Option<&'a str> {
+    annotations
+        .and_then(|a| a.get(&format!("{PREFIX}{name}")))
+        .and_then(Value::as_str)
+}
+
+/// A container's or volume's name.
+fn name_of(c: &Value) -> String {
+    c.get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Injects sidecars as configured.
 #[derive(Debug, Clone)]
 pub struct Injector {
@@ -118,11 +151,7 @@ impl Injector {
             .unwrap_or_else(|| json!({}));
         let annotations = metadata.get("annotations").and_then(Value::as_object);
         let labels = metadata.get("labels").and_then(Value::as_object);
-        let annotation = |name: &str| {
-            annotations
-                .and_then(|a| a.get(&format!("{PREFIX}{name}")))
-                .and_then(Value::as_str)
-        };
+        let annotation = |name: &str| annotation_in(annotations, name);
         // Injected means the annotation and the sidecar: the annotation alone (written by
         // hand, or copied from an injected pod) must not let a pod run unprotected.
         let has_sidecar = ["/spec/initContainers", "/spec/containers"]
@@ -131,10 +160,7 @@ impl Injector {
                 template
                     .pointer(list)
                     .and_then(Value::as_array)
-                    .is_some_and(|l| {
-                        l.iter()
-                            .any(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR))
-                    })
+                    .is_some_and(|l| l.iter().any(|c| name_of(c) == SIDECAR))
             });
         if annotation("status") == Some("injected") && has_sidecar {
             return Ok(Outcome::Skipped("already injected"));
@@ -152,6 +178,18 @@ impl Injector {
             return Ok(Outcome::Skipped("its namespace is excluded"));
         }
 
+        let plan = self.plan(template, annotations)?;
+        Ok(Outcome::Injected(self.apply(template, plan)?))
+    }
+
+    /// Checks `template` against what injection needs, and what it will do: every problem,
+    /// or the plan.
+    fn plan(
+        &self,
+        template: &Value,
+        annotations: Option<&Map<String, Value>>,
+    ) -> Result<Plan, Vec<String>> {
+        let annotation = |name: &str| annotation_in(annotations, name);
         let mut problems = Vec::new();
         for key in annotations.into_iter().flat_map(|a| a.keys()) {
             if let Some(name) = key.strip_prefix(PREFIX)
@@ -179,12 +217,6 @@ impl Injector {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let name_of = |c: &Value| {
-            c.get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
         if containers
             .iter()
             .chain(&init_containers)
@@ -333,9 +365,33 @@ impl Injector {
         else {
             return Err(problems);
         };
+        Ok(Plan {
+            containers,
+            init_containers,
+            volumes,
+            app_index,
+            listen,
+            app_port,
+            ops,
+            mode: mode.map(str::to_owned),
+            resources,
+        })
+    }
 
+    /// The template with the sidecar, as `plan` says.
+    fn apply(&self, template: &Value, plan: Plan) -> Result<Value, Vec<String>> {
+        let Plan {
+            mut containers,
+            mut init_containers,
+            mut volumes,
+            app_index,
+            listen,
+            app_port,
+            ops,
+            mode,
+            resources,
+        } = plan;
         // The app container: its port moves, its probes follow.
-        let mut containers = containers;
         let mut port_name = String::from("http");
         if let Some(app) = containers.get_mut(app_index) {
             let mut taken_name = None;
@@ -370,14 +426,19 @@ impl Injector {
             }
         }
 
-        let sidecar = self.sidecar(listen, app_port, ops, &port_name, mode, &resources);
-        let mut init_containers = init_containers;
+        let sidecar = self.sidecar(
+            listen,
+            app_port,
+            ops,
+            &port_name,
+            mode.as_deref(),
+            &resources,
+        );
         if self.native() {
             init_containers.push(sidecar);
         } else {
             containers.insert(0, sidecar);
         }
-        let mut volumes = volumes;
         volumes.extend(self.volumes());
 
         let mut template = template.clone();
@@ -417,7 +478,7 @@ impl Injector {
             }
             spec.insert(String::from("volumes"), Value::Array(volumes));
         }
-        Ok(Outcome::Injected(template))
+        Ok(template)
     }
 
     /// The sidecar container.
