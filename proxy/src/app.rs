@@ -5,8 +5,9 @@
 //!    the snapshot loaded) or from a control plane (`proxy`: bootstrapped, or the
 //!    last-known-good file, the ops address answering meanwhile), and the route map over
 //!    its policies;
-//! 2. the keys, the HTTPS certificate, the audit ledger — the parts the data plane is
-//!    given, each prepared from the configuration;
+//! 2. the keys (their source is chosen before step 1, so a `proxy` without keys stops
+//!    before it waits for a state), the HTTPS certificate, the audit ledger — the parts
+//!    the data plane is given, each prepared from the configuration;
 //! 3. the listeners checked, the data plane assembled with the process's metrics;
 //! 4. the background tasks under one shutdown signal ([`Background`]): keys, certificate,
 //!    route-map checks, audit sinks, reloads, and per source the publisher and the admin
@@ -134,6 +135,9 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     let background = Background::new().map_err(Failure::Runtime)?;
     let metrics = Arc::new(Metrics::new());
 
+    // The token keys first: `proxy` without any refuses before it waits for a state.
+    let (keys, issuer, dev_key) = key_source(&config, mode).map_err(|e| Failure::Input(vec![e]))?;
+
     // 1. The state and the route map over its policies.
     let (state, snapshot, gate) = match source {
         #[cfg(feature = "control-plane")]
@@ -172,7 +176,6 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     };
 
     // 2. The parts the data plane is given.
-    let (keys, issuer, dev_key) = key_source(&config, mode).map_err(|e| Failure::Input(vec![e]))?;
     let settings = crate::prepare::auth_settings(&config.auth, issuer.clone())
         .map_err(|e| Failure::Input(vec![e]))?;
     let authn = Arc::new(Authenticator::new(

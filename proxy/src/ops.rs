@@ -189,9 +189,7 @@ async fn answer_while_bootstrapping(
         .and_then(|l| l.split(' ').nth(1))
         .unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let verbose = query
-        .split('&')
-        .any(|p| p == "verbose" || p.starts_with("verbose="));
+    let verbose = asks_verbose(query);
     let response = match path {
         "/livez" => text_response(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         "/readyz" | "/healthz" => text_response(
@@ -242,6 +240,13 @@ fn encode_metrics(metrics: &crate::metrics::Metrics) -> Response<Vec<u8>> {
     }
 }
 
+/// Whether a query string asks for `?verbose`.
+fn asks_verbose(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|p| p == "verbose" || p.starts_with("verbose="))
+}
+
 fn age_seconds(built_at_ms: i64) -> f64 {
     let now = jiff::Timestamp::now().as_millisecond();
     (now.saturating_sub(built_at_ms)).max(0) as f64 / 1000.0
@@ -264,10 +269,7 @@ fn text_response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Respo
 impl ServeHttp for Ops {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let uri = &session.req_header().uri;
-        let verbose = uri.query().is_some_and(|q| {
-            q.split('&')
-                .any(|p| p == "verbose" || p.starts_with("verbose="))
-        });
+        let verbose = uri.query().is_some_and(asks_verbose);
         match uri.path() {
             "/livez" => text_response(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" | "/healthz" => self.readyz(verbose),

@@ -185,7 +185,7 @@ pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<
 }
 
 /// Why `portcullis proxy` does not start without token keys.
-pub(crate) const NO_KEYS_FOR_PROXY: &str = "auth: `portcullis proxy` verifies tokens with the keys of your issuer: set auth.jwks_url (or auth.jwks_file) and auth.issuer; the dev signing key is trusted by `portcullis serve` only";
+const NO_KEYS_FOR_PROXY: &str = "auth: `portcullis proxy` verifies tokens with the keys of your issuer: set auth.jwks_url (or auth.jwks_file) and auth.issuer; the dev signing key is trusted by `portcullis serve` only";
 
 /// The configured JWKS, or the dev key (created in the data directory if needed). The dev
 /// key is trusted by `serve` only: `proxy` enforces for real traffic and refuses to start

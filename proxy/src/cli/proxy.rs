@@ -49,10 +49,6 @@ pub fn run(args: &Args) -> Exit {
         return Exit::InvalidInput;
     };
     crate::logging::init(&config.log);
-    if config.auth.jwks_url.is_none() && config.auth.jwks_file.is_none() {
-        eprintln!("portcullis proxy: {}", super::NO_KEYS_FOR_PROXY);
-        return Exit::InvalidInput;
-    }
     let cp = config.control_plane.clone();
     let (Some(url), Some(token_file)) = (cp.url.clone(), cp.token_file.clone()) else {
         eprintln!(
