@@ -4,6 +4,12 @@
 //! values of whatever the change entries since the last revision touched). Maps are
 //! persistent (`imbl`), so a patch copies only the paths it changes. A new snapshot is
 //! published through [`SnapshotHandle`] with an atomic pointer swap; readers never lock.
+//!
+//! A sidecar in cached state mode holds only the shared part of the state (everything but
+//! users and services: [`is_shared`]); the control plane hands it that part
+//! ([`StoreState::into_shared`], [`SnapshotUpdate::into_shared`]: changed users and services
+//! become [`StoreDelta::invalidated`] keys) and one principal at a time
+//! ([`PrincipalSlice`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +22,8 @@ use crate::error::CompileError;
 use crate::policy::{CompiledPolicies, PolicySources, compile};
 use crate::slice::{CedarEntity, CedarPrincipal, EntityTypes};
 use portcullis_model::{
-    Assignment, EntityRecord, EntityRef, PolicyFile, PolicySetVersion, Principal, Revision,
-    RevokedSession, Role, TemplateLink, UnixMillis,
+    Assignment, EntityRecord, EntityRef, PolicyFile, PolicySetVersion, Principal, PrincipalKind,
+    Revision, RevokedSession, Role, TemplateLink, UnixMillis,
 };
 
 /// Everything the store holds, loaded at once (bootstrap). Also the document a control plane
@@ -86,8 +92,39 @@ impl StoreState {
     }
 }
 
+impl StoreState {
+    /// The shared part: everything but users and services (see [`is_shared`]) and their
+    /// assignments. What a sidecar in cached state mode holds in full.
+    #[must_use]
+    pub fn into_shared(mut self) -> Self {
+        self.principals.retain(|p| is_shared(&p.entity_ref()));
+        self.assignments.retain(|a| is_shared(&a.principal));
+        self
+    }
+}
+
+/// Whether a principal belongs to the shared part of the state, held in full by every
+/// sidecar: groups (few, and read by the decisions of all their members). Users and
+/// services are many and each read by its own decisions: a sidecar in cached state mode
+/// fetches them one at a time.
+pub fn is_shared(principal: &EntityRef) -> bool {
+    PrincipalKind::from_cedar_type(principal.type_name()) == Some(PrincipalKind::Group)
+}
+
 /// A principal record with all its assignments.
 pub type PrincipalWithAssignments = (Principal, Vec<Assignment>);
+
+/// One principal's part of the state at a revision: the record with all its assignments,
+/// or `None` when the store does not hold it. What a sidecar in cached state mode fetches
+/// on a miss, from the shared cache or the control plane.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalSlice {
+    /// The store revision the slice is current at: it holds every change up to it.
+    pub revision: Revision,
+    /// The principal and its assignments; `None` when not in the store.
+    pub principal: Option<PrincipalWithAssignments>,
+}
 
 /// The current values of what changed between two revisions.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -107,6 +144,38 @@ pub struct StoreDelta {
     pub template_links: Option<Vec<TemplateLink>>,
     /// The new current policy set, if it changed.
     pub policy_set: Option<PolicySetVersion>,
+    /// Principals outside the shared part that changed, in the shared view of a delta
+    /// ([`StoreDelta::into_shared`]): a sidecar in cached state mode evicts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalidated: Vec<EntityRef>,
+}
+
+impl StoreDelta {
+    /// The shared view: changed users and services are named in [`Self::invalidated`]
+    /// instead of carried.
+    #[must_use]
+    pub fn into_shared(mut self) -> Self {
+        let (shared, others): (Vec<_>, Vec<_>) = self
+            .principals
+            .into_iter()
+            .partition(|(key, _)| is_shared(key));
+        self.principals = shared;
+        self.invalidated
+            .extend(others.into_iter().map(|(key, _)| key));
+        self
+    }
+
+    /// Whether applying it leaves every decision as it was for the principals a snapshot
+    /// holds: it only names principals the snapshot does not hold, or revokes sessions
+    /// (checked before a decision, never cached). A snapshot patched by such a delta keeps
+    /// its decision cache.
+    fn keeps_decisions(&self) -> bool {
+        self.principals.is_empty()
+            && self.entities.is_empty()
+            && self.roles.is_none()
+            && self.template_links.is_none()
+            && self.policy_set.is_none()
+    }
 }
 
 /// What a follower needs to bring its snapshot to the store's current revision.
@@ -120,6 +189,15 @@ pub enum SnapshotUpdate {
 }
 
 impl SnapshotUpdate {
+    /// The shared view (see [`StoreState::into_shared`], [`StoreDelta::into_shared`]).
+    #[must_use]
+    pub fn into_shared(self) -> Self {
+        match self {
+            Self::Patch(delta) => Self::Patch(delta.into_shared()),
+            Self::Rebuild(state) => Self::Rebuild(state.into_shared()),
+        }
+    }
+
     /// The revision it brings a snapshot to.
     pub fn revision(&self) -> Revision {
         match self {
@@ -172,6 +250,14 @@ impl PrincipalView {
     /// Assignments scoped exactly to `entity`.
     pub fn assignments_on(&self, entity: &EntityRef) -> &[Arc<Assignment>] {
         self.scoped.get(entity).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every assignment: global ones first, then scoped ones.
+    pub fn assignments(&self) -> impl Iterator<Item = &Assignment> {
+        self.global
+            .iter()
+            .chain(self.scoped.values().flatten())
+            .map(AsRef::as_ref)
     }
 
     /// Number of assignments.
@@ -307,7 +393,9 @@ impl Snapshot {
     /// caller keeps serving `self`.
     pub fn patched(&self, delta: StoreDelta, now: UnixMillis) -> Result<Self, SnapshotError> {
         let mut next = self.clone();
-        next.decisions = Arc::new(DecisionCache::new());
+        if !delta.keeps_decisions() {
+            next.decisions = Arc::new(DecisionCache::new());
+        }
         let recompile =
             delta.roles.is_some() || delta.template_links.is_some() || delta.policy_set.is_some();
         if let Some(version) = delta.policy_set {
@@ -413,6 +501,16 @@ impl Snapshot {
     /// A principal with its assignments.
     pub fn principal(&self, key: &EntityRef) -> Option<&Arc<PrincipalView>> {
         self.principals.get(key)
+    }
+
+    /// The view of a principal this snapshot does not hold (cached state mode), prepared
+    /// against its policies' schema.
+    pub fn principal_view(
+        &self,
+        principal: Principal,
+        assignments: impl IntoIterator<Item = Assignment>,
+    ) -> PrincipalView {
+        PrincipalView::new(principal, assignments, self.policies.types())
     }
 
     /// A resource entity.

@@ -246,6 +246,62 @@ async fn assignments_are_listed_by_principal_role_and_scope(store: SqlStore) {
     );
 }
 
+/// The shared part of the state: everything but users, services and their assignments.
+async fn the_shared_state_holds_groups_but_no_users_or_services(store: SqlStore) {
+    seed(&store).await;
+    let mut team = user("team", "t1");
+    team.kind = PrincipalKind::Group;
+    let mut svc = user("svc", "t1");
+    svc.kind = PrincipalKind::Service;
+    for p in [user("alice", "t1"), team, svc] {
+        store.put_principal(&p).await.unwrap();
+    }
+    for (id, who) in [
+        ("a1", "User::\"alice\""),
+        ("g1", "Group::\"team\""),
+        ("s1", "Service::\"svc\""),
+    ] {
+        store
+            .create_assignment(&Assignment {
+                id: id.to_owned(),
+                principal: eref(who),
+                role: String::from("member"),
+                scope: Scope::Global,
+                conditions: AssignmentConditions::default(),
+                assigned_by: None,
+                reason: None,
+            })
+            .await
+            .unwrap();
+    }
+    let full = store.load_state().await.unwrap();
+    let shared = store.load_shared_state().await.unwrap();
+    assert_eq!(full.principals.len(), 3);
+    assert_eq!(
+        shared
+            .principals
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        ["team"]
+    );
+    assert_eq!(
+        shared
+            .assignments
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
+        ["g1"]
+    );
+    assert_eq!(shared.revision, full.revision);
+    assert_eq!(shared.roles, full.roles);
+    assert!(shared.policy_set.is_some());
+    // The same as filtering the whole state.
+    let filtered = full.into_shared();
+    assert_eq!(shared.principals, filtered.principals);
+    assert_eq!(shared.assignments, filtered.assignments);
+}
+
 /// Seeds the default policies and one role, returns the revision.
 async fn seed(store: &SqlStore) -> Revision {
     let (files, schema) = default_policy_files();
@@ -1138,6 +1194,7 @@ suite!(
     events_apply_once_whole_and_in_order,
     dead_letters_are_kept_listed_and_marked,
     the_event_stream_numbers_entries_without_gaps,
+    the_shared_state_holds_groups_but_no_users_or_services,
 );
 
 /// A store made before sqlx's migrator (which knew migrations 1 and 2): their schema, its

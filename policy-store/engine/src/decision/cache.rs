@@ -7,7 +7,9 @@
 //! (which already reflect the clock, MFA, band and device conditions of the assignments) and
 //! the context values the action's policies read (those they do not read are left out, so
 //! that, say, the minute or the client IP does not split entries for an action whose
-//! policies never look at them). INVARIANT: a new input of the evaluation must join
+//! policies never look at them), and, in cached state mode, the version of each user or
+//! service fetched for the decision (a cache that outlives an eviction then never answers
+//! for a version it did not see). INVARIANT: a new input of the evaluation must join
 //! [`KeyRef`], or the cache would answer for a request it has not seen.
 //!
 //! Entries are found by a keyed hash of the borrowed key and then compared field by field,
@@ -16,7 +18,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use super::{Decision, RequestFacts};
+use super::{Decision, FetchedPrincipal, RequestFacts};
 use crate::slice::ContextAttrs;
 use portcullis_model::EntityRef;
 
@@ -32,6 +34,22 @@ pub(super) struct KeyRef<'a> {
     pub(super) route_parents: &'a [EntityRef],
     pub(super) roles: &'a [&'a str],
     pub(super) facts: ContextKey<'a>,
+    pub(super) versions: Versions<'a>,
+}
+
+/// The revisions of the principals fetched for a decision (empty in full state mode). With
+/// the principal and the resource in the key, they name every version the decision read:
+/// the keys fetched follow from the versions.
+#[derive(Debug)]
+pub(super) struct Versions<'a>(pub(super) &'a [Arc<FetchedPrincipal>]);
+
+impl std::hash::Hash for Versions<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_usize(self.0.len());
+        for fetched in self.0 {
+            state.write_i64(fetched.revision);
+        }
+    }
 }
 
 /// The context values of [`RequestFacts`] that reach Cedar (`now` reaches it only through
@@ -95,6 +113,7 @@ struct Key {
     band: String,
     ip: Option<String>,
     device_id: Option<String>,
+    versions: Vec<portcullis_model::Revision>,
 }
 
 impl Key {
@@ -114,6 +133,7 @@ impl Key {
             band: f.band.to_owned(),
             ip: f.ip.map(str::to_owned),
             device_id: f.device_id.map(str::to_owned),
+            versions: k.versions.0.iter().map(|f| f.revision).collect(),
         }
     }
 
@@ -124,6 +144,12 @@ impl Key {
             && self.route_parents == k.route_parents
             && self.roles.len() == k.roles.len()
             && self.roles.iter().zip(k.roles).all(|(a, b)| a == b)
+            && self.versions.len() == k.versions.0.len()
+            && self
+                .versions
+                .iter()
+                .zip(k.versions.0)
+                .all(|(a, b)| *a == b.revision)
             && ContextKey {
                 hour: self.hour,
                 minute: self.minute,

@@ -11,6 +11,12 @@
 //!
 //! Outcomes are remembered per snapshot in a [`cache`] keyed by every input of the
 //! evaluation; [`decide_uncached`] skips it.
+//!
+//! In cached state mode the snapshot holds only the shared part of the state: the users
+//! and services a decision reads (the principal, its managers, a principal that is the
+//! resource) are fetched first and passed in ([`FetchedPrincipal`]): [`first_missing`]
+//! names the next one to fetch, by the same walk the decision takes, and
+//! [`decide_fetched`] decides over them.
 
 mod cache;
 #[cfg(test)]
@@ -20,6 +26,7 @@ pub use cache::DECISION_CACHE_ENTRIES;
 pub(crate) use cache::DecisionCache;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cedar_policy_core::ast::{
@@ -31,8 +38,8 @@ use cedar_policy_core::extensions::Extensions;
 
 use crate::policy::{ActionPolicies, PreparedPolicy, Reads};
 use crate::slice;
-use crate::snapshot::{EntityView, PrincipalView, Snapshot};
-use portcullis_model::{Assignment, EntityRef, PrincipalKind, UnixMillis};
+use crate::snapshot::{EntityView, PrincipalView, Snapshot, is_shared};
+use portcullis_model::{Assignment, EntityRef, PrincipalKind, Revision, UnixMillis};
 
 /// How deep entity and group hierarchies are followed; deeper chains are cut (and a cycle
 /// cannot loop).
@@ -120,6 +127,9 @@ pub enum DecisionReason {
     ParentMismatch,
     /// The request could not be turned into a Cedar request.
     InvalidRequest,
+    /// A principal the decision reads was not fetched (cached state mode): never decided
+    /// on a guess.
+    StateUnavailable,
 }
 
 impl DecisionReason {
@@ -134,6 +144,7 @@ impl DecisionReason {
             Self::UnknownAction => "unknown_action",
             Self::ParentMismatch => "resource_parent_mismatch",
             Self::InvalidRequest => "invalid_request",
+            Self::StateUnavailable => "state_unavailable",
         }
     }
 }
@@ -172,20 +183,133 @@ impl Decision {
     }
 }
 
+/// A user or service the snapshot does not hold (cached state mode), fetched for a
+/// decision: its view at `revision`, or `None` when the store does not hold it.
+#[derive(Debug, Clone)]
+pub struct FetchedPrincipal {
+    /// Which principal.
+    pub key: EntityRef,
+    /// The store revision the view is current at; with `key`, it names the version, so
+    /// decisions cached over one version are never answered for another.
+    pub revision: Revision,
+    /// The view; `None`: not in the store.
+    pub view: Option<Arc<PrincipalView>>,
+}
+
+/// Where a decision finds principals: all in the snapshot (full state), or the shared ones
+/// in the snapshot and the others among those fetched for it (cached state).
+#[derive(Debug, Clone, Copy)]
+struct Principals<'s> {
+    snapshot: &'s Snapshot,
+    fetched: Option<&'s [Arc<FetchedPrincipal>]>,
+}
+
+/// A principal looked up for a decision.
+enum Lookup<'s> {
+    Found(&'s PrincipalView),
+    /// Not in the store.
+    Absent,
+    /// Not fetched (cached state): the decision cannot be made yet.
+    Missing,
+}
+
+impl<'s> Principals<'s> {
+    fn get(&self, key: &EntityRef) -> Lookup<'s> {
+        let held = |view: Option<&'s Arc<PrincipalView>>| match view {
+            Some(view) => Lookup::Found(view),
+            None => Lookup::Absent,
+        };
+        match self.fetched {
+            Some(fetched) if !is_shared(key) => match fetched.iter().find(|f| f.key == *key) {
+                Some(f) => held(f.view.as_ref()),
+                None => Lookup::Missing,
+            },
+            _ => held(self.snapshot.principal(key)),
+        }
+    }
+}
+
 /// Decides one request against a snapshot, answering from the snapshot's decision cache when
 /// it has seen exactly these inputs. Never touches I/O and never locks.
 pub fn decide(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> Decision {
-    decide_with(snapshot, request, true)
+    decide_with(
+        Principals {
+            snapshot,
+            fetched: None,
+        },
+        request,
+        true,
+    )
 }
 
 /// [`decide`] without the decision cache: always evaluates.
 pub fn decide_uncached(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> Decision {
-    decide_with(snapshot, request, false)
+    decide_with(
+        Principals {
+            snapshot,
+            fetched: None,
+        },
+        request,
+        false,
+    )
 }
 
-fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bool) -> Decision {
+/// [`decide`] over a snapshot of the shared state and the users and services fetched for
+/// this request (cached state mode). One that was not fetched denies with
+/// [`DecisionReason::StateUnavailable`]: fetch until [`first_missing`] names none first.
+pub fn decide_fetched(
+    snapshot: &Snapshot,
+    fetched: &[Arc<FetchedPrincipal>],
+    request: &DecisionRequest<'_>,
+) -> Decision {
+    let principals = Principals {
+        snapshot,
+        fetched: Some(fetched),
+    };
+    decide_with(principals, request, true)
+}
+
+/// The next user or service [`decide_fetched`] would read that is not among `fetched`:
+/// the principal, then its managers, then a principal that is the resource and its
+/// managers. `None` when the decision has all it reads.
+pub fn first_missing(
+    snapshot: &Snapshot,
+    fetched: &[Arc<FetchedPrincipal>],
+    request: &DecisionRequest<'_>,
+) -> Option<EntityRef> {
+    let principals = Principals {
+        snapshot,
+        fetched: Some(fetched),
+    };
+    let reads_resource = PrincipalKind::from_cedar_type(request.resource.type_name()).is_some();
+    let mut wanted = vec![request.principal];
+    if reads_resource {
+        wanted.push(request.resource);
+    }
+    for key in wanted {
+        match principals.get(key) {
+            Lookup::Missing => return Some(key.clone()),
+            Lookup::Absent => {}
+            Lookup::Found(view) => {
+                if let Err(missing) =
+                    manager_chain(principals, view.principal.attributes.manager.as_deref())
+                {
+                    return Some(missing);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn decide_with(
+    principals: Principals<'_>,
+    request: &DecisionRequest<'_>,
+    use_cache: bool,
+) -> Decision {
     let started = Instant::now();
-    let resolved = match Resolved::of(snapshot, request) {
+    let snapshot = principals.snapshot;
+    let resolved = match Resolved::of(principals, request) {
         Ok(resolved) => resolved,
         Err((reason, detail)) => return Decision::deny(reason, detail, started),
     };
@@ -199,6 +323,7 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
         route_parents: request.route_parents,
         roles: &resolved.roles,
         facts: cache::ContextKey::of(request.facts, reads.context),
+        versions: cache::Versions(principals.fetched.unwrap_or_default()),
     };
     if use_cache && let Some(mut hit) = snapshot.decisions().get(&key) {
         hit.elapsed = started.elapsed();
@@ -212,9 +337,16 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
             decision.effective_roles = resolved.roles.iter().map(|r| (*r).to_owned()).collect();
             decision
         }
-        Err(detail) => Decision::deny(DecisionReason::InvalidRequest, Some(detail), started),
+        Err(detail) => {
+            let reason = if detail.starts_with(STATE_UNAVAILABLE) {
+                DecisionReason::StateUnavailable
+            } else {
+                DecisionReason::InvalidRequest
+            };
+            Decision::deny(reason, Some(detail), started)
+        }
     };
-    if use_cache {
+    if use_cache && decision.reason != DecisionReason::StateUnavailable {
         snapshot.decisions().insert(&key, &decision);
     }
     decision.elapsed = started.elapsed();
@@ -226,6 +358,7 @@ fn decide_with(snapshot: &Snapshot, request: &DecisionRequest<'_>, use_cache: bo
 /// these.
 struct Resolved<'s> {
     snapshot: &'s Snapshot,
+    principals: Principals<'s>,
     request: &'s DecisionRequest<'s>,
     action: &'s ActionPolicies,
     principal: &'s PrincipalView,
@@ -239,17 +372,20 @@ impl<'s> Resolved<'s> {
     /// `Err` is a deny with its reason and detail: an unknown action or principal, a route
     /// parent the resource does not have.
     fn of(
-        snapshot: &'s Snapshot,
+        principals: Principals<'s>,
         request: &'s DecisionRequest<'s>,
     ) -> Result<Self, (DecisionReason, Option<String>)> {
+        let snapshot = principals.snapshot;
         let Some(action) = snapshot.policies().index().action(request.action) else {
             return Err((
                 DecisionReason::UnknownAction,
                 Some(format!("action `{}` is not in the schema", request.action)),
             ));
         };
-        let Some(principal) = snapshot.principal(request.principal) else {
-            return Err((DecisionReason::UnknownPrincipal, None));
+        let principal = match principals.get(request.principal) {
+            Lookup::Found(view) => view,
+            Lookup::Absent => return Err((DecisionReason::UnknownPrincipal, None)),
+            Lookup::Missing => return Err((DecisionReason::StateUnavailable, None)),
         };
         if principal.principal.kind == PrincipalKind::Group {
             // Groups hold members; they never act themselves.
@@ -265,6 +401,7 @@ impl<'s> Resolved<'s> {
         let roles = effective_roles(principal, &groups, &resource, request.facts, device_trusted);
         Ok(Self {
             snapshot,
+            principals,
             request,
             action,
             principal,
@@ -478,7 +615,7 @@ impl Resolved<'_> {
             Vec::with_capacity(2 + self.groups.len() + self.resource.ancestors.len());
         slice.push(slice::entity(
             principal_uid.clone(),
-            self.principal_attrs(self.principal),
+            self.principal_attrs(self.principal)?,
             principal_ancestors,
         ));
         for g in &self.groups {
@@ -555,20 +692,22 @@ impl Resolved<'_> {
         }
     }
 
-    /// A user's or service's attributes, with the manager chain for users.
-    fn principal_attrs(&self, view: &PrincipalView) -> slice::Attrs {
+    /// A user's or service's attributes, with the manager chain for users. `Err` when a
+    /// manager was not fetched (cached state).
+    fn principal_attrs(&self, view: &PrincipalView) -> Result<slice::Attrs, String> {
         let mut attrs = view.cedar.attrs.clone();
         if view.principal.kind == PrincipalKind::User {
             let types = self.snapshot.policies().types();
-            let managers =
-                manager_chain(self.snapshot, view.principal.attributes.manager.as_deref())
-                    .into_iter()
-                    .filter_map(|m| {
-                        types.uid(&portcullis_model::principal_ref(PrincipalKind::User, m))
-                    });
+            let managers = manager_chain(
+                self.principals,
+                view.principal.attributes.manager.as_deref(),
+            )
+            .map_err(|missing| format!("{STATE_UNAVAILABLE}: `{missing}` not fetched"))?
+            .into_iter()
+            .filter_map(|m| types.uid(&portcullis_model::principal_ref(PrincipalKind::User, m)));
             attrs.push(slice::managers_attr(managers));
         }
-        attrs
+        Ok(attrs)
     }
 
     /// The resource entity. A resource that is itself a principal (a `User` in `user.read`)
@@ -582,9 +721,15 @@ impl Resolved<'_> {
             .map(|(a, v)| self.entity_uid(a, *v))
             .collect::<Result<HashSet<_>, _>>()?;
         if PrincipalKind::from_cedar_type(chain.resource.type_name()).is_some() {
-            let attrs = match self.snapshot.principal(chain.resource) {
-                Some(view) => self.principal_attrs(view),
-                None => slice::unknown_principal_attrs(),
+            let attrs = match self.principals.get(chain.resource) {
+                Lookup::Found(view) => self.principal_attrs(view)?,
+                Lookup::Absent => slice::unknown_principal_attrs(),
+                Lookup::Missing => {
+                    return Err(format!(
+                        "{STATE_UNAVAILABLE}: `{}` not fetched",
+                        chain.resource
+                    ));
+                }
             };
             return Ok(slice::entity(uid, attrs, ancestors));
         }
@@ -624,8 +769,15 @@ impl Resolved<'_> {
     }
 }
 
-/// Every manager above `first` in the org tree (seed 002 in_org_tree).
-fn manager_chain<'s>(snapshot: &'s Snapshot, first: Option<&'s str>) -> Vec<&'s str> {
+/// The start of a slice-building error that is a missing fetch, not a bad request.
+const STATE_UNAVAILABLE: &str = "state unavailable";
+
+/// Every manager above `first` in the org tree (seed 002 in_org_tree). `Err` names the
+/// first manager that was not fetched (cached state).
+fn manager_chain<'s>(
+    principals: Principals<'s>,
+    first: Option<&'s str>,
+) -> Result<Vec<&'s str>, EntityRef> {
     let mut chain: Vec<&str> = Vec::new();
     let mut current = first;
     while let Some(id) = current {
@@ -633,11 +785,14 @@ fn manager_chain<'s>(snapshot: &'s Snapshot, first: Option<&'s str>) -> Vec<&'s 
             break;
         }
         chain.push(id);
-        current = snapshot
-            .principal(&portcullis_model::principal_ref(PrincipalKind::User, id))
-            .and_then(|m| m.principal.attributes.manager.as_deref());
+        let key = portcullis_model::principal_ref(PrincipalKind::User, id);
+        current = match principals.get(&key) {
+            Lookup::Found(m) => m.principal.attributes.manager.as_deref(),
+            Lookup::Absent => None,
+            Lookup::Missing => return Err(key),
+        };
     }
-    chain
+    Ok(chain)
 }
 
 /// Cedar's decision rule over several disjoint lists of policies: any satisfied forbid

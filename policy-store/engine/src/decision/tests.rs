@@ -416,7 +416,13 @@ fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
                         route_parents,
                         facts,
                     };
-                    let Ok(resolved) = Resolved::of(&snapshot, &request) else {
+                    let Ok(resolved) = Resolved::of(
+                        Principals {
+                            snapshot: &snapshot,
+                            fetched: None,
+                        },
+                        &request,
+                    ) else {
                         continue;
                     };
                     let reads = resolved.action.reads();
@@ -533,4 +539,153 @@ fn reads_are_what_the_conditions_mention() {
     );
     // `context != context` reads the context whole.
     assert_eq!(reads("tenant.read").context, ContextAttrs::ALL);
+}
+
+/// Cached state mode: a snapshot of the shared part plus the users and services
+/// [`first_missing`] names, fetched one at a time, decides every request as the full
+/// snapshot does.
+#[test]
+fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
+    let full = Snapshot::build(state(&["default.cedar"]), 0).unwrap();
+    let shared = Snapshot::build(state(&["default.cedar"]).into_shared(), 0).unwrap();
+    assert!(shared.principal(&eref("User", "alice")).is_none());
+    assert!(shared.principal(&eref("Group", "team")).is_some());
+    let principals = [
+        eref("User", "alice"),
+        eref("User", "bob"),
+        eref("User", "carol"),
+        eref("User", "dave"),
+        eref("User", "nobody"),
+        eref("Service", "svc"),
+        eref("Group", "team"),
+    ];
+    let resources = [
+        (eref("Space", "s1"), vec![eref("Tenant", "t1")]),
+        (eref("Document", "d1"), vec![eref("Space", "s1")]),
+        (eref("Document", "unknown"), vec![eref("Space", "s1")]),
+        (eref("User", "alice"), vec![]),
+        (eref("User", "bob"), vec![]),
+        (eref("User", "nobody"), vec![]),
+    ];
+    let mut actions: Vec<&str> = full.policies().index().action_ids().collect();
+    actions.sort_unstable();
+    let facts = facts();
+    // The control plane's answer for one principal, as the shared snapshot prepares it.
+    let fetch = |key: &EntityRef| {
+        Arc::new(FetchedPrincipal {
+            key: key.clone(),
+            revision: 1,
+            view: full.principal(key).map(|v| {
+                Arc::new(shared.principal_view(v.principal.clone(), v.assignments().cloned()))
+            }),
+        })
+    };
+    let (mut compared, mut allowed, mut managers_fetched) = (0_usize, 0_usize, 0_usize);
+    for action in &actions {
+        for principal in &principals {
+            for (resource, route_parents) in &resources {
+                for facts in &facts {
+                    let request = DecisionRequest {
+                        principal,
+                        action,
+                        resource,
+                        route_parents,
+                        facts,
+                    };
+                    let mut fetched: Vec<Arc<FetchedPrincipal>> = Vec::new();
+                    while let Some(missing) = first_missing(&shared, &fetched, &request) {
+                        assert!(fetched.len() < 8, "fetches without end: {fetched:?}");
+                        fetched.push(fetch(&missing));
+                    }
+                    if fetched
+                        .iter()
+                        .any(|f| f.key != *principal && f.key != *resource)
+                    {
+                        managers_fetched += 1;
+                    }
+                    let theirs = decide_uncached(&full, &request);
+                    let ours = decide_fetched(&shared, &fetched, &request);
+                    let case = format!("{principal} {action} {resource} {facts:?}");
+                    assert_eq!(ours.allowed, theirs.allowed, "{case}");
+                    assert_eq!(ours.reason, theirs.reason, "{case}");
+                    assert_eq!(
+                        ours.determining_policies, theirs.determining_policies,
+                        "{case}"
+                    );
+                    assert_eq!(ours.effective_roles, theirs.effective_roles, "{case}");
+                    assert_eq!(ours.errors, theirs.errors, "{case}");
+                    // The second time, from the cache, the same.
+                    let again = decide_fetched(&shared, &fetched, &request);
+                    assert_eq!(again.allowed, theirs.allowed, "{case}");
+                    compared += 1;
+                    allowed += usize::from(theirs.allowed);
+                }
+            }
+        }
+    }
+    assert!(compared > 1000, "{compared}");
+    assert!(allowed > 0 && allowed < compared, "{allowed} of {compared}");
+    // alice's manager (bob) is read by her decisions, so it was fetched.
+    assert!(managers_fetched > 0);
+
+    // A principal not fetched is never decided on a guess; nor is its manager.
+    let facts = &facts[0];
+    let request = DecisionRequest {
+        principal: &principals[0],
+        action: "document.read",
+        resource: &resources[1].0,
+        route_parents: &resources[1].1,
+        facts,
+    };
+    let unfetched = decide_fetched(&shared, &[], &request);
+    assert_eq!(unfetched.reason, DecisionReason::StateUnavailable);
+    assert!(!unfetched.allowed);
+    let without_manager = decide_fetched(&shared, &[fetch(&principals[0])], &request);
+    assert_eq!(without_manager.reason, DecisionReason::StateUnavailable);
+    assert!(!without_manager.allowed);
+    // Neither is remembered: with the manager fetched it is decided.
+    let complete = [fetch(&principals[0]), fetch(&eref("User", "bob"))];
+    assert_eq!(first_missing(&shared, &complete, &request), None);
+    assert_ne!(
+        decide_fetched(&shared, &complete, &request).reason,
+        DecisionReason::StateUnavailable
+    );
+}
+
+/// A decision remembered over one version of a fetched principal is not answered for
+/// another: the revision is part of the key.
+#[test]
+fn a_decision_cached_over_one_version_is_not_answered_for_the_next() {
+    let full = Snapshot::build(state(&["default.cedar"]), 0).unwrap();
+    let shared = Snapshot::build(state(&["default.cedar"]).into_shared(), 0).unwrap();
+    let facts = &facts()[0];
+    let (bob, space) = (eref("User", "bob"), eref("Space", "s1"));
+    let parents = [eref("Tenant", "t1")];
+    let request = DecisionRequest {
+        principal: &bob,
+        action: "space.read",
+        resource: &space,
+        route_parents: &parents,
+        facts,
+    };
+    let held = full.principal(&bob).unwrap();
+    let version = |revision, status| {
+        let mut record = held.principal.clone();
+        record.status = status;
+        Arc::new(FetchedPrincipal {
+            key: bob.clone(),
+            revision,
+            view: Some(Arc::new(
+                shared.principal_view(record, held.assignments().cloned()),
+            )),
+        })
+    };
+    let active = [version(1, PrincipalStatus::Active)];
+    let first = decide_fetched(&shared, &active, &request);
+    assert!(first.allowed, "{first:?}");
+    assert!(decide_fetched(&shared, &active, &request).cached);
+    let suspended = [version(2, PrincipalStatus::Suspended)];
+    let next = decide_fetched(&shared, &suspended, &request);
+    assert!(!next.cached);
+    assert!(!next.allowed, "{next:?}");
 }

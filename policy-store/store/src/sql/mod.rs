@@ -344,6 +344,49 @@ impl SqlStore {
 }
 
 impl SqlStore {
+    /// The whole state, or its shared part, read in one consistent transaction.
+    async fn load_state_of(&self, view: StateView) -> Result<StoreState, StoreError> {
+        let (principals, assignments) = match view {
+            StateView::Full => ("SELECT doc FROM principals", "SELECT doc FROM assignments"),
+            // Groups only: the principal keys are `Group::"id"` (see `is_shared`).
+            StateView::Shared => (
+                "SELECT doc FROM principals WHERE key LIKE 'Group::%'",
+                "SELECT doc FROM assignments WHERE principal LIKE 'Group::%'",
+            ),
+        };
+        let mut tx = self.read_tx().await?;
+        let revision = current_revision(&mut tx).await?;
+        let now = now_millis();
+        let state = StoreState {
+            revision,
+            principals: all_docs(&mut tx, principals).await?,
+            roles: all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?,
+            assignments: all_docs(&mut tx, assignments).await?,
+            entities: all_docs(&mut tx, "SELECT doc FROM entities").await?,
+            revoked_sessions: docs(
+                &sqlx::query("SELECT doc FROM revoked_sessions WHERE expires_at > $1")
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?,
+            template_links: all_docs(&mut tx, "SELECT doc FROM template_links ORDER BY id").await?,
+            policy_set: latest_policy_set(&mut tx).await?,
+        };
+        tx.commit().await?;
+        Ok(state)
+    }
+}
+
+/// Which part of the state to load.
+#[derive(Debug, Clone, Copy)]
+enum StateView {
+    /// Everything.
+    Full,
+    /// All but users, services and their assignments.
+    Shared,
+}
+
+impl SqlStore {
     /// Creates (`existing == false`) or replaces (`existing == true`) a role, after checking
     /// that the role set still compiles with the current policies and links.
     async fn write_role(&self, role: &Role, existing: bool) -> Result<Revision, StoreError> {
@@ -664,26 +707,11 @@ impl Store for SqlStore {
     }
 
     async fn load_state(&self) -> Result<StoreState, StoreError> {
-        let mut tx = self.read_tx().await?;
-        let revision = current_revision(&mut tx).await?;
-        let now = now_millis();
-        let state = StoreState {
-            revision,
-            principals: all_docs(&mut tx, "SELECT doc FROM principals").await?,
-            roles: all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?,
-            assignments: all_docs(&mut tx, "SELECT doc FROM assignments").await?,
-            entities: all_docs(&mut tx, "SELECT doc FROM entities").await?,
-            revoked_sessions: docs(
-                &sqlx::query("SELECT doc FROM revoked_sessions WHERE expires_at > $1")
-                    .bind(now)
-                    .fetch_all(&mut *tx)
-                    .await?,
-            )?,
-            template_links: all_docs(&mut tx, "SELECT doc FROM template_links ORDER BY id").await?,
-            policy_set: latest_policy_set(&mut tx).await?,
-        };
-        tx.commit().await?;
-        Ok(state)
+        self.load_state_of(StateView::Full).await
+    }
+
+    async fn load_shared_state(&self) -> Result<StoreState, StoreError> {
+        self.load_state_of(StateView::Shared).await
     }
 
     async fn changes_since(&self, since: Revision, limit: i64) -> Result<Vec<Change>, StoreError> {
