@@ -22,9 +22,10 @@
 //! | `GET/PUT/DELETE /v1/entities/{type}/{id}` | resources and their parents; archive |
 //! | `POST /v1/authorize`, `POST /v1/authorize:batch` | what-if decisions with policies, roles and errors |
 //! | `GET /v1/audit` | this process's audit ledger, filtered, oldest first, paged |
-//! | `GET /v1/snapshot` | the whole state, for a sidecar to bootstrap from |
-//! | `GET /v1/updates?since=R` | a patch (or the whole state) from revision R; 204 if none |
-//! | `GET /v1/watch?since=R` | server-sent events: each update as it is published, heartbeats |
+//! | `GET /v1/snapshot[?view=shared]` | the whole state (or its shared part), for a sidecar to bootstrap from |
+//! | `GET /v1/snapshot/principals/{kind}/{id}` | one principal's slice, for a sidecar in cached state mode |
+//! | `GET /v1/updates?since=R[&view=shared]` | a patch (or the whole state) from revision R; 204 if none |
+//! | `GET /v1/watch?since=R[&view=shared]` | server-sent events: each update as it is published, heartbeats |
 //! | `POST /v1/events` | lifecycle events (one, or a batch): applied once, or dead-lettered |
 //! | `GET /v1/events/dead-letters`, `POST …/{id}/replay` | events not applied, with why; re-apply one |
 //! | `GET /v1/events/stream` | server-sent events: each event taken or dead-lettered, `Last-Event-ID` resume |
@@ -78,6 +79,8 @@ pub struct AppState<S> {
     /// Given when the process stops: long-lived responses (`/v1/watch`) end, so the server
     /// can finish the calls in flight and close.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// The shared cache slices served to sidecars are written through to, if any.
+    pub shared_cache: Option<publish::SharedCacheTarget>,
 }
 
 /// Checks a candidate policy set against the routes this process enforces.
@@ -153,6 +156,10 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
         .route("/v1/authorize:batch", post(resources::authorize_batch::<S>))
         .route("/v1/audit", get(resources::list_audit::<S>))
         .route("/v1/snapshot", get(resources::snapshot::<S>))
+        .route(
+            "/v1/snapshot/principals/{kind}/{id}",
+            get(resources::principal_slice::<S>),
+        )
         .route("/v1/updates", get(resources::updates::<S>))
         .route("/v1/watch", get(resources::watch::<S>))
         .route("/v1/events", post(resources::post_events::<S>))

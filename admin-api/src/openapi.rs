@@ -43,6 +43,7 @@ use crate::resources;
         resources::authorize_batch,
         resources::list_audit,
         resources::snapshot,
+        resources::principal_slice,
         resources::updates,
         resources::watch,
         resources::post_events,

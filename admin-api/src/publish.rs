@@ -1,18 +1,25 @@
 //! The control plane's core loop: follows the store into the snapshot in force and into
 //! the change feed every watching sidecar reads.
 //!
-//! Each revision is read from the store once and encoded once, here, whatever the number of
-//! sidecars watching: [`Publisher::publish_pending`] reads the update, applies it to the
-//! snapshot and, once it applied, keeps its encoded form in the [`ChangeFeed`].
-//! `GET /v1/watch` streams from the feed; only a caller further behind than the feed
-//! remembers reads the store for itself (its catch-up).
+//! Each revision is read from the store once and encoded once per view, here, whatever the
+//! number of sidecars watching: [`Publisher::publish_pending`] reads the update, applies it
+//! to the snapshot and, once it applied, keeps its encoded forms in the [`ChangeFeed`] — the
+//! whole update for sidecars holding the full state, its shared view for those in cached
+//! state mode. `GET /v1/watch` streams from the feed; only a caller further behind than the
+//! feed remembers reads the store for itself (its catch-up).
+//!
+//! With a shared cache ([`SharedCacheTarget`]), the users and services a revision changed
+//! are written to it before the feed announces the revision (so a sidecar that evicts on
+//! the news and misses reads the new slice); when a write fails, and at start, the cache
+//! moves to a new generation before the next write.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use portcullis_engine::snapshot::SnapshotHandle;
-use portcullis_model::Revision;
+use portcullis_engine::snapshot::{PrincipalSlice, SnapshotHandle, SnapshotUpdate, is_shared};
+use portcullis_l2::SharedCache;
+use portcullis_model::{EntityRef, Revision};
 use portcullis_store::{Store, StoreError};
 use prometheus::{IntCounterVec, IntGauge};
 
@@ -32,6 +39,8 @@ pub struct Step {
     pub to: Revision,
     /// The [`SnapshotUpdate`] as JSON: what `GET /v1/updates?since=<from>` answers.
     pub json: Arc<str>,
+    /// Its shared view ([`SnapshotUpdate::into_shared`]) as JSON, for `view=shared`.
+    pub shared_json: Arc<str>,
 }
 
 /// The last published steps and the revision published last; written by one
@@ -88,6 +97,93 @@ pub struct PublishMetrics {
     pub updates: IntCounterVec,
     /// `portcullis_snapshot_revision`.
     pub revision: IntGauge,
+    /// `portcullis_feed_encodes_total{view}`: `full` or `shared`; one each per revision.
+    pub encodes: IntCounterVec,
+    /// `portcullis_shared_cache_writes_total{outcome}`: slices `written`, writes `failed`,
+    /// `generations` begun.
+    pub shared_cache_writes: IntCounterVec,
+}
+
+/// The shared cache (L2) the control plane writes users' and services' slices to.
+#[derive(Debug, Clone)]
+pub struct SharedCacheTarget {
+    /// The client.
+    pub cache: Arc<SharedCache>,
+    /// How long a slice stays when nobody rewrites it.
+    pub ttl: Duration,
+}
+
+/// Writes what each published revision changed to the shared cache.
+#[derive(Debug)]
+struct SharedCacheWriter {
+    target: SharedCacheTarget,
+    /// A new generation is due before the next write: at start (commits may have landed
+    /// while nobody wrote), after a failed write, after a rebuild.
+    stale: bool,
+}
+
+impl SharedCacheWriter {
+    /// Writes `slices` (a rebuild: everything may have changed, so a new generation
+    /// instead); counts in `metrics`.
+    async fn write(
+        &mut self,
+        slices: &[(EntityRef, PrincipalSlice)],
+        rebuild: bool,
+        metrics: Option<&PublishMetrics>,
+    ) {
+        let count = |outcome: &str, n: u64| {
+            if let Some(m) = metrics {
+                m.shared_cache_writes
+                    .with_label_values(&[outcome])
+                    .inc_by(n);
+            }
+        };
+        self.stale |= rebuild;
+        if self.stale {
+            match self.target.cache.new_generation().await {
+                Ok(generation) => {
+                    self.stale = false;
+                    count("generations", 1);
+                    tracing::info!(generation, "shared cache: a new generation begins");
+                }
+                Err(e) => {
+                    count("failed", 1);
+                    tracing::warn!(error = %e, "shared cache: no new generation yet; nothing written");
+                    return;
+                }
+            }
+        }
+        if slices.is_empty() {
+            return;
+        }
+        match self.target.cache.put(slices, self.target.ttl).await {
+            Ok(written) => count("written", u64::try_from(written).unwrap_or(u64::MAX)),
+            Err(e) => {
+                self.stale = true;
+                count("failed", 1);
+                tracing::warn!(error = %e, "shared cache: slices not written; a new generation will begin");
+            }
+        }
+    }
+}
+
+/// The slices of the users and services `update` changes, current at its revision.
+fn changed_slices(update: &SnapshotUpdate) -> Vec<(EntityRef, PrincipalSlice)> {
+    match update {
+        SnapshotUpdate::Rebuild(_) => Vec::new(),
+        SnapshotUpdate::Patch(delta) => delta
+            .principals
+            .iter()
+            .filter(|(key, _)| !is_shared(key))
+            .map(|(key, value)| {
+                let slice = PrincipalSlice {
+                    revision: delta.revision,
+                    principal: value.clone(),
+                };
+                (key.clone(), slice)
+            })
+            .collect(),
+    }
 }
 
 /// Brings the snapshot and the feed to the store's revision; one per control plane.
@@ -99,6 +195,7 @@ pub struct Publisher<S> {
     metrics: Option<PublishMetrics>,
     /// A refused revision is not retried until the store moves past it.
     refused: Option<Revision>,
+    shared_cache: Option<SharedCacheWriter>,
 }
 
 impl<S: Store> Publisher<S> {
@@ -115,7 +212,18 @@ impl<S: Store> Publisher<S> {
             feed,
             metrics,
             refused: None,
+            shared_cache: None,
         }
+    }
+
+    /// Also writes each revision's changed users and services to a shared cache.
+    #[must_use]
+    pub fn with_shared_cache(mut self, target: SharedCacheTarget) -> Self {
+        self.shared_cache = Some(SharedCacheWriter {
+            target,
+            stale: true,
+        });
+        self
     }
 
     /// Applies and publishes what the store committed since the snapshot's revision; the
@@ -129,23 +237,31 @@ impl<S: Store> Publisher<S> {
         }
         let update = self.store.load_update(current).await?;
         let to = update.revision();
-        let json = match serde_json::to_string(&update) {
-            Ok(json) => Arc::<str>::from(json),
-            Err(e) => {
-                return Err(StoreError::Corrupt(format!(
-                    "revision {to} cannot be encoded: {e}"
-                )));
+        let encode = |update: &SnapshotUpdate, view: &str| {
+            if let Some(m) = &self.metrics {
+                m.encodes.with_label_values(&[view]).inc();
             }
+            serde_json::to_string(update)
+                .map(Arc::<str>::from)
+                .map_err(|e| StoreError::Corrupt(format!("revision {to} cannot be encoded: {e}")))
         };
+        let json = encode(&update, "full")?;
+        let shared_json = encode(&update.clone().into_shared(), "shared")?;
+        let slices = changed_slices(&update);
+        let rebuild = matches!(update, SnapshotUpdate::Rebuild(_));
         match self
             .snapshot
             .apply(update, jiff::Timestamp::now().as_millisecond())
         {
             Ok(applied) => {
+                if let Some(writer) = &mut self.shared_cache {
+                    writer.write(&slices, rebuild, self.metrics.as_ref()).await;
+                }
                 self.feed.push(Step {
                     from: current,
                     to: applied,
                     json,
+                    shared_json,
                 });
                 if let Some(m) = &self.metrics {
                     m.updates.with_label_values(&["applied"]).inc();
@@ -168,6 +284,9 @@ impl<S: Store> Publisher<S> {
     /// Publishes every commit as it happens; runs until the process stops it.
     pub async fn run(mut self) {
         let mut commits = self.store.commits();
+        if let Some(writer) = &mut self.shared_cache {
+            writer.write(&[], false, self.metrics.as_ref()).await;
+        }
         loop {
             // Woken by a commit (this process's, or a replica's on PostgreSQL); the timer
             // only catches what a wake-up missed.
@@ -181,6 +300,11 @@ impl<S: Store> Publisher<S> {
             }
             if let Err(e) = self.publish_pending().await {
                 tracing::warn!(error = %e, "cannot read the store's changes; serving the last snapshot");
+            }
+            // A generation due (at start, after a failed write) begins as soon as the
+            // cache answers, not only at the next commit.
+            if let Some(writer) = self.shared_cache.as_mut().filter(|w| w.stale) {
+                writer.write(&[], false, self.metrics.as_ref()).await;
             }
         }
     }

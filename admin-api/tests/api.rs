@@ -81,6 +81,11 @@ impl Store for Counting {
         self.inner.load_state()
     }
 
+    fn load_shared_state(&self) -> impl Future<Output = Result<StoreState, StoreError>> + Send {
+        self.update_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load_shared_state()
+    }
+
     fn changes_since(
         &self,
         since: i64,
@@ -252,6 +257,7 @@ async fn api() -> Api {
             )),
             route_guard: None,
             stopping: tokio_util::sync::CancellationToken::new(),
+            shared_cache: None,
         },
         AdminAuth::new(tokens),
     );
@@ -1241,6 +1247,8 @@ async fn a_tenant_admin_manages_its_own_tenant_and_nothing_else() {
             Some(json!({"files": [{"name": "x.cedar", "text": ""}]})),
         ),
         ("GET", "/v1/snapshot", None),
+        ("GET", "/v1/snapshot?view=shared", None),
+        ("GET", "/v1/snapshot/principals/users/bob", None),
         ("GET", "/v1/updates?since=0", None),
         ("GET", "/v1/entities/Space/s2", None),
         ("GET", "/v1/assignments?scope=Space::%22s2%22", None),
@@ -1451,6 +1459,12 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
         ),
         ("get", "/v1/audit", "/v1/audit", None),
         ("get", "/v1/snapshot", "/v1/snapshot", None),
+        (
+            "get",
+            "/v1/snapshot/principals/{kind}/{id}",
+            "/v1/snapshot/principals/users/ann",
+            None,
+        ),
         ("get", "/v1/updates", "/v1/updates?since=0", None),
         ("get", "/v1/watch", "/v1/watch?since=0", None),
         (
@@ -1495,7 +1509,13 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
             StatusCode::FORBIDDEN,
             "nobody {method} {uri}: {problem}"
         );
-        let follows = ["/v1/snapshot", "/v1/updates", "/v1/watch"].contains(&path);
+        let follows = [
+            "/v1/snapshot",
+            "/v1/snapshot/principals/{kind}/{id}",
+            "/v1/updates",
+            "/v1/watch",
+        ]
+        .contains(&path);
         // The body is not read: /v1/watch and /v1/events/stream stream until the caller
         // leaves.
         let status = api.open(SIDECAR, &method, uri, body).await.status();
@@ -1578,6 +1598,104 @@ async fn watch_streams_each_published_revision_and_heartbeats_between() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(fields(&problem), ["heartbeat_ms"]);
+}
+
+#[tokio::test]
+async fn a_cached_sidecar_bootstraps_from_the_shared_part_and_fetches_one_principal_at_a_time() {
+    let api = api().await;
+    two_tenants(&api).await;
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/principals/groups/eng",
+            Some(json!({"kind": "group", "id": "eng", "tenant": "t1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/assignments",
+            Some(json!({"id": "eng-s1", "principal": "Group::\"eng\"", "role": "member", "scope": {"entity": "Space::\"s1\""}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    api.refresh().await;
+
+    let ids = |list: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (status, full) = api
+        .call_as(Some(SIDECAR), "GET", "/v1/snapshot", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ids(&full["principals"]).contains(&String::from("bob")));
+    let (status, shared) = api
+        .call_as(Some(SIDECAR), "GET", "/v1/snapshot?view=shared", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&shared["principals"]), ["eng"]);
+    assert_eq!(ids(&shared["assignments"]), ["eng-s1"]);
+    assert_eq!(shared["entities"], full["entities"]);
+    assert_eq!(shared["revision"], full["revision"]);
+    assert_eq!(shared["policy_set"], full["policy_set"]);
+
+    // One principal, with all its assignments, at the control plane's revision.
+    let (status, slice) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            "/v1/snapshot/principals/users/bob",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{slice}");
+    assert_eq!(slice["revision"], full["revision"]);
+    assert_eq!(slice["principal"][0]["id"], "bob", "{slice}");
+    assert_eq!(ids(&slice["principal"][1]), ["bob-s2"]);
+    let (status, slice) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            "/v1/snapshot/principals/users/nobody",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(slice["principal"], Value::Null, "{slice}");
+    // An id is one path segment, taken as it is.
+    let (status, slice) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            "/v1/snapshot/principals/users/a%2Fb%22c",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(slice["principal"], Value::Null, "{slice}");
+
+    let (status, problem) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            "/v1/snapshot/principals/robots/r2",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&problem), ["kind"]);
+    let (status, _) = api
+        .call_as(Some(SIDECAR), "GET", "/v1/snapshot?view=half", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 /// The server-sent events of one `/v1/watch` response, one at a time.
@@ -1779,13 +1897,15 @@ async fn the_event_stream_names_each_event_and_resumes_after_the_last_id() {
 async fn fifty_watchers_cost_the_store_one_read_per_change() {
     let api = api().await;
     let since = api.snapshot.load().revision();
+    // Every other watcher follows the shared view (a sidecar in cached state mode).
     let mut watchers = Vec::new();
-    for _ in 0..50 {
+    for n in 0..50 {
+        let view = if n % 2 == 0 { "" } else { "&view=shared" };
         let response = api
             .open(
                 SIDECAR,
                 "GET",
-                &format!("/v1/watch?since={since}&heartbeat_ms=60000"),
+                &format!("/v1/watch?since={since}&heartbeat_ms=60000{view}"),
                 None,
             )
             .await;
@@ -1814,12 +1934,25 @@ async fn fifty_watchers_cost_the_store_one_read_per_change() {
         for watcher in &mut watchers {
             updates.push(watcher.next_update().await);
         }
-        for (id, data) in &updates {
+        for (id, _) in &updates {
             assert_eq!(id.as_deref(), Some(revision.to_string().as_str()));
-            assert!(data.contains(&format!("\"{user}\"")), "{data}");
         }
-        // The same bytes to all fifty.
-        assert!(updates.iter().all(|u| u.1 == updates[0].1));
+        // The same bytes to all of a view: the full view carries the user, the shared view
+        // names it to be evicted.
+        let (full, shared): (Vec<_>, Vec<_>) =
+            updates.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        assert!(full.iter().all(|(_, u)| u.1 == full[0].1.1));
+        assert!(shared.iter().all(|(_, u)| u.1 == shared[0].1.1));
+        let full: Value = serde_json::from_str(&full[0].1.1).unwrap();
+        let shared: Value = serde_json::from_str(&shared[0].1.1).unwrap();
+        assert_eq!(full["patch"]["principals"][0][1][0]["id"], user, "{full}");
+        assert!(full["patch"].get("invalidated").is_none(), "{full}");
+        assert_eq!(shared["patch"]["principals"], json!([]), "{shared}");
+        assert_eq!(
+            shared["patch"]["invalidated"],
+            json!([format!("User::\"{user}\"")]),
+            "{shared}"
+        );
         assert_eq!(
             api.store.update_reads.load(Ordering::SeqCst),
             1,

@@ -23,13 +23,14 @@ use portcullis_engine::snapshot::{SnapshotHandle, StoreState};
 
 use crate::audit::{Audit, Opened};
 use crate::cli::{Exit, key_source};
-use crate::config::{Config, Override};
+use crate::config::{Config, Override, StateMode};
 use crate::data_plane::authn::Authenticator;
 use crate::data_plane::staleness::Contact;
 use crate::data_plane::{DataPlane, Health};
 use crate::follow::{self, ControlPlane, Keeper, LastKnownGood};
 use crate::metrics::Metrics;
 use crate::ops::Bootstrapping;
+use crate::principal_cache::PrincipalCache;
 use crate::process::{Background, Mode, join_audit_keeper};
 use crate::reload::{self, Reloader};
 use crate::tls::ReloadingCert;
@@ -157,9 +158,13 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
                     Arc::clone(&metrics),
                 ))
                 .map_err(Failure::Runtime)?;
-            let (state, confirmed_ms) =
+            let (mut state, confirmed_ms) =
                 background.block_on(follow::bootstrap(&following.control, &following.state_file));
             background.block_on(early.stop());
+            if config.state.mode == StateMode::Cached {
+                // A state file named by hand may be a full one: hold the shared part only.
+                state = state.into_shared();
+            }
             let snapshot = follow::build(state.clone()).map_err(Failure::Runtime)?;
             let gate = reload::local_route_map(&config, snapshot.policies())
                 .and_then(|routes| {
@@ -220,9 +225,24 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
         #[cfg(feature = "control-plane")]
         State::Store(_) => None,
     };
+    let principals = match &state {
+        State::Followed(f) if config.state.mode == StateMode::Cached => Some(Arc::new(
+            principal_cache(&config, &f.following.control, &metrics)
+                .map_err(|e| Failure::Input(vec![e]))?,
+        )),
+        _ => {
+            if config.state.mode == StateMode::Cached {
+                tracing::warn!(
+                    "state.mode `cached` applies to `portcullis proxy`; this process holds the whole state"
+                );
+            }
+            None
+        }
+    };
     let plane = Arc::new(DataPlane {
         gate: arc_swap::ArcSwap::from_pointee(gate),
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
+        principals: principals.clone(),
         authn: Arc::clone(&authn),
         health: Arc::new(Health::default()),
         recorder,
@@ -240,6 +260,9 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
 
     // 4. The background tasks.
     background.spawn(keys.run(Arc::clone(&authn), metrics.jwks_refreshes.clone()));
+    if let Some(cache) = &plane.principals {
+        background.spawn(Arc::clone(cache).maintain());
+    }
     if mode.serves_data_plane() {
         background.spawn(reload::watch_route_map(Arc::clone(&plane)));
     }
@@ -286,7 +309,10 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
             if let Some(contact) = contact {
                 background.spawn(follow::follow(
                     following.control,
-                    Arc::clone(&plane.snapshot),
+                    follow::Applier {
+                        handle: Arc::clone(&plane.snapshot),
+                        principals,
+                    },
                     keeper,
                     contact,
                     Duration::from_millis(config.control_plane.heartbeat_ms),
@@ -304,6 +330,33 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The principal cache of cached state mode, reading the shared cache when `state.redis`
+/// names one.
+fn principal_cache(
+    config: &Config,
+    control: &ControlPlane,
+    metrics: &Arc<Metrics>,
+) -> Result<PrincipalCache, String> {
+    let shared = match &config.state.redis {
+        Some(redis) => Some(Arc::new(
+            portcullis_l2::SharedCache::new(
+                &redis.url,
+                &redis.key_prefix,
+                Duration::from_millis(redis.timeout_ms),
+            )
+            .map_err(|e| format!("state.redis.url: {e}"))?,
+        )),
+        None => None,
+    };
+    Ok(PrincipalCache::new(
+        config.state.cache_max_bytes,
+        Duration::from_millis(config.state.miss_timeout_ms),
+        shared,
+        control.clone(),
+        Arc::clone(metrics),
+    ))
+}
+
 /// The one start-up line of each mode.
 fn log_start(config: &Config, mode: Mode, state: &State, plane: &DataPlane, audit: Option<&Audit>) {
     let revision = plane.snapshot.load().revision();
@@ -312,6 +365,8 @@ fn log_start(config: &Config, mode: Mode, state: &State, plane: &DataPlane, audi
             data_plane = %config.listen.address,
             ops = %config.ops.address,
             control_plane = f.following.url,
+            state = ?config.state.mode,
+            shared_cache = config.state.redis.is_some(),
             revision,
             state_file = %f.following.state_file.path().display(),
             "portcullis proxy starting"

@@ -86,18 +86,23 @@ impl StoreSide {
         authn: &Arc<Authenticator>,
     ) -> Result<(), Failure> {
         let feed = Arc::new(ChangeFeed::new(plane.snapshot.load().revision()));
-        background.spawn(
-            Publisher::new(
-                self.store.clone(),
-                Arc::clone(&plane.snapshot),
-                Arc::clone(&feed),
-                Some(PublishMetrics {
-                    updates: plane.metrics.snapshot_updates.clone(),
-                    revision: plane.metrics.snapshot_revision.clone(),
-                }),
-            )
-            .run(),
+        let publisher = Publisher::new(
+            self.store.clone(),
+            Arc::clone(&plane.snapshot),
+            Arc::clone(&feed),
+            Some(PublishMetrics {
+                updates: plane.metrics.snapshot_updates.clone(),
+                revision: plane.metrics.snapshot_revision.clone(),
+                encodes: plane.metrics.feed_encodes.clone(),
+                shared_cache_writes: plane.metrics.shared_cache_writes.clone(),
+            }),
         );
+        let shared_cache = shared_cache_target(config).map_err(|e| Failure::Input(vec![e]))?;
+        let publisher = match &shared_cache {
+            Some(target) => publisher.with_shared_cache(target.clone()),
+            None => publisher,
+        };
+        background.spawn(publisher.run());
         background.spawn({
             let store = self.store.clone();
             async move { store.relay_peer_commits().await }
@@ -149,6 +154,7 @@ impl StoreSide {
                         as Arc<dyn portcullis_admin_api::RouteGuard>
                 }),
                 stopping: stop.clone(),
+                shared_cache,
             },
             auth,
         );
@@ -191,6 +197,25 @@ impl StoreSide {
         }
         Ok(())
     }
+}
+
+/// The shared principal cache the control plane writes, when `state.redis` names one.
+fn shared_cache_target(
+    config: &Config,
+) -> Result<Option<portcullis_admin_api::publish::SharedCacheTarget>, String> {
+    let Some(redis) = &config.state.redis else {
+        return Ok(None);
+    };
+    let cache = portcullis_l2::SharedCache::new(
+        &redis.url,
+        &redis.key_prefix,
+        std::time::Duration::from_millis(redis.timeout_ms),
+    )
+    .map_err(|e| format!("state.redis.url: {e}"))?;
+    Ok(Some(portcullis_admin_api::publish::SharedCacheTarget {
+        cache: Arc::new(cache),
+        ttl: std::time::Duration::from_secs(redis.ttl_seconds),
+    }))
 }
 
 /// Re-reads the admin tokens file whenever it changes: a rotated token works on the next

@@ -12,6 +12,10 @@
 //! when its file changes, and the last-known-good file sealed again under it
 //! ([`watch_token`]).
 //!
+//! In cached state mode ([`ControlPlane::shared_part_only`]) it follows the shared part of
+//! the state; each update's changed users and services are evicted from the
+//! [`PrincipalCache`], and a rebuild empties it.
+//!
 //! Contact is tracked: every event counts. Past `control_plane.max_staleness_seconds`
 //! without one, the data plane fails closed (503) and `/readyz` says why, until contact
 //! comes back. A short outage changes nothing else: the last state keeps being enforced.
@@ -23,10 +27,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use portcullis_engine::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate, StoreState};
+use portcullis_engine::snapshot::{
+    PrincipalSlice, Snapshot, SnapshotHandle, SnapshotUpdate, StoreState,
+};
+use portcullis_model::{EntityRef, PrincipalKind};
 use portcullis_sinks::backoff::Backoff;
 
 use crate::data_plane::staleness::{Contact, now_ms};
+use crate::principal_cache::PrincipalCache;
 
 /// A control-plane client.
 #[derive(Debug, Clone)]
@@ -35,6 +43,8 @@ pub struct ControlPlane {
     /// Swapped when the token file changes ([`watch_token`]).
     token: Arc<ArcSwap<String>>,
     client: reqwest::Client,
+    /// Follows the shared part of the state only (cached state mode).
+    shared: bool,
 }
 
 /// The HTTP client a sidecar reaches its control plane with: rustls; the control plane's
@@ -83,6 +93,52 @@ impl ControlPlane {
             base: base.trim_end_matches('/').to_owned(),
             token: Arc::new(ArcSwap::from_pointee(token)),
             client,
+            shared: false,
+        }
+    }
+
+    /// Follows only the shared part of the state (`view=shared`: cached state mode); users
+    /// and services are fetched one at a time ([`Self::principal_slice`]).
+    #[must_use]
+    pub fn shared_part_only(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    /// One principal with its assignments, as the control plane's snapshot holds it.
+    pub async fn principal_slice(&self, key: &EntityRef) -> Result<PrincipalSlice, String> {
+        let kind = match PrincipalKind::from_cedar_type(key.type_name()) {
+            Some(PrincipalKind::User) => "users",
+            Some(PrincipalKind::Service) => "services",
+            Some(PrincipalKind::Group) => "groups",
+            None => return Err(format!("`{key}` is not a principal")),
+        };
+        let mut url = reqwest::Url::parse(&format!("{}/v1/snapshot/principals", self.base))
+            .map_err(|e| e.to_string())?;
+        url.path_segments_mut()
+            .map_err(|()| String::from("the control-plane URL cannot take a path"))?
+            .push(kind)
+            .push(key.id());
+        let response = self
+            .client
+            .get(url)
+            .bearer_auth(self.token.load().as_str())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(format!("/v1/snapshot/principals: status {status}"));
+        }
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        let slice: PrincipalSlice =
+            serde_json::from_slice(&bytes).map_err(|e| format!("/v1/snapshot/principals: {e}"))?;
+        match &slice.principal {
+            Some((principal, _)) if principal.entity_ref() != *key => Err(format!(
+                "/v1/snapshot/principals: asked for `{key}`, answered `{}`",
+                principal.entity_ref()
+            )),
+            _ => Ok(slice),
         }
     }
 
@@ -105,8 +161,13 @@ impl ControlPlane {
 
     /// The whole state.
     pub async fn snapshot(&self) -> Result<StoreState, String> {
+        let path = if self.shared {
+            "/v1/snapshot?view=shared"
+        } else {
+            "/v1/snapshot"
+        };
         let bytes = self
-            .get("/v1/snapshot")
+            .get(path)
             .await?
             .ok_or_else(|| String::from("/v1/snapshot: empty answer"))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("/v1/snapshot: {e}"))
@@ -114,10 +175,13 @@ impl ControlPlane {
 
     /// Opens the change stream from `revision`, asking for a heartbeat every `heartbeat`.
     async fn watch(&self, revision: i64, heartbeat: Duration) -> Result<reqwest::Response, String> {
-        let path = format!(
+        let mut path = format!(
             "/v1/watch?since={revision}&heartbeat_ms={}",
             heartbeat.as_millis()
         );
+        if self.shared {
+            path.push_str("&view=shared");
+        }
         let response = self
             .client
             .get(format!("{}{path}", self.base))
@@ -298,19 +362,31 @@ pub async fn bootstrap(control: &ControlPlane, file: &LastKnownGood) -> (StoreSt
     }
 }
 
+/// Where the follower applies updates: the snapshot and, in cached state mode, the
+/// principal cache (evictions).
+#[derive(Debug)]
+pub struct Applier {
+    /// The snapshot in force.
+    pub handle: Arc<SnapshotHandle>,
+    /// Cached state mode: the users and services held apart.
+    pub principals: Option<Arc<PrincipalCache>>,
+}
+
 /// Follows the control plane until the process ends: streams updates and applies them,
 /// keeps the last-known-good file current, tracks contact, reconnects with backoff;
 /// counts each update applied or refused in `updates` (by outcome).
 pub async fn follow(
     control: ControlPlane,
-    handle: Arc<SnapshotHandle>,
+    applier: Applier,
     keeper: Keeper,
     contact: Arc<Contact>,
     heartbeat: Duration,
     updates: prometheus::IntCounterVec,
 ) {
+    let Applier { handle, principals } = applier;
     let mut follower = Follower {
         handle,
+        principals,
         keeper,
         contact,
         updates,
@@ -344,6 +420,7 @@ pub async fn follow(
 /// What the follower keeps between streams.
 struct Follower {
     handle: Arc<SnapshotHandle>,
+    principals: Option<Arc<PrincipalCache>>,
     keeper: Keeper,
     contact: Arc<Contact>,
     /// `portcullis_snapshot_updates_total`.
@@ -371,13 +448,28 @@ impl Follower {
             if event.event == "update" {
                 let update: SnapshotUpdate = serde_json::from_str(&event.data)
                     .map_err(|e| format!("/v1/watch: an update that does not parse: {e}"))?;
-                self.apply(update);
+                self.apply(update).await;
             }
         }
     }
 
-    fn apply(&mut self, update: SnapshotUpdate) {
+    async fn apply(&mut self, update: SnapshotUpdate) {
         let target = update.revision();
+        // Evictions first, and whether or not the rest compiles: evicting is always safe.
+        if let Some(cache) = &self.principals {
+            match &update {
+                SnapshotUpdate::Rebuild(state) => {
+                    tracing::info!(
+                        revision = state.revision,
+                        "the state was rebuilt: every cached principal evicted"
+                    );
+                    cache.clear(state.revision);
+                }
+                SnapshotUpdate::Patch(delta) => {
+                    cache.evict(&delta.invalidated, delta.revision).await
+                }
+            }
+        }
         if self.refused == Some(target) {
             return;
         }

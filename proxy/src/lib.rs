@@ -18,6 +18,7 @@
 //!   [`admin_jwt`]: admin JWTs for the admin API, verified with the data plane's keys;
 //! - [`inject`]: the Kubernetes sidecar injection (webhook and `portcullis inject`);
 //! - [`follow`]: how `portcullis proxy` follows a control plane, with a last-known-good file;
+//!   [`principal_cache`]: the users and services it holds in cached state mode;
 //! - [`policy_dir`], [`routes`], [`policy_tests`]: policy as code;
 //! - [`cli`]: one module per subcommand.
 
@@ -47,6 +48,7 @@ pub mod policy_dir;
 #[cfg(feature = "control-plane")]
 pub mod policy_tests;
 pub mod prepare;
+pub mod principal_cache;
 pub mod process;
 pub mod reload;
 pub mod routes;

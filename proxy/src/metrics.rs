@@ -171,12 +171,47 @@ pub struct Metrics {
     /// errors.
     #[cfg(feature = "control-plane")]
     pub events: portcullis_events::EventMetrics,
+    /// The users and services a proxy in cached state mode holds.
+    pub principal_cache: PrincipalCacheMetrics,
+    /// `portcullis_feed_encodes_total{view}`: revisions encoded for watching sidecars,
+    /// `full` and `shared` (once each per revision, whatever the number of sidecars).
+    #[cfg(feature = "control-plane")]
+    pub feed_encodes: IntCounterVec,
+    /// `portcullis_shared_cache_writes_total{outcome}`: the control plane's writes to the
+    /// shared cache (`written` slices, `failed` writes, `generations` begun).
+    #[cfg(feature = "control-plane")]
+    pub shared_cache_writes: IntCounterVec,
     /// `portcullis_build_info{version, cedar}` = 1.
     pub build_info: IntGaugeVec,
     /// `portcullis_request_duration_seconds`: the whole request on the data plane.
     pub request_seconds: Histogram,
     /// The audit ledger's counters, copied from the writer at scrape time.
     pub audit: AuditMetrics,
+}
+
+/// `portcullis_principal_cache_*`: the cache of users and services (L1) of cached state
+/// mode, and its misses.
+#[derive(Debug)]
+pub struct PrincipalCacheMetrics {
+    /// `portcullis_principal_cache_lookups_total{result="hit"}`.
+    pub hits: prometheus::IntCounter,
+    /// `portcullis_principal_cache_lookups_total{result="miss"}`.
+    pub misses: prometheus::IntCounter,
+    /// `portcullis_principal_cache_fetches_total{source, outcome}`: each look at the shared
+    /// cache (`shared_cache`) or the control plane (`control_plane`) on a miss: `found`,
+    /// `absent` (the shared cache holds none), `stale` (older than a change heard of),
+    /// `error`.
+    pub fetches: IntCounterVec,
+    /// `portcullis_principal_cache_miss_duration_seconds`: a miss, from the lookup to the
+    /// principal in the cache (or the failure).
+    pub miss_seconds: Histogram,
+    /// `portcullis_principal_cache_evictions_total{cause}`: principals evicted because
+    /// they `changed`, or every one at once because the stream had a gap (`cleared`).
+    pub evictions: IntCounterVec,
+    /// `portcullis_principal_cache_entries`.
+    pub entries: IntGauge,
+    /// `portcullis_principal_cache_weighted_bytes`: the estimate the bound applies to.
+    pub weighted_bytes: IntGauge,
 }
 
 /// `portcullis_audit_*`.
@@ -406,6 +441,68 @@ impl Metrics {
                     external_audit: register(r, m.external_audit),
                 }
             },
+            principal_cache: {
+                let lookups = counter(
+                    r,
+                    "portcullis_principal_cache_lookups_total",
+                    "Lookups of users and services in the cache of cached state mode: hit or miss.",
+                    &["result"],
+                );
+                PrincipalCacheMetrics {
+                    hits: lookups.with_label_values(&["hit"]),
+                    misses: lookups.with_label_values(&["miss"]),
+                    fetches: counter(
+                        r,
+                        "portcullis_principal_cache_fetches_total",
+                        "Fetches on a miss, by source (shared_cache, control_plane) and outcome (found, absent, stale, error).",
+                        &["source", "outcome"],
+                    ),
+                    miss_seconds: register(
+                        r,
+                        built(Histogram::with_opts(
+                            HistogramOpts::new(
+                                "portcullis_principal_cache_miss_duration_seconds",
+                                "Misses of the principal cache, from the lookup to the principal held (or the failure).",
+                            )
+                            .buckets(UPSTREAM_BUCKETS.to_vec()),
+                        )),
+                    ),
+                    evictions: counter(
+                        r,
+                        "portcullis_principal_cache_evictions_total",
+                        "Principals evicted from the cache: changed, or all at once after a gap in the change stream (cleared).",
+                        &["cause"],
+                    ),
+                    entries: register(
+                        r,
+                        built(IntGauge::new(
+                            "portcullis_principal_cache_entries",
+                            "Users and services held by the principal cache.",
+                        )),
+                    ),
+                    weighted_bytes: register(
+                        r,
+                        built(IntGauge::new(
+                            "portcullis_principal_cache_weighted_bytes",
+                            "The principal cache's size estimate, which state.cache_max_bytes bounds.",
+                        )),
+                    ),
+                }
+            },
+            #[cfg(feature = "control-plane")]
+            feed_encodes: counter(
+                r,
+                "portcullis_feed_encodes_total",
+                "Revisions encoded for watching sidecars, by view (full, shared): once each per revision, whatever the number of sidecars.",
+                &["view"],
+            ),
+            #[cfg(feature = "control-plane")]
+            shared_cache_writes: counter(
+                r,
+                "portcullis_shared_cache_writes_total",
+                "The control plane's writes to the shared principal cache: written (slices), failed (writes), generations (begun).",
+                &["outcome"],
+            ),
             build_info,
             request_seconds,
             audit: AuditMetrics {

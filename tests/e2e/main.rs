@@ -16,6 +16,7 @@ mod world;
 mod admin;
 mod audit;
 mod audit_sqs;
+mod cached_state;
 mod chart;
 mod cluster;
 mod distribution;

@@ -39,7 +39,7 @@ pub fn user(id: &str, tenant: &str) -> Principal {
     }
 }
 
-fn grant(id: &str, principal: &str, role: &str, scope: Option<&str>) -> Assignment {
+pub fn grant(id: &str, principal: &str, role: &str, scope: Option<&str>) -> Assignment {
     Assignment {
         id: id.to_owned(),
         principal: eref(principal),

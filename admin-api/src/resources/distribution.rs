@@ -1,5 +1,8 @@
 //! What sidecars follow: the whole state, what changed since a revision, and a stream of
-//! changes as they are published (`GET /v1/watch`, server-sent events).
+//! changes as they are published (`GET /v1/watch`, server-sent events) — each in one of
+//! two views: `full`, or `shared` for sidecars in cached state mode (all but users and
+//! services, whose changes are named to be evicted) — and one principal's slice
+//! (`GET /v1/snapshot/principals/{kind}/{id}`), what such a sidecar fetches on a miss.
 //!
 //! A step the [`ChangeFeed`](crate::publish::ChangeFeed) holds is sent as the publisher
 //! encoded it, to every caller: only a caller behind what the feed keeps reads the store.
@@ -7,20 +10,44 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_engine::snapshot::SnapshotUpdate;
+use portcullis_engine::snapshot::{PrincipalSlice, SnapshotUpdate};
 use portcullis_store::Store;
 use serde::Deserialize;
 
+use super::principals::principal_key;
 use super::{Params, St, allow};
 use crate::AppState;
 use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, Problem};
+
+/// Which part of the state a sidecar follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum View {
+    /// Everything (state mode `full`).
+    #[default]
+    Full,
+    /// All but users and services, whose changes are named in `invalidated` (state mode
+    /// `cached`).
+    Shared,
+}
+
+/// `GET /v1/snapshot` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotQuery {
+    /// `full` (default) or `shared`.
+    #[serde(default)]
+    view: View,
+}
 
 /// `GET /v1/updates` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -29,9 +56,12 @@ use crate::error::{ApiError, Problem};
 pub(crate) struct UpdatesQuery {
     /// The revision the caller's snapshot is at.
     since: i64,
+    /// `full` (default) or `shared`.
+    #[serde(default)]
+    view: View,
 }
 
-#[utoipa::path(get, path = "/v1/snapshot", tag = "distribution",
+#[utoipa::path(get, path = "/v1/snapshot", tag = "distribution", params(SnapshotQuery),
     responses(
         (status = 200, description = "The whole state at one revision: what a sidecar bootstraps from", body = Object),
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"),
@@ -39,6 +69,7 @@ pub(crate) struct UpdatesQuery {
 pub(crate) async fn snapshot<S: Store>(
     State(st): St<S>,
     Extension(actor): Extension<Actor>,
+    Params(query): Params<SnapshotQuery>,
 ) -> Result<Response, ApiError> {
     allow(
         &st,
@@ -46,8 +77,54 @@ pub(crate) async fn snapshot<S: Store>(
         AdminAction::DistributionRead,
         &Target::global(),
     )?;
-    let state = st.store.load_state().await?;
+    let state = match query.view {
+        View::Full => st.store.load_state().await?,
+        View::Shared => st.store.load_shared_state().await?,
+    };
     Ok(Json(state).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/snapshot/principals/{kind}/{id}", tag = "distribution",
+    params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
+    responses(
+        (status = 200, description = "One principal with all its assignments as this control plane's snapshot holds it, and the revision it is current at (`principal` null: not in the store): what a sidecar in cached state mode fetches on a miss", body = Object),
+        (status = 400, description = "Bad kind", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Internal error", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn principal_slice<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, key) = principal_key(&kind, &id)?;
+    allow(
+        &st,
+        &actor,
+        AdminAction::DistributionRead,
+        &Target::global(),
+    )?;
+    let snapshot = st.snapshot.load();
+    let slice = PrincipalSlice {
+        revision: snapshot.revision(),
+        principal: snapshot.principal(&key).map(|view| {
+            (
+                view.principal.clone(),
+                view.assignments().cloned().collect(),
+            )
+        }),
+    };
+    // Read through: the next sidecar that misses finds it in the shared cache. Never
+    // over a newer slice (the cache checks), and off this answer's path.
+    if let Some(target) = &st.shared_cache {
+        let target = target.clone();
+        let written = [(key, slice.clone())];
+        tokio::spawn(async move {
+            if let Err(e) = target.cache.put(&written, target.ttl).await {
+                tracing::debug!(error = %e, "shared cache: read-through slice not written");
+            }
+        });
+    }
+    Ok(Json(slice).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/updates", tag = "distribution", params(UpdatesQuery),
@@ -68,7 +145,7 @@ pub(crate) async fn updates<S: Store>(
         AdminAction::DistributionRead,
         &Target::global(),
     )?;
-    match encoded_update_since(&st, query.since).await? {
+    match encoded_update_since(&st, query.since, query.view).await? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
         Some((_, json)) => Ok((
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -78,16 +155,22 @@ pub(crate) async fn updates<S: Store>(
     }
 }
 
-/// What brings a snapshot at `since` to the published revision, as JSON, with the revision
-/// it brings it to; `None` when it is there. From the feed when it holds that step.
+/// What brings a snapshot at `since` to the published revision, in `view`, as JSON, with
+/// the revision it brings it to; `None` when it is there. From the feed when it holds that
+/// step.
 async fn encoded_update_since<S: Store>(
     st: &AppState<S>,
     since: i64,
+    view: View,
 ) -> Result<Option<(i64, Arc<str>)>, ApiError> {
     if let Some(step) = st.feed.step_from(since) {
-        return Ok(Some((step.to, Arc::clone(&step.json))));
+        let json = match view {
+            View::Full => &step.json,
+            View::Shared => &step.shared_json,
+        };
+        return Ok(Some((step.to, Arc::clone(json))));
     }
-    let Some(update) = update_since(&st.store, since).await? else {
+    let Some(update) = update_since(&st.store, since, view).await? else {
         return Ok(None);
     };
     let to = update.revision();
@@ -96,17 +179,30 @@ async fn encoded_update_since<S: Store>(
     Ok(Some((to, Arc::from(json))))
 }
 
-/// What brings a snapshot at `since` to the store's revision; `None` when it is there.
-async fn update_since<S: Store>(store: &S, since: i64) -> Result<Option<SnapshotUpdate>, ApiError> {
+/// What brings a snapshot at `since` to the store's revision, in `view`; `None` when it is
+/// there.
+async fn update_since<S: Store>(
+    store: &S,
+    since: i64,
+    view: View,
+) -> Result<Option<SnapshotUpdate>, ApiError> {
     let current = store.revision().await?;
     if since == current {
         return Ok(None);
     }
     if since > current || since < 0 {
         // The caller is ahead of this store (it was replaced): start over.
-        return Ok(Some(SnapshotUpdate::Rebuild(store.load_state().await?)));
+        let state = match view {
+            View::Full => store.load_state().await?,
+            View::Shared => store.load_shared_state().await?,
+        };
+        return Ok(Some(SnapshotUpdate::Rebuild(state)));
     }
-    Ok(Some(store.load_update(since).await?))
+    let update = store.load_update(since).await?;
+    Ok(Some(match view {
+        View::Full => update,
+        View::Shared => update.into_shared(),
+    }))
 }
 
 /// `GET /v1/watch` query.
@@ -120,6 +216,9 @@ pub(crate) struct WatchQuery {
     /// 5000). A caller that hears nothing for a few heartbeats reconnects.
     #[serde(default)]
     heartbeat_ms: Option<u64>,
+    /// `full` (default) or `shared`.
+    #[serde(default)]
+    view: View,
 }
 
 #[utoipa::path(get, path = "/v1/watch", tag = "distribution", params(WatchQuery),
@@ -150,6 +249,7 @@ pub(crate) async fn watch<S: Store + Send + Sync + 'static>(
         published: st.feed.subscribe(),
         st,
         since: query.since,
+        view: query.view,
         heartbeat: Duration::from_millis(heartbeat_ms),
         greeted: false,
     };
@@ -166,6 +266,7 @@ struct Watcher<S> {
     /// The feed's head: the revision published last.
     published: tokio::sync::watch::Receiver<i64>,
     since: i64,
+    view: View,
     heartbeat: Duration,
     greeted: bool,
 }
@@ -176,7 +277,7 @@ impl<S: Store> Watcher<S> {
         loop {
             let published = *self.published.borrow_and_update();
             if published != self.since {
-                match encoded_update_since(&self.st, self.since).await {
+                match encoded_update_since(&self.st, self.since, self.view).await {
                     Ok(Some((to, json))) => {
                         self.since = to;
                         return Some(

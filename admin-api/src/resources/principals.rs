@@ -16,7 +16,7 @@ use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
 
-fn principal_key(kind: &str, id: &str) -> Result<(PrincipalKind, EntityRef), ApiError> {
+pub(super) fn principal_key(kind: &str, id: &str) -> Result<(PrincipalKind, EntityRef), ApiError> {
     let kind = match kind {
         "users" | "user" => PrincipalKind::User,
         "services" | "service" => PrincipalKind::Service,

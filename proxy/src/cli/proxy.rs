@@ -63,10 +63,17 @@ pub fn run(args: &Args) -> Exit {
             return Exit::InvalidInput;
         }
     };
+    let cached = config.state.mode == crate::config::StateMode::Cached;
+    // Each mode its own file: a full proxy never starts from a state without its users.
+    let default_file = if cached {
+        "last-known-good.shared.json"
+    } else {
+        "last-known-good.json"
+    };
     let state_file = cp
         .state_file
         .clone()
-        .unwrap_or_else(|| config.data_dir.join("last-known-good.json"));
+        .unwrap_or_else(|| config.data_dir.join(default_file));
     let state_file = match LastKnownGood::new(state_file, &token) {
         Ok(f) => f,
         Err(e) => {
@@ -75,6 +82,7 @@ pub fn run(args: &Args) -> Exit {
         }
     };
     let control = match crate::follow::client(&cp) {
+        Ok(client) if cached => ControlPlane::new(&url, token, client).shared_part_only(),
         Ok(client) => ControlPlane::new(&url, token, client),
         Err(e) => {
             eprintln!("portcullis proxy: {e}");

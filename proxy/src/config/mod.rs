@@ -66,6 +66,9 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Where `portcullis proxy` gets its state.
     pub control_plane: ControlPlaneConfig,
+    /// How much of the state `portcullis proxy` holds, and the shared cache (Redis) of
+    /// principals that the control plane writes and cached proxies read.
+    pub state: StateConfig,
     /// Lifecycle events into the control plane (`serve`, `control`).
     pub events: EventsConfig,
     /// Shutdown timing.
@@ -95,6 +98,7 @@ impl Default for Config {
             decision_endpoint: DecisionEndpointConfig::default(),
             audit: AuditConfig::default(),
             control_plane: ControlPlaneConfig::default(),
+            state: StateConfig::default(),
             events: EventsConfig::default(),
             shutdown: ShutdownConfig::default(),
             threads: 2,
@@ -781,6 +785,77 @@ impl Default for ControlPlaneConfig {
     }
 }
 
+/// How much of the state `portcullis proxy` holds (`mode`), and the shared principal cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `full`: the whole state (the default; right while it is small: a sidecar's memory
+    /// grows with the number of users and assignments). `cached`: the shared part
+    /// (policies, roles, groups, resources, revoked sessions) in full, users and services
+    /// fetched on first use and kept in a bounded cache, evicted when the control plane
+    /// says they changed (for fleets of sidecars over many principals). `portcullis
+    /// proxy` only.
+    pub mode: StateMode,
+    /// Cached mode: the bound of the principal cache, in estimated bytes.
+    pub cache_max_bytes: u64,
+    /// Cached mode: how long a request may wait for a principal the cache lacks (shared
+    /// cache, then control plane); past it the request gets 503 `state_unavailable`.
+    pub miss_timeout_ms: u64,
+    /// The shared principal cache: `control` (and `serve`) write each changed user and
+    /// service to it; `proxy` in cached mode reads it before asking the control plane.
+    pub redis: Option<SharedCacheConfig>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            mode: StateMode::Full,
+            cache_max_bytes: 32 * 1024 * 1024,
+            miss_timeout_ms: 1000,
+            redis: None,
+        }
+    }
+}
+
+/// `state.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateMode {
+    /// The whole state.
+    Full,
+    /// The shared part, and users and services in a bounded cache.
+    Cached,
+}
+
+/// `state.redis`: the shared principal cache (L2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedCacheConfig {
+    /// `redis://host:port/db` (a secret when it holds a password: redacted in dumps).
+    pub url: String,
+    /// Keys start with it.
+    #[serde(default = "default_shared_cache_prefix")]
+    pub key_prefix: String,
+    /// How long a slice stays when nobody rewrites it.
+    #[serde(default = "default_shared_cache_ttl")]
+    pub ttl_seconds: u64,
+    /// Deadline of each call to Redis; past it, a proxy asks the control plane.
+    #[serde(default = "default_shared_cache_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_shared_cache_prefix() -> String {
+    String::from("portcullis:principals")
+}
+
+fn default_shared_cache_ttl() -> u64 {
+    24 * 60 * 60
+}
+
+fn default_shared_cache_timeout() -> u64 {
+    200
+}
+
 /// Lifecycle events: over the admin API (`POST /v1/events`) and from the queues below,
 /// consumed by `serve` and `control`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -1385,6 +1460,33 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             "must be at least three heartbeats (heartbeat_ms), or a healthy stream would count as stale",
         ));
     }
+    let st = &config.state;
+    if st.cache_max_bytes < 1024 * 1024 {
+        problems.push(problem(
+            "state.cache_max_bytes",
+            "must be at least 1048576 (1 MiB)",
+        ));
+    }
+    if !(10..=60_000).contains(&st.miss_timeout_ms) {
+        problems.push(problem(
+            "state.miss_timeout_ms",
+            "must be between 10 and 60000",
+        ));
+    }
+    if let Some(r) = &st.redis {
+        if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+            problems.push(problem(
+                "state.redis.url",
+                format!("`{}` is not a redis:// URL", r.url),
+            ));
+        }
+        if r.key_prefix.is_empty() || r.ttl_seconds == 0 || !(10..=10_000).contains(&r.timeout_ms) {
+            problems.push(problem(
+                "state.redis",
+                "key_prefix must not be empty, ttl_seconds must be above 0, timeout_ms between 10 and 10000",
+            ));
+        }
+    }
     let a = &config.audit;
     for (list, fields) in [("hash", &a.redact.hash), ("drop", &a.redact.drop)] {
         for (i, field) in fields.iter().enumerate() {
@@ -1556,6 +1658,7 @@ pub fn dump(config: &Config) -> String {
     for url in [
         shown.audit.redis.as_mut().map(|r| &mut r.url),
         shown.events.redis.as_mut().map(|r| &mut r.url),
+        shown.state.redis.as_mut().map(|r| &mut r.url),
     ]
     .into_iter()
     .flatten()
@@ -1703,6 +1806,47 @@ mod tests {
         );
         let shown = dump(&c);
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn state_settings_are_checked_and_the_redis_password_redacted() {
+        let mut c = Config::default();
+        c.state.cache_max_bytes = 1000;
+        c.state.miss_timeout_ms = 0;
+        c.state.redis = Some(SharedCacheConfig {
+            url: String::from("cache:6379"),
+            key_prefix: String::new(),
+            ttl_seconds: 60,
+            timeout_ms: 200,
+        });
+        let keys: Vec<String> = validate(&c).into_iter().map(|p| p.at).collect();
+        assert_eq!(
+            keys,
+            [
+                "state.cache_max_bytes",
+                "state.miss_timeout_ms",
+                "state.redis.url",
+                "state.redis"
+            ]
+        );
+        let dir = std::env::temp_dir().join(format!("portcullis-state-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.yaml");
+        std::fs::write(
+            &path,
+            "state:\n  mode: cached\n  redis:\n    url: redis://:hunter2@cache:6379/0\n",
+        )
+        .unwrap();
+        let c = load(Some(&path), [], &[]).unwrap();
+        assert_eq!(c.state.mode, StateMode::Cached);
+        let redis = c.state.redis.as_ref().unwrap();
+        assert_eq!(redis.key_prefix, "portcullis:principals");
+        assert_eq!((redis.ttl_seconds, redis.timeout_ms), (86_400, 200));
+        assert!(!dump(&c).contains("hunter2"));
+        std::fs::write(&path, "state:\n  mode: partial\n").unwrap();
+        let problems = load(Some(&path), [], &[]).unwrap_err();
+        assert!(problems[0].to_string().contains("partial"), "{problems:?}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! - [`headers`] owns the identity headers.
 //!
 //! Everything the checks read — route map, settings, snapshot, keys — is prepared ahead and
-//! swapped atomically; nothing here does I/O or holds a lock across an await.
+//! swapped atomically; nothing here does I/O or holds a lock across an await. In cached
+//! state mode the users and services a decision reads come from the
+//! [`PrincipalCache`](crate::principal_cache::PrincipalCache): a hit is a lookup, a miss an
+//! awaited fetch with a deadline (503 `state_unavailable` past it).
 
 pub mod authn;
 pub mod context;
@@ -35,7 +38,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use ipnet::IpNet;
-use portcullis_engine::decision::{Decision, DecisionRequest, RequestFacts, decide};
+use portcullis_engine::decision::{
+    Decision, DecisionRequest, FetchedPrincipal, RequestFacts, decide, decide_fetched,
+    first_missing,
+};
 use portcullis_engine::snapshot::SnapshotHandle;
 use portcullis_model::PrincipalKind;
 use serde::{Deserialize, Serialize};
@@ -325,6 +331,9 @@ pub struct DataPlane {
     pub gate: ArcSwap<Gate>,
     /// The store snapshot.
     pub snapshot: Arc<SnapshotHandle>,
+    /// Cached state mode: the users and services, held apart from the snapshot (which
+    /// then holds the shared part only). `None`: the snapshot holds everything.
+    pub principals: Option<Arc<crate::principal_cache::PrincipalCache>>,
     /// Token verification.
     pub authn: Arc<Authenticator>,
     /// Readiness.
@@ -353,7 +362,7 @@ impl DataPlane {
     /// Checks one request: screening, route, authentication, decision. `target` is already
     /// normalised. `forwarded` says whether Portcullis forwards the request itself (and so
     /// can strip what it must not pass on) or only answers for a gateway.
-    pub fn check(
+    pub async fn check(
         &self,
         gate: &Gate,
         method: &str,
@@ -437,7 +446,20 @@ impl DataPlane {
         {
             return refuse.unidentified(Rejection::SessionRevoked, true);
         }
-        let principal_view = snapshot.principal(&identity.principal);
+        // Cached state: the principal first (its tenant names the resource), the rest of
+        // what the decision reads once the request is resolved.
+        let mut fetched: Vec<Arc<FetchedPrincipal>> = Vec::new();
+        if let Some(cache) = &self.principals {
+            match cache.get(&snapshot, &identity.principal).await {
+                Ok(principal) => fetched.push(principal),
+                Err(e) => return refuse.state_unavailable(&e),
+            }
+        }
+        let principal_view = match fetched.first() {
+            Some(principal) => principal.view.as_deref(),
+            None => snapshot.principal(&identity.principal).map(AsRef::as_ref),
+        };
+        let known = principal_view.is_some();
         let tenant = principal_view.and_then(|p| p.principal.tenant.clone());
         let decision_id = new_decision_id(jiff::Timestamp::now().as_millisecond());
         let grant = Grant {
@@ -458,7 +480,7 @@ impl DataPlane {
             .map(|p| p.resolve(&matched.params, tenant.as_deref()))
             .collect();
         let (Some(resource), Some(parents)) = (resource, parents) else {
-            let reason = if principal_view.is_none() {
+            let reason = if !known {
                 "unknown_principal"
             } else {
                 "no_tenant"
@@ -476,16 +498,30 @@ impl DataPlane {
             .settings
             .context
             .facts(&identity, &route.band, peer, headers, now_ms);
-        let decision = decide(
-            &snapshot,
-            &DecisionRequest {
-                principal: &identity.principal,
-                action,
-                resource: &resource,
-                route_parents: &parents,
-                facts: &facts,
-            },
-        );
+        let request = DecisionRequest {
+            principal: &identity.principal,
+            action,
+            resource: &resource,
+            route_parents: &parents,
+            facts: &facts,
+        };
+        let decision = match &self.principals {
+            None => decide(&snapshot, &request),
+            Some(cache) => {
+                // Managers, a principal that is the resource: each at most once, so the
+                // walk ends even on data that loops.
+                while let Some(missing) = first_missing(&snapshot, &fetched, &request) {
+                    if fetched.len() > MAX_FETCHED_PRINCIPALS {
+                        return refuse.state_unavailable(&"too many principals to fetch");
+                    }
+                    match cache.get(&snapshot, &missing).await {
+                        Ok(principal) => fetched.push(principal),
+                        Err(e) => return refuse.state_unavailable(&e),
+                    }
+                }
+                decide_fetched(&snapshot, &fetched, &request)
+            }
+        };
         // Taken apart: its lists move into the subject and the grant instead of being
         // copied.
         let Decision {
@@ -542,7 +578,23 @@ struct Refusal {
     shadow: bool,
 }
 
+/// How many users and services one decision may fetch (cached state): the principal, a
+/// resource that is a principal, and their managers up to the decision core's depth.
+const MAX_FETCHED_PRINCIPALS: usize = 2 + 2 * 32;
+
 impl Refusal {
+    /// The caller was identified, but the principals the decision reads could not be had
+    /// (cached state): 503, never shadowed, never decided on a guess.
+    fn state_unavailable(&self, why: &dyn std::fmt::Display) -> Verdict {
+        tracing::debug!(error = %why, "principal not fetched: refused with state_unavailable");
+        self.refuse(
+            Rejection::Unavailable("state_unavailable"),
+            None,
+            true,
+            None,
+        )
+    }
+
     /// Refused before the caller was identified; `credential_verified` when the token was
     /// good but is refused all the same (a revoked session).
     fn unidentified(&self, rejection: Rejection, credential_verified: bool) -> Verdict {

@@ -121,14 +121,10 @@ impl EnforcingProxy {
                             Verdict::refused(Rejection::BadTarget(e))
                         }
                         Ok(target) => {
-                            let verdict = self.plane.check(
-                                gate,
-                                asked.method,
-                                &target,
-                                &req.headers,
-                                peer,
-                                false,
-                            );
+                            let verdict = self
+                                .plane
+                                .check(gate, asked.method, &target, &req.headers, peer, false)
+                                .await;
                             ctx.target = Some(target);
                             verdict
                         }
@@ -272,14 +268,16 @@ impl ProxyHttp for EnforcingProxy {
                     None => Verdict::refused(Rejection::NoUpstream),
                     Some(upstream) => {
                         ctx.upstream = Some(upstream);
-                        self.plane.check(
-                            &gate,
-                            req.method.as_str(),
-                            &target,
-                            &req.headers,
-                            peer_ip(session),
-                            true,
-                        )
+                        self.plane
+                            .check(
+                                &gate,
+                                req.method.as_str(),
+                                &target,
+                                &req.headers,
+                                peer_ip(session),
+                                true,
+                            )
+                            .await
                     }
                 };
                 ctx.target = Some(target);

@@ -106,6 +106,7 @@ fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fi
     let plane = DataPlane {
         gate: arc_swap::ArcSwap::new(Arc::clone(&gate)),
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
+        principals: None,
         authn: Arc::new(authn),
         health: Arc::new(Health::default()),
         recorder: None,
@@ -145,14 +146,16 @@ impl Fixture {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (target.to_owned(), None),
         };
-        self.plane.check(
+        // With the full state the check never waits: one poll finishes it.
+        futures_util::FutureExt::now_or_never(self.plane.check(
             &self.gate,
             method,
             &Target { path, query },
             &map,
             Some("127.0.0.1".parse().unwrap()),
             true,
-        )
+        ))
+        .unwrap()
     }
 
     fn as_user(&self, sub: &str, method: &str, target: &str) -> Verdict {

@@ -1,0 +1,289 @@
+//! The users and services a proxy in cached state mode holds (`state.mode: cached`): a
+//! bounded in-process cache (L1, moka, weighed in estimated bytes), filled on a miss from
+//! the shared cache in Redis (L2, when `state.redis` names one) or else from the control
+//! plane (`GET /v1/snapshot/principals/{kind}/{id}`).
+//!
+//! - A miss never blocks a worker thread: it is awaited, under `state.miss_timeout_ms`;
+//!   concurrent misses of one principal share one fetch. A miss that fails or runs out of
+//!   time is an error the data plane answers with 503 `state_unavailable`: never a guess.
+//! - The follower evicts exactly the principals each change names ([`Self::evict`]) and
+//!   everything after a gap in the stream ([`Self::clear`]). It also remembers, for a
+//!   while, the revision each principal last changed at: a slice older than that (a shared
+//!   cache that missed a write, a control-plane replica behind this one, a fetch that was
+//!   in flight during the change) is refused, not cached.
+//! - Principals the store does not hold are cached too (as absent), so a stream of unknown
+//!   subjects costs one fetch each and stays within the bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_engine::decision::FetchedPrincipal;
+use portcullis_engine::snapshot::{PrincipalSlice, Snapshot};
+use portcullis_l2::SharedCache;
+use portcullis_model::{EntityRef, Revision};
+
+use crate::follow::ControlPlane;
+use crate::metrics::PrincipalCacheMetrics;
+
+/// How long the revision of a change is remembered for the freshness check: longer than
+/// any fetch can take, and than the shared cache can lag behind without the control plane
+/// noticing and starting a new generation.
+const CHANGES_REMEMBERED: Duration = Duration::from_secs(10 * 60);
+
+/// How many changed principals are remembered at most.
+const CHANGES_REMEMBERED_ENTRIES: u64 = 200_000;
+
+/// The estimated memory of a cached principal beyond its JSON form: the view's maps, the
+/// Cedar attributes, the cache's own entry.
+const ENTRY_OVERHEAD_BYTES: usize = 512;
+
+/// A principal's view takes about this many times the bytes of its JSON form (measured
+/// with the e2e flood test: 3,000 users of 40 assignments each held unbounded grew the
+/// process by 82 MiB, their JSON is about 22 MB).
+const MEMORY_PER_JSON_BYTE: usize = 4;
+
+/// The users and services of cached state mode.
+pub struct PrincipalCache {
+    held: moka::future::Cache<EntityRef, Arc<FetchedPrincipal>>,
+    /// The revision each principal last changed at, as the change stream said.
+    changed: moka::sync::Cache<EntityRef, Revision>,
+    /// Nothing older than this revision is taken (set when the cache is cleared).
+    floor: AtomicI64,
+    shared: Option<Arc<SharedCache>>,
+    control: ControlPlane,
+    miss_timeout: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl std::fmt::Debug for PrincipalCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrincipalCache")
+            .field("entries", &self.held.entry_count())
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a principal could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(String);
+
+impl PrincipalCache {
+    /// A cache bounded by `max_bytes` (estimated), filling misses from `shared` (if any)
+    /// and `control` within `miss_timeout`.
+    pub fn new(
+        max_bytes: u64,
+        miss_timeout: Duration,
+        shared: Option<Arc<SharedCache>>,
+        control: ControlPlane,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        let held = moka::future::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &EntityRef, fetched: &Arc<FetchedPrincipal>| weigh(key, fetched))
+            .build();
+        let changed = moka::sync::Cache::builder()
+            .max_capacity(CHANGES_REMEMBERED_ENTRIES)
+            .time_to_live(CHANGES_REMEMBERED)
+            .build();
+        Self {
+            held,
+            changed,
+            floor: AtomicI64::new(i64::MIN),
+            shared,
+            control,
+            miss_timeout,
+            metrics,
+        }
+    }
+
+    fn m(&self) -> &PrincipalCacheMetrics {
+        &self.metrics.principal_cache
+    }
+
+    /// The principal, from the cache or fetched now (views prepared against `snapshot`).
+    pub async fn get(
+        &self,
+        snapshot: &Snapshot,
+        key: &EntityRef,
+    ) -> Result<Arc<FetchedPrincipal>, Unavailable> {
+        if let Some(held) = self.held.get(key).await {
+            self.m().hits.inc();
+            return Ok(held);
+        }
+        self.m().misses.inc();
+        let started = Instant::now();
+        let fetched = tokio::time::timeout(
+            self.miss_timeout,
+            self.held
+                .try_get_with_by_ref(key, self.fetch(snapshot, key)),
+        )
+        .await;
+        self.m()
+            .miss_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let fetched = match fetched {
+            Ok(Ok(fetched)) => fetched,
+            Ok(Err(e)) => return Err((*e).clone()),
+            Err(_) => {
+                return Err(Unavailable(format!(
+                    "`{key}`: not fetched within {} ms",
+                    self.miss_timeout.as_millis()
+                )));
+            }
+        };
+        // A change heard of while it was fetched: the follower's eviction may have come
+        // before the insertion. The change is noted before the eviction, so this sees it.
+        if fetched.revision < self.floor_of(key) {
+            self.held.invalidate(key).await;
+            return Err(Unavailable(format!("`{key}` changed while it was fetched")));
+        }
+        self.update_gauges();
+        Ok(fetched)
+    }
+
+    /// The oldest revision a slice of `key` may have.
+    fn floor_of(&self, key: &EntityRef) -> Revision {
+        let changed = self.changed.get(key).unwrap_or(i64::MIN);
+        changed.max(self.floor.load(Ordering::Acquire))
+    }
+
+    /// One fetch: the shared cache if it has a slice fresh enough, else the control plane.
+    async fn fetch(
+        &self,
+        snapshot: &Snapshot,
+        key: &EntityRef,
+    ) -> Result<Arc<FetchedPrincipal>, Unavailable> {
+        let floor = self.floor_of(key);
+        let count = |source: &str, outcome: &str| {
+            self.m().fetches.with_label_values(&[source, outcome]).inc();
+        };
+        if let Some(shared) = &self.shared {
+            match shared.get(key).await {
+                Ok(Some(slice)) if slice.revision >= floor && holds(&slice, key) => {
+                    count("shared_cache", "found");
+                    return Ok(prepare(snapshot, key, slice));
+                }
+                Ok(Some(_)) => count("shared_cache", "stale"),
+                Ok(None) => count("shared_cache", "absent"),
+                Err(e) => {
+                    count("shared_cache", "error");
+                    tracing::debug!(error = %e, principal = %key, "shared cache not read; asking the control plane");
+                }
+            }
+        }
+        match self.control.principal_slice(key).await {
+            Ok(slice) if slice.revision >= floor => {
+                count("control_plane", "found");
+                Ok(prepare(snapshot, key, slice))
+            }
+            Ok(slice) => {
+                count("control_plane", "stale");
+                Err(Unavailable(format!(
+                    "`{key}`: the control plane answered revision {}, the change heard of is at {floor}",
+                    slice.revision
+                )))
+            }
+            Err(e) => {
+                count("control_plane", "error");
+                Err(Unavailable(format!("`{key}`: {e}")))
+            }
+        }
+    }
+
+    /// The change stream says `keys` changed at `revision`: evict exactly those.
+    pub async fn evict(&self, keys: &[EntityRef], revision: Revision) {
+        for key in keys {
+            // Noted before the eviction: a fetch in flight then sees it (see `get`).
+            self.changed.insert(key.clone(), revision);
+            self.held.invalidate(key).await;
+        }
+        if !keys.is_empty() {
+            self.m()
+                .evictions
+                .with_label_values(&["changed"])
+                .inc_by(u64::try_from(keys.len()).unwrap_or(u64::MAX));
+            self.update_gauges();
+        }
+    }
+
+    /// A gap in the change stream (a rebuild, a revision jump): every principal held may
+    /// be stale, and so may anything fetched from before `revision`.
+    pub fn clear(&self, revision: Revision) {
+        self.floor.fetch_max(revision, Ordering::AcqRel);
+        self.m()
+            .evictions
+            .with_label_values(&["cleared"])
+            .inc_by(self.held.entry_count());
+        self.held.invalidate_all();
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let m = self.m();
+        m.entries
+            .set(i64::try_from(self.held.entry_count()).unwrap_or(i64::MAX));
+        m.weighted_bytes
+            .set(i64::try_from(self.held.weighted_size()).unwrap_or(i64::MAX));
+    }
+
+    /// Keeps the bound and the gauges current: moka applies evictions in batches, so
+    /// once a second what is pending is applied and the size read. Runs until the process
+    /// stops it.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            self.held.run_pending_tasks().await;
+            self.update_gauges();
+        }
+    }
+}
+
+/// Whether `slice` is about `key` (what Redis holds is not trusted to be).
+fn holds(slice: &PrincipalSlice, key: &EntityRef) -> bool {
+    slice
+        .principal
+        .as_ref()
+        .is_none_or(|(principal, _)| principal.entity_ref() == *key)
+}
+
+/// The cache entry of a slice.
+fn prepare(snapshot: &Snapshot, key: &EntityRef, slice: PrincipalSlice) -> Arc<FetchedPrincipal> {
+    Arc::new(FetchedPrincipal {
+        key: key.clone(),
+        revision: slice.revision,
+        view: slice.principal.map(|(principal, assignments)| {
+            Arc::new(snapshot.principal_view(principal, assignments))
+        }),
+    })
+}
+
+/// The estimated bytes of an entry: a multiple of what it takes as JSON, plus a fixed
+/// overhead.
+fn weigh(key: &EntityRef, fetched: &FetchedPrincipal) -> u32 {
+    let view = fetched.view.as_ref().map_or(0, |view| {
+        MEMORY_PER_JSON_BYTE
+            * (json_len(&view.principal) + view.assignments().map(json_len).sum::<usize>())
+    });
+    let bytes = ENTRY_OVERHEAD_BYTES + key.type_name().len() + key.id().len() + view;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// The length of a value's JSON form, counted without writing it anywhere.
+fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
+}
