@@ -10,15 +10,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use portcullis_model::{
-    Assignment, AssignmentConditions, EntityRef, Principal, PrincipalAttributes, PrincipalKind,
-    PrincipalStatus, Scope,
-};
-use portcullis_store::{Import, SqlStore, Store, StoreConfig};
+use portcullis_store::{SqlStore, Store, StoreConfig};
 
-fn entity(type_name: &str, id: &str) -> Result<EntityRef, String> {
-    EntityRef::new(type_name, id).map_err(|e| e.to_string())
-}
+#[path = "../population.rs"]
+#[expect(dead_code, reason = "own_space is the fleet benchmark's")]
+mod population;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -31,41 +27,12 @@ fn main() -> ExitCode {
         .next()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let per_user = (assignments / users.max(1)).max(1);
-    let import = Import {
-        principals: (0..users)
-            .map(|i| Principal {
-                kind: PrincipalKind::User,
-                id: format!("u{i}"),
-                status: PrincipalStatus::default(),
-                tenant: Some(String::from("household")),
-                groups: Vec::new(),
-                attributes: PrincipalAttributes::default(),
-                trusted_devices: Vec::new(),
-            })
-            .collect(),
-        assignments: match (0..assignments)
-            .map(|i| {
-                Ok(Assignment {
-                    id: format!("heavy-{i}"),
-                    principal: entity("User", &format!("u{}", (i / per_user) % users.max(1)))?,
-                    role: String::from(if i % 3 == 0 { "guest" } else { "member" }),
-                    scope: Scope::Entity(entity("Space", &format!("s{}", i % 50_000))?),
-                    conditions: AssignmentConditions::default(),
-                    assigned_by: Some(String::from("heavy-seed")),
-                    reason: None,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()
-        {
-            Ok(all) => all,
-            Err(e) => {
-                eprintln!("heavy-seed: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        author: Some(String::from("heavy-seed")),
-        ..Import::default()
+    let import = match population::import(users, assignments, "heavy-seed") {
+        Ok(import) => import,
+        Err(e) => {
+            eprintln!("heavy-seed: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
