@@ -8,6 +8,7 @@
 //! fleet --portcullis BIN --work DIR --postgres URL --redis-server BIN
 //!       [--principals 1000000] [--assignments 5000000] [--sidecars 100]
 //!       [--seconds 60] [--rate 1000] [--changes 10] [--full-sidecar true]
+//!       [--affinity false] [--pg-restart COMMAND]
 //! ```
 //!
 //! Phases:
@@ -16,7 +17,8 @@
 //!    the control plane loads them; the sidecars start (bootstrap: the shared part only);
 //! 2. load: `--rate` requests/s for `--seconds`, each for a principal drawn from a Zipf
 //!    law (s = 1) over all users, to a sidecar in turn, for the principal's own space (most
-//!    allowed) or another (denied); meanwhile `--changes` changes, alternately through the
+//!    allowed) or another (denied) — with `--affinity`, each user's requests all to one
+//!    sidecar, as when users stick to one app instance; meanwhile `--changes` changes, alternately through the
 //!    admin API and as lifecycle events, to a principal first asked at every sidecar (so
 //!    each holds it): the time until every sidecar enforces each is measured;
 //! 3. outages, each with probes of principals every sidecar holds ("hot") and of principals
@@ -57,6 +59,7 @@ struct Args {
     rate: u64,
     changes: usize,
     full_sidecar: bool,
+    affinity: bool,
     pg_restart: Option<String>,
 }
 
@@ -73,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
         rate: 1000,
         changes: 10,
         full_sidecar: true,
+        affinity: false,
         pg_restart: None,
     };
     let mut it = std::env::args().skip(1);
@@ -91,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
             "--rate" => args.rate = value.parse().map_err(|e| bad(&e))?,
             "--changes" => args.changes = value.parse().map_err(|e| bad(&e))?,
             "--full-sidecar" => args.full_sidecar = value.parse().map_err(|e| bad(&e))?,
+            "--affinity" => args.affinity = value.parse().map_err(|e| bad(&e))?,
             "--pg-restart" => args.pg_restart = Some(value),
             other => return Err(format!("unknown flag `{other}`")),
         }
@@ -369,12 +374,17 @@ async fn run(args: Args) -> Result<(), String> {
     let cache = fleet.cache_figures().await;
 
     println!(
-        "\n## fleet: {} sidecars, {} users, {} assignments, {} requests/s for {} s\n",
+        "\n## fleet: {} sidecars, {} users, {} assignments, {} requests/s for {} s, {}\n",
         fleet.args.sidecars,
         fleet.args.principals,
         fleet.args.assignments,
         fleet.args.rate,
-        fleet.args.seconds
+        fleet.args.seconds,
+        if fleet.args.affinity {
+            "each user to one sidecar"
+        } else {
+            "sidecars in turn"
+        }
     );
     println!("| figure | value |\n|---|---|");
     println!(
@@ -739,7 +749,13 @@ impl Fleet {
             );
             tasks.spawn(async move {
                 let user = zipf.sample(rand::random::<f64>());
-                let s = usize::try_from(i).unwrap_or(0) % me.sidecars.len();
+                // Each sidecar in turn, or (affinity) the one in front of this user's app
+                // instance, as when a user's requests stick to one pod.
+                let s = if me.args.affinity {
+                    user % me.sidecars.len()
+                } else {
+                    usize::try_from(i).unwrap_or(0) % me.sidecars.len()
+                };
                 // One in five asks for another's space: denied.
                 let path = if i % 5 == 0 {
                     me.own_path(user + 1)
