@@ -120,6 +120,8 @@ struct SharedCacheWriter {
     /// A new generation is due before the next write: at start (commits may have landed
     /// while nobody wrote), after a failed write, after a rebuild.
     stale: bool,
+    /// The cache failed last time: said once, not at every retry.
+    failing: bool,
 }
 
 impl SharedCacheWriter {
@@ -143,12 +145,15 @@ impl SharedCacheWriter {
             match self.target.cache.new_generation().await {
                 Ok(generation) => {
                     self.stale = false;
+                    self.failing = false;
                     count("generations", 1);
                     tracing::info!(generation, "shared cache: a new generation begins");
                 }
                 Err(e) => {
                     count("failed", 1);
-                    tracing::warn!(error = %e, "shared cache: no new generation yet; nothing written");
+                    if !std::mem::replace(&mut self.failing, true) {
+                        tracing::warn!(error = %e, "shared cache unavailable: nothing written until a new generation begins");
+                    }
                     return;
                 }
             }
@@ -160,6 +165,7 @@ impl SharedCacheWriter {
             Ok(written) => count("written", u64::try_from(written).unwrap_or(u64::MAX)),
             Err(e) => {
                 self.stale = true;
+                self.failing = true;
                 count("failed", 1);
                 tracing::warn!(error = %e, "shared cache: slices not written; a new generation will begin");
             }
@@ -222,6 +228,7 @@ impl<S: Store> Publisher<S> {
         self.shared_cache = Some(SharedCacheWriter {
             target,
             stale: true,
+            failing: false,
         });
         self
     }
