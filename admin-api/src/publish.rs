@@ -39,7 +39,7 @@ pub struct Step {
     pub to: Revision,
     /// The [`SnapshotUpdate`] as JSON: what `GET /v1/updates?since=<from>` answers.
     pub json: Arc<str>,
-    /// Its shared view ([`SnapshotUpdate::into_shared`]) as JSON, for `view=shared`.
+    /// Its shared view ([`SnapshotUpdate::shared`]) as JSON, for `view=shared`.
     pub shared_json: Arc<str>,
 }
 
@@ -253,7 +253,7 @@ impl<S: Store> Publisher<S> {
                 .map_err(|e| StoreError::Corrupt(format!("revision {to} cannot be encoded: {e}")))
         };
         let json = encode(&update, "full")?;
-        let shared_json = encode(&update.clone().into_shared(), "shared")?;
+        let shared_json = encode(&update.shared(), "shared")?;
         let slices = changed_slices(&update);
         let rebuild = matches!(update, SnapshotUpdate::Rebuild(_));
         match self

@@ -163,7 +163,7 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
             background.block_on(early.stop());
             if config.state.mode == StateMode::Cached {
                 // A state file named by hand may be a full one: hold the shared part only.
-                state = state.into_shared();
+                state = state.shared();
             }
             let snapshot = follow::build(state.clone()).map_err(Failure::Runtime)?;
             let gate = reload::local_route_map(&config, snapshot.policies())

@@ -140,7 +140,6 @@ impl PrincipalCache {
             self.held.invalidate(key).await;
             return Err(Unavailable(format!("`{key}` changed while it was fetched")));
         }
-        self.update_gauges();
         Ok(fetched)
     }
 
@@ -205,7 +204,6 @@ impl PrincipalCache {
                 .evictions
                 .with_label_values(&["changed"])
                 .inc_by(u64::try_from(keys.len()).unwrap_or(u64::MAX));
-            self.update_gauges();
         }
     }
 
@@ -218,15 +216,6 @@ impl PrincipalCache {
             .with_label_values(&["cleared"])
             .inc_by(self.held.entry_count());
         self.held.invalidate_all();
-        self.update_gauges();
-    }
-
-    fn update_gauges(&self) {
-        let m = self.m();
-        m.entries
-            .set(i64::try_from(self.held.entry_count()).unwrap_or(i64::MAX));
-        m.weighted_bytes
-            .set(i64::try_from(self.held.weighted_size()).unwrap_or(i64::MAX));
     }
 
     /// Keeps the bound and the gauges current: moka applies evictions in batches, so
@@ -237,7 +226,11 @@ impl PrincipalCache {
         loop {
             tick.tick().await;
             self.held.run_pending_tasks().await;
-            self.update_gauges();
+            let m = self.m();
+            m.entries
+                .set(i64::try_from(self.held.entry_count()).unwrap_or(i64::MAX));
+            m.weighted_bytes
+                .set(i64::try_from(self.held.weighted_size()).unwrap_or(i64::MAX));
         }
     }
 }

@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_engine::snapshot::{PrincipalSlice, SnapshotUpdate};
+use portcullis_engine::snapshot::{PrincipalSlice, SnapshotUpdate, StoreState};
 use portcullis_store::Store;
 use serde::Deserialize;
 
@@ -37,6 +37,16 @@ pub(crate) enum View {
     /// All but users and services, whose changes are named in `invalidated` (state mode
     /// `cached`).
     Shared,
+}
+
+impl View {
+    /// The state in this view, read from the store in one transaction.
+    async fn load<S: Store>(self, store: &S) -> Result<StoreState, ApiError> {
+        Ok(match self {
+            Self::Full => store.load_state().await?,
+            Self::Shared => store.load_shared_state().await?,
+        })
+    }
 }
 
 /// `GET /v1/snapshot` query.
@@ -77,11 +87,7 @@ pub(crate) async fn snapshot<S: Store>(
         AdminAction::DistributionRead,
         &Target::global(),
     )?;
-    let state = match query.view {
-        View::Full => st.store.load_state().await?,
-        View::Shared => st.store.load_shared_state().await?,
-    };
-    Ok(Json(state).into_response())
+    Ok(Json(query.view.load(&st.store).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/snapshot/principals/{kind}/{id}", tag = "distribution",
@@ -192,16 +198,12 @@ async fn update_since<S: Store>(
     }
     if since > current || since < 0 {
         // The caller is ahead of this store (it was replaced): start over.
-        let state = match view {
-            View::Full => store.load_state().await?,
-            View::Shared => store.load_shared_state().await?,
-        };
-        return Ok(Some(SnapshotUpdate::Rebuild(state)));
+        return Ok(Some(SnapshotUpdate::Rebuild(view.load(store).await?)));
     }
     let update = store.load_update(since).await?;
     Ok(Some(match view {
         View::Full => update,
-        View::Shared => update.into_shared(),
+        View::Shared => update.shared(),
     }))
 }
 

@@ -7,7 +7,7 @@
 //!
 //! A sidecar in cached state mode holds only the shared part of the state (everything but
 //! users and services: [`is_shared`]); the control plane hands it that part
-//! ([`StoreState::into_shared`], [`SnapshotUpdate::into_shared`]: changed users and services
+//! ([`StoreState::shared`], [`SnapshotUpdate::shared`]: changed users and services
 //! become [`StoreDelta::invalidated`] keys) and one principal at a time
 //! ([`PrincipalSlice`]).
 
@@ -94,12 +94,26 @@ impl StoreState {
 
 impl StoreState {
     /// The shared part: everything but users and services (see [`is_shared`]) and their
-    /// assignments. What a sidecar in cached state mode holds in full.
+    /// assignments. What a sidecar in cached state mode holds in full. Copies only that
+    /// part.
     #[must_use]
-    pub fn into_shared(mut self) -> Self {
-        self.principals.retain(|p| is_shared(&p.entity_ref()));
-        self.assignments.retain(|a| is_shared(&a.principal));
-        self
+    pub fn shared(&self) -> Self {
+        Self {
+            revision: self.revision,
+            principals: (self.principals.iter())
+                .filter(|p| is_shared(&p.entity_ref()))
+                .cloned()
+                .collect(),
+            roles: self.roles.clone(),
+            assignments: (self.assignments.iter())
+                .filter(|a| is_shared(&a.principal))
+                .cloned()
+                .collect(),
+            entities: self.entities.clone(),
+            revoked_sessions: self.revoked_sessions.clone(),
+            template_links: self.template_links.clone(),
+            policy_set: self.policy_set.clone(),
+        }
     }
 }
 
@@ -145,24 +159,31 @@ pub struct StoreDelta {
     /// The new current policy set, if it changed.
     pub policy_set: Option<PolicySetVersion>,
     /// Principals outside the shared part that changed, in the shared view of a delta
-    /// ([`StoreDelta::into_shared`]): a sidecar in cached state mode evicts them.
+    /// ([`StoreDelta::shared`]): a sidecar in cached state mode evicts them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalidated: Vec<EntityRef>,
 }
 
 impl StoreDelta {
     /// The shared view: changed users and services are named in [`Self::invalidated`]
-    /// instead of carried.
+    /// instead of carried. Copies only what it keeps.
     #[must_use]
-    pub fn into_shared(mut self) -> Self {
-        let (shared, others): (Vec<_>, Vec<_>) = self
-            .principals
-            .into_iter()
-            .partition(|(key, _)| is_shared(key));
-        self.principals = shared;
-        self.invalidated
-            .extend(others.into_iter().map(|(key, _)| key));
-        self
+    pub fn shared(&self) -> Self {
+        let (shared, others): (Vec<_>, Vec<_>) =
+            self.principals.iter().partition(|(key, _)| is_shared(key));
+        Self {
+            revision: self.revision,
+            principals: shared.into_iter().cloned().collect(),
+            entities: self.entities.clone(),
+            revoked_sessions: self.revoked_sessions.clone(),
+            roles: self.roles.clone(),
+            template_links: self.template_links.clone(),
+            policy_set: self.policy_set.clone(),
+            invalidated: (self.invalidated.iter())
+                .chain(others.into_iter().map(|(key, _)| key))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Whether applying it leaves every decision as it was for the principals a snapshot
@@ -189,12 +210,12 @@ pub enum SnapshotUpdate {
 }
 
 impl SnapshotUpdate {
-    /// The shared view (see [`StoreState::into_shared`], [`StoreDelta::into_shared`]).
+    /// The shared view (see [`StoreState::shared`], [`StoreDelta::shared`]).
     #[must_use]
-    pub fn into_shared(self) -> Self {
+    pub fn shared(&self) -> Self {
         match self {
-            Self::Patch(delta) => Self::Patch(delta.into_shared()),
-            Self::Rebuild(state) => Self::Rebuild(state.into_shared()),
+            Self::Patch(delta) => Self::Patch(delta.shared()),
+            Self::Rebuild(state) => Self::Rebuild(state.shared()),
         }
     }
 

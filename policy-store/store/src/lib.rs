@@ -132,7 +132,7 @@ pub trait Store: Send + Sync {
     /// Everything, read in one consistent transaction.
     fn load_state(&self) -> impl Future<Output = Result<StoreState, StoreError>> + Send;
 
-    /// The shared part of the state ([`StoreState::into_shared`]: everything but users,
+    /// The shared part of the state ([`StoreState::shared`]: everything but users,
     /// services and their assignments), read in one consistent transaction: what a sidecar
     /// in cached state mode bootstraps from.
     fn load_shared_state(&self) -> impl Future<Output = Result<StoreState, StoreError>> + Send;

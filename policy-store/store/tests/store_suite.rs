@@ -297,7 +297,7 @@ async fn the_shared_state_holds_groups_but_no_users_or_services(store: SqlStore)
     assert_eq!(shared.roles, full.roles);
     assert!(shared.policy_set.is_some());
     // The same as filtering the whole state.
-    let filtered = full.into_shared();
+    let filtered = full.shared();
     assert_eq!(shared.principals, filtered.principals);
     assert_eq!(shared.assignments, filtered.assignments);
 }

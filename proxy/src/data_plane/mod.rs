@@ -39,7 +39,7 @@ use arc_swap::ArcSwap;
 use http::HeaderMap;
 use ipnet::IpNet;
 use portcullis_engine::decision::{
-    Decision, DecisionRequest, FetchedPrincipal, RequestFacts, decide, decide_fetched,
+    Decision, DecisionRequest, FetchedPrincipal, MAX_FETCHED, RequestFacts, decide, decide_fetched,
     first_missing,
 };
 use portcullis_engine::snapshot::SnapshotHandle;
@@ -508,10 +508,10 @@ impl DataPlane {
         let decision = match &self.principals {
             None => decide(&snapshot, &request),
             Some(cache) => {
-                // Managers, a principal that is the resource: each at most once, so the
-                // walk ends even on data that loops.
+                // Managers, a principal that is the resource: each at most once, and no
+                // more than the decision core can read.
                 while let Some(missing) = first_missing(&snapshot, &fetched, &request) {
-                    if fetched.len() > MAX_FETCHED_PRINCIPALS {
+                    if fetched.len() >= MAX_FETCHED {
                         return refuse.state_unavailable(&"too many principals to fetch");
                     }
                     match cache.get(&snapshot, &missing).await {
@@ -577,10 +577,6 @@ struct Refusal {
     route: usize,
     shadow: bool,
 }
-
-/// How many users and services one decision may fetch (cached state): the principal, a
-/// resource that is a principal, and their managers up to the decision core's depth.
-const MAX_FETCHED_PRINCIPALS: usize = 2 + 2 * 32;
 
 impl Refusal {
     /// The caller was identified, but the principals the decision reads could not be had

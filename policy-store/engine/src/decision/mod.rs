@@ -45,6 +45,11 @@ use portcullis_model::{Assignment, EntityRef, PrincipalKind, Revision, UnixMilli
 /// cannot loop).
 const MAX_DEPTH: usize = 32;
 
+/// The most users and services one decision reads, so the most [`first_missing`] can name
+/// for one request: the principal and a principal that is the resource, each with its
+/// managers up to [`MAX_DEPTH`].
+pub const MAX_FETCHED: usize = 2 * (1 + MAX_DEPTH);
+
 /// Wall-clock facts in the configured time zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalTime {

@@ -547,7 +547,7 @@ fn reads_are_what_the_conditions_mention() {
 #[test]
 fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
     let full = Snapshot::build(state(&["default.cedar"]), 0).unwrap();
-    let shared = Snapshot::build(state(&["default.cedar"]).into_shared(), 0).unwrap();
+    let shared = Snapshot::build(state(&["default.cedar"]).shared(), 0).unwrap();
     assert!(shared.principal(&eref("User", "alice")).is_none());
     assert!(shared.principal(&eref("Group", "team")).is_some());
     let principals = [
@@ -657,7 +657,7 @@ fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
 #[test]
 fn a_decision_cached_over_one_version_is_not_answered_for_the_next() {
     let full = Snapshot::build(state(&["default.cedar"]), 0).unwrap();
-    let shared = Snapshot::build(state(&["default.cedar"]).into_shared(), 0).unwrap();
+    let shared = Snapshot::build(state(&["default.cedar"]).shared(), 0).unwrap();
     let facts = &facts()[0];
     let (bob, space) = (eref("User", "bob"), eref("Space", "s1"));
     let parents = [eref("Tenant", "t1")];
