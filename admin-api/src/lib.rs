@@ -160,6 +160,10 @@ pub fn app<S: Store + Clone + std::fmt::Debug + 'static>(
             "/v1/snapshot/principals/{kind}/{id}",
             get(resources::principal_slice::<S>),
         )
+        .route(
+            "/v1/snapshot/entities/{type}/{id}",
+            get(resources::entity_slice::<S>),
+        )
         .route("/v1/updates", get(resources::updates::<S>))
         .route("/v1/watch", get(resources::watch::<S>))
         .route("/v1/events", post(resources::post_events::<S>))

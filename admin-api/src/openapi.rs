@@ -44,6 +44,7 @@ use crate::resources;
         resources::list_audit,
         resources::snapshot,
         resources::principal_slice,
+        resources::entity_slice,
         resources::updates,
         resources::watch,
         resources::post_events,

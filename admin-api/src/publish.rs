@@ -8,16 +8,20 @@
 //! state mode. `GET /v1/watch` streams from the feed; only a caller further behind than the
 //! feed remembers reads the store for itself (its catch-up).
 //!
-//! With a shared cache ([`SharedCacheTarget`]), the users and services a revision changed
-//! are written to it before the feed announces the revision (so a sidecar that evicts on
-//! the news and misses reads the new slice); when a write fails, and at start, the cache
-//! moves to a new generation before the next write.
+//! The shared view leaves out users and services, and the entities of types the feed does
+//! not hold ([`ChangeFeed::held_entity_types`], one rule for every sidecar, so it is encoded
+//! once). With a shared cache ([`SharedCacheTarget`]), what a revision changed of those is
+//! written to it before the feed announces the revision (so a sidecar that evicts on the
+//! news and misses reads the new slice); when a write fails, and at start, the cache moves
+//! to a new generation before the next write.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use portcullis_engine::snapshot::{PrincipalSlice, SnapshotHandle, SnapshotUpdate, is_shared};
+use portcullis_engine::snapshot::{
+    HeldEntityTypes, SliceValue, SnapshotHandle, SnapshotUpdate, StateSlice, is_shared,
+};
 use portcullis_l2::SharedCache;
 use portcullis_model::{EntityRef, Revision};
 use portcullis_store::{Store, StoreError};
@@ -49,15 +53,23 @@ pub struct Step {
 pub struct ChangeFeed {
     steps: RwLock<VecDeque<Arc<Step>>>,
     head: tokio::sync::watch::Sender<Revision>,
+    held_entity_types: HeldEntityTypes,
 }
 
 impl ChangeFeed {
-    /// An empty feed at `revision`.
-    pub fn new(revision: Revision) -> Self {
+    /// An empty feed at `revision`, whose shared view holds the entities of `held` types.
+    pub fn new(revision: Revision, held: HeldEntityTypes) -> Self {
         Self {
             steps: RwLock::new(VecDeque::with_capacity(KEPT_STEPS)),
             head: tokio::sync::watch::Sender::new(revision),
+            held_entity_types: held,
         }
+    }
+
+    /// The entity types the shared view holds in full; entities of others are fetched by
+    /// the sidecars, one at a time.
+    pub fn held_entity_types(&self) -> &HeldEntityTypes {
+        &self.held_entity_types
     }
 
     /// The revision of each step published from now on.
@@ -104,7 +116,7 @@ pub struct PublishMetrics {
     pub shared_cache_writes: IntCounterVec,
 }
 
-/// The shared cache (L2) the control plane writes users' and services' slices to.
+/// The shared cache (L2) the control plane writes the slices sidecars fetch to.
 #[derive(Debug, Clone)]
 pub struct SharedCacheTarget {
     /// The client.
@@ -129,7 +141,7 @@ impl SharedCacheWriter {
     /// instead); counts in `metrics`.
     async fn write(
         &mut self,
-        slices: &[(EntityRef, PrincipalSlice)],
+        slices: &[(EntityRef, StateSlice)],
         rebuild: bool,
         metrics: Option<&PublishMetrics>,
     ) {
@@ -173,23 +185,23 @@ impl SharedCacheWriter {
     }
 }
 
-/// The slices of the users and services `update` changes, current at its revision.
-fn changed_slices(update: &SnapshotUpdate) -> Vec<(EntityRef, PrincipalSlice)> {
-    match update {
-        SnapshotUpdate::Rebuild(_) => Vec::new(),
-        SnapshotUpdate::Patch(delta) => delta
-            .principals
-            .iter()
-            .filter(|(key, _)| !is_shared(key))
-            .map(|(key, value)| {
-                let slice = PrincipalSlice {
-                    revision: delta.revision,
-                    principal: value.clone(),
-                };
-                (key.clone(), slice)
-            })
-            .collect(),
-    }
+/// The slices of what `update` changes that the shared view leaves out (users, services,
+/// entities of types not `held`), current at its revision.
+fn changed_slices(update: &SnapshotUpdate, held: &HeldEntityTypes) -> Vec<(EntityRef, StateSlice)> {
+    let SnapshotUpdate::Patch(delta) = update else {
+        return Vec::new();
+    };
+    let slice = |value: Option<SliceValue>| StateSlice {
+        revision: delta.revision,
+        value,
+    };
+    let principals = (delta.principals.iter())
+        .filter(|(key, _)| !is_shared(key))
+        .map(|(key, value)| (key.clone(), slice(value.clone().map(SliceValue::Principal))));
+    let entities = (delta.entities.iter())
+        .filter(|(key, _)| !held.holds(key))
+        .map(|(key, value)| (key.clone(), slice(value.clone().map(SliceValue::Entity))));
+    principals.chain(entities).collect()
 }
 
 /// Brings the snapshot and the feed to the store's revision; one per control plane.
@@ -222,7 +234,8 @@ impl<S: Store> Publisher<S> {
         }
     }
 
-    /// Also writes each revision's changed users and services to a shared cache.
+    /// Also writes what each revision changed of what the shared view leaves out to a
+    /// shared cache.
     #[must_use]
     pub fn with_shared_cache(mut self, target: SharedCacheTarget) -> Self {
         self.shared_cache = Some(SharedCacheWriter {
@@ -253,8 +266,9 @@ impl<S: Store> Publisher<S> {
                 .map_err(|e| StoreError::Corrupt(format!("revision {to} cannot be encoded: {e}")))
         };
         let json = encode(&update, "full")?;
-        let shared_json = encode(&update.shared(), "shared")?;
-        let slices = changed_slices(&update);
+        let held = self.feed.held_entity_types();
+        let shared_json = encode(&update.shared(held), "shared")?;
+        let slices = changed_slices(&update, held);
         let rebuild = matches!(update, SnapshotUpdate::Rebuild(_));
         match self
             .snapshot

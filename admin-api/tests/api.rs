@@ -19,7 +19,9 @@ use portcullis_admin_api::auth::token_line;
 use portcullis_admin_api::authz::AdminPolicies;
 use portcullis_admin_api::publish::{ChangeFeed, Publisher};
 use portcullis_admin_api::{AdminAuth, AdminTokens, AppState, app};
-use portcullis_engine::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate, StoreState};
+use portcullis_engine::snapshot::{
+    HeldEntityTypes, Snapshot, SnapshotHandle, SnapshotUpdate, StoreState,
+};
 use portcullis_ledger::writer::{Ledger, LedgerConfig};
 use portcullis_model::{
     Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetCheck, PolicySetSummary,
@@ -81,9 +83,12 @@ impl Store for Counting {
         self.inner.load_state()
     }
 
-    fn load_shared_state(&self) -> impl Future<Output = Result<StoreState, StoreError>> + Send {
+    fn load_shared_state(
+        &self,
+        held: &HeldEntityTypes,
+    ) -> impl Future<Output = Result<StoreState, StoreError>> + Send {
         self.update_reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load_shared_state()
+        self.inner.load_shared_state(held)
     }
 
     fn changes_since(
@@ -166,6 +171,11 @@ fn policies() -> PathBuf {
 }
 
 async fn api() -> Api {
+    api_holding(HeldEntityTypes::ALL).await
+}
+
+/// An API whose shared view holds the entities of `held` types.
+async fn api_holding(held: HeldEntityTypes) -> Api {
     let dir = std::env::temp_dir().join(format!(
         "portcullis-admin-{}-{}",
         std::process::id(),
@@ -228,7 +238,7 @@ async fn api() -> Api {
         update_reads: Arc::new(AtomicUsize::new(0)),
         stream_entries_read: Arc::new(AtomicUsize::new(0)),
     };
-    let feed = Arc::new(ChangeFeed::new(snapshot.load().revision()));
+    let feed = Arc::new(ChangeFeed::new(snapshot.load().revision(), held));
     let publisher = Publisher::new(
         store.clone(),
         Arc::clone(&snapshot),
@@ -1249,6 +1259,7 @@ async fn a_tenant_admin_manages_its_own_tenant_and_nothing_else() {
         ("GET", "/v1/snapshot", None),
         ("GET", "/v1/snapshot?view=shared", None),
         ("GET", "/v1/snapshot/principals/users/bob", None),
+        ("GET", "/v1/snapshot/entities/Space/s2", None),
         ("GET", "/v1/updates?since=0", None),
         ("GET", "/v1/entities/Space/s2", None),
         ("GET", "/v1/assignments?scope=Space::%22s2%22", None),
@@ -1465,6 +1476,12 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
             "/v1/snapshot/principals/users/ann",
             None,
         ),
+        (
+            "get",
+            "/v1/snapshot/entities/{type}/{id}",
+            "/v1/snapshot/entities/Space/s1",
+            None,
+        ),
         ("get", "/v1/updates", "/v1/updates?since=0", None),
         ("get", "/v1/watch", "/v1/watch?since=0", None),
         (
@@ -1512,6 +1529,7 @@ async fn a_sidecar_token_only_follows_the_state_and_a_token_without_roles_does_n
         let follows = [
             "/v1/snapshot",
             "/v1/snapshot/principals/{kind}/{id}",
+            "/v1/snapshot/entities/{type}/{id}",
             "/v1/updates",
             "/v1/watch",
         ]
@@ -1658,8 +1676,8 @@ async fn a_cached_sidecar_bootstraps_from_the_shared_part_and_fetches_one_princi
         .await;
     assert_eq!(status, StatusCode::OK, "{slice}");
     assert_eq!(slice["revision"], full["revision"]);
-    assert_eq!(slice["principal"][0]["id"], "bob", "{slice}");
-    assert_eq!(ids(&slice["principal"][1]), ["bob-s2"]);
+    assert_eq!(slice["value"]["principal"][0]["id"], "bob", "{slice}");
+    assert_eq!(ids(&slice["value"]["principal"][1]), ["bob-s2"]);
     let (status, slice) = api
         .call_as(
             Some(SIDECAR),
@@ -1669,7 +1687,7 @@ async fn a_cached_sidecar_bootstraps_from_the_shared_part_and_fetches_one_princi
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(slice["principal"], Value::Null, "{slice}");
+    assert_eq!(slice["value"], Value::Null, "{slice}");
     // An id is one path segment, taken as it is.
     let (status, slice) = api
         .call_as(
@@ -1680,7 +1698,7 @@ async fn a_cached_sidecar_bootstraps_from_the_shared_part_and_fetches_one_princi
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(slice["principal"], Value::Null, "{slice}");
+    assert_eq!(slice["value"], Value::Null, "{slice}");
 
     let (status, problem) = api
         .call_as(
@@ -1696,6 +1714,131 @@ async fn a_cached_sidecar_bootstraps_from_the_shared_part_and_fetches_one_princi
         .call_as(Some(SIDECAR), "GET", "/v1/snapshot?view=half", None)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// A control plane that holds only the resource hierarchy (`Tenant`, `Space`) in its shared
+/// view: documents are left out of the bootstrap and of every update, named to be evicted
+/// when they change, and served one at a time.
+#[tokio::test]
+async fn a_shared_view_holding_the_hierarchy_leaves_documents_to_be_fetched() {
+    let held = HeldEntityTypes::only(["Tenant", "Space"].map(String::from));
+    let api = api_holding(held).await;
+    two_tenants(&api).await;
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/entities/Document/d1",
+            Some(json!({"uid": "Document::\"d1\"", "parents": ["Space::\"s1\""], "attributes": {"classification": 2}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.refresh().await;
+
+    let uids = |state: &Value| -> Vec<String> {
+        let mut uids: Vec<String> = (state["entities"].as_array().unwrap().iter())
+            .map(|e| e["uid"].as_str().unwrap().to_owned())
+            .collect();
+        uids.sort();
+        uids
+    };
+    let (_, full) = api
+        .call_as(Some(SIDECAR), "GET", "/v1/snapshot", None)
+        .await;
+    assert!(uids(&full).contains(&String::from("Document::\"d1\"")));
+    let (status, shared) = api
+        .call_as(Some(SIDECAR), "GET", "/v1/snapshot?view=shared", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(uids(&shared), ["Space::\"s1\"", "Space::\"s2\""]);
+    assert_eq!(shared["held_entity_types"], json!(["Space", "Tenant"]));
+    assert!(full.get("held_entity_types").is_none(), "{full}");
+
+    // The document's slice, as the control plane's snapshot holds it.
+    let (status, slice) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            "/v1/snapshot/entities/Document/d1",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{slice}");
+    assert_eq!(slice["revision"], full["revision"]);
+    assert_eq!(
+        slice["value"]["entity"]["uid"], "Document::\"d1\"",
+        "{slice}"
+    );
+    assert_eq!(slice["value"]["entity"]["attributes"]["classification"], 2);
+    let (status, slice) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            "/v1/snapshot/entities/Document/none",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(slice["value"], Value::Null, "{slice}");
+    let (status, problem) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            "/v1/snapshot/entities/not%20a%20type/x",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(fields(&problem), ["type"]);
+
+    // A change to the document is named, not carried; one to a space is carried.
+    let revision = full["revision"].as_i64().unwrap();
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/entities/Document/d1",
+            Some(json!({"uid": "Document::\"d1\"", "parents": ["Space::\"s1\""], "attributes": {"archived": true}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/entities/Space/s2",
+            Some(json!({"uid": "Space::\"s2\"", "attributes": {"tenant": "t2", "archived": true}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.refresh().await;
+    let (status, update) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            &format!("/v1/updates?since={revision}&view=shared"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{update}");
+    let patch = &update["patch"];
+    assert_eq!(
+        patch["invalidated"],
+        json!(["Document::\"d1\""]),
+        "{update}"
+    );
+    assert_eq!(patch["entities"][0][0], "Space::\"s2\"", "{update}");
+    assert_eq!(patch["entities"].as_array().unwrap().len(), 1, "{update}");
+    assert_eq!(patch["held_entity_types"], json!(["Space", "Tenant"]));
+    let (_, full_update) = api
+        .call_as(
+            Some(SIDECAR),
+            "GET",
+            &format!("/v1/updates?since={revision}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        full_update["patch"]["entities"].as_array().unwrap().len(),
+        2
+    );
 }
 
 /// The server-sent events of one `/v1/watch` response, one at a time.

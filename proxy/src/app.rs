@@ -30,9 +30,9 @@ use crate::data_plane::{DataPlane, Health};
 use crate::follow::{self, ControlPlane, Keeper, LastKnownGood};
 use crate::metrics::Metrics;
 use crate::ops::Bootstrapping;
-use crate::principal_cache::PrincipalCache;
 use crate::process::{Background, Mode, join_audit_keeper};
 use crate::reload::{self, Reloader};
+use crate::state_cache::StateCache;
 use crate::tls::ReloadingCert;
 
 /// What to run.
@@ -162,8 +162,10 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
                 background.block_on(follow::bootstrap(&following.control, &following.state_file));
             background.block_on(early.stop());
             if config.state.mode == StateMode::Cached {
-                // A state file named by hand may be a full one: hold the shared part only.
-                state = state.shared();
+                // A state file named by hand may be a full one: hold the shared part only
+                // (with the entities it holds; the control plane's first update says
+                // whether it holds others).
+                state = state.shared(&state.held_entity_types.clone());
             }
             let snapshot = follow::build(state.clone()).map_err(Failure::Runtime)?;
             let gate = reload::local_route_map(&config, snapshot.policies())
@@ -225,9 +227,9 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
         #[cfg(feature = "control-plane")]
         State::Store(_) => None,
     };
-    let principals = match &state {
+    let state_cache = match &state {
         State::Followed(f) if config.state.mode == StateMode::Cached => Some(Arc::new(
-            principal_cache(&config, &f.following.control, &metrics)
+            state_cache(&config, &f.following.control, &metrics)
                 .map_err(|e| Failure::Input(vec![e]))?,
         )),
         _ => {
@@ -242,7 +244,7 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     let plane = Arc::new(DataPlane {
         gate: arc_swap::ArcSwap::from_pointee(gate),
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
-        principals: principals.clone(),
+        state_cache: state_cache.clone(),
         authn: Arc::clone(&authn),
         health: Arc::new(Health::default()),
         recorder,
@@ -260,7 +262,7 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
 
     // 4. The background tasks.
     background.spawn(keys.run(Arc::clone(&authn), metrics.jwks_refreshes.clone()));
-    if let Some(cache) = &plane.principals {
+    if let Some(cache) = &plane.state_cache {
         background.spawn(Arc::clone(cache).maintain());
     }
     if mode.serves_data_plane() {
@@ -311,7 +313,7 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
                     following.control,
                     follow::Applier {
                         handle: Arc::clone(&plane.snapshot),
-                        principals,
+                        cache: state_cache,
                     },
                     keeper,
                     contact,
@@ -330,13 +332,13 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The principal cache of cached state mode, reading the shared cache when `state.redis`
+/// The state cache of cached state mode, reading the shared cache when `state.redis`
 /// names one.
-fn principal_cache(
+fn state_cache(
     config: &Config,
     control: &ControlPlane,
     metrics: &Arc<Metrics>,
-) -> Result<PrincipalCache, String> {
+) -> Result<StateCache, String> {
     let shared = match &config.state.redis {
         Some(redis) => Some(Arc::new(
             portcullis_l2::SharedCache::new(
@@ -348,7 +350,7 @@ fn principal_cache(
         )),
         None => None,
     };
-    Ok(PrincipalCache::new(
+    Ok(StateCache::new(
         config.state.cache_max_bytes,
         Duration::from_millis(config.state.miss_timeout_ms),
         shared,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_admin_api::authz::AdminPolicies;
 use portcullis_admin_api::publish::{ChangeFeed, PublishMetrics, Publisher};
-use portcullis_engine::snapshot::Snapshot;
+use portcullis_engine::snapshot::{HeldEntityTypes, Snapshot};
 use portcullis_store::{SqlStore, StoreConfig};
 
 use crate::admin_jwt::AdminJwt;
@@ -85,7 +85,11 @@ impl StoreSide {
         audit: Option<&Audit>,
         authn: &Arc<Authenticator>,
     ) -> Result<(), Failure> {
-        let feed = Arc::new(ChangeFeed::new(plane.snapshot.load().revision()));
+        let held = match &config.state.held_entity_types {
+            Some(types) => HeldEntityTypes::only(types.iter().cloned()),
+            None => HeldEntityTypes::ALL,
+        };
+        let feed = Arc::new(ChangeFeed::new(plane.snapshot.load().revision(), held));
         let publisher = Publisher::new(
             self.store.clone(),
             Arc::clone(&plane.snapshot),
@@ -199,7 +203,7 @@ impl StoreSide {
     }
 }
 
-/// The shared principal cache the control plane writes, when `state.redis` names one.
+/// The shared state cache the control plane writes, when `state.redis` names one.
 fn shared_cache_target(
     config: &Config,
 ) -> Result<Option<portcullis_admin_api::publish::SharedCacheTarget>, String> {

@@ -13,8 +13,10 @@
 //! ([`watch_token`]).
 //!
 //! In cached state mode ([`ControlPlane::shared_part_only`]) it follows the shared part of
-//! the state; each update's changed users and services are evicted from the
-//! [`PrincipalCache`], and a rebuild empties it.
+//! the state; what each update names as changed outside it (users, services, entities of
+//! types not held) is evicted from the [`StateCache`], and a rebuild empties it. An update
+//! holding other entity types than the snapshot (the control plane's `held_entity_types`
+//! changed) is not patched in: the shared part is bootstrapped anew.
 //!
 //! Contact is tracked: every event counts. Past `control_plane.max_staleness_seconds`
 //! without one, the data plane fails closed (503) and `/readyz` says why, until contact
@@ -28,13 +30,13 @@ use arc_swap::ArcSwap;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use portcullis_engine::snapshot::{
-    PrincipalSlice, Snapshot, SnapshotHandle, SnapshotUpdate, StoreState,
+    Snapshot, SnapshotError, SnapshotHandle, SnapshotUpdate, StateSlice, StoreState,
 };
 use portcullis_model::{EntityRef, PrincipalKind};
 use portcullis_sinks::backoff::Backoff;
 
 use crate::data_plane::staleness::{Contact, now_ms};
-use crate::principal_cache::PrincipalCache;
+use crate::state_cache::StateCache;
 
 /// A control-plane client.
 #[derive(Debug, Clone)]
@@ -97,27 +99,30 @@ impl ControlPlane {
         }
     }
 
-    /// Follows only the shared part of the state (`view=shared`: cached state mode); users
-    /// and services are fetched one at a time ([`Self::principal_slice`]).
+    /// Follows only the shared part of the state (`view=shared`: cached state mode); users,
+    /// services and entities of types it leaves out are fetched one at a time
+    /// ([`Self::slice`]).
     #[must_use]
     pub fn shared_part_only(mut self) -> Self {
         self.shared = true;
         self
     }
 
-    /// One principal with its assignments, as the control plane's snapshot holds it.
-    pub async fn principal_slice(&self, key: &EntityRef) -> Result<PrincipalSlice, String> {
-        let kind = match PrincipalKind::from_cedar_type(key.type_name()) {
-            Some(PrincipalKind::User) => "users",
-            Some(PrincipalKind::Service) => "services",
-            Some(PrincipalKind::Group) => "groups",
-            None => return Err(format!("`{key}` is not a principal")),
+    /// One principal with its assignments, or one entity, as the control plane's snapshot
+    /// holds it.
+    pub async fn slice(&self, key: &EntityRef) -> Result<StateSlice, String> {
+        let (path, segment) = match PrincipalKind::from_cedar_type(key.type_name()) {
+            Some(PrincipalKind::User) => ("principals", "users"),
+            Some(PrincipalKind::Service) => ("principals", "services"),
+            Some(PrincipalKind::Group) => ("principals", "groups"),
+            None => ("entities", key.type_name()),
         };
-        let mut url = reqwest::Url::parse(&format!("{}/v1/snapshot/principals", self.base))
-            .map_err(|e| e.to_string())?;
+        let path = format!("/v1/snapshot/{path}");
+        let mut url =
+            reqwest::Url::parse(&format!("{}{path}", self.base)).map_err(|e| e.to_string())?;
         url.path_segments_mut()
             .map_err(|()| String::from("the control-plane URL cannot take a path"))?
-            .push(kind)
+            .push(segment)
             .push(key.id());
         let response = self
             .client
@@ -128,18 +133,15 @@ impl ControlPlane {
             .map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         if status != 200 {
-            return Err(format!("/v1/snapshot/principals: status {status}"));
+            return Err(format!("{path}: status {status}"));
         }
         let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-        let slice: PrincipalSlice =
-            serde_json::from_slice(&bytes).map_err(|e| format!("/v1/snapshot/principals: {e}"))?;
-        match &slice.principal {
-            Some((principal, _)) if principal.entity_ref() != *key => Err(format!(
-                "/v1/snapshot/principals: asked for `{key}`, answered `{}`",
-                principal.entity_ref()
-            )),
-            _ => Ok(slice),
+        let slice: StateSlice =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
+        if !slice.is_of(key) {
+            return Err(format!("{path}: asked for `{key}`, answered another"));
         }
+        Ok(slice)
     }
 
     async fn get(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
@@ -362,14 +364,14 @@ pub async fn bootstrap(control: &ControlPlane, file: &LastKnownGood) -> (StoreSt
     }
 }
 
-/// Where the follower applies updates: the snapshot and, in cached state mode, the
-/// principal cache (evictions).
+/// Where the follower applies updates: the snapshot and, in cached state mode, the state
+/// cache (evictions).
 #[derive(Debug)]
 pub struct Applier {
     /// The snapshot in force.
     pub handle: Arc<SnapshotHandle>,
-    /// Cached state mode: the users and services held apart.
-    pub principals: Option<Arc<PrincipalCache>>,
+    /// Cached state mode: the users, services and entities held apart.
+    pub cache: Option<Arc<StateCache>>,
 }
 
 /// Follows the control plane until the process ends: streams updates and applies them,
@@ -383,18 +385,30 @@ pub async fn follow(
     heartbeat: Duration,
     updates: prometheus::IntCounterVec,
 ) {
-    let Applier { handle, principals } = applier;
+    let Applier { handle, cache } = applier;
     let mut follower = Follower {
         handle,
-        principals,
+        cache,
         keeper,
         contact,
         updates,
         refused: None,
+        bootstrap_due: false,
     };
     let mut failures: u32 = 0;
     let mut backoff = Backoff::reconnect();
     loop {
+        if follower.bootstrap_due {
+            match control.snapshot().await {
+                Ok(state) => {
+                    follower.bootstrap_due = false;
+                    follower.apply(SnapshotUpdate::Rebuild(state)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the shared part could not be bootstrapped anew; retrying")
+                }
+            }
+        }
         let revision = follower.handle.load().revision();
         let outcome = match control.watch(revision, heartbeat).await {
             Ok(response) => {
@@ -420,13 +434,16 @@ pub async fn follow(
 /// What the follower keeps between streams.
 struct Follower {
     handle: Arc<SnapshotHandle>,
-    principals: Option<Arc<PrincipalCache>>,
+    cache: Option<Arc<StateCache>>,
     keeper: Keeper,
     contact: Arc<Contact>,
     /// `portcullis_snapshot_updates_total`.
     updates: prometheus::IntCounterVec,
     /// A refused update is not retried until the control plane moves past it.
     refused: Option<i64>,
+    /// The stream holds other entity types than the snapshot: the state is fetched whole
+    /// before the stream is read again.
+    bootstrap_due: bool,
 }
 
 impl Follower {
@@ -449,6 +466,11 @@ impl Follower {
                 let update: SnapshotUpdate = serde_json::from_str(&event.data)
                     .map_err(|e| format!("/v1/watch: an update that does not parse: {e}"))?;
                 self.apply(update).await;
+                if self.bootstrap_due {
+                    return Err(String::from(
+                        "the control plane holds other entity types: bootstrapping anew",
+                    ));
+                }
             }
         }
     }
@@ -456,12 +478,12 @@ impl Follower {
     async fn apply(&mut self, update: SnapshotUpdate) {
         let target = update.revision();
         // Evictions first, and whether or not the rest compiles: evicting is always safe.
-        if let Some(cache) = &self.principals {
+        if let Some(cache) = &self.cache {
             match &update {
                 SnapshotUpdate::Rebuild(state) => {
                     tracing::info!(
                         revision = state.revision,
-                        "the state was rebuilt: every cached principal evicted"
+                        "the state was rebuilt: everything cached evicted"
                     );
                     cache.clear(state.revision);
                 }
@@ -481,6 +503,10 @@ impl Follower {
                     revision = applied,
                     "snapshot updated from the control plane"
                 );
+            }
+            Err(e @ SnapshotError::HeldTypesChanged { .. }) => {
+                tracing::warn!(error = %e, revision = target, "the control plane now holds other entity types; bootstrapping anew");
+                self.bootstrap_due = true;
             }
             Err(e) => {
                 self.refused = Some(target);

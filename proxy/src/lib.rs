@@ -18,7 +18,8 @@
 //!   [`admin_jwt`]: admin JWTs for the admin API, verified with the data plane's keys;
 //! - [`inject`]: the Kubernetes sidecar injection (webhook and `portcullis inject`);
 //! - [`follow`]: how `portcullis proxy` follows a control plane, with a last-known-good file;
-//!   [`principal_cache`]: the users and services it holds in cached state mode;
+//!   [`state_cache`]: the users, services and entities it holds apart in cached state
+//!   mode;
 //! - [`policy_dir`], [`routes`], [`policy_tests`]: policy as code;
 //! - [`cli`]: one module per subcommand.
 
@@ -48,9 +49,9 @@ pub mod policy_dir;
 #[cfg(feature = "control-plane")]
 pub mod policy_tests;
 pub mod prepare;
-pub mod principal_cache;
 pub mod process;
 pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod state_cache;
 pub mod tls;

@@ -171,8 +171,8 @@ pub struct Metrics {
     /// errors.
     #[cfg(feature = "control-plane")]
     pub events: portcullis_events::EventMetrics,
-    /// The users and services a proxy in cached state mode holds.
-    pub principal_cache: PrincipalCacheMetrics,
+    /// The users, services and entities a proxy in cached state mode holds apart.
+    pub state_cache: StateCacheMetrics,
     /// `portcullis_feed_encodes_total{view}`: revisions encoded for watching sidecars,
     /// `full` and `shared` (once each per revision, whatever the number of sidecars).
     #[cfg(feature = "control-plane")]
@@ -189,28 +189,28 @@ pub struct Metrics {
     pub audit: AuditMetrics,
 }
 
-/// `portcullis_principal_cache_*`: the cache of users and services (L1) of cached state
-/// mode, and its misses.
+/// `portcullis_state_cache_*`: the cache (L1) of cached state mode — users, services and
+/// entities of types not held — and its misses.
 #[derive(Debug)]
-pub struct PrincipalCacheMetrics {
-    /// `portcullis_principal_cache_lookups_total{result="hit"}`.
+pub struct StateCacheMetrics {
+    /// `portcullis_state_cache_lookups_total{result="hit"}`.
     pub hits: prometheus::IntCounter,
-    /// `portcullis_principal_cache_lookups_total{result="miss"}`.
+    /// `portcullis_state_cache_lookups_total{result="miss"}`.
     pub misses: prometheus::IntCounter,
-    /// `portcullis_principal_cache_fetches_total{source, outcome}`: each look at the shared
+    /// `portcullis_state_cache_fetches_total{source, outcome}`: each look at the shared
     /// cache (`shared_cache`) or the control plane (`control_plane`) on a miss: `found`,
     /// `absent` (the shared cache holds none), `stale` (older than a change heard of),
     /// `error`.
     pub fetches: IntCounterVec,
-    /// `portcullis_principal_cache_miss_duration_seconds`: a miss, from the lookup to the
-    /// principal in the cache (or the failure).
+    /// `portcullis_state_cache_miss_duration_seconds`: a miss, from the lookup to the
+    /// key in the cache (or the failure).
     pub miss_seconds: Histogram,
-    /// `portcullis_principal_cache_evictions_total{cause}`: principals evicted because
-    /// they `changed`, or every one at once because the stream had a gap (`cleared`).
+    /// `portcullis_state_cache_evictions_total{cause}`: keys evicted because they
+    /// `changed`, or every one at once because the stream had a gap (`cleared`).
     pub evictions: IntCounterVec,
-    /// `portcullis_principal_cache_entries`.
+    /// `portcullis_state_cache_entries`.
     pub entries: IntGauge,
-    /// `portcullis_principal_cache_weighted_bytes`: the estimate the bound applies to.
+    /// `portcullis_state_cache_weighted_bytes`: the estimate the bound applies to.
     pub weighted_bytes: IntGauge,
 }
 
@@ -441,19 +441,19 @@ impl Metrics {
                     external_audit: register(r, m.external_audit),
                 }
             },
-            principal_cache: {
+            state_cache: {
                 let lookups = counter(
                     r,
-                    "portcullis_principal_cache_lookups_total",
-                    "Lookups of users and services in the cache of cached state mode: hit or miss.",
+                    "portcullis_state_cache_lookups_total",
+                    "Lookups of users, services and entities in the cache of cached state mode: hit or miss.",
                     &["result"],
                 );
-                PrincipalCacheMetrics {
+                StateCacheMetrics {
                     hits: lookups.with_label_values(&["hit"]),
                     misses: lookups.with_label_values(&["miss"]),
                     fetches: counter(
                         r,
-                        "portcullis_principal_cache_fetches_total",
+                        "portcullis_state_cache_fetches_total",
                         "Fetches on a miss, by source (shared_cache, control_plane) and outcome (found, absent, stale, error).",
                         &["source", "outcome"],
                     ),
@@ -461,30 +461,30 @@ impl Metrics {
                         r,
                         built(Histogram::with_opts(
                             HistogramOpts::new(
-                                "portcullis_principal_cache_miss_duration_seconds",
-                                "Misses of the principal cache, from the lookup to the principal held (or the failure).",
+                                "portcullis_state_cache_miss_duration_seconds",
+                                "Misses of the state cache, from the lookup to the key held (or the failure).",
                             )
                             .buckets(UPSTREAM_BUCKETS.to_vec()),
                         )),
                     ),
                     evictions: counter(
                         r,
-                        "portcullis_principal_cache_evictions_total",
-                        "Principals evicted from the cache: changed, or all at once after a gap in the change stream (cleared).",
+                        "portcullis_state_cache_evictions_total",
+                        "Keys evicted from the state cache: changed, or all at once after a gap in the change stream (cleared).",
                         &["cause"],
                     ),
                     entries: register(
                         r,
                         built(IntGauge::new(
-                            "portcullis_principal_cache_entries",
-                            "Users and services held by the principal cache.",
+                            "portcullis_state_cache_entries",
+                            "Users, services and entities held by the state cache.",
                         )),
                     ),
                     weighted_bytes: register(
                         r,
                         built(IntGauge::new(
-                            "portcullis_principal_cache_weighted_bytes",
-                            "The principal cache's size estimate, which state.cache_max_bytes bounds.",
+                            "portcullis_state_cache_weighted_bytes",
+                            "The state cache's size estimate, which state.cache_max_bytes bounds.",
                         )),
                     ),
                 }
@@ -500,7 +500,7 @@ impl Metrics {
             shared_cache_writes: counter(
                 r,
                 "portcullis_shared_cache_writes_total",
-                "The control plane's writes to the shared principal cache: written (slices), failed (writes), generations (begun).",
+                "The control plane's writes to the shared state cache: written (slices), failed (writes), generations (begun).",
                 &["outcome"],
             ),
             build_info,

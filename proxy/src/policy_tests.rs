@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request};
 use portcullis_engine::decision::{DecisionRequest, LocalTime, RequestFacts, decide};
 use portcullis_engine::policy::{CompiledPolicies, PolicyDiagnostic};
-use portcullis_engine::snapshot::{Snapshot, StoreState};
+use portcullis_engine::snapshot::{HeldEntityTypes, Snapshot, StoreState};
 use portcullis_model::{
     Assignment, AssignmentConditions, EntityRecord, EntityRef, PolicySetVersion, Principal, Scope,
 };
@@ -284,6 +284,7 @@ fn run_case(dir: &PolicyDir, case: &Case) -> Result<(), String> {
             created_by: None,
             created_at: 0,
         }),
+        held_entity_types: HeldEntityTypes::ALL,
     };
     let snapshot = Snapshot::build(state, 0).map_err(|e| e.to_string())?;
     let ctx = &case.context;

@@ -56,7 +56,7 @@ fn count(p: &Portcullis, name: &str, labels: &[(&str, &str)]) -> f64 {
 fn misses(p: &Portcullis) -> f64 {
     count(
         p,
-        "portcullis_principal_cache_lookups_total",
+        "portcullis_state_cache_lookups_total",
         &[("result", "miss")],
     )
 }
@@ -64,7 +64,7 @@ fn misses(p: &Portcullis) -> f64 {
 fn fetches(p: &Portcullis, source: &str, outcome: &str) -> f64 {
     count(
         p,
-        "portcullis_principal_cache_fetches_total",
+        "portcullis_state_cache_fetches_total",
         &[("source", source), ("outcome", outcome)],
     )
 }
@@ -73,7 +73,7 @@ fn fetches(p: &Portcullis, source: &str, outcome: &str) -> f64 {
 fn asked_control_plane(p: &Portcullis) -> f64 {
     count(
         p,
-        "portcullis_principal_cache_fetches_total",
+        "portcullis_state_cache_fetches_total",
         &[("source", "control_plane")],
     )
 }
@@ -116,7 +116,7 @@ fn a_cached_proxy_decides_as_a_full_one_and_evicts_exactly_what_changed() {
     cached.wait_for(
         || {
             !redis
-                .cli(&["KEYS", "portcullis:principals:*alice*"])
+                .cli(&["KEYS", "portcullis:state:*alice*"])
                 .trim()
                 .is_empty()
         },
@@ -162,7 +162,7 @@ fn a_cached_proxy_decides_as_a_full_one_and_evicts_exactly_what_changed() {
     assert_eq!(
         count(
             &cached,
-            "portcullis_principal_cache_evictions_total",
+            "portcullis_state_cache_evictions_total",
             &[("cause", "changed")]
         ),
         1.0
@@ -207,7 +207,7 @@ fn a_cached_proxy_decides_as_a_full_one_and_evicts_exactly_what_changed() {
     assert!(
         count(
             &cached,
-            "portcullis_principal_cache_evictions_total",
+            "portcullis_state_cache_evictions_total",
             &[("cause", "cleared")]
         ) >= 1.0,
         "{}",
@@ -271,10 +271,10 @@ fn a_flood_of_distinct_principals_stays_within_the_cache_bound() {
     // Evictions are applied in batches: within a second the cache is back under its bound.
     let gauge = |name| count(&cached, name, &[]);
     cached.wait_for(
-        || gauge("portcullis_principal_cache_weighted_bytes") <= bound as f64,
+        || gauge("portcullis_state_cache_weighted_bytes") <= bound as f64,
         "the cache back within its bound",
     );
-    let entries = gauge("portcullis_principal_cache_entries");
+    let entries = gauge("portcullis_state_cache_entries");
     let grown = cached.rss_bytes().saturating_sub(rss_before);
     eprintln!(
         "{users} users with {assignments} assignments and 2000 strangers: {entries} held, RSS grew {} KiB",
@@ -285,4 +285,113 @@ fn a_flood_of_distinct_principals_stays_within_the_cache_bound() {
     assert!(grown < 24 * 1024 * 1024, "RSS grew {grown} bytes");
     // Alice, evicted by the flood or not, is still decided right.
     assert_eq!(cached.get(D1, Some(&alice), &[]).status, 200);
+}
+
+/// The documents the requests above read; the control plane below holds only tenants and
+/// spaces in its shared view, so cached proxies fetch these.
+const DOCUMENTS: [&str; 3] = ["d1", "secret", "od"];
+
+#[test]
+fn a_cached_proxy_fetches_the_documents_its_control_plane_does_not_hold() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let redis = RedisServer::start(free_port());
+    let state = |held: &str| format!("state:\n{held}  redis:\n    url: {}\n", redis.url());
+    let mut control = Portcullis::start(
+        &upstream,
+        &keys,
+        &state("  held_entity_types: [Tenant, Space]\n"),
+    );
+    control.seed(world::import());
+    let full = Portcullis::start_proxy(&upstream, &keys, &control, "");
+    let cached =
+        Portcullis::start_proxy(&upstream, &keys, &control, &cached_config(Some(&redis), ""));
+
+    // Decided as the full proxy decides, each user and each document fetched once.
+    let expected = outcomes(&full, &keys);
+    assert_eq!(outcomes(&cached, &keys), expected);
+    let first = misses(&cached);
+    assert_eq!(
+        first,
+        (USERS.len() + DOCUMENTS.len()) as f64,
+        "{}",
+        cached.metrics_text()
+    );
+    assert_eq!(outcomes(&cached, &keys), expected);
+    assert_eq!(misses(&cached), first);
+    cached.wait_for(
+        || {
+            !redis
+                .cli(&["KEYS", "portcullis:state:*Document*d1*"])
+                .trim()
+                .is_empty()
+        },
+        "d1's slice in Redis",
+    );
+
+    // The document is archived: refused at once at both proxies; only it is evicted and
+    // fetched again.
+    let alice = keys.token("alice", json!({}));
+    assert_eq!(cached.get(D1, Some(&alice), &[]).status, 200);
+    let r = control.admin_call(
+        "PUT",
+        "/v1/entities/Document/d1",
+        &json!({"uid": "Document::\"d1\"", "parents": ["Space::\"s1\""], "attributes": {"tenant": "t1", "archived": true}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_status(&cached, &alice, 403, "d1 archived at the cached proxy");
+    assert_eq!(full.get(D1, Some(&alice), &[]).status, 403);
+    assert_eq!(misses(&cached), first + 1.0, "only d1 fetched again");
+    assert_eq!(
+        count(
+            &cached,
+            "portcullis_state_cache_evictions_total",
+            &[("cause", "changed")]
+        ),
+        1.0
+    );
+    let expected = outcomes(&full, &keys);
+    assert_eq!(outcomes(&cached, &keys), expected);
+
+    // The control plane dies: documents held keep being decided; one never fetched is
+    // refused with 503 state_unavailable, and decided once the control plane is back.
+    control.kill9();
+    drop(redis);
+    assert_eq!(cached.get(D1, Some(&alice), &[]).status, 403);
+    let d2 = "/v1/spaces/s1/documents/d2";
+    let r = cached.get(d2, Some(&alice), &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["reason"], "state_unavailable");
+
+    // It comes back holding every entity: the cached proxy, holding fewer, bootstraps the
+    // shared part anew at the next change instead of patching it, and decides as before.
+    let config = std::fs::read_to_string(&control.config_file).unwrap();
+    let config = config.replace("  held_entity_types: [Tenant, Space]\n", "");
+    std::fs::write(&control.config_file, config).unwrap();
+    control.restart();
+    assert_eq!(full.get(d2, Some(&alice), &[]).status, 200);
+    let r = control.admin_call(
+        "PUT",
+        "/v1/entities/Document/d9",
+        &json!({"uid": "Document::\"d9\"", "parents": ["Space::\"s1\""], "attributes": {"tenant": "t1"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    cached.wait_for(
+        || {
+            count(
+                &cached,
+                "portcullis_state_cache_evictions_total",
+                &[("cause", "cleared")],
+            ) >= 1.0
+        },
+        "the shared part bootstrapped anew",
+    );
+    assert_eq!(cached.get(d2, Some(&alice), &[]).status, 200);
+    let before = misses(&cached);
+    assert_eq!(outcomes(&cached, &keys), outcomes(&full, &keys));
+    assert_eq!(
+        misses(&cached),
+        before + USERS.len() as f64 - 1.0,
+        "users fetched again (alice already was), documents held"
+    );
 }

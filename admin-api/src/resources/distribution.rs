@@ -1,8 +1,9 @@
 //! What sidecars follow: the whole state, what changed since a revision, and a stream of
 //! changes as they are published (`GET /v1/watch`, server-sent events) — each in one of
-//! two views: `full`, or `shared` for sidecars in cached state mode (all but users and
-//! services, whose changes are named to be evicted) — and one principal's slice
-//! (`GET /v1/snapshot/principals/{kind}/{id}`), what such a sidecar fetches on a miss.
+//! two views: `full`, or `shared` for sidecars in cached state mode (all but users,
+//! services and the entities of types the feed does not hold, whose changes are named to
+//! be evicted) — and the slice of one of those (`GET /v1/snapshot/principals/{kind}/{id}`,
+//! `GET /v1/snapshot/entities/{type}/{id}`), what such a sidecar fetches on a miss.
 //!
 //! A step the [`ChangeFeed`](crate::publish::ChangeFeed) holds is sent as the publisher
 //! encoded it, to every caller: only a caller behind what the feed keeps reads the store.
@@ -16,10 +17,12 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_engine::snapshot::{PrincipalSlice, SnapshotUpdate, StoreState};
+use portcullis_engine::snapshot::{SliceValue, SnapshotUpdate, StateSlice, StoreState};
+use portcullis_model::EntityRef;
 use portcullis_store::Store;
 use serde::Deserialize;
 
+use super::entities::entity_key;
 use super::principals::principal_key;
 use super::{Params, St, allow};
 use crate::AppState;
@@ -34,18 +37,30 @@ pub(crate) enum View {
     /// Everything (state mode `full`).
     #[default]
     Full,
-    /// All but users and services, whose changes are named in `invalidated` (state mode
-    /// `cached`).
+    /// All but users, services and the entities of types not held, whose changes are
+    /// named in `invalidated` (state mode `cached`).
     Shared,
 }
 
 impl View {
     /// The state in this view, read from the store in one transaction.
-    async fn load<S: Store>(self, store: &S) -> Result<StoreState, ApiError> {
+    async fn load<S: Store>(self, st: &AppState<S>) -> Result<StoreState, ApiError> {
         Ok(match self {
-            Self::Full => store.load_state().await?,
-            Self::Shared => store.load_shared_state().await?,
+            Self::Full => st.store.load_state().await?,
+            Self::Shared => {
+                (st.store)
+                    .load_shared_state(st.feed.held_entity_types())
+                    .await?
+            }
         })
+    }
+
+    /// `update` in this view.
+    fn of<S>(self, st: &AppState<S>, update: SnapshotUpdate) -> SnapshotUpdate {
+        match self {
+            Self::Full => update,
+            Self::Shared => update.shared(st.feed.held_entity_types()),
+        }
     }
 }
 
@@ -87,13 +102,13 @@ pub(crate) async fn snapshot<S: Store>(
         AdminAction::DistributionRead,
         &Target::global(),
     )?;
-    Ok(Json(query.view.load(&st.store).await?).into_response())
+    Ok(Json(query.view.load(&st).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/snapshot/principals/{kind}/{id}", tag = "distribution",
     params(("kind" = String, Path, description = "`users`, `services` or `groups`"), ("id" = String, Path, description = "Principal id")),
     responses(
-        (status = 200, description = "One principal with all its assignments as this control plane's snapshot holds it, and the revision it is current at (`principal` null: not in the store): what a sidecar in cached state mode fetches on a miss", body = Object),
+        (status = 200, description = "One principal with all its assignments as this control plane's snapshot holds it, and the revision it is current at (`value` null: not in the store): what a sidecar in cached state mode fetches on a miss", body = Object),
         (status = 400, description = "Bad kind", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Internal error", body = Problem, content_type = "application/problem+json")))]
@@ -103,21 +118,47 @@ pub(crate) async fn principal_slice<S: Store>(
     Path((kind, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (_, key) = principal_key(&kind, &id)?;
-    allow(
-        &st,
-        &actor,
-        AdminAction::DistributionRead,
-        &Target::global(),
-    )?;
-    let snapshot = st.snapshot.load();
-    let slice = PrincipalSlice {
-        revision: snapshot.revision(),
-        principal: snapshot.principal(&key).map(|view| {
-            (
+    slice(st, &actor, key, |snapshot, key| {
+        snapshot.principal(key).map(|view| {
+            SliceValue::Principal((
                 view.principal.clone(),
                 view.assignments().cloned().collect(),
-            )
-        }),
+            ))
+        })
+    })
+}
+
+#[utoipa::path(get, path = "/v1/snapshot/entities/{type}/{id}", tag = "distribution",
+    params(("type" = String, Path, description = "Entity type, e.g. `Document`"), ("id" = String, Path, description = "Entity id")),
+    responses(
+        (status = 200, description = "One entity as this control plane's snapshot holds it, and the revision it is current at (`value` null: not in the store): what a sidecar in cached state mode fetches on a miss for an entity of a type the shared view does not hold", body = Object),
+        (status = 400, description = "Bad type or id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The admin policies do not allow this caller this call", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Internal error", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn entity_slice<S: Store>(
+    State(st): St<S>,
+    Extension(actor): Extension<Actor>,
+    Path((type_name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = entity_key(&type_name, &id)?;
+    slice(st, &actor, key, |snapshot, key| {
+        (snapshot.entity(key)).map(|view| SliceValue::Entity(view.record.clone()))
+    })
+}
+
+/// The slice of `key` as this control plane's snapshot holds it (`value` reads it), for a
+/// caller allowed to read the distribution.
+fn slice<S: Store>(
+    st: Arc<AppState<S>>,
+    actor: &Actor,
+    key: EntityRef,
+    value: impl FnOnce(&portcullis_engine::snapshot::Snapshot, &EntityRef) -> Option<SliceValue>,
+) -> Result<Response, ApiError> {
+    allow(&st, actor, AdminAction::DistributionRead, &Target::global())?;
+    let snapshot = st.snapshot.load();
+    let slice = StateSlice {
+        revision: snapshot.revision(),
+        value: value(&snapshot, &key),
     };
     // Read through: the next sidecar that misses finds it in the shared cache. Never
     // over a newer slice (the cache checks), and off this answer's path.
@@ -176,7 +217,7 @@ async fn encoded_update_since<S: Store>(
         };
         return Ok(Some((step.to, Arc::clone(json))));
     }
-    let Some(update) = update_since(&st.store, since, view).await? else {
+    let Some(update) = update_since(st, since, view).await? else {
         return Ok(None);
     };
     let to = update.revision();
@@ -188,23 +229,19 @@ async fn encoded_update_since<S: Store>(
 /// What brings a snapshot at `since` to the store's revision, in `view`; `None` when it is
 /// there.
 async fn update_since<S: Store>(
-    store: &S,
+    st: &AppState<S>,
     since: i64,
     view: View,
 ) -> Result<Option<SnapshotUpdate>, ApiError> {
-    let current = store.revision().await?;
+    let current = st.store.revision().await?;
     if since == current {
         return Ok(None);
     }
     if since > current || since < 0 {
         // The caller is ahead of this store (it was replaced): start over.
-        return Ok(Some(SnapshotUpdate::Rebuild(view.load(store).await?)));
+        return Ok(Some(SnapshotUpdate::Rebuild(view.load(st).await?)));
     }
-    let update = store.load_update(since).await?;
-    Ok(Some(match view {
-        View::Full => update,
-        View::Shared => update.shared(),
-    }))
+    Ok(Some(view.of(st, st.store.load_update(since).await?)))
 }
 
 /// `GET /v1/watch` query.

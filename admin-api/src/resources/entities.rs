@@ -13,7 +13,7 @@ use crate::auth::Actor;
 use crate::authz::{AdminAction, Target};
 use crate::error::{ApiError, FieldError, Problem};
 
-fn entity_key(type_name: &str, id: &str) -> Result<EntityRef, ApiError> {
+pub(crate) fn entity_key(type_name: &str, id: &str) -> Result<EntityRef, ApiError> {
     EntityRef::new(type_name, id).map_err(|e| ApiError::field("type", e.to_string()))
 }
 

@@ -914,7 +914,7 @@ impl Fleet {
             texts.iter().map(|t| sum_samples(t, name, labels)).sum()
         };
         // The miss histogram, summed over the sidecars: the bucket a quantile falls in.
-        let bucket = "portcullis_principal_cache_miss_duration_seconds_bucket";
+        let bucket = "portcullis_state_cache_miss_duration_seconds_bucket";
         let bounds = [
             "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
             "0.25", "0.5", "1", "2.5", "5", "10", "+Inf",
@@ -931,20 +931,17 @@ impl Fleet {
                 .map_or(String::from("-"), |(b, _)| format!("≤ {b} s"))
         };
         CacheFigures {
-            hits: sum(
-                "portcullis_principal_cache_lookups_total",
-                &[("result", "hit")],
-            ),
+            hits: sum("portcullis_state_cache_lookups_total", &[("result", "hit")]),
             misses: sum(
-                "portcullis_principal_cache_lookups_total",
+                "portcullis_state_cache_lookups_total",
                 &[("result", "miss")],
             ),
             from_shared: sum(
-                "portcullis_principal_cache_fetches_total",
+                "portcullis_state_cache_fetches_total",
                 &[("source", "shared_cache"), ("outcome", "found")],
             ),
             from_control: sum(
-                "portcullis_principal_cache_fetches_total",
+                "portcullis_state_cache_fetches_total",
                 &[("source", "control_plane"), ("outcome", "found")],
             ),
             miss_p50: at(0.5),

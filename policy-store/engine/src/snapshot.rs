@@ -5,11 +5,12 @@
 //! persistent (`imbl`), so a patch copies only the paths it changes. A new snapshot is
 //! published through [`SnapshotHandle`] with an atomic pointer swap; readers never lock.
 //!
-//! A sidecar in cached state mode holds only the shared part of the state (everything but
-//! users and services: [`is_shared`]); the control plane hands it that part
-//! ([`StoreState::shared`], [`SnapshotUpdate::shared`]: changed users and services
-//! become [`StoreDelta::invalidated`] keys) and one principal at a time
-//! ([`PrincipalSlice`]).
+//! A sidecar in cached state mode holds only the shared part of the state: groups (not
+//! users and services: [`is_shared`]) and the stored entities of the types the control
+//! plane holds in full ([`HeldEntityTypes`]: the resource hierarchy). The control plane
+//! hands it that part ([`StoreState::shared`], [`SnapshotUpdate::shared`]: changed users,
+//! services and entities of other types become [`StoreDelta::invalidated`] keys) and the
+//! rest one key at a time ([`StateSlice`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub struct StoreState {
     pub template_links: Vec<TemplateLink>,
     /// The current policy set, if one was ever stored.
     pub policy_set: Option<PolicySetVersion>,
+    /// Which stored entities it holds: all of them, or (the shared view of a control plane
+    /// that names the types it holds in full) those of the named types only.
+    #[serde(default, skip_serializing_if = "HeldEntityTypes::is_all")]
+    pub held_entity_types: HeldEntityTypes,
 }
 
 impl StoreState {
@@ -88,16 +93,18 @@ impl StoreState {
         if delta.policy_set.is_some() {
             self.policy_set = delta.policy_set;
         }
+        self.held_entity_types = delta.held_entity_types;
         self.revision = delta.revision;
     }
 }
 
 impl StoreState {
-    /// The shared part: everything but users and services (see [`is_shared`]) and their
-    /// assignments. What a sidecar in cached state mode holds in full. Copies only that
-    /// part.
+    /// The shared part: everything but users and services (see [`is_shared`]), their
+    /// assignments, and the entities `held` leaves out. What a sidecar in cached state mode
+    /// holds in full. Copies only that part.
     #[must_use]
-    pub fn shared(&self) -> Self {
+    pub fn shared(&self, held: &HeldEntityTypes) -> Self {
+        let held = self.held_entity_types.narrowed(held);
         Self {
             revision: self.revision,
             principals: (self.principals.iter())
@@ -109,10 +116,67 @@ impl StoreState {
                 .filter(|a| is_shared(&a.principal))
                 .cloned()
                 .collect(),
-            entities: self.entities.clone(),
+            entities: (self.entities.iter())
+                .filter(|e| held.holds(&e.uid))
+                .cloned()
+                .collect(),
             revoked_sessions: self.revoked_sessions.clone(),
             template_links: self.template_links.clone(),
             policy_set: self.policy_set.clone(),
+            held_entity_types: held,
+        }
+    }
+}
+
+/// Which stored resource entities a state or snapshot holds: all (`None`, the default), or
+/// only those of the named types. A control plane whose sidecars run in cached state mode
+/// names the resource hierarchy every decision reads (`Tenant`, `Space`): its shared view
+/// carries those in full and leaves the others (documents, many and each read by few
+/// decisions) to be fetched on first use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct HeldEntityTypes(Option<Vec<String>>);
+
+impl HeldEntityTypes {
+    /// Every stored entity.
+    pub const ALL: Self = Self(None);
+
+    /// Only entities of `types`.
+    pub fn only(types: impl IntoIterator<Item = String>) -> Self {
+        let mut types: Vec<String> = types.into_iter().collect();
+        types.sort_unstable();
+        types.dedup();
+        Self(Some(types))
+    }
+
+    /// Whether every stored entity is held.
+    pub fn is_all(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The types held, `None` for all.
+    pub fn types(&self) -> Option<&[String]> {
+        self.0.as_deref()
+    }
+
+    /// Whether a stored entity `uid` is held (else it is fetched on use). An entity under a
+    /// principal's type (`User`, `Group`, `Service`) is always held: that key is fetched as
+    /// the principal.
+    pub fn holds(&self, uid: &EntityRef) -> bool {
+        self.0.as_ref().is_none_or(|types| {
+            types.iter().any(|t| t == uid.type_name())
+                || PrincipalKind::from_cedar_type(uid.type_name()).is_some()
+        })
+    }
+
+    /// What both hold: a state holding these, filtered by `other`.
+    fn narrowed(&self, other: &Self) -> Self {
+        match (&self.0, &other.0) {
+            (None, _) => other.clone(),
+            (Some(_), None) => self.clone(),
+            (Some(mine), Some(theirs)) => {
+                Self::only(mine.iter().filter(|t| theirs.contains(t)).cloned())
+            }
         }
     }
 }
@@ -128,16 +192,42 @@ pub fn is_shared(principal: &EntityRef) -> bool {
 /// A principal record with all its assignments.
 pub type PrincipalWithAssignments = (Principal, Vec<Assignment>);
 
-/// One principal's part of the state at a revision: the record with all its assignments,
-/// or `None` when the store does not hold it. What a sidecar in cached state mode fetches
-/// on a miss, from the shared cache or the control plane.
+/// One key's part of the state at a revision: a user or service with all its
+/// assignments, or an entity the shared part leaves out; `None` when the store does not
+/// hold it. What a sidecar in cached state mode fetches on a miss, from the shared cache
+/// or the control plane.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PrincipalSlice {
+pub struct StateSlice {
     /// The store revision the slice is current at: it holds every change up to it.
     pub revision: Revision,
-    /// The principal and its assignments; `None` when not in the store.
-    pub principal: Option<PrincipalWithAssignments>,
+    /// What the store holds under the key; `None` when nothing.
+    pub value: Option<SliceValue>,
+}
+
+/// What a [`StateSlice`] holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SliceValue {
+    /// A principal and its assignments.
+    Principal(PrincipalWithAssignments),
+    /// A resource entity.
+    Entity(EntityRecord),
+}
+
+impl StateSlice {
+    /// Whether the slice is one of `key`: its value (if any) is stored under that key and
+    /// of the kind the key names. What the shared cache returns is not trusted to be.
+    pub fn is_of(&self, key: &EntityRef) -> bool {
+        let principal_key = PrincipalKind::from_cedar_type(key.type_name()).is_some();
+        match &self.value {
+            None => true,
+            Some(SliceValue::Principal((principal, _))) => {
+                principal_key && principal.entity_ref() == *key
+            }
+            Some(SliceValue::Entity(record)) => !principal_key && record.uid == *key,
+        }
+    }
 }
 
 /// The current values of what changed between two revisions.
@@ -158,36 +248,48 @@ pub struct StoreDelta {
     pub template_links: Option<Vec<TemplateLink>>,
     /// The new current policy set, if it changed.
     pub policy_set: Option<PolicySetVersion>,
-    /// Principals outside the shared part that changed, in the shared view of a delta
-    /// ([`StoreDelta::shared`]): a sidecar in cached state mode evicts them.
+    /// Principals and entities outside the shared part that changed, in the shared view
+    /// of a delta ([`StoreDelta::shared`]): a sidecar in cached state mode evicts them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalidated: Vec<EntityRef>,
+    /// The shared view's entity types (see [`StoreState::held_entity_types`]): a snapshot
+    /// holding others refuses the delta ([`SnapshotError::HeldTypesChanged`]) and is
+    /// rebuilt.
+    #[serde(default, skip_serializing_if = "HeldEntityTypes::is_all")]
+    pub held_entity_types: HeldEntityTypes,
 }
 
 impl StoreDelta {
-    /// The shared view: changed users and services are named in [`Self::invalidated`]
-    /// instead of carried. Copies only what it keeps.
+    /// The shared view: changed users and services, and changed entities `held` leaves
+    /// out, are named in [`Self::invalidated`] instead of carried. Copies only what it
+    /// keeps.
     #[must_use]
-    pub fn shared(&self) -> Self {
+    pub fn shared(&self, held: &HeldEntityTypes) -> Self {
+        let held = self.held_entity_types.narrowed(held);
         let (shared, others): (Vec<_>, Vec<_>) =
             self.principals.iter().partition(|(key, _)| is_shared(key));
+        let (kept, left_out): (Vec<_>, Vec<_>) =
+            self.entities.iter().partition(|(key, _)| held.holds(key));
         Self {
             revision: self.revision,
             principals: shared.into_iter().cloned().collect(),
-            entities: self.entities.clone(),
+            entities: kept.into_iter().cloned().collect(),
             revoked_sessions: self.revoked_sessions.clone(),
             roles: self.roles.clone(),
             template_links: self.template_links.clone(),
             policy_set: self.policy_set.clone(),
             invalidated: (self.invalidated.iter())
                 .chain(others.into_iter().map(|(key, _)| key))
+                .chain(left_out.into_iter().map(|(key, _)| key))
                 .cloned()
                 .collect(),
+            held_entity_types: held,
         }
     }
 
-    /// Whether applying it leaves every decision as it was for the principals a snapshot
-    /// holds: it only names principals the snapshot does not hold, or revokes sessions
+    /// Whether applying it leaves every decision as it was for what a snapshot holds: it
+    /// only names principals and entities the snapshot does not hold (their fetched
+    /// revisions are part of a decision's key), or revokes sessions
     /// (checked before a decision, never cached). A snapshot patched by such a delta keeps
     /// its decision cache.
     fn keeps_decisions(&self) -> bool {
@@ -212,10 +314,10 @@ pub enum SnapshotUpdate {
 impl SnapshotUpdate {
     /// The shared view (see [`StoreState::shared`], [`StoreDelta::shared`]).
     #[must_use]
-    pub fn shared(&self) -> Self {
+    pub fn shared(&self, held: &HeldEntityTypes) -> Self {
         match self {
-            Self::Patch(delta) => Self::Patch(delta.shared()),
-            Self::Rebuild(state) => Self::Rebuild(state.shared()),
+            Self::Patch(delta) => Self::Patch(delta.shared(held)),
+            Self::Rebuild(state) => Self::Rebuild(state.shared(held)),
         }
     }
 
@@ -321,6 +423,8 @@ pub struct Snapshot {
     inputs: PolicyInputs,
     principals: imbl::HashMap<EntityRef, Arc<PrincipalView>>,
     entities: imbl::HashMap<EntityRef, Arc<EntityView>>,
+    /// Which stored entities `entities` holds; the others are fetched (cached state mode).
+    held_entity_types: HeldEntityTypes,
     /// Revoked session ids: for each, whose (`None`: anyone's) and until when.
     revoked: imbl::HashMap<String, Revocations>,
     /// Principals whose tokens issued before an instant are refused: (cutoff, forget after).
@@ -338,6 +442,18 @@ pub enum SnapshotError {
     /// The stored policy set, roles or links do not compile.
     #[error(transparent)]
     Policy(#[from] CompileError),
+    /// A delta of a shared view holding other entity types than the snapshot (the control
+    /// plane was restarted with another `held_entity_types`): only a rebuild brings the
+    /// entities the snapshot lacks.
+    #[error(
+        "the update holds the entity types {theirs:?}, the snapshot {ours:?}: it must be rebuilt"
+    )]
+    HeldTypesChanged {
+        /// The snapshot's (`None`: all).
+        ours: Option<Vec<String>>,
+        /// The update's.
+        theirs: Option<Vec<String>>,
+    },
 }
 
 /// The sources to compile from a stored version plus roles and links.
@@ -404,6 +520,7 @@ impl Snapshot {
             inputs,
             principals,
             entities,
+            held_entity_types: state.held_entity_types,
             revoked,
             revoked_before,
             decisions: Arc::new(DecisionCache::new()),
@@ -413,6 +530,12 @@ impl Snapshot {
     /// A new snapshot with `delta` applied. On a compile error nothing changes and the
     /// caller keeps serving `self`.
     pub fn patched(&self, delta: StoreDelta, now: UnixMillis) -> Result<Self, SnapshotError> {
+        if delta.held_entity_types != self.held_entity_types {
+            return Err(SnapshotError::HeldTypesChanged {
+                ours: self.held_entity_types.types().map(<[String]>::to_vec),
+                theirs: delta.held_entity_types.types().map(<[String]>::to_vec),
+            });
+        }
         let mut next = self.clone();
         if !delta.keeps_decisions() {
             next.decisions = Arc::new(DecisionCache::new());
@@ -534,9 +657,21 @@ impl Snapshot {
         PrincipalView::new(principal, assignments, self.policies.types())
     }
 
+    /// The view of an entity this snapshot does not hold (cached state mode), prepared
+    /// against its policies' schema.
+    pub fn entity_view(&self, record: EntityRecord) -> EntityView {
+        EntityView::new(record, self.policies.types())
+    }
+
     /// A resource entity.
     pub fn entity(&self, key: &EntityRef) -> Option<&Arc<EntityView>> {
         self.entities.get(key)
+    }
+
+    /// Whether `key`, if stored, is among the entities this snapshot holds (else it is
+    /// fetched: cached state mode).
+    pub fn holds_entity(&self, key: &EntityRef) -> bool {
+        self.held_entity_types.holds(key)
     }
 
     /// Whether `principal`'s session id (`sid` or `jti`) is revoked at `now`: revoked for

@@ -110,6 +110,7 @@ fn snapshot() -> Snapshot {
             created_by: None,
             created_at: 0,
         }),
+        held_entity_types: Default::default(),
     };
     Snapshot::build(state, 0).unwrap()
 }

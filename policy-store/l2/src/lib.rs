@@ -1,11 +1,12 @@
-//! `portcullis-l2` owns the shared principal cache in Redis (L2): one [`PrincipalSlice`] per
-//! user or service, written by the control plane when it publishes a revision that changed
-//! it (and when a sidecar asked it for one), read by sidecars in cached state mode when
-//! their own cache (L1) misses.
+//! `portcullis-l2` owns the shared state cache in Redis (L2): one [`StateSlice`] per user,
+//! service or entity that sidecars in cached state mode fetch (the shared part they hold
+//! in full leaves it out), written by the control plane when it publishes a revision that
+//! changed it (and when a sidecar asked it for one), read by those sidecars when their own
+//! cache (L1) misses.
 //!
 //! Keys: `{prefix}:generation` holds the current generation; a slice lives at
-//! `{prefix}:{generation}:{principal}` (`portcullis:3:User::"alice"`) as
-//! `{revision}\n{slice as JSON}`, with a time to live, so principals nobody asks for fade.
+//! `{prefix}:{generation}:{key}` (`portcullis:3:User::"alice"`) as
+//! `{revision}\n{slice as JSON}`, with a time to live, so keys nobody asks for fade.
 //!
 //! Freshness, since a sidecar must never enforce a grant the store has dropped:
 //! - a write replaces a slice only with one of a higher revision (one script, so a late
@@ -15,8 +16,8 @@
 //! - when a write fails, or when a control plane starts (commits may have landed while no
 //!   one wrote), the control plane moves to a new generation ([`SharedCache::new_generation`])
 //!   before it writes again: every slice written before is out of reach at once;
-//! - a sidecar also refuses a slice older than the revision at which it last heard the
-//!   principal changed (it then asks the control plane).
+//! - a sidecar also refuses a slice older than the revision at which it last heard the key
+//!   changed (it then asks the control plane).
 //!
 //! Every call has a deadline; Redis being away is an error the caller falls back on, and
 //! after a failed connect no new one is tried for a second, so a Redis that is down costs
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use portcullis_engine::snapshot::PrincipalSlice;
+use portcullis_engine::snapshot::StateSlice;
 use portcullis_model::EntityRef;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -37,7 +38,7 @@ pub enum L2Error {
     #[error("redis unavailable: {0}")]
     Unavailable(String),
     /// What Redis holds at the key is not a slice (written by something else).
-    #[error("not a principal slice: {0}")]
+    #[error("not a state slice: {0}")]
     Corrupt(String),
 }
 
@@ -48,7 +49,7 @@ return redis.call('GET', ARGV[1] .. ':' .. generation .. ':' .. ARGV[2])
 ";
 
 /// Writes slices, in the current generation, each only over an older one. ARGV: prefix,
-/// time to live (s), then (principal, revision, value) triples. Returns how many it wrote.
+/// time to live (s), then (key, revision, value) triples. Returns how many it wrote.
 const WRITE: &str = r"
 local generation = redis.call('GET', KEYS[1]) or '0'
 local written = 0
@@ -165,13 +166,12 @@ impl SharedCache {
         }
     }
 
-    /// The slice of `principal`, if the current generation holds one.
-    pub async fn get(&self, principal: &EntityRef) -> Result<Option<PrincipalSlice>, L2Error> {
+    /// The slice of `key`, if the current generation holds one.
+    pub async fn get(&self, key: &EntityRef) -> Result<Option<StateSlice>, L2Error> {
         let mut connection = self.connection().await?;
         let generation_key = self.generation_key();
-        let principal_key = principal.to_string();
         let mut invocation = self.read.key(&generation_key);
-        invocation.arg(&self.prefix).arg(&principal_key);
+        invocation.arg(&self.prefix).arg(key.to_string());
         let value: Option<Vec<u8>> = self.call(invocation.invoke_async(&mut connection)).await?;
         value.map(|bytes| decode(&bytes)).transpose()
     }
@@ -180,7 +180,7 @@ impl SharedCache {
     /// kept for `ttl`. Returns how many were written.
     pub async fn put(
         &self,
-        slices: &[(EntityRef, PrincipalSlice)],
+        slices: &[(EntityRef, StateSlice)],
         ttl: Duration,
     ) -> Result<usize, L2Error> {
         let mut connection = self.connection().await?;
@@ -189,11 +189,11 @@ impl SharedCache {
         for batch in slices.chunks(WRITE_BATCH) {
             let mut invocation = self.write.key(&generation_key);
             invocation.arg(&self.prefix).arg(ttl.as_secs().max(1));
-            for (principal, slice) in batch {
+            for (key, slice) in batch {
                 let json = serde_json::to_string(slice)
-                    .map_err(|e| L2Error::Corrupt(format!("`{principal}`: {e}")))?;
+                    .map_err(|e| L2Error::Corrupt(format!("`{key}`: {e}")))?;
                 invocation
-                    .arg(principal.to_string())
+                    .arg(key.to_string())
                     .arg(slice.revision)
                     .arg(json);
             }
@@ -214,7 +214,7 @@ impl SharedCache {
 }
 
 /// A stored value: `{revision}\n{slice as JSON}`.
-fn decode(bytes: &[u8]) -> Result<PrincipalSlice, L2Error> {
+fn decode(bytes: &[u8]) -> Result<StateSlice, L2Error> {
     let newline = bytes
         .iter()
         .position(|&b| b == b'\n')

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use portcullis_engine::snapshot::PrincipalSlice;
+use portcullis_engine::snapshot::{SliceValue, StateSlice};
 use portcullis_l2::{L2Error, SharedCache};
 use portcullis_model::{
-    EntityRef, Principal, PrincipalAttributes, PrincipalKind, PrincipalStatus, principal_ref,
+    EntityAttributes, EntityRecord, EntityRef, Principal, PrincipalAttributes, PrincipalKind,
+    PrincipalStatus, principal_ref,
 };
 use portcullis_sinks::testing::{RedisServer, free_port};
 
@@ -21,10 +22,10 @@ fn alice(status: PrincipalStatus) -> Principal {
     }
 }
 
-fn slice(revision: i64, status: PrincipalStatus) -> PrincipalSlice {
-    PrincipalSlice {
+fn slice(revision: i64, status: PrincipalStatus) -> StateSlice {
+    StateSlice {
         revision,
-        principal: Some((alice(status), Vec::new())),
+        value: Some(SliceValue::Principal((alice(status), Vec::new()))),
     }
 }
 
@@ -80,9 +81,9 @@ async fn a_slice_is_replaced_only_by_a_newer_one_and_a_new_generation_hides_all(
         cache.get(&key()).await.unwrap(),
         Some(slice(7, PrincipalStatus::Suspended))
     );
-    let deleted = PrincipalSlice {
+    let deleted = StateSlice {
         revision: 8,
-        principal: None,
+        value: None,
     };
     cache.put(&[(key(), deleted.clone())], TTL).await.unwrap();
     assert_eq!(cache.get(&key()).await.unwrap(), Some(deleted));
@@ -114,15 +115,15 @@ async fn a_slice_is_replaced_only_by_a_newer_one_and_a_new_generation_hides_all(
 async fn many_slices_go_in_batches_and_what_is_not_a_slice_is_an_error() {
     let redis = RedisServer::start(free_port());
     let cache = SharedCache::new(&redis.url(), "pc", Duration::from_secs(2)).unwrap();
-    let many: Vec<(EntityRef, PrincipalSlice)> = (0..600)
+    let many: Vec<(EntityRef, StateSlice)> = (0..600)
         .map(|i| {
             let mut p = alice(PrincipalStatus::Active);
             p.id = format!("user-{i}");
             (
                 p.entity_ref(),
-                PrincipalSlice {
+                StateSlice {
                     revision: 2,
-                    principal: Some((p, Vec::new())),
+                    value: Some(SliceValue::Principal((p, Vec::new()))),
                 },
             )
         })
@@ -130,6 +131,28 @@ async fn many_slices_go_in_batches_and_what_is_not_a_slice_is_an_error() {
     assert_eq!(cache.put(&many, TTL).await.unwrap(), 600);
     let last = principal_ref(PrincipalKind::User, "user-599");
     assert_eq!(cache.get(&last).await.unwrap().map(|s| s.revision), Some(2));
+
+    // Entities a sidecar fetches live beside principals, under their own keys.
+    let document = EntityRef::new("Document", "d1").unwrap();
+    let record = StateSlice {
+        revision: 3,
+        value: Some(SliceValue::Entity(EntityRecord {
+            uid: document.clone(),
+            parents: vec![EntityRef::new("Space", "s1").unwrap()],
+            attributes: EntityAttributes::default(),
+        })),
+    };
+    assert_eq!(
+        cache
+            .put(&[(document.clone(), record.clone())], TTL)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(cache.get(&document).await.unwrap(), Some(record.clone()));
+    assert!(record.is_of(&document));
+    assert!(!record.is_of(&EntityRef::new("Document", "d2").unwrap()));
+    assert!(!slice(1, PrincipalStatus::Active).is_of(&document));
 
     redis.cli(&["SET", "pc:0:User::\"alice\"", "garbage"]);
     assert!(matches!(cache.get(&key()).await, Err(L2Error::Corrupt(_))));

@@ -24,7 +24,7 @@ pub use sql::SqlStore;
 /// more is told to reload (`resync`) rather than replayed everything.
 pub const EVENT_STREAM_KEPT: i64 = 100_000;
 
-use portcullis_engine::snapshot::{SnapshotUpdate, StoreState};
+use portcullis_engine::snapshot::{HeldEntityTypes, SnapshotUpdate, StoreState};
 use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord, StreamEntry};
 use portcullis_model::{
     Assignment, Change, EntityRecord, EntityRef, PolicyFile, PolicySetCheck, PolicySetSummary,
@@ -133,9 +133,12 @@ pub trait Store: Send + Sync {
     fn load_state(&self) -> impl Future<Output = Result<StoreState, StoreError>> + Send;
 
     /// The shared part of the state ([`StoreState::shared`]: everything but users,
-    /// services and their assignments), read in one consistent transaction: what a sidecar
-    /// in cached state mode bootstraps from.
-    fn load_shared_state(&self) -> impl Future<Output = Result<StoreState, StoreError>> + Send;
+    /// services, their assignments and the entities `held` leaves out), read in one
+    /// consistent transaction: what a sidecar in cached state mode bootstraps from.
+    fn load_shared_state(
+        &self,
+        held: &HeldEntityTypes,
+    ) -> impl Future<Output = Result<StoreState, StoreError>> + Send;
 
     /// Change entries after `since`, oldest first, at most `limit`.
     fn changes_since(

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use portcullis_engine::decision::{
     DecisionReason, DecisionRequest, LocalTime, RequestFacts, decide,
 };
-use portcullis_engine::snapshot::{Snapshot, SnapshotHandle, SnapshotUpdate};
+use portcullis_engine::snapshot::{HeldEntityTypes, Snapshot, SnapshotHandle, SnapshotUpdate};
 use portcullis_model::*;
 use portcullis_store::StoreError;
 use portcullis_store::scratch::ScratchPostgres;
@@ -246,7 +246,8 @@ async fn assignments_are_listed_by_principal_role_and_scope(store: SqlStore) {
     );
 }
 
-/// The shared part of the state: everything but users, services and their assignments.
+/// The shared part of the state: everything but users, services, their assignments and the
+/// entities of types not held.
 async fn the_shared_state_holds_groups_but_no_users_or_services(store: SqlStore) {
     seed(&store).await;
     let mut team = user("team", "t1");
@@ -274,8 +275,26 @@ async fn the_shared_state_holds_groups_but_no_users_or_services(store: SqlStore)
             .await
             .unwrap();
     }
+    for (uid, parents) in [
+        ("Tenant::\"t1\"", vec![]),
+        ("Space::\"s1\"", vec![eref("Tenant::\"t1\"")]),
+        ("Space_x::\"s1\"", vec![]),
+        ("Document::\"d1\"", vec![eref("Space::\"s1\"")]),
+    ] {
+        store
+            .put_entity(&EntityRecord {
+                uid: eref(uid),
+                parents,
+                attributes: EntityAttributes::default(),
+            })
+            .await
+            .unwrap();
+    }
     let full = store.load_state().await.unwrap();
-    let shared = store.load_shared_state().await.unwrap();
+    let shared = store
+        .load_shared_state(&HeldEntityTypes::ALL)
+        .await
+        .unwrap();
     assert_eq!(full.principals.len(), 3);
     assert_eq!(
         shared
@@ -297,9 +316,24 @@ async fn the_shared_state_holds_groups_but_no_users_or_services(store: SqlStore)
     assert_eq!(shared.roles, full.roles);
     assert!(shared.policy_set.is_some());
     // The same as filtering the whole state.
-    let filtered = full.shared();
+    let filtered = full.shared(&HeldEntityTypes::ALL);
     assert_eq!(shared.principals, filtered.principals);
     assert_eq!(shared.assignments, filtered.assignments);
+    assert_eq!(shared.entities.len(), 4);
+
+    // Held entity types: only their entities are read (a type whose name is another's
+    // with more after it is not one of them).
+    let held = HeldEntityTypes::only(["Tenant", "Space"].map(String::from));
+    let shared = store.load_shared_state(&held).await.unwrap();
+    let mut uids: Vec<String> = shared.entities.iter().map(|e| e.uid.to_string()).collect();
+    uids.sort_unstable();
+    assert_eq!(uids, ["Space::\"s1\"", "Tenant::\"t1\""]);
+    assert_eq!(shared.held_entity_types, held);
+    let mut filtered: Vec<String> = (full.shared(&held).entities.iter())
+        .map(|e| e.uid.to_string())
+        .collect();
+    filtered.sort_unstable();
+    assert_eq!(uids, filtered);
 }
 
 /// Seeds the default policies and one role, returns the revision.

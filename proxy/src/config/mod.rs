@@ -785,7 +785,7 @@ impl Default for ControlPlaneConfig {
     }
 }
 
-/// How much of the state `portcullis proxy` holds (`mode`), and the shared principal cache.
+/// How much of the state `portcullis proxy` holds (`mode`), and the shared state cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
@@ -796,14 +796,22 @@ pub struct StateConfig {
     /// says they changed (for fleets of sidecars over many principals). `portcullis
     /// proxy` only.
     pub mode: StateMode,
-    /// Cached mode: the bound of the principal cache, in estimated bytes.
+    /// Cached mode: the bound of the state cache (users, services, entities of types not
+    /// held), in estimated bytes.
     pub cache_max_bytes: u64,
-    /// Cached mode: how long a request may wait for a principal the cache lacks (shared
-    /// cache, then control plane); past it the request gets 503 `state_unavailable`.
+    /// Cached mode: how long a request may wait for what the cache lacks (shared cache,
+    /// then control plane); past it the request gets 503 `state_unavailable`.
     pub miss_timeout_ms: u64,
-    /// The shared principal cache: `control` (and `serve`) write each changed user and
-    /// service to it; `proxy` in cached mode reads it before asking the control plane.
+    /// The shared state cache: `control` (and `serve`) write each changed user, service
+    /// and entity of a type not held to it; `proxy` in cached mode reads it before asking
+    /// the control plane.
     pub redis: Option<SharedCacheConfig>,
+    /// `control` and `serve`: the resource entity types cached proxies hold in full — the
+    /// hierarchy most decisions read (`[Tenant, Space]`). Stored entities of other types
+    /// (documents: many, each read by few decisions) are left out of what cached proxies
+    /// follow and fetched on first use, like users. Unset: every entity is held. One rule
+    /// for all the proxies of a control plane: the shared view is encoded once.
+    pub held_entity_types: Option<Vec<String>>,
 }
 
 impl Default for StateConfig {
@@ -815,6 +823,7 @@ impl Default for StateConfig {
             cache_max_bytes: 16 * 1024 * 1024,
             miss_timeout_ms: 1000,
             redis: None,
+            held_entity_types: None,
         }
     }
 }
@@ -829,7 +838,7 @@ pub enum StateMode {
     Cached,
 }
 
-/// `state.redis`: the shared principal cache (L2).
+/// `state.redis`: the shared state cache (L2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedCacheConfig {
@@ -847,7 +856,7 @@ pub struct SharedCacheConfig {
 }
 
 fn default_shared_cache_prefix() -> String {
-    String::from("portcullis:principals")
+    String::from("portcullis:state")
 }
 
 fn default_shared_cache_ttl() -> u64 {
@@ -1475,6 +1484,19 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             "must be between 10 and 60000",
         ));
     }
+    for (i, type_name) in st.held_entity_types.iter().flatten().enumerate() {
+        if portcullis_model::EntityRef::new(type_name.as_str(), "").is_err() {
+            problems.push(problem(
+                format!("state.held_entity_types.{i}"),
+                format!("`{type_name}` is not an entity type name"),
+            ));
+        } else if portcullis_model::PrincipalKind::from_cedar_type(type_name).is_some() {
+            problems.push(problem(
+                format!("state.held_entity_types.{i}"),
+                format!("`{type_name}` is a principal type: users and services are always fetched, groups always held"),
+            ));
+        }
+    }
     if let Some(r) = &st.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
             problems.push(problem(
@@ -1821,12 +1843,16 @@ mod tests {
             ttl_seconds: 60,
             timeout_ms: 200,
         });
+        c.state.held_entity_types =
+            Some(["Space", "not a type", "User"].map(String::from).to_vec());
         let keys: Vec<String> = validate(&c).into_iter().map(|p| p.at).collect();
         assert_eq!(
             keys,
             [
                 "state.cache_max_bytes",
                 "state.miss_timeout_ms",
+                "state.held_entity_types.1",
+                "state.held_entity_types.2",
                 "state.redis.url",
                 "state.redis"
             ]
@@ -1842,7 +1868,7 @@ mod tests {
         let c = load(Some(&path), [], &[]).unwrap();
         assert_eq!(c.state.mode, StateMode::Cached);
         let redis = c.state.redis.as_ref().unwrap();
-        assert_eq!(redis.key_prefix, "portcullis:principals");
+        assert_eq!(redis.key_prefix, "portcullis:state");
         assert_eq!((redis.ttl_seconds, redis.timeout_ms), (86_400, 200));
         assert!(!dump(&c).contains("hunter2"));
         std::fs::write(&path, "state:\n  mode: partial\n").unwrap();

@@ -13,9 +13,9 @@
 //!
 //! Everything the checks read — route map, settings, snapshot, keys — is prepared ahead and
 //! swapped atomically; nothing here does I/O or holds a lock across an await. In cached
-//! state mode the users and services a decision reads come from the
-//! [`PrincipalCache`](crate::principal_cache::PrincipalCache): a hit is a lookup, a miss an
-//! awaited fetch with a deadline (503 `state_unavailable` past it).
+//! state mode the users, services and entities of types not held that a decision reads
+//! come from the [`StateCache`](crate::state_cache::StateCache): a hit is a lookup, a miss
+//! an awaited fetch with a deadline (503 `state_unavailable` past it).
 
 pub mod authn;
 pub mod context;
@@ -39,8 +39,8 @@ use arc_swap::ArcSwap;
 use http::HeaderMap;
 use ipnet::IpNet;
 use portcullis_engine::decision::{
-    Decision, DecisionRequest, FetchedPrincipal, MAX_FETCHED, RequestFacts, decide, decide_fetched,
-    first_missing,
+    Decision, DecisionRequest, Fetched, FetchedView, MAX_FETCHED, RequestFacts, decide,
+    decide_fetched, first_missing,
 };
 use portcullis_engine::snapshot::SnapshotHandle;
 use portcullis_model::PrincipalKind;
@@ -331,9 +331,10 @@ pub struct DataPlane {
     pub gate: ArcSwap<Gate>,
     /// The store snapshot.
     pub snapshot: Arc<SnapshotHandle>,
-    /// Cached state mode: the users and services, held apart from the snapshot (which
-    /// then holds the shared part only). `None`: the snapshot holds everything.
-    pub principals: Option<Arc<crate::principal_cache::PrincipalCache>>,
+    /// Cached state mode: the users, services and entities of types not held, held apart
+    /// from the snapshot (which then holds the shared part only). `None`: the snapshot
+    /// holds everything.
+    pub state_cache: Option<Arc<crate::state_cache::StateCache>>,
     /// Token verification.
     pub authn: Arc<Authenticator>,
     /// Readiness.
@@ -448,15 +449,18 @@ impl DataPlane {
         }
         // Cached state: the principal first (its tenant names the resource), the rest of
         // what the decision reads once the request is resolved.
-        let mut fetched: Vec<Arc<FetchedPrincipal>> = Vec::new();
-        if let Some(cache) = &self.principals {
+        let mut fetched: Vec<Arc<Fetched>> = Vec::new();
+        if let Some(cache) = &self.state_cache {
             match cache.get(&snapshot, &identity.principal).await {
                 Ok(principal) => fetched.push(principal),
                 Err(e) => return refuse.state_unavailable(&e),
             }
         }
         let principal_view = match fetched.first() {
-            Some(principal) => principal.view.as_deref(),
+            Some(fetched) => match &fetched.view {
+                Some(FetchedView::Principal(view)) => Some(view.as_ref()),
+                _ => None,
+            },
             None => snapshot.principal(&identity.principal).map(AsRef::as_ref),
         };
         let known = principal_view.is_some();
@@ -505,17 +509,17 @@ impl DataPlane {
             route_parents: &parents,
             facts: &facts,
         };
-        let decision = match &self.principals {
+        let decision = match &self.state_cache {
             None => decide(&snapshot, &request),
             Some(cache) => {
-                // Managers, a principal that is the resource: each at most once, and no
+                // Managers, the resource and its ancestors: each at most once, and no
                 // more than the decision core can read.
                 while let Some(missing) = first_missing(&snapshot, &fetched, &request) {
                     if fetched.len() >= MAX_FETCHED {
-                        return refuse.state_unavailable(&"too many principals to fetch");
+                        return refuse.state_unavailable(&"too many keys to fetch");
                     }
                     match cache.get(&snapshot, &missing).await {
-                        Ok(principal) => fetched.push(principal),
+                        Ok(view) => fetched.push(view),
                         Err(e) => return refuse.state_unavailable(&e),
                     }
                 }
@@ -579,10 +583,10 @@ struct Refusal {
 }
 
 impl Refusal {
-    /// The caller was identified, but the principals the decision reads could not be had
-    /// (cached state): 503, never shadowed, never decided on a guess.
+    /// The caller was identified, but what the decision reads could not be had (cached
+    /// state): 503, never shadowed, never decided on a guess.
     fn state_unavailable(&self, why: &dyn std::fmt::Display) -> Verdict {
-        tracing::debug!(error = %why, "principal not fetched: refused with state_unavailable");
+        tracing::debug!(error = %why, "state not fetched: refused with state_unavailable");
         self.refuse(
             Rejection::Unavailable("state_unavailable"),
             None,

@@ -90,6 +90,7 @@ fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fi
             created_by: None,
             created_at: 0,
         }),
+        held_entity_types: Default::default(),
     };
     let snapshot = Snapshot::build(state, NOW * 1000).unwrap();
 
@@ -106,7 +107,7 @@ fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fi
     let plane = DataPlane {
         gate: arc_swap::ArcSwap::new(Arc::clone(&gate)),
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
-        principals: None,
+        state_cache: None,
         authn: Arc::new(authn),
         health: Arc::new(Health::default()),
         recorder: None,

@@ -7,9 +7,9 @@
 //! (which already reflect the clock, MFA, band and device conditions of the assignments) and
 //! the context values the action's policies read (those they do not read are left out, so
 //! that, say, the minute or the client IP does not split entries for an action whose
-//! policies never look at them), and, in cached state mode, the version of each user or
-//! service fetched for the decision (a cache that outlives an eviction then never answers
-//! for a version it did not see). INVARIANT: a new input of the evaluation must join
+//! policies never look at them), and, in cached state mode, the version of each user,
+//! service or entity fetched for the decision (a cache that outlives an eviction then never
+//! answers for a version it did not see). INVARIANT: a new input of the evaluation must join
 //! [`KeyRef`], or the cache would answer for a request it has not seen.
 //!
 //! Entries are found by a keyed hash of the borrowed key and then compared field by field,
@@ -18,7 +18,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use super::{Decision, FetchedPrincipal, RequestFacts};
+use super::{Decision, Fetched, RequestFacts};
 use crate::slice::ContextAttrs;
 use portcullis_model::EntityRef;
 
@@ -37,11 +37,11 @@ pub(super) struct KeyRef<'a> {
     pub(super) versions: Versions<'a>,
 }
 
-/// The revisions of the principals fetched for a decision (empty in full state mode). With
-/// the principal and the resource in the key, they name every version the decision read:
-/// the keys fetched follow from the versions.
+/// The revisions of the principals and entities fetched for a decision (empty in full state
+/// mode). With the principal and the resource in the key, they name every version the
+/// decision read: the keys fetched follow from the versions.
 #[derive(Debug)]
-pub(super) struct Versions<'a>(pub(super) &'a [Arc<FetchedPrincipal>]);
+pub(super) struct Versions<'a>(pub(super) &'a [Arc<Fetched>]);
 
 impl std::hash::Hash for Versions<'_> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {

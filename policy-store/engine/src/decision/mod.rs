@@ -14,9 +14,10 @@
 //!
 //! In cached state mode the snapshot holds only the shared part of the state: the users
 //! and services a decision reads (the principal, its managers, a principal that is the
-//! resource) are fetched first and passed in ([`FetchedPrincipal`]): [`first_missing`]
-//! names the next one to fetch, by the same walk the decision takes, and
-//! [`decide_fetched`] decides over them.
+//! resource) and the stored entities of types the snapshot does not hold (the resource,
+//! its ancestors) are fetched first and passed in ([`Fetched`]): [`first_missing`] names
+//! the next one to fetch, by the same walk the decision takes, and [`decide_fetched`]
+//! decides over them.
 
 mod cache;
 #[cfg(test)]
@@ -45,10 +46,11 @@ use portcullis_model::{Assignment, EntityRef, PrincipalKind, Revision, UnixMilli
 /// cannot loop).
 const MAX_DEPTH: usize = 32;
 
-/// The most users and services one decision reads, so the most [`first_missing`] can name
-/// for one request: the principal and a principal that is the resource, each with its
-/// managers up to [`MAX_DEPTH`].
-pub const MAX_FETCHED: usize = 2 * (1 + MAX_DEPTH);
+/// The most keys one decision fetches, so the most [`first_missing`] names for one request:
+/// the principal with its managers up to [`MAX_DEPTH`], then the resource (a principal with
+/// its managers, or an entity with its ancestors) — with room for ancestors in more than one
+/// line. A request that would need more is refused `state_unavailable`.
+pub const MAX_FETCHED: usize = 4 * (1 + MAX_DEPTH);
 
 /// Wall-clock facts in the configured time zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +134,8 @@ pub enum DecisionReason {
     ParentMismatch,
     /// The request could not be turned into a Cedar request.
     InvalidRequest,
-    /// A principal the decision reads was not fetched (cached state mode): never decided
-    /// on a guess.
+    /// A principal or entity the decision reads was not fetched (cached state mode):
+    /// never decided on a guess.
     StateUnavailable,
 }
 
@@ -188,48 +190,80 @@ impl Decision {
     }
 }
 
-/// A user or service the snapshot does not hold (cached state mode), fetched for a
+/// A user, service or entity the snapshot does not hold (cached state mode), fetched for a
 /// decision: its view at `revision`, or `None` when the store does not hold it.
 #[derive(Debug, Clone)]
-pub struct FetchedPrincipal {
-    /// Which principal.
+pub struct Fetched {
+    /// Which key.
     pub key: EntityRef,
     /// The store revision the view is current at; with `key`, it names the version, so
     /// decisions cached over one version are never answered for another.
     pub revision: Revision,
     /// The view; `None`: not in the store.
-    pub view: Option<Arc<PrincipalView>>,
+    pub view: Option<FetchedView>,
 }
 
-/// Where a decision finds principals: all in the snapshot (full state), or the shared ones
-/// in the snapshot and the others among those fetched for it (cached state).
+/// The view of a fetched key.
+#[derive(Debug, Clone)]
+pub enum FetchedView {
+    /// A user or service with its assignments.
+    Principal(Arc<PrincipalView>),
+    /// A resource entity.
+    Entity(Arc<EntityView>),
+}
+
+/// Where a decision finds principals and entities: all in the snapshot (full state), or
+/// those it holds in the snapshot and the others among those fetched for it (cached state).
 #[derive(Debug, Clone, Copy)]
-struct Principals<'s> {
+struct Held<'s> {
     snapshot: &'s Snapshot,
-    fetched: Option<&'s [Arc<FetchedPrincipal>]>,
+    fetched: Option<&'s [Arc<Fetched>]>,
 }
 
-/// A principal looked up for a decision.
-enum Lookup<'s> {
-    Found(&'s PrincipalView),
+/// A principal or entity looked up for a decision.
+enum Lookup<T> {
+    Found(T),
     /// Not in the store.
     Absent,
     /// Not fetched (cached state): the decision cannot be made yet.
     Missing,
 }
 
-impl<'s> Principals<'s> {
-    fn get(&self, key: &EntityRef) -> Lookup<'s> {
-        let held = |view: Option<&'s Arc<PrincipalView>>| match view {
-            Some(view) => Lookup::Found(view),
-            None => Lookup::Absent,
-        };
-        match self.fetched {
-            Some(fetched) if !is_shared(key) => match fetched.iter().find(|f| f.key == *key) {
-                Some(f) => held(f.view.as_ref()),
-                None => Lookup::Missing,
+impl<T> Lookup<T> {
+    fn of(view: Option<T>) -> Self {
+        view.map_or(Self::Absent, Self::Found)
+    }
+}
+
+impl<'s> Held<'s> {
+    /// The fetched key `key`, when the snapshot does not hold it (else `None`).
+    fn fetched(&self, key: &EntityRef, held: bool) -> Option<Option<&'s Fetched>> {
+        let fetched = self.fetched.filter(|_| !held)?;
+        Some(fetched.iter().find(|f| f.key == *key).map(AsRef::as_ref))
+    }
+
+    fn principal(&self, key: &EntityRef) -> Lookup<&'s PrincipalView> {
+        match self.fetched(key, is_shared(key)) {
+            None => Lookup::of(self.snapshot.principal(key).map(AsRef::as_ref)),
+            Some(None) => Lookup::Missing,
+            Some(Some(fetched)) => match &fetched.view {
+                None => Lookup::Absent,
+                Some(FetchedView::Principal(view)) => Lookup::Found(view),
+                // Never fetched as such (the cache checks the kind); not decided on.
+                Some(FetchedView::Entity(_)) => Lookup::Missing,
             },
-            _ => held(self.snapshot.principal(key)),
+        }
+    }
+
+    fn entity(&self, key: &EntityRef) -> Lookup<&'s EntityView> {
+        match self.fetched(key, self.snapshot.holds_entity(key)) {
+            None => Lookup::of(self.snapshot.entity(key).map(AsRef::as_ref)),
+            Some(None) => Lookup::Missing,
+            Some(Some(fetched)) => match &fetched.view {
+                None => Lookup::Absent,
+                Some(FetchedView::Entity(view)) => Lookup::Found(view),
+                Some(FetchedView::Principal(_)) => Lookup::Missing,
+            },
         }
     }
 }
@@ -238,7 +272,7 @@ impl<'s> Principals<'s> {
 /// it has seen exactly these inputs. Never touches I/O and never locks.
 pub fn decide(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> Decision {
     decide_with(
-        Principals {
+        Held {
             snapshot,
             fetched: None,
         },
@@ -250,7 +284,7 @@ pub fn decide(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> Decision {
 /// [`decide`] without the decision cache: always evaluates.
 pub fn decide_uncached(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> Decision {
     decide_with(
-        Principals {
+        Held {
             snapshot,
             fetched: None,
         },
@@ -259,62 +293,62 @@ pub fn decide_uncached(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> De
     )
 }
 
-/// [`decide`] over a snapshot of the shared state and the users and services fetched for
-/// this request (cached state mode). One that was not fetched denies with
+/// [`decide`] over a snapshot of the shared state and the users, services and entities
+/// fetched for this request (cached state mode). One that was not fetched denies with
 /// [`DecisionReason::StateUnavailable`]: fetch until [`first_missing`] names none first.
 pub fn decide_fetched(
     snapshot: &Snapshot,
-    fetched: &[Arc<FetchedPrincipal>],
+    fetched: &[Arc<Fetched>],
     request: &DecisionRequest<'_>,
 ) -> Decision {
-    let principals = Principals {
+    let held = Held {
         snapshot,
         fetched: Some(fetched),
     };
-    decide_with(principals, request, true)
+    decide_with(held, request, true)
 }
 
-/// The next user or service [`decide_fetched`] would read that is not among `fetched`:
-/// the principal, then its managers, then a principal that is the resource and its
-/// managers. `None` when the decision has all it reads.
+/// The next key [`decide_fetched`] would read that is not among `fetched`: the principal,
+/// then its managers, then the resource — a principal and its managers, or an entity and
+/// its ancestors. `None` when the decision has all it reads.
 pub fn first_missing(
     snapshot: &Snapshot,
-    fetched: &[Arc<FetchedPrincipal>],
+    fetched: &[Arc<Fetched>],
     request: &DecisionRequest<'_>,
 ) -> Option<EntityRef> {
-    let principals = Principals {
+    let held = Held {
         snapshot,
         fetched: Some(fetched),
     };
-    let reads_resource = PrincipalKind::from_cedar_type(request.resource.type_name()).is_some();
-    let mut wanted = vec![request.principal];
-    if reads_resource {
-        wanted.push(request.resource);
+    let resource_is_principal =
+        PrincipalKind::from_cedar_type(request.resource.type_name()).is_some();
+    let mut principals = vec![request.principal];
+    if resource_is_principal {
+        principals.push(request.resource);
     }
-    for key in wanted {
-        match principals.get(key) {
+    for key in principals {
+        match held.principal(key) {
             Lookup::Missing => return Some(key.clone()),
             Lookup::Absent => {}
             Lookup::Found(view) => {
                 if let Err(missing) =
-                    manager_chain(principals, view.principal.attributes.manager.as_deref())
+                    manager_chain(held, view.principal.attributes.manager.as_deref())
                 {
                     return Some(missing);
                 }
             }
         }
     }
-    None
+    match ResourceChain::resolve(held, request) {
+        Err(Unresolved::Missing(key)) => Some(key),
+        Ok(_) | Err(Unresolved::ParentMismatch) => None,
+    }
 }
 
-fn decide_with(
-    principals: Principals<'_>,
-    request: &DecisionRequest<'_>,
-    use_cache: bool,
-) -> Decision {
+fn decide_with(held: Held<'_>, request: &DecisionRequest<'_>, use_cache: bool) -> Decision {
     let started = Instant::now();
-    let snapshot = principals.snapshot;
-    let resolved = match Resolved::of(principals, request) {
+    let snapshot = held.snapshot;
+    let resolved = match Resolved::of(held, request) {
         Ok(resolved) => resolved,
         Err((reason, detail)) => return Decision::deny(reason, detail, started),
     };
@@ -328,7 +362,7 @@ fn decide_with(
         route_parents: request.route_parents,
         roles: &resolved.roles,
         facts: cache::ContextKey::of(request.facts, reads.context),
-        versions: cache::Versions(principals.fetched.unwrap_or_default()),
+        versions: cache::Versions(held.fetched.unwrap_or_default()),
     };
     if use_cache && let Some(mut hit) = snapshot.decisions().get(&key) {
         hit.elapsed = started.elapsed();
@@ -363,7 +397,7 @@ fn decide_with(
 /// these.
 struct Resolved<'s> {
     snapshot: &'s Snapshot,
-    principals: Principals<'s>,
+    held: Held<'s>,
     request: &'s DecisionRequest<'s>,
     action: &'s ActionPolicies,
     principal: &'s PrincipalView,
@@ -377,17 +411,17 @@ impl<'s> Resolved<'s> {
     /// `Err` is a deny with its reason and detail: an unknown action or principal, a route
     /// parent the resource does not have.
     fn of(
-        principals: Principals<'s>,
+        held: Held<'s>,
         request: &'s DecisionRequest<'s>,
     ) -> Result<Self, (DecisionReason, Option<String>)> {
-        let snapshot = principals.snapshot;
+        let snapshot = held.snapshot;
         let Some(action) = snapshot.policies().index().action(request.action) else {
             return Err((
                 DecisionReason::UnknownAction,
                 Some(format!("action `{}` is not in the schema", request.action)),
             ));
         };
-        let principal = match principals.get(request.principal) {
+        let principal = match held.principal(request.principal) {
             Lookup::Found(view) => view,
             Lookup::Absent => return Err((DecisionReason::UnknownPrincipal, None)),
             Lookup::Missing => return Err((DecisionReason::StateUnavailable, None)),
@@ -396,7 +430,13 @@ impl<'s> Resolved<'s> {
             // Groups hold members; they never act themselves.
             return Err((DecisionReason::UnknownPrincipal, None));
         }
-        let resource = ResourceChain::resolve(snapshot, request).map_err(|r| (r, None))?;
+        let resource = ResourceChain::resolve(held, request).map_err(|e| match e {
+            Unresolved::ParentMismatch => (DecisionReason::ParentMismatch, None),
+            Unresolved::Missing(key) => (
+                DecisionReason::StateUnavailable,
+                Some(format!("{STATE_UNAVAILABLE}: `{key}` not fetched")),
+            ),
+        })?;
         let device_trusted = request
             .facts
             .device_id
@@ -406,7 +446,7 @@ impl<'s> Resolved<'s> {
         let roles = effective_roles(principal, &groups, &resource, request.facts, device_trusted);
         Ok(Self {
             snapshot,
-            principals,
+            held,
             request,
             action,
             principal,
@@ -426,24 +466,34 @@ struct ResourceChain<'s> {
     ancestors: Vec<(&'s EntityRef, Option<&'s EntityView>)>,
 }
 
+/// Why a resource chain could not be resolved.
+enum Unresolved {
+    /// The route claims a parent the stored resource does not have.
+    ParentMismatch,
+    /// An entity of the chain was not fetched (cached state).
+    Missing(EntityRef),
+}
+
 impl<'s> ResourceChain<'s> {
-    fn resolve(
-        snapshot: &'s Snapshot,
-        request: &DecisionRequest<'s>,
-    ) -> Result<Self, DecisionReason> {
-        let view = snapshot.entity(request.resource).map(AsRef::as_ref);
+    fn resolve(held: Held<'s>, request: &DecisionRequest<'s>) -> Result<Self, Unresolved> {
+        let view = match held.entity(request.resource) {
+            Lookup::Found(view) => Some(view),
+            Lookup::Absent => None,
+            Lookup::Missing => return Err(Unresolved::Missing(request.resource.clone())),
+        };
         let parents: &[EntityRef] = match view {
             Some(v) => &v.record.parents,
             None => request.route_parents,
         };
-        let ancestors = ancestors_of(snapshot, request.resource, parents);
+        let ancestors =
+            ancestors_of(held, request.resource, parents).map_err(Unresolved::Missing)?;
         if view.is_some()
             && request
                 .route_parents
                 .iter()
                 .any(|p| !ancestors.iter().any(|(a, _)| *a == p))
         {
-            return Err(DecisionReason::ParentMismatch);
+            return Err(Unresolved::ParentMismatch);
         }
         Ok(Self {
             resource: request.resource,
@@ -484,12 +534,13 @@ impl<'s> ResourceChain<'s> {
 }
 
 /// Every ancestor reachable from `parents` through stored entities, nearest first, without
-/// `start` itself. Bounded by [`MAX_DEPTH`] levels, so a cycle cannot loop.
+/// `start` itself. Bounded by [`MAX_DEPTH`] levels, so a cycle cannot loop. `Err` names
+/// the first one that was not fetched (cached state).
 fn ancestors_of<'s>(
-    snapshot: &'s Snapshot,
+    held: Held<'s>,
     start: &'s EntityRef,
     parents: &'s [EntityRef],
-) -> Vec<(&'s EntityRef, Option<&'s EntityView>)> {
+) -> Result<Vec<(&'s EntityRef, Option<&'s EntityView>)>, EntityRef> {
     let mut out: Vec<(&EntityRef, Option<&EntityView>)> = Vec::with_capacity(4);
     let mut frontier: Vec<&EntityRef> = parents.iter().collect();
     for _ in 0..MAX_DEPTH {
@@ -501,7 +552,11 @@ fn ancestors_of<'s>(
             if uid == start || out.iter().any(|(a, _)| *a == uid) {
                 continue;
             }
-            let view = snapshot.entity(uid).map(AsRef::as_ref);
+            let view = match held.entity(uid) {
+                Lookup::Found(view) => Some(view),
+                Lookup::Absent => None,
+                Lookup::Missing => return Err(uid.clone()),
+            };
             if let Some(v) = view {
                 next.extend(v.record.parents.iter());
             }
@@ -509,7 +564,7 @@ fn ancestors_of<'s>(
         }
         frontier = next;
     }
-    out
+    Ok(out)
 }
 
 /// The groups reachable from `groups`, transitively, each once.
@@ -703,13 +758,12 @@ impl Resolved<'_> {
         let mut attrs = view.cedar.attrs.clone();
         if view.principal.kind == PrincipalKind::User {
             let types = self.snapshot.policies().types();
-            let managers = manager_chain(
-                self.principals,
-                view.principal.attributes.manager.as_deref(),
-            )
-            .map_err(|missing| format!("{STATE_UNAVAILABLE}: `{missing}` not fetched"))?
-            .into_iter()
-            .filter_map(|m| types.uid(&portcullis_model::principal_ref(PrincipalKind::User, m)));
+            let managers = manager_chain(self.held, view.principal.attributes.manager.as_deref())
+                .map_err(|missing| format!("{STATE_UNAVAILABLE}: `{missing}` not fetched"))?
+                .into_iter()
+                .filter_map(|m| {
+                    types.uid(&portcullis_model::principal_ref(PrincipalKind::User, m))
+                });
             attrs.push(slice::managers_attr(managers));
         }
         Ok(attrs)
@@ -726,7 +780,7 @@ impl Resolved<'_> {
             .map(|(a, v)| self.entity_uid(a, *v))
             .collect::<Result<HashSet<_>, _>>()?;
         if PrincipalKind::from_cedar_type(chain.resource.type_name()).is_some() {
-            let attrs = match self.principals.get(chain.resource) {
+            let attrs = match self.held.principal(chain.resource) {
                 Lookup::Found(view) => self.principal_attrs(view)?,
                 Lookup::Absent => slice::unknown_principal_attrs(),
                 Lookup::Missing => {
@@ -759,7 +813,8 @@ impl Resolved<'_> {
         view: Option<&EntityView>,
     ) -> Result<Entity, String> {
         let ancestors = match view {
-            Some(v) => ancestors_of(self.snapshot, uid, &v.record.parents)
+            Some(v) => ancestors_of(self.held, uid, &v.record.parents)
+                .map_err(|missing| format!("{STATE_UNAVAILABLE}: `{missing}` not fetched"))?
                 .into_iter()
                 .map(|(a, v)| self.entity_uid(a, v))
                 .collect::<Result<HashSet<_>, _>>()?,
@@ -779,10 +834,7 @@ const STATE_UNAVAILABLE: &str = "state unavailable";
 
 /// Every manager above `first` in the org tree (seed 002 in_org_tree). `Err` names the
 /// first manager that was not fetched (cached state).
-fn manager_chain<'s>(
-    principals: Principals<'s>,
-    first: Option<&'s str>,
-) -> Result<Vec<&'s str>, EntityRef> {
+fn manager_chain<'s>(held: Held<'s>, first: Option<&'s str>) -> Result<Vec<&'s str>, EntityRef> {
     let mut chain: Vec<&str> = Vec::new();
     let mut current = first;
     while let Some(id) = current {
@@ -791,7 +843,7 @@ fn manager_chain<'s>(
         }
         chain.push(id);
         let key = portcullis_model::principal_ref(PrincipalKind::User, id);
-        current = match principals.get(&key) {
+        current = match held.principal(&key) {
             Lookup::Found(m) => m.principal.attributes.manager.as_deref(),
             Lookup::Absent => None,
             Lookup::Missing => return Err(key),

@@ -15,7 +15,7 @@ use cedar_policy_core::authorizer::{AuthorizationError, Authorizer};
 use super::*;
 use crate::policy::Reads;
 use crate::slice::ContextAttrs;
-use crate::snapshot::StoreState;
+use crate::snapshot::{HeldEntityTypes, SnapshotError, StoreDelta, StoreState};
 use portcullis_model::{
     AssignmentConditions, EntityAttributes, EntityRecord, PolicyFile, PolicySetVersion, Principal,
     PrincipalAttributes, PrincipalStatus, Role, Scope, TemplateLink,
@@ -319,6 +319,7 @@ fn state(files: &[&str]) -> StoreState {
             created_by: None,
             created_at: 0,
         }),
+        held_entity_types: Default::default(),
     }
 }
 
@@ -417,7 +418,7 @@ fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
                         facts,
                     };
                     let Ok(resolved) = Resolved::of(
-                        Principals {
+                        Held {
                             snapshot: &snapshot,
                             fetched: None,
                         },
@@ -541,15 +542,36 @@ fn reads_are_what_the_conditions_mention() {
     assert_eq!(reads("tenant.read").context, ContextAttrs::ALL);
 }
 
-/// Cached state mode: a snapshot of the shared part plus the users and services
-/// [`first_missing`] names, fetched one at a time, decides every request as the full
-/// snapshot does.
-#[test]
-fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
+/// The control plane's answer for `key`, as a snapshot of the shared part prepares it.
+fn fetch(full: &Snapshot, shared: &Snapshot, key: &EntityRef) -> Arc<Fetched> {
+    let view = match full.principal(key) {
+        Some(v) => Some(FetchedView::Principal(Arc::new(
+            shared.principal_view(v.principal.clone(), v.assignments().cloned()),
+        ))),
+        None => full
+            .entity(key)
+            .map(|e| FetchedView::Entity(Arc::new(shared.entity_view(e.record.clone())))),
+    };
+    Arc::new(Fetched {
+        key: key.clone(),
+        revision: 1,
+        view,
+    })
+}
+
+/// Cached state mode: a snapshot of the shared part (groups, and the entities of the held
+/// types) plus the users, services and entities [`first_missing`] names, fetched one at a
+/// time, decides every request as the full snapshot does.
+fn the_shared_state_decides_as_the_full_state(held: &HeldEntityTypes) {
     let full = Snapshot::build(state(&["default.cedar"]), 0).unwrap();
-    let shared = Snapshot::build(state(&["default.cedar"]).shared(), 0).unwrap();
+    let shared = Snapshot::build(state(&["default.cedar"]).shared(held), 0).unwrap();
     assert!(shared.principal(&eref("User", "alice")).is_none());
     assert!(shared.principal(&eref("Group", "team")).is_some());
+    assert!(shared.entity(&eref("Space", "s1")).is_some());
+    assert_eq!(
+        shared.entity(&eref("Document", "d1")).is_some(),
+        held.holds(&eref("Document", "d1"))
+    );
     let principals = [
         eref("User", "alice"),
         eref("User", "bob"),
@@ -562,7 +584,13 @@ fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
     let resources = [
         (eref("Space", "s1"), vec![eref("Tenant", "t1")]),
         (eref("Document", "d1"), vec![eref("Space", "s1")]),
+        (eref("Document", "d2"), vec![eref("Space", "s2")]),
+        (eref("Document", "d3"), vec![eref("Space", "s1")]),
+        // The route claims a parent the stored document does not have.
+        (eref("Document", "d1"), vec![eref("Space", "s2")]),
         (eref("Document", "unknown"), vec![eref("Space", "s1")]),
+        // Two levels of a type that is not held.
+        (eref("Entity", "e2"), vec![]),
         (eref("User", "alice"), vec![]),
         (eref("User", "bob"), vec![]),
         (eref("User", "nobody"), vec![]),
@@ -570,17 +598,8 @@ fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
     let mut actions: Vec<&str> = full.policies().index().action_ids().collect();
     actions.sort_unstable();
     let facts = facts();
-    // The control plane's answer for one principal, as the shared snapshot prepares it.
-    let fetch = |key: &EntityRef| {
-        Arc::new(FetchedPrincipal {
-            key: key.clone(),
-            revision: 1,
-            view: full.principal(key).map(|v| {
-                Arc::new(shared.principal_view(v.principal.clone(), v.assignments().cloned()))
-            }),
-        })
-    };
-    let (mut compared, mut allowed, mut managers_fetched) = (0_usize, 0_usize, 0_usize);
+    let (mut compared, mut allowed) = (0_usize, 0_usize);
+    let (mut managers_fetched, mut entities_fetched) = (0_usize, 0_usize);
     for action in &actions {
         for principal in &principals {
             for (resource, route_parents) in &resources {
@@ -592,20 +611,24 @@ fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
                         route_parents,
                         facts,
                     };
-                    let mut fetched: Vec<Arc<FetchedPrincipal>> = Vec::new();
+                    let mut fetched: Vec<Arc<Fetched>> = Vec::new();
                     while let Some(missing) = first_missing(&shared, &fetched, &request) {
                         assert!(fetched.len() < 8, "fetches without end: {fetched:?}");
-                        fetched.push(fetch(&missing));
+                        fetched.push(fetch(&full, &shared, &missing));
                     }
-                    if fetched
-                        .iter()
-                        .any(|f| f.key != *principal && f.key != *resource)
-                    {
+                    if fetched.iter().any(|f| {
+                        f.key.type_name() == "User" && f.key != *principal && f.key != *resource
+                    }) {
                         managers_fetched += 1;
                     }
+                    entities_fetched += fetched
+                        .iter()
+                        .filter(|f| PrincipalKind::from_cedar_type(f.key.type_name()).is_none())
+                        .count();
                     let theirs = decide_uncached(&full, &request);
                     let ours = decide_fetched(&shared, &fetched, &request);
-                    let case = format!("{principal} {action} {resource} {facts:?}");
+                    let case =
+                        format!("{principal} {action} {resource} {route_parents:?} {facts:?}");
                     assert_eq!(ours.allowed, theirs.allowed, "{case}");
                     assert_eq!(ours.reason, theirs.reason, "{case}");
                     assert_eq!(
@@ -627,6 +650,12 @@ fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
     assert!(allowed > 0 && allowed < compared, "{allowed} of {compared}");
     // alice's manager (bob) is read by her decisions, so it was fetched.
     assert!(managers_fetched > 0);
+    // Entities are fetched exactly when their type is not held.
+    assert_eq!(
+        entities_fetched > 0,
+        !held.holds(&eref("Document", "d1")),
+        "{entities_fetched}"
+    );
 
     // A principal not fetched is never decided on a guess; nor is its manager.
     let facts = &facts[0];
@@ -640,11 +669,29 @@ fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
     let unfetched = decide_fetched(&shared, &[], &request);
     assert_eq!(unfetched.reason, DecisionReason::StateUnavailable);
     assert!(!unfetched.allowed);
-    let without_manager = decide_fetched(&shared, &[fetch(&principals[0])], &request);
+    let alice = fetch(&full, &shared, &principals[0]);
+    let without_manager = decide_fetched(&shared, &[Arc::clone(&alice)], &request);
     assert_eq!(without_manager.reason, DecisionReason::StateUnavailable);
     assert!(!without_manager.allowed);
-    // Neither is remembered: with the manager fetched it is decided.
-    let complete = [fetch(&principals[0]), fetch(&eref("User", "bob"))];
+    let bob = fetch(&full, &shared, &eref("User", "bob"));
+    let principals_only = [Arc::clone(&alice), Arc::clone(&bob)];
+    if held.holds(request.resource) {
+        assert_eq!(first_missing(&shared, &principals_only, &request), None);
+    } else {
+        // Nor is a resource not fetched.
+        assert_eq!(
+            first_missing(&shared, &principals_only, &request).as_ref(),
+            Some(request.resource)
+        );
+        let without_resource = decide_fetched(&shared, &principals_only, &request);
+        assert_eq!(without_resource.reason, DecisionReason::StateUnavailable);
+        assert!(!without_resource.allowed);
+    }
+    // None of that is remembered: with everything fetched it is decided.
+    let mut complete = principals_only.to_vec();
+    if let Some(missing) = first_missing(&shared, &complete, &request) {
+        complete.push(fetch(&full, &shared, &missing));
+    }
     assert_eq!(first_missing(&shared, &complete, &request), None);
     assert_ne!(
         decide_fetched(&shared, &complete, &request).reason,
@@ -652,12 +699,63 @@ fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
     );
 }
 
+#[test]
+fn the_shared_state_with_fetched_principals_decides_as_the_full_state() {
+    the_shared_state_decides_as_the_full_state(&HeldEntityTypes::ALL);
+}
+
+#[test]
+fn the_shared_state_with_fetched_principals_and_entities_decides_as_the_full_state() {
+    let held = HeldEntityTypes::only(["Tenant", "Space"].map(String::from));
+    the_shared_state_decides_as_the_full_state(&held);
+}
+
+/// The shared view of a delta carries the entities of held types and names the others
+/// (and users and services) to be evicted; a snapshot holding other types refuses it.
+#[test]
+fn the_shared_view_of_a_delta_names_what_it_leaves_out() {
+    let held = HeldEntityTypes::only(["Tenant", "Space"].map(String::from));
+    let full = state(&["default.cedar"]);
+    let record = |key: &EntityRef| full.entities.iter().find(|e| e.uid == *key).cloned();
+    let (space, document) = (eref("Space", "s1"), eref("Document", "d1"));
+    let delta = StoreDelta {
+        revision: 2,
+        principals: vec![(eref("User", "alice"), None), (eref("Group", "team"), None)],
+        entities: vec![
+            (space.clone(), record(&space)),
+            (document.clone(), record(&document)),
+        ],
+        ..StoreDelta::default()
+    };
+    let shared = delta.shared(&held);
+    assert_eq!(shared.held_entity_types, held);
+    assert_eq!(
+        shared.entities.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        [&space]
+    );
+    assert_eq!(
+        shared.principals.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        [&eref("Group", "team")]
+    );
+    assert_eq!(shared.invalidated, [eref("User", "alice"), document]);
+
+    let holding_all = Snapshot::build(full.shared(&HeldEntityTypes::ALL), 0).unwrap();
+    let refused = holding_all.patched(shared.clone(), 0).unwrap_err();
+    assert!(
+        matches!(refused, SnapshotError::HeldTypesChanged { .. }),
+        "{refused}"
+    );
+    let holding_the_same = Snapshot::build(full.shared(&held), 0).unwrap();
+    assert_eq!(holding_the_same.patched(shared, 0).unwrap().revision(), 2);
+}
+
 /// A decision remembered over one version of a fetched principal is not answered for
 /// another: the revision is part of the key.
 #[test]
 fn a_decision_cached_over_one_version_is_not_answered_for_the_next() {
     let full = Snapshot::build(state(&["default.cedar"]), 0).unwrap();
-    let shared = Snapshot::build(state(&["default.cedar"]).shared(), 0).unwrap();
+    let shared =
+        Snapshot::build(state(&["default.cedar"]).shared(&HeldEntityTypes::ALL), 0).unwrap();
     let facts = &facts()[0];
     let (bob, space) = (eref("User", "bob"), eref("Space", "s1"));
     let parents = [eref("Tenant", "t1")];
@@ -672,12 +770,12 @@ fn a_decision_cached_over_one_version_is_not_answered_for_the_next() {
     let version = |revision, status| {
         let mut record = held.principal.clone();
         record.status = status;
-        Arc::new(FetchedPrincipal {
+        Arc::new(Fetched {
             key: bob.clone(),
             revision,
-            view: Some(Arc::new(
+            view: Some(FetchedView::Principal(Arc::new(
                 shared.principal_view(record, held.assignments().cloned()),
-            )),
+            ))),
         })
     };
     let active = [version(1, PrincipalStatus::Active)];

@@ -19,13 +19,15 @@ use crate::error::StoreError;
 
 mod events;
 use portcullis_engine::policy::compile;
-use portcullis_engine::snapshot::{SnapshotUpdate, StoreDelta, StoreState, policy_sources};
+use portcullis_engine::snapshot::{
+    HeldEntityTypes, SnapshotUpdate, StoreDelta, StoreState, policy_sources,
+};
 use portcullis_model::ModelError;
 use portcullis_model::events::{DeadLetter, EventOutcome, EventRecord, StreamEntry};
 use portcullis_model::{
     Assignment, Change, ChangeKind, EntityRecord, EntityRef, PolicyFile, PolicySetCheck,
-    PolicySetSummary, PolicySetVersion, Principal, Revision, RevokedSession, Role, TemplateLink,
-    UnixMillis,
+    PolicySetSummary, PolicySetVersion, Principal, PrincipalKind, Revision, RevokedSession, Role,
+    TemplateLink, UnixMillis,
 };
 
 /// The migrations of `migrations/`, embedded, with the version and description their file
@@ -345,14 +347,18 @@ impl SqlStore {
 
 impl SqlStore {
     /// The whole state, or its shared part, read in one consistent transaction.
-    async fn load_state_of(&self, view: StateView) -> Result<StoreState, StoreError> {
+    async fn load_state_of(&self, view: StateView<'_>) -> Result<StoreState, StoreError> {
         let (principals, assignments) = match view {
             StateView::Full => ("SELECT doc FROM principals", "SELECT doc FROM assignments"),
             // Groups only: the principal keys are `Group::"id"` (see `is_shared`).
-            StateView::Shared => (
+            StateView::Shared(_) => (
                 "SELECT doc FROM principals WHERE key LIKE 'Group::%'",
                 "SELECT doc FROM assignments WHERE principal LIKE 'Group::%'",
             ),
+        };
+        let held = match view {
+            StateView::Full => &HeldEntityTypes::ALL,
+            StateView::Shared(held) => held,
         };
         let mut tx = self.read_tx().await?;
         let revision = current_revision(&mut tx).await?;
@@ -362,7 +368,7 @@ impl SqlStore {
             principals: all_docs(&mut tx, principals).await?,
             roles: all_docs(&mut tx, "SELECT doc FROM roles ORDER BY name").await?,
             assignments: all_docs(&mut tx, assignments).await?,
-            entities: all_docs(&mut tx, "SELECT doc FROM entities").await?,
+            entities: held_entities(&mut tx, held).await?,
             revoked_sessions: docs(
                 &sqlx::query("SELECT doc FROM revoked_sessions WHERE expires_at > $1")
                     .bind(now)
@@ -371,19 +377,55 @@ impl SqlStore {
             )?,
             template_links: all_docs(&mut tx, "SELECT doc FROM template_links ORDER BY id").await?,
             policy_set: latest_policy_set(&mut tx).await?,
+            held_entity_types: held.clone(),
         };
         tx.commit().await?;
         Ok(state)
     }
 }
 
+/// The stored entities `held` holds: all, or those whose key starts with `Type::"` of a
+/// held type — read by prefix, so a type held leaves the others' rows unread. Entities
+/// under a principal's type are always held (see [`HeldEntityTypes::holds`]).
+async fn held_entities(
+    conn: &mut AnyConnection,
+    held: &HeldEntityTypes,
+) -> Result<Vec<EntityRecord>, StoreError> {
+    let Some(types) = held.types() else {
+        return all_docs(conn, "SELECT doc FROM entities").await;
+    };
+    let mut entities = Vec::new();
+    let principal_types = [
+        PrincipalKind::User,
+        PrincipalKind::Group,
+        PrincipalKind::Service,
+    ]
+    .map(PrincipalKind::cedar_type);
+    let read: BTreeSet<&str> = types
+        .iter()
+        .map(String::as_str)
+        .chain(principal_types)
+        .collect();
+    for type_name in read {
+        let prefix = format!("{type_name}::\"");
+        let rows = sqlx::query("SELECT doc FROM entities WHERE substr(uid, 1, length($1)) = $1")
+            .bind(prefix)
+            .fetch_all(&mut *conn)
+            .await?;
+        entities.extend(docs::<EntityRecord>(&rows)?);
+    }
+    entities.retain(|e| held.holds(&e.uid));
+    Ok(entities)
+}
+
 /// Which part of the state to load.
 #[derive(Debug, Clone, Copy)]
-enum StateView {
+enum StateView<'a> {
     /// Everything.
     Full,
-    /// All but users, services and their assignments.
-    Shared,
+    /// All but users, services, their assignments and the entities the held types leave
+    /// out.
+    Shared(&'a HeldEntityTypes),
 }
 
 impl SqlStore {
@@ -710,8 +752,8 @@ impl Store for SqlStore {
         self.load_state_of(StateView::Full).await
     }
 
-    async fn load_shared_state(&self) -> Result<StoreState, StoreError> {
-        self.load_state_of(StateView::Shared).await
+    async fn load_shared_state(&self, held: &HeldEntityTypes) -> Result<StoreState, StoreError> {
+        self.load_state_of(StateView::Shared(held)).await
     }
 
     async fn changes_since(&self, since: Revision, limit: i64) -> Result<Vec<Change>, StoreError> {

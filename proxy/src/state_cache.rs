@@ -1,52 +1,54 @@
-//! The users and services a proxy in cached state mode holds (`state.mode: cached`): a
-//! bounded in-process cache (L1, moka, weighed in estimated bytes), filled on a miss from
-//! the shared cache in Redis (L2, when `state.redis` names one) or else from the control
-//! plane (`GET /v1/snapshot/principals/{kind}/{id}`).
+//! What a proxy in cached state mode (`state.mode: cached`) holds apart from the shared
+//! part of the state: users, services, and entities of types the control plane does not
+//! hold in full — a bounded in-process cache (L1, moka, weighed in estimated bytes),
+//! filled on a miss from the shared cache in Redis (L2, when `state.redis` names one) or
+//! else from the control plane (`GET /v1/snapshot/principals/{kind}/{id}`,
+//! `GET /v1/snapshot/entities/{type}/{id}`).
 //!
 //! - A miss never blocks a worker thread: it is awaited, under `state.miss_timeout_ms`;
-//!   concurrent misses of one principal share one fetch. A miss that fails or runs out of
-//!   time is an error the data plane answers with 503 `state_unavailable`: never a guess.
-//! - The follower evicts exactly the principals each change names ([`Self::evict`]) and
+//!   concurrent misses of one key share one fetch. A miss that fails or runs out of time
+//!   is an error the data plane answers with 503 `state_unavailable`: never a guess.
+//! - The follower evicts exactly the keys each change names ([`Self::evict`]) and
 //!   everything after a gap in the stream ([`Self::clear`]). It also remembers, for a
-//!   while, the revision each principal last changed at: a slice older than that (a shared
+//!   while, the revision each key last changed at: a slice older than that (a shared
 //!   cache that missed a write, a control-plane replica behind this one, a fetch that was
 //!   in flight during the change) is refused, not cached.
-//! - Principals the store does not hold are cached too (as absent), so a stream of unknown
-//!   subjects costs one fetch each and stays within the bound.
+//! - Keys the store does not hold are cached too (as absent), so a stream of unknown
+//!   subjects or documents costs one fetch each and stays within the bound.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use portcullis_engine::decision::FetchedPrincipal;
-use portcullis_engine::snapshot::{PrincipalSlice, Snapshot};
+use portcullis_engine::decision::{Fetched, FetchedView};
+use portcullis_engine::snapshot::{SliceValue, Snapshot, StateSlice};
 use portcullis_l2::SharedCache;
 use portcullis_model::{EntityRef, Revision};
 
 use crate::follow::ControlPlane;
-use crate::metrics::PrincipalCacheMetrics;
+use crate::metrics::StateCacheMetrics;
 
 /// How long the revision of a change is remembered for the freshness check: longer than
 /// any fetch can take, and than the shared cache can lag behind without the control plane
 /// noticing and starting a new generation.
 const CHANGES_REMEMBERED: Duration = Duration::from_secs(10 * 60);
 
-/// How many changed principals are remembered at most.
+/// How many changed keys are remembered at most.
 const CHANGES_REMEMBERED_ENTRIES: u64 = 200_000;
 
-/// The estimated memory of a cached principal beyond its JSON form: the view's maps, the
-/// Cedar attributes, the cache's own entry.
+/// The estimated memory of a cached key beyond its JSON form: the view's maps, the Cedar
+/// attributes, the cache's own entry.
 const ENTRY_OVERHEAD_BYTES: usize = 512;
 
-/// A principal's view takes about this many times the bytes of its JSON form (measured
+/// A view takes about this many times the bytes of its JSON form (measured
 /// with the e2e flood test: 3,000 users of 40 assignments each held unbounded grew the
 /// process by 82 MiB, their JSON is about 22 MB).
 const MEMORY_PER_JSON_BYTE: usize = 4;
 
-/// The users and services of cached state mode.
-pub struct PrincipalCache {
-    held: moka::future::Cache<EntityRef, Arc<FetchedPrincipal>>,
-    /// The revision each principal last changed at, as the change stream said.
+/// The users, services and entities of cached state mode.
+pub struct StateCache {
+    held: moka::future::Cache<EntityRef, Arc<Fetched>>,
+    /// The revision each key last changed at, as the change stream said.
     changed: moka::sync::Cache<EntityRef, Revision>,
     /// Nothing older than this revision is taken (set when the cache is cleared).
     floor: AtomicI64,
@@ -56,21 +58,21 @@ pub struct PrincipalCache {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl std::fmt::Debug for PrincipalCache {
+impl std::fmt::Debug for StateCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrincipalCache")
+        f.debug_struct("StateCache")
             .field("entries", &self.held.entry_count())
             .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
 
-/// Why a principal could not be had.
+/// Why a key could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Unavailable(String);
 
-impl PrincipalCache {
+impl StateCache {
     /// A cache bounded by `max_bytes` (estimated), filling misses from `shared` (if any)
     /// and `control` within `miss_timeout`.
     pub fn new(
@@ -82,7 +84,7 @@ impl PrincipalCache {
     ) -> Self {
         let held = moka::future::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &EntityRef, fetched: &Arc<FetchedPrincipal>| weigh(key, fetched))
+            .weigher(|key: &EntityRef, fetched: &Arc<Fetched>| weigh(key, fetched))
             .build();
         let changed = moka::sync::Cache::builder()
             .max_capacity(CHANGES_REMEMBERED_ENTRIES)
@@ -99,16 +101,16 @@ impl PrincipalCache {
         }
     }
 
-    fn m(&self) -> &PrincipalCacheMetrics {
-        &self.metrics.principal_cache
+    fn m(&self) -> &StateCacheMetrics {
+        &self.metrics.state_cache
     }
 
-    /// The principal, from the cache or fetched now (views prepared against `snapshot`).
+    /// The key's view, from the cache or fetched now (prepared against `snapshot`).
     pub async fn get(
         &self,
         snapshot: &Snapshot,
         key: &EntityRef,
-    ) -> Result<Arc<FetchedPrincipal>, Unavailable> {
+    ) -> Result<Arc<Fetched>, Unavailable> {
         if let Some(held) = self.held.get(key).await {
             self.m().hits.inc();
             return Ok(held);
@@ -154,14 +156,14 @@ impl PrincipalCache {
         &self,
         snapshot: &Snapshot,
         key: &EntityRef,
-    ) -> Result<Arc<FetchedPrincipal>, Unavailable> {
+    ) -> Result<Arc<Fetched>, Unavailable> {
         let floor = self.floor_of(key);
         let count = |source: &str, outcome: &str| {
             self.m().fetches.with_label_values(&[source, outcome]).inc();
         };
         if let Some(shared) = &self.shared {
             match shared.get(key).await {
-                Ok(Some(slice)) if slice.revision >= floor && holds(&slice, key) => {
+                Ok(Some(slice)) if slice.revision >= floor && slice.is_of(key) => {
                     count("shared_cache", "found");
                     return Ok(prepare(snapshot, key, slice));
                 }
@@ -169,11 +171,11 @@ impl PrincipalCache {
                 Ok(None) => count("shared_cache", "absent"),
                 Err(e) => {
                     count("shared_cache", "error");
-                    tracing::debug!(error = %e, principal = %key, "shared cache not read; asking the control plane");
+                    tracing::debug!(error = %e, key = %key, "shared cache not read; asking the control plane");
                 }
             }
         }
-        match self.control.principal_slice(key).await {
+        match self.control.slice(key).await {
             Ok(slice) if slice.revision >= floor => {
                 count("control_plane", "found");
                 Ok(prepare(snapshot, key, slice))
@@ -207,8 +209,8 @@ impl PrincipalCache {
         }
     }
 
-    /// A gap in the change stream (a rebuild, a revision jump): every principal held may
-    /// be stale, and so may anything fetched from before `revision`.
+    /// A gap in the change stream (a rebuild, a revision jump): everything held may be
+    /// stale, and so may anything fetched from before `revision`.
     pub fn clear(&self, revision: Revision) {
         self.floor.fetch_max(revision, Ordering::AcqRel);
         self.m()
@@ -235,33 +237,34 @@ impl PrincipalCache {
     }
 }
 
-/// Whether `slice` is about `key` (what Redis holds is not trusted to be).
-fn holds(slice: &PrincipalSlice, key: &EntityRef) -> bool {
-    slice
-        .principal
-        .as_ref()
-        .is_none_or(|(principal, _)| principal.entity_ref() == *key)
-}
-
 /// The cache entry of a slice.
-fn prepare(snapshot: &Snapshot, key: &EntityRef, slice: PrincipalSlice) -> Arc<FetchedPrincipal> {
-    Arc::new(FetchedPrincipal {
+fn prepare(snapshot: &Snapshot, key: &EntityRef, slice: StateSlice) -> Arc<Fetched> {
+    Arc::new(Fetched {
         key: key.clone(),
         revision: slice.revision,
-        view: slice.principal.map(|(principal, assignments)| {
-            Arc::new(snapshot.principal_view(principal, assignments))
+        view: slice.value.map(|value| match value {
+            SliceValue::Principal((principal, assignments)) => {
+                FetchedView::Principal(Arc::new(snapshot.principal_view(principal, assignments)))
+            }
+            SliceValue::Entity(record) => {
+                FetchedView::Entity(Arc::new(snapshot.entity_view(record)))
+            }
         }),
     })
 }
 
 /// The estimated bytes of an entry: a multiple of what it takes as JSON, plus a fixed
 /// overhead.
-fn weigh(key: &EntityRef, fetched: &FetchedPrincipal) -> u32 {
-    let view = fetched.view.as_ref().map_or(0, |view| {
-        MEMORY_PER_JSON_BYTE
-            * (json_len(&view.principal) + view.assignments().map(json_len).sum::<usize>())
-    });
-    let bytes = ENTRY_OVERHEAD_BYTES + key.type_name().len() + key.id().len() + view;
+fn weigh(key: &EntityRef, fetched: &Fetched) -> u32 {
+    let json = match &fetched.view {
+        None => 0,
+        Some(FetchedView::Principal(view)) => {
+            json_len(&view.principal) + view.assignments().map(json_len).sum::<usize>()
+        }
+        Some(FetchedView::Entity(view)) => json_len(&view.record),
+    };
+    let bytes =
+        ENTRY_OVERHEAD_BYTES + key.type_name().len() + key.id().len() + MEMORY_PER_JSON_BYTE * json;
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
