@@ -117,32 +117,35 @@ impl StateCache {
         }
         self.m().misses.inc();
         let started = Instant::now();
-        let fetched = tokio::time::timeout(
-            self.miss_timeout,
-            self.held
-                .try_get_with_by_ref(key, self.fetch(snapshot, key)),
-        )
+        let fetched = tokio::time::timeout(self.miss_timeout, async {
+            // A fetch overtaken by a change heard of meanwhile (the follower's eviction may
+            // have come before the insertion; the change is noted before the eviction, so
+            // this sees it) is dropped and done again, once: the next one reads the slice
+            // the change wrote.
+            for _ in 0..2 {
+                let fetched = (self.held)
+                    .try_get_with_by_ref(key, self.fetch(snapshot, key))
+                    .await
+                    .map_err(|e| (*e).clone())?;
+                if fetched.revision >= self.floor_of(key) {
+                    return Ok(fetched);
+                }
+                self.held.invalidate(key).await;
+            }
+            Err(Unavailable(format!(
+                "`{key}` changed twice while it was fetched"
+            )))
+        })
         .await;
         self.m()
             .miss_seconds
             .observe(started.elapsed().as_secs_f64());
-        let fetched = match fetched {
-            Ok(Ok(fetched)) => fetched,
-            Ok(Err(e)) => return Err((*e).clone()),
-            Err(_) => {
-                return Err(Unavailable(format!(
-                    "`{key}`: not fetched within {} ms",
-                    self.miss_timeout.as_millis()
-                )));
-            }
-        };
-        // A change heard of while it was fetched: the follower's eviction may have come
-        // before the insertion. The change is noted before the eviction, so this sees it.
-        if fetched.revision < self.floor_of(key) {
-            self.held.invalidate(key).await;
-            return Err(Unavailable(format!("`{key}` changed while it was fetched")));
-        }
-        Ok(fetched)
+        fetched.unwrap_or_else(|_| {
+            Err(Unavailable(format!(
+                "`{key}`: not fetched within {} ms",
+                self.miss_timeout.as_millis()
+            )))
+        })
     }
 
     /// The oldest revision a slice of `key` may have.
@@ -282,4 +285,116 @@ fn json_len<T: serde::Serialize>(value: &T) -> usize {
     }
     let mut count = Count(0);
     serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The refetch of a slice a change overtook. The race cannot be timed against a real
+    //! control plane, so a stand-in answers `/v1/snapshot/principals` over a real socket,
+    //! holding its first answer until the test has heard of the change.
+
+    use super::*;
+    use crate::follow::ControlPlane;
+    use portcullis_engine::snapshot::StoreState;
+    use portcullis_model::{PolicySetVersion, Principal, PrincipalKind, principal_ref};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn snapshot() -> Snapshot {
+        let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let read = |f: &str| std::fs::read_to_string(policies.join(f)).unwrap();
+        Snapshot::build(
+            StoreState {
+                policy_set: Some(PolicySetVersion {
+                    version: 1,
+                    files: vec![portcullis_model::PolicyFile {
+                        name: String::from("default.cedar"),
+                        text: read("default.cedar"),
+                    }],
+                    schema: read("schema.cedarschema"),
+                    created_by: None,
+                    created_at: 0,
+                }),
+                ..StoreState::default()
+            },
+            0,
+        )
+        .unwrap()
+    }
+
+    fn slice(revision: Revision) -> String {
+        let principal: Principal = serde_json::from_value(
+            serde_json::json!({"kind": "user", "id": "alice", "tenant": "t1"}),
+        )
+        .unwrap();
+        serde_json::to_string(&StateSlice {
+            revision,
+            value: Some(SliceValue::Principal((principal, Vec::new()))),
+        })
+        .unwrap()
+    }
+
+    /// Answers each request with the next of `answers`, the first only once `release`
+    /// fires; counts requests in `asked`.
+    async fn stand_in(
+        listener: tokio::net::TcpListener,
+        answers: Vec<String>,
+        release: tokio::sync::oneshot::Receiver<()>,
+        asked: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let mut release = Some(release);
+        for body in answers {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0_u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            asked.fetch_add(1, Ordering::SeqCst);
+            if let Some(release) = release.take() {
+                release.await.unwrap();
+            }
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_overtaken_by_a_change_is_done_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (release, released) = tokio::sync::oneshot::channel();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(stand_in(
+            listener,
+            vec![slice(5), slice(7)],
+            released,
+            Arc::clone(&asked),
+        ));
+        let cache = Arc::new(StateCache::new(
+            1 << 20,
+            Duration::from_secs(5),
+            None,
+            ControlPlane::new(&base, String::from("t"), reqwest::Client::new()),
+            Arc::new(crate::metrics::Metrics::new()),
+        ));
+        let snapshot = Arc::new(snapshot());
+        let alice = principal_ref(PrincipalKind::User, "alice");
+        let fetching = tokio::spawn({
+            let (cache, snapshot, alice) =
+                (Arc::clone(&cache), Arc::clone(&snapshot), alice.clone());
+            async move { cache.get(&snapshot, &alice).await }
+        });
+        // The first fetch is in flight when the stream says alice changed at revision 6.
+        while asked.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cache.evict(std::slice::from_ref(&alice), 6).await;
+        release.send(()).unwrap();
+        let fetched = fetching.await.unwrap().unwrap();
+        assert_eq!(fetched.revision, 7);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // Held now: no third fetch.
+        assert_eq!(cache.get(&snapshot, &alice).await.unwrap().revision, 7);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
 }
