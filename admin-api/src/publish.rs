@@ -54,6 +54,9 @@ pub struct ChangeFeed {
     steps: RwLock<VecDeque<Arc<Step>>>,
     head: tokio::sync::watch::Sender<Revision>,
     held_entity_types: HeldEntityTypes,
+    /// The shared view of the whole state, as JSON, and the revision it was read at: what
+    /// cached sidecars bootstrap from, read and encoded once for all that ask together.
+    shared_state: tokio::sync::Mutex<Option<(Revision, Arc<str>)>>,
 }
 
 impl ChangeFeed {
@@ -63,7 +66,32 @@ impl ChangeFeed {
             steps: RwLock::new(VecDeque::with_capacity(KEPT_STEPS)),
             head: tokio::sync::watch::Sender::new(revision),
             held_entity_types: held,
+            shared_state: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The revision published last.
+    pub fn head(&self) -> Revision {
+        *self.head.borrow()
+    }
+
+    /// The shared view of the state as JSON, at the published revision or later: read
+    /// from the store and encoded by `load` only when the one kept is older. Callers that
+    /// come while it loads wait for it, so a restart storm of cached sidecars costs one
+    /// store read per revision, not one per sidecar.
+    pub async fn shared_state<E>(
+        &self,
+        load: impl Future<Output = Result<(Revision, Arc<str>), E>>,
+    ) -> Result<Arc<str>, E> {
+        let mut kept = self.shared_state.lock().await;
+        if let Some((revision, json)) = kept.as_ref()
+            && *revision >= self.head()
+        {
+            return Ok(Arc::clone(json));
+        }
+        let (revision, json) = load.await?;
+        *kept = Some((revision, Arc::clone(&json)));
+        Ok(json)
     }
 
     /// The entity types the shared view holds in full; entities of others are fetched by

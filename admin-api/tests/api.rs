@@ -2036,6 +2036,42 @@ async fn the_event_stream_names_each_event_and_resumes_after_the_last_id() {
     }
 }
 
+/// A restart storm: cached sidecars bootstrapping at once cost the store one read of the
+/// shared state per published revision, however many ask.
+#[tokio::test]
+async fn cached_sidecars_bootstrapping_together_cost_one_store_read_per_revision() {
+    let api = api().await;
+    two_tenants(&api).await;
+    api.refresh().await;
+    for round in 1..=2 {
+        api.store.update_reads.store(0, Ordering::SeqCst);
+        let calls =
+            (0..30).map(|_| api.call_as(Some(SIDECAR), "GET", "/v1/snapshot?view=shared", None));
+        let answers = futures_util::future::join_all(calls).await;
+        let head = api.snapshot.load().revision();
+        for (status, state) in &answers {
+            assert_eq!(*status, StatusCode::OK, "{state}");
+            assert_eq!(state["revision"], head, "round {round}");
+            assert_eq!(*state, answers[0].1);
+        }
+        assert_eq!(
+            api.store.update_reads.load(Ordering::SeqCst),
+            1,
+            "round {round}"
+        );
+        // A new revision: the next bootstrap reads it.
+        let (status, body) = api
+            .call(
+                "PUT",
+                &format!("/v1/principals/groups/g{round}"),
+                Some(json!({"kind": "group", "id": format!("g{round}"), "tenant": "t1"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        api.refresh().await;
+    }
+}
+
 #[tokio::test]
 async fn fifty_watchers_cost_the_store_one_read_per_change() {
     let api = api().await;

@@ -102,7 +102,23 @@ pub(crate) async fn snapshot<S: Store>(
         AdminAction::DistributionRead,
         &Target::global(),
     )?;
-    Ok(Json(query.view.load(&st).await?).into_response())
+    if query.view == View::Full {
+        return Ok(Json(query.view.load(&st).await?).into_response());
+    }
+    let json = st
+        .feed
+        .shared_state(async {
+            let state = View::Shared.load(&st).await?;
+            let json = serde_json::to_string(&state)
+                .map_err(|e| ApiError::Internal(format!("state not encoded: {e}")))?;
+            Ok::<_, ApiError>((state.revision, Arc::from(json)))
+        })
+        .await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/snapshot/principals/{kind}/{id}", tag = "distribution",

@@ -385,8 +385,8 @@ impl SqlStore {
 }
 
 /// The stored entities `held` holds: all, or those whose key starts with `Type::"` of a
-/// held type — read by prefix, so a type held leaves the others' rows unread. Entities
-/// under a principal's type are always held (see [`HeldEntityTypes::holds`]).
+/// held type — one read, so the types not held are never decoded. Entities under a
+/// principal's type are always held (see [`HeldEntityTypes::holds`]).
 async fn held_entities(
     conn: &mut AnyConnection,
     held: &HeldEntityTypes,
@@ -394,26 +394,28 @@ async fn held_entities(
     let Some(types) = held.types() else {
         return all_docs(conn, "SELECT doc FROM entities").await;
     };
-    let mut entities = Vec::new();
     let principal_types = [
         PrincipalKind::User,
         PrincipalKind::Group,
         PrincipalKind::Service,
     ]
     .map(PrincipalKind::cedar_type);
-    let read: BTreeSet<&str> = types
-        .iter()
-        .map(String::as_str)
+    let prefixes: BTreeSet<String> = (types.iter().map(String::as_str))
         .chain(principal_types)
+        .map(|type_name| format!("{type_name}::\""))
         .collect();
-    for type_name in read {
-        let prefix = format!("{type_name}::\"");
-        let rows = sqlx::query("SELECT doc FROM entities WHERE substr(uid, 1, length($1)) = $1")
-            .bind(prefix)
-            .fetch_all(&mut *conn)
-            .await?;
-        entities.extend(docs::<EntityRecord>(&rows)?);
+    // Placeholders only: the prefixes are bound.
+    let sql = (1..=prefixes.len())
+        .map(|i| format!("substr(uid, 1, length(${i})) = ${i}"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT doc FROM entities WHERE {sql}"
+    )));
+    for prefix in prefixes {
+        query = query.bind(prefix);
     }
+    let mut entities: Vec<EntityRecord> = docs(&query.fetch_all(&mut *conn).await?)?;
     entities.retain(|e| held.holds(&e.uid));
     Ok(entities)
 }
