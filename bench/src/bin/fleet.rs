@@ -6,19 +6,24 @@
 //!
 //! ```text
 //! fleet --portcullis BIN --work DIR --postgres URL --redis-server BIN
-//!       [--principals 1000000] [--assignments 5000000] [--sidecars 100]
+//!       [--principals 1000000] [--assignments 5000000] [--documents 1000000]
+//!       [--held "[Tenant]"] [--sidecars 100]
 //!       [--seconds 60] [--rate 1000] [--changes 10] [--full-sidecar true]
 //!       [--affinity false] [--pg-restart COMMAND]
 //! ```
 //!
 //! Phases:
 //! 1. seed: `--principals` users (`u0`…, tenant `household`) with `--assignments`
-//!    assignments (`member`/`guest` on one of 50,000 spaces) imported into a new database;
-//!    the control plane loads them; the sidecars start (bootstrap: the shared part only);
+//!    assignments (`member`/`guest` on one of 50,000 spaces) and, with `--documents`, the
+//!    spaces and that many documents spread over them, imported into a new database; the
+//!    control plane loads them and holds the `--held` entity types in the shared view
+//!    (`state.held_entity_types`; spaces and documents are fetched by default); the
+//!    sidecars start (bootstrap: the shared part only);
 //! 2. load: `--rate` requests/s for `--seconds`, each for a principal drawn from a Zipf
-//!    law (s = 1) over all users, to a sidecar in turn, for the principal's own space (most
-//!    allowed) or another (denied) — with `--affinity`, each user's requests all to one
-//!    sidecar, as when users stick to one app instance; meanwhile `--changes` changes, alternately through the
+//!    law (s = 1) over all users, to a sidecar in turn, for a document of the principal's
+//!    own space (most allowed) or another's (denied), fetched like the principal — with
+//!    `--affinity`, each user's requests all to one sidecar, as when users stick to one app
+//!    instance; meanwhile `--changes` changes, alternately through the
 //!    admin API and as lifecycle events, to a principal first asked at every sidecar (so
 //!    each holds it): the time until every sidecar enforces each is measured;
 //! 3. outages, each with probes of principals every sidecar holds ("hot") and of principals
@@ -54,6 +59,8 @@ struct Args {
     redis_server: PathBuf,
     principals: usize,
     assignments: usize,
+    documents: usize,
+    held: String,
     sidecars: usize,
     seconds: u64,
     rate: u64,
@@ -71,6 +78,8 @@ fn parse_args() -> Result<Args, String> {
         redis_server: PathBuf::from("redis-server"),
         principals: 1_000_000,
         assignments: 5_000_000,
+        documents: 1_000_000,
+        held: String::from("[Tenant]"),
         sidecars: 100,
         seconds: 60,
         rate: 1000,
@@ -90,6 +99,8 @@ fn parse_args() -> Result<Args, String> {
             "--redis-server" => args.redis_server = PathBuf::from(value),
             "--principals" => args.principals = value.parse().map_err(|e| bad(&e))?,
             "--assignments" => args.assignments = value.parse().map_err(|e| bad(&e))?,
+            "--documents" => args.documents = value.parse().map_err(|e| bad(&e))?,
+            "--held" => args.held = value,
             "--sidecars" => args.sidecars = value.parse().map_err(|e| bad(&e))?,
             "--seconds" => args.seconds = value.parse().map_err(|e| bad(&e))?,
             "--rate" => args.rate = value.parse().map_err(|e| bad(&e))?,
@@ -283,6 +294,8 @@ async fn run(args: Args) -> Result<(), String> {
         ("data_dir", work.join("control").display().to_string()),
         ("policies.dir", root.join("policies").display().to_string()),
         ("state.redis.url", redis_url.clone()),
+        // What cached sidecars hold in full; other entities are fetched like users.
+        ("state.held_entity_types", args.held.clone()),
         ("audit.enabled", String::from("false")),
         ("log.level", String::from("warn")),
     ]));
@@ -301,8 +314,8 @@ async fn run(args: Args) -> Result<(), String> {
     wait_ready(&http, &control, Duration::from_secs(120)).await?;
 
     say(format!(
-        "seeding {} users with {} assignments",
-        args.principals, args.assignments
+        "seeding {} users with {} assignments, {} documents",
+        args.principals, args.assignments, args.documents
     ));
     let started = Instant::now();
     let per_user = population::per_user(args.principals, args.assignments);
@@ -374,10 +387,11 @@ async fn run(args: Args) -> Result<(), String> {
     let cache = fleet.cache_figures().await;
 
     println!(
-        "\n## fleet: {} sidecars, {} users, {} assignments, {} requests/s for {} s, {}\n",
+        "\n## fleet: {} sidecars, {} users, {} assignments, {} documents, {} requests/s for {} s, {}\n",
         fleet.args.sidecars,
         fleet.args.principals,
         fleet.args.assignments,
+        fleet.args.documents,
         fleet.args.rate,
         fleet.args.seconds,
         if fleet.args.affinity {
@@ -396,7 +410,7 @@ async fn run(args: Args) -> Result<(), String> {
         load.p50_ms, load.p99_ms
     );
     println!(
-        "| principal cache hit ratio | {:.3} ({} hits, {} misses over all sidecars) |",
+        "| state cache hit ratio (users and documents) | {:.3} ({} hits, {} misses over all sidecars) |",
         cache.hits / (cache.hits + cache.misses).max(1.0),
         cache.hits,
         cache.misses
@@ -496,7 +510,8 @@ async fn serve_upstream(port: u16) {
 }
 
 async fn seed(args: &Args) -> Result<i64, String> {
-    let import = population::import(args.principals, args.assignments, "fleet")?;
+    let mut import = population::import(args.principals, args.assignments, "fleet")?;
+    import.entities = population::entities(args.documents)?;
     let store = SqlStore::connect(&StoreConfig::Postgres {
         url: args.postgres.clone(),
     })
@@ -702,9 +717,11 @@ impl Fleet {
 
     /// A document in the user's own first space: allowed.
     fn own_path(&self, user: usize) -> String {
+        let document = population::own_document(user, self.per_user, self.args.documents);
         format!(
-            "/v1/spaces/s{}/documents/d1",
-            population::own_space(user, self.per_user)
+            "/v1/spaces/s{}/documents/d{}",
+            population::own_space(user, self.per_user),
+            document.unwrap_or(1)
         )
     }
 
