@@ -15,6 +15,7 @@ use crate::data_plane::authn::Authenticator;
 #[derive(Debug)]
 pub struct AdminJwt {
     authn: Arc<Authenticator>,
+    subject_claim: String,
     audiences: Vec<String>,
     roles_claim: String,
     tenant_claim: String,
@@ -23,12 +24,17 @@ pub struct AdminJwt {
 impl AdminJwt {
     /// Admin JWTs as `config` says, checked by `authn` (its issuer and keys).
     pub fn new(authn: Arc<Authenticator>, config: &AdminJwtConfig) -> Self {
+        let claims = authn
+            .primary()
+            .map(|p| p.claims.clone())
+            .unwrap_or_default();
         let tenant_claim = config
             .tenant_claim
             .clone()
-            .unwrap_or_else(|| authn.settings().claims.tenant.clone());
+            .unwrap_or_else(|| claims.tenant.clone());
         Self {
             authn,
+            subject_claim: claims.subject,
             audiences: vec![config.audience.clone()],
             roles_claim: config.roles_claim.clone(),
             tenant_claim,
@@ -46,7 +52,7 @@ impl JwtVerifier for AdminJwt {
             .verified_claims(token, &self.audiences, jiff::Timestamp::now().as_second())
             .map_err(|e| e.code().to_owned())?;
         let subject = claims
-            .get(&self.authn.settings().claims.subject)
+            .get(&self.subject_claim)
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| String::from("no subject"))?;

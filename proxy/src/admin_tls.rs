@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::Listener;
-use pingora::tls::{
-    RootCertStore, ServerConfig, ServerTlsStream, TlsAcceptor, WebPkiClientVerifier,
-};
+use pingora::tls::{ServerConfig, ServerTlsStream, TlsAcceptor};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminTlsConfig, ClientAuth};
+use crate::config::AdminTlsConfig;
 use crate::tls::ReloadingCert;
 
 /// The longest a client may take to finish its handshake.
@@ -35,20 +33,10 @@ pub fn server_config(
     let builder = ServerConfig::builder();
     let builder = match &tls.client_ca_file {
         None => builder.with_no_client_auth(),
-        Some(ca_file) => {
-            let mut roots = RootCertStore::empty();
-            pingora::tls::load_ca_file_into_store(ca_file, &mut roots)
-                .map_err(|e| format!("admin.tls.client_ca_file: `{}`: {e}", ca_file.display()))?;
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
-            let verifier = match tls.client_auth {
-                ClientAuth::Required => verifier,
-                ClientAuth::Optional => verifier.allow_unauthenticated(),
-            };
-            let verifier = verifier
-                .build()
-                .map_err(|e| format!("admin.tls.client_ca_file: `{}`: {e}", ca_file.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(ca_file) => builder.with_client_cert_verifier(
+            crate::tls::client_verifier(ca_file, tls.client_auth)
+                .map_err(|e| format!("admin.tls.client_ca_file: {e}"))?,
+        ),
     };
     let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

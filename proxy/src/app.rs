@@ -22,8 +22,9 @@ use std::time::Duration;
 use portcullis_engine::snapshot::{SnapshotHandle, StoreState};
 
 use crate::audit::{Audit, Opened};
-use crate::cli::{Exit, key_source};
+use crate::cli::{Exit, key_sources};
 use crate::config::{Config, Override, StateMode};
+use crate::data_plane::assertion::Asserter;
 use crate::data_plane::authn::Authenticator;
 use crate::data_plane::staleness::Contact;
 use crate::data_plane::{DataPlane, Health};
@@ -137,7 +138,8 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     let metrics = Arc::new(Metrics::new());
 
     // The token keys first: `proxy` without any refuses before it waits for a state.
-    let (keys, issuer, dev_key) = key_source(&config, mode).map_err(|e| Failure::Input(vec![e]))?;
+    let (key_sources, issuer, dev_key) =
+        key_sources(&config, mode).map_err(|e| Failure::Input(vec![e]))?;
 
     // 1. The state and the route map over its policies.
     let (state, snapshot, gate) = match source {
@@ -189,11 +191,26 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
         settings,
         config.auth.token_cache_entries,
     ));
-    match keys.load_local() {
-        Ok(Some(set)) => authn.set_keys(set),
-        Ok(None) => {}
-        Err(e) => return Err(Failure::Input(vec![format!("{keys}: {e}")])),
+    for (index, keys) in key_sources.iter().enumerate() {
+        match keys.load_local() {
+            Ok(Some(set)) => authn.set_keys(index, set),
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Input(vec![format!("{keys}: {e}")])),
+        }
     }
+    let assertion = match &config.identity_assertion {
+        a if a.enabled && mode.serves_data_plane() => {
+            let key_file = a.key_path(&config.data_dir);
+            if a.key_file.is_none() {
+                portcullis_ledger::private_file::create_dir(&config.data_dir)
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+            }
+            let asserter = Asserter::new(&key_file, &a.issuer, &a.audience, a.lifetime_seconds)
+                .map_err(|e| Failure::Input(vec![format!("identity_assertion: {e}")]))?;
+            Some(Arc::new(asserter))
+        }
+        _ => None,
+    };
     let cert = match &config.listen.tls {
         Some(tls) if mode.serves_data_plane() => Some(Arc::new(
             ReloadingCert::new(tls.cert_file.clone(), tls.key_file.clone())
@@ -246,6 +263,7 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
         state_cache: state_cache.clone(),
         authn: Arc::clone(&authn),
+        assertion,
         health: Arc::new(Health::default()),
         recorder,
         contact: contact.clone(),
@@ -261,7 +279,9 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     }
 
     // 4. The background tasks.
-    background.spawn(keys.run(Arc::clone(&authn), metrics.jwks_refreshes.clone()));
+    for (index, keys) in key_sources.into_iter().enumerate() {
+        background.spawn(keys.run(Arc::clone(&authn), index, metrics.jwks_refreshes.clone()));
+    }
     if let Some(cache) = &plane.state_cache {
         background.spawn(Arc::clone(cache).maintain());
     }

@@ -1,6 +1,7 @@
 //! The ops listener, apart from the data plane: `/livez` (the process answers), `/readyz`
 //! and its alias `/healthz` (keys loaded, a snapshot in force, not shutting down; `?verbose`
-//! lists each check) and `/metrics` (Prometheus text format).
+//! lists each check), `/metrics` (Prometheus text format) and, with `identity_assertion`
+//! on, `/.well-known/jwks.json` (the key upstreams verify the assertion with).
 //!
 //! Before `portcullis proxy` has its first state (the control plane or a last-known-good
 //! file), [`Bootstrapping`] answers on the same address: `/livez` 200 at once, so a
@@ -274,6 +275,19 @@ impl ServeHttp for Ops {
             "/livez" => text_response(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" | "/healthz" => self.readyz(verbose),
             "/metrics" => self.metrics(),
+            // The key the identity assertion is signed with, for upstreams to verify it.
+            "/.well-known/jwks.json" => match &self.plane.assertion {
+                Some(asserter) => text_response(
+                    StatusCode::OK,
+                    "application/jwk-set+json",
+                    asserter.jwks().to_vec(),
+                ),
+                None => text_response(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    b"identity_assertion is off\n".to_vec(),
+                ),
+            },
             _ => text_response(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }
     }

@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use crate::config::{AuthConfig, Config, ContextConfig, parse_cidr, split_host_port};
-use crate::data_plane::authn::{AuthSettings, parse_algorithm};
+use portcullis_model::PrincipalKind;
+
+use crate::config::{
+    AuthConfig, Config, ContextConfig, PrincipalType, parse_cidr, split_host_port,
+};
+use crate::data_plane::authn::{AuthSettings, IssuerSettings, parse_algorithm};
 use crate::data_plane::context::ContextSettings;
 use crate::data_plane::screen::Screen;
 use crate::data_plane::{DecisionEndpoint, Gate, GateSettings, Upstream};
@@ -77,21 +81,64 @@ pub fn gate(config: &Config, routes: RouteMap, metrics: &Metrics) -> Result<Gate
     ))
 }
 
-/// The authentication settings of `auth`, with `issuer` given (the configured one or the
-/// dev key's).
+/// The authentication settings of `auth`, with the first issuer's `iss` given (the
+/// configured one or the dev key's); further issuers take what they leave unset from
+/// `auth`.
 pub fn auth_settings(config: &AuthConfig, issuer: String) -> Result<AuthSettings, String> {
-    Ok(AuthSettings {
-        issuer,
-        audiences: config.audiences.clone(),
-        algorithms: config
-            .algorithms
+    let algorithms = |names: &[String]| {
+        names
             .iter()
             .map(|a| parse_algorithm(a))
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let kind = |t: Option<PrincipalType>| {
+        t.map(|t| match t {
+            PrincipalType::User => PrincipalKind::User,
+            PrincipalType::Service => PrincipalKind::Service,
+        })
+    };
+    let max_age = |url: &Option<String>, seconds: Option<u64>| {
+        url.as_ref().and(seconds).map(Duration::from_secs)
+    };
+    let mut issuers = vec![IssuerSettings {
+        issuer,
+        audiences: config.audiences.clone(),
+        algorithms: algorithms(&config.algorithms)?,
+        claims: config.claims.clone(),
+        principal_kind: kind(config.principal_type),
+        max_token_lifetime_seconds: config.max_token_lifetime_seconds,
+        subjects: config.subjects.clone(),
+        keys_max_age: max_age(&config.jwks_url, config.jwks_max_age_seconds),
+    }];
+    for further in &config.issuers {
+        issuers.push(IssuerSettings {
+            issuer: further.issuer.clone(),
+            audiences: further
+                .audiences
+                .clone()
+                .unwrap_or_else(|| config.audiences.clone()),
+            algorithms: algorithms(further.algorithms.as_ref().unwrap_or(&config.algorithms))?,
+            claims: further
+                .claims
+                .clone()
+                .unwrap_or_else(|| config.claims.clone()),
+            principal_kind: kind(further.principal_type.or(config.principal_type)),
+            max_token_lifetime_seconds: further
+                .max_token_lifetime_seconds
+                .or(config.max_token_lifetime_seconds),
+            subjects: further.subjects.clone(),
+            keys_max_age: max_age(
+                &further.jwks_url,
+                further.jwks_max_age_seconds.or(config.jwks_max_age_seconds),
+            ),
+        });
+    }
+    Ok(AuthSettings {
+        issuers,
         leeway_seconds: config.leeway_seconds,
         max_token_bytes: config.max_token_bytes,
         unknown_kid_cooldown: Duration::from_secs(config.unknown_kid_cooldown_seconds),
-        claims: config.claims.clone(),
+        certificates: config.certificates.clone(),
     })
 }
 

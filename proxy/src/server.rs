@@ -20,6 +20,7 @@ use crate::head_deadline::HeadDeadline;
 
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::data_plane::authn::certificate::CaptureCertificate;
 use crate::data_plane::proxy::EnforcingProxy;
 use crate::data_plane::{DataPlane, Health};
 use crate::ops::Ops;
@@ -106,10 +107,25 @@ fn add_data_plane(
     if let (Some(tls), Some(cert)) = (&config.listen.tls, cert) {
         // The paths are only recorded; the resolver serves the certificate and follows
         // the files.
-        match pingora::listeners::tls::TlsSettings::intermediate(
-            &tls.cert_file.display().to_string(),
-            &tls.key_file.display().to_string(),
-        ) {
+        let settings = match &tls.client_ca_file {
+            None => pingora::listeners::tls::TlsSettings::intermediate(
+                &tls.cert_file.display().to_string(),
+                &tls.key_file.display().to_string(),
+            )
+            .map_err(|e| e.to_string()),
+            // Verified client certificates: what they name is left on the connection.
+            Some(ca_file) => {
+                crate::tls::client_verifier(ca_file, tls.client_auth).and_then(|verifier| {
+                    let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(
+                        Box::new(CaptureCertificate),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    settings.set_client_cert_verifier(verifier);
+                    Ok(settings)
+                })
+            }
+        };
+        match settings {
             Ok(mut settings) => {
                 settings.set_cert_resolver(cert);
                 settings.enable_h2();

@@ -1,13 +1,40 @@
-//! The HTTPS listener's certificate: read from the configured PEM files, served through a
+//! The HTTPS listeners' certificate: read from the configured PEM files, served through a
 //! rustls certificate resolver, and re-read when either file changes. A pair that does not
-//! load keeps the certificate in force (logged, counted as a rejected reload).
+//! load keeps the certificate in force (logged, counted as a rejected reload). And the
+//! verifier of client certificates, for the admin and the data-plane listeners alike.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora::tls::{
+    ClientCertVerifier, ClientHello, CryptoProvider, ResolvesServerCert, RootCertStore,
+    WebPkiClientVerifier,
+};
+
+use crate::config::ClientAuth;
+
+/// A verifier of client certificates chaining to the CAs of `ca_file`; with `Optional`,
+/// a client may also present none. The error says what is wrong with the file.
+pub fn client_verifier(
+    ca_file: &Path,
+    client_auth: ClientAuth,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    pingora::tls::load_ca_file_into_store(ca_file, &mut roots)
+        .map_err(|e| format!("`{}`: {e}", ca_file.display()))?;
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+    let verifier = match client_auth {
+        ClientAuth::Required => verifier,
+        ClientAuth::Optional => verifier.allow_unauthenticated(),
+    };
+    verifier
+        .build()
+        .map_err(|e| format!("`{}`: {e}", ca_file.display()))
+        .map(|v| v as Arc<dyn ClientCertVerifier>)
+}
 
 /// A certificate that follows its files.
 #[derive(Debug)]

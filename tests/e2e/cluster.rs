@@ -101,6 +101,34 @@ impl Pki {
         cert.der().to_vec()
     }
 
+    /// A client certificate from the CA naming a workload by its SPIFFE ID (and a DNS
+    /// name beside it), written as `{tag}.pem` and `{tag}.key` in `dir`.
+    pub(crate) fn workload(&self, dir: &Path, tag: &str, spiffe_id: &str) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Ia5String, KeyPair, SanType};
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(vec![format!("{tag}.workloads.test")]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::URI(Ia5String::try_from(spiffe_id).expect("uri")));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("signed");
+        let (cert_file, key_file) = (
+            dir.join(format!("{tag}.pem")),
+            dir.join(format!("{tag}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).expect("cert");
+        std::fs::write(&key_file, key.serialize_pem()).expect("key");
+        (cert_file, key_file)
+    }
+
+    /// A self-signed client certificate (chaining to nothing trusted) and its key.
+    pub(crate) fn stranger(&self) -> (&Path, &Path) {
+        (&self.stranger_cert, &self.stranger_key)
+    }
+
     /// An HTTPS client trusting the CA, presenting `identity` (certificate, key) if any.
     pub(crate) fn client(&self, identity: Option<(&Path, &Path)>) -> reqwest::Client {
         let ca = std::fs::read(&self.ca).expect("ca");

@@ -261,7 +261,7 @@ fn a_key_removed_from_the_jwks_stops_the_tokens_it_signed_even_cached_ones() {
     );
 }
 
-/// Serves a JWKS document that the test can replace, over HTTP.
+/// Serves a JWKS document that the test can replace (`null`: answers 503), over HTTP.
 fn jwks_server(
     initial: serde_json::Value,
 ) -> (
@@ -282,11 +282,15 @@ fn jwks_server(
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |_req: hyper::Request<hyper::body::Incoming>| {
-                        let body = served.lock().expect("jwks").to_string();
+                        // `null`: the identity provider is down.
+                        let doc = served.lock().expect("jwks").clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from(body),
-                            )))
+                            let mut response =
+                                hyper::Response::new(Full::new(Bytes::from(doc.to_string())));
+                            if doc.is_null() {
+                                *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
                         }
                     },
                 );
@@ -351,5 +355,357 @@ fn a_jwks_url_is_fetched_and_an_unknown_kid_triggers_a_refetch() {
     assert!(
         metrics.contains("portcullis_jwks_refreshes_total{outcome=\"ok\"}"),
         "{metrics}"
+    );
+}
+
+/// The world, and a workload `Service::"{id}"` of tenant t1 with the `service` role there.
+fn with_workload(id: &str) -> portcullis_store::Import {
+    let mut import = world::import();
+    import.principals.push(portcullis_model::Principal {
+        kind: portcullis_model::PrincipalKind::Service,
+        ..world::user(id, "t1")
+    });
+    import.assignments.push(world::grant(
+        &format!(
+            "a-{}",
+            id.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        ),
+        &format!("Service::\"{id}\""),
+        "service",
+        Some(r#"Tenant::"t1""#),
+    ));
+    import
+}
+
+/// Issuer of the cluster's service-account tokens in the test below.
+const CLUSTER: &str = "https://kubernetes.default.svc.cluster.local";
+
+#[test]
+fn several_issuers_are_each_verified_with_their_own_keys_and_token_policy() {
+    let upstream = Upstream::start();
+    let (idp, cluster) = (Keys::generate(), Keys::generate());
+    let (addr, doc) = jwks_server(idp.jwks.clone());
+    let dir = crate::harness::temp_dir("issuers");
+    let cluster_jwks = dir.join("cluster-jwks.json");
+    std::fs::write(&cluster_jwks, cluster.jwks.to_string()).expect("jwks");
+    let p = Portcullis::start(
+        &upstream,
+        &idp,
+        &format!(
+            "auth:
+  issuer: {issuer}
+  audiences: [{audience}]
+  jwks_url: http://{addr}/jwks.json
+  jwks_refresh_seconds: 10
+  jwks_max_age_seconds: 11
+  unknown_kid_cooldown_seconds: 1
+  max_token_lifetime_seconds: 7200
+  issuers:
+    - issuer: {CLUSTER}
+      jwks_file: {cluster_jwks}
+      principal_type: service
+      subjects:
+        allow: [\"system:serviceaccount:shop:*\"]
+",
+            issuer = crate::harness::ISSUER,
+            audience = crate::harness::AUDIENCE,
+            cluster_jwks = cluster_jwks.display(),
+        ),
+    );
+    let workload = "system:serviceaccount:shop:api";
+    p.seed(with_workload(workload));
+
+    // Tokens judged on the instance's pinned clock, an hour long unless said otherwise.
+    let now = crate::harness::pinned_now();
+    let claims = |iss: &str, sub: &str, extra: Value| {
+        let mut c = json!({
+            "iss": iss, "aud": crate::harness::AUDIENCE, "sub": sub,
+            "iat": now - 60, "exp": now + 3600,
+        });
+        if let (Some(map), Value::Object(extra)) = (c.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        c
+    };
+    let issuer = crate::harness::ISSUER;
+    let reason = |token: &str| {
+        let r = p.get(D1, Some(token), &[]);
+        (r.status, r.json()["reason"].as_str().map(str::to_owned))
+    };
+    let refused = |why: &str| (401, Some(why.to_owned()));
+
+    let alice = idp.rs256(&claims(issuer, "alice", json!({})));
+    assert_eq!(p.get(D1, Some(&alice), &[]).status, 200, "the IdP's user");
+    let api = cluster.rs256(&claims(CLUSTER, workload, json!({})));
+    let id = uuid::Uuid::now_v7().to_string();
+    assert_eq!(
+        p.get(D1, Some(&api), &[("x-test-id", &id)]).status,
+        200,
+        "the cluster's workload, a service by its issuer"
+    );
+    assert_eq!(
+        upstream.seen_with(&id)[0].one("x-portcullis-principal-type"),
+        Some("service")
+    );
+
+    // Both key sets use the same `kid`s: a token is checked with its own issuer's keys only.
+    assert_eq!(
+        reason(&idp.rs256(&claims(CLUSTER, workload, json!({})))),
+        refused("bad_signature"),
+        "the cluster's `iss` signed with the IdP's key"
+    );
+    assert_eq!(
+        reason(&cluster.rs256(&claims(issuer, "alice", json!({})))),
+        refused("bad_signature"),
+        "the IdP's `iss` signed with the cluster's key"
+    );
+    assert_eq!(
+        reason(&idp.rs256(&claims("https://idp.elsewhere", "alice", json!({})))),
+        refused("unknown_issuer")
+    );
+    // The token policy of each issuer.
+    assert_eq!(
+        reason(&cluster.rs256(&claims(
+            CLUSTER,
+            "system:serviceaccount:kube-system:default",
+            json!({})
+        ))),
+        refused("subject_not_allowed")
+    );
+    assert_eq!(
+        reason(&idp.rs256(&claims(issuer, "alice", json!({"exp": now + 3 * 3600})))),
+        refused("lifetime_too_long"),
+        "three hours where two are the most"
+    );
+    assert_eq!(
+        reason(&cluster.rs256(&claims(CLUSTER, workload, json!({"exp": now + 3 * 3600})))),
+        refused("lifetime_too_long"),
+        "the cluster's issuer sets no bound of its own: it has `auth`'s"
+    );
+
+    // The IdP goes down: its keys are trusted for 11 s after the last fetch, then its
+    // tokens fail closed (503), while the cluster's go on; back up, its tokens come back.
+    *doc.lock().expect("jwks") = Value::Null;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    loop {
+        let r = reason(&alice);
+        if r == (503, Some(String::from("keys_stale"))) {
+            break;
+        }
+        assert_eq!(r.0, 200, "before the bound: {r:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keys never went stale:\n{}",
+            p.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(
+        p.get(D1, Some(&api), &[]).status,
+        200,
+        "another issuer's keys are fresh"
+    );
+    *doc.lock().expect("jwks") = idp.jwks.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while p.get(D1, Some(&alice), &[]).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keys never came back:\n{}",
+            p.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    for code in [
+        "unknown_issuer",
+        "subject_not_allowed",
+        "lifetime_too_long",
+        "keys_stale",
+    ] {
+        assert!(
+            p.metric("portcullis_jwt_validations_total", &[("outcome", code)])
+                .is_some_and(|n| n >= 1.0),
+            "{code} counted"
+        );
+    }
+}
+
+#[test]
+fn the_upstream_verifies_the_identity_assertion_against_the_published_jwks() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        "identity_assertion:\n  enabled: true\n  audience: documents-app\n  lifetime_seconds: 120\n",
+    );
+    p.seed(world::import());
+    let alice = keys.token("alice", json!({}));
+    let forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ0b20ifQ.";
+    let id = uuid::Uuid::now_v7().to_string();
+    let sent = [
+        ("x-test-id", id.as_str()),
+        ("x-portcullis-assertion", forged),
+    ];
+    assert_eq!(p.get(D1, Some(&alice), &sent).status, 200);
+    let seen = upstream.seen_with(&id);
+    let assertion = seen[0]
+        .one("x-portcullis-assertion")
+        .expect("an assertion")
+        .to_owned();
+    assert_eq!(
+        seen[0].all("x-portcullis-assertion").len(),
+        1,
+        "the client's is gone"
+    );
+
+    // What an upstream does: fetch the JWKS from the ops listener and verify.
+    let jwks = crate::harness::raw_request(p.ops, "GET", "/.well-known/jwks.json", &[])
+        .expect("jwks answer");
+    assert_eq!(jwks.status, 200);
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks.body).expect("a JWKS");
+    let kid = jsonwebtoken::decode_header(&assertion)
+        .expect("header")
+        .kid
+        .expect("kid");
+    let jwk = set.find(&kid).expect("the signing key is published");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["documents-app"]);
+    validation.set_issuer(&["portcullis"]);
+    // Issued on the instance's pinned clock, not today's.
+    validation.validate_exp = false;
+    let claims = jsonwebtoken::decode::<Value>(
+        &assertion,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key"),
+        &validation,
+    )
+    .expect("the assertion verifies")
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["principal_type"], "user");
+    assert_eq!(claims["tenant"], "t1");
+    assert_eq!(claims["roles"], json!(["guardian"]));
+    assert_eq!(claims["iat"].as_i64(), Some(crate::harness::pinned_now()));
+    assert_eq!(
+        claims["exp"].as_i64(),
+        Some(crate::harness::pinned_now() + 120)
+    );
+
+    // Tampered with, it no longer verifies.
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&json!({"sub": "tom", "aud": "documents-app", "iss": "portcullis", "exp": 0})),
+        parts[2]
+    );
+    assert!(
+        jsonwebtoken::decode::<Value>(
+            &tampered,
+            &jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key"),
+            &validation
+        )
+        .is_err()
+    );
+
+    // A public route carries no assertion, and not the client's either.
+    let id = uuid::Uuid::now_v7().to_string();
+    let sent = [
+        ("x-test-id", id.as_str()),
+        ("x-portcullis-assertion", forged),
+    ];
+    assert_eq!(p.get("/healthz", None, &sent).status, 200);
+    assert_eq!(
+        upstream.seen_with(&id)[0].one("x-portcullis-assertion"),
+        None
+    );
+}
+
+#[test]
+fn a_client_certificate_with_a_spiffe_id_is_a_workload_beside_token_users() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = crate::harness::temp_dir("mtls");
+    let pki = crate::cluster::Pki::new(&dir);
+    let api = "spiffe://prod.example/ns/shop/sa/api";
+    let workload = pki.workload(&dir, "api", api);
+    let elsewhere = pki.workload(&dir, "dev", "spiffe://dev.example/ns/shop/sa/api");
+    let port = crate::harness::free_port();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, keys.jwks.to_string()).expect("jwks");
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &(format!(
+            "listen:\n  address: {{data}}\n  tls:\n    address: 127.0.0.1:{port}\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        ) + &format!(
+            "auth:\n  issuer: {}\n  audiences: [{}]\n  jwks_file: {}\n  certificates:\n    trust_domains: [prod.example]\n",
+            crate::harness::ISSUER,
+            crate::harness::AUDIENCE,
+            jwks.display()
+        )),
+    );
+    p.seed(with_workload(api));
+
+    let get = |identity: Option<(&std::path::Path, &std::path::Path)>, token: Option<&str>| {
+        let client = pki.client(identity);
+        let id = uuid::Uuid::now_v7().to_string();
+        let answer = crate::harness::rt().block_on(async {
+            let mut request = client
+                .get(format!("https://localhost:{port}{D1}"))
+                .header("x-test-id", &id);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.map_err(|e| format!("{e:?}"))?;
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            Ok::<_, String>((status, body["reason"].as_str().map(str::to_owned)))
+        });
+        let seen = upstream.seen_with(&id);
+        let subject = seen
+            .first()
+            .and_then(|s| s.one("x-portcullis-subject"))
+            .map(str::to_owned);
+        (answer, subject)
+    };
+    let as_workload = Some((workload.0.as_path(), workload.1.as_path()));
+
+    let (answer, subject) = get(as_workload, None);
+    assert_eq!(answer, Ok((200, None)), "the workload, by its certificate");
+    assert_eq!(subject.as_deref(), Some(api));
+    let (answer, _) = get(Some((elsewhere.0.as_path(), elsewhere.1.as_path())), None);
+    assert_eq!(
+        answer,
+        Ok((401, Some(String::from("untrusted_domain")))),
+        "a SPIFFE ID of another trust domain"
+    );
+    let (answer, _) = get(None, None);
+    assert_eq!(
+        answer,
+        Ok((401, Some(String::from("missing")))),
+        "neither token nor certificate: as on plain HTTP"
+    );
+    let alice = keys.token("alice", json!({}));
+    let (answer, subject) = get(None, Some(&alice));
+    assert_eq!(answer, Ok((200, None)));
+    assert_eq!(
+        subject.as_deref(),
+        Some("alice"),
+        "users with tokens, beside"
+    );
+    let (_, subject) = get(as_workload, Some(&alice));
+    assert_eq!(
+        subject.as_deref(),
+        Some("alice"),
+        "a token decides over the connection's certificate"
+    );
+    let (stranger_cert, stranger_key) = pki.stranger();
+    assert!(
+        get(Some((stranger_cert, stranger_key)), None).0.is_err(),
+        "a certificate of no trusted CA fails the handshake"
     );
 }

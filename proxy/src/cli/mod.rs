@@ -187,29 +187,54 @@ pub fn load_config(file: Option<&std::path::Path>, sets: &[Override]) -> Option<
 /// Why `portcullis proxy` does not start without token keys.
 const NO_KEYS_FOR_PROXY: &str = "auth: `portcullis proxy` verifies tokens with the keys of your issuer: set auth.jwks_url (or auth.jwks_file) and auth.issuer; the dev signing key is trusted by `portcullis serve` only";
 
-/// The configured JWKS, or the dev key (created in the data directory if needed). The dev
-/// key is trusted by `serve` only: `proxy` enforces for real traffic and refuses to start
-/// without keys, and `control` without keys cannot verify admin JWTs.
-pub(crate) fn key_source(
+/// The key sources of every trusted issuer, in the order of the authentication settings
+/// (`auth`'s own first, then `auth.issuers`), with the first issuer's `iss` and the dev key
+/// when that is what `auth` trusts.
+pub(crate) fn key_sources(
+    config: &Config,
+    mode: crate::process::Mode,
+) -> Result<(Vec<KeySource>, String, Option<DevKey>), String> {
+    let (first, issuer, dev_key) = key_source(config, mode)?;
+    let mut sources = vec![first];
+    for further in &config.auth.issuers {
+        sources.push(
+            configured_source(
+                &config.auth,
+                further.jwks_url.as_ref(),
+                further.jwks_file.as_ref(),
+            )
+            .ok_or_else(|| format!("auth.issuers: `{}` has no keys", further.issuer))?,
+        );
+    }
+    Ok((sources, issuer, dev_key))
+}
+
+/// The source a `jwks_url` or `jwks_file` names, refreshed as `auth` says.
+fn configured_source(
+    auth: &crate::config::AuthConfig,
+    url: Option<&String>,
+    file: Option<&std::path::PathBuf>,
+) -> Option<KeySource> {
+    if let Some(path) = file {
+        return Some(KeySource::File(path.clone()));
+    }
+    url.map(|url| KeySource::Url {
+        url: url.clone(),
+        refresh: std::time::Duration::from_secs(auth.jwks_refresh_seconds.max(10)),
+        follow_redirects: auth.jwks_follow_redirects,
+    })
+}
+
+/// The configured JWKS of `auth`, or the dev key (created in the data directory if needed).
+/// The dev key is trusted by `serve` only: `proxy` enforces for real traffic and refuses to
+/// start without keys, and `control` without keys cannot verify admin JWTs.
+fn key_source(
     config: &Config,
     mode: crate::process::Mode,
 ) -> Result<(KeySource, String, Option<DevKey>), String> {
     let auth = &config.auth;
-    if let Some(path) = &auth.jwks_file {
-        let issuer = auth.issuer.clone().unwrap_or_default();
-        return Ok((KeySource::File(path.clone()), issuer, None));
-    }
-    if let Some(url) = &auth.jwks_url {
-        let issuer = auth.issuer.clone().unwrap_or_default();
-        return Ok((
-            KeySource::Url {
-                url: url.clone(),
-                refresh: std::time::Duration::from_secs(auth.jwks_refresh_seconds.max(10)),
-                follow_redirects: auth.jwks_follow_redirects,
-            },
-            issuer,
-            None,
-        ));
+    if let Some(source) = configured_source(auth, auth.jwks_url.as_ref(), auth.jwks_file.as_ref()) {
+        return Ok((source, auth.issuer.clone().unwrap_or_default(), None));
     }
     match mode {
         crate::process::Mode::Proxy => return Err(String::from(NO_KEYS_FOR_PROXY)),

@@ -16,7 +16,8 @@ mod overrides;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::data_plane::authn::ClaimNames;
+use crate::data_plane::authn::certificate::CertificateMapping;
+use crate::data_plane::authn::{ClaimNames, SubjectRules};
 use crate::data_plane::gateway::GatewayKind;
 use crate::data_plane::record::OnFull;
 use crate::data_plane::screen::MethodOverride;
@@ -42,7 +43,8 @@ pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:8080";
 pub struct Config {
     /// The data-plane listeners.
     pub listen: ListenConfig,
-    /// The ops listener: `/livez`, `/readyz`, `/healthz`, `/metrics`.
+    /// The ops listener: `/livez`, `/readyz`, `/healthz`, `/metrics`, and the identity
+    /// assertion's `/.well-known/jwks.json`.
     pub ops: OpsConfig,
     /// The admin API listener (`serve`).
     pub admin: AdminConfig,
@@ -56,6 +58,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Authentication of callers.
     pub auth: AuthConfig,
+    /// A JWT signed by Portcullis telling the upstream whom a request was allowed for.
+    pub identity_assertion: IdentityAssertionConfig,
     /// How the request context is built.
     pub context: ContextConfig,
     /// What happens with a decision.
@@ -93,6 +97,7 @@ impl Default for Config {
             data_dir: PathBuf::from("portcullis-data"),
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
+            identity_assertion: IdentityAssertionConfig::default(),
             context: ContextConfig::default(),
             enforcement: EnforcementConfig::default(),
             decision_endpoint: DecisionEndpointConfig::default(),
@@ -141,6 +146,19 @@ pub struct TlsListenConfig {
     pub cert_file: PathBuf,
     /// PEM private key.
     pub key_file: PathBuf,
+    /// PEM CA certificates client certificates must chain to. With it, a client that
+    /// presents a certificate is verified in the handshake, and a request of it without a
+    /// token is the workload the certificate names (`auth.certificates`).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// `optional` (default: users with tokens and workloads with certificates side by side)
+    /// or `required` (a client without a certificate is refused in the handshake).
+    #[serde(default = "optional_client_auth")]
+    pub client_auth: ClientAuth,
+}
+
+fn optional_client_auth() -> ClientAuth {
+    ClientAuth::Optional
 }
 
 /// The ops listener.
@@ -488,11 +506,13 @@ pub struct StoreConfig {
     pub postgres_url_file: Option<PathBuf>,
 }
 
-/// JWT authentication.
+/// JWT authentication: the first trusted issuer, the defaults of the others, and the
+/// others (`issuers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Required `iss`. `serve` without `jwks_url`/`jwks_file` uses its dev issuer.
+    /// Required `iss`. `serve` without `jwks_url`/`jwks_file` uses its dev issuer. Admin
+    /// JWTs (`admin.jwt`) come from this issuer only.
     pub issuer: Option<String>,
     /// Accepted `aud` values (one must match).
     pub audiences: Vec<String>,
@@ -521,6 +541,69 @@ pub struct AuthConfig {
     /// protected route only the credential that was verified, never an unverified one) or
     /// `none`.
     pub forward_credential: ForwardCredential,
+    /// Every subject of this issuer is a `user` or a `service`; unset: the claims say
+    /// (`claims.service_claim`).
+    pub principal_type: Option<PrincipalType>,
+    /// Longest token lifetime (`exp - iat`) accepted, in seconds; with it, tokens without
+    /// `iat` are refused. Unset: no bound.
+    pub max_token_lifetime_seconds: Option<u64>,
+    /// Subjects accepted and refused (`allow`, `deny`: patterns where `*` is any run).
+    pub subjects: SubjectRules,
+    /// How long JWKS keys from `jwks_url` stay trusted after the last successful fetch;
+    /// past it, this issuer's tokens get 503 until a fetch succeeds. Unset: no bound.
+    pub jwks_max_age_seconds: Option<u64>,
+    /// Further trusted issuers, each chosen by a token's `iss` (never by trying keys).
+    pub issuers: Vec<IssuerConfig>,
+    /// How a client certificate verified by the HTTPS listener (`listen.tls.client_ca_file`)
+    /// names the workload a request without a token comes from.
+    pub certificates: CertificateMapping,
+}
+
+/// A further trusted issuer (`auth.issuers[]`). What it leaves unset is taken from `auth`,
+/// except the keys and the token policy's `subjects`, which are its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// JWKS URL (fetched and refreshed as `auth.jwks_url` is).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// JWKS file, re-read when it changes.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted `aud` values; default `auth.audiences`.
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    /// Accepted `alg` values; default `auth.algorithms`.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Which claims mean what; default `auth.claims`.
+    #[serde(default)]
+    pub claims: Option<ClaimNames>,
+    /// Every subject is a `user` or a `service`; default `auth.principal_type`.
+    #[serde(default)]
+    pub principal_type: Option<PrincipalType>,
+    /// Longest token lifetime in seconds; default `auth.max_token_lifetime_seconds`.
+    #[serde(default)]
+    pub max_token_lifetime_seconds: Option<u64>,
+    /// Subjects accepted and refused (none by default).
+    #[serde(default)]
+    pub subjects: SubjectRules,
+    /// How long keys stay trusted after the last successful fetch; default
+    /// `auth.jwks_max_age_seconds`.
+    #[serde(default)]
+    pub jwks_max_age_seconds: Option<u64>,
+}
+
+/// The kind of principal an issuer's subjects are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalType {
+    /// `User::"<sub>"`.
+    User,
+    /// `Service::"<sub>"` (workloads: Kubernetes service accounts, client credentials).
+    Service,
 }
 
 impl Default for AuthConfig {
@@ -543,7 +626,53 @@ impl Default for AuthConfig {
             token_cache_entries: 100_000,
             claims: ClaimNames::default(),
             forward_credential: ForwardCredential::Verified,
+            principal_type: None,
+            max_token_lifetime_seconds: None,
+            subjects: SubjectRules::default(),
+            jwks_max_age_seconds: None,
+            issuers: Vec::new(),
+            certificates: CertificateMapping::default(),
         }
+    }
+}
+
+/// The identity assertion (`identity_assertion`): with it on, every allowed request reaches
+/// the upstream with `x-portcullis-assertion`, a JWT (EdDSA) signed with Portcullis's own
+/// key, whose JWKS the ops listener serves at `/.well-known/jwks.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityAssertionConfig {
+    /// Sign and send the assertion.
+    pub enabled: bool,
+    /// The Ed25519 key (PKCS#8 PEM), created (mode 0600) when missing; default
+    /// `<data_dir>/identity-assertion-key.pem`. Read at start: a new key needs a restart.
+    pub key_file: Option<PathBuf>,
+    /// The assertion's `iss`.
+    pub issuer: String,
+    /// The assertion's `aud`.
+    pub audience: String,
+    /// How long an assertion is valid (it is reused for the first half of that).
+    pub lifetime_seconds: u64,
+}
+
+impl Default for IdentityAssertionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            key_file: None,
+            issuer: String::from("portcullis"),
+            audience: String::from("upstream"),
+            lifetime_seconds: 60,
+        }
+    }
+}
+
+impl IdentityAssertionConfig {
+    /// The key file, defaulted into `data_dir`.
+    pub fn key_path(&self, data_dir: &Path) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("identity-assertion-key.pem"))
     }
 }
 
@@ -1046,6 +1175,126 @@ impl std::fmt::Display for ConfigProblem {
     }
 }
 
+/// The token policy of one issuer, as configured.
+struct TokenPolicy<'a> {
+    jwks_url: Option<&'a str>,
+    max_token_lifetime_seconds: Option<u64>,
+    subjects: &'a SubjectRules,
+    jwks_max_age_seconds: Option<u64>,
+}
+
+/// Problems of one issuer's token policy, under `at`.
+fn token_policy_problems(
+    at: &str,
+    policy: &TokenPolicy<'_>,
+    refresh_seconds: u64,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    if policy.max_token_lifetime_seconds == Some(0) {
+        problems.push(problem(
+            format!("{at}.max_token_lifetime_seconds"),
+            "must be above 0",
+        ));
+    }
+    for (list, patterns) in [
+        ("allow", &policy.subjects.allow),
+        ("deny", &policy.subjects.deny),
+    ] {
+        if patterns.iter().any(String::is_empty) {
+            problems.push(problem(
+                format!("{at}.subjects.{list}"),
+                "a pattern cannot be empty",
+            ));
+        }
+    }
+    if let Some(max_age) = policy.jwks_max_age_seconds {
+        if policy.jwks_url.is_none() {
+            problems.push(problem(
+                format!("{at}.jwks_max_age_seconds"),
+                "applies to keys fetched from `jwks_url` (a file is re-read when it changes)",
+            ));
+        } else if max_age <= refresh_seconds.max(10) {
+            problems.push(problem(
+                format!("{at}.jwks_max_age_seconds"),
+                format!(
+                    "must be longer than auth.jwks_refresh_seconds ({refresh_seconds}), or keys go stale between two fetches"
+                ),
+            ));
+        }
+    }
+}
+
+/// Problems of `auth.issuers[i]`.
+fn issuer_problems(
+    auth: &AuthConfig,
+    i: usize,
+    further: &IssuerConfig,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let at = |field: &str| format!("auth.issuers[{i}].{field}");
+    if further.issuer.trim().is_empty() {
+        problems.push(problem(at("issuer"), "required"));
+    } else if auth.issuer.as_deref() == Some(further.issuer.as_str())
+        || auth
+            .issuers
+            .iter()
+            .take(i)
+            .any(|o| o.issuer == further.issuer)
+    {
+        problems.push(problem(
+            at("issuer"),
+            format!(
+                "`{}` is trusted twice: a token's `iss` must name one issuer",
+                further.issuer
+            ),
+        ));
+    }
+    match (&further.jwks_url, &further.jwks_file) {
+        (Some(_), Some(_)) => problems.push(problem(
+            at("jwks_url"),
+            "give `jwks_url` or `jwks_file`, not both",
+        )),
+        (None, None) => problems.push(problem(
+            at("jwks_url"),
+            "each issuer needs its keys: `jwks_url` or `jwks_file`",
+        )),
+        (Some(url), None) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+            problems.push(problem(
+                at("jwks_url"),
+                format!("`{url}` is not an http(s) URL"),
+            ));
+        }
+        _ => {}
+    }
+    if further.audiences.as_ref().is_some_and(Vec::is_empty) {
+        problems.push(problem(at("audiences"), "at least one audience is needed"));
+    }
+    if let Some(algorithms) = &further.algorithms {
+        if algorithms.is_empty() {
+            problems.push(problem(
+                at("algorithms"),
+                "at least one algorithm is needed",
+            ));
+        }
+        for alg in algorithms {
+            if let Err(message) = crate::data_plane::authn::parse_algorithm(alg) {
+                problems.push(problem(at("algorithms"), message));
+            }
+        }
+    }
+    token_policy_problems(
+        &format!("auth.issuers[{i}]"),
+        &TokenPolicy {
+            jwks_url: further.jwks_url.as_deref(),
+            max_token_lifetime_seconds: further.max_token_lifetime_seconds,
+            subjects: &further.subjects,
+            jwks_max_age_seconds: further.jwks_max_age_seconds,
+        },
+        auth.jwks_refresh_seconds,
+        problems,
+    );
+}
+
 fn problem(at: impl Into<String>, message: impl Into<String>) -> ConfigProblem {
     ConfigProblem {
         at: at.into(),
@@ -1201,6 +1450,23 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
                 problems.push(problem(at, format!("`{}` is not a file", path.display())));
             }
         }
+        if let Some(ca_file) = &tls.client_ca_file
+            && let Err(e) = crate::tls::client_verifier(ca_file, tls.client_auth)
+        {
+            problems.push(problem("listen.tls.client_ca_file", e));
+        }
+    }
+    if config
+        .auth
+        .certificates
+        .trust_domains
+        .iter()
+        .any(|d| d.is_empty() || d.contains('/') || d.starts_with("spiffe:"))
+    {
+        problems.push(problem(
+            "auth.certificates.trust_domains",
+            "a trust domain is a name such as `prod.example.org`, without `spiffe://` or a path",
+        ));
     }
     if let Some(tls) = &config.admin.tls {
         for (at, path) in [
@@ -1339,6 +1605,37 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
     }
     if auth.max_token_bytes < 64 {
         problems.push(problem("auth.max_token_bytes", "must be at least 64"));
+    }
+    let assertion = &config.identity_assertion;
+    if assertion.enabled {
+        if !(10..=3600).contains(&assertion.lifetime_seconds) {
+            problems.push(problem(
+                "identity_assertion.lifetime_seconds",
+                "between 10 and 3600 seconds",
+            ));
+        }
+        for (at, value) in [
+            ("identity_assertion.issuer", &assertion.issuer),
+            ("identity_assertion.audience", &assertion.audience),
+        ] {
+            if value.trim().is_empty() {
+                problems.push(problem(at, "required"));
+            }
+        }
+    }
+    token_policy_problems(
+        "auth",
+        &TokenPolicy {
+            jwks_url: auth.jwks_url.as_deref(),
+            max_token_lifetime_seconds: auth.max_token_lifetime_seconds,
+            subjects: &auth.subjects,
+            jwks_max_age_seconds: auth.jwks_max_age_seconds,
+        },
+        auth.jwks_refresh_seconds,
+        &mut problems,
+    );
+    for (i, further) in auth.issuers.iter().enumerate() {
+        issuer_problems(auth, i, further, &mut problems);
     }
     if jiff::tz::TimeZone::get(&config.context.time_zone).is_err() {
         problems.push(problem(
@@ -1721,6 +2018,70 @@ mod tests {
                 "enforcement.unmatched_status"
             ]
         );
+    }
+
+    #[test]
+    fn further_issuers_and_token_policies_are_checked() {
+        let yaml = r#"
+auth:
+  issuer: https://idp
+  jwks_file: /etc/jwks.json
+  jwks_max_age_seconds: 600
+  max_token_lifetime_seconds: 0
+  issuers:
+    - issuer: https://idp
+      jwks_file: /etc/other.json
+    - issuer: https://cluster
+    - issuer: https://workloads
+      jwks_url: https://cluster/keys
+      jwks_max_age_seconds: 60
+      algorithms: [HS256]
+      audiences: []
+      subjects: { deny: [""] }
+"#;
+        let c: Config = serde_saphyr::from_str(yaml).unwrap();
+        let keys: Vec<String> = validate(&c).into_iter().map(|p| p.at).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.max_token_lifetime_seconds",
+                "auth.jwks_max_age_seconds",
+                "auth.issuers[0].issuer",
+                "auth.issuers[1].jwks_url",
+                "auth.issuers[2].audiences",
+                "auth.issuers[2].algorithms",
+                "auth.issuers[2].subjects.deny",
+                "auth.issuers[2].jwks_max_age_seconds",
+            ]
+        );
+        let good = r#"
+auth:
+  issuer: https://idp
+  jwks_url: https://idp/keys
+  jwks_max_age_seconds: 600
+  issuers:
+    - issuer: https://cluster
+      jwks_file: /etc/cluster.json
+      principal_type: service
+      subjects: { allow: ["system:serviceaccount:*"] }
+"#;
+        let c: Config = serde_saphyr::from_str(good).unwrap();
+        assert_eq!(validate(&c), vec![]);
+        let settings = crate::prepare::auth_settings(&c.auth, String::from("https://idp")).unwrap();
+        let [idp, cluster] = &settings.issuers[..] else {
+            panic!("two issuers: {settings:?}");
+        };
+        assert_eq!(idp.keys_max_age, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(
+            cluster.keys_max_age, None,
+            "a file's keys have no age bound"
+        );
+        assert_eq!(cluster.audiences, idp.audiences, "taken from auth");
+        assert_eq!(
+            cluster.principal_kind,
+            Some(portcullis_model::PrincipalKind::Service)
+        );
+        assert!(!cluster.subjects.admits("alice"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `x-portcullis-tenant` | the principal's tenant in the store, if any |
 //! | `x-portcullis-roles` | roles in force for this request, comma-separated |
 //! | `x-portcullis-decision-id` | the decision's id (also in the audit record) |
+//! | `x-portcullis-assertion` | with `identity_assertion` on: a JWT saying the above, signed by Portcullis ([`super::assertion`]) |
 //! | `traceparent` | W3C trace context: the caller's trace with a new span, or a new trace |
 //!
 //! Also removed from client requests, in every spelling ([`strip_client_headers`]):
@@ -45,6 +46,8 @@ pub const TENANT: &str = "x-portcullis-tenant";
 pub const ROLES: &str = "x-portcullis-roles";
 /// The decision id.
 pub const DECISION_ID: &str = "x-portcullis-decision-id";
+/// The signed identity assertion.
+pub const ASSERTION: &str = "x-portcullis-assertion";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -156,7 +159,11 @@ pub fn strip_client_headers(headers: &mut HeaderMap, strip: Strip) {
 }
 
 /// The identity headers of a grant.
-pub fn identity_headers(grant: &Grant) -> [(HeaderName, String); 5] {
+pub fn identity_headers(grant: &Grant) -> impl Iterator<Item = (HeaderName, String)> {
+    let assertion = grant
+        .assertion
+        .as_deref()
+        .map(|a| (const { HeaderName::from_static(ASSERTION) }, a.to_owned()));
     [
         (
             const { HeaderName::from_static(SUBJECT) },
@@ -179,6 +186,8 @@ pub fn identity_headers(grant: &Grant) -> [(HeaderName, String); 5] {
             grant.decision_id.clone(),
         ),
     ]
+    .into_iter()
+    .chain(assertion)
 }
 
 /// A header value, or the error Pingora reports for one that is not allowed (a control

@@ -17,6 +17,7 @@
 //! come from the [`StateCache`](crate::state_cache::StateCache): a hit is a lookup, a miss
 //! an awaited fetch with a deadline (503 `state_unavailable` past it).
 
+pub mod assertion;
 pub mod authn;
 pub mod context;
 pub mod gateway;
@@ -219,6 +220,8 @@ pub struct Grant {
     pub roles: Vec<String>,
     /// The decision id.
     pub decision_id: String,
+    /// The signed identity assertion (`identity_assertion`), when allowed and configured.
+    pub assertion: Option<Arc<str>>,
 }
 
 /// What the data plane concluded about one request; each kind carries exactly what it has.
@@ -337,6 +340,8 @@ pub struct DataPlane {
     pub state_cache: Option<Arc<crate::state_cache::StateCache>>,
     /// Token verification.
     pub authn: Arc<Authenticator>,
+    /// Signs the identity assertion for the upstream, when `identity_assertion` is on.
+    pub assertion: Option<Arc<assertion::Asserter>>,
     /// Readiness.
     pub health: Arc<Health>,
     /// Where decisions are recorded, if auditing is on.
@@ -345,6 +350,15 @@ pub struct DataPlane {
     pub contact: Option<Arc<Contact>>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+}
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connection<'a> {
+    /// The peer's address.
+    pub peer: Option<IpAddr>,
+    /// What the peer's verified client certificate names, if it presented one.
+    pub client_certificate: Option<&'a authn::certificate::PeerCertificate>,
 }
 
 /// A UUIDv7 (time-ordered, so decision ids sort like the log). The random part comes from
@@ -361,15 +375,17 @@ fn new_decision_id(now_ms: i64) -> String {
 
 impl DataPlane {
     /// Checks one request: screening, route, authentication, decision. `target` is already
-    /// normalised. `forwarded` says whether Portcullis forwards the request itself (and so
-    /// can strip what it must not pass on) or only answers for a gateway.
+    /// normalised. `connection` is where it came from (a request without a token on a
+    /// connection with a verified client certificate is the workload it names).
+    /// `forwarded` says whether Portcullis forwards the request itself (and so can strip
+    /// what it must not pass on) or only answers for a gateway.
     pub async fn check(
         &self,
         gate: &Gate,
         method: &str,
         target: &Target,
         headers: &HeaderMap,
-        peer: Option<IpAddr>,
+        connection: Connection<'_>,
         forwarded: bool,
     ) -> Verdict {
         if let Err(e) =
@@ -409,12 +425,24 @@ impl DataPlane {
         let authorization = headers
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
-        let identity = match self.authn.authenticate(authorization, now_ms / 1000) {
+        // A token when one is sent; else the connection's client certificate, if any.
+        let authenticated = match (authorization, connection.client_certificate) {
+            (None, Some(cert)) => self
+                .authn
+                .certificate_identity(cert, now_ms / 1000)
+                .map(|identity| (Arc::new(identity), false)),
+            _ => self.authn.authenticate(authorization, now_ms / 1000),
+        };
+        let identity = match authenticated {
             Ok((identity, cached)) => {
-                if cached {
-                    self.metrics.hot.jwt_cached.inc();
-                } else {
-                    self.metrics.hot.jwt_ok.inc();
+                // A client certificate is not counted as a JWT.
+                if authorization.is_some() {
+                    let counter = if cached {
+                        &self.metrics.hot.jwt_cached
+                    } else {
+                        &self.metrics.hot.jwt_ok
+                    };
+                    counter.inc();
                 }
                 identity
             }
@@ -422,6 +450,8 @@ impl DataPlane {
                 self.metrics.jwt.with_label_values(&[e.code()]).inc();
                 let rejection = if e == authn::AuthnError::NoKeys {
                     Rejection::Unavailable("keys_not_loaded")
+                } else if e == authn::AuthnError::KeysStale {
+                    Rejection::Unavailable("keys_stale")
                 } else {
                     Rejection::Unauthenticated(e)
                 };
@@ -475,6 +505,7 @@ impl DataPlane {
             tenant: tenant.clone(),
             roles: Vec::new(),
             decision_id: decision_id.clone(),
+            assertion: None,
         };
 
         let resource = resource_template.resolve(&matched.params, tenant.as_deref());
@@ -498,10 +529,10 @@ impl DataPlane {
                 None,
             );
         };
-        let facts = gate
-            .settings
-            .context
-            .facts(&identity, &route.band, peer, headers, now_ms);
+        let facts =
+            gate.settings
+                .context
+                .facts(&identity, &route.band, connection.peer, headers, now_ms);
         let request = DecisionRequest {
             principal: &identity.principal,
             action,
@@ -553,11 +584,25 @@ impl DataPlane {
             elapsed,
             facts,
         };
-        let grant = Grant {
+        let mut grant = Grant {
             roles: effective_roles,
             ..grant
         };
         if allowed {
+            if let Some(asserter) = &self.assertion {
+                match asserter.assertion(&grant, now_ms / 1000) {
+                    Ok(token) => grant.assertion = Some(token),
+                    Err(e) => {
+                        // Promised to the upstream and not had: not forwarded without it.
+                        tracing::error!(error = %e, "identity assertion not signed");
+                        return refuse.identified(
+                            Rejection::Unavailable("assertion_unavailable"),
+                            grant,
+                            Some(subject),
+                        );
+                    }
+                }
+            }
             return Verdict::Allow {
                 route: index,
                 grant,

@@ -20,13 +20,14 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use super::authn::certificate::PeerCertificate;
 use super::context::ip_text;
 use super::gateway::original_request;
 use super::headers::{self, Strip, edit_upstream_request, identity_headers, strip_client_headers};
 use super::path::{PathError, Target, normalize};
 use super::respond::{Rejection, bad_gateway_body};
 use super::screen;
-use super::{DataPlane, ForwardCredential, Gate, InFlight, Verdict};
+use super::{Connection, DataPlane, ForwardCredential, Gate, InFlight, Verdict};
 use crate::metrics::Outcome;
 
 /// Per-request state.
@@ -62,6 +63,16 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// What the connection's verified client certificate names, if it presented one.
+fn client_certificate(session: &Session) -> Option<&PeerCertificate> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<PeerCertificate>()
 }
 
 /// Whether the request line's target carried a `#` fragment. Pingora drops fragments while
@@ -123,7 +134,19 @@ impl EnforcingProxy {
                         Ok(target) => {
                             let verdict = self
                                 .plane
-                                .check(gate, asked.method, &target, &req.headers, peer, false)
+                                .check(
+                                    gate,
+                                    asked.method,
+                                    &target,
+                                    &req.headers,
+                                    // The gateway's connection: its certificate is not the
+                                    // caller's.
+                                    Connection {
+                                        peer,
+                                        client_certificate: None,
+                                    },
+                                    false,
+                                )
                                 .await;
                             ctx.target = Some(target);
                             verdict
@@ -274,7 +297,10 @@ impl ProxyHttp for EnforcingProxy {
                                 req.method.as_str(),
                                 &target,
                                 &req.headers,
-                                peer_ip(session),
+                                Connection {
+                                    peer: peer_ip(session),
+                                    client_certificate: client_certificate(session),
+                                },
                                 true,
                             )
                             .await

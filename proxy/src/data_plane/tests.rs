@@ -100,7 +100,10 @@ fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fi
         100,
     );
     if keys_loaded {
-        authn.set_keys(KeySource::Fixed(key.jwks()).load_local().unwrap().unwrap());
+        authn.set_keys(
+            0,
+            KeySource::Fixed(key.jwks()).load_local().unwrap().unwrap(),
+        );
     }
     let metrics = Arc::new(Metrics::new());
     let gate = Arc::new(crate::prepare::gate(&config, routes, &metrics).unwrap());
@@ -109,6 +112,7 @@ fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fi
         snapshot: Arc::new(SnapshotHandle::new(snapshot)),
         state_cache: None,
         authn: Arc::new(authn),
+        assertion: None,
         health: Arc::new(Health::default()),
         recorder: None,
         contact: None,
@@ -153,7 +157,10 @@ impl Fixture {
             method,
             &Target { path, query },
             &map,
-            Some("127.0.0.1".parse().unwrap()),
+            super::Connection {
+                peer: Some("127.0.0.1".parse().unwrap()),
+                client_certificate: None,
+            },
             true,
         ))
         .unwrap()

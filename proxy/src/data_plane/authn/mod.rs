@@ -1,5 +1,13 @@
-//! Authentication: `Authorization: Bearer <JWT>` checked against the configured keys.
+//! Authentication: `Authorization: Bearer <JWT>` checked against the keys of its issuer.
 //!
+//! - Several issuers may be trusted (`auth` and `auth.issuers`), each with its own keys,
+//!   audiences, algorithms, claim names and token policy. A token's issuer is chosen by its
+//!   `iss` claim, read before the signature is checked, and the token is then verified with
+//!   that issuer's keys only: a token naming one issuer and signed with another's key never
+//!   verifies, and no key of any other issuer is tried.
+//! - Token policy per issuer: a longest lifetime (`exp - iat`), subjects allowed and
+//!   refused (`*` patterns), and how long keys stay trusted after the last successful JWKS
+//!   fetch; past that, the issuer's tokens get 503 (fail closed) until a fetch succeeds.
 //! - Algorithms come from an allow-list; symmetric ones are refused outright, so a token
 //!   signed with HMAC over a public key (RS256 → HS256 confusion) never verifies.
 //! - `iss` (one string), `aud` and `exp` are required; `exp`, `nbf` and `iat` are judged
@@ -17,11 +25,12 @@
 //! Failures are typed ([`AuthnError`]); the data plane turns them into 401 responses in one
 //! place.
 
+pub mod certificate;
 pub mod keys;
 pub mod source;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -80,6 +89,19 @@ pub enum AuthnError {
     CriticalHeader,
     /// No keys are loaded yet.
     NoKeys,
+    /// `iss` names no trusted issuer.
+    UnknownIssuer,
+    /// `exp - iat` is longer than the issuer allows (or `iat` is missing where a longest
+    /// lifetime is set).
+    LifetimeTooLong,
+    /// The subject is refused by the issuer's subject patterns.
+    SubjectNotAllowed,
+    /// The issuer's keys were last fetched longer ago than they are trusted.
+    KeysStale,
+    /// A verified client certificate without the name that identifies a workload.
+    NoCertificateName,
+    /// A client certificate's SPIFFE ID from a trust domain not allowed.
+    UntrustedDomain,
 }
 
 impl AuthnError {
@@ -101,20 +123,26 @@ impl AuthnError {
             Self::IssuedInFuture => "issued_in_future",
             Self::CriticalHeader => "critical_header",
             Self::NoKeys => "no_keys",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::LifetimeTooLong => "lifetime_too_long",
+            Self::SubjectNotAllowed => "subject_not_allowed",
+            Self::KeysStale => "keys_stale",
+            Self::NoCertificateName => "no_certificate_name",
+            Self::UntrustedDomain => "untrusted_domain",
         }
     }
 
     /// The RFC 6750 `error` parameter: none when no credentials were sent.
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
-            Self::Missing => None,
+            Self::Missing | Self::NoCertificateName | Self::UntrustedDomain => None,
             Self::NotBearer | Self::TooLarge => Some("invalid_request"),
             _ => Some("invalid_token"),
         }
     }
 
     /// Every code, for metric initialisation.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 21] = [
         Self::Missing,
         Self::NotBearer,
         Self::Malformed,
@@ -130,6 +158,12 @@ impl AuthnError {
         Self::IssuedInFuture,
         Self::CriticalHeader,
         Self::NoKeys,
+        Self::UnknownIssuer,
+        Self::LifetimeTooLong,
+        Self::SubjectNotAllowed,
+        Self::KeysStale,
+        Self::NoCertificateName,
+        Self::UntrustedDomain,
     ];
 }
 
@@ -194,52 +228,131 @@ impl Default for ClaimNames {
     }
 }
 
-/// Authentication settings, prepared from `auth` by the application.
+/// Subjects an issuer's tokens may carry (`subjects`): `*` in a pattern stands for any run
+/// of characters. A subject matching a `deny` pattern is refused; with `allow` patterns, a
+/// subject must match one of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubjectRules {
+    /// Subjects accepted (empty: all not denied).
+    pub allow: Vec<String>,
+    /// Subjects refused, whatever `allow` says.
+    pub deny: Vec<String>,
+}
+
+impl SubjectRules {
+    /// Whether no rule is set.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Whether `subject` passes.
+    pub fn admits(&self, subject: &str) -> bool {
+        !self.deny.iter().any(|p| matches_pattern(p, subject))
+            && (self.allow.is_empty() || self.allow.iter().any(|p| matches_pattern(p, subject)))
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters (no other
+/// character is special).
+fn matches_pattern(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        // No `*`: the whole text.
+        return rest.is_empty();
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// One trusted issuer, prepared from `auth` (the first) or an `auth.issuers` entry.
 #[derive(Debug, Clone)]
-pub struct AuthSettings {
-    /// Required issuer.
+pub struct IssuerSettings {
+    /// The `iss` its tokens carry.
     pub issuer: String,
     /// Accepted audiences.
     pub audiences: Vec<String>,
     /// Allowed algorithms.
     pub algorithms: Vec<Algorithm>,
-    /// Leeway for `exp`/`nbf`.
+    /// Claim names.
+    pub claims: ClaimNames,
+    /// Every subject is of this kind; `None`: the claims say (`claims.service_claim`).
+    pub principal_kind: Option<PrincipalKind>,
+    /// Longest `exp - iat` accepted, in seconds.
+    pub max_token_lifetime_seconds: Option<u64>,
+    /// Subjects accepted and refused.
+    pub subjects: SubjectRules,
+    /// How long keys stay trusted after the last successful load.
+    pub keys_max_age: Option<Duration>,
+}
+
+/// Authentication settings, prepared from `auth` by the application.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The trusted issuers; the first is `auth`'s own, whose tokens may also be admin
+    /// credentials.
+    pub issuers: Vec<IssuerSettings>,
+    /// Leeway for `exp`/`nbf`/`iat`.
     pub leeway_seconds: u64,
     /// Cap on the `Authorization` header.
     pub max_token_bytes: usize,
     /// Cooldown between refetches caused by unknown `kid`s.
     pub unknown_kid_cooldown: Duration,
-    /// Claim names.
-    pub claims: ClaimNames,
+    /// How verified client certificates name workloads.
+    pub certificates: certificate::CertificateMapping,
 }
 
-/// A verified token's identity, and the key-set generation it was verified under.
+/// A verified token's identity, its issuer, and that issuer's key-set generation it was
+/// verified under.
 #[derive(Clone)]
 struct Verified {
     identity: Arc<Identity>,
+    issuer: usize,
     key_generation: u64,
+}
+
+/// One issuer's keys and their freshness.
+struct IssuerKeys {
+    keys: ArcSwap<KeySet>,
+    /// Moves on whenever a key leaves the set: tokens cached under an older generation are
+    /// verified again.
+    generation: AtomicU64,
+    refetch: tokio::sync::Notify,
+    /// Milliseconds since the authenticator started of the last refetch request, -1 if none.
+    last_refetch_ms: AtomicI64,
+    /// Milliseconds since the authenticator started of the last successful load, -1 if none.
+    loaded_ms: AtomicI64,
 }
 
 /// Verifies bearer tokens.
 pub struct Authenticator {
     settings: AuthSettings,
-    keys: ArcSwap<KeySet>,
-    /// Moves on whenever a key leaves the set: tokens cached under an older generation are
-    /// verified again.
-    key_generation: std::sync::atomic::AtomicU64,
+    /// Beside `settings.issuers`, index for index.
+    keys: Vec<IssuerKeys>,
     verified: moka::sync::Cache<[u8; 32], Verified>,
-    refetch: tokio::sync::Notify,
     started: Instant,
-    /// Milliseconds since `started` of the last refetch request, -1 if none.
-    last_refetch_ms: AtomicI64,
-    keys_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let issuers: Vec<&str> = self
+            .settings
+            .issuers
+            .iter()
+            .map(|i| i.issuer.as_str())
+            .collect();
         f.debug_struct("Authenticator")
-            .field("issuer", &self.settings.issuer)
-            .field("keys", &self.keys.load())
+            .field("issuers", &issuers)
             .finish_non_exhaustive()
     }
 }
@@ -263,21 +376,35 @@ impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
     }
 }
 
+/// The `iss` of a token's payload, read before anything is verified (it only chooses
+/// whose keys verify the token).
+#[derive(Deserialize)]
+struct IssuerClaim {
+    iss: Option<String>,
+}
+
 impl Authenticator {
     /// An authenticator with no keys yet (see [`Self::set_keys`]).
     pub fn new(settings: AuthSettings, cache_entries: u64) -> Self {
+        let keys = settings
+            .issuers
+            .iter()
+            .map(|_| IssuerKeys {
+                keys: ArcSwap::from_pointee(KeySet::default()),
+                generation: AtomicU64::new(0),
+                refetch: tokio::sync::Notify::new(),
+                last_refetch_ms: AtomicI64::new(-1),
+                loaded_ms: AtomicI64::new(-1),
+            })
+            .collect();
         Self {
             settings,
-            keys: ArcSwap::from_pointee(KeySet::default()),
-            key_generation: std::sync::atomic::AtomicU64::new(0),
+            keys,
             verified: moka::sync::Cache::builder()
                 .max_capacity(cache_entries)
                 .expire_after(UntilExpiry)
                 .build(),
-            refetch: tokio::sync::Notify::new(),
             started: Instant::now(),
-            last_refetch_ms: AtomicI64::new(-1),
-            keys_loaded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -286,40 +413,113 @@ impl Authenticator {
         &self.settings
     }
 
-    /// Replaces the key set. When a key leaves it, every cached token is verified again
-    /// on its next use, so tokens signed by the removed key stop at once; a refresh that
-    /// only keeps or adds keys leaves the cache alone.
-    pub fn set_keys(&self, keys: KeySet) {
-        let previous = self.keys.swap(Arc::new(keys));
-        if !self.keys.load().holds_all_of(&previous) {
-            self.key_generation.fetch_add(1, Ordering::AcqRel);
-            self.verified.invalidate_all();
+    /// The first issuer (`auth`'s own): the one admin JWTs come from.
+    pub fn primary(&self) -> Option<&IssuerSettings> {
+        self.settings.issuers.first()
+    }
+
+    fn elapsed_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Replaces issuer `issuer`'s key set (its index in the settings). When a key leaves
+    /// it, every token of that issuer in the cache is verified again on its next use, so
+    /// tokens signed by the removed key stop at once; a refresh that only keeps or adds
+    /// keys leaves the cache alone. Either way the keys count as fresh from now.
+    pub fn set_keys(&self, issuer: usize, keys: KeySet) {
+        let Some(slot) = self.keys.get(issuer) else {
+            return;
+        };
+        let previous = slot.keys.swap(Arc::new(keys));
+        if !slot.keys.load().holds_all_of(&previous) {
+            slot.generation.fetch_add(1, Ordering::AcqRel);
         }
-        self.keys_loaded.store(true, Ordering::Release);
+        slot.loaded_ms.store(self.elapsed_ms(), Ordering::Release);
     }
 
-    /// Whether a key set was loaded at least once (readiness).
+    /// Whether every issuer's key set was loaded at least once (readiness).
     pub fn has_keys(&self) -> bool {
-        self.keys_loaded.load(Ordering::Acquire)
+        self.keys
+            .iter()
+            .all(|k| k.loaded_ms.load(Ordering::Acquire) >= 0)
     }
 
-    /// Resolves when a token named an unknown `kid` (at most once per cooldown).
-    pub async fn refetch_requested(&self) {
-        self.refetch.notified().await;
+    /// Whether issuer `issuer`'s key set was loaded at least once.
+    pub fn has_keys_of(&self, issuer: usize) -> bool {
+        self.keys
+            .get(issuer)
+            .is_some_and(|k| k.loaded_ms.load(Ordering::Acquire) >= 0)
     }
 
-    fn request_refetch(&self) {
-        let now = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    /// Resolves when a token of issuer `issuer` named an unknown `kid` (at most once per
+    /// cooldown).
+    pub async fn refetch_requested(&self, issuer: usize) {
+        match self.keys.get(issuer) {
+            Some(slot) => slot.refetch.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn request_refetch(&self, slot: &IssuerKeys) {
+        let now = self.elapsed_ms();
         let cooldown = i64::try_from(self.settings.unknown_kid_cooldown.as_millis()).unwrap_or(0);
-        let last = self.last_refetch_ms.load(Ordering::Relaxed);
+        let last = slot.last_refetch_ms.load(Ordering::Relaxed);
         if (last < 0 || now - last >= cooldown)
-            && self
+            && slot
                 .last_refetch_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            self.refetch.notify_one();
+            slot.refetch.notify_one();
         }
+    }
+
+    /// Issuer `issuer`'s settings and keys.
+    fn issuer(&self, issuer: usize) -> Result<(&IssuerSettings, &IssuerKeys), AuthnError> {
+        self.settings
+            .issuers
+            .get(issuer)
+            .zip(self.keys.get(issuer))
+            .ok_or(AuthnError::UnknownIssuer)
+    }
+
+    /// Issuer `issuer`'s keys, refused when not loaded, or last loaded longer ago than they
+    /// are trusted.
+    fn keys_usable(&self, issuer: usize) -> Result<&IssuerKeys, AuthnError> {
+        let (settings, slot) = self.issuer(issuer)?;
+        let loaded = slot.loaded_ms.load(Ordering::Acquire);
+        if loaded < 0 {
+            return Err(AuthnError::NoKeys);
+        }
+        if let Some(max_age) = settings.keys_max_age {
+            let age = u128::try_from(self.elapsed_ms().saturating_sub(loaded)).unwrap_or(0);
+            if age > max_age.as_millis() {
+                // The fetch loop retries on its own; a request asks it to hurry.
+                self.request_refetch(slot);
+                return Err(AuthnError::KeysStale);
+            }
+        }
+        Ok(slot)
+    }
+
+    /// The issuer whose keys verify `token`: the only one when one is trusted, else the one
+    /// its `iss` names.
+    fn issuer_of(&self, token: &str) -> Result<usize, AuthnError> {
+        if self.settings.issuers.len() == 1 {
+            return Ok(0);
+        }
+        let payload = token.split('.').nth(1).ok_or(AuthnError::Malformed)?;
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .map_err(|_| AuthnError::Malformed)?;
+        let claim: IssuerClaim =
+            serde_json::from_slice(&bytes).map_err(|_| AuthnError::Malformed)?;
+        let iss = claim.iss.ok_or(AuthnError::MissingClaim)?;
+        self.settings
+            .issuers
+            .iter()
+            .position(|i| i.issuer == iss)
+            .ok_or(AuthnError::UnknownIssuer)
     }
 
     /// Authenticates from the raw `Authorization` header value, at `now` (seconds). Returns
@@ -343,55 +543,88 @@ impl Authenticator {
             return Err(AuthnError::Malformed);
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&digest) {
+            let slot = self.keys_usable(hit.issuer)?;
+            // A key removed since leaves the token to be verified again below.
+            if hit.key_generation == slot.generation.load(Ordering::Acquire) {
+                let leeway = i64::try_from(self.settings.leeway_seconds).unwrap_or(0);
+                if hit.identity.expires_at + leeway > now {
+                    return Ok((hit.identity, true));
+                }
+                self.verified.invalidate(&digest);
+                return Err(AuthnError::Expired);
+            }
+        }
+        let issuer = self.issuer_of(token)?;
         // Read before the keys: a key removed while this token is verified leaves it cached
         // under an old generation, verified again next time.
-        let generation = self.key_generation.load(Ordering::Acquire);
-        if let Some(hit) = self.verified.get(&digest)
-            && hit.key_generation == generation
-        {
-            let leeway = i64::try_from(self.settings.leeway_seconds).unwrap_or(0);
-            if hit.identity.expires_at + leeway > now {
-                return Ok((hit.identity, true));
-            }
-            self.verified.invalidate(&digest);
-            return Err(AuthnError::Expired);
-        }
-        let claims = self.verified_claims(token, &self.settings.audiences, now)?;
-        let identity = Arc::new(identity_of(&claims, &self.settings.claims)?);
+        let generation = self.keys_usable(issuer)?.generation.load(Ordering::Acquire);
+        let (settings, _) = self.issuer(issuer)?;
+        let claims = self.verify(issuer, token, &settings.audiences, now)?;
+        let identity = Arc::new(identity_of(&claims, settings)?);
         self.verified.insert(
             digest,
             Verified {
                 identity: Arc::clone(&identity),
+                issuer,
                 key_generation: generation,
             },
         );
         Ok((identity, false))
     }
 
-    /// The claims of `token` once its header, signature, issuer, an audience among
-    /// `audiences`, and `exp`/`nbf`/`iat` at `now` (seconds) check out (no cache: admin
-    /// JWTs use this).
+    /// The identity of a verified client certificate at `now` (seconds): a `Service` named
+    /// as `auth.certificates` says, until the certificate's `notAfter` (a connection may
+    /// outlive it).
+    pub fn certificate_identity(
+        &self,
+        cert: &certificate::PeerCertificate,
+        now: i64,
+    ) -> Result<Identity, AuthnError> {
+        if cert.not_after <= now {
+            return Err(AuthnError::Expired);
+        }
+        self.settings.certificates.identity(cert)
+    }
+
+    /// The claims of `token`, a token of the first issuer, once its header, signature,
+    /// issuer, an audience among `audiences`, its times at `now` (seconds) and the issuer's
+    /// token policy check out (no cache: admin JWTs use this; other issuers' tokens are
+    /// never admin credentials).
     pub fn verified_claims(
         &self,
         token: &str,
         audiences: &[String],
         now: i64,
     ) -> Result<Map<String, Value>, AuthnError> {
+        self.keys_usable(0)?;
+        self.verify(0, token, audiences, now)
+    }
+
+    /// The claims of `token` verified with issuer `issuer`'s keys and policy.
+    fn verify(
+        &self,
+        issuer: usize,
+        token: &str,
+        audiences: &[String],
+        now: i64,
+    ) -> Result<Map<String, Value>, AuthnError> {
+        let (settings, slot) = self.issuer(issuer)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
         // No `crit` extension is understood here; RFC 7515 §4.1.11 says to refuse then.
         if header.crit.is_some() {
             return Err(AuthnError::CriticalHeader);
         }
-        if !self.settings.algorithms.contains(&header.alg) {
+        if !settings.algorithms.contains(&header.alg) {
             return Err(AuthnError::AlgorithmNotAllowed);
         }
-        let keys = self.keys.load();
+        let keys = slot.keys.load();
         if keys.is_empty() {
             return Err(AuthnError::NoKeys);
         }
         let Some(key) = keys.find(header.kid.as_deref()) else {
             if header.kid.is_some() {
-                self.request_refetch();
+                self.request_refetch(slot);
             }
             return Err(AuthnError::UnknownKey);
         };
@@ -402,7 +635,7 @@ impl Authenticator {
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
-        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         // Time is judged below, on our clock, not the library's system time.
@@ -444,15 +677,36 @@ impl Authenticator {
         if time("nbf")?.is_some_and(|nbf| nbf.saturating_sub(leeway) > now) {
             return Err(AuthnError::NotYetValid);
         }
-        if time("iat")?.is_some_and(|iat| iat.saturating_sub(leeway) > now) {
+        let iat = time("iat")?;
+        if iat.is_some_and(|iat| iat.saturating_sub(leeway) > now) {
             return Err(AuthnError::IssuedInFuture);
+        }
+        if let Some(max) = settings.max_token_lifetime_seconds {
+            let max = i64::try_from(max).unwrap_or(i64::MAX);
+            let iat = iat.ok_or(AuthnError::LifetimeTooLong)?;
+            if exp.saturating_sub(iat) > max {
+                return Err(AuthnError::LifetimeTooLong);
+            }
+        }
+        if !settings.subjects.is_empty() {
+            let subject = claims
+                .get(&settings.claims.subject)
+                .and_then(Value::as_str)
+                .ok_or(AuthnError::MissingClaim)?;
+            if !settings.subjects.admits(subject) {
+                return Err(AuthnError::SubjectNotAllowed);
+            }
         }
         Ok(claims)
     }
 }
 
 /// The identity a verified claim set describes.
-fn identity_of(claims: &Map<String, Value>, names: &ClaimNames) -> Result<Identity, AuthnError> {
+fn identity_of(
+    claims: &Map<String, Value>,
+    issuer: &IssuerSettings,
+) -> Result<Identity, AuthnError> {
+    let names = &issuer.claims;
     let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
     let subject = text(&names.subject)
         .filter(|s| !s.is_empty())
@@ -461,10 +715,12 @@ fn identity_of(claims: &Map<String, Value>, names: &ClaimNames) -> Result<Identi
         .get("exp")
         .and_then(Value::as_i64)
         .ok_or(AuthnError::MissingClaim)?;
-    let kind = if text(&names.service_claim).as_deref() == Some(names.service_value.as_str()) {
-        PrincipalKind::Service
-    } else {
-        PrincipalKind::User
+    let kind = match issuer.principal_kind {
+        Some(kind) => kind,
+        None if text(&names.service_claim).as_deref() == Some(names.service_value.as_str()) => {
+            PrincipalKind::Service
+        }
+        None => PrincipalKind::User,
     };
     let amr_mfa = claims
         .get("amr")
@@ -503,6 +759,8 @@ fn identity_of(claims: &Map<String, Value>, names: &ClaimNames) -> Result<Identi
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -513,9 +771,239 @@ mod tests {
         assert!(parse_algorithm("none").is_err());
     }
 
+    fn issuer(name: &str) -> IssuerSettings {
+        IssuerSettings {
+            issuer: String::from(name),
+            audiences: vec![String::from("portcullis")],
+            algorithms: vec![Algorithm::EdDSA],
+            claims: ClaimNames::default(),
+            principal_kind: None,
+            max_token_lifetime_seconds: None,
+            subjects: SubjectRules::default(),
+            keys_max_age: None,
+        }
+    }
+
+    fn authenticator(issuers: Vec<IssuerSettings>) -> Authenticator {
+        Authenticator::new(
+            AuthSettings {
+                issuers,
+                leeway_seconds: 0,
+                max_token_bytes: 8192,
+                unknown_kid_cooldown: Duration::from_secs(30),
+                certificates: certificate::CertificateMapping::default(),
+            },
+            100,
+        )
+    }
+
+    /// A dev key of its own in a fresh directory (every one has the same `kid`).
+    fn key(tag: &str) -> crate::devkey::DevKey {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-authn-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, _) = crate::devkey::DevKey::load_or_create(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        key
+    }
+
+    fn keys_of(key: &crate::devkey::DevKey) -> KeySet {
+        KeySet::from_jwks(&key.jwks()).unwrap().0
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn bearer(
+        key: &crate::devkey::DevKey,
+        iss: &str,
+        sub: &str,
+        extra: serde_json::Value,
+    ) -> String {
+        let mut claims = serde_json::json!({
+            "iss": iss, "aud": "portcullis", "sub": sub, "iat": NOW - 60, "exp": NOW + 600,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        format!("Bearer {}", key.sign(&claims).unwrap())
+    }
+
+    fn check(authn: &Authenticator, header: &str) -> Result<Arc<Identity>, AuthnError> {
+        authn
+            .authenticate(Some(header.as_bytes()), NOW)
+            .map(|(id, _)| id)
+    }
+
+    #[test]
+    fn subject_patterns_match_runs_of_any_characters() {
+        for (pattern, text, expected) in [
+            ("alice", "alice", true),
+            ("alice", "alice2", false),
+            ("*", "", true),
+            (
+                "system:serviceaccount:*",
+                "system:serviceaccount:shop:api",
+                true,
+            ),
+            (
+                "system:serviceaccount:shop:*",
+                "system:serviceaccount:kube-system:x",
+                false,
+            ),
+            ("*@example.com", "bob@example.com", true),
+            ("*@example.com", "bob@example.com.evil", false),
+            ("a*b*c", "a-b-b-c", true),
+            ("a*b*c", "a-c-b", false),
+            ("ab*b", "ab", false),
+            ("*.*", "no-dot", false),
+        ] {
+            assert_eq!(
+                matches_pattern(pattern, text),
+                expected,
+                "`{pattern}` against `{text}`"
+            );
+        }
+        let rules = SubjectRules {
+            allow: vec![String::from("system:serviceaccount:shop:*")],
+            deny: vec![String::from("*:debug")],
+        };
+        assert!(rules.admits("system:serviceaccount:shop:api"));
+        assert!(
+            !rules.admits("system:serviceaccount:shop:debug"),
+            "deny wins"
+        );
+        assert!(!rules.admits("alice"), "not allowed");
+    }
+
+    #[test]
+    fn a_token_is_verified_with_the_keys_of_the_issuer_it_names_and_no_other() {
+        let (idp, cluster) = (key("idp"), key("cluster"));
+        let mut workloads = issuer("https://kubernetes.default.svc");
+        workloads.principal_kind = Some(PrincipalKind::Service);
+        let authn = authenticator(vec![issuer("https://idp"), workloads]);
+        authn.set_keys(0, keys_of(&idp));
+        assert!(!authn.has_keys(), "ready only when every issuer has keys");
+        authn.set_keys(1, keys_of(&cluster));
+        assert!(authn.has_keys());
+
+        let alice = check(&authn, &bearer(&idp, "https://idp", "alice", json!({}))).unwrap();
+        assert_eq!(alice.principal.to_string(), r#"User::"alice""#);
+        let sa = "system:serviceaccount:shop:api";
+        let api = check(
+            &authn,
+            &bearer(&cluster, "https://kubernetes.default.svc", sa, json!({})),
+        )
+        .unwrap();
+        assert_eq!(api.principal.to_string(), format!(r#"Service::"{sa}""#));
+
+        // Both keys share their `kid`: only the named issuer's key is ever tried.
+        assert_eq!(
+            check(
+                &authn,
+                &bearer(&idp, "https://kubernetes.default.svc", sa, json!({}))
+            ),
+            Err(AuthnError::BadSignature)
+        );
+        assert_eq!(
+            check(&authn, &bearer(&cluster, "https://idp", "alice", json!({}))),
+            Err(AuthnError::BadSignature)
+        );
+        assert_eq!(
+            check(
+                &authn,
+                &bearer(&idp, "https://elsewhere", "alice", json!({}))
+            ),
+            Err(AuthnError::UnknownIssuer)
+        );
+        // Admin JWTs come from the first issuer only.
+        let token = |h: String| h.trim_start_matches("Bearer ").to_owned();
+        let audiences = [String::from("portcullis")];
+        assert!(
+            authn
+                .verified_claims(
+                    &token(bearer(&idp, "https://idp", "a", json!({}))),
+                    &audiences,
+                    NOW
+                )
+                .is_ok()
+        );
+        assert_eq!(
+            authn.verified_claims(
+                &token(bearer(
+                    &cluster,
+                    "https://kubernetes.default.svc",
+                    "a",
+                    json!({})
+                )),
+                &audiences,
+                NOW
+            ),
+            Err(AuthnError::BadSignature),
+            "checked with the first issuer's keys, whatever its `iss`"
+        );
+    }
+
+    #[test]
+    fn the_token_policy_bounds_lifetime_and_subjects() {
+        let idp = key("policy");
+        let mut settings = issuer("https://idp");
+        settings.max_token_lifetime_seconds = Some(3600);
+        settings.subjects.deny = vec![String::from("svc-*")];
+        let authn = authenticator(vec![settings]);
+        authn.set_keys(0, keys_of(&idp));
+        let token = |sub: &str, extra| bearer(&idp, "https://idp", sub, extra);
+
+        assert!(check(&authn, &token("alice", json!({"exp": NOW - 60 + 3600}))).is_ok());
+        assert_eq!(
+            check(&authn, &token("alice", json!({"exp": NOW - 60 + 3601}))),
+            Err(AuthnError::LifetimeTooLong)
+        );
+        assert_eq!(
+            check(&authn, &token("bob", json!({"iat": null}))),
+            Err(AuthnError::MissingClaim),
+            "an `iat` that is not a number"
+        );
+        let mut no_iat =
+            json!({"iss": "https://idp", "aud": "portcullis", "sub": "carol", "exp": NOW + 60});
+        no_iat.as_object_mut().unwrap().remove("iat");
+        assert_eq!(
+            check(&authn, &format!("Bearer {}", idp.sign(&no_iat).unwrap())),
+            Err(AuthnError::LifetimeTooLong),
+            "without `iat` the lifetime cannot be shown"
+        );
+        assert_eq!(
+            check(&authn, &token("svc-backup", json!({}))),
+            Err(AuthnError::SubjectNotAllowed)
+        );
+    }
+
+    #[test]
+    fn keys_past_their_trust_bound_fail_closed_until_loaded_again() {
+        let idp = key("stale");
+        let mut settings = issuer("https://idp");
+        settings.keys_max_age = Some(Duration::from_millis(50));
+        let authn = authenticator(vec![settings]);
+        let header = bearer(&idp, "https://idp", "alice", json!({}));
+        assert_eq!(check(&authn, &header), Err(AuthnError::NoKeys));
+        authn.set_keys(0, keys_of(&idp));
+        assert!(check(&authn, &header).is_ok());
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(
+            check(&authn, &header),
+            Err(AuthnError::KeysStale),
+            "a cached token too"
+        );
+        authn.set_keys(0, keys_of(&idp));
+        let (_, cached) = authn.authenticate(Some(header.as_bytes()), NOW).unwrap();
+        assert!(cached, "the same keys again: the cache stands");
+    }
+
     #[test]
     fn claims_map_to_an_identity() {
-        let names = ClaimNames::default();
+        let names = issuer("https://idp");
         let claims: Map<String, Value> = serde_json::from_value(serde_json::json!({
             "sub": "billing", "exp": 10, "gty": "client-credentials", "amr": ["pwd", "otp"],
             "risk_score": "17.4", "sid": "s1", "jti": "j1", "tenant": "t1"

@@ -52,10 +52,19 @@ impl KeySource {
         Ok(Some(keys))
     }
 
-    /// Keeps `authn`'s keys fresh for as long as it runs; counts each load in `refreshes`
-    /// (`ok` or `error`).
-    pub async fn run(self, authn: Arc<Authenticator>, refreshes: prometheus::IntCounterVec) {
-        let loads = Loads { authn, refreshes };
+    /// Keeps the keys of `authn`'s issuer `issuer` (its index in the settings) fresh for as
+    /// long as it runs; counts each load in `refreshes` (`ok` or `error`).
+    pub async fn run(
+        self,
+        authn: Arc<Authenticator>,
+        issuer: usize,
+        refreshes: prometheus::IntCounterVec,
+    ) {
+        let loads = Loads {
+            authn,
+            issuer,
+            refreshes,
+        };
         match self {
             Self::Fixed(_) => std::future::pending().await,
             Self::File(path) => watch_file(path, loads).await,
@@ -81,6 +90,7 @@ impl std::fmt::Display for KeySource {
 /// Where loaded keys go, and where loads are counted.
 struct Loads {
     authn: Arc<Authenticator>,
+    issuer: usize,
     refreshes: prometheus::IntCounterVec,
 }
 
@@ -93,7 +103,7 @@ impl Loads {
                     tracing::warn!(source, "{w}");
                 }
                 tracing::info!(source, keys = keys.len(), "JWKS loaded");
-                self.authn.set_keys(keys);
+                self.authn.set_keys(self.issuer, keys);
                 self.refreshes.with_label_values(&["ok"]).inc();
             }
             Err(e) => {
@@ -113,7 +123,7 @@ async fn watch_file(path: PathBuf, loads: Loads) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(FILE_POLL) => {}
-            () = loads.authn.refetch_requested() => {}
+            () = loads.authn.refetch_requested(loads.issuer) => {}
         }
         if !watch.changed(vec![path.clone()]) {
             continue;
@@ -174,17 +184,17 @@ async fn poll_url(url: String, refresh: Duration, follow_redirects: bool, loads:
         };
         // Until the first success, retry with backoff; afterwards, on the refresh period or
         // when a token names an unknown `kid`.
-        let wait = if loads.authn.has_keys() && loaded {
+        let wait = if loads.authn.has_keys_of(loads.issuer) && loaded {
             backoff.reset();
             refresh
-        } else if loads.authn.has_keys() {
+        } else if loads.authn.has_keys_of(loads.issuer) {
             refresh.min(Duration::from_secs(30))
         } else {
             backoff.next_delay()
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = loads.authn.refetch_requested() => {}
+            () = loads.authn.refetch_requested(loads.issuer) => {}
         }
     }
 }
