@@ -35,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod data_plane;
 pub mod devkey;
+pub mod ed25519_key;
 #[cfg(feature = "control-plane")]
 pub mod embedded;
 pub mod file_watch;

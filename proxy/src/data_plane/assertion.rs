@@ -69,7 +69,7 @@ impl Asserter {
         audience: &str,
         lifetime_seconds: u64,
     ) -> Result<Self, String> {
-        let (signing, created) = crate::devkey::ed25519_key(key_file)?;
+        let (signing, created) = crate::ed25519_key::ed25519_key(key_file)?;
         if created {
             tracing::info!(key = %key_file.display(), "identity assertion key created");
         }
@@ -93,7 +93,7 @@ impl Asserter {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             lifetime_seconds,
-            jwks: crate::devkey::ed25519_jwks(&signing, &kid),
+            jwks: crate::ed25519_key::ed25519_jwks(&signing, &kid),
             minted: moka::sync::Cache::builder()
                 .max_capacity(MINTED_ENTRIES)
                 .time_to_live(Duration::from_secs(
