@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, Override};
-use crate::data_plane::authn::source::KeySource;
+use crate::data_plane::authn::source::{JwksAccess, KeySource};
 use crate::devkey::{DEV_ISSUER, DevKey};
 
 /// Documented exit codes.
@@ -202,6 +202,10 @@ pub(crate) fn key_sources(
                 &config.auth,
                 further.jwks_url.as_ref(),
                 further.jwks_file.as_ref(),
+                JwksAccess {
+                    ca_file: further.jwks_ca_file.clone(),
+                    token_file: further.jwks_token_file.clone(),
+                },
             )
             .ok_or_else(|| format!("auth.issuers: `{}` has no keys", further.issuer))?,
         );
@@ -209,11 +213,13 @@ pub(crate) fn key_sources(
     Ok((sources, issuer, dev_key))
 }
 
-/// The source a `jwks_url` or `jwks_file` names, refreshed as `auth` says.
+/// The source a `jwks_url` (reached with `access`) or `jwks_file` names, refreshed as
+/// `auth` says.
 fn configured_source(
     auth: &crate::config::AuthConfig,
     url: Option<&String>,
     file: Option<&std::path::PathBuf>,
+    access: JwksAccess,
 ) -> Option<KeySource> {
     if let Some(path) = file {
         return Some(KeySource::File(path.clone()));
@@ -222,6 +228,7 @@ fn configured_source(
         url: url.clone(),
         refresh: std::time::Duration::from_secs(auth.jwks_refresh_seconds.max(10)),
         follow_redirects: auth.jwks_follow_redirects,
+        access,
     })
 }
 
@@ -233,7 +240,16 @@ fn key_source(
     mode: crate::process::Mode,
 ) -> Result<(KeySource, String, Option<DevKey>), String> {
     let auth = &config.auth;
-    if let Some(source) = configured_source(auth, auth.jwks_url.as_ref(), auth.jwks_file.as_ref()) {
+    let access = JwksAccess {
+        ca_file: auth.jwks_ca_file.clone(),
+        token_file: auth.jwks_token_file.clone(),
+    };
+    if let Some(source) = configured_source(
+        auth,
+        auth.jwks_url.as_ref(),
+        auth.jwks_file.as_ref(),
+        access,
+    ) {
         return Ok((source, auth.issuer.clone().unwrap_or_default(), None));
     }
     match mode {

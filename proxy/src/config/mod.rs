@@ -527,6 +527,11 @@ pub struct AuthConfig {
     /// Follow redirects of the JWKS URL, to the same host only (at most 3). Off: a
     /// redirect is a failed fetch.
     pub jwks_follow_redirects: bool,
+    /// PEM CAs trusted for `jwks_url` instead of the system's (e.g. a cluster's CA).
+    pub jwks_ca_file: Option<PathBuf>,
+    /// A file with a bearer token sent with every JWKS fetch, read anew each time (e.g. a
+    /// projected service-account token, for a Kubernetes API server's `/openid/v1/jwks`).
+    pub jwks_token_file: Option<PathBuf>,
     /// At most one refetch per this many seconds when a token names an unknown `kid`.
     pub unknown_kid_cooldown_seconds: u64,
     /// Clock skew allowed for `exp` and `nbf`.
@@ -572,6 +577,12 @@ pub struct IssuerConfig {
     /// JWKS file, re-read when it changes.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// PEM CAs trusted for `jwks_url` instead of the system's.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// A file with a bearer token sent with every JWKS fetch, read anew each time.
+    #[serde(default)]
+    pub jwks_token_file: Option<PathBuf>,
     /// Accepted `aud` values; default `auth.audiences`.
     #[serde(default)]
     pub audiences: Option<Vec<String>>,
@@ -620,6 +631,8 @@ impl Default for AuthConfig {
             jwks_file: None,
             jwks_refresh_seconds: 300,
             jwks_follow_redirects: false,
+            jwks_ca_file: None,
+            jwks_token_file: None,
             unknown_kid_cooldown_seconds: 30,
             leeway_seconds: 30,
             max_token_bytes: 8_192,
@@ -1178,6 +1191,8 @@ impl std::fmt::Display for ConfigProblem {
 /// The token policy of one issuer, as configured.
 struct TokenPolicy<'a> {
     jwks_url: Option<&'a str>,
+    jwks_ca_file: Option<&'a PathBuf>,
+    jwks_token_file: Option<&'a PathBuf>,
     max_token_lifetime_seconds: Option<u64>,
     subjects: &'a SubjectRules,
     jwks_max_age_seconds: Option<u64>,
@@ -1204,6 +1219,23 @@ fn token_policy_problems(
             problems.push(problem(
                 format!("{at}.subjects.{list}"),
                 "a pattern cannot be empty",
+            ));
+        }
+    }
+    for (field, file) in [
+        ("jwks_ca_file", policy.jwks_ca_file),
+        ("jwks_token_file", policy.jwks_token_file),
+    ] {
+        let Some(file) = file else { continue };
+        if policy.jwks_url.is_none() {
+            problems.push(problem(
+                format!("{at}.{field}"),
+                "applies to `jwks_url` only",
+            ));
+        } else if !file.is_file() {
+            problems.push(problem(
+                format!("{at}.{field}"),
+                format!("`{}` is not a file", file.display()),
             ));
         }
     }
@@ -1286,6 +1318,8 @@ fn issuer_problems(
         &format!("auth.issuers[{i}]"),
         &TokenPolicy {
             jwks_url: further.jwks_url.as_deref(),
+            jwks_ca_file: further.jwks_ca_file.as_ref(),
+            jwks_token_file: further.jwks_token_file.as_ref(),
             max_token_lifetime_seconds: further.max_token_lifetime_seconds,
             subjects: &further.subjects,
             jwks_max_age_seconds: further.jwks_max_age_seconds,
@@ -1627,6 +1661,8 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
         "auth",
         &TokenPolicy {
             jwks_url: auth.jwks_url.as_deref(),
+            jwks_ca_file: auth.jwks_ca_file.as_ref(),
+            jwks_token_file: auth.jwks_token_file.as_ref(),
             max_token_lifetime_seconds: auth.max_token_lifetime_seconds,
             subjects: &auth.subjects,
             jwks_max_age_seconds: auth.jwks_max_age_seconds,
@@ -2031,6 +2067,7 @@ auth:
   issuers:
     - issuer: https://idp
       jwks_file: /etc/other.json
+      jwks_token_file: /var/run/token
     - issuer: https://cluster
     - issuer: https://workloads
       jwks_url: https://cluster/keys
@@ -2047,6 +2084,7 @@ auth:
                 "auth.max_token_lifetime_seconds",
                 "auth.jwks_max_age_seconds",
                 "auth.issuers[0].issuer",
+                "auth.issuers[0].jwks_token_file",
                 "auth.issuers[1].jwks_url",
                 "auth.issuers[2].audiences",
                 "auth.issuers[2].algorithms",

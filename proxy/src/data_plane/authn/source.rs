@@ -27,9 +27,23 @@ pub enum KeySource {
         /// Follow redirects (to the same host only, at most 3); otherwise a redirect is a
         /// failed fetch.
         follow_redirects: bool,
+        /// How the endpoint is reached: its CA and a bearer token, when it wants them.
+        access: JwksAccess,
     },
     /// A JWKS document fixed at start.
     Fixed(Vec<u8>),
+}
+
+/// What fetching a JWKS URL needs beside the URL, e.g. for a Kubernetes API server's
+/// `/openid/v1/jwks`: the CAs its certificate chains to (instead of the system's), and a
+/// file holding a bearer token, read again for every fetch (projected service-account
+/// tokens rotate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwksAccess {
+    /// PEM CA certificates trusted for the endpoint; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A file with the bearer token sent with each fetch.
+    pub token_file: Option<PathBuf>,
 }
 
 /// How often a JWKS file is checked for changes.
@@ -72,7 +86,8 @@ impl KeySource {
                 url,
                 refresh,
                 follow_redirects,
-            } => poll_url(url, refresh, follow_redirects, loads).await,
+                access,
+            } => poll_url(url, refresh, follow_redirects, access, loads).await,
         }
     }
 }
@@ -157,21 +172,45 @@ fn redirect_policy(follow: bool) -> reqwest::redirect::Policy {
     })
 }
 
-async fn poll_url(url: String, refresh: Duration, follow_redirects: bool, loads: Loads) {
-    let client = match reqwest::Client::builder()
+/// The HTTP client of a JWKS URL: a 5 s timeout, the redirect policy, and the CAs of
+/// `access` instead of the system's when it names them.
+fn jwks_client(follow_redirects: bool, access: &JwksAccess) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .redirect(redirect_policy(follow_redirects))
-        .build()
-    {
+        .redirect(redirect_policy(follow_redirects));
+    if let Some(ca_file) = &access.ca_file {
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| format!("`{}`: cannot read: {e}", ca_file.display()))?;
+        let cas = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("`{}`: {e}", ca_file.display()))?;
+        if cas.is_empty() {
+            return Err(format!("`{}` holds no certificate", ca_file.display()));
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for ca in cas {
+            builder = builder.add_root_certificate(ca);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+async fn poll_url(
+    url: String,
+    refresh: Duration,
+    follow_redirects: bool,
+    access: JwksAccess,
+    loads: Loads,
+) {
+    let client = match jwks_client(follow_redirects, &access) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot build the JWKS client; keys will not load");
+            tracing::error!(url, error = %e, "cannot build the JWKS client; keys will not load");
             return;
         }
     };
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     loop {
-        let loaded = match fetch(&client, &url).await {
+        let loaded = match fetch(&client, &url, access.token_file.as_deref()).await {
             Ok(bytes) => {
                 loads.install(&bytes, &url);
                 true
@@ -202,10 +241,22 @@ async fn poll_url(url: String, refresh: Duration, follow_redirects: bool, loads:
 /// The largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
-/// Fetches the JWKS, reading the body chunk by chunk and giving up as soon as it passes
+/// Fetches the JWKS, with the bearer token of `token_file` when given (read anew each
+/// time), reading the body chunk by chunk and giving up as soon as it passes
 /// [`MAX_JWKS_BYTES`]: a hostile endpoint cannot make us buffer more.
-async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
+async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<Vec<u8>, String> {
+    let mut request = client.get(url);
+    if let Some(token_file) = token_file {
+        let token = tokio::fs::read_to_string(token_file)
+            .await
+            .map_err(|e| format!("`{}`: cannot read the token: {e}", token_file.display()))?;
+        request = request.bearer_auth(token.trim());
+    }
+    let mut response = request.send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
@@ -278,23 +329,109 @@ mod tests {
         let url = |addr: SocketAddr| format!("http://{addr}/jwks.json");
 
         assert_eq!(
-            fetch(&client(false), &url(keys)).await.unwrap(),
+            fetch(&client(false), &url(keys), None).await.unwrap(),
             JWKS.as_bytes()
         );
         assert_eq!(
-            fetch(&client(false), &url(same_host)).await.unwrap_err(),
+            fetch(&client(false), &url(same_host), None)
+                .await
+                .unwrap_err(),
             "status 302 Found",
             "not followed by default"
         );
         assert_eq!(
-            fetch(&client(true), &url(same_host)).await.unwrap(),
+            fetch(&client(true), &url(same_host), None).await.unwrap(),
             JWKS.as_bytes()
         );
         assert_eq!(
-            fetch(&client(true), &url(other_host)).await.unwrap_err(),
+            fetch(&client(true), &url(other_host), None)
+                .await
+                .unwrap_err(),
             "status 302 Found",
             "never to another host"
         );
+    }
+
+    #[tokio::test]
+    async fn a_jwks_behind_a_private_ca_is_fetched_with_its_bearer_token() {
+        use pingora::tls::{CertificateDer, PrivateKeyDer, ServerConfig, TlsAcceptor};
+        pingora::tls::install_default_crypto_provider();
+        let server = rcgen::generate_simple_self_signed(vec![String::from("127.0.0.1")]).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-jwks-access-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca_file, token_file, empty) =
+            (dir.join("ca.pem"), dir.join("token"), dir.join("empty.pem"));
+        std::fs::write(&ca_file, server.cert.pem()).unwrap();
+        std::fs::write(&token_file, "sa-token-1\n").unwrap();
+        std::fs::write(&empty, "").unwrap();
+
+        // A real HTTPS endpoint that answers with the JWKS and hands over each request.
+        let key = PrivateKeyDer::try_from(server.key_pair.serialize_der()).unwrap();
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(server.cert.der().to_vec())], key)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, mut requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut request = [0_u8; 4096];
+                    let n = tls.read(&mut request).await.unwrap_or(0);
+                    let _sent = seen.send(String::from_utf8_lossy(&request[..n]).to_lowercase());
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{JWKS}",
+                        JWKS.len()
+                    );
+                    let _written = tls.write_all(response.as_bytes()).await;
+                    let _closed = tls.shutdown().await;
+                });
+            }
+        });
+        let url = format!("https://{addr}/openid/v1/jwks");
+
+        let access = JwksAccess {
+            ca_file: Some(ca_file),
+            token_file: Some(token_file.clone()),
+        };
+        let client = jwks_client(false, &access).unwrap();
+        assert_eq!(
+            fetch(&client, &url, Some(&token_file)).await.unwrap(),
+            JWKS.as_bytes()
+        );
+        let request = requests.recv().await.unwrap();
+        assert!(
+            request.contains("authorization: bearer sa-token-1\r\n"),
+            "{request}"
+        );
+        // The token file is read again for every fetch (projected tokens rotate).
+        std::fs::write(&token_file, "sa-token-2").unwrap();
+        fetch(&client, &url, Some(&token_file)).await.unwrap();
+        assert!(requests.recv().await.unwrap().contains("bearer sa-token-2"));
+
+        // Without the CA, the system's roots do not vouch for it.
+        let system = jwks_client(false, &JwksAccess::default()).unwrap();
+        assert!(fetch(&system, &url, None).await.is_err());
+        let refused = jwks_client(
+            false,
+            &JwksAccess {
+                ca_file: Some(empty),
+                token_file: None,
+            },
+        )
+        .unwrap_err();
+        assert!(refused.contains("holds no certificate"), "{refused}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
@@ -305,7 +442,7 @@ mod tests {
             MAX_JWKS_BYTES + 1
         ))
         .await;
-        let err = fetch(&client(false), &format!("http://{announced}/"))
+        let err = fetch(&client(false), &format!("http://{announced}/"), None)
             .await
             .unwrap_err();
         assert!(err.contains("larger than"), "{err}");
@@ -332,7 +469,7 @@ mod tests {
             }
             sent
         });
-        let err = fetch(&client(false), &format!("http://{addr}/"))
+        let err = fetch(&client(false), &format!("http://{addr}/"), None)
             .await
             .unwrap_err();
         assert!(err.contains("larger than"), "{err}");
