@@ -1188,23 +1188,61 @@ impl std::fmt::Display for ConfigProblem {
     }
 }
 
-/// The token policy of one issuer, as configured.
-struct TokenPolicy<'a> {
+/// What can be checked of one trusted issuer, as configured (`auth` or an
+/// `auth.issuers` entry; `None`: the setting is taken from `auth`).
+struct TrustedIssuer<'a> {
     jwks_url: Option<&'a str>,
+    jwks_file: Option<&'a PathBuf>,
     jwks_ca_file: Option<&'a PathBuf>,
     jwks_token_file: Option<&'a PathBuf>,
+    audiences: Option<&'a [String]>,
+    algorithms: Option<&'a [String]>,
     max_token_lifetime_seconds: Option<u64>,
     subjects: &'a SubjectRules,
     jwks_max_age_seconds: Option<u64>,
 }
 
-/// Problems of one issuer's token policy, under `at`.
-fn token_policy_problems(
+/// Problems of one trusted issuer's keys, audiences, algorithms and token policy, under
+/// `at`.
+fn trusted_issuer_problems(
     at: &str,
-    policy: &TokenPolicy<'_>,
+    policy: &TrustedIssuer<'_>,
     refresh_seconds: u64,
     problems: &mut Vec<ConfigProblem>,
 ) {
+    if policy.jwks_url.is_some() && policy.jwks_file.is_some() {
+        problems.push(problem(
+            format!("{at}.jwks_url"),
+            "give `jwks_url` or `jwks_file`, not both",
+        ));
+    }
+    if let Some(url) = policy.jwks_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        problems.push(problem(
+            format!("{at}.jwks_url"),
+            format!("`{url}` is not an http(s) URL"),
+        ));
+    }
+    if policy.audiences.is_some_and(<[String]>::is_empty) {
+        problems.push(problem(
+            format!("{at}.audiences"),
+            "at least one audience is needed",
+        ));
+    }
+    if let Some(algorithms) = policy.algorithms {
+        if algorithms.is_empty() {
+            problems.push(problem(
+                format!("{at}.algorithms"),
+                "at least one algorithm is needed",
+            ));
+        }
+        for alg in algorithms {
+            if let Err(message) = crate::data_plane::authn::parse_algorithm(alg) {
+                problems.push(problem(format!("{at}.algorithms"), message));
+            }
+        }
+    }
     if policy.max_token_lifetime_seconds == Some(0) {
         problems.push(problem(
             format!("{at}.max_token_lifetime_seconds"),
@@ -1281,45 +1319,21 @@ fn issuer_problems(
             ),
         ));
     }
-    match (&further.jwks_url, &further.jwks_file) {
-        (Some(_), Some(_)) => problems.push(problem(
-            at("jwks_url"),
-            "give `jwks_url` or `jwks_file`, not both",
-        )),
-        (None, None) => problems.push(problem(
+    if further.jwks_url.is_none() && further.jwks_file.is_none() {
+        problems.push(problem(
             at("jwks_url"),
             "each issuer needs its keys: `jwks_url` or `jwks_file`",
-        )),
-        (Some(url), None) if !(url.starts_with("https://") || url.starts_with("http://")) => {
-            problems.push(problem(
-                at("jwks_url"),
-                format!("`{url}` is not an http(s) URL"),
-            ));
-        }
-        _ => {}
+        ));
     }
-    if further.audiences.as_ref().is_some_and(Vec::is_empty) {
-        problems.push(problem(at("audiences"), "at least one audience is needed"));
-    }
-    if let Some(algorithms) = &further.algorithms {
-        if algorithms.is_empty() {
-            problems.push(problem(
-                at("algorithms"),
-                "at least one algorithm is needed",
-            ));
-        }
-        for alg in algorithms {
-            if let Err(message) = crate::data_plane::authn::parse_algorithm(alg) {
-                problems.push(problem(at("algorithms"), message));
-            }
-        }
-    }
-    token_policy_problems(
+    trusted_issuer_problems(
         &format!("auth.issuers[{i}]"),
-        &TokenPolicy {
+        &TrustedIssuer {
             jwks_url: further.jwks_url.as_deref(),
+            jwks_file: further.jwks_file.as_ref(),
             jwks_ca_file: further.jwks_ca_file.as_ref(),
             jwks_token_file: further.jwks_token_file.as_ref(),
+            audiences: further.audiences.as_deref(),
+            algorithms: further.algorithms.as_deref(),
             max_token_lifetime_seconds: further.max_token_lifetime_seconds,
             subjects: &further.subjects,
             jwks_max_age_seconds: further.jwks_max_age_seconds,
@@ -1603,40 +1617,28 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
         }
     }
     let auth = &config.auth;
-    if auth.jwks_url.is_some() && auth.jwks_file.is_some() {
-        problems.push(problem(
-            "auth.jwks_url",
-            "give `jwks_url` or `jwks_file`, not both",
-        ));
-    }
-    if let Some(url) = &auth.jwks_url
-        && !(url.starts_with("https://") || url.starts_with("http://"))
-    {
-        problems.push(problem(
-            "auth.jwks_url",
-            format!("`{url}` is not an http(s) URL"),
-        ));
-    }
     if (auth.jwks_url.is_some() || auth.jwks_file.is_some()) && auth.issuer.is_none() {
         problems.push(problem(
             "auth.issuer",
             "required with `jwks_url` or `jwks_file`",
         ));
     }
-    if auth.audiences.is_empty() {
-        problems.push(problem("auth.audiences", "at least one audience is needed"));
-    }
-    if auth.algorithms.is_empty() {
-        problems.push(problem(
-            "auth.algorithms",
-            "at least one algorithm is needed",
-        ));
-    }
-    for alg in &auth.algorithms {
-        if let Err(message) = crate::data_plane::authn::parse_algorithm(alg) {
-            problems.push(problem("auth.algorithms", message));
-        }
-    }
+    trusted_issuer_problems(
+        "auth",
+        &TrustedIssuer {
+            jwks_url: auth.jwks_url.as_deref(),
+            jwks_file: auth.jwks_file.as_ref(),
+            jwks_ca_file: auth.jwks_ca_file.as_ref(),
+            jwks_token_file: auth.jwks_token_file.as_ref(),
+            audiences: Some(&auth.audiences),
+            algorithms: Some(&auth.algorithms),
+            max_token_lifetime_seconds: auth.max_token_lifetime_seconds,
+            subjects: &auth.subjects,
+            jwks_max_age_seconds: auth.jwks_max_age_seconds,
+        },
+        auth.jwks_refresh_seconds,
+        &mut problems,
+    );
     if auth.max_token_bytes < 64 {
         problems.push(problem("auth.max_token_bytes", "must be at least 64"));
     }
@@ -1657,19 +1659,6 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             }
         }
     }
-    token_policy_problems(
-        "auth",
-        &TokenPolicy {
-            jwks_url: auth.jwks_url.as_deref(),
-            jwks_ca_file: auth.jwks_ca_file.as_ref(),
-            jwks_token_file: auth.jwks_token_file.as_ref(),
-            max_token_lifetime_seconds: auth.max_token_lifetime_seconds,
-            subjects: &auth.subjects,
-            jwks_max_age_seconds: auth.jwks_max_age_seconds,
-        },
-        auth.jwks_refresh_seconds,
-        &mut problems,
-    );
     for (i, further) in auth.issuers.iter().enumerate() {
         issuer_problems(auth, i, further, &mut problems);
     }
