@@ -55,10 +55,11 @@ impl Drop for TempDir {
 }
 
 fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fixture {
+    // Random, not the clock: tests start together and two could read the same instant.
     let dir = std::env::temp_dir().join(format!(
         "portcullis-check-{}-{}",
         std::process::id(),
-        jiff::Timestamp::now().as_nanosecond()
+        rand::random::<u64>()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let sets: Vec<Override> = ["context.fixed_time=2026-01-06T10:00:00Z"]
