@@ -138,7 +138,6 @@ pub fn auth_settings(config: &AuthConfig, issuer: String) -> Result<AuthSettings
         leeway_seconds: config.leeway_seconds,
         max_token_bytes: config.max_token_bytes,
         unknown_kid_cooldown: Duration::from_secs(config.unknown_kid_cooldown_seconds),
-        certificates: config.certificates.clone(),
     })
 }
 

@@ -117,7 +117,9 @@ fn add_data_plane(
             Some(ca_file) => {
                 crate::tls::client_verifier(ca_file, tls.client_auth).and_then(|verifier| {
                     let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(
-                        Box::new(CaptureCertificate),
+                        Box::new(CaptureCertificate {
+                            mapping: config.auth.certificates.clone(),
+                        }),
                     )
                     .map_err(|e| e.to_string())?;
                     settings.set_client_cert_verifier(verifier);

@@ -357,8 +357,8 @@ pub struct DataPlane {
 pub struct Connection<'a> {
     /// The peer's address.
     pub peer: Option<IpAddr>,
-    /// What the peer's verified client certificate names, if it presented one.
-    pub client_certificate: Option<&'a authn::certificate::PeerCertificate>,
+    /// The identity the peer's verified client certificate gives, if it presented one.
+    pub client_certificate: Option<&'a authn::certificate::ClientIdentity>,
 }
 
 /// A UUIDv7 (time-ordered, so decision ids sort like the log). The random part comes from
@@ -427,10 +427,7 @@ impl DataPlane {
             .map(http::HeaderValue::as_bytes);
         // A token when one is sent; else the connection's client certificate, if any.
         let authenticated = match (authorization, connection.client_certificate) {
-            (None, Some(cert)) => self
-                .authn
-                .certificate_identity(cert, now_ms / 1000)
-                .map(|identity| (Arc::new(identity), false)),
+            (None, Some(cert)) => cert.at(now_ms / 1000).map(|identity| (identity, false)),
             _ => self.authn.authenticate(authorization, now_ms / 1000),
         };
         let identity = match authenticated {

@@ -20,7 +20,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::authn::certificate::PeerCertificate;
+use super::authn::certificate::ClientIdentity;
 use super::context::ip_text;
 use super::gateway::original_request;
 use super::headers::{self, Strip, edit_upstream_request, identity_headers, strip_client_headers};
@@ -65,14 +65,14 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// What the connection's verified client certificate names, if it presented one.
-fn client_certificate(session: &Session) -> Option<&PeerCertificate> {
+/// The identity the connection's verified client certificate gives, if it presented one.
+fn client_certificate(session: &Session) -> Option<&ClientIdentity> {
     session
         .digest()?
         .ssl_digest
         .as_ref()?
         .extension
-        .get::<PeerCertificate>()
+        .get::<ClientIdentity>()
 }
 
 /// Whether the request line's target carried a `#` fragment. Pingora drops fragments while

@@ -1,10 +1,11 @@
 //! Workload identity from client certificates (`listen.tls.client_ca_file`): the HTTPS
 //! listener verifies a certificate a client presents against the configured CA, and the
-//! handshake leaves what the verified leaf names ([`PeerCertificate`]) on the connection.
-//! A request without `Authorization` on such a connection is then a `Service` principal:
-//! the certificate's SPIFFE ID (its `spiffe://` URI SAN, from an allowed trust domain) or
-//! its first DNS SAN, as `auth.certificates.principal_from` says. A request with a token is
-//! judged by its token, as on any other connection.
+//! handshake leaves the identity the verified leaf gives ([`ClientIdentity`]) on the
+//! connection, worked out once for all its requests. A request without `Authorization` on
+//! such a connection is then a `Service` principal: the certificate's SPIFFE ID (its
+//! `spiffe://` URI SAN, from an allowed trust domain) or its first DNS SAN, as
+//! `auth.certificates.principal_from` says. A request with a token is judged by its token,
+//! as on any other connection.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -116,10 +117,29 @@ impl CertificateMapping {
     }
 }
 
-/// Leaves the verified client certificate's names on the connection (its TLS digest's
-/// extension), for the requests on it to read.
+/// The identity a connection's verified client certificate gives, or why it gives none.
 #[derive(Debug)]
-pub struct CaptureCertificate;
+pub struct ClientIdentity(Result<Arc<Identity>, AuthnError>);
+
+impl ClientIdentity {
+    /// The identity at `now` (seconds): refused once the certificate has expired (a
+    /// connection may outlive it).
+    pub fn at(&self, now: i64) -> Result<Arc<Identity>, AuthnError> {
+        let identity = self.0.as_ref().map_err(|e| *e)?;
+        if identity.expires_at <= now {
+            return Err(AuthnError::Expired);
+        }
+        Ok(Arc::clone(identity))
+    }
+}
+
+/// Leaves the identity of the verified client certificate on the connection (its TLS
+/// digest's extension), for the requests on it to read.
+#[derive(Debug)]
+pub struct CaptureCertificate {
+    /// How certificates name workloads (`auth.certificates`).
+    pub mapping: CertificateMapping,
+}
 
 #[async_trait]
 impl TlsAccept for CaptureCertificate {
@@ -129,7 +149,9 @@ impl TlsAccept for CaptureCertificate {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         let der = tls.peer_certificate_der()?;
         match PeerCertificate::from_der(der) {
-            Ok(cert) => Some(Arc::new(cert)),
+            Ok(cert) => Some(Arc::new(ClientIdentity(
+                self.mapping.identity(&cert).map(Arc::new),
+            ))),
             Err(e) => {
                 tracing::warn!(error = %e, "client certificate verified but not readable");
                 None
@@ -164,6 +186,13 @@ mod tests {
             r#"Service::"spiffe://prod.example/ns/shop/sa/api""#
         );
         assert_eq!(id.expires_at, 2_000_000_000);
+        let on_connection = ClientIdentity(Ok(Arc::new(id.clone())));
+        assert!(on_connection.at(1_999_999_999).is_ok());
+        assert_eq!(
+            on_connection.at(2_000_000_000),
+            Err(AuthnError::Expired),
+            "a connection outliving its certificate"
+        );
         assert_eq!(
             spiffe.identity(&cert(Some("spiffe://dev.example/ns/shop/sa/api"), &[])),
             Err(AuthnError::UntrustedDomain)

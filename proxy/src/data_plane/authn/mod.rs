@@ -308,8 +308,6 @@ pub struct AuthSettings {
     pub max_token_bytes: usize,
     /// Cooldown between refetches caused by unknown `kid`s.
     pub unknown_kid_cooldown: Duration,
-    /// How verified client certificates name workloads.
-    pub certificates: certificate::CertificateMapping,
 }
 
 /// A verified token's identity, its issuer, and that issuer's key-set generation it was
@@ -573,20 +571,6 @@ impl Authenticator {
         Ok((identity, false))
     }
 
-    /// The identity of a verified client certificate at `now` (seconds): a `Service` named
-    /// as `auth.certificates` says, until the certificate's `notAfter` (a connection may
-    /// outlive it).
-    pub fn certificate_identity(
-        &self,
-        cert: &certificate::PeerCertificate,
-        now: i64,
-    ) -> Result<Identity, AuthnError> {
-        if cert.not_after <= now {
-            return Err(AuthnError::Expired);
-        }
-        self.settings.certificates.identity(cert)
-    }
-
     /// The claims of `token`, a token of the first issuer, once its header, signature,
     /// issuer, an audience among `audiences`, its times at `now` (seconds) and the issuer's
     /// token policy check out (no cache: admin JWTs use this; other issuers' tokens are
@@ -791,7 +775,6 @@ mod tests {
                 leeway_seconds: 0,
                 max_token_bytes: 8192,
                 unknown_kid_cooldown: Duration::from_secs(30),
-                certificates: certificate::CertificateMapping::default(),
             },
             100,
         )
