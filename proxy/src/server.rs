@@ -6,6 +6,10 @@
 //! the wait above already covers it and ends as soon as nothing is in flight.) SIGINT stops
 //! at once.
 //!
+//! The ops listener starts only once the data plane's listeners are bound, so a `/readyz`
+//! that answers 200 means the data port accepts connections (Pingora itself reports a
+//! listening service ready before it binds).
+//!
 //! Pingora never sees the command line: it gets its configuration from ours.
 
 use std::sync::Arc;
@@ -13,8 +17,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{
+    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
 use pingora::services::listening::Service;
+use pingora::services::{
+    Service as PingoraService, ServiceHandle, ServiceReadyNotifier, ServiceWithDependents,
+};
 
 use crate::head_deadline::HeadDeadline;
 
@@ -65,16 +74,19 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    if mode.serves_data_plane() {
-        add_data_plane(&mut server, config, &plane, cert);
-    }
+    let data_plane = mode
+        .serves_data_plane()
+        .then(|| add_data_plane(&mut server, config, &plane, cert));
 
     let mut ops = Service::new(
         String::from("portcullis ops"),
         Ops::new(Arc::clone(&plane), audit),
     );
     ops.add_tcp(&config.ops.address);
-    server.add_service(ops);
+    let ops = server.add_service(ops);
+    if let Some(data_plane) = &data_plane {
+        ops.add_dependency(data_plane);
+    }
 
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
@@ -90,7 +102,7 @@ fn add_data_plane(
     config: &Config,
     plane: &Arc<DataPlane>,
     cert: Option<Arc<ReloadingCert>>,
-) {
+) -> ServiceHandle {
     let app = pingora::proxy::http_proxy(
         &server.configuration,
         EnforcingProxy::new(Arc::clone(plane)),
@@ -136,7 +148,55 @@ fn add_data_plane(
             Err(e) => tracing::error!(error = %e, "HTTPS listener not started"),
         }
     }
-    server.add_service(proxy);
+    server.add_service(BoundBeforeReady(proxy))
+}
+
+/// A listening service that tells the services depending on it that it is ready once all
+/// its listeners are bound — Pingora's own listening services say so before binding. Pingora
+/// records each listener it binds in the table of listening sockets (kept for graceful
+/// upgrades), keyed by address: that record is the signal.
+struct BoundBeforeReady<S>(S);
+
+#[async_trait]
+impl<S: PingoraService> ServiceWithDependents for BoundBeforeReady<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        let addresses = self.0.listen_addresses().unwrap_or_default();
+        let table = fds.clone();
+        let bound = async move {
+            let Some(table) = table else { return };
+            while !addresses
+                .iter()
+                .all(|address| table.lock().get(address).is_some())
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let serve = self.0.start_service(fds, shutdown, listeners_per_fd);
+        tokio::pin!(serve);
+        tokio::select! {
+            () = &mut serve => return,
+            () = bound => ready.notify_ready(),
+        }
+        serve.await;
+    }
+
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.0.threads()
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.0.listen_addresses()
+    }
 }
 
 /// SIGTERM: drain, then shut down gracefully. SIGINT: shut down now. SIGQUIT: Pingora's
