@@ -142,6 +142,7 @@ fn allowed(snapshot: &Snapshot, action: &str, resource: &str, facts: &RequestFac
         resource: &resource,
         route_parents: &[],
         facts,
+        claimed: None,
     };
     let first = decide(snapshot, &request);
     let second = decide(snapshot, &request);
@@ -253,6 +254,7 @@ fn what_no_policy_of_the_action_reads_is_not_part_of_the_key() {
             resource: &doc,
             route_parents: &[],
             facts,
+            claimed: None,
         };
         let decision = decide(&s, &request);
         assert_eq!(decision.allowed, decide_uncached(&s, &request).allowed);

@@ -9,7 +9,9 @@
 //! that, say, the minute or the client IP does not split entries for an action whose
 //! policies never look at them), and, in cached state mode, the version of each user,
 //! service or entity fetched for the decision (a cache that outlives an eviction then never
-//! answers for a version it did not see). INVARIANT: a new input of the evaluation must join
+//! answers for a version it did not see), and the digest of a principal taken from its
+//! token's claims (two tokens of one subject with different claims never share an entry).
+//! INVARIANT: a new input of the evaluation must join
 //! [`KeyRef`], or the cache would answer for a request it has not seen.
 //!
 //! Entries are found by a keyed hash of the borrowed key and then compared field by field,
@@ -35,6 +37,8 @@ pub(super) struct KeyRef<'a> {
     pub(super) roles: &'a [&'a str],
     pub(super) facts: ContextKey<'a>,
     pub(super) versions: Versions<'a>,
+    /// The digest of the claimed principal, when the decision read one.
+    pub(super) claimed: Option<&'a [u8; 32]>,
 }
 
 /// The revisions of the principals and entities fetched for a decision (empty in full state
@@ -114,6 +118,7 @@ struct Key {
     ip: Option<String>,
     device_id: Option<String>,
     versions: Vec<portcullis_model::Revision>,
+    claimed: Option<[u8; 32]>,
 }
 
 impl Key {
@@ -134,6 +139,7 @@ impl Key {
             ip: f.ip.map(str::to_owned),
             device_id: f.device_id.map(str::to_owned),
             versions: k.versions.0.iter().map(|f| f.revision).collect(),
+            claimed: k.claimed.copied(),
         }
     }
 
@@ -144,6 +150,7 @@ impl Key {
             && self.route_parents == k.route_parents
             && self.roles.len() == k.roles.len()
             && self.roles.iter().zip(k.roles).all(|(a, b)| a == b)
+            && self.claimed.as_ref() == k.claimed
             && self.versions.len() == k.versions.0.len()
             && self
                 .versions

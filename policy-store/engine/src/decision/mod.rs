@@ -18,6 +18,12 @@
 //! its ancestors) are fetched first and passed in ([`Fetched`]): [`first_missing`] names
 //! the next one to fetch, by the same walk the decision takes, and [`decide_fetched`]
 //! decides over them.
+//!
+//! A principal the store does not hold may come with the request instead, described by
+//! its verified token's claims ([`ClaimedPrincipal`]): it is decided on only when the store
+//! has no principal of that key (a stored one, whatever its status, always wins), its
+//! digest joins the cache key, and the roles it holds only through its claims are named
+//! in the decision ([`Decision::claimed_roles`]).
 
 mod cache;
 #[cfg(test)]
@@ -112,6 +118,21 @@ pub struct DecisionRequest<'a> {
     pub route_parents: &'a [EntityRef],
     /// Request facts.
     pub facts: &'a RequestFacts,
+    /// The principal as its token's claims describe it, for when the store does not hold
+    /// it (`None`: unknown principals are refused).
+    pub claimed: Option<ClaimedPrincipal<'a>>,
+}
+
+/// A principal described by its verified token's claims: its record (tenant, groups,
+/// attributes) and its claim-mapped roles as assignments, prepared against the snapshot
+/// with [`Snapshot::principal_view`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimedPrincipal<'a> {
+    /// The view; its principal's key is the request's principal.
+    pub view: &'a PrincipalView,
+    /// A digest of everything the view says (record and assignments): it stands for the
+    /// view in the decision cache's key.
+    pub digest: &'a [u8; 32],
 }
 
 /// Why a decision came out as it did. Short, stable codes: safe to show to clients and to
@@ -170,6 +191,9 @@ pub struct Decision {
     pub errors: Vec<String>,
     /// Roles in force for this principal on this resource now.
     pub effective_roles: Vec<String>,
+    /// Those of `effective_roles` held only through the token's claims (a claimed
+    /// principal's own roles, not also given by a stored group).
+    pub claimed_roles: Vec<String>,
     /// Time spent deciding.
     pub elapsed: Duration,
     /// Answered from the decision cache.
@@ -184,6 +208,7 @@ impl Decision {
             determining_policies: Vec::new(),
             errors: detail.into_iter().collect(),
             effective_roles: Vec::new(),
+            claimed_roles: Vec::new(),
             elapsed: started.elapsed(),
             cached: false,
         }
@@ -213,11 +238,13 @@ pub enum FetchedView {
 }
 
 /// Where a decision finds principals and entities: all in the snapshot (full state), or
-/// those it holds in the snapshot and the others among those fetched for it (cached state).
+/// those it holds in the snapshot and the others among those fetched for it (cached state);
+/// the request's principal, when the store has none, in its claims.
 #[derive(Debug, Clone, Copy)]
 struct Held<'s> {
     snapshot: &'s Snapshot,
     fetched: Option<&'s [Arc<Fetched>]>,
+    claimed: Option<ClaimedPrincipal<'s>>,
 }
 
 /// A principal or entity looked up for a decision.
@@ -236,6 +263,18 @@ impl<T> Lookup<T> {
 }
 
 impl<'s> Held<'s> {
+    fn new(
+        snapshot: &'s Snapshot,
+        fetched: Option<&'s [Arc<Fetched>]>,
+        request: &DecisionRequest<'s>,
+    ) -> Self {
+        Self {
+            snapshot,
+            fetched,
+            claimed: request.claimed,
+        }
+    }
+
     /// The fetched key `key`, when the snapshot does not hold it (else `None`).
     fn fetched(&self, key: &EntityRef, held: bool) -> Option<Option<&'s Fetched>> {
         let fetched = self.fetched.filter(|_| !held)?;
@@ -243,6 +282,27 @@ impl<'s> Held<'s> {
     }
 
     fn principal(&self, key: &EntityRef) -> Lookup<&'s PrincipalView> {
+        match self.stored_principal(key) {
+            Lookup::Absent => match self.claimed {
+                Some(claimed)
+                    if claimed.view.principal.id == key.id()
+                        && claimed.view.principal.kind.cedar_type() == key.type_name() =>
+                {
+                    Lookup::Found(claimed.view)
+                }
+                _ => Lookup::Absent,
+            },
+            stored => stored,
+        }
+    }
+
+    /// Whether `view` is the claimed principal's (not a stored one).
+    fn is_claimed(&self, view: &PrincipalView) -> bool {
+        self.claimed
+            .is_some_and(|claimed| std::ptr::eq(claimed.view, view))
+    }
+
+    fn stored_principal(&self, key: &EntityRef) -> Lookup<&'s PrincipalView> {
         match self.fetched(key, is_shared(key)) {
             None => Lookup::of(self.snapshot.principal(key).map(AsRef::as_ref)),
             Some(None) => Lookup::Missing,
@@ -271,26 +331,12 @@ impl<'s> Held<'s> {
 /// Decides one request against a snapshot, answering from the snapshot's decision cache when
 /// it has seen exactly these inputs. Never touches I/O and never locks.
 pub fn decide(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> Decision {
-    decide_with(
-        Held {
-            snapshot,
-            fetched: None,
-        },
-        request,
-        true,
-    )
+    decide_with(Held::new(snapshot, None, request), request, true)
 }
 
 /// [`decide`] without the decision cache: always evaluates.
 pub fn decide_uncached(snapshot: &Snapshot, request: &DecisionRequest<'_>) -> Decision {
-    decide_with(
-        Held {
-            snapshot,
-            fetched: None,
-        },
-        request,
-        false,
-    )
+    decide_with(Held::new(snapshot, None, request), request, false)
 }
 
 /// [`decide`] over a snapshot of the shared state and the users, services and entities
@@ -301,11 +347,7 @@ pub fn decide_fetched(
     fetched: &[Arc<Fetched>],
     request: &DecisionRequest<'_>,
 ) -> Decision {
-    let held = Held {
-        snapshot,
-        fetched: Some(fetched),
-    };
-    decide_with(held, request, true)
+    decide_with(Held::new(snapshot, Some(fetched), request), request, true)
 }
 
 /// The next key [`decide_fetched`] would read that is not among `fetched`: the principal,
@@ -316,10 +358,7 @@ pub fn first_missing(
     fetched: &[Arc<Fetched>],
     request: &DecisionRequest<'_>,
 ) -> Option<EntityRef> {
-    let held = Held {
-        snapshot,
-        fetched: Some(fetched),
-    };
+    let held = Held::new(snapshot, Some(fetched), request);
     let resource_is_principal =
         PrincipalKind::from_cedar_type(request.resource.type_name()).is_some();
     let mut principals = vec![request.principal];
@@ -363,6 +402,10 @@ fn decide_with(held: Held<'_>, request: &DecisionRequest<'_>, use_cache: bool) -
         roles: &resolved.roles,
         facts: cache::ContextKey::of(request.facts, reads.context),
         versions: cache::Versions(held.fetched.unwrap_or_default()),
+        claimed: held
+            .claimed
+            .filter(|_| resolved.claimed)
+            .map(|claimed| claimed.digest),
     };
     if use_cache && let Some(mut hit) = snapshot.decisions().get(&key) {
         hit.elapsed = started.elapsed();
@@ -374,6 +417,11 @@ fn decide_with(held: Held<'_>, request: &DecisionRequest<'_>, use_cache: bool) -
         Ok(input) => {
             let mut decision = input.evaluate(resolved.action);
             decision.effective_roles = resolved.roles.iter().map(|r| (*r).to_owned()).collect();
+            decision.claimed_roles = resolved
+                .claimed_roles
+                .iter()
+                .map(|r| (*r).to_owned())
+                .collect();
             decision
         }
         Err(detail) => {
@@ -404,6 +452,10 @@ struct Resolved<'s> {
     groups: Vec<&'s PrincipalView>,
     resource: ResourceChain<'s>,
     roles: Vec<&'s str>,
+    /// The principal is the claimed one.
+    claimed: bool,
+    /// Roles in force only through the claims.
+    claimed_roles: Vec<&'s str>,
     device_trusted: bool,
 }
 
@@ -443,7 +495,28 @@ impl<'s> Resolved<'s> {
             .as_ref()
             .is_some_and(|d| principal.principal.trusted_devices.iter().any(|t| t == d));
         let groups = group_closure(snapshot, &principal.principal.groups);
-        let roles = effective_roles(principal, &groups, &resource, request.facts, device_trusted);
+        let roles = effective_roles(
+            std::iter::once(principal).chain(groups.iter().copied()),
+            &resource,
+            request.facts,
+            device_trusted,
+        );
+        let claimed = held.is_claimed(principal);
+        let claimed_roles = if claimed {
+            let by_groups = effective_roles(
+                groups.iter().copied(),
+                &resource,
+                request.facts,
+                device_trusted,
+            );
+            roles
+                .iter()
+                .copied()
+                .filter(|r| !by_groups.contains(r))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             snapshot,
             held,
@@ -453,6 +526,8 @@ impl<'s> Resolved<'s> {
             groups,
             resource,
             roles,
+            claimed,
+            claimed_roles,
             device_trusted,
         })
     }
@@ -591,17 +666,16 @@ fn group_closure<'s>(snapshot: &'s Snapshot, groups: &'s [String]) -> Vec<&'s Pr
     out
 }
 
-/// Roles of the principal (directly or through a group) whose assignment scope covers the
+/// Roles of the `holders` (the principal and its groups) whose assignment scope covers the
 /// resource and whose conditions hold now. Sorted, without duplicates.
 fn effective_roles<'s>(
-    principal: &'s PrincipalView,
-    groups: &[&'s PrincipalView],
+    holders: impl Iterator<Item = &'s PrincipalView>,
     resource: &ResourceChain<'_>,
     facts: &RequestFacts,
     device_trusted: bool,
 ) -> Vec<&'s str> {
     let mut roles: Vec<&str> = Vec::new();
-    for holder in std::iter::once(principal).chain(groups.iter().copied()) {
+    for holder in holders {
         let scoped = std::iter::once(resource.resource)
             .chain(resource.ancestors.iter().map(|(a, _)| *a))
             .flat_map(|scope| holder.assignments_on(scope));
@@ -913,6 +987,7 @@ impl<'p> Combined<'p> {
             determining_policies: determining.into_iter().map(str::to_owned).collect(),
             errors: self.errors,
             effective_roles: Vec::new(),
+            claimed_roles: Vec::new(),
             elapsed: Duration::ZERO,
             cached: false,
         }

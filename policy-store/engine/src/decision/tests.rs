@@ -323,6 +323,51 @@ fn state(files: &[&str]) -> StoreState {
     }
 }
 
+/// Principals as tokens' claims describe them, with their digests: `zoe` (a user of t1 in
+/// the stored group `team`, a member of t1 and a guardian everywhere by her claims), `robot`
+/// (a service of t2) and `alice` (stored: her claims must be ignored).
+fn claimed_principals(snapshot: &Snapshot) -> Vec<(PrincipalView, [u8; 32])> {
+    let claim = |id: &str, who: &Principal, role: &str, scope: Scope| Assignment {
+        id: format!("claim:{id}"),
+        principal: who.entity_ref(),
+        role: role.to_owned(),
+        scope,
+        conditions: AssignmentConditions::default(),
+        assigned_by: None,
+        reason: None,
+    };
+    let mut zoe = principal(PrincipalKind::User, "zoe", Some("t1"));
+    zoe.groups = vec![String::from("team")];
+    zoe.attributes.clearance = 2;
+    zoe.attributes.manager = Some(String::from("bob"));
+    let zoe_roles = vec![
+        claim(
+            "member",
+            &zoe,
+            "member",
+            Scope::Entity(eref("Tenant", "t1")),
+        ),
+        claim("guardian", &zoe, "guardian", Scope::Global),
+    ];
+    let robot = principal(PrincipalKind::Service, "robot", Some("t2"));
+    let robot_roles = vec![claim(
+        "service",
+        &robot,
+        "service",
+        Scope::Entity(eref("Tenant", "t2")),
+    )];
+    let alice = principal(PrincipalKind::User, "alice", Some("t2"));
+    let alice_roles = vec![claim("admin", &alice, "admin", Scope::Global)];
+    [(zoe, zoe_roles), (robot, robot_roles), (alice, alice_roles)]
+        .into_iter()
+        .enumerate()
+        .map(|(n, (p, roles))| {
+            let digest = [u8::try_from(n).unwrap(); 32];
+            (snapshot.principal_view(p, roles), digest)
+        })
+        .collect()
+}
+
 /// Request facts that turn the context-reading policies on and off.
 fn facts() -> Vec<RequestFacts> {
     let at = |hour, minute, weekday| LocalTime {
@@ -378,12 +423,23 @@ fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
         action: true,
         context: ContextAttrs::ALL,
     };
+    // Principals from claims: two the store does not hold, and alice, whose stored record
+    // wins over what a token claims for her.
+    let claimed = claimed_principals(&snapshot);
+    let claimed_for = |key: &EntityRef| {
+        claimed
+            .iter()
+            .find(|(view, _)| view.principal.entity_ref() == *key)
+            .map(|(view, digest)| ClaimedPrincipal { view, digest })
+    };
     let principals = [
         eref("User", "alice"),
         eref("User", "bob"),
         eref("User", "carol"),
         eref("User", "dave"),
         eref("Service", "svc"),
+        eref("User", "zoe"),
+        eref("Service", "robot"),
     ];
     let resources = [
         (eref("Tenant", "t1"), vec![]),
@@ -406,6 +462,7 @@ fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
     let mut outcomes: BTreeSet<&'static str> = BTreeSet::new();
     let mut determining_seen: BTreeSet<String> = BTreeSet::new();
     let mut projected = 0_usize;
+    let mut claimed_decided = 0_usize;
     for action_id in &actions {
         for principal in &principals {
             for (resource, route_parents) in &resources {
@@ -416,16 +473,18 @@ fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
                         resource,
                         route_parents,
                         facts,
+                        claimed: claimed_for(principal),
                     };
-                    let Ok(resolved) = Resolved::of(
-                        Held {
-                            snapshot: &snapshot,
-                            fetched: None,
-                        },
-                        &request,
-                    ) else {
+                    let Ok(resolved) = Resolved::of(Held::new(&snapshot, None, &request), &request)
+                    else {
                         continue;
                     };
+                    assert_eq!(
+                        resolved.claimed,
+                        principal.id() != "alice" && request.claimed.is_some(),
+                        "{principal}"
+                    );
+                    claimed_decided += usize::from(resolved.claimed);
                     let reads = resolved.action.reads();
                     if reads != everything {
                         projected += 1;
@@ -466,6 +525,7 @@ fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
     // The comparison covered every kind of outcome and the policies of every shape.
     assert!(compared > 1_000, "{compared} requests compared");
     assert!(projected > 0, "no action leaves anything out of its slice");
+    assert!(claimed_decided > 100, "{claimed_decided} claimed requests");
     for reason in [
         "allowed",
         "forbidden_by_policy",
@@ -610,6 +670,7 @@ fn the_shared_state_decides_as_the_full_state(held: &HeldEntityTypes) {
                         resource,
                         route_parents,
                         facts,
+                        claimed: None,
                     };
                     let mut fetched: Vec<Arc<Fetched>> = Vec::new();
                     while let Some(missing) = first_missing(&shared, &fetched, &request) {
@@ -665,6 +726,7 @@ fn the_shared_state_decides_as_the_full_state(held: &HeldEntityTypes) {
         resource: &resources[1].0,
         route_parents: &resources[1].1,
         facts,
+        claimed: None,
     };
     let unfetched = decide_fetched(&shared, &[], &request);
     assert_eq!(unfetched.reason, DecisionReason::StateUnavailable);
@@ -765,6 +827,7 @@ fn a_decision_cached_over_one_version_is_not_answered_for_the_next() {
         resource: &space,
         route_parents: &parents,
         facts,
+        claimed: None,
     };
     let held = full.principal(&bob).unwrap();
     let version = |revision, status| {
@@ -786,4 +849,134 @@ fn a_decision_cached_over_one_version_is_not_answered_for_the_next() {
     let next = decide_fetched(&shared, &suspended, &request);
     assert!(!next.cached);
     assert!(!next.allowed, "{next:?}");
+}
+
+/// A principal from claims is decided on with its claim-mapped roles when the store does
+/// not hold it, in full and in cached state mode; a stored principal (here suspended)
+/// always wins; two claim sets of one subject never share a cached decision; roles held
+/// only through claims are named as such.
+#[test]
+fn a_principal_from_claims_is_decided_only_where_the_store_has_none() {
+    let full = Snapshot::build(state(&["default.cedar"]), 0).unwrap();
+    let shared =
+        Snapshot::build(state(&["default.cedar"]).shared(&HeldEntityTypes::ALL), 0).unwrap();
+    let facts = &facts()[0];
+    let (zoe, document) = (eref("User", "zoe"), eref("Document", "d1"));
+    let parents = [eref("Space", "s1")];
+    let claim = |role: &str, scope: Scope| Assignment {
+        id: format!("claim:{role}"),
+        principal: zoe.clone(),
+        role: role.to_owned(),
+        scope,
+        conditions: AssignmentConditions::default(),
+        assigned_by: None,
+        reason: None,
+    };
+    let mut record = principal(PrincipalKind::User, "zoe", Some("t1"));
+    // d1 is classified 1.
+    record.attributes.clearance = 1;
+    let member = full.principal_view(
+        record.clone(),
+        [claim("member", Scope::Entity(eref("Tenant", "t1")))],
+    );
+    // The same role, a lower clearance: only the digest tells the two apart.
+    let uncleared = full.principal_view(
+        principal(PrincipalKind::User, "zoe", Some("t1")),
+        [claim("member", Scope::Entity(eref("Tenant", "t1")))],
+    );
+    let request = |claimed: Option<ClaimedPrincipal<'_>>| {
+        decide(
+            &full,
+            &DecisionRequest {
+                principal: &zoe,
+                action: "document.read",
+                resource: &document,
+                route_parents: &parents,
+                facts,
+                claimed,
+            },
+        )
+    };
+
+    let unknown = request(None);
+    assert_eq!(unknown.reason, DecisionReason::UnknownPrincipal);
+    let allowed = request(Some(ClaimedPrincipal {
+        view: &member,
+        digest: &[1; 32],
+    }));
+    assert!(allowed.allowed, "{allowed:?}");
+    assert_eq!(allowed.effective_roles, ["member"]);
+    assert_eq!(allowed.claimed_roles, ["member"]);
+    // The same subject with other claims: not answered from the entry above.
+    let lower = request(Some(ClaimedPrincipal {
+        view: &uncleared,
+        digest: &[2; 32],
+    }));
+    assert!(!lower.allowed, "{lower:?}");
+    assert!(!lower.cached);
+    assert_eq!(lower.reason, DecisionReason::Forbidden);
+    let again = request(Some(ClaimedPrincipal {
+        view: &member,
+        digest: &[1; 32],
+    }));
+    assert!(again.allowed && again.cached);
+
+    // Cached state: the store (fetched) says it holds no zoe; her claims decide.
+    let absent = Arc::new(Fetched {
+        key: zoe.clone(),
+        revision: 1,
+        view: None,
+    });
+    let shared_member = shared.principal_view(
+        record,
+        [claim("member", Scope::Entity(eref("Tenant", "t1")))],
+    );
+    let cached_request = DecisionRequest {
+        principal: &zoe,
+        action: "document.read",
+        resource: &document,
+        route_parents: &parents,
+        facts,
+        claimed: Some(ClaimedPrincipal {
+            view: &shared_member,
+            digest: &[1; 32],
+        }),
+    };
+    let mut fetched = vec![absent];
+    while let Some(missing) = first_missing(&shared, &fetched, &cached_request) {
+        fetched.push(fetch(&full, &shared, &missing));
+    }
+    let decided = decide_fetched(&shared, &fetched, &cached_request);
+    assert!(decided.allowed, "{decided:?}");
+    assert_eq!(decided.claimed_roles, ["member"]);
+
+    // carol is stored, suspended: an admin role in her claims changes nothing.
+    let carol = eref("User", "carol");
+    let claimed_admin = full.principal_view(
+        principal(PrincipalKind::User, "carol", Some("t1")),
+        [Assignment {
+            principal: carol.clone(),
+            ..claim("admin", Scope::Global)
+        }],
+    );
+    let carol_request = |claimed| DecisionRequest {
+        principal: &carol,
+        action: "document.read",
+        resource: &document,
+        route_parents: &parents,
+        facts,
+        claimed,
+    };
+    let stored = decide_uncached(&full, &carol_request(None));
+    let with_claims = decide_uncached(
+        &full,
+        &carol_request(Some(ClaimedPrincipal {
+            view: &claimed_admin,
+            digest: &[3; 32],
+        })),
+    );
+    assert!(!with_claims.allowed);
+    assert_eq!(with_claims.reason, stored.reason);
+    assert_eq!(with_claims.effective_roles, stored.effective_roles);
+    assert!(with_claims.claimed_roles.is_empty());
 }
