@@ -558,6 +558,7 @@ async fn snapshot_follows_changes(store: SqlStore) {
                 resource: &doc,
                 route_parents: &[],
                 facts: &f,
+                claimed: None,
             },
         )
     };

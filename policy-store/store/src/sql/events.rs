@@ -259,11 +259,10 @@ async fn apply(conn: &mut AnyConnection, op: &Op) -> Result<Vec<ChangeKind>, Sto
             Ok(vec![ChangeKind::Principal { principal: key }])
         }
         Op::DeletePrincipal(key) => {
-            // Gone already is gone: an event deleting it again changes nothing more.
-            delete_principal_rows(conn, key).await?;
-            Ok(vec![ChangeKind::Principal {
-                principal: key.clone(),
-            }])
+            // Gone already is gone, but the tombstone is left all the same: the principal
+            // may never have been stored (taken from its token's claims).
+            let (_, changes) = delete_principal_rows(conn, key).await?;
+            Ok(changes)
         }
         Op::SetStatus { principal, status } => {
             let mut p = principal_doc(conn, principal)

@@ -583,11 +583,21 @@ async fn insert_assignment(conn: &mut AnyConnection, a: &Assignment) -> Result<(
     Ok(())
 }
 
-/// Deletes a principal and its assignments; whether it existed.
+/// Deletes a principal and its assignments, and leaves a tombstone: every token issued to it
+/// until now is revoked, so one still valid cannot bring it back (an issuer that takes
+/// principals the store does not hold from their claims would otherwise). Whether it
+/// existed; the changes to announce.
 async fn delete_principal_rows(
     conn: &mut AnyConnection,
     key: &EntityRef,
-) -> Result<bool, StoreError> {
+) -> Result<(bool, Vec<ChangeKind>), StoreError> {
+    let tombstone = RevokedSession {
+        session_id: RevokedSession::all_sessions_key(key),
+        principal: Some(key.clone()),
+        expires_at: UnixMillis::MAX,
+        issued_before: Some(now_millis()),
+    };
+    upsert_revoked_session(&mut *conn, &tombstone).await?;
     let deleted = sqlx::query("DELETE FROM principals WHERE key = $1")
         .bind(key.to_string())
         .execute(&mut *conn)
@@ -597,7 +607,15 @@ async fn delete_principal_rows(
         .bind(key.to_string())
         .execute(conn)
         .await?;
-    Ok(deleted > 0)
+    let changes = vec![
+        ChangeKind::Principal {
+            principal: key.clone(),
+        },
+        ChangeKind::Session {
+            session_id: tombstone.record_key(),
+        },
+    ];
+    Ok((deleted > 0, changes))
 }
 
 /// Refuses an assignment whose principal or role does not exist.
@@ -875,16 +893,11 @@ impl Store for SqlStore {
 
     async fn delete_principal(&self, key: &EntityRef) -> Result<Revision, StoreError> {
         let mut tx = self.write_tx().await?;
-        if !delete_principal_rows(&mut tx, key).await? {
+        let (existed, changes) = delete_principal_rows(&mut tx, key).await?;
+        if !existed {
             return Err(StoreError::NotFound(format!("principal `{key}`")));
         }
-        self.commit(
-            tx,
-            &[ChangeKind::Principal {
-                principal: key.clone(),
-            }],
-        )
-        .await
+        self.commit(tx, &changes).await
     }
 
     async fn get_principal(&self, key: &EntityRef) -> Result<Option<Principal>, StoreError> {
