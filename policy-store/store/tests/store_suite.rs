@@ -401,10 +401,15 @@ async fn principals_round_trip_and_delete_cascades(store: SqlStore) {
     let a1 = store.get_assignment("a1").await.unwrap().unwrap();
     assert_eq!(a1.reason.as_deref(), Some("onboarding"));
     assert_eq!(store.get_assignment("a2").await.unwrap(), None);
+    let before_deletion = jiff::Timestamp::now().as_millisecond() - 1;
     store.delete_principal(&key).await.unwrap();
     assert_eq!(store.get_assignment("a1").await.unwrap(), None);
     assert_eq!(store.get_principal(&key).await.unwrap(), None);
     assert!(store.assignments_of(&key).await.unwrap().is_empty());
+    // A tombstone: its tokens issued until the deletion are revoked, for good.
+    let snap = Snapshot::build(store.load_state().await.unwrap(), 0).unwrap();
+    assert!(snap.is_token_revoked_for(&key, Some(before_deletion), i64::MAX - 1));
+    assert!(!snap.is_token_revoked_for(&eref("User::\"someone-else\""), None, 0));
     assert!(matches!(
         store.delete_principal(&key).await,
         Err(StoreError::NotFound(_))
