@@ -30,6 +30,7 @@ fn entry(i: u64) -> EncodedEntry {
         reason: None,
         policies: vec![String::from("role:guardian")],
         errors: vec![],
+        claimed_roles: vec![],
         route: Some(String::from("get_document")),
         context: BTreeMap::from([
             (String::from("band"), String::from("AMBER")),

@@ -44,6 +44,8 @@ pub struct EntryRef<'a> {
     pub policies: &'a [String],
     /// See [`Entry::errors`].
     pub errors: &'a [String],
+    /// See [`Entry::claimed_roles`].
+    pub claimed_roles: &'a [String],
     /// See [`Entry::route`].
     pub route: Option<&'a str>,
     /// See [`Entry::context`]; keys ascending.
@@ -86,6 +88,7 @@ impl Entry {
             reason,
             policies,
             errors,
+            claimed_roles,
             route,
             context,
             latency_us,
@@ -109,6 +112,7 @@ impl Entry {
             reason: reason.as_deref(),
             policies,
             errors,
+            claimed_roles,
             route: route.as_deref(),
             context: &context,
             latency_us: *latency_us,
@@ -152,7 +156,11 @@ impl EntryRef<'_> {
         optional(&mut out, "resource", self.resource)?;
         optional(&mut out, "decision", self.decision)?;
         optional(&mut out, "reason", self.reason)?;
-        for (name, list) in [("policies", self.policies), ("errors", self.errors)] {
+        for (name, list) in [
+            ("policies", self.policies),
+            ("errors", self.errors),
+            ("claimed_roles", self.claimed_roles),
+        ] {
             if !list.is_empty() {
                 key(&mut out, name);
                 let mut separator = b'[';
@@ -336,6 +344,7 @@ mod tests {
             reason: Some(String::from("denied")),
             policies: vec![String::from("role:member"), String::from(awkward)],
             errors: vec![String::from(awkward)],
+            claimed_roles: vec![String::from("editor"), String::from(awkward)],
             route: Some(String::from("get_document")),
             context: BTreeMap::from([
                 (String::from("band"), String::from("AMBER")),

@@ -98,6 +98,10 @@ pub struct Entry {
     /// Evaluation errors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Roles the decision found in force only through the token's claims (a principal
+    /// taken from its claims).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claimed_roles: Vec<String>,
     /// The route name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
