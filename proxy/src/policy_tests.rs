@@ -318,6 +318,7 @@ fn run_case(dir: &PolicyDir, case: &Case) -> Result<(), String> {
             resource: &case.request.resource,
             route_parents: &case.request.parents,
             facts: &facts,
+            claimed: None,
         },
     );
     let got = if decision.allowed {

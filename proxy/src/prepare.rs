@@ -12,6 +12,7 @@ use portcullis_model::PrincipalKind;
 use crate::config::{
     AuthConfig, Config, ContextConfig, PrincipalType, parse_cidr, split_host_port,
 };
+use crate::data_plane::authn::claims::{ClaimMapping, UnknownPrincipals};
 use crate::data_plane::authn::{AuthSettings, IssuerSettings, parse_algorithm};
 use crate::data_plane::context::ContextSettings;
 use crate::data_plane::screen::Screen;
@@ -109,6 +110,7 @@ pub fn auth_settings(config: &AuthConfig, issuer: String) -> Result<AuthSettings
         max_token_lifetime_seconds: config.max_token_lifetime_seconds,
         subjects: config.subjects.clone(),
         keys_max_age: max_age(&config.jwks_url, config.jwks_max_age_seconds),
+        from_claims: from_claims(config.unknown_principals, &config.claim_mapping),
     }];
     for further in &config.issuers {
         issuers.push(IssuerSettings {
@@ -131,6 +133,7 @@ pub fn auth_settings(config: &AuthConfig, issuer: String) -> Result<AuthSettings
                 &further.jwks_url,
                 further.jwks_max_age_seconds.or(config.jwks_max_age_seconds),
             ),
+            from_claims: from_claims(further.unknown_principals, &further.claim_mapping),
         });
     }
     Ok(AuthSettings {
@@ -139,6 +142,11 @@ pub fn auth_settings(config: &AuthConfig, issuer: String) -> Result<AuthSettings
         max_token_bytes: config.max_token_bytes,
         unknown_kid_cooldown: Duration::from_secs(config.unknown_kid_cooldown_seconds),
     })
+}
+
+/// The claim mapping, when unknown principals are taken from their claims.
+fn from_claims(unknown: UnknownPrincipals, mapping: &ClaimMapping) -> Option<ClaimMapping> {
+    (unknown == UnknownPrincipals::FromClaims).then(|| mapping.clone())
 }
 
 /// The context settings of `context`.

@@ -709,3 +709,105 @@ fn a_client_certificate_with_a_spiffe_id_is_a_workload_beside_token_users() {
         "a certificate of no trusted CA fails the handshake"
     );
 }
+
+/// `unknown_principals: from_claims`: a user the store does not hold is decided by the
+/// roles, tenant and attributes its token claims; stored principals still win (a stored
+/// suspended user stays refused, a stored user's roles are not widened by its claims); a
+/// deleted principal's tokens cannot bring it back, whether it was stored or only claimed.
+#[test]
+fn a_user_only_in_the_token_is_decided_by_its_claims_and_the_store_still_wins() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = crate::harness::temp_dir("claims");
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, keys.jwks.to_string()).expect("jwks");
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "auth:
+  issuer: {issuer}
+  audiences: [{audience}]
+  jwks_file: {jwks}
+  unknown_principals: from_claims
+  claim_mapping:
+    tenant: /org/id
+    groups: [/groups]
+    roles:
+      - {{pointer: /realm_access/roles, scope: tenant}}
+    attributes:
+      clearance: /clearance
+",
+            issuer = crate::harness::ISSUER,
+            audience = crate::harness::AUDIENCE,
+            jwks = jwks.display(),
+        ),
+    );
+    p.seed(world::import());
+    let token = |sub: &str, tenant: &str, roles: Value| {
+        keys.token(
+            sub,
+            json!({"org": {"id": tenant}, "realm_access": {"roles": roles}, "clearance": 0}),
+        )
+    };
+    let status = |token: &str, target: &str| {
+        let r = p.get(target, Some(token), &[("x-test-id", "claims")]);
+        (r.status, r.json()["reason"].as_str().map(str::to_owned))
+    };
+
+    // A user only in the token, a member of t1 by a claim: allowed, and the upstream is told
+    // the role.
+    let zoe = token("zoe", "t1", json!(["member"]));
+    let id = uuid::Uuid::now_v7().to_string();
+    let r = p.get(D1, Some(&zoe), &[("x-test-id", &id)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = upstream.seen_with(&id).remove(0);
+    assert_eq!(seen.one("x-portcullis-roles"), Some("member"));
+    assert_eq!(seen.one("x-portcullis-tenant"), Some("t1"));
+    // The audit record names the role as one from claims.
+    p.wait_for(
+        || {
+            p.audit_records()
+                .iter()
+                .any(|r| r["decision"] == "allow" && r["claimed_roles"] == json!(["member"]))
+        },
+        "an allow recorded with its claimed role",
+    );
+    // The claim absent, or a member of another tenant: refused.
+    let no_role = token("zoe", "t1", json!([]));
+    assert_eq!(status(&no_role, D1), (403, Some(String::from("no_permit"))));
+    let elsewhere = token("zoe", "t2", json!(["member"]));
+    assert_eq!(status(&elsewhere, D1).0, 403);
+    // An unreadable claim maps to nothing: no role.
+    let mistyped = token("zoe", "t1", json!("member"));
+    assert_eq!(status(&mistyped, D1).0, 200, "a lone string is one role");
+    let garbage = keys.token("zoe", json!({"org": {"id": "t1"}, "realm_access": 7}));
+    assert_eq!(status(&garbage, D1).0, 403);
+
+    // Stored principals win: sam is stored and suspended; dora is a guest of d1 only.
+    let sam = token("sam", "t1", json!(["guardian"]));
+    assert_eq!(status(&sam, D1).0, 403, "a stored suspended user");
+    let dora = token("dora", "t1", json!(["guardian"]));
+    assert_eq!(status(&dora, D1).0, 200, "dora's stored role");
+    assert_eq!(
+        status(&dora, "/v1/spaces/s1/documents/d2").0,
+        403,
+        "claims do not widen a stored user's roles"
+    );
+
+    // Deleted from the store: dora's tokens issued before cannot bring her back through
+    // her claims.
+    let r = p.admin_call("DELETE", "/v1/principals/users/dora", &json!({}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    p.wait_for(|| status(&dora, D1).0 == 401, "dora's token revoked");
+    assert_eq!(status(&dora, D1).1.as_deref(), Some("session_revoked"));
+    // A `user.deleted` event for a user only ever seen in tokens does the same.
+    let r = p.admin_call(
+        "POST",
+        "/v1/events",
+        &json!({"id": "evt-zoe-deleted", "type": "user.deleted",
+            "timestamp": jiff::Timestamp::now().to_string(), "userId": "zoe", "data": {}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    p.wait_for(|| status(&zoe, D1).0 == 401, "zoe's token revoked");
+}

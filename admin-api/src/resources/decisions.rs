@@ -123,6 +123,7 @@ fn what_if(
             resource: &request.resource,
             route_parents: &request.parents,
             facts,
+            claimed: None,
         },
     );
     AuthorizeResponse {

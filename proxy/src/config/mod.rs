@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::data_plane::authn::certificate::CertificateMapping;
+use crate::data_plane::authn::claims::{ClaimMapping, UnknownPrincipals};
 use crate::data_plane::authn::{ClaimNames, SubjectRules};
 use crate::data_plane::gateway::GatewayKind;
 use crate::data_plane::record::OnFull;
@@ -562,10 +563,17 @@ pub struct AuthConfig {
     /// How a client certificate verified by the HTTPS listener (`listen.tls.client_ca_file`)
     /// names the workload a request without a token comes from.
     pub certificates: CertificateMapping,
+    /// What a verified token whose subject the store does not hold gets: `deny` (403
+    /// `unknown_principal`) or `from_claims` (a principal built from `claim_mapping`).
+    /// This issuer's only: `auth.issuers` entries set their own.
+    pub unknown_principals: UnknownPrincipals,
+    /// Where `from_claims` finds the principal's tenant, groups, roles and attributes.
+    pub claim_mapping: ClaimMapping,
 }
 
 /// A further trusted issuer (`auth.issuers[]`). What it leaves unset is taken from `auth`,
-/// except the keys and the token policy's `subjects`, which are its own.
+/// except the keys, the token policy's `subjects` and what it does with unknown principals,
+/// which are its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
@@ -605,6 +613,13 @@ pub struct IssuerConfig {
     /// `auth.jwks_max_age_seconds`.
     #[serde(default)]
     pub jwks_max_age_seconds: Option<u64>,
+    /// As `auth.unknown_principals`, for this issuer's tokens; not taken from `auth`
+    /// (default `deny`).
+    #[serde(default)]
+    pub unknown_principals: UnknownPrincipals,
+    /// As `auth.claim_mapping`, for this issuer's tokens; not taken from `auth`.
+    #[serde(default)]
+    pub claim_mapping: ClaimMapping,
 }
 
 /// The kind of principal an issuer's subjects are.
@@ -645,6 +660,8 @@ impl Default for AuthConfig {
             jwks_max_age_seconds: None,
             issuers: Vec::new(),
             certificates: CertificateMapping::default(),
+            unknown_principals: UnknownPrincipals::Deny,
+            claim_mapping: ClaimMapping::default(),
         }
     }
 }
@@ -1200,6 +1217,8 @@ struct TrustedIssuer<'a> {
     max_token_lifetime_seconds: Option<u64>,
     subjects: &'a SubjectRules,
     jwks_max_age_seconds: Option<u64>,
+    unknown_principals: UnknownPrincipals,
+    claim_mapping: &'a ClaimMapping,
 }
 
 /// Problems of one trusted issuer's keys, audiences, algorithms and token policy, under
@@ -1277,6 +1296,18 @@ fn trusted_issuer_problems(
             ));
         }
     }
+    for (key, message) in policy
+        .claim_mapping
+        .problems(&format!("{at}.claim_mapping"))
+    {
+        problems.push(problem(key, message));
+    }
+    if policy.unknown_principals == UnknownPrincipals::Deny && !policy.claim_mapping.is_empty() {
+        problems.push(problem(
+            format!("{at}.claim_mapping"),
+            "is read only with `unknown_principals: from_claims`",
+        ));
+    }
     if let Some(max_age) = policy.jwks_max_age_seconds {
         if policy.jwks_url.is_none() {
             problems.push(problem(
@@ -1337,6 +1368,8 @@ fn issuer_problems(
             max_token_lifetime_seconds: further.max_token_lifetime_seconds,
             subjects: &further.subjects,
             jwks_max_age_seconds: further.jwks_max_age_seconds,
+            unknown_principals: further.unknown_principals,
+            claim_mapping: &further.claim_mapping,
         },
         auth.jwks_refresh_seconds,
         problems,
@@ -1635,6 +1668,8 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             max_token_lifetime_seconds: auth.max_token_lifetime_seconds,
             subjects: &auth.subjects,
             jwks_max_age_seconds: auth.jwks_max_age_seconds,
+            unknown_principals: auth.unknown_principals,
+            claim_mapping: &auth.claim_mapping,
         },
         auth.jwks_refresh_seconds,
         &mut problems,
@@ -2109,6 +2144,58 @@ auth:
             Some(portcullis_model::PrincipalKind::Service)
         );
         assert!(!cluster.subjects.admits("alice"));
+        assert!(idp.from_claims.is_none() && cluster.from_claims.is_none());
+    }
+
+    #[test]
+    fn claim_mappings_are_checked_per_issuer_and_never_inherited() {
+        let yaml = r#"
+auth:
+  issuer: https://idp
+  jwks_file: /etc/jwks.json
+  claim_mapping:
+    tenant: /org/id
+  issuers:
+    - issuer: https://other
+      jwks_file: /etc/other.json
+      unknown_principals: from_claims
+      claim_mapping:
+        groups: [groups]
+        roles: [{pointer: /roles, scope: tenant}]
+"#;
+        let c: Config = serde_saphyr::from_str(yaml).unwrap();
+        let keys: Vec<String> = validate(&c).into_iter().map(|p| p.at).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.claim_mapping",
+                "auth.issuers[0].claim_mapping.groups[0]",
+                "auth.issuers[0].claim_mapping.roles[0].scope",
+            ]
+        );
+        let good = r#"
+auth:
+  issuer: https://idp
+  jwks_file: /etc/jwks.json
+  unknown_principals: from_claims
+  claim_mapping:
+    tenant: /org/id
+    roles: [{pointer: /roles, scope: tenant}]
+  issuers:
+    - issuer: https://cluster
+      jwks_file: /etc/cluster.json
+"#;
+        let c: Config = serde_saphyr::from_str(good).unwrap();
+        assert_eq!(validate(&c), vec![]);
+        let settings = crate::prepare::auth_settings(&c.auth, String::from("https://idp")).unwrap();
+        let [idp, cluster] = &settings.issuers[..] else {
+            panic!("two issuers: {settings:?}");
+        };
+        assert_eq!(
+            idp.from_claims.as_ref().and_then(|m| m.tenant.as_deref()),
+            Some("/org/id")
+        );
+        assert!(cluster.from_claims.is_none(), "not taken from auth");
     }
 
     #[test]

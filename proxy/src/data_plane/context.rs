@@ -176,6 +176,7 @@ mod tests {
             session_ids: vec![],
             expires_at: 0,
             issued_at: None,
+            claimed: None,
         }
     }
 

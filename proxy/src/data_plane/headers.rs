@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `x-portcullis-subject` | the principal id (token subject) |
 //! | `x-portcullis-principal-type` | `user` or `service` |
-//! | `x-portcullis-tenant` | the principal's tenant in the store, if any |
+//! | `x-portcullis-tenant` | the principal's tenant in the store (or, for a principal from claims, its claimed tenant), if any |
 //! | `x-portcullis-roles` | roles in force for this request, comma-separated |
 //! | `x-portcullis-decision-id` | the decision's id (also in the audit record) |
 //! | `x-portcullis-assertion` | with `identity_assertion` on: a JWT saying the above, signed by Portcullis ([`super::assertion`]) |

@@ -40,8 +40,8 @@ use arc_swap::ArcSwap;
 use http::HeaderMap;
 use ipnet::IpNet;
 use portcullis_engine::decision::{
-    Decision, DecisionRequest, Fetched, FetchedView, MAX_FETCHED, RequestFacts, decide,
-    decide_fetched, first_missing,
+    ClaimedPrincipal, Decision, DecisionRequest, Fetched, FetchedView, MAX_FETCHED, RequestFacts,
+    decide, decide_fetched, first_missing,
 };
 use portcullis_engine::snapshot::SnapshotHandle;
 use portcullis_model::PrincipalKind;
@@ -279,6 +279,8 @@ pub struct DecisionSubject {
     pub policies: Vec<String>,
     /// Evaluation errors.
     pub errors: Vec<String>,
+    /// Roles in force only through the token's claims (a principal from claims).
+    pub claimed_roles: Vec<String>,
     /// Answered from the decision cache.
     pub cached: bool,
     /// Time in the decision core.
@@ -483,13 +485,26 @@ impl DataPlane {
                 Err(e) => return refuse.state_unavailable(&e),
             }
         }
-        let principal_view = match fetched.first() {
+        let stored_view = match fetched.first() {
             Some(fetched) => match &fetched.view {
                 Some(FetchedView::Principal(view)) => Some(view.as_ref()),
                 _ => None,
             },
             None => snapshot.principal(&identity.principal).map(AsRef::as_ref),
         };
+        // The store wins; its issuer may describe a principal it does not hold by its claims.
+        let claimed_view = match (stored_view, &identity.claimed) {
+            (None, Some(claimed)) => Some(claimed.view(&snapshot)),
+            _ => None,
+        };
+        let claimed = claimed_view
+            .as_deref()
+            .zip(identity.claimed.as_deref())
+            .map(|(view, claims)| ClaimedPrincipal {
+                view,
+                digest: claims.digest(),
+            });
+        let principal_view = stored_view.or(claimed_view.as_deref());
         let known = principal_view.is_some();
         let tenant = principal_view.and_then(|p| p.principal.tenant.clone());
         let decision_id = new_decision_id(jiff::Timestamp::now().as_millisecond());
@@ -536,6 +551,7 @@ impl DataPlane {
             resource: &resource,
             route_parents: &parents,
             facts: &facts,
+            claimed,
         };
         let decision = match &self.state_cache {
             None => decide(&snapshot, &request),
@@ -562,6 +578,7 @@ impl DataPlane {
             determining_policies,
             errors,
             effective_roles,
+            claimed_roles,
             elapsed,
             cached,
         } = decision;
@@ -577,6 +594,7 @@ impl DataPlane {
             resource: resource.to_string(),
             policies: determining_policies,
             errors,
+            claimed_roles,
             cached,
             elapsed,
             facts,

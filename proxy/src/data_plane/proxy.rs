@@ -514,6 +514,9 @@ impl ProxyHttp for EnforcingProxy {
                 action = subject.map(|s| s.action.as_str()),
                 resource = subject.map(|s| s.resource.as_str()),
                 policies = subject.map(|s| s.policies.join(",")),
+                claimed_roles = subject
+                    .filter(|s| !s.claimed_roles.is_empty())
+                    .map(|s| s.claimed_roles.join(",")),
                 decision_id,
                 trace_id,
                 elapsed_us = elapsed.as_micros() as u64,

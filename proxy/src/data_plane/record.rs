@@ -179,6 +179,7 @@ impl Recorder {
         entry.resource = Some(&d.resource);
         entry.policies = &d.policies;
         entry.errors = &d.errors;
+        entry.claimed_roles = &d.claimed_roles;
         entry.latency_us = Some(u64::try_from(d.elapsed.as_micros()).unwrap_or(u64::MAX));
         let f = &d.facts;
         let (mut hour, mut weekday, mut risk) = (

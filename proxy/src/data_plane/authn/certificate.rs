@@ -113,6 +113,7 @@ impl CertificateMapping {
             session_ids: Vec::new(),
             expires_at: cert.not_after,
             issued_at: None,
+            claimed: None,
         })
     }
 }

@@ -22,10 +22,15 @@
 //! - A `kid` the key set does not hold asks the key source for a refetch (at most once per
 //!   cooldown) and the request is refused: no network call happens on the request path.
 //!
+//! - An issuer may describe principals the store does not hold by their claims
+//!   (`unknown_principals: from_claims`, see [`claims`]); the description is built when the
+//!   token is verified and cached with it.
+//!
 //! Failures are typed ([`AuthnError`]); the data plane turns them into 401 responses in one
 //! place.
 
 pub mod certificate;
+pub mod claims;
 pub mod keys;
 pub mod source;
 
@@ -187,6 +192,9 @@ pub struct Identity {
     /// `iat`, seconds since the epoch, if the token says (checked against a revocation of
     /// all the principal's sessions).
     pub issued_at: Option<i64>,
+    /// The principal as the claims describe it, when its issuer takes principals the store
+    /// does not hold from their claims.
+    pub claimed: Option<Arc<claims::FromClaims>>,
 }
 
 /// Which claims say what (`auth.claims`).
@@ -294,6 +302,9 @@ pub struct IssuerSettings {
     pub subjects: SubjectRules,
     /// How long keys stay trusted after the last successful load.
     pub keys_max_age: Option<Duration>,
+    /// Set when a subject the store does not hold is taken from its claims
+    /// (`unknown_principals: from_claims`): where its parts are found.
+    pub from_claims: Option<claims::ClaimMapping>,
 }
 
 /// Authentication settings, prepared from `auth` by the application.
@@ -729,8 +740,13 @@ fn identity_of(
         _ => 100,
     });
     let session_ids = ["sid", "jti"].iter().filter_map(|c| text(c)).collect();
+    let principal = principal_ref(kind, &subject);
+    let claimed = issuer
+        .from_claims
+        .as_ref()
+        .map(|mapping| Arc::new(mapping.principal(&principal, kind, claims)));
     Ok(Identity {
-        principal: principal_ref(kind, &subject),
+        principal,
         tenant: text(&names.tenant),
         mfa: amr_mfa || acr_mfa,
         risk_score,
@@ -738,6 +754,7 @@ fn identity_of(
         session_ids,
         expires_at,
         issued_at: claims.get("iat").and_then(Value::as_i64),
+        claimed,
     })
 }
 
@@ -765,6 +782,7 @@ mod tests {
             max_token_lifetime_seconds: None,
             subjects: SubjectRules::default(),
             keys_max_age: None,
+            from_claims: None,
         }
     }
 
