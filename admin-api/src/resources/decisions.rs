@@ -106,6 +106,7 @@ fn facts_of(context: &WhatIfContext, prefix: &str, errors: &mut Vec<FieldError>)
         device_id: context.device_id.clone(),
         ip: context.ip.clone(),
         band,
+        extra: Vec::new(),
     }
 }
 

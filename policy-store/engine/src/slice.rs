@@ -19,7 +19,7 @@ use cedar_policy_core::evaluator::RestrictedEvaluator;
 use cedar_policy_core::extensions::Extensions;
 use smol_str::SmolStr;
 
-use crate::decision::RequestFacts;
+use crate::decision::{ContextValue, RequestFacts};
 use portcullis_model::{EntityRecord, EntityRef, Principal, PrincipalKind, PrincipalStatus};
 
 /// Entity types by name, parsed once. Names outside the map are parsed on demand.
@@ -204,16 +204,19 @@ impl ContextAttrs {
     pub(crate) const BAND: Self = Self(1 << 6);
     pub(crate) const DEVICE_ID: Self = Self(1 << 7);
     pub(crate) const IP: Self = Self(1 << 8);
+    /// The attributes routes take from the request ([`RequestFacts::extra`]): any name that
+    /// is not one of the fixed ones.
+    pub(crate) const EXTRA: Self = Self(1 << CONTEXT_ATTRIBUTES.len());
     /// Every attribute.
-    pub(crate) const ALL: Self = Self((1 << CONTEXT_ATTRIBUTES.len()) - 1);
+    pub(crate) const ALL: Self = Self((1 << (CONTEXT_ATTRIBUTES.len() + 1)) - 1);
 
-    /// This set and the attribute `name`. A name that is not an attribute of the context
-    /// adds nothing: no context carries it.
+    /// This set and the attribute `name`; a name that is not one of the fixed attributes
+    /// is one taken from the request ([`Self::EXTRA`]).
     pub(crate) fn with(self, name: &str) -> Self {
         CONTEXT_ATTRIBUTES
             .iter()
             .find(|(n, _)| *n == name)
-            .map_or(self, |(_, attr)| self.union(*attr))
+            .map_or(self.union(Self::EXTRA), |(_, attr)| self.union(*attr))
     }
 
     /// Both sets.
@@ -281,6 +284,18 @@ pub(crate) fn context(
             .map_err(|e| format!("client ip `{ip}`: {e}"))?;
         put(ContextAttrs::IP, value);
     }
+    if wanted.contains(ContextAttrs::EXTRA) {
+        for (name, value) in &facts.extra {
+            // Routes never name a fixed attribute (checked when they are compiled).
+            record
+                .entry(SmolStr::new(name))
+                .or_insert_with(|| match value {
+                    ContextValue::String(s) => s.as_str().into(),
+                    ContextValue::Long(n) => (*n).into(),
+                    ContextValue::Bool(b) => (*b).into(),
+                });
+        }
+    }
     Ok(cedar_policy_core::ast::Context::Value(Arc::new(record)))
 }
 
@@ -291,8 +306,13 @@ mod tests {
     #[test]
     fn context_attrs_hold_exactly_what_was_added() {
         let none = ContextAttrs::default();
-        let some = none.with("ip").with("mfa").with("no_such_attribute");
+        let some = none.with("ip").with("mfa");
         assert_eq!(some, ContextAttrs::IP.union(ContextAttrs::MFA));
+        assert_eq!(
+            none.with("tier"),
+            ContextAttrs::EXTRA,
+            "a route's own attribute"
+        );
         for (name, attr) in CONTEXT_ATTRIBUTES {
             // One bit per attribute, each its own.
             assert_eq!(attr.0.count_ones(), 1, "{name}");
@@ -307,8 +327,13 @@ mod tests {
         assert_eq!(
             CONTEXT_ATTRIBUTES
                 .iter()
-                .fold(none, |set, (_, attr)| set.union(*attr)),
+                .fold(ContextAttrs::EXTRA, |set, (_, attr)| set.union(*attr)),
             ContextAttrs::ALL
+        );
+        assert!(
+            !CONTEXT_ATTRIBUTES
+                .iter()
+                .any(|(_, a)| a.intersects(ContextAttrs::EXTRA))
         );
     }
 
@@ -326,6 +351,13 @@ mod tests {
             device_id: Some(String::from("laptop-1")),
             ip: Some(String::from("not an address")),
             band: String::from("RED"),
+            extra: vec![
+                (
+                    String::from("tier"),
+                    ContextValue::String(String::from("gold")),
+                ),
+                (String::from("hour"), ContextValue::Long(99)),
+            ],
         };
         let names = |wanted: ContextAttrs| -> Vec<String> {
             let cedar_policy_core::ast::Context::Value(record) =
@@ -345,9 +377,18 @@ mod tests {
                 "mfa",
                 "minute",
                 "risk_score",
+                "tier",
                 "weekday"
             ]
         );
+        // A route's attribute never replaces a fixed one.
+        let cedar_policy_core::ast::Context::Value(record) =
+            context(&facts, true, ContextAttrs::HOUR.union(ContextAttrs::EXTRA)).unwrap()
+        else {
+            panic!("a context of values")
+        };
+        assert_eq!(record.get("hour"), Some(&Value::from(10_i64)));
+        assert_eq!(names(ContextAttrs::HOUR), ["hour"]);
         assert_eq!(
             names(ContextAttrs::HOUR.union(ContextAttrs::MFA)),
             ["hour", "mfa"]

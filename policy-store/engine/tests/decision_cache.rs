@@ -128,6 +128,7 @@ fn facts() -> RequestFacts {
         device_id: Some(String::from("laptop-1")),
         ip: Some(String::from("10.0.0.1")),
         band: String::from("GREEN"),
+        extra: Vec::new(),
     }
 }
 

@@ -77,6 +77,7 @@ fn facts() -> RequestFacts {
         device_id: None,
         ip: None,
         band: String::from("GREEN"),
+        extra: Vec::new(),
     }
 }
 

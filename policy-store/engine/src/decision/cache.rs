@@ -20,7 +20,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use super::{Decision, Fetched, RequestFacts};
+use super::{ContextValue, Decision, Fetched, RequestFacts};
 use crate::slice::ContextAttrs;
 use portcullis_model::EntityRef;
 
@@ -68,6 +68,7 @@ pub(super) struct ContextKey<'a> {
     band: &'a str,
     ip: Option<&'a str>,
     device_id: Option<&'a str>,
+    extra: &'a [(String, ContextValue)],
 }
 
 impl<'a> ContextKey<'a> {
@@ -88,6 +89,7 @@ impl<'a> ContextKey<'a> {
             device_id: facts.device_id.as_deref().filter(|_| {
                 read.intersects(ContextAttrs::DEVICE_ID.union(ContextAttrs::DEVICE_TRUSTED))
             }),
+            extra: if_read(read, ContextAttrs::EXTRA, facts.extra.as_slice()),
         }
     }
 }
@@ -117,6 +119,7 @@ struct Key {
     band: String,
     ip: Option<String>,
     device_id: Option<String>,
+    extra: Vec<(String, ContextValue)>,
     versions: Vec<portcullis_model::Revision>,
     claimed: Option<[u8; 32]>,
 }
@@ -138,6 +141,7 @@ impl Key {
             band: f.band.to_owned(),
             ip: f.ip.map(str::to_owned),
             device_id: f.device_id.map(str::to_owned),
+            extra: f.extra.to_vec(),
             versions: k.versions.0.iter().map(|f| f.revision).collect(),
             claimed: k.claimed.copied(),
         }
@@ -166,6 +170,7 @@ impl Key {
                 band: &self.band,
                 ip: self.ip.as_deref(),
                 device_id: self.device_id.as_deref(),
+                extra: &self.extra,
             } == k.facts
     }
 }

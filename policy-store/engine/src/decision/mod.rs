@@ -102,6 +102,48 @@ pub struct RequestFacts {
     pub ip: Option<String>,
     /// Security band of the route: `GREEN`, `AMBER` or `RED`.
     pub band: String,
+    /// Context attributes the route takes from the request (headers, query and path
+    /// parameters, claims), typed by the schema; by name, ascending, none of them a fixed
+    /// attribute above.
+    pub extra: Vec<(String, ContextValue)>,
+}
+
+/// The Cedar type of a context attribute taken from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextKind {
+    /// `String`.
+    String,
+    /// `Long`.
+    Long,
+    /// `Bool`.
+    Bool,
+}
+
+impl ContextKind {
+    /// `text` as a value of this kind; `None` when it is not one (`Long`: a decimal integer;
+    /// `Bool`: `true` or `false`).
+    pub fn parse(self, text: &str) -> Option<ContextValue> {
+        match self {
+            Self::String => Some(ContextValue::String(text.to_owned())),
+            Self::Long => text.parse().ok().map(ContextValue::Long),
+            Self::Bool => match text {
+                "true" => Some(ContextValue::Bool(true)),
+                "false" => Some(ContextValue::Bool(false)),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A value of a context attribute taken from the request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ContextValue {
+    /// A Cedar `String`.
+    String(String),
+    /// A Cedar `Long`.
+    Long(i64),
+    /// A Cedar `Bool`.
+    Bool(bool),
 }
 
 /// A request resolved by the route map.

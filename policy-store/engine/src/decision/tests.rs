@@ -384,6 +384,7 @@ fn facts() -> Vec<RequestFacts> {
             device_id: Some(String::from("laptop-1")),
             ip: Some(String::from("10.1.2.3")),
             band: String::from("GREEN"),
+            extra: Vec::new(),
         },
         RequestFacts {
             now: 1_700_000_000_000,
@@ -393,6 +394,7 @@ fn facts() -> Vec<RequestFacts> {
             device_id: Some(String::from("kiosk-9")),
             ip: Some(String::from("192.0.2.7")),
             band: String::from("RED"),
+            extra: Vec::new(),
         },
         RequestFacts {
             now: 1_700_000_000_000,
@@ -402,6 +404,7 @@ fn facts() -> Vec<RequestFacts> {
             device_id: None,
             ip: None,
             band: String::from("AMBER"),
+            extra: Vec::new(),
         },
     ]
 }

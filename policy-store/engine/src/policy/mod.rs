@@ -88,6 +88,39 @@ impl CompiledPolicies {
         &self.schema
     }
 
+    /// The kind of value the schema gives context attribute `name` of `action` (for a
+    /// route that takes it from the request). `Err` says why a route cannot: the action or
+    /// the attribute is not in the schema, or its type is not a `String`, `Long` or `Bool`.
+    pub fn context_attribute(
+        &self,
+        action: &str,
+        name: &str,
+    ) -> Result<crate::decision::ContextKind, String> {
+        use cedar_policy_core::validator::types::Type;
+        let schema: &cedar_policy_core::validator::ValidatorSchema = self.schema.as_ref();
+        let uid = self
+            .index
+            .action(action)
+            .map(|a| a.uid().clone())
+            .ok_or_else(|| format!("action `{action}` is not in the schema"))?;
+        let Some(Type::Record { attrs, .. }) = schema.context_type(&uid) else {
+            return Err(format!(
+                "action `{action}` has no context record in the schema"
+            ));
+        };
+        let declared = attrs.get_attr(name).ok_or_else(|| {
+            format!("`{name}` is not an attribute of the context of `{action}` in the schema")
+        })?;
+        match declared.attr_type.as_ref() {
+            Type::String => Ok(crate::decision::ContextKind::String),
+            Type::Long => Ok(crate::decision::ContextKind::Long),
+            Type::Bool(_) => Ok(crate::decision::ContextKind::Bool),
+            other => Err(format!(
+                "context attribute `{name}` is a {other} in the schema; a request gives only String, Long or Bool"
+            )),
+        }
+    }
+
     /// Every policy, template and link, by id.
     pub fn policy_set(&self) -> &PolicySet {
         &self.all
