@@ -191,6 +191,7 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
         settings,
         config.auth.token_cache_entries,
     ));
+    authn.keep_claims(gate.routes.reads_claims());
     for (index, keys) in key_sources.iter().enumerate() {
         match keys.load_local() {
             Ok(Some(set)) => authn.set_keys(index, set),

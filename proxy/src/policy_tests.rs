@@ -309,6 +309,7 @@ fn run_case(dir: &PolicyDir, case: &Case) -> Result<(), String> {
         device_id: ctx.device_id.clone(),
         ip: ctx.ip.clone(),
         band: ctx.band.clone(),
+        extra: Vec::new(),
     };
     let decision = decide(
         &snapshot,

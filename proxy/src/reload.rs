@@ -192,6 +192,7 @@ impl Reloader {
             tracing::warn!(key, "changed; takes effect after a restart");
         }
         let gate = self.next_gate(&next).await?;
+        self.plane.authn.keep_claims(gate.routes.reads_claims());
         self.plane.gate.store(Arc::new(gate));
         self.current = next;
         Ok(())

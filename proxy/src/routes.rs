@@ -10,6 +10,12 @@
 //!     parents: [Space::{space}]               # optional
 //!     band: AMBER                             # GREEN (default) | AMBER | RED
 //!     shadow: true                            # optional: decide and count, but forward
+//!     context:                                # optional: context attributes from the request
+//!       tier: { header: x-customer-tier }     # trusted from context.trusted_hops only,
+//!                                             # unless `from_any_peer: true`
+//!       verbose: { query: verbose }
+//!       kind: { path: doc }                   # a path parameter
+//!       plan: { claim: /subscription/plan }   # a JSON pointer into the token's claims
 //!   - name: health
 //!     method: GET
 //!     path: /healthz
@@ -18,11 +24,17 @@
 //!
 //! Compiled once into one radix tree per method (`matchit`); a request that matches no route
 //! is refused. `{$tenant}` is the authenticated principal's tenant.
+//!
+//! A route's `context` attributes must be declared in the schema's context of its action,
+//! as `String`, `Long` or `Bool`: their type is the schema's, and a request whose value is
+//! not of that type is refused (400 `bad_context`) rather than evaluated. One the request
+//! does not carry is left out of the context (policies test it with `has`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use cedar_policy::Schema;
+use portcullis_engine::decision::ContextKind;
 use portcullis_engine::policy::{CompiledPolicies, PolicyDiagnostic};
 use portcullis_model::EntityRef;
 use serde::Deserialize;
@@ -67,6 +79,52 @@ struct RouteSpec {
     public: bool,
     #[serde(default)]
     shadow: bool,
+    #[serde(default)]
+    context: std::collections::BTreeMap<String, ContextSourceSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextSourceSpec {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    claim: Option<String>,
+    #[serde(default)]
+    from_any_peer: bool,
+}
+
+/// A context attribute a route takes from the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextSource {
+    /// The attribute's name in the context.
+    pub name: String,
+    /// Where its value is read.
+    pub from: ContextFrom,
+    /// Its type, from the schema.
+    pub kind: ContextKind,
+}
+
+/// Where a context attribute's value is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextFrom {
+    /// A request header; from a peer outside `context.trusted_hops` only when `any_peer`.
+    Header {
+        /// The header.
+        name: http::HeaderName,
+        /// Taken from any peer.
+        any_peer: bool,
+    },
+    /// A query parameter (percent-decoded).
+    Query(String),
+    /// A path parameter of the route (percent-decoded).
+    Path(String),
+    /// A JSON pointer into the verified token's claims.
+    Claim(String),
 }
 
 /// How to build one entity reference of a request.
@@ -106,6 +164,17 @@ pub struct Route {
     pub public: bool,
     /// Shadow: decided and counted, but forwarded whatever the decision.
     pub shadow: bool,
+    /// Context attributes taken from the request, by name.
+    pub context: Vec<ContextSource>,
+}
+
+impl Route {
+    /// Whether some context attribute is read from the token's claims.
+    pub fn reads_claims(&self) -> bool {
+        self.context
+            .iter()
+            .any(|c| matches!(c.from, ContextFrom::Claim(_)))
+    }
 }
 
 impl EntityTemplate {
@@ -164,6 +233,11 @@ impl RouteMap {
     /// Whether there are no routes.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// Whether some route takes a context attribute from the token's claims.
+    pub fn reads_claims(&self) -> bool {
+        self.routes.iter().any(Route::reads_claims)
     }
 
     /// The routes, in file order.
@@ -294,15 +368,17 @@ pub fn compile(
             band,
             public: spec.public,
             shadow: spec.shadow,
+            context: Vec::new(),
         };
         if spec.public {
             if spec.action.is_some()
                 || spec.resource.is_some()
                 || !spec.parents.is_empty()
                 || spec.shadow
+                || !spec.context.is_empty()
             {
                 problems.push(at(format!(
-                    "{label}: a public route takes no action, resource, parents or shadow"
+                    "{label}: a public route takes no action, resource, parents, shadow or context"
                 )));
             }
         } else {
@@ -389,6 +465,74 @@ fn check_protected(
             Err(m) => problem(format!("{label}: parent {m}")),
         }
     }
+    for (name, source) in &spec.context {
+        match context_source(name, source, params, policies, action) {
+            Ok(source) => route.context.push(source),
+            Err(m) => problem(format!("{label}: context `{name}`: {m}")),
+        }
+    }
+}
+
+/// The attributes of the context every request has; a route cannot take them from it.
+const FIXED_CONTEXT: &[&str] = &[
+    "hour",
+    "minute",
+    "weekday",
+    "risk_score",
+    "mfa",
+    "device_trusted",
+    "band",
+    "device_id",
+    "ip",
+];
+
+fn context_source(
+    name: &str,
+    spec: &ContextSourceSpec,
+    params: &HashSet<String>,
+    policies: &CompiledPolicies,
+    action: &str,
+) -> Result<ContextSource, String> {
+    if FIXED_CONTEXT.contains(&name) {
+        return Err(String::from(
+            "is set by Portcullis for every request; a route cannot take it from the request",
+        ));
+    }
+    let from = match (&spec.header, &spec.query, &spec.path, &spec.claim) {
+        (Some(header), None, None, None) => ContextFrom::Header {
+            name: http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("`{header}` is not a header name"))?,
+            any_peer: spec.from_any_peer,
+        },
+        (None, Some(query), None, None) => ContextFrom::Query(query.clone()),
+        (None, None, Some(param), None) if params.contains(param) => {
+            ContextFrom::Path(param.clone())
+        }
+        (None, None, Some(param), None) => {
+            return Err(format!("`{param}` is not a parameter of the path"));
+        }
+        (None, None, None, Some(pointer)) if pointer.starts_with('/') => {
+            ContextFrom::Claim(pointer.clone())
+        }
+        (None, None, None, Some(pointer)) => {
+            return Err(format!(
+                "`{pointer}` is not a JSON pointer (one starts with `/`)"
+            ));
+        }
+        _ => {
+            return Err(String::from(
+                "give exactly one of `header`, `query`, `path` and `claim`",
+            ));
+        }
+    };
+    if spec.from_any_peer && !matches!(from, ContextFrom::Header { .. }) {
+        return Err(String::from("`from_any_peer` applies to `header` only"));
+    }
+    Ok(ContextSource {
+        name: name.to_owned(),
+        from,
+        kind: policies.context_attribute(action, name)?,
+    })
 }
 
 /// The resource types an action applies to, per the schema.
@@ -424,6 +568,59 @@ mod tests {
             links: Vec::new(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn context_sources_are_typed_by_the_schema_and_every_bad_one_is_named() {
+        let loaded = policies(
+            "type Ctx = { hour: Long, tier?: String, limit?: Long, beta?: Bool, tags?: Set<String> };
+             action \"doc.read\" appliesTo { principal: User, resource: Document, context: Ctx };",
+        );
+        let route = |context: &str| {
+            format!(
+                "routes:\n  - name: read\n    method: GET\n    path: /docs/{{id}}\n    action: doc.read\n    resource: Document::{{id}}\n    context:\n{context}"
+            )
+        };
+        let map = compile(
+            Path::new("routes.yaml"),
+            &route("      tier: { header: x-tier }\n      limit: { query: limit }\n      beta: { claim: /beta }\n"),
+            &loaded,
+        )
+        .unwrap();
+        let read = &map.routes()[0];
+        let kinds: Vec<(&str, ContextKind)> = read
+            .context
+            .iter()
+            .map(|c| (c.name.as_str(), c.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("beta", ContextKind::Bool),
+                ("limit", ContextKind::Long),
+                ("tier", ContextKind::String)
+            ]
+        );
+        assert!(read.reads_claims() && map.reads_claims());
+
+        let problems = compile(
+            Path::new("routes.yaml"),
+            &route(
+                "      hour: { query: h }\n      tags: { query: t }\n      nope: { query: n }\n      tier: { header: x-tier, query: t }\n      limit: { path: other }\n      beta: { claim: beta, from_any_peer: true }\n",
+            ),
+            &loaded,
+        )
+        .unwrap_err();
+        let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        let named = |attr: &str| {
+            messages
+                .iter()
+                .any(|m| m.starts_with(&format!("route `read`: context `{attr}`")))
+        };
+        for attr in ["hour", "tags", "nope", "tier", "limit", "beta"] {
+            assert!(named(attr), "{attr}: {messages:?}");
+        }
+        assert_eq!(messages.len(), 6, "{messages:?}");
     }
 
     #[test]

@@ -209,3 +209,100 @@ fn edge_gateway_routes_by_host_and_prefix_and_times_out_slow_upstreams() {
         (502, Some("bad_gateway"))
     );
 }
+
+/// A route's own context attributes, declared in the schema and used by a policy with no
+/// code change: a header counts only from a trusted hop, a claim and a query parameter
+/// count as sent, and a value not of the schema's type is refused before any decision.
+#[test]
+fn context_attributes_come_from_headers_of_trusted_hops_claims_and_the_query() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = crate::harness::temp_dir("context-policies");
+    for entry in std::fs::read_dir(crate::harness::policies_dir()).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains(from), "{file} has {from}");
+        std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+    };
+    edit(
+        "schema.cedarschema",
+        "  device_id?: String,\n",
+        "  device_id?: String,\n  tier?: String,\n  plan?: String,\n  limit?: Long,\n",
+    );
+    edit(
+        "routes.yaml",
+        "    parents: [\"Space::{space}\"]\n    band: AMBER\n",
+        "    parents: [\"Space::{space}\"]\n    band: AMBER\n    context:\n      tier: { header: x-customer-tier }\n      plan: { claim: /subscription/plan }\n      limit: { query: limit }\n",
+    );
+    std::fs::write(
+        dir.join("tiers.cedar"),
+        "@id(\"gold-reads\")\npermit (principal, action == Action::\"document.read\", resource)\nwhen { context has tier && context.tier == \"gold\" };\n\
+         @id(\"pro-reads\")\npermit (principal, action == Action::\"document.read\", resource)\nwhen { context has plan && context.plan == \"pro\" };\n",
+    )
+    .expect("policy");
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!("policies:\n  dir: {}\n", dir.display()),
+    );
+    p.seed(world::import());
+    let d1 = "/v1/spaces/s1/documents/d1";
+    // mia is of t1 with no role: only the new policies can let her read.
+    let mia = keys.token("mia", json!({}));
+    assert_eq!(p.get(d1, Some(&mia), &[]).status, 403);
+
+    // 127.0.0.1 is a trusted hop here; 127.0.0.2 is not.
+    let gold = [("x-customer-tier", "gold")];
+    let r = p.get(d1, Some(&mia), &gold);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let auth = format!("Bearer {mia}");
+    let untrusted = crate::harness::raw_request_from(
+        Some("127.0.0.2".parse().expect("ip")),
+        p.data,
+        "GET",
+        d1,
+        &[("authorization", &auth), ("x-customer-tier", "gold")],
+    )
+    .expect("an answer");
+    assert_eq!(
+        untrusted.status, 403,
+        "a header from an untrusted peer is not read"
+    );
+    assert_eq!(
+        p.get(d1, Some(&mia), &[("x-customer-tier", "silver")])
+            .status,
+        403
+    );
+
+    // From the verified token's claims.
+    let pro = keys.token("mia", json!({"subscription": {"plan": "pro"}}));
+    assert_eq!(p.get(d1, Some(&pro), &[]).status, 200);
+
+    // Typed by the schema: a `limit` that is not a Long is refused as input, and so is one
+    // given twice; a good one is decided.
+    let refused = p.get(&format!("{d1}?limit=ten"), Some(&mia), &gold);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["reason"], "bad_context");
+    assert_eq!(
+        p.get(&format!("{d1}?limit=1&limit=2"), Some(&mia), &gold)
+            .status,
+        400
+    );
+    assert_eq!(
+        p.get(&format!("{d1}?limit=10"), Some(&mia), &gold).status,
+        200
+    );
+    assert_eq!(
+        p.metric(
+            "portcullis_bad_requests_total",
+            &[("reason", "bad_context")]
+        ),
+        Some(2.0)
+    );
+}

@@ -1,14 +1,18 @@
 //! The request context: the clock in the configured time zone, the client address, and the
 //! risk score and device id — from the token, or from headers only when the peer is a
-//! configured trusted hop.
+//! configured trusted hop; and the attributes a route takes from the request (headers —
+//! from trusted hops only unless the route says otherwise —, query and path parameters,
+//! claims), each parsed to its schema type or refused.
 
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
-use portcullis_engine::decision::{LocalTime, RequestFacts};
+use portcullis_engine::decision::{ContextKind, ContextValue, LocalTime, RequestFacts};
+use serde_json::Value;
 
 use super::authn::Identity;
+use crate::routes::{ContextFrom, ContextSource};
 
 /// Context settings, parsed once.
 #[derive(Debug, Clone)]
@@ -18,6 +22,32 @@ pub struct ContextSettings {
     trusted_hops: Vec<IpNet>,
     risk_header: HeaderName,
     device_header: HeaderName,
+}
+
+/// What [`ContextSettings::extra`] reads of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    /// The verified identity (its claims, when kept).
+    pub identity: &'a Identity,
+    /// The peer's address.
+    pub peer: Option<IpAddr>,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The route's path parameters.
+    pub params: &'a matchit::Params<'a, 'a>,
+}
+
+/// A claim as a value of `kind`: a string as a `String` (or parsed, for the others), a
+/// number as a `Long`, a boolean as a `Bool`.
+fn claim_value(kind: ContextKind, value: &Value) -> Option<ContextValue> {
+    match (kind, value) {
+        (_, Value::String(text)) => kind.parse(text),
+        (ContextKind::Long, Value::Number(n)) => n.as_i64().map(ContextValue::Long),
+        (ContextKind::Bool, Value::Bool(b)) => Some(ContextValue::Bool(*b)),
+        _ => None,
+    }
 }
 
 /// `X-Forwarded-For`.
@@ -75,6 +105,76 @@ impl ContextSettings {
     /// Whether `peer` is a trusted hop.
     pub fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
         peer.is_some_and(|ip| self.trusted_hops.iter().any(|net| net.contains(&ip)))
+    }
+
+    /// The context attributes `sources` take from the request, by name. `Err` names the
+    /// first whose value is not of its type, or which the request gives more than once: the
+    /// request is refused, not decided. An attribute the request does not carry (or a header
+    /// from a peer it is not taken from) is left out.
+    pub fn extra(
+        &self,
+        sources: &[ContextSource],
+        request: &RequestParts<'_>,
+    ) -> Result<Vec<(String, ContextValue)>, String> {
+        let mut out = Vec::with_capacity(sources.len());
+        for source in sources {
+            let bad = || source.name.clone();
+            let value = match &source.from {
+                ContextFrom::Header { name, any_peer } => {
+                    if !*any_peer && !self.is_trusted(request.peer) {
+                        continue;
+                    }
+                    let mut values = request.headers.get_all(name).iter();
+                    let first = values.next();
+                    if values.next().is_some() {
+                        return Err(bad());
+                    }
+                    let Some(value) = first else { continue };
+                    let text = value.to_str().map_err(|_| bad())?.trim();
+                    source.kind.parse(text).ok_or_else(bad)?
+                }
+                ContextFrom::Query(name) => {
+                    let mut values =
+                        request
+                            .query
+                            .unwrap_or_default()
+                            .split('&')
+                            .filter_map(|pair| {
+                                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                                (super::path::decode_param(key).as_deref() == Some(name.as_str()))
+                                    .then_some(value)
+                            });
+                    let first = values.next();
+                    if values.next().is_some() {
+                        return Err(bad());
+                    }
+                    let Some(value) = first else { continue };
+                    let text = super::path::decode_param(value).ok_or_else(bad)?;
+                    source.kind.parse(&text).ok_or_else(bad)?
+                }
+                ContextFrom::Path(name) => {
+                    let Some(raw) = request.params.get(name) else {
+                        continue;
+                    };
+                    let text = super::path::decode_param(raw).ok_or_else(bad)?;
+                    source.kind.parse(&text).ok_or_else(bad)?
+                }
+                ContextFrom::Claim(pointer) => {
+                    let Some(value) = request.identity.claims.as_deref().and_then(|claims| {
+                        let rest = pointer.strip_prefix('/')?;
+                        let (first, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                        claims
+                            .get(&first.replace("~1", "/").replace("~0", "~"))?
+                            .pointer(rest)
+                    }) else {
+                        continue;
+                    };
+                    claim_value(source.kind, value).ok_or_else(bad)?
+                }
+            };
+            out.push((source.name.clone(), value));
+        }
+        Ok(out)
     }
 
     /// The client address: the peer, or — when the peer is a trusted hop — the rightmost
@@ -147,6 +247,7 @@ impl ContextSettings {
             device_id,
             ip: self.client_ip(peer, headers).map(ip_text),
             band: band.to_owned(),
+            extra: Vec::new(),
         }
     }
 }
@@ -177,6 +278,7 @@ mod tests {
             expires_at: 0,
             issued_at: None,
             claimed: None,
+            claims: None,
         }
     }
 

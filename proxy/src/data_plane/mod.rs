@@ -54,7 +54,7 @@ use context::ContextSettings;
 use gateway::GatewayKind;
 use path::Target;
 use respond::Rejection;
-use screen::Screen;
+use screen::{RequestError, Screen};
 use staleness::Contact;
 
 /// One upstream, ready to connect to.
@@ -541,10 +541,34 @@ impl DataPlane {
                 None,
             );
         };
-        let facts =
+        let mut facts =
             gate.settings
                 .context
                 .facts(&identity, &route.band, connection.peer, headers, now_ms);
+        if !route.context.is_empty() {
+            let parts = context::RequestParts {
+                identity: &identity,
+                peer: connection.peer,
+                headers,
+                query: target.query.as_deref(),
+                params: &matched.params,
+            };
+            match gate.settings.context.extra(&route.context, &parts) {
+                Ok(extra) => facts.extra = extra,
+                Err(attribute) => {
+                    tracing::debug!(attribute, "context attribute refused");
+                    self.metrics
+                        .bad_requests
+                        .with_label_values(&[RequestError::BadContext.code()])
+                        .inc();
+                    return refuse.identified(
+                        Rejection::BadRequest(RequestError::BadContext),
+                        grant,
+                        None,
+                    );
+                }
+            }
+        }
         let request = DecisionRequest {
             principal: &identity.principal,
             action,

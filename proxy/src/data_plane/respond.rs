@@ -4,7 +4,7 @@
 //!
 //! | status | `error` | when |
 //! |---|---|---|
-//! | 400 | `bad_request` | the request target, credentials, method or `Host` are ambiguous (`reason` says why) |
+//! | 400 | `bad_request` | the request target, credentials, method or `Host` are ambiguous, or a context attribute the route takes from the request is not of its schema type (`reason` says why) |
 //! | 401 | `unauthenticated` | no, bad or revoked credentials; with `WWW-Authenticate: Bearer` |
 //! | 403 | `forbidden` | the decision denied (`reason`, `decision_id`), or no route matches |
 //! | 404 | `not_found` | no route matches and `enforcement.unmatched_status` is 404 |

@@ -42,6 +42,9 @@ pub enum RequestError {
     GatewayHeadersConflict,
     /// Decision endpoint: the original method is not an HTTP method.
     GatewayMethodInvalid,
+    /// A context attribute the route takes from the request is not of its schema type, or
+    /// is given more than once.
+    BadContext,
 }
 
 impl RequestError {
@@ -57,6 +60,7 @@ impl RequestError {
             Self::GatewayHeaderRepeated => "gateway_header_repeated",
             Self::GatewayHeadersConflict => "gateway_headers_conflict",
             Self::GatewayMethodInvalid => "gateway_method_invalid",
+            Self::BadContext => "bad_context",
         }
     }
 }

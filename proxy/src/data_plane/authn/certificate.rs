@@ -114,6 +114,7 @@ impl CertificateMapping {
             expires_at: cert.not_after,
             issued_at: None,
             claimed: None,
+            claims: None,
         })
     }
 }

@@ -195,6 +195,9 @@ pub struct Identity {
     /// The principal as the claims describe it, when its issuer takes principals the store
     /// does not hold from their claims.
     pub claimed: Option<Arc<claims::FromClaims>>,
+    /// The verified claims, kept only while some route takes context from them
+    /// ([`Authenticator::keep_claims`]).
+    pub claims: Option<Arc<Map<String, Value>>>,
 }
 
 /// Which claims say what (`auth.claims`).
@@ -350,6 +353,8 @@ pub struct Authenticator {
     keys: Vec<IssuerKeys>,
     verified: moka::sync::Cache<[u8; 32], Verified>,
     started: Instant,
+    /// Whether identities keep their claims (some route reads them).
+    keep_claims: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -414,6 +419,16 @@ impl Authenticator {
                 .expire_after(UntilExpiry)
                 .build(),
             started: Instant::now(),
+            keep_claims: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether identities keep their verified claims: on while some route takes context
+    /// attributes from claims (they cost memory in the token cache otherwise). Turned on,
+    /// the tokens verified without them are verified again.
+    pub fn keep_claims(&self, keep: bool) {
+        if !self.keep_claims.swap(keep, Ordering::AcqRel) && keep {
+            self.verified.invalidate_all();
         }
     }
 
@@ -570,7 +585,11 @@ impl Authenticator {
         let generation = self.keys_usable(issuer)?.generation.load(Ordering::Acquire);
         let (settings, _) = self.issuer(issuer)?;
         let claims = self.verify(issuer, token, &settings.audiences, now)?;
-        let identity = Arc::new(identity_of(&claims, settings)?);
+        let mut identity = identity_of(&claims, settings)?;
+        if self.keep_claims.load(Ordering::Acquire) {
+            identity.claims = Some(Arc::new(claims));
+        }
+        let identity = Arc::new(identity);
         self.verified.insert(
             digest,
             Verified {
@@ -755,6 +774,7 @@ fn identity_of(
         expires_at,
         issued_at: claims.get("iat").and_then(Value::as_i64),
         claimed,
+        claims: None,
     })
 }
 
