@@ -75,6 +75,12 @@ pub(crate) async fn put_entity<S: Store>(
             message: String::from("must be between 0 and 10"),
         });
     }
+    super::custom_attribute_problems(
+        &st,
+        entity.uid.type_name(),
+        &entity.attributes.custom,
+        &mut errors,
+    );
     check(errors)?;
     let recorded = record_change(
         &st,

@@ -349,6 +349,29 @@ fn name_problems(field: &str, name: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// Adds a field error for each custom attribute (beyond the model's own) that the schema
+/// in force does not declare for `type_name`, or whose value is not of its type.
+fn custom_attribute_problems<S>(
+    st: &AppState<S>,
+    type_name: &str,
+    custom: &std::collections::BTreeMap<String, serde_json::Value>,
+    errors: &mut Vec<FieldError>,
+) {
+    if custom.is_empty() {
+        return;
+    }
+    let snapshot = st.snapshot.load();
+    for (name, message) in snapshot
+        .policies()
+        .custom_attribute_problems(type_name, custom)
+    {
+        errors.push(FieldError {
+            field: format!("attributes.{name}"),
+            message,
+        });
+    }
+}
+
 fn check(errors: Vec<FieldError>) -> Result<(), ApiError> {
     if errors.is_empty() {
         Ok(())

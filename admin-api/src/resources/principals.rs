@@ -105,6 +105,12 @@ pub(crate) async fn put_principal<S: Store>(
             message: String::from("must be between 0 and 10"),
         });
     }
+    super::custom_attribute_problems(
+        &st,
+        kind.cedar_type(),
+        &principal.attributes.custom,
+        &mut errors,
+    );
     check(errors)?;
     let recorded = record_change(
         &st,

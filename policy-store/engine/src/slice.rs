@@ -22,11 +22,95 @@ use smol_str::SmolStr;
 use crate::decision::{ContextValue, RequestFacts};
 use portcullis_model::{EntityRecord, EntityRef, Principal, PrincipalKind, PrincipalStatus};
 
-/// Entity types by name, parsed once. Names outside the map are parsed on demand.
+/// Entity types by name, parsed once, with the attributes the schema declares for each
+/// that a record may carry beyond the model's own ([`CustomKind`]). Names outside the map
+/// are parsed on demand.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EntityTypes {
     by_name: HashMap<String, EntityType>,
+    custom: HashMap<String, BTreeMap<String, CustomKind>>,
 }
+
+/// The Cedar type of a custom attribute: what a stored record's JSON value is read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CustomKind {
+    String,
+    Long,
+    Bool,
+    StringSet,
+    LongSet,
+    /// Declared with a type a record cannot give (records, entities, extensions).
+    Unsupported,
+}
+
+impl CustomKind {
+    fn of(ty: &cedar_policy_core::validator::types::Type) -> Self {
+        use cedar_policy_core::validator::types::Type;
+        match ty {
+            Type::String => Self::String,
+            Type::Long => Self::Long,
+            Type::Bool(_) => Self::Bool,
+            Type::Set {
+                element_type: Some(element),
+            } => match element.as_ref() {
+                Type::String => Self::StringSet,
+                Type::Long => Self::LongSet,
+                _ => Self::Unsupported,
+            },
+            _ => Self::Unsupported,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::String => "a String",
+            Self::Long => "a Long",
+            Self::Bool => "a Bool",
+            Self::StringSet => "a Set<String>",
+            Self::LongSet => "a Set<Long>",
+            Self::Unsupported => "of a type records cannot give",
+        }
+    }
+
+    /// `value` as a Cedar value of this kind, if it is one.
+    fn value(self, value: &serde_json::Value) -> Option<Value> {
+        use serde_json::Value as Json;
+        let long = |v: &Json| v.as_i64();
+        match (self, value) {
+            (Self::String, Json::String(s)) => Some(s.as_str().into()),
+            (Self::Long, v) => long(v).map(Value::from),
+            (Self::Bool, Json::Bool(b)) => Some((*b).into()),
+            (Self::StringSet, Json::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(Value::from))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| Value::set(v, None)),
+            (Self::LongSet, Json::Array(items)) => items
+                .iter()
+                .map(|i| long(i).map(Value::from))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| Value::set(v, None)),
+            _ => None,
+        }
+    }
+}
+
+/// Attributes Portcullis sets itself on principals and entities; a record cannot carry
+/// them as custom attributes.
+const RESERVED: &[&str] = &[
+    "status",
+    "tenant",
+    "clearance",
+    "department",
+    "job_title",
+    "manager",
+    "managers",
+    "gdpr_consent",
+    "classification",
+    "owner",
+    "archived",
+    "kind",
+];
 
 impl EntityTypes {
     /// The schema's entity types.
@@ -35,7 +119,61 @@ impl EntityTypes {
             .entity_types()
             .map(|t| (t.to_string(), AsRef::<EntityType>::as_ref(t).clone()))
             .collect();
-        Self { by_name }
+        let validator: &cedar_policy_core::validator::ValidatorSchema = schema.as_ref();
+        let custom = validator
+            .entity_types()
+            .map(|t| {
+                let attrs = t
+                    .attributes()
+                    .iter()
+                    .filter(|(name, _)| !RESERVED.contains(&name.as_str()))
+                    .map(|(name, a)| (name.to_string(), CustomKind::of(&a.attr_type)))
+                    .collect();
+                (t.name().to_string(), attrs)
+            })
+            .collect();
+        Self { by_name, custom }
+    }
+
+    /// Why `attrs` cannot be the custom attributes of a record of `type_name`, one
+    /// `(attribute, message)` each: not declared for the type, reserved, or not of the
+    /// declared type.
+    pub(crate) fn custom_problems(
+        &self,
+        type_name: &str,
+        attrs: &BTreeMap<String, serde_json::Value>,
+    ) -> Vec<(String, String)> {
+        let declared = self.custom.get(type_name);
+        attrs
+            .iter()
+            .filter_map(|(name, value)| {
+                let problem = if RESERVED.contains(&name.as_str()) {
+                    String::from("is set by Portcullis, not by a record")
+                } else {
+                    match declared.and_then(|d| d.get(name)) {
+                        None => format!("is not an attribute of `{type_name}` in the schema"),
+                        Some(kind) if kind.value(value).is_some() => return None,
+                        Some(kind) => format!("must be {} (the schema says so)", kind.name()),
+                    }
+                };
+                Some((name.clone(), problem))
+            })
+            .collect()
+    }
+
+    /// The custom attributes of a record of `type_name` as Cedar values: those the schema
+    /// declares, of its type (a record that is not is refused on write; one stored before
+    /// the schema changed loses the attribute rather than fail every decision).
+    fn custom_attrs(
+        &self,
+        type_name: &str,
+        attrs: &BTreeMap<String, serde_json::Value>,
+    ) -> impl Iterator<Item = (SmolStr, PartialValue)> {
+        let declared = self.custom.get(type_name);
+        attrs.iter().filter_map(move |(name, value)| {
+            let kind = declared?.get(name)?;
+            Some((SmolStr::new(name), PartialValue::Value(kind.value(value)?)))
+        })
     }
 
     /// The Cedar uid of `entity`; `None` if its type is not a valid Cedar name (the model
@@ -91,6 +229,7 @@ impl CedarPrincipal {
             }
             attrs.push(attr("gdpr_consent", a.gdpr_consent_at.is_some()));
         }
+        attrs.extend(types.custom_attrs(principal.kind.cedar_type(), &principal.attributes.custom));
         Self {
             uid: types.uid(&principal.entity_ref()),
             attrs,
@@ -124,6 +263,7 @@ impl CedarEntity {
         if let Some(o) = a.owner.as_deref().and_then(|o| types.user_uid(o)) {
             attrs.push(attr("owner", o));
         }
+        attrs.extend(types.custom_attrs(record.uid.type_name(), &a.custom));
         Self {
             uid: types.uid(&record.uid),
             attrs,
@@ -302,6 +442,52 @@ pub(crate) fn context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn custom_attributes_are_typed_by_the_schema_and_every_bad_one_is_named() {
+        let (schema, _) = cedar_policy::Schema::from_cedarschema_str(
+            "entity User { status: String, name?: String, age?: Long, vip?: Bool, \
+             tags?: Set<String>, scores?: Set<Long>, boss?: User, address?: { city: String } };",
+        )
+        .unwrap();
+        let types = EntityTypes::from_schema(&schema);
+        let attrs = |value: serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+            serde_json::from_value(value).unwrap()
+        };
+        let good = attrs(serde_json::json!({
+            "name": "Ann", "age": 41, "vip": true, "tags": ["a", "b"], "scores": [1, 2]
+        }));
+        assert!(types.custom_problems("User", &good).is_empty());
+        let carried: Vec<String> = types
+            .custom_attrs("User", &good)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        assert_eq!(carried, ["age", "name", "scores", "tags", "vip"]);
+
+        let bad = attrs(serde_json::json!({
+            "name": 7, "age": "41", "vip": "yes", "tags": ["a", 1], "scores": [1.5],
+            "boss": "bob", "address": {"city": "Oslo"}, "status": "active", "shoe_size": 44
+        }));
+        let problems = types.custom_problems("User", &bad);
+        let named: Vec<&str> = problems.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            named,
+            [
+                "address",
+                "age",
+                "boss",
+                "name",
+                "scores",
+                "shoe_size",
+                "status",
+                "tags",
+                "vip"
+            ]
+        );
+        // A stored value the schema no longer allows is left out, not carried as it is.
+        assert_eq!(types.custom_attrs("User", &bad).count(), 0);
+        assert_eq!(types.custom_problems("Document", &good).len(), 5);
+    }
 
     #[test]
     fn context_attrs_hold_exactly_what_was_added() {

@@ -10,6 +10,8 @@ pub mod events;
 use std::fmt;
 use std::str::FromStr;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -241,10 +243,10 @@ impl FromStr for PrincipalStatus {
     }
 }
 
-/// Attributes of a principal that policies may read (seed 002's user model).
+/// Attributes of a principal that policies may read (seed 002's user model), and the
+/// attributes the Cedar schema declares beyond them (`custom`).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PrincipalAttributes {
     /// Department name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +263,10 @@ pub struct PrincipalAttributes {
     /// When the principal gave GDPR consent, if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gdpr_consent_at: Option<UnixMillis>,
+    /// Every other attribute, by name: each must be declared for the principal's entity
+    /// type in the Cedar schema (checked on write), and reaches policies typed by it.
+    #[serde(flatten)]
+    pub custom: BTreeMap<String, serde_json::Value>,
 }
 
 /// A user, service or group.
@@ -426,10 +432,10 @@ pub struct Assignment {
     pub reason: Option<String>,
 }
 
-/// Resource attributes that the default policies read.
+/// Resource attributes that the default policies read, and the attributes the Cedar schema
+/// declares beyond them (`custom`).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EntityAttributes {
     /// Data classification (0 = public .. 4 = top secret), compared with clearance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -446,6 +452,10 @@ pub struct EntityAttributes {
     /// Free-form kind label (seed 004: issuer, spv, offering, investor, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Every other attribute, by name: each must be declared for the entity's type in the
+    /// Cedar schema (checked on write), and reaches policies typed by it.
+    #[serde(flatten)]
+    pub custom: BTreeMap<String, serde_json::Value>,
 }
 
 /// A resource entity in the tree (tenant → space → document, or seed 004's entities).

@@ -79,6 +79,13 @@ when { context.weekday < 6 };
 
 @id("exact-grant")
 permit (principal == ?principal, action, resource == ?resource);
+
+@id("custom-attrs")
+permit (principal is User, action == Action::"document.share", resource)
+when {
+  principal has projects && resource has project && principal.projects.contains(resource.project)
+  && principal has cost_center && principal.cost_center == "4711"
+};
 "#;
 
 fn read_policy_file(name: &str) -> String {
@@ -121,6 +128,38 @@ fn entity(uid: EntityRef, parents: &[EntityRef], attributes: EntityAttributes) -
     }
 }
 
+/// The schema with attributes beyond the model's own: `cost_center` and `projects` on
+/// users, `project` on documents.
+fn with_custom_attributes(schema: &str) -> String {
+    let extended = schema
+        .replacen(
+            "  gdpr_consent: Bool,\n",
+            "  gdpr_consent: Bool,\n  cost_center?: String,\n  projects?: Set<String>,\n",
+            1,
+        )
+        .replacen(
+            "entity Document in [Space, Tenant] {\n",
+            "entity Document in [Space, Tenant] {\n  project?: String,\n",
+            1,
+        );
+    assert!(
+        extended.contains("cost_center?") && extended.contains("  project?: String"),
+        "both declarations added"
+    );
+    extended
+}
+
+/// Custom attributes: `cost_center` (text) and `projects` (a set of text).
+fn custom(
+    cost_center: &str,
+    projects: &[&str],
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    std::collections::BTreeMap::from([
+        (String::from("cost_center"), serde_json::json!(cost_center)),
+        (String::from("projects"), serde_json::json!(projects)),
+    ])
+}
+
 /// The test's principals, roles, assignments, entities and links, with the policy files
 /// `files` (from `policies/`) and [`SHAPES`].
 fn state(files: &[&str]) -> StoreState {
@@ -129,8 +168,11 @@ fn state(files: &[&str]) -> StoreState {
     alice.attributes.clearance = 2;
     alice.attributes.manager = Some(String::from("bob"));
     alice.trusted_devices = vec![String::from("laptop-1")];
+    alice.attributes.custom = custom("4711", &["apollo"]);
     let mut bob = principal(PrincipalKind::User, "bob", Some("t1"));
     bob.attributes.clearance = 3;
+    // The right projects, the wrong cost center.
+    bob.attributes.custom = custom("1234", &["apollo", "gemini"]);
     bob.trusted_devices = vec![String::from("laptop-1")];
     let mut dave = principal(PrincipalKind::User, "dave", None);
     dave.groups = vec![String::from("org")];
@@ -224,6 +266,10 @@ fn state(files: &[&str]) -> StoreState {
             &[eref("Space", "s1")],
             EntityAttributes {
                 classification: Some(1),
+                custom: std::collections::BTreeMap::from([(
+                    String::from("project"),
+                    serde_json::json!("apollo"),
+                )]),
                 ..EntityAttributes::default()
             },
         ),
@@ -315,7 +361,7 @@ fn state(files: &[&str]) -> StoreState {
                     text: String::from(SHAPES),
                 }])
                 .collect(),
-            schema: read_policy_file("schema.cedarschema"),
+            schema: with_custom_attributes(&read_policy_file("schema.cedarschema")),
             created_by: None,
             created_at: 0,
         }),
@@ -340,6 +386,7 @@ fn claimed_principals(snapshot: &Snapshot) -> Vec<(PrincipalView, [u8; 32])> {
     zoe.groups = vec![String::from("team")];
     zoe.attributes.clearance = 2;
     zoe.attributes.manager = Some(String::from("bob"));
+    zoe.attributes.custom = custom("4711", &["apollo"]);
     let zoe_roles = vec![
         claim(
             "member",
@@ -558,6 +605,7 @@ fn prepared_evaluation_finds_what_cedars_authorizer_finds() {
         "role:guardian",
         "role:admin",
         "status-not-active",
+        "custom-attrs",
         "tenant-isolation",
         "owner-access",
         "self-read",

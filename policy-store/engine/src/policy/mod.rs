@@ -88,6 +88,18 @@ impl CompiledPolicies {
         &self.schema
     }
 
+    /// Why `attrs` cannot be the custom attributes (those beyond the model's own) of a
+    /// principal or entity of type `type_name`: one `(attribute, message)` for each that the
+    /// schema does not declare for the type, that Portcullis sets itself, or whose value is
+    /// not of the declared type (`String`, `Long`, `Bool`, `Set<String>`, `Set<Long>`).
+    pub fn custom_attribute_problems(
+        &self,
+        type_name: &str,
+        attrs: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Vec<(String, String)> {
+        self.types.custom_problems(type_name, attrs)
+    }
+
     /// The kind of value the schema gives context attribute `name` of `action` (for a
     /// route that takes it from the request). `Err` says why a route cannot: the action or
     /// the attribute is not in the schema, or its type is not a `String`, `Long` or `Bool`.
