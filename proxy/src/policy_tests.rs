@@ -287,6 +287,28 @@ fn run_case(dir: &PolicyDir, case: &Case) -> Result<(), String> {
         held_entity_types: HeldEntityTypes::ALL,
     };
     let snapshot = Snapshot::build(state, 0).map_err(|e| e.to_string())?;
+    // Custom attributes are checked against the schema as a write to the store would be.
+    let custom = case
+        .principals
+        .iter()
+        .map(|p| (p.entity_ref(), p.kind.cedar_type(), &p.attributes.custom))
+        .chain(
+            case.entities
+                .iter()
+                .map(|e| (e.uid.clone(), e.uid.type_name(), &e.attributes.custom)),
+        );
+    let mut problems = Vec::new();
+    for (key, type_name, attrs) in custom {
+        for (name, message) in snapshot
+            .policies()
+            .custom_attribute_problems(type_name, attrs)
+        {
+            problems.push(format!("{key}: attribute `{name}` {message}"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
     let ctx = &case.context;
     let now: jiff::Timestamp = ctx
         .time

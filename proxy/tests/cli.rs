@@ -175,7 +175,7 @@ fn a_failing_case_fails_the_run() {
     let dir = copy_of_policies("failing");
     std::fs::write(
         dir.join("tests/zz.yaml"),
-        "cases:\n  - name: wrong on purpose\n    principals: [{kind: user, id: alice, tenant: t1}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    expect: {decision: allow}\n  - name: a client IP that is not one\n    principals: [{kind: user, id: alice, tenant: t1}]\n    assignments: [{principal: 'User::\"alice\"', role: member, scope: 'Space::\"s1\"'}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    context: {ip: not-an-ip}\n    expect: {decision: allow}\n",
+        "cases:\n  - name: wrong on purpose\n    principals: [{kind: user, id: alice, tenant: t1}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    expect: {decision: allow}\n  - name: a client IP that is not one\n    principals: [{kind: user, id: alice, tenant: t1}]\n    assignments: [{principal: 'User::\"alice\"', role: member, scope: 'Space::\"s1\"'}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    context: {ip: not-an-ip}\n    expect: {decision: allow}\n  - name: an attribute the schema does not declare\n    principals: [{kind: user, id: alice, tenant: t1, attributes: {shoe_size: 44}}]\n    assignments: [{principal: 'User::\"alice\"', role: member, scope: 'Space::\"s1\"'}]\n    request: {principal: 'User::\"alice\"', action: space.read, resource: 'Space::\"s1\"'}\n    expect: {decision: allow}\n",
     )
     .unwrap();
     let out = portcullis(&["policy", "test", dir.to_str().unwrap()]);
@@ -189,7 +189,13 @@ fn a_failing_case_fails_the_run() {
             && stdout.contains("context.ip `not-an-ip`"),
         "{stdout}"
     );
-    assert!(stdout.contains(" passed, 2 failed"), "{stdout}");
+    // Stated attributes are checked against the schema as a write to the store is.
+    assert!(
+        stdout.contains("zz.yaml:12: an attribute the schema does not declare")
+            && stdout.contains("attribute `shoe_size` is not an attribute of `User`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" passed, 3 failed"), "{stdout}");
 }
 
 #[test]

@@ -6,6 +6,26 @@ use serde_json::json;
 use crate::harness::{Keys, Portcullis, Upstream};
 use crate::world;
 
+/// A copy of the default policies directory (its files) to edit.
+fn policies_copy(tag: &str) -> std::path::PathBuf {
+    let dir = crate::harness::temp_dir(tag);
+    for entry in std::fs::read_dir(crate::harness::policies_dir()).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    dir
+}
+
+/// Replaces the first `from` in `dir/file` with `to`.
+fn edit(dir: &std::path::Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(text.contains(from), "{file} has {from}");
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+}
+
 #[test]
 fn path_tricks_never_reach_a_denied_route() {
     let upstream = Upstream::start();
@@ -217,19 +237,8 @@ fn edge_gateway_routes_by_host_and_prefix_and_times_out_slow_upstreams() {
 fn context_attributes_come_from_headers_of_trusted_hops_claims_and_the_query() {
     let upstream = Upstream::start();
     let keys = Keys::generate();
-    let dir = crate::harness::temp_dir("context-policies");
-    for entry in std::fs::read_dir(crate::harness::policies_dir()).expect("policies") {
-        let path = entry.expect("entry").path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
-        }
-    }
-    let edit = |file: &str, from: &str, to: &str| {
-        let path = dir.join(file);
-        let text = std::fs::read_to_string(&path).expect("read");
-        assert!(text.contains(from), "{file} has {from}");
-        std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
-    };
+    let dir = policies_copy("context-policies");
+    let edit = |file: &str, from: &str, to: &str| edit(&dir, file, from, to);
     edit(
         "schema.cedarschema",
         "  device_id?: String,\n",
@@ -304,5 +313,99 @@ fn context_attributes_come_from_headers_of_trusted_hops_claims_and_the_query() {
             &[("reason", "bad_context")]
         ),
         Some(2.0)
+    );
+}
+
+/// Attributes the schema declares beyond the built-in ones: written through the admin API
+/// (each checked against the schema, every failing one listed), read by a policy, with no
+/// code change.
+#[test]
+fn a_custom_attribute_added_to_the_schema_is_written_checked_and_decided_on() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = policies_copy("custom-attributes");
+    edit(
+        &dir,
+        "schema.cedarschema",
+        "  gdpr_consent: Bool,\n",
+        "  gdpr_consent: Bool,\n  cost_center?: String,\n  projects?: Set<String>,\n",
+    );
+    edit(
+        &dir,
+        "schema.cedarschema",
+        "entity Document in [Space, Tenant] {\n",
+        "entity Document in [Space, Tenant] {\n  project?: String,\n",
+    );
+    std::fs::write(
+        dir.join("projects.cedar"),
+        "@id(\"project-members-read\")\npermit (principal is User, action == Action::\"document.read\", resource)\n\
+         when { principal has projects && resource has project && principal.projects.contains(resource.project)\n\
+         && principal has cost_center && principal.cost_center == \"4711\" };\n",
+    )
+    .expect("policy");
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!("policies:\n  dir: {}\n", dir.display()),
+    );
+    p.seed(world::import());
+    let d1 = "/v1/spaces/s1/documents/d1";
+    let mia = keys.token("mia", json!({}));
+    assert_eq!(p.get(d1, Some(&mia), &[]).status, 403, "mia has no role");
+
+    // Every attribute the schema does not allow is listed, and nothing is written.
+    let bad = p.admin_call(
+        "PUT",
+        "/v1/principals/users/mia",
+        &json!({"kind": "user", "id": "mia", "tenant": "t1",
+            "attributes": {"cost_center": 4711, "colour": "blue", "managers": [], "projects": ["apollo"]}}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let mut fields: Vec<String> = bad.json()["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field").to_owned())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "attributes.colour",
+            "attributes.cost_center",
+            "attributes.managers"
+        ],
+        "{}",
+        bad.body
+    );
+    assert_eq!(p.get(d1, Some(&mia), &[]).status, 403);
+
+    // Written as the schema says: the policy reads them.
+    let r = p.admin_call(
+        "PUT",
+        "/v1/principals/users/mia",
+        &json!({"kind": "user", "id": "mia", "tenant": "t1",
+            "attributes": {"cost_center": "4711", "projects": ["apollo", "gemini"]}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["attributes"]["projects"],
+        json!(["apollo", "gemini"])
+    );
+    let r = p.admin_call(
+        "PUT",
+        "/v1/entities/Document/d1",
+        &json!({"uid": "Document::\"d1\"", "parents": ["Space::\"s1\""],
+            "attributes": {"tenant": "t1", "classification": 0, "project": "apollo"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    p.wait_for(
+        || p.get(d1, Some(&mia), &[]).status == 200,
+        "mia reads a document of her project",
+    );
+    // Another project's document: still refused.
+    assert_eq!(
+        p.get("/v1/spaces/s1/documents/d2", Some(&mia), &[]).status,
+        403
     );
 }

@@ -160,13 +160,12 @@ impl ContextSettings {
                     source.kind.parse(&text).ok_or_else(bad)?
                 }
                 ContextFrom::Claim(pointer) => {
-                    let Some(value) = request.identity.claims.as_deref().and_then(|claims| {
-                        let rest = pointer.strip_prefix('/')?;
-                        let (first, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                        claims
-                            .get(&first.replace("~1", "/").replace("~0", "~"))?
-                            .pointer(rest)
-                    }) else {
+                    let Some(value) = request
+                        .identity
+                        .claims
+                        .as_deref()
+                        .and_then(|claims| super::authn::claims::at(claims, pointer))
+                    else {
                         continue;
                     };
                     claim_value(source.kind, value).ok_or_else(bad)?

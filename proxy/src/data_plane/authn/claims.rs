@@ -74,7 +74,7 @@ pub enum RoleClaimScope {
 
 /// Pointers to the principal attributes policies read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AttributeClaims {
     /// `department` (text).
     pub department: Option<String>,
@@ -84,6 +84,10 @@ pub struct AttributeClaims {
     pub clearance: Option<String>,
     /// `manager`: a user id (text).
     pub manager: Option<String>,
+    /// Attributes the schema declares beyond those: the claim's value as it is, typed by
+    /// the schema when decided (one not of the declared type is left out).
+    #[serde(flatten)]
+    pub custom: std::collections::BTreeMap<String, String>,
 }
 
 impl ClaimMapping {
@@ -121,6 +125,11 @@ impl ClaimMapping {
                 ]
                 .into_iter()
                 .filter_map(|(name, p)| p.as_ref().map(|p| (format!("attributes.{name}"), p))),
+            )
+            .chain(
+                a.custom
+                    .iter()
+                    .map(|(name, p)| (format!("attributes.{name}"), p)),
             );
         for (key, pointer) in pointers {
             if !pointer.starts_with('/') {
@@ -191,6 +200,13 @@ impl ClaimMapping {
                     .unwrap_or(0),
                 manager: text(&a.manager),
                 gdpr_consent_at: None,
+                custom: a
+                    .custom
+                    .iter()
+                    .filter_map(|(name, pointer)| {
+                        Some((name.clone(), at(claims, pointer)?.clone()))
+                    })
+                    .collect(),
             },
             trusted_devices: Vec::new(),
         };
@@ -238,8 +254,8 @@ impl ClaimMapping {
     }
 }
 
-/// The value at JSON pointer `pointer` in `claims`.
-fn at<'c>(claims: &'c Map<String, Value>, pointer: &str) -> Option<&'c Value> {
+/// The value at JSON pointer `pointer` (`/org/id`) in `claims`.
+pub fn at<'c>(claims: &'c Map<String, Value>, pointer: &str) -> Option<&'c Value> {
     let rest = pointer.strip_prefix('/')?;
     let (first, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let first = first.replace("~1", "/").replace("~0", "~");
@@ -339,7 +355,7 @@ mod tests {
              roles:\n\
              \x20 - {pointer: /realm_access/roles, scope: global}\n\
              \x20 - {pointer: /org/roles, scope: tenant}\n\
-             attributes: {department: /dept, clearance: /clearance, manager: /boss}\n",
+             attributes: {department: /dept, clearance: /clearance, manager: /boss, cost_center: /cc}\n",
         )
         .unwrap()
     }
@@ -364,6 +380,7 @@ mod tests {
                 "dept": "R&D",
                 "clearance": "3",
                 "boss": "bob",
+                "cc": "4711",
             })),
         );
         let record = claimed.record();
@@ -373,6 +390,10 @@ mod tests {
         assert_eq!(record.attributes.department.as_deref(), Some("R&D"));
         assert_eq!(record.attributes.clearance, 3);
         assert_eq!(record.attributes.manager.as_deref(), Some("bob"));
+        assert_eq!(
+            record.attributes.custom.get("cost_center"),
+            Some(&json!("4711"))
+        );
         let roles: Vec<(String, Option<String>)> = claimed
             .assignments()
             .iter()
