@@ -7,8 +7,9 @@
 //! to the blank line that ends it, at most the deadline may pass, or the read fails and the
 //! connection is closed (counted in `portcullis_request_head_timeouts_total`). Bodies, the
 //! wait between keep-alive requests (Pingora's keep-alive timeout), `100 Continue` and
-//! upgraded connections (`101`, e.g. WebSocket) are not limited; neither is HTTP/2, whose
-//! frames carry no head to find.
+//! upgraded connections (`101`, e.g. WebSocket) are not limited; neither is HTTP/2 (by
+//! ALPN, or cleartext with prior knowledge: its connection preface), whose frames carry no
+//! head to find.
 
 use std::io;
 use std::pin::Pin;
@@ -30,6 +31,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The end of a request head.
 const END_OF_HEAD: &[u8] = b"\r\n\r\n";
+
+/// The start of the HTTP/2 connection preface: a cleartext HTTP/2 connection (prior
+/// knowledge) opens with it, and then carries frames, not heads. No HTTP/1 request starts
+/// so (`PRI` is no method).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// How long a peek waits for the first byte of a request: Pingora's HTTP/1 keep-alive
+/// timeout, which its peek comes before.
+const KEEPALIVE_WAIT: Duration = Duration::from_secs(60);
+
+/// The whole HTTP/2 connection preface, which Pingora peeks for on a plain connection.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// `a` followed by `b` (at most three bytes each), on the stack, with its length.
 fn joined(a: &[u8], b: &[u8]) -> ([u8; 6], usize) {
@@ -67,6 +80,10 @@ pub struct DeadlineStream {
     inner: Stream,
     limit: Duration,
     phase: Phase,
+    /// Bytes a peek read ahead (`ahead[..ahead_len]`, from `ahead_at` on not yet read).
+    ahead: [u8; 24],
+    ahead_len: usize,
+    ahead_at: usize,
     /// `portcullis_request_head_timeouts_total`.
     timeouts: prometheus::IntCounter,
 }
@@ -79,6 +96,9 @@ impl DeadlineStream {
             limit,
             timeouts,
             phase: if h2 { Phase::Passthrough } else { Phase::Idle },
+            ahead: [0; 24],
+            ahead_len: 0,
+            ahead_at: 0,
         }
     }
 
@@ -88,6 +108,11 @@ impl DeadlineStream {
             return;
         }
         if matches!(self.phase, Phase::Idle) {
+            if bytes.starts_with(H2_PREFACE_START) {
+                // Cleartext HTTP/2 (the preface arrives whole in the first read).
+                self.phase = Phase::Passthrough;
+                return;
+            }
             self.phase = Phase::Head {
                 timer: None,
                 tail: [0; 3],
@@ -150,6 +175,22 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // What a peek read ahead comes first, and is watched as it is read.
+        if let Some(ahead) = this.ahead.get(this.ahead_at..this.ahead_len)
+            && !ahead.is_empty()
+        {
+            let n = ahead.len().min(buf.remaining());
+            let given = ahead.get(..n).unwrap_or_default();
+            buf.put_slice(given);
+            let given: [u8; 24] = this.ahead;
+            this.saw(
+                given
+                    .get(this.ahead_at..this.ahead_at + n)
+                    .unwrap_or_default(),
+            );
+            this.ahead_at += n;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -282,10 +323,52 @@ impl GetSocketDigest for DeadlineStream {
     }
 }
 
+/// Pingora peeks at a new plain connection for the HTTP/2 preface (h2c) by reading until
+/// its buffer is full. Here the peek reads only as long as what came can still be the
+/// preface, within the head deadline: a short HTTP/1 request (`GET / HTTP/1.0`, 18 bytes)
+/// is not left waiting for bytes that never come, and a client trickling bytes in is cut
+/// at the deadline as its head would be. What was read is kept and read again first.
 #[async_trait]
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        use tokio::io::AsyncReadExt;
+        // Pingora peeks again on each kept-alive connection, before its own keep-alive
+        // timeout applies: the first byte is waited for as long as that (60 s), then the
+        // rest of the peek within the head deadline.
+        self.ahead_len = 0;
+        self.ahead_at = 0;
+        let mut deadline = tokio::time::Instant::now() + KEEPALIVE_WAIT;
+        let wanted = buf.len().min(self.ahead.len());
+        while self.ahead_len < wanted
+            && H2_PREFACE.starts_with(self.ahead.get(..self.ahead_len).unwrap_or_default())
+        {
+            let Some(room) = self.ahead.get_mut(self.ahead_len..wanted) else {
+                break;
+            };
+            match tokio::time::timeout_at(deadline, self.inner.read(room)).await {
+                Err(_) if self.ahead_len == 0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request on an idle connection",
+                    ));
+                }
+                Err(_) => return Err(timed_out(&self.timeouts)),
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => {
+                    if self.ahead_len == 0 {
+                        deadline = tokio::time::Instant::now() + self.limit;
+                    }
+                    self.ahead_len += n;
+                }
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        buf.fill(0);
+        let peeked = self.ahead.get(..self.ahead_len).unwrap_or_default();
+        if let Some(head) = buf.get_mut(..peeked.len()) {
+            head.copy_from_slice(peeked);
+        }
+        Ok(true)
     }
 }
 
@@ -479,5 +562,66 @@ mod tests {
         assert!(matches!(stream.phase, Phase::Passthrough));
         stream.saw(b"frames");
         assert!(matches!(stream.phase, Phase::Passthrough));
+    }
+
+    #[tokio::test]
+    async fn the_h2c_peek_reads_only_what_can_be_a_preface_and_keeps_it_for_the_reads() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let timeouts = prometheus::IntCounter::new("t", "t").unwrap();
+        let connection = || {
+            let (client, server) = tokio::io::duplex(64);
+            let stream = DeadlineStream::new(
+                Box::new(Fake(server)),
+                Duration::from_millis(200),
+                timeouts.clone(),
+            );
+            (client, stream)
+        };
+        // A request shorter than the preface: peeked without waiting for more, then read.
+        let (mut client, mut stream) = connection();
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut peeked = [0_u8; 24];
+        assert!(stream.try_peek(&mut peeked).await.unwrap());
+        assert_ne!(&peeked, H2_PREFACE);
+        assert!(peeked.starts_with(b"GET / HTTP/1.0\r\n\r\n"));
+        let mut read = [0_u8; 18];
+        stream.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"GET / HTTP/1.0\r\n\r\n");
+        assert!(
+            matches!(stream.phase, Phase::Request),
+            "watched as it was read"
+        );
+
+        // The preface, split: peeked whole.
+        let (mut client, mut stream) = connection();
+        client.write_all(b"PRI * HTTP/2").await.unwrap();
+        let peek = tokio::spawn(async move {
+            let mut peeked = [0_u8; 24];
+            stream.try_peek(&mut peeked).await.map(|_| peeked)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(b".0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        assert_eq!(&peek.await.unwrap().unwrap(), H2_PREFACE);
+
+        // A preface trickling in past the head deadline: cut and counted.
+        let (mut client, mut stream) = connection();
+        client.write_all(b"PRI ").await.unwrap();
+        let cut = stream.try_peek(&mut [0_u8; 24]).await.unwrap_err();
+        assert_eq!(cut.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(timeouts.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cleartext_http2_connection_is_not_read_for_heads() {
+        assert_eq!(
+            phase_after(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04"]),
+            "passthrough"
+        );
+        // Only at the start of a connection, and only the whole preface line.
+        assert_eq!(phase_after(&[b"PRI * HTTP/2"]), "head");
+        assert_eq!(
+            phase_after(&[b"GET / HTTP/1.1\r\n", b"PRI * HTTP/2.0\r\n"]),
+            "head"
+        );
     }
 }

@@ -103,10 +103,15 @@ fn add_data_plane(
     plane: &Arc<DataPlane>,
     cert: Option<Arc<ReloadingCert>>,
 ) -> ServiceHandle {
-    let app = pingora::proxy::http_proxy(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         EnforcingProxy::new(Arc::clone(plane)),
     );
+    // Cleartext HTTP/2 with prior knowledge (h2c), beside HTTP/1.1: Pingora peeks at each
+    // new plain connection for the HTTP/2 preface. Over TLS, ALPN chooses.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = true;
+    app.server_options = Some(options);
     let mut proxy = Service::new(
         String::from("portcullis data plane"),
         HeadDeadline::new(

@@ -409,3 +409,62 @@ fn a_custom_attribute_added_to_the_schema_is_written_checked_and_decided_on() {
         403
     );
 }
+
+/// Cleartext HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`), beside
+/// HTTP/1.1 on the same port: decided like any request, allowed ones forwarded to the
+/// (HTTP/1.1) upstream, refusals answered as HTTP/2 with their JSON body.
+#[test]
+fn http2_with_prior_knowledge_is_decided_like_http1() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(&upstream, &keys, "");
+    p.seed(world::import());
+    let d1 = format!("http://{}/v1/spaces/s1/documents/d1", p.data);
+    let curl = |token: &str, id: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-w",
+                "\n%{http_version} %{http_code}",
+                "-H",
+                &format!("authorization: Bearer {token}"),
+                "-H",
+                &format!("x-test-id: {id}"),
+                &d1,
+            ])
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let (body, status) = text.rsplit_once('\n').expect("status line");
+        (status.to_owned(), body.to_owned())
+    };
+    let alice = keys.token("alice", json!({}));
+    let id = uuid::Uuid::now_v7().to_string();
+    let (status, _) = curl(&alice, &id);
+    assert_eq!(status, "2 200");
+    let seen = upstream.seen_with(&id).remove(0);
+    assert_eq!(seen.one("x-portcullis-subject"), Some("alice"));
+
+    let mia = keys.token("mia", json!({}));
+    let (status, body) = curl(&mia, "h2-denied");
+    assert_eq!(status, "2 403", "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON refusal");
+    assert_eq!(body["error"], "forbidden");
+    assert!(upstream.seen_with("h2-denied").is_empty());
+    // HTTP/1.1 on the same port as before, and a request shorter than the HTTP/2 preface
+    // is answered, not left waiting for the bytes a preface would have.
+    assert_eq!(
+        p.get("/v1/spaces/s1/documents/d1", Some(&alice), &[])
+            .status,
+        200
+    );
+    let short = crate::harness::send_raw(None, p.data, b"GET / HTTP/1.0\r\n\r\n".to_vec())
+        .expect("an answer to an 18-byte request");
+    assert_eq!(short.status, 403);
+}
