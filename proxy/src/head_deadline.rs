@@ -335,9 +335,17 @@ impl Peek for DeadlineStream {
         // Pingora peeks again on each kept-alive connection, before its own keep-alive
         // timeout applies: the first byte is waited for as long as that (60 s), then the
         // rest of the peek within the head deadline.
-        self.ahead_len = 0;
+        // Bytes an earlier peek read ahead and nothing has read yet stay first.
+        self.ahead
+            .copy_within(self.ahead_at.min(self.ahead_len)..self.ahead_len, 0);
+        self.ahead_len -= self.ahead_at.min(self.ahead_len);
         self.ahead_at = 0;
-        let mut deadline = tokio::time::Instant::now() + KEEPALIVE_WAIT;
+        let mut deadline = tokio::time::Instant::now()
+            + if self.ahead_len == 0 {
+                KEEPALIVE_WAIT
+            } else {
+                self.limit
+            };
         let wanted = buf.len().min(self.ahead.len());
         while self.ahead_len < wanted
             && H2_PREFACE.starts_with(self.ahead.get(..self.ahead_len).unwrap_or_default())
