@@ -176,19 +176,16 @@ impl AsyncRead for DeadlineStream {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         // What a peek read ahead comes first, and is watched as it is read.
-        if let Some(ahead) = this.ahead.get(this.ahead_at..this.ahead_len)
-            && !ahead.is_empty()
-        {
-            let n = ahead.len().min(buf.remaining());
-            let given = ahead.get(..n).unwrap_or_default();
+        if this.ahead_at < this.ahead_len {
+            // A copy: `saw` borrows the stream.
+            let ahead = this.ahead;
+            let pending = ahead.get(this.ahead_at..this.ahead_len).unwrap_or_default();
+            let given = pending
+                .get(..pending.len().min(buf.remaining()))
+                .unwrap_or_default();
             buf.put_slice(given);
-            let given: [u8; 24] = this.ahead;
-            this.saw(
-                given
-                    .get(this.ahead_at..this.ahead_at + n)
-                    .unwrap_or_default(),
-            );
-            this.ahead_at += n;
+            this.saw(given);
+            this.ahead_at += given.len();
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

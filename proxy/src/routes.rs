@@ -473,19 +473,6 @@ fn check_protected(
     }
 }
 
-/// The attributes of the context every request has; a route cannot take them from it.
-const FIXED_CONTEXT: &[&str] = &[
-    "hour",
-    "minute",
-    "weekday",
-    "risk_score",
-    "mfa",
-    "device_trusted",
-    "band",
-    "device_id",
-    "ip",
-];
-
 fn context_source(
     name: &str,
     spec: &ContextSourceSpec,
@@ -493,11 +480,6 @@ fn context_source(
     policies: &CompiledPolicies,
     action: &str,
 ) -> Result<ContextSource, String> {
-    if FIXED_CONTEXT.contains(&name) {
-        return Err(String::from(
-            "is set by Portcullis for every request; a route cannot take it from the request",
-        ));
-    }
     let from = match (&spec.header, &spec.query, &spec.path, &spec.claim) {
         (Some(header), None, None, None) => ContextFrom::Header {
             name: http::HeaderName::from_bytes(header.as_bytes())

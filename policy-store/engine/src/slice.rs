@@ -334,6 +334,12 @@ const CONTEXT_ATTRIBUTES: [(&str, ContextAttrs); 9] = [
     ("ip", ContextAttrs::IP),
 ];
 
+/// Whether `name` is an attribute of the context Portcullis sets for every request (not
+/// one a route takes from it).
+pub(crate) fn is_fixed_context_attribute(name: &str) -> bool {
+    CONTEXT_ATTRIBUTES.iter().any(|(n, _)| *n == name)
+}
+
 impl ContextAttrs {
     pub(crate) const HOUR: Self = Self(1);
     pub(crate) const MINUTE: Self = Self(1 << 1);

@@ -134,22 +134,15 @@ impl ContextSettings {
                     source.kind.parse(text).ok_or_else(bad)?
                 }
                 ContextFrom::Query(name) => {
-                    let mut values =
-                        request
-                            .query
-                            .unwrap_or_default()
-                            .split('&')
-                            .filter_map(|pair| {
-                                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                                (super::path::decode_param(key).as_deref() == Some(name.as_str()))
-                                    .then_some(value)
-                            });
+                    // Decoded as the method-override screen decodes them: one reading.
+                    let mut values = super::screen::query_params(request.query.unwrap_or_default())
+                        .filter(|(key, _)| key.as_deref() == Some(name.as_str()));
                     let first = values.next();
                     if values.next().is_some() {
                         return Err(bad());
                     }
-                    let Some(value) = first else { continue };
-                    let text = super::path::decode_param(value).ok_or_else(bad)?;
+                    let Some((_, pair)) = first else { continue };
+                    let text = super::screen::query_value(pair).ok_or_else(bad)?;
                     source.kind.parse(&text).ok_or_else(bad)?
                 }
                 ContextFrom::Path(name) => {

@@ -493,18 +493,14 @@ impl DataPlane {
             None => snapshot.principal(&identity.principal).map(AsRef::as_ref),
         };
         // The store wins; its issuer may describe a principal it does not hold by its claims.
-        let claimed_view = match (stored_view, &identity.claimed) {
-            (None, Some(claimed)) => Some(claimed.view(&snapshot)),
+        let claimed_view = match (stored_view, identity.claimed.as_deref()) {
+            (None, Some(claims)) => Some((claims.view(&snapshot), claims.digest())),
             _ => None,
         };
         let claimed = claimed_view
-            .as_deref()
-            .zip(identity.claimed.as_deref())
-            .map(|(view, claims)| ClaimedPrincipal {
-                view,
-                digest: claims.digest(),
-            });
-        let principal_view = stored_view.or(claimed_view.as_deref());
+            .as_ref()
+            .map(|(view, digest)| ClaimedPrincipal { view, digest });
+        let principal_view = stored_view.or(claimed.map(|c| c.view));
         let known = principal_view.is_some();
         let tenant = principal_view.and_then(|p| p.principal.tenant.clone());
         let decision_id = new_decision_id(jiff::Timestamp::now().as_millisecond());

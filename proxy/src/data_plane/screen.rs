@@ -99,7 +99,7 @@ fn decode_form(text: &str) -> Option<Cow<'_, str>> {
 }
 
 /// `(decoded name, raw pair)` of each `&`-separated query parameter.
-fn query_params(query: &str) -> impl Iterator<Item = (Option<Cow<'_, str>>, &str)> {
+pub(super) fn query_params(query: &str) -> impl Iterator<Item = (Option<Cow<'_, str>>, &str)> {
     query.split('&').map(|pair| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
         (decode_form(name), pair)
@@ -107,7 +107,7 @@ fn query_params(query: &str) -> impl Iterator<Item = (Option<Cow<'_, str>>, &str
 }
 
 /// The decoded value of a `name=value` pair (empty without `=`).
-fn query_value(pair: &str) -> Option<Cow<'_, str>> {
+pub(super) fn query_value(pair: &str) -> Option<Cow<'_, str>> {
     decode_form(pair.split_once('=').map_or("", |(_, v)| v))
 }
 

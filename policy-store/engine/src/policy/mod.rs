@@ -101,14 +101,20 @@ impl CompiledPolicies {
     }
 
     /// The kind of value the schema gives context attribute `name` of `action` (for a
-    /// route that takes it from the request). `Err` says why a route cannot: the action or
-    /// the attribute is not in the schema, or its type is not a `String`, `Long` or `Bool`.
+    /// route that takes it from the request). `Err` says why a route cannot: the attribute is
+    /// one Portcullis sets for every request, the action or the attribute is not in the
+    /// schema, or its type is not a `String`, `Long` or `Bool`.
     pub fn context_attribute(
         &self,
         action: &str,
         name: &str,
     ) -> Result<crate::decision::ContextKind, String> {
         use cedar_policy_core::validator::types::Type;
+        if crate::slice::is_fixed_context_attribute(name) {
+            return Err(String::from(
+                "is set by Portcullis for every request; a route cannot take it from the request",
+            ));
+        }
         let schema: &cedar_policy_core::validator::ValidatorSchema = self.schema.as_ref();
         let uid = self
             .index
