@@ -1,4 +1,7 @@
-//! `portcullis-l2` owns the shared state cache in Redis (L2): one [`StateSlice`] per user,
+//! `portcullis-l2` owns what proxies share through Redis: the shared state cache (L2) and
+//! the counters of shared rate limits ([`rate`]).
+//!
+//! The shared state cache holds one [`StateSlice`] per user,
 //! service or entity that sidecars in cached state mode fetch (the shared part they hold
 //! in full leaves it out), written by the control plane when it publishes a revision that
 //! changed it (and when a sidecar asked it for one), read by those sidecars when their own
@@ -21,15 +24,17 @@
 //!
 //! Every call has a deadline; Redis being away is an error the caller falls back on, and
 //! after a failed connect no new one is tried for a second, so a Redis that is down costs
-//! a miss nothing but that check.
+//! a miss nothing but that check (`link`).
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use portcullis_engine::snapshot::StateSlice;
 use portcullis_model::EntityRef;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+mod link;
+pub mod rate;
+
+use link::Link;
 
 /// Why a call to the shared cache did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +76,8 @@ const WRITE_BATCH: usize = 256;
 
 /// A client of the shared cache, connected on first use and reconnected by itself.
 pub struct SharedCache {
-    client: redis::Client,
-    connection: ArcSwapOption<ConnectionManager>,
-    /// No connect is tried before this instant (ms since `started`): after a failure.
-    retry_at_ms: AtomicI64,
-    started: Instant,
+    link: Link,
     prefix: String,
-    timeout: Duration,
     read: redis::Script,
     write: redis::Script,
 }
@@ -86,7 +86,7 @@ impl std::fmt::Debug for SharedCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedCache")
             .field("prefix", &self.prefix)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.link.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -95,14 +95,9 @@ impl SharedCache {
     /// A client of the Redis at `url` (`redis://host:port/db`), keys under `prefix`, each
     /// call bounded by `timeout`. Does not connect yet.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
         Ok(Self {
-            client,
-            connection: ArcSwapOption::empty(),
-            retry_at_ms: AtomicI64::new(0),
-            started: Instant::now(),
+            link: Link::new(url, timeout)?,
             prefix: prefix.to_owned(),
-            timeout,
             read: redis::Script::new(READ),
             write: redis::Script::new(WRITE),
         })
@@ -112,67 +107,16 @@ impl SharedCache {
         format!("{}:generation", self.prefix)
     }
 
-    fn elapsed_ms(&self) -> i64 {
-        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
-    }
-
-    /// The connection, made now if there is none (at most one attempt a second).
-    async fn connection(&self) -> Result<ConnectionManager, L2Error> {
-        if let Some(connection) = self.connection.load_full() {
-            return Ok((*connection).clone());
-        }
-        if self.elapsed_ms() < self.retry_at_ms.load(Ordering::Relaxed) {
-            return Err(L2Error::Unavailable(String::from(
-                "not connected; retrying shortly",
-            )));
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let made = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await;
-        match made {
-            Ok(Ok(connection)) => {
-                self.connection
-                    .store(Some(std::sync::Arc::new(connection.clone())));
-                Ok(connection)
-            }
-            Ok(Err(e)) => {
-                self.retry_at_ms
-                    .store(self.elapsed_ms() + 1000, Ordering::Relaxed);
-                Err(L2Error::Unavailable(e.to_string()))
-            }
-            Err(_) => {
-                self.retry_at_ms
-                    .store(self.elapsed_ms() + 1000, Ordering::Relaxed);
-                Err(L2Error::Unavailable(String::from("connect timed out")))
-            }
-        }
-    }
-
-    /// Runs one call with the deadline.
-    async fn call<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, L2Error> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(L2Error::Unavailable(e.to_string())),
-            Err(_) => Err(L2Error::Unavailable(String::from("timed out"))),
-        }
-    }
-
     /// The slice of `key`, if the current generation holds one.
     pub async fn get(&self, key: &EntityRef) -> Result<Option<StateSlice>, L2Error> {
-        let mut connection = self.connection().await?;
+        let mut connection = self.link.connection().await?;
         let generation_key = self.generation_key();
         let mut invocation = self.read.key(&generation_key);
         invocation.arg(&self.prefix).arg(key.to_string());
-        let value: Option<Vec<u8>> = self.call(invocation.invoke_async(&mut connection)).await?;
+        let value: Option<Vec<u8>> = self
+            .link
+            .call(invocation.invoke_async(&mut connection))
+            .await?;
         value.map(|bytes| decode(&bytes)).transpose()
     }
 
@@ -183,7 +127,7 @@ impl SharedCache {
         slices: &[(EntityRef, StateSlice)],
         ttl: Duration,
     ) -> Result<usize, L2Error> {
-        let mut connection = self.connection().await?;
+        let mut connection = self.link.connection().await?;
         let generation_key = self.generation_key();
         let mut written = 0;
         for batch in slices.chunks(WRITE_BATCH) {
@@ -197,7 +141,10 @@ impl SharedCache {
                     .arg(slice.revision)
                     .arg(json);
             }
-            let count: usize = self.call(invocation.invoke_async(&mut connection)).await?;
+            let count: usize = self
+                .link
+                .call(invocation.invoke_async(&mut connection))
+                .await?;
             written += count;
         }
         Ok(written)
@@ -206,9 +153,10 @@ impl SharedCache {
     /// Moves to a new generation: every slice written before is out of reach (and fades
     /// with its time to live). Returns the new generation.
     pub async fn new_generation(&self) -> Result<i64, L2Error> {
-        let mut connection = self.connection().await?;
+        let mut connection = self.link.connection().await?;
         let key = self.generation_key();
-        self.call(redis::cmd("INCR").arg(&key).query_async(&mut connection))
+        self.link
+            .call(redis::cmd("INCR").arg(&key).query_async(&mut connection))
             .await
     }
 }
