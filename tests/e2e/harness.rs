@@ -941,3 +941,23 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A copy of the default policies directory (its files) to edit.
+pub fn policies_copy(tag: &str) -> std::path::PathBuf {
+    let dir = temp_dir(tag);
+    for entry in std::fs::read_dir(policies_dir()).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    dir
+}
+
+/// Replaces the first `from` in `dir/file` with `to`.
+pub fn edit(dir: &std::path::Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(text.contains(from), "{file} has {from}");
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+}

@@ -3,28 +3,8 @@
 
 use serde_json::json;
 
-use crate::harness::{Keys, Portcullis, Upstream};
+use crate::harness::{Keys, Portcullis, Upstream, edit, policies_copy};
 use crate::world;
-
-/// A copy of the default policies directory (its files) to edit.
-fn policies_copy(tag: &str) -> std::path::PathBuf {
-    let dir = crate::harness::temp_dir(tag);
-    for entry in std::fs::read_dir(crate::harness::policies_dir()).expect("policies") {
-        let path = entry.expect("entry").path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
-        }
-    }
-    dir
-}
-
-/// Replaces the first `from` in `dir/file` with `to`.
-fn edit(dir: &std::path::Path, file: &str, from: &str, to: &str) {
-    let path = dir.join(file);
-    let text = std::fs::read_to_string(&path).expect("read");
-    assert!(text.contains(from), "{file} has {from}");
-    std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
-}
 
 #[test]
 fn path_tricks_never_reach_a_denied_route() {
