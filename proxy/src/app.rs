@@ -26,6 +26,7 @@ use crate::cli::{Exit, key_sources};
 use crate::config::{Config, Override, StateMode};
 use crate::data_plane::assertion::Asserter;
 use crate::data_plane::authn::Authenticator;
+use crate::data_plane::limits::{Lockout, LockoutSettings, RateLimiter};
 use crate::data_plane::staleness::Contact;
 use crate::data_plane::{DataPlane, Health};
 use crate::follow::{self, ControlPlane, Keeper, LastKnownGood};
@@ -268,6 +269,18 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
         health: Arc::new(Health::default()),
         recorder,
         contact: contact.clone(),
+        rate_limiter: rate_limiter(&config, &metrics).map_err(|e| Failure::Input(vec![e]))?,
+        lockout: config.lockout.enabled.then(|| {
+            Lockout::new(
+                LockoutSettings {
+                    max_failures: config.lockout.max_failures,
+                    window: Duration::from_secs(config.lockout.window_seconds),
+                    cool_down: Duration::from_secs(config.lockout.cool_down_seconds),
+                    max_keys: config.lockout.max_keys,
+                },
+                &metrics,
+            )
+        }),
         metrics: Arc::clone(&metrics),
     });
     log_start(&config, mode, &state, &plane, audit.as_deref());
@@ -288,6 +301,7 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     }
     if mode.serves_data_plane() {
         background.spawn(reload::watch_route_map(Arc::clone(&plane)));
+        background.spawn(report_limit_keys(Arc::clone(&plane)));
     }
     if let Some(cert) = &cert {
         background.spawn(Arc::clone(cert).watch(metrics.reloads.clone()));
@@ -351,6 +365,41 @@ fn start_and_serve(launch: Launch) -> Result<(), Failure> {
     background.stop(Duration::from_secs(config.shutdown.grace_period_seconds));
     join_audit_keeper(audit_keeper);
     Ok(())
+}
+
+/// The counters of route rate limits, counting `shared` ones in `rate_limits.redis` when
+/// it names one.
+fn rate_limiter(config: &Config, metrics: &Metrics) -> Result<RateLimiter, String> {
+    let shared = match &config.rate_limits.redis {
+        Some(redis) => Some(
+            portcullis_l2::rate::SharedRateLimits::new(
+                &redis.url,
+                &redis.key_prefix,
+                Duration::from_millis(redis.timeout_ms),
+            )
+            .map_err(|e| format!("rate_limits.redis.url: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(RateLimiter::new(
+        config.rate_limits.max_keys,
+        shared,
+        metrics,
+    ))
+}
+
+/// Reports how many keys the bounded tables of rate limits and the lockout hold, every
+/// ten seconds (counting them settles the tables' pending evictions too).
+async fn report_limit_keys(plane: Arc<DataPlane>) {
+    let rate = plane.metrics.limit_keys.with_label_values(&["rate"]);
+    let lockout = plane.metrics.limit_keys.with_label_values(&["lockout"]);
+    loop {
+        rate.set(i64::try_from(plane.rate_limiter.keys()).unwrap_or(i64::MAX));
+        if let Some(l) = &plane.lockout {
+            lockout.set(i64::try_from(l.keys()).unwrap_or(i64::MAX));
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
 }
 
 /// The state cache of cached state mode, reading the shared cache when `state.redis`

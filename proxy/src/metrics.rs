@@ -33,11 +33,17 @@ pub enum Outcome {
     Unavailable,
     /// Something failed inside; the request was refused.
     Error,
+    /// Over the route's rate limit: 429.
+    RateLimited,
+    /// A failed authentication from a locked-out client or subject: 429.
+    LockedOut,
+    /// A CORS preflight answered by Portcullis (204).
+    Preflight,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (`outcome as usize` indexes it).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::Allowed,
         Self::Denied,
         Self::Unauthenticated,
@@ -47,6 +53,9 @@ impl Outcome {
         Self::ShadowDenied,
         Self::Unavailable,
         Self::Error,
+        Self::RateLimited,
+        Self::LockedOut,
+        Self::Preflight,
     ];
 
     /// The label value.
@@ -61,6 +70,9 @@ impl Outcome {
             Self::ShadowDenied => "shadow_denied",
             Self::Unavailable => "unavailable",
             Self::Error => "error",
+            Self::RateLimited => "rate_limited",
+            Self::LockedOut => "locked_out",
+            Self::Preflight => "preflight",
         }
     }
 }
@@ -145,6 +157,16 @@ pub struct Metrics {
     pub jwt: IntCounterVec,
     /// `portcullis_bad_requests_total{reason}`: requests refused as ambiguous, by reason.
     pub bad_requests: IntCounterVec,
+    /// `portcullis_rate_limit_checks_total{store, result}`: rate-limit checks, counted in
+    /// this process (`local`), in Redis (`shared`) or locally because Redis was away
+    /// (`fallback`); `allowed` or `limited`.
+    pub rate_limit_checks: IntCounterVec,
+    /// `portcullis_lockouts_total{key}`: lockouts begun after too many failed
+    /// authentications, per `client` address or claimed `subject`.
+    pub lockouts: IntCounterVec,
+    /// `portcullis_limit_keys{table}`: keys held by the local `rate` limit and `lockout`
+    /// tables (each bounded).
+    pub limit_keys: IntGaugeVec,
     /// `portcullis_request_head_timeouts_total`: connections closed because a request head
     /// took longer than `listen.request_head_timeout_ms` (slowloris).
     pub request_head_timeouts: prometheus::IntCounter,
@@ -381,6 +403,28 @@ impl Metrics {
                 "portcullis_bad_requests_total",
                 "Requests refused as ambiguous before routing (target, credentials, method, host), by reason.",
                 &["reason"],
+            ),
+            rate_limit_checks: counter(
+                r,
+                "portcullis_rate_limit_checks_total",
+                "Rate-limit checks: in this process (local), in Redis (shared), or locally because Redis was away (fallback); allowed or limited.",
+                &["store", "result"],
+            ),
+            lockouts: counter(
+                r,
+                "portcullis_lockouts_total",
+                "Lockouts begun after too many failed authentications, by client address or claimed subject.",
+                &["key"],
+            ),
+            limit_keys: register(
+                r,
+                built(IntGaugeVec::new(
+                    prometheus::Opts::new(
+                        "portcullis_limit_keys",
+                        "Keys held by the bounded local tables of rate limits (rate) and the lockout (lockout).",
+                    ),
+                    &["table"],
+                )),
             ),
             request_head_timeouts: int_counter(
                 r,

@@ -64,6 +64,11 @@ pub fn gate(config: &Config, routes: RouteMap, metrics: &Metrics) -> Result<Gate
             })
         })
         .transpose()?;
+    if routes.has_shared_limits() && config.rate_limits.redis.is_none() {
+        return Err(String::from(
+            "routes: a rate limit is `shared: true`, but `rate_limits.redis` names no Redis to count it in",
+        ));
+    }
     Ok(Gate::new(
         routes,
         GateSettings {

@@ -277,6 +277,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.events != new.events {
         keys.push("events");
     }
+    if old.rate_limits != new.rate_limits {
+        keys.push("rate_limits");
+    }
+    if old.lockout != new.lockout {
+        keys.push("lockout");
+    }
     keys
 }
 

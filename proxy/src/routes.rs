@@ -16,6 +16,18 @@
 //!       verbose: { query: verbose }
 //!       kind: { path: doc }                   # a path parameter
 //!       plan: { claim: /subscription/plan }   # a JSON pointer into the token's claims
+//!     rate_limit:                             # optional: checked after authentication,
+//!       requests: 100                         #   before the decision; 429 past it
+//!       per: 1m                               # a window: 10s, 1m, 1h (at most 1d)
+//!       by: principal                         # principal | tenant | client | route
+//!       burst: 20                             # optional: at once (default: `requests`)
+//!       shared: true                          # optional: counted across proxies in Redis
+//!     cors:                                   # optional: browsers on other origins
+//!       origins: [https://app.example.com]    # or ["*"] (not with credentials)
+//!       methods: [GET]                        # optional: default the route's methods
+//!       headers: [authorization]              # request headers beyond the safelisted
+//!       credentials: true                     # optional: cookies / Authorization
+//!       max_age_seconds: 600                  # optional: how long a preflight holds
 //!   - name: health
 //!     method: GET
 //!     path: /healthz
@@ -40,6 +52,8 @@ use portcullis_model::EntityRef;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::data_plane::cors::{CorsPolicy, CorsSpec};
+use crate::data_plane::limits::{LimitBy, RateLimit};
 use crate::policy_dir::yaml_problem;
 
 /// HTTP methods a route may name.
@@ -81,6 +95,86 @@ struct RouteSpec {
     shadow: bool,
     #[serde(default)]
     context: std::collections::BTreeMap<String, ContextSourceSpec>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitSpec>,
+    #[serde(default)]
+    cors: Option<CorsSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitSpec {
+    requests: u32,
+    per: String,
+    by: LimitBy,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default)]
+    shared: bool,
+}
+
+/// The longest rate-limit window a route may name.
+const MAX_WINDOW_SECONDS: u64 = 24 * 60 * 60;
+
+/// A window: a number and a unit (`s`, `m`, `h`, `d`).
+fn window_seconds(text: &str) -> Option<u64> {
+    let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number.parse().ok()?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        _ => return None,
+    };
+    number.checked_mul(scale).filter(|&s| s > 0)
+}
+
+fn rate_limit(spec: &RateLimitSpec, name: &str, public: bool) -> Result<RateLimit, String> {
+    let mut problems = Vec::new();
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        problems.push(String::from(
+            "names its limit in the RateLimit headers, so the route name may hold only letters, digits, `_`, `-` and `.`",
+        ));
+    }
+    if spec.requests == 0 {
+        problems.push(String::from("`requests` must be at least 1"));
+    }
+    if spec.burst == Some(0) {
+        problems.push(String::from("`burst` must be at least 1"));
+    }
+    let window = window_seconds(&spec.per);
+    match window {
+        None => problems.push(format!(
+            "`per: {}` is not a window like 10s, 1m, 1h or 1d",
+            spec.per
+        )),
+        Some(w) if w > MAX_WINDOW_SECONDS => {
+            problems.push(format!("`per: {}` is longer than a day", spec.per))
+        }
+        Some(_) => {}
+    }
+    if public && matches!(spec.by, LimitBy::Principal | LimitBy::Tenant) {
+        problems.push(format!(
+            "a public route has no principal: count it `by: client` or `by: route`, not `by: {}`",
+            spec.by.as_str()
+        ));
+    }
+    match (window, problems.is_empty()) {
+        (Some(window), true) => Ok(RateLimit::new(
+            name,
+            spec.requests,
+            window,
+            spec.burst.unwrap_or(spec.requests),
+            spec.by,
+            spec.shared,
+        )),
+        _ => Err(problems.join("; ")),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +260,10 @@ pub struct Route {
     pub shadow: bool,
     /// Context attributes taken from the request, by name.
     pub context: Vec<ContextSource>,
+    /// Its rate limit, if it has one.
+    pub rate_limit: Option<RateLimit>,
+    /// Its CORS policy, if browsers on other origins may call it.
+    pub cors: Option<CorsPolicy>,
 }
 
 impl Route {
@@ -238,6 +336,13 @@ impl RouteMap {
     /// Whether some route takes a context attribute from the token's claims.
     pub fn reads_claims(&self) -> bool {
         self.routes.iter().any(Route::reads_claims)
+    }
+
+    /// Whether some route's rate limit is counted in Redis.
+    pub fn has_shared_limits(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.shared))
     }
 
     /// The routes, in file order.
@@ -369,7 +474,21 @@ pub fn compile(
             public: spec.public,
             shadow: spec.shadow,
             context: Vec::new(),
+            rate_limit: None,
+            cors: None,
         };
+        if let Some(cors) = &spec.cors {
+            match CorsPolicy::compile(cors, &methods) {
+                Ok(policy) => route.cors = Some(policy),
+                Err(m) => problems.push(at(format!("{label}: cors: {m}"))),
+            }
+        }
+        if let Some(limit) = &spec.rate_limit {
+            match rate_limit(limit, &spec.name, spec.public) {
+                Ok(limit) => route.rate_limit = Some(limit),
+                Err(m) => problems.push(at(format!("{label}: rate_limit: {m}"))),
+            }
+        }
         if spec.public {
             if spec.action.is_some()
                 || spec.resource.is_some()
@@ -603,6 +722,64 @@ mod tests {
             assert!(named(attr), "{attr}: {messages:?}");
         }
         assert_eq!(messages.len(), 6, "{messages:?}");
+    }
+
+    #[test]
+    fn rate_limits_are_compiled_and_every_bad_one_is_named_with_its_line() {
+        let loaded =
+            policies("action \"doc.read\" appliesTo { principal: User, resource: Document };");
+        let routes = |limit: &str, public_limit: &str| {
+            format!(
+                "routes:\n  - name: read\n    method: GET\n    path: /docs/{{id}}\n    action: doc.read\n    resource: Document::{{id}}\n    rate_limit: {limit}\n  - name: ping\n    method: GET\n    path: /ping\n    public: true\n    rate_limit: {public_limit}\n"
+            )
+        };
+        let map = compile(
+            Path::new("routes.yaml"),
+            &routes(
+                "{ requests: 100, per: 1m, by: tenant, burst: 10, shared: true }",
+                "{ requests: 5, per: 10s, by: client }",
+            ),
+            &loaded,
+        )
+        .unwrap();
+        let read = map.routes()[0].rate_limit.as_ref().unwrap();
+        assert_eq!((read.by, read.shared), (LimitBy::Tenant, true));
+        assert_eq!(read.policy, "\"read\";q=100;w=60");
+        assert_eq!(read.gcra.interval(), std::time::Duration::from_millis(600));
+        assert_eq!(read.gcra.capacity(), std::time::Duration::from_secs(6));
+        let ping = map.routes()[1].rate_limit.as_ref().unwrap();
+        assert_eq!(ping.gcra.capacity(), std::time::Duration::from_secs(10));
+        assert!(map.has_shared_limits());
+
+        let problems = compile(
+            Path::new("routes.yaml"),
+            &routes(
+                "{ requests: 0, per: 1 week, by: principal, burst: 0 }",
+                "{ requests: 5, per: 2d, by: principal }",
+            ),
+            &loaded,
+        )
+        .unwrap_err();
+        let messages: Vec<(usize, &str)> = problems
+            .iter()
+            .map(|p| (p.line, p.message.as_str()))
+            .collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        let (line, read) = messages[0];
+        assert_eq!(line, 2);
+        for part in [
+            "`requests` must be at least 1",
+            "`burst` must be at least 1",
+            "`per: 1 week`",
+        ] {
+            assert!(read.contains(part), "{part}: {read}");
+        }
+        let (line, ping) = messages[1];
+        assert_eq!(line, 8);
+        assert!(
+            ping.contains("longer than a day") && ping.contains("`by: principal`"),
+            "{ping}"
+        );
     }
 
     #[test]

@@ -29,3 +29,4 @@ mod lifecycle;
 mod requests;
 mod shutdown;
 mod tokens;
+mod traffic;

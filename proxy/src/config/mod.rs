@@ -76,6 +76,11 @@ pub struct Config {
     pub state: StateConfig,
     /// Lifecycle events into the control plane (`serve`, `control`).
     pub events: EventsConfig,
+    /// Rate limits of routes (each route's `rate_limit` in the route map): the bound of the
+    /// local counters and the Redis that `shared` limits are counted in.
+    pub rate_limits: RateLimitsConfig,
+    /// The brute-force lockout of failed authentications on the data plane.
+    pub lockout: LockoutConfig,
     /// Shutdown timing.
     pub shutdown: ShutdownConfig,
     /// Worker threads of the data plane.
@@ -106,6 +111,8 @@ impl Default for Config {
             control_plane: ControlPlaneConfig::default(),
             state: StateConfig::default(),
             events: EventsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            lockout: LockoutConfig::default(),
             shutdown: ShutdownConfig::default(),
             threads: 2,
             log: LogConfig::default(),
@@ -983,6 +990,81 @@ impl Default for StateConfig {
             miss_timeout_ms: 1000,
             redis: None,
             held_entity_types: None,
+        }
+    }
+}
+
+/// `rate_limits`: where route rate limits are counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Keys (principals, tenants, addresses) the local counters hold at most; past it the
+    /// least used are forgotten (their buckets start full again).
+    pub max_keys: u64,
+    /// Where routes with `shared: true` are counted, by every proxy together. Needed when a
+    /// route has one. When Redis does not answer within its `timeout_ms`, each proxy counts
+    /// those routes on its own against the same limit until it answers again.
+    pub redis: Option<SharedLimitsConfig>,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_keys: 100_000,
+            redis: None,
+        }
+    }
+}
+
+/// `rate_limits.redis`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedLimitsConfig {
+    /// `redis://host:port/db` (a secret when it holds a password: redacted in dumps).
+    pub url: String,
+    /// Keys start with it.
+    #[serde(default = "default_shared_limits_prefix")]
+    pub key_prefix: String,
+    /// Deadline of each check (one round trip); past it the proxy counts locally.
+    #[serde(default = "default_shared_limits_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_shared_limits_prefix() -> String {
+    String::from("portcullis:rate")
+}
+
+fn default_shared_limits_timeout() -> u64 {
+    50
+}
+
+/// `lockout`: failed authentications on the data plane, counted per client address and per
+/// claimed subject (the `sub` a refused token names). Past `max_failures` within
+/// `window_seconds`, that address's or subject's failures are answered 429 for
+/// `cool_down_seconds`. A credential that verifies is never refused by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// On unless turned off.
+    pub enabled: bool,
+    /// Failures allowed within the window.
+    pub max_failures: u32,
+    /// The window, in seconds.
+    pub window_seconds: u64,
+    /// How long a locked-out key's failures are answered 429.
+    pub cool_down_seconds: u64,
+    /// Addresses and subjects counted at most (the least used are forgotten past it).
+    pub max_keys: u64,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_failures: 20,
+            window_seconds: 60,
+            cool_down_seconds: 300,
+            max_keys: 100_000,
         }
     }
 }
@@ -1868,6 +1950,51 @@ pub fn validate(config: &Config) -> Vec<ConfigProblem> {
             ));
         }
     }
+    let rl = &config.rate_limits;
+    if !(1_000..=10_000_000).contains(&rl.max_keys) {
+        problems.push(problem(
+            "rate_limits.max_keys",
+            "must be between 1000 and 10000000",
+        ));
+    }
+    if let Some(r) = &rl.redis {
+        if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+            problems.push(problem(
+                "rate_limits.redis.url",
+                format!("`{}` is not a redis:// URL", r.url),
+            ));
+        }
+        if r.key_prefix.is_empty() || !(1..=10_000).contains(&r.timeout_ms) {
+            problems.push(problem(
+                "rate_limits.redis",
+                "key_prefix must not be empty, timeout_ms between 1 and 10000",
+            ));
+        }
+    }
+    let lo = &config.lockout;
+    if lo.enabled {
+        for (key, value, range) in [
+            (
+                "lockout.max_failures",
+                u64::from(lo.max_failures),
+                1..=1_000_000,
+            ),
+            ("lockout.window_seconds", lo.window_seconds, 1..=86_400),
+            (
+                "lockout.cool_down_seconds",
+                lo.cool_down_seconds,
+                1..=86_400,
+            ),
+            ("lockout.max_keys", lo.max_keys, 1_000..=10_000_000),
+        ] {
+            if !range.contains(&value) {
+                problems.push(problem(
+                    key,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ));
+            }
+        }
+    }
     let a = &config.audit;
     for (list, fields) in [("hash", &a.redact.hash), ("drop", &a.redact.drop)] {
         for (i, field) in fields.iter().enumerate() {
@@ -2040,6 +2167,7 @@ pub fn dump(config: &Config) -> String {
         shown.audit.redis.as_mut().map(|r| &mut r.url),
         shown.events.redis.as_mut().map(|r| &mut r.url),
         shown.state.redis.as_mut().map(|r| &mut r.url),
+        shown.rate_limits.redis.as_mut().map(|r| &mut r.url),
     ]
     .into_iter()
     .flatten()

@@ -20,8 +20,10 @@
 pub mod assertion;
 pub mod authn;
 pub mod context;
+pub mod cors;
 pub mod gateway;
 pub mod headers;
+pub mod limits;
 pub mod path;
 pub mod proxy;
 pub mod record;
@@ -52,6 +54,7 @@ use crate::routes::RouteMap;
 use authn::Authenticator;
 use context::ContextSettings;
 use gateway::GatewayKind;
+use limits::{Allowance, LimitBy, LimitKey};
 use path::Target;
 use respond::Rejection;
 use screen::{RequestError, Screen};
@@ -232,11 +235,15 @@ pub enum Verdict {
     Public {
         /// The matched route, by index.
         route: usize,
+        /// Where the request stands against the route's rate limit, if it has one.
+        allowance: Option<Allowance>,
     },
     /// Decided and allowed: forwarded with the verified identity.
     Allow {
         /// The matched route, by index.
         route: usize,
+        /// Where the request stands against the route's rate limit, if it has one.
+        allowance: Option<Allowance>,
         /// The identity headers for the upstream.
         grant: Grant,
         /// What was decided, for the log and the audit record.
@@ -250,6 +257,14 @@ pub enum Verdict {
         rejection: Rejection,
         /// What was decided, when the refusal is a decision's.
         subject: Option<DecisionSubject>,
+    },
+    /// A CORS preflight the route's policy allows: answered 204 with `headers`, never
+    /// forwarded.
+    Preflight {
+        /// The route the announced request would take, by index.
+        route: usize,
+        /// The `Access-Control-Allow-*` headers.
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
     },
     /// Shadow mode: would have been refused with `would_refuse`; forwarded all the same.
     Shadow {
@@ -352,6 +367,10 @@ pub struct DataPlane {
     pub contact: Option<Arc<Contact>>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// The counters of route rate limits.
+    pub rate_limiter: limits::RateLimiter,
+    /// The brute-force lockout, unless turned off.
+    pub lockout: Option<limits::Lockout>,
 }
 
 /// The connection a request came on.
@@ -411,13 +430,34 @@ impl DataPlane {
             });
         };
         let (index, route) = (matched.index, matched.route);
-        if route.public {
-            return Verdict::Public { route: index };
-        }
         let refuse = Refusal {
             route: index,
             shadow: gate.settings.mode == EnforcementMode::Shadow || route.shadow,
         };
+        let client = || client_key(gate.settings.context.client_ip(connection.peer, headers));
+        if route.public {
+            let allowance = match &route.rate_limit {
+                None => None,
+                Some(limit) => {
+                    // A public route counts by client or route (the route map allows no
+                    // other key there).
+                    let key = match limit.by {
+                        LimitBy::Route => LimitKey::Route,
+                        _ => LimitKey::Client(client()),
+                    };
+                    match self.rate_limiter.check(limit, key).await {
+                        Ok(allowance) => Some(allowance),
+                        Err(limited) => {
+                            return refuse.unidentified(Rejection::RateLimited(limited), false);
+                        }
+                    }
+                }
+            };
+            return Verdict::Public {
+                route: index,
+                allowance,
+            };
+        }
         let (Some(action), Some(resource_template)) = (&route.action, &route.resource) else {
             // A compiled protected route always has both.
             return refuse.unidentified(Rejection::Unavailable("route_incomplete"), false);
@@ -452,7 +492,8 @@ impl DataPlane {
                 } else if e == authn::AuthnError::KeysStale {
                     Rejection::Unavailable("keys_stale")
                 } else {
-                    Rejection::Unauthenticated(e)
+                    self.failed_authentication(client(), authorization)
+                        .unwrap_or(Rejection::Unauthenticated(e))
                 };
                 return refuse.unidentified(rejection, false);
             }
@@ -474,7 +515,10 @@ impl DataPlane {
                 now_ms,
             )
         {
-            return refuse.unidentified(Rejection::SessionRevoked, true);
+            let rejection = self
+                .failed_authentication(client(), authorization)
+                .unwrap_or(Rejection::SessionRevoked);
+            return refuse.unidentified(rejection, true);
         }
         // Cached state: the principal first (its tenant names the resource), the rest of
         // what the decision reads once the request is resolved.
@@ -514,6 +558,27 @@ impl DataPlane {
             roles: Vec::new(),
             decision_id: decision_id.clone(),
             assertion: None,
+        };
+        // After authentication, before the decision.
+        let allowance = match &route.rate_limit {
+            None => None,
+            Some(limit) => {
+                let key = match limit.by {
+                    LimitBy::Principal => LimitKey::Principal(&identity.principal),
+                    LimitBy::Tenant => match &tenant {
+                        Some(tenant) => LimitKey::Tenant(tenant),
+                        None => LimitKey::Principal(&identity.principal),
+                    },
+                    LimitBy::Client => LimitKey::Client(client()),
+                    LimitBy::Route => LimitKey::Route,
+                };
+                match self.rate_limiter.check(limit, key).await {
+                    Ok(allowance) => Some(allowance),
+                    Err(limited) => {
+                        return refuse.identified(Rejection::RateLimited(limited), grant, None);
+                    }
+                }
+            }
         };
 
         let resource = resource_template.resolve(&matched.params, tenant.as_deref());
@@ -640,6 +705,7 @@ impl DataPlane {
             }
             return Verdict::Allow {
                 route: index,
+                allowance,
                 grant,
                 subject,
             };
@@ -652,6 +718,68 @@ impl DataPlane {
             grant,
             Some(subject),
         )
+    }
+}
+
+/// The key a client address is counted under: an IPv6 address by its /64 (what one
+/// host is usually given, so rotating within it counts as one), IPv4 as it is; no address
+/// (not over a socket) as the unspecified one.
+fn client_key(ip: Option<IpAddr>) -> IpAddr {
+    match ip {
+        Some(IpAddr::V6(v6)) => {
+            let bits = u128::from(v6) & !((1_u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        Some(v4) => v4,
+        None => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+impl DataPlane {
+    /// Answers a CORS preflight from the policy of the route the announced request would
+    /// take: never authenticated, decided or forwarded.
+    pub fn preflight(&self, gate: &Gate, target: &Target, headers: &HeaderMap) -> Verdict {
+        let refused = |route| Verdict::Refuse {
+            route,
+            rejection: Rejection::CorsRefused,
+            subject: None,
+        };
+        let announced = headers
+            .get(cors::REQUEST_METHOD)
+            .and_then(|m| m.to_str().ok())
+            .unwrap_or_default();
+        let Some(matched) = gate.routes.find(announced, &target.path) else {
+            return refused(None);
+        };
+        let Some(policy) = &matched.route.cors else {
+            return refused(Some(matched.index));
+        };
+        match policy.preflight(headers) {
+            Ok(headers) => Verdict::Preflight {
+                route: matched.index,
+                headers,
+            },
+            Err(what) => {
+                tracing::debug!(what, "CORS preflight refused");
+                refused(Some(matched.index))
+            }
+        }
+    }
+
+    /// Counts a failed authentication (not a missing credential: that is no guess) against
+    /// the client and the subject the refused token names; the lockout's refusal when
+    /// either is locked out.
+    fn failed_authentication(
+        &self,
+        client: IpAddr,
+        authorization: Option<&[u8]>,
+    ) -> Option<Rejection> {
+        let lockout = self.lockout.as_ref()?;
+        let authorization = authorization?;
+        let subject = self.authn.claimed_subject(authorization);
+        lockout
+            .failed(Some(client), subject.as_deref())
+            .map(Rejection::LockedOut)
     }
 }
 
@@ -730,9 +858,10 @@ impl Verdict {
     /// The matched route, by index.
     pub fn route(&self) -> Option<usize> {
         match self {
-            Self::Public { route } | Self::Allow { route, .. } | Self::Shadow { route, .. } => {
-                Some(*route)
-            }
+            Self::Public { route, .. }
+            | Self::Allow { route, .. }
+            | Self::Preflight { route, .. }
+            | Self::Shadow { route, .. } => Some(*route),
             Self::Refuse { route, .. } => *route,
         }
     }
@@ -743,6 +872,7 @@ impl Verdict {
             Self::Public { .. } => Outcome::Public,
             Self::Allow { .. } => Outcome::Allowed,
             Self::Refuse { rejection, .. } => rejection.outcome(),
+            Self::Preflight { .. } => Outcome::Preflight,
             Self::Shadow { .. } => Outcome::ShadowDenied,
         }
     }
@@ -778,7 +908,7 @@ impl Verdict {
         match self {
             Self::Allow { subject, .. } => Some(subject),
             Self::Refuse { subject, .. } | Self::Shadow { subject, .. } => subject.as_ref(),
-            Self::Public { .. } => None,
+            Self::Public { .. } | Self::Preflight { .. } => None,
         }
     }
 
@@ -791,7 +921,7 @@ impl Verdict {
                 credential_verified,
                 ..
             } => *credential_verified,
-            Self::Refuse { .. } => false,
+            Self::Refuse { .. } | Self::Preflight { .. } => false,
         }
     }
 
@@ -808,7 +938,15 @@ impl Verdict {
                 .as_ref()
                 .map(|g| g.decision_id.as_str())
                 .or_else(|| would_refuse.decision_id()),
-            Self::Public { .. } => None,
+            Self::Public { .. } | Self::Preflight { .. } => None,
+        }
+    }
+
+    /// Where a forwarded request stands against its route's rate limit.
+    pub fn allowance(&self) -> Option<Allowance> {
+        match self {
+            Self::Public { allowance, .. } | Self::Allow { allowance, .. } => *allowance,
+            _ => None,
         }
     }
 }

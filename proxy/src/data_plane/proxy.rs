@@ -22,10 +22,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::authn::certificate::ClientIdentity;
 use super::context::ip_text;
+use super::cors;
 use super::gateway::original_request;
 use super::headers::{self, Strip, edit_upstream_request, identity_headers, strip_client_headers};
+use super::limits::rate_limit_header;
 use super::path::{PathError, Target, normalize};
-use super::respond::{Rejection, bad_gateway_body};
+use super::respond::{RATE_LIMIT, RATE_LIMIT_POLICY, Rejection, bad_gateway_body};
 use super::screen;
 use super::{Connection, DataPlane, ForwardCredential, Gate, InFlight, Verdict};
 use crate::metrics::Outcome;
@@ -84,6 +86,40 @@ fn had_fragment(session: &Session) -> bool {
     let raw = h1.get_headers_raw_bytes();
     let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
     line.contains(&b'#')
+}
+
+/// The CORS headers of an answer on the route of `verdict`: `Vary: Origin` whenever the
+/// route has a policy, and `Access-Control-Allow-Origin` (with credentials, if allowed) for
+/// an origin it allows.
+fn cors_headers(
+    gate: &Gate,
+    verdict: Option<&Verdict>,
+    headers: &http::HeaderMap,
+) -> Vec<(HeaderName, http::HeaderValue)> {
+    let Some(policy) = verdict
+        .and_then(Verdict::route)
+        .and_then(|route| gate.routes.routes().get(route))
+        .and_then(|route| route.cors.as_ref())
+    else {
+        return Vec::new();
+    };
+    let mut out = vec![(http::header::VARY, http::HeaderValue::from_static("Origin"))];
+    // A preflight's answer holds its own (or, refused, none).
+    let preflight = matches!(
+        verdict,
+        Some(
+            Verdict::Preflight { .. }
+                | Verdict::Refuse {
+                    rejection: Rejection::CorsRefused,
+                    ..
+                }
+        )
+    );
+    if !preflight && let Some(origin) = policy.allowed_origin(headers)
+    {
+        out.extend(policy.response_headers(origin));
+    }
+    out
 }
 
 fn header_text<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -158,7 +194,7 @@ impl EnforcingProxy {
             };
         let refusal = self.record(ctx, gate, verdict).await;
         if let Some(rejection) = refusal {
-            rejection.send(session).await?;
+            rejection.send(session, &[]).await?;
             return Ok(true);
         }
         let mut header = ResponseHeader::build(200, Some(7))?;
@@ -289,6 +325,9 @@ impl ProxyHttp for EnforcingProxy {
                 }
                 let verdict = match gate.upstream_for(host, &target.path) {
                     None => Verdict::refused(Rejection::NoUpstream),
+                    Some(_) if cors::is_preflight(req.method.as_str(), &req.headers) => {
+                        self.plane.preflight(&gate, &target, &req.headers)
+                    }
                     Some(upstream) => {
                         ctx.upstream = Some(upstream);
                         self.plane
@@ -311,13 +350,23 @@ impl ProxyHttp for EnforcingProxy {
             }
         };
         let refusal = self.record(ctx, &gate, verdict).await;
-        match refusal {
-            Some(rejection) => {
-                rejection.send(session).await?;
-                Ok(true)
-            }
-            None => Ok(false),
+        let cors = cors_headers(&gate, ctx.verdict.as_ref(), &session.req_header().headers);
+        if let Some(rejection) = refusal {
+            rejection.send(session, &cors).await?;
+            return Ok(true);
         }
+        if let Some(Verdict::Preflight { headers, .. }) = &ctx.verdict {
+            let mut header = ResponseHeader::build(204, Some(headers.len() + 2))?;
+            for (name, value) in headers.iter().chain(&cors) {
+                header.append_header(name.clone(), value.clone())?;
+            }
+            header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+            session
+                .write_response_header(Box::new(header), true)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -416,13 +465,35 @@ impl ProxyHttp for EnforcingProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        if let Some(gate) = &ctx.gate {
+            let cors = cors_headers(gate, ctx.verdict.as_ref(), &session.req_header().headers);
+            for (name, value) in cors {
+                // The upstream's own say on CORS gives way to the route's policy.
+                upstream_response.remove_header(&name);
+                upstream_response.append_header(name, value)?;
+            }
+        }
         // The client can quote the decision id when asking why; it names nothing else.
         if let Some(id) = ctx.verdict.as_ref().and_then(Verdict::decision_id) {
             upstream_response.insert_header(headers::DECISION_ID, id)?;
+        }
+        // Where the client stands against the route's rate limit.
+        let verdict = ctx.verdict.as_ref();
+        if let Some((allowance, limit)) = verdict.and_then(Verdict::allowance).zip(
+            ctx.gate
+                .as_ref()
+                .zip(verdict.and_then(Verdict::route))
+                .and_then(|(gate, route)| gate.routes.routes().get(route))
+                .and_then(|route| route.rate_limit.as_ref()),
+        ) {
+            upstream_response.insert_header(RATE_LIMIT_POLICY, limit.policy.clone())?;
+            if let Some(state) = rate_limit_header(limit, allowance) {
+                upstream_response.insert_header(RATE_LIMIT, state)?;
+            }
         }
         Ok(())
     }

@@ -84,7 +84,7 @@ impl Recorder {
     /// Whether this outcome is recorded.
     fn keeps(&self, outcome: Outcome) -> bool {
         match outcome {
-            Outcome::Public => self.settings.record_public,
+            Outcome::Public | Outcome::Preflight => self.settings.record_public,
             Outcome::Allowed => {
                 self.settings.allow_sample_rate >= 1.0
                     || rand::thread_rng().gen_bool(self.settings.allow_sample_rate.clamp(0.0, 1.0))
@@ -147,6 +147,7 @@ impl Recorder {
         let decision = match outcome {
             Outcome::Allowed => "allow",
             Outcome::Public => "public",
+            Outcome::Preflight => "preflight",
             Outcome::ShadowDenied => "shadow_deny",
             Outcome::Denied => match refusal {
                 Some(Rejection::Denied { .. }) => "deny",

@@ -6,18 +6,21 @@
 //! |---|---|---|
 //! | 400 | `bad_request` | the request target, credentials, method or `Host` are ambiguous, or a context attribute the route takes from the request is not of its schema type (`reason` says why) |
 //! | 401 | `unauthenticated` | no, bad or revoked credentials; with `WWW-Authenticate: Bearer` |
-//! | 403 | `forbidden` | the decision denied (`reason`, `decision_id`), or no route matches |
+//! | 403 | `forbidden` | the decision denied (`reason`, `decision_id`), no route matches, or a CORS preflight is not allowed (`cors_refused`) |
 //! | 404 | `not_found` | no route matches and `enforcement.unmatched_status` is 404 |
+//! | 429 | `too_many_requests` | over the route's rate limit (`rate_limited`; with `Retry-After`, `RateLimit` and `RateLimit-Policy`), or a failed authentication from a locked-out address or subject (`locked_out`; with `Retry-After`) |
 //! | 502 | `bad_gateway` | the upstream failed |
 //! | 503 | `unavailable` | not ready (no keys loaded yet) or shutting down |
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde::Serialize;
 
 use super::authn::AuthnError;
 use super::headers::DECISION_ID;
+use super::limits::{Limited, LockedOut};
 use super::path::PathError;
 use super::screen::RequestError;
 use crate::metrics::Outcome;
@@ -51,7 +54,18 @@ pub enum Rejection {
     UntrustedGateway,
     /// Not ready to decide.
     Unavailable(&'static str),
+    /// Over the route's rate limit.
+    RateLimited(Limited),
+    /// A failed authentication while its address or subject is locked out.
+    LockedOut(LockedOut),
+    /// A CORS preflight the route's policy does not allow (or a route without one).
+    CorsRefused,
 }
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATE_LIMIT_POLICY: &str = "ratelimit-policy";
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATE_LIMIT: &str = "ratelimit";
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -78,8 +92,9 @@ impl Rejection {
             Self::Unmatched { status } => *status,
             Self::NoUpstream => 404,
             Self::Unauthenticated(_) | Self::SessionRevoked => 401,
-            Self::Denied { .. } | Self::UntrustedGateway => 403,
+            Self::Denied { .. } | Self::UntrustedGateway | Self::CorsRefused => 403,
             Self::Unavailable(_) => 503,
+            Self::RateLimited(_) | Self::LockedOut(_) => 429,
         }
     }
 
@@ -89,8 +104,10 @@ impl Rejection {
             Self::BadTarget(_) | Self::BadRequest(_) => Outcome::BadRequest,
             Self::Unmatched { .. } | Self::NoUpstream => Outcome::Unmatched,
             Self::Unauthenticated(_) | Self::SessionRevoked => Outcome::Unauthenticated,
-            Self::Denied { .. } | Self::UntrustedGateway => Outcome::Denied,
+            Self::Denied { .. } | Self::UntrustedGateway | Self::CorsRefused => Outcome::Denied,
             Self::Unavailable(_) => Outcome::Unavailable,
+            Self::RateLimited(_) => Outcome::RateLimited,
+            Self::LockedOut(_) => Outcome::LockedOut,
         }
     }
 
@@ -106,6 +123,9 @@ impl Rejection {
             Self::Denied { reason, .. } => reason,
             Self::UntrustedGateway => "untrusted_gateway",
             Self::Unavailable(why) => why,
+            Self::RateLimited(_) => "rate_limited",
+            Self::LockedOut(_) => "locked_out",
+            Self::CorsRefused => "cors_refused",
         }
     }
 
@@ -123,8 +143,11 @@ impl Rejection {
                 decision_id,
                 reason,
             } => ("forbidden", Some(*reason), Some(decision_id.as_str())),
-            Self::UntrustedGateway => ("forbidden", Some("untrusted_gateway"), None),
+            Self::UntrustedGateway | Self::CorsRefused => ("forbidden", Some(self.reason()), None),
             Self::Unavailable(why) => ("unavailable", Some(*why), None),
+            Self::RateLimited(_) | Self::LockedOut(_) => {
+                ("too_many_requests", Some(self.reason()), None)
+            }
         };
         serde_json::to_vec(&Body {
             error,
@@ -150,9 +173,16 @@ impl Rejection {
         })
     }
 
-    /// The response header, without a body length.
-    pub fn header(&self, body_len: usize) -> pingora::Result<ResponseHeader> {
-        let mut header = ResponseHeader::build(self.status(), Some(5))?;
+    /// The response header, with `extra` headers (CORS) added.
+    pub fn header(
+        &self,
+        body_len: usize,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> pingora::Result<ResponseHeader> {
+        let mut header = ResponseHeader::build(self.status(), Some(7 + extra.len()))?;
+        for (name, value) in extra {
+            header.append_header(name.clone(), value.clone())?;
+        }
         header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         header.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
         header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -162,17 +192,32 @@ impl Rejection {
         if let Self::Denied { decision_id, .. } = self {
             header.insert_header(DECISION_ID, decision_id.as_str())?;
         }
-        if matches!(self, Self::Unavailable(_)) {
-            header.insert_header(http::header::RETRY_AFTER, "1")?;
+        match self {
+            Self::Unavailable(_) => header.insert_header(http::header::RETRY_AFTER, "1")?,
+            Self::RateLimited(limited) => {
+                let wait = limited.retry_after_seconds.to_string();
+                header.insert_header(http::header::RETRY_AFTER, wait.as_str())?;
+                header.insert_header(RATE_LIMIT_POLICY, limited.policy.clone())?;
+                header.insert_header(RATE_LIMIT, limited.state.clone())?;
+            }
+            Self::LockedOut(locked) => {
+                let wait = locked.retry_after_seconds.to_string();
+                header.insert_header(http::header::RETRY_AFTER, wait.as_str())?;
+            }
+            _ => {}
         }
         Ok(header)
     }
 
-    /// Writes the response. The connection is not reused when the request may carry a body
-    /// that was not read.
-    pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
+    /// Writes the response, with `extra` headers (CORS). The connection is not reused when
+    /// the request may carry a body that was not read.
+    pub async fn send(
+        &self,
+        session: &mut Session,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> pingora::Result<()> {
         let body = self.body();
-        let header = self.header(body.len())?;
+        let header = self.header(body.len(), extra)?;
         let headers = &session.req_header().headers;
         let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
             || headers

@@ -397,6 +397,20 @@ struct IssuerClaim {
     iss: Option<String>,
 }
 
+/// The `sub` of a token's payload, read without verifying it (for counting failures only).
+#[derive(Deserialize)]
+struct SubjectClaim {
+    sub: Option<String>,
+}
+
+/// A token's payload, decoded but not verified.
+fn unverified_payload<T: serde::de::DeserializeOwned>(token: &str) -> Option<T> {
+    let payload = token.split('.').nth(1)?;
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 impl Authenticator {
     /// An authenticator with no keys yet (see [`Self::set_keys`]).
     pub fn new(settings: AuthSettings, cache_entries: u64) -> Self {
@@ -532,18 +546,28 @@ impl Authenticator {
         if self.settings.issuers.len() == 1 {
             return Ok(0);
         }
-        let payload = token.split('.').nth(1).ok_or(AuthnError::Malformed)?;
-        let bytes =
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
-                .map_err(|_| AuthnError::Malformed)?;
-        let claim: IssuerClaim =
-            serde_json::from_slice(&bytes).map_err(|_| AuthnError::Malformed)?;
+        let claim: IssuerClaim = unverified_payload(token).ok_or(AuthnError::Malformed)?;
         let iss = claim.iss.ok_or(AuthnError::MissingClaim)?;
         self.settings
             .issuers
             .iter()
             .position(|i| i.issuer == iss)
             .ok_or(AuthnError::UnknownIssuer)
+    }
+
+    /// The subject a bearer token in `authorization` claims, unverified: what a refused
+    /// token is counted against by the lockout. `None` when it is no bearer token within
+    /// `max_token_bytes` or names none.
+    pub fn claimed_subject(&self, authorization: &[u8]) -> Option<String> {
+        if authorization.len() > self.settings.max_token_bytes {
+            return None;
+        }
+        let header = std::str::from_utf8(authorization).ok()?;
+        let (scheme, token) = header.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        unverified_payload::<SubjectClaim>(token.trim())?.sub
     }
 
     /// Authenticates from the raw `Authorization` header value, at `now` (seconds). Returns
