@@ -41,6 +41,7 @@ pub fn gate(config: &Config, routes: RouteMap, metrics: &Metrics) -> Result<Gate
                 connect_timeout: Duration::from_millis(u.connect_timeout_ms),
                 read_timeout: Duration::from_millis(u.read_timeout_ms),
                 idle_timeout: Duration::from_millis(u.idle_timeout_ms),
+                http2: u.http2,
             })
         })
         .collect::<Result<_, String>>()?;

@@ -22,12 +22,20 @@
 //!       by: principal                         # principal | tenant | client | route
 //!       burst: 20                             # optional: at once (default: `requests`)
 //!       shared: true                          # optional: counted across proxies in Redis
+//!     request_limits:                         # optional
+//!       max_header_bytes: 16384               # more: 431
+//!       max_body_bytes: 1048576               # more: 413
+//!       upstream_timeout_ms: 5000             # the upstream's silence; past it 504
 //!     cors:                                   # optional: browsers on other origins
 //!       origins: [https://app.example.com]    # or ["*"] (not with credentials)
 //!       methods: [GET]                        # optional: default the route's methods
 //!       headers: [authorization]              # request headers beyond the safelisted
 //!       credentials: true                     # optional: cookies / Authorization
 //!       max_age_seconds: 600                  # optional: how long a preflight holds
+//!   - name: get_document_rpc
+//!     grpc: acme.docs.v1.Documents/Get        # a gRPC method: POST /acme.docs.v1.Documents/Get
+//!     action: document.read                   # (refusals answered with grpc-status)
+//!     resource: Tenant::{$tenant}
 //!   - name: health
 //!     method: GET
 //!     path: /healthz
@@ -53,7 +61,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::data_plane::cors::{CorsPolicy, CorsSpec};
-use crate::data_plane::limits::{LimitBy, RateLimit};
+use crate::data_plane::limits::{LimitBy, RateLimit, RequestLimits};
 use crate::policy_dir::yaml_problem;
 
 /// HTTP methods a route may name.
@@ -79,8 +87,12 @@ enum Methods {
 #[serde(deny_unknown_fields)]
 struct RouteSpec {
     name: String,
-    method: Methods,
-    path: String,
+    #[serde(default)]
+    method: Option<Methods>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    grpc: Option<String>,
     #[serde(default)]
     action: Option<String>,
     #[serde(default)]
@@ -99,6 +111,45 @@ struct RouteSpec {
     rate_limit: Option<RateLimitSpec>,
     #[serde(default)]
     cors: Option<CorsSpec>,
+    #[serde(default)]
+    request_limits: Option<RequestLimitsSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestLimitsSpec {
+    #[serde(default)]
+    max_header_bytes: Option<usize>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    upstream_timeout_ms: Option<u64>,
+}
+
+fn request_limits(spec: &RequestLimitsSpec) -> Result<RequestLimits, String> {
+    let mut problems = Vec::new();
+    if spec
+        .max_header_bytes
+        .is_some_and(|b| !(1024..=1024 * 1024).contains(&b))
+    {
+        problems.push("`max_header_bytes` must be between 1024 and 1048576");
+    }
+    if spec
+        .upstream_timeout_ms
+        .is_some_and(|t| !(1..=3_600_000).contains(&t))
+    {
+        problems.push("`upstream_timeout_ms` must be between 1 and 3600000");
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    Ok(RequestLimits {
+        max_header_bytes: spec.max_header_bytes,
+        max_body_bytes: spec.max_body_bytes,
+        upstream_timeout: spec
+            .upstream_timeout_ms
+            .map(std::time::Duration::from_millis),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +162,17 @@ struct RateLimitSpec {
     burst: Option<u32>,
     #[serde(default)]
     shared: bool,
+}
+
+/// Whether `name` is a gRPC method: `package.Service/Method` (the package optional).
+fn is_grpc_method(name: &str) -> bool {
+    let ident = |part: &str| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    match name.split_once('/') {
+        Some((service, method)) => service.split('.').all(ident) && ident(method),
+        None => false,
+    }
 }
 
 /// The longest rate-limit window a route may name.
@@ -264,6 +326,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Its CORS policy, if browsers on other origins may call it.
     pub cors: Option<CorsPolicy>,
+    /// The size of its requests and how long its upstream may keep it waiting.
+    pub request_limits: RequestLimits,
 }
 
 impl Route {
@@ -443,16 +507,38 @@ pub fn compile(
         if !names.insert(spec.name.clone()) {
             problems.push(at(format!("{label}: the name is already used")));
         }
-        if !spec.path.starts_with('/') {
-            problems.push(at(format!(
-                "{label}: path `{}` must start with `/`",
-                spec.path
-            )));
-        }
-        let methods: Vec<String> = match &spec.method {
-            Methods::One(m) => vec![m.clone()],
-            Methods::Many(ms) => ms.clone(),
+        let (methods, path) = match (&spec.grpc, &spec.method, &spec.path) {
+            (Some(grpc), None, None) => {
+                if !is_grpc_method(grpc) {
+                    problems.push(at(format!(
+                        "{label}: grpc `{grpc}` is not a method like `package.Service/Method`"
+                    )));
+                }
+                (vec![String::from("POST")], format!("/{grpc}"))
+            }
+            (Some(_), _, _) => {
+                problems.push(at(format!(
+                    "{label}: a gRPC route takes no `method` or `path` (it is POST /{{service}}/{{method}})"
+                )));
+                continue;
+            }
+            (None, Some(method), Some(path)) => {
+                let methods = match method {
+                    Methods::One(m) => vec![m.clone()],
+                    Methods::Many(ms) => ms.clone(),
+                };
+                (methods, path.clone())
+            }
+            (None, _, _) => {
+                problems.push(at(format!(
+                    "{label}: a route needs a `method` and a `path`, or `grpc`"
+                )));
+                continue;
+            }
         };
+        if !path.starts_with('/') {
+            problems.push(at(format!("{label}: path `{path}` must start with `/`")));
+        }
         for m in &methods {
             if !METHODS.contains(&m.as_str()) {
                 problems.push(at(format!("{label}: `{m}` is not an HTTP method")));
@@ -464,7 +550,7 @@ pub fn compile(
                 "{label}: band `{band}` is not one of GREEN, AMBER, RED"
             )));
         }
-        let params: HashSet<String> = path_params(&spec.path).into_iter().collect();
+        let params: HashSet<String> = path_params(&path).into_iter().collect();
         let mut route = Route {
             name: spec.name.clone(),
             action: None,
@@ -476,7 +562,14 @@ pub fn compile(
             context: Vec::new(),
             rate_limit: None,
             cors: None,
+            request_limits: RequestLimits::default(),
         };
+        if let Some(limits) = &spec.request_limits {
+            match request_limits(limits) {
+                Ok(limits) => route.request_limits = limits,
+                Err(m) => problems.push(at(format!("{label}: request_limits: {m}"))),
+            }
+        }
         if let Some(cors) = &spec.cors {
             match CorsPolicy::compile(cors, &methods) {
                 Ok(policy) => route.cors = Some(policy),
@@ -518,8 +611,8 @@ pub fn compile(
         map.routes.push(route);
         for m in methods {
             let router = map.by_method.entry(m.clone()).or_default();
-            if let Err(e) = router.insert(spec.path.clone(), index) {
-                problems.push(at(format!("{label}: {m} {}: {e}", spec.path)));
+            if let Err(e) = router.insert(path.clone(), index) {
+                problems.push(at(format!("{label}: {m} {path}: {e}")));
             }
         }
     }
@@ -779,6 +872,58 @@ mod tests {
         assert!(
             ping.contains("longer than a day") && ping.contains("`by: principal`"),
             "{ping}"
+        );
+    }
+
+    #[test]
+    fn a_grpc_route_is_a_post_to_its_method_and_a_bad_one_is_named() {
+        let loaded =
+            policies("action \"doc.read\" appliesTo { principal: User, resource: Document };");
+        let route = |grpc: &str, extra: &str| {
+            format!(
+                "routes:\n  - name: rpc\n    grpc: {grpc}\n{extra}    action: doc.read\n    resource: Document::\"d1\"\n"
+            )
+        };
+        let map = compile(
+            Path::new("routes.yaml"),
+            &route("acme.docs.v1.Docs/Get", ""),
+            &loaded,
+        )
+        .unwrap();
+        assert_eq!(
+            map.find("POST", "/acme.docs.v1.Docs/Get")
+                .unwrap()
+                .route
+                .name,
+            "rpc"
+        );
+        assert!(map.find("GET", "/acme.docs.v1.Docs/Get").is_none());
+        for (grpc, extra, problem) in [
+            ("acme.Docs", "", "is not a method like"),
+            ("acme..Docs/Get", "", "is not a method like"),
+            (
+                "acme.Docs/Get",
+                "    method: GET\n",
+                "takes no `method` or `path`",
+            ),
+        ] {
+            let problems =
+                compile(Path::new("routes.yaml"), &route(grpc, extra), &loaded).unwrap_err();
+            assert!(
+                problems[0].message.contains(problem),
+                "{grpc}: {problems:?}"
+            );
+        }
+        let neither = compile(
+            Path::new("routes.yaml"),
+            "routes:\n  - name: r\n    action: doc.read\n    resource: Document::{id}\n",
+            &loaded,
+        )
+        .unwrap_err();
+        assert!(
+            neither[0]
+                .message
+                .contains("needs a `method` and a `path`, or `grpc`")
         );
     }
 

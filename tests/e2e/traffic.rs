@@ -6,7 +6,10 @@ use std::time::Duration;
 use portcullis_sinks::testing::{RedisServer, free_port};
 use serde_json::json;
 
-use crate::harness::{Keys, Portcullis, Reply, Upstream, edit, policies_copy, raw_request_from};
+use crate::harness::{
+    Keys, Portcullis, Reply, Upstream, edit, json_request, policies_copy, raw_request_from,
+    send_raw,
+};
 use crate::world;
 
 const D1: &str = "/v1/spaces/s1/documents/d1";
@@ -378,5 +381,338 @@ fn a_cors_preflight_is_answered_without_credentials_and_the_actual_request_is_st
             ) == Some(1.0)
         },
         "the preflight counted for its route",
+    );
+}
+
+#[test]
+fn a_route_refuses_headers_and_bodies_over_its_limits_and_a_silent_upstream_gets_504() {
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = policies_copy("request-limits");
+    edit(
+        &dir,
+        "routes.yaml",
+        "    action: document.update\n    resource: Document::{doc}\n    parents: [\"Space::{space}\"]\n    band: AMBER\n",
+        "    action: document.update\n    resource: Document::{doc}\n    parents: [\"Space::{space}\"]\n    band: AMBER\n    request_limits: { max_header_bytes: 2048, max_body_bytes: 100, upstream_timeout_ms: 1000 }\n",
+    );
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!("policies:\n  dir: {}\n", dir.display()),
+    );
+    p.seed(world::import());
+    let alice = format!("Bearer {}", keys.token("alice", json!({})));
+    let auth = ("authorization", alice.as_str());
+
+    // Within the limits: decided and forwarded.
+    let small = json_request(
+        p.data,
+        "PUT",
+        D1,
+        &[auth, ("x-test-id", "small")],
+        &json!({"title": "ok"}),
+    )
+    .expect("an answer");
+    assert_eq!(small.status, 200, "{}", small.body);
+    assert_eq!(upstream.seen_with("small").len(), 1);
+
+    // Headers over 2 KiB: 431, before authentication.
+    let padding = "x".repeat(3000);
+    let big_headers = p.request("PUT", D1, None, &[("x-padding", &padding)]);
+    assert_eq!(big_headers.status, 431, "{}", big_headers.body);
+    assert_eq!(
+        big_headers.json(),
+        json!({"error": "request_header_fields_too_large", "reason": "headers_too_large"})
+    );
+    // The same headers on another route are no problem there.
+    let alice_token = keys.token("alice", json!({}));
+    assert_eq!(
+        p.get(D1, Some(&alice_token), &[("x-padding", &padding)])
+            .status,
+        200
+    );
+
+    // A body announced over 100 bytes: 413 at once, the upstream never sees it.
+    let big = json!({"title": "y".repeat(200)});
+    let announced = json_request(p.data, "PUT", D1, &[auth, ("x-test-id", "announced")], &big)
+        .expect("an answer");
+    assert_eq!(announced.status, 413, "{}", announced.body);
+    assert_eq!(
+        announced.json(),
+        json!({"error": "content_too_large", "reason": "body_too_large"})
+    );
+    assert!(upstream.seen_with("announced").is_empty());
+
+    // A chunked body that grows past it while it streams: 413 too (the upstream waits a
+    // little before it answers, as one reading the body would).
+    let chunk = "z".repeat(80);
+    let chunked = format!(
+        "PUT {D1} HTTP/1.1\r\nhost: {}\r\nauthorization: {alice}\r\nx-test-id: streamed\r\nx-delay-ms: 400\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        p.data,
+        chunk.len(),
+        chunk.len()
+    );
+    let streamed = send_raw(None, p.data, chunked.into_bytes()).expect("an answer");
+    assert_eq!(streamed.status, 413, "{}", streamed.body);
+    assert_eq!(streamed.json()["reason"], "body_too_large");
+
+    // The upstream silent for longer than the route's second: 504 as JSON. The default
+    // read timeout of other routes waits for it.
+    let slow = json_request(
+        p.data,
+        "PUT",
+        D1,
+        &[auth, ("x-delay-ms", "2500")],
+        &json!({}),
+    )
+    .expect("an answer");
+    assert_eq!(slow.status, 504, "{}", slow.body);
+    assert_eq!(slow.json(), json!({"error": "gateway_timeout"}));
+    assert_eq!(
+        p.get(D1, Some(&alice_token), &[("x-delay-ms", "2500")])
+            .status,
+        200
+    );
+
+    p.wait_for(
+        || {
+            p.metric(
+                "portcullis_bad_requests_total",
+                &[("reason", "body_too_large")],
+            ) == Some(2.0)
+                && p.metric(
+                    "portcullis_bad_requests_total",
+                    &[("reason", "headers_too_large")],
+                ) == Some(1.0)
+        },
+        "the refusals counted by reason",
+    );
+}
+
+/// A WebSocket upstream that echoes text messages; counts the handshakes it accepted and
+/// keeps the subject Portcullis named in each.
+struct EchoSocket {
+    addr: std::net::SocketAddr,
+    subjects: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EchoSocket {
+    fn start(rt: &tokio::runtime::Runtime) -> Self {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let subjects = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&subjects);
+        rt.spawn(async move {
+            use futures_util::{SinkExt, StreamExt};
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = std::sync::Arc::clone(&seen);
+                tokio::spawn(async move {
+                    #[expect(
+                        clippy::result_large_err,
+                        reason = "the signature tungstenite's handshake callback has"
+                    )]
+                    let callback =
+                        |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                         response| {
+                            let subject = request
+                                .headers()
+                                .get("x-portcullis-subject")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            seen.lock().expect("subjects").push(subject);
+                            Ok(response)
+                        };
+                    let Ok(mut socket) =
+                        tokio_tungstenite::accept_hdr_async(stream, callback).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(message)) = socket.next().await {
+                        if message.is_text() && socket.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, subjects }
+    }
+}
+
+#[test]
+fn a_websocket_upgrade_is_decided_first_and_then_carries_frames_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let echo = EchoSocket::start(&rt);
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "upstreams:\n  - name: sockets\n    address: {}\n",
+            echo.addr
+        ),
+    );
+    p.seed(world::import());
+    let connect = |token: Option<&str>| {
+        let mut request = format!("ws://{}{D1}", p.data)
+            .into_client_request()
+            .expect("request");
+        if let Some(token) = token {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        rt.block_on(async {
+            let stream = tokio::net::TcpStream::connect(p.data)
+                .await
+                .expect("connect");
+            tokio_tungstenite::client_async(request, stream).await
+        })
+    };
+
+    // Allowed: upgraded, and frames pass both ways.
+    let alice = keys.token("alice", json!({}));
+    let (mut socket, response) = connect(Some(&alice)).expect("alice's upgrade");
+    assert_eq!(response.status(), 101);
+    rt.block_on(async {
+        socket.send(Message::text("hello")).await.expect("send");
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("an echo in time")
+            .expect("a frame")
+            .expect("a message");
+        assert_eq!(echoed, Message::text("hello"));
+    });
+    assert_eq!(*echo.subjects.lock().expect("subjects"), ["alice"]);
+
+    // Denied (mia has no grant on d1) and unauthenticated: refused before any upgrade, and
+    // the upstream never hears of them.
+    for (token, status) in [(Some(keys.token("mia", json!({}))), 403), (None, 401)] {
+        match connect(token.as_deref()) {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), status);
+            }
+            Err(other) => panic!("refused with {other}"),
+            Ok(_) => panic!("upgraded without a grant"),
+        }
+    }
+    assert_eq!(echo.subjects.lock().expect("subjects").len(), 1);
+}
+
+/// The gRPC echo server of `grpc_echo.py` (grpcio), killed when dropped.
+struct GrpcEcho {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl GrpcEcho {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let port = free_port();
+        let mut child = std::process::Command::new("python3")
+            .arg(grpc_script())
+            .args(["server", &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 grpc_echo.py (tests/setup installs grpcio)");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server's first line");
+        assert_eq!(line.trim(), "ready", "the gRPC server did not start");
+        Self { port, child }
+    }
+}
+
+impl Drop for GrpcEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn grpc_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/grpc_echo.py")
+}
+
+/// One call through Portcullis with the real gRPC client: "CODE reply-or-message".
+fn grpc_call(portcullis: &Portcullis, method: &str, token: Option<&str>) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(grpc_script())
+        .args([
+            "call",
+            &portcullis.data.to_string(),
+            method,
+            token.unwrap_or("-"),
+        ])
+        .output()
+        .expect("python3 grpc_echo.py call");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_grpc_method_is_decided_and_refusals_are_grpc_statuses() {
+    let echo = GrpcEcho::start();
+    let upstream = Upstream::start();
+    let keys = Keys::generate();
+    let dir = policies_copy("grpc");
+    edit(
+        &dir,
+        "routes.yaml",
+        "routes:\n",
+        "routes:\n  - name: echo_say\n    grpc: portcullis.test.Echo/Say\n    action: document.read\n    resource: Document::\"d1\"\n    parents: [\"Space::\\\"s1\\\"\"]\n    rate_limit: { requests: 3, per: 1m, by: principal }\n",
+    );
+    let p = Portcullis::start(
+        &upstream,
+        &keys,
+        &format!(
+            "policies:\n  dir: {}\nupstreams:\n  - name: grpc\n    address: 127.0.0.1:{}\n    http2: true\n",
+            dir.display(),
+            echo.port
+        ),
+    );
+    p.seed(world::import());
+
+    // Allowed: through Portcullis over HTTP/2 both ways, with the identity headers.
+    let alice = keys.token("alice", json!({}));
+    assert_eq!(
+        grpc_call(&p, "Say", Some(&alice)),
+        "OK echo hi for alice",
+        "{}",
+        p.log()
+    );
+    // Refused the gRPC way, never as an HTTP error page.
+    let mia = keys.token("mia", json!({}));
+    let denied = grpc_call(&p, "Say", Some(&mia));
+    assert!(
+        denied.starts_with("PERMISSION_DENIED"),
+        "mia has no grant on d1: {denied}"
+    );
+    assert_eq!(grpc_call(&p, "Say", None), "UNAUTHENTICATED missing");
+    let unrouted = grpc_call(&p, "Nope", Some(&alice));
+    assert_eq!(
+        unrouted, "PERMISSION_DENIED no_route",
+        "a method without a route is refused"
+    );
+    // Alice's limit is three a minute: her third call passes, the fourth is exhausted.
+    assert!(grpc_call(&p, "Say", Some(&alice)).starts_with("OK"));
+    assert!(grpc_call(&p, "Say", Some(&alice)).starts_with("OK"));
+    assert_eq!(
+        grpc_call(&p, "Say", Some(&alice)),
+        "RESOURCE_EXHAUSTED rate_limited"
     );
 }

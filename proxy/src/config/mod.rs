@@ -467,6 +467,9 @@ pub struct UpstreamConfig {
     pub read_timeout_ms: u64,
     /// How long an idle pooled connection is kept (keepalive).
     pub idle_timeout_ms: u64,
+    /// Speak HTTP/2 to it: over TLS offered by ALPN (HTTP/1.1 if it declines); in the clear
+    /// with prior knowledge (h2c), which the upstream must speak (a gRPC server does).
+    pub http2: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -481,6 +484,7 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: 2_000,
             read_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
+            http2: false,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Traffic limits the data plane applies before a decision: rate limits per route
+//! Traffic limits the data plane applies before a decision: the size of a route's requests
+//! and how long its upstream may keep it waiting ([`RequestLimits`]), rate limits per route
 //! ([`RateLimit`], counted in this process or, for `shared` ones, in Redis) and the
 //! brute-force lockout of failed authentications ([`Lockout`]).
 //!
@@ -91,6 +92,72 @@ impl Gcra {
             remaining: u32::try_from((self.capacity - used) / self.interval).unwrap_or(u32::MAX),
             reset: used,
         }
+    }
+}
+
+/// A route's request limits (`request_limits` in the route map); unset ones do not apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// The most bytes of request headers (names and values); more: 431.
+    pub max_header_bytes: Option<usize>,
+    /// The most bytes of request body; more: 413 (by `Content-Length` before anything
+    /// else, or while a body without one streams).
+    pub max_body_bytes: Option<u64>,
+    /// The longest wait for the upstream's next bytes (its response head, then each part
+    /// of its body), instead of the upstream's `read_timeout_ms`; past it: 504.
+    pub upstream_timeout: Option<Duration>,
+}
+
+/// Which request limit a request is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooLarge {
+    /// Its headers: 431.
+    Headers,
+    /// Its body: 413.
+    Body,
+}
+
+impl TooLarge {
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Headers => 431,
+            Self::Body => 413,
+        }
+    }
+
+    /// A short, stable code for responses, logs and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Headers => "headers_too_large",
+            Self::Body => "body_too_large",
+        }
+    }
+}
+
+impl RequestLimits {
+    /// Whether a request with `headers` is over a limit before its body is read: its
+    /// headers, or the body its `Content-Length` announces.
+    pub fn check(&self, headers: &http::HeaderMap) -> Result<(), TooLarge> {
+        if let Some(max) = self.max_header_bytes {
+            let size: usize = headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum();
+            if size > max {
+                return Err(TooLarge::Headers);
+            }
+        }
+        if let Some(max) = self.max_body_bytes {
+            let announced = headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if announced.is_some_and(|length| length > max) {
+                return Err(TooLarge::Body);
+            }
+        }
+        Ok(())
     }
 }
 

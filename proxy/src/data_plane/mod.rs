@@ -81,6 +81,8 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// Keepalive of idle pooled connections.
     pub idle_timeout: Duration,
+    /// HTTP/2: by ALPN over TLS, with prior knowledge in the clear.
+    pub http2: bool,
 }
 
 impl Upstream {
@@ -430,6 +432,18 @@ impl DataPlane {
             });
         };
         let (index, route) = (matched.index, matched.route);
+        if let Err(too_large) = route.request_limits.check(headers) {
+            // Enforced in shadow mode too: a limit protects the upstream, it is no decision.
+            self.metrics
+                .bad_requests
+                .with_label_values(&[too_large.code()])
+                .inc();
+            return Verdict::Refuse {
+                route: Some(index),
+                rejection: Rejection::TooLarge(too_large),
+                subject: None,
+            };
+        }
         let refuse = Refusal {
             route: index,
             shadow: gate.settings.mode == EnforcementMode::Shadow || route.shadow,

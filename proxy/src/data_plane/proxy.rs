@@ -25,9 +25,13 @@ use super::context::ip_text;
 use super::cors;
 use super::gateway::original_request;
 use super::headers::{self, Strip, edit_upstream_request, identity_headers, strip_client_headers};
+use super::limits::TooLarge;
 use super::limits::rate_limit_header;
 use super::path::{PathError, Target, normalize};
-use super::respond::{RATE_LIMIT, RATE_LIMIT_POLICY, Rejection, bad_gateway_body};
+use super::respond::{
+    RATE_LIMIT, RATE_LIMIT_POLICY, Rejection, bad_gateway_body, body_too_large_body,
+    gateway_timeout_body, is_grpc, send_grpc,
+};
 use super::screen;
 use super::{Connection, DataPlane, ForwardCredential, Gate, InFlight, Verdict};
 use crate::metrics::Outcome;
@@ -43,6 +47,10 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     traceparent: Option<(String, String)>,
     outcome: Outcome,
+    /// Request body bytes read so far, against the route's `max_body_bytes`.
+    body_bytes: u64,
+    /// The body grew past the route's limit: answered 413.
+    body_too_large: bool,
     /// Counts this request for shutdown until the context is dropped.
     _in_flight: InFlight,
 }
@@ -88,6 +96,12 @@ fn had_fragment(session: &Session) -> bool {
     line.contains(&b'#')
 }
 
+/// The route a request matched, once it has been checked.
+fn route_of(ctx: &RequestCtx) -> Option<&crate::routes::Route> {
+    let route = ctx.verdict.as_ref().and_then(Verdict::route)?;
+    ctx.gate.as_ref()?.routes.routes().get(route)
+}
+
 /// The CORS headers of an answer on the route of `verdict`: `Vary: Origin` whenever the
 /// route has a policy, and `Access-Control-Allow-Origin` (with credentials, if allowed) for
 /// an origin it allows.
@@ -115,8 +129,7 @@ fn cors_headers(
                 }
         )
     );
-    if !preflight && let Some(origin) = policy.allowed_origin(headers)
-    {
+    if !preflight && let Some(origin) = policy.allowed_origin(headers) {
         out.extend(policy.response_headers(origin));
     }
     out
@@ -263,6 +276,8 @@ impl ProxyHttp for EnforcingProxy {
             upstream_started: None,
             traceparent: None,
             outcome: Outcome::Error,
+            body_bytes: 0,
+            body_too_large: false,
             _in_flight: self.plane.health.request_started(),
         }
     }
@@ -388,8 +403,15 @@ impl ProxyHttp for EnforcingProxy {
             upstream.sni.clone(),
         );
         peer.options.connection_timeout = Some(upstream.connect_timeout);
-        peer.options.read_timeout = Some(upstream.read_timeout);
+        let route_timeout = route_of(ctx).and_then(|r| r.request_limits.upstream_timeout);
+        peer.options.read_timeout = Some(route_timeout.unwrap_or(upstream.read_timeout));
         peer.options.idle_timeout = Some(upstream.idle_timeout);
+        if upstream.http2 {
+            // Over TLS, ALPN may still settle on HTTP/1.1; in the clear there is no
+            // negotiation: HTTP/2 only.
+            let min = if upstream.tls { 1 } else { 2 };
+            peer.options.set_http_version(2, min);
+        }
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
@@ -420,8 +442,16 @@ impl ProxyHttp for EnforcingProxy {
                 .is_some_and(Verdict::forwards_credential);
         let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         edit_upstream_request(upstream_request, |request| {
+            // Over HTTP/2 the host came as `:authority`, part of the target replaced here:
+            // it goes on as `Host` (an HTTP/2 upstream turns it back into `:authority`).
+            let authority = request.uri.authority().cloned();
             request.uri = uri;
             let map = &mut request.headers;
+            if let Some(authority) = authority
+                && !map.contains_key(http::header::HOST)
+            {
+                map.insert(http::header::HOST, headers::value(authority.as_str())?);
+            }
             strip_client_headers(
                 map,
                 Strip {
@@ -498,26 +528,74 @@ impl ProxyHttp for EnforcingProxy {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        let Some(max) = route_of(ctx).and_then(|r| r.request_limits.max_body_bytes) else {
+            return Ok(());
+        };
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > max {
+            // A body without a `Content-Length` (or longer than it said) grew past the
+            // limit: the request ends here, answered 413 in `fail_to_proxy`.
+            ctx.body_too_large = true;
+            self.plane
+                .metrics
+                .bad_requests
+                .with_label_values(&[TooLarge::Body.code()])
+                .inc();
+            return Err(pingora::Error::explain(
+                pingora::ErrorType::Custom("body_too_large"),
+                "request body over the route's max_body_bytes",
+            ));
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &pingora::Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let code = match e.esource() {
-            pingora::ErrorSource::Upstream => 502,
-            pingora::ErrorSource::Downstream => 0,
-            pingora::ErrorSource::Internal | pingora::ErrorSource::Unset => 500,
+        let code = if ctx.body_too_large {
+            413
+        } else {
+            match (e.esource(), e.etype()) {
+                (pingora::ErrorSource::Upstream, pingora::ErrorType::ReadTimedout) => 504,
+                (pingora::ErrorSource::Upstream, _) => 502,
+                (pingora::ErrorSource::Downstream, _) => 0,
+                (pingora::ErrorSource::Internal | pingora::ErrorSource::Unset, _) => 500,
+            }
         };
         if code > 0 {
-            ctx.outcome = Outcome::Error;
-            let body = if code == 502 {
-                bad_gateway_body()
+            ctx.outcome = if code == 413 {
+                Outcome::BadRequest
             } else {
-                br#"{"error":"internal"}"#
+                Outcome::Error
             };
+            let body = match code {
+                413 => body_too_large_body(),
+                502 => bad_gateway_body(),
+                504 => gateway_timeout_body(),
+                _ => br#"{"error":"internal"}"#,
+            };
+            let grpc = is_grpc(&session.req_header().headers);
             let sent = async {
-                let mut header = ResponseHeader::build(code, Some(3))?;
+                let mut header = ResponseHeader::build(code, Some(5))?;
+                if grpc {
+                    let message = match code {
+                        413 => TooLarge::Body.code(),
+                        502 => "bad_gateway",
+                        504 => "gateway_timeout",
+                        _ => "internal",
+                    };
+                    return send_grpc(session, header, message).await;
+                }
                 header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
                 header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
                 session

@@ -2,14 +2,22 @@
 //! Portcullis refuses a request. Bodies are small JSON documents with a stable `error` code;
 //! they never carry policy text, keys or internal detail.
 //!
+//! A gRPC call (`content-type: application/grpc`) gets the same refusals the gRPC way
+//! instead: HTTP 200 and, in trailers, `grpc-status` (401 → 16 `UNAUTHENTICATED`, 403 → 7
+//! `PERMISSION_DENIED`, 429/413/431 → 8 `RESOURCE_EXHAUSTED`, 400 → 3, 404 → 12, 502/503 → 14,
+//! 504 → 4) and `grpc-message` (the reason code), with no message.
+//!
 //! | status | `error` | when |
 //! |---|---|---|
 //! | 400 | `bad_request` | the request target, credentials, method or `Host` are ambiguous, or a context attribute the route takes from the request is not of its schema type (`reason` says why) |
 //! | 401 | `unauthenticated` | no, bad or revoked credentials; with `WWW-Authenticate: Bearer` |
 //! | 403 | `forbidden` | the decision denied (`reason`, `decision_id`), no route matches, or a CORS preflight is not allowed (`cors_refused`) |
 //! | 404 | `not_found` | no route matches and `enforcement.unmatched_status` is 404 |
+//! | 413 | `content_too_large` | the body is over the route's `max_body_bytes` (`body_too_large`) |
 //! | 429 | `too_many_requests` | over the route's rate limit (`rate_limited`; with `Retry-After`, `RateLimit` and `RateLimit-Policy`), or a failed authentication from a locked-out address or subject (`locked_out`; with `Retry-After`) |
+//! | 431 | `request_header_fields_too_large` | the headers are over the route's `max_header_bytes` (`headers_too_large`) |
 //! | 502 | `bad_gateway` | the upstream failed |
+//! | 504 | `gateway_timeout` | the upstream was silent past the route's `upstream_timeout_ms` (or the upstream's `read_timeout_ms`) |
 //! | 503 | `unavailable` | not ready (no keys loaded yet) or shutting down |
 
 use bytes::Bytes;
@@ -20,7 +28,7 @@ use serde::Serialize;
 
 use super::authn::AuthnError;
 use super::headers::DECISION_ID;
-use super::limits::{Limited, LockedOut};
+use super::limits::{Limited, LockedOut, TooLarge};
 use super::path::PathError;
 use super::screen::RequestError;
 use crate::metrics::Outcome;
@@ -60,6 +68,8 @@ pub enum Rejection {
     LockedOut(LockedOut),
     /// A CORS preflight the route's policy does not allow (or a route without one).
     CorsRefused,
+    /// Over the route's request limits.
+    TooLarge(TooLarge),
 }
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
@@ -95,13 +105,14 @@ impl Rejection {
             Self::Denied { .. } | Self::UntrustedGateway | Self::CorsRefused => 403,
             Self::Unavailable(_) => 503,
             Self::RateLimited(_) | Self::LockedOut(_) => 429,
+            Self::TooLarge(what) => what.status(),
         }
     }
 
     /// The metric outcome.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::BadTarget(_) | Self::BadRequest(_) => Outcome::BadRequest,
+            Self::BadTarget(_) | Self::BadRequest(_) | Self::TooLarge(_) => Outcome::BadRequest,
             Self::Unmatched { .. } | Self::NoUpstream => Outcome::Unmatched,
             Self::Unauthenticated(_) | Self::SessionRevoked => Outcome::Unauthenticated,
             Self::Denied { .. } | Self::UntrustedGateway | Self::CorsRefused => Outcome::Denied,
@@ -126,6 +137,7 @@ impl Rejection {
             Self::RateLimited(_) => "rate_limited",
             Self::LockedOut(_) => "locked_out",
             Self::CorsRefused => "cors_refused",
+            Self::TooLarge(what) => what.code(),
         }
     }
 
@@ -144,6 +156,10 @@ impl Rejection {
                 reason,
             } => ("forbidden", Some(*reason), Some(decision_id.as_str())),
             Self::UntrustedGateway | Self::CorsRefused => ("forbidden", Some(self.reason()), None),
+            Self::TooLarge(TooLarge::Headers) => {
+                ("request_header_fields_too_large", Some(self.reason()), None)
+            }
+            Self::TooLarge(TooLarge::Body) => ("content_too_large", Some(self.reason()), None),
             Self::Unavailable(why) => ("unavailable", Some(*why), None),
             Self::RateLimited(_) | Self::LockedOut(_) => {
                 ("too_many_requests", Some(self.reason()), None)
@@ -218,6 +234,9 @@ impl Rejection {
     ) -> pingora::Result<()> {
         let body = self.body();
         let header = self.header(body.len(), extra)?;
+        if is_grpc(&session.req_header().headers) {
+            return send_grpc(session, header, self.reason()).await;
+        }
         let headers = &session.req_header().headers;
         let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
             || headers
@@ -235,7 +254,71 @@ impl Rejection {
     }
 }
 
+/// Whether a request is a gRPC call (`content-type: application/grpc`, `+proto`, ...): what
+/// Portcullis answers it itself is answered the gRPC way.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status code for an HTTP status Portcullis answers with.
+pub fn grpc_status(http_status: u16) -> &'static str {
+    match http_status {
+        400 => "3",             // INVALID_ARGUMENT
+        401 => "16",            // UNAUTHENTICATED
+        403 => "7",             // PERMISSION_DENIED
+        404 => "12",            // UNIMPLEMENTED: no such method here
+        413 | 429 | 431 => "8", // RESOURCE_EXHAUSTED
+        502 | 503 => "14",      // UNAVAILABLE
+        504 => "4",             // DEADLINE_EXCEEDED
+        _ => "13",              // INTERNAL
+    }
+}
+
+/// Sends an answer's `header` the gRPC way: HTTP 200, `application/grpc`, and the status in
+/// `grpc-status` / `grpc-message` (`message`, a short code), with no message. Over HTTP/2
+/// the status goes in trailers that end the stream, as a gRPC server's own would; over
+/// HTTP/1.1 (no gRPC client speaks it, a probe might) in the headers. The other headers
+/// stay (`Retry-After`, `WWW-Authenticate`, the decision id).
+pub async fn send_grpc(
+    session: &mut Session,
+    mut header: ResponseHeader,
+    message: &'static str,
+) -> pingora::Result<()> {
+    let status = grpc_status(header.status.as_u16());
+    header.set_status(200)?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    header.remove_header(&http::header::CONTENT_LENGTH);
+    if session.is_http2() {
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        let mut trailers = http::HeaderMap::with_capacity(2);
+        trailers.insert("grpc-status", HeaderValue::from_static(status));
+        trailers.insert("grpc-message", HeaderValue::from_static(message));
+        return session.write_response_trailers(trailers).await;
+    }
+    header.insert_header("grpc-status", status)?;
+    header.insert_header("grpc-message", message)?;
+    header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(Bytes::new()), true).await
+}
+
 /// The 502 body when the upstream fails.
 pub fn bad_gateway_body() -> &'static [u8] {
     br#"{"error":"bad_gateway"}"#
+}
+
+/// The 504 body when the upstream kept silent past its timeout.
+pub fn gateway_timeout_body() -> &'static [u8] {
+    br#"{"error":"gateway_timeout"}"#
+}
+
+/// The 413 body when a streamed body grew past the route's limit.
+pub fn body_too_large_body() -> &'static [u8] {
+    br#"{"error":"content_too_large","reason":"body_too_large"}"#
 }
