@@ -23,7 +23,7 @@ use portcullis_engine::snapshot::{SnapshotHandle, StoreState};
 
 use crate::audit::{Audit, Opened};
 use crate::cli::{Exit, key_sources};
-use crate::config::{Config, Override, StateMode};
+use crate::config::{Config, Override, RateLimitHeaders, StateMode};
 use crate::data_plane::assertion::Asserter;
 use crate::data_plane::authn::Authenticator;
 use crate::data_plane::limits::{Lockout, LockoutSettings, RateLimiter};
@@ -381,9 +381,11 @@ fn rate_limiter(config: &Config, metrics: &Metrics) -> Result<RateLimiter, Strin
         ),
         None => None,
     };
+    let announce = config.rate_limits.headers == RateLimitHeaders::All;
     Ok(RateLimiter::new(
         config.rate_limits.max_keys,
         shared,
+        announce,
         metrics,
     ))
 }

@@ -237,6 +237,30 @@ pub enum LimitKey<'a> {
     Route,
 }
 
+impl<'a> LimitKey<'a> {
+    /// The key a limit counting `by` counts a request under: its `principal` (with its
+    /// `tenant`), or its `client` address (asked for only then). A principal without a tenant is counted on its
+    /// own; a request without a principal (a public route: the route map allows only
+    /// `client` and `route` there) by its address.
+    pub fn of(
+        by: LimitBy,
+        principal: Option<&'a EntityRef>,
+        tenant: Option<&'a str>,
+        client: impl FnOnce() -> IpAddr,
+    ) -> Self {
+        match (by, principal, tenant) {
+            (LimitBy::Route, _, _) => Self::Route,
+            (LimitBy::Tenant, _, Some(tenant)) => Self::Tenant(tenant),
+            (LimitBy::Principal | LimitBy::Tenant, Some(principal), _) => {
+                Self::Principal(principal)
+            }
+            (LimitBy::Client | LimitBy::Principal | LimitBy::Tenant, _, _) => {
+                Self::Client(client())
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for LimitKey<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -388,6 +412,8 @@ struct CheckCounters {
 /// The rate limits of every route, and the counters behind them.
 #[derive(Debug)]
 pub struct RateLimiter {
+    /// Forwarded answers carry the `RateLimit` headers too (`rate_limits.headers: all`).
+    announce: bool,
     local: Table,
     shared: Option<SharedRateLimits>,
     /// Redis was away at the last shared check (said once in the log until it is back).
@@ -398,14 +424,20 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// Local buckets for up to `max_keys` keys; shared limits counted in `shared` when
-    /// given.
-    pub fn new(max_keys: u64, shared: Option<SharedRateLimits>, metrics: &Metrics) -> Self {
+    /// given; `announce`: forwarded answers carry the `RateLimit` headers too.
+    pub fn new(
+        max_keys: u64,
+        shared: Option<SharedRateLimits>,
+        announce: bool,
+        metrics: &Metrics,
+    ) -> Self {
         let c = |store: &str, result: &str| {
             metrics
                 .rate_limit_checks
                 .with_label_values(&[store, result])
         };
         Self {
+            announce,
             local: Table::new(max_keys),
             shared,
             shared_away: AtomicBool::new(false),
@@ -423,6 +455,11 @@ impl RateLimiter {
 
     fn now(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether forwarded answers carry the `RateLimit` headers.
+    pub fn announces(&self) -> bool {
+        self.announce
     }
 
     /// Counts one request against `limit` for `key`.
@@ -710,7 +747,7 @@ mod tests {
     #[test]
     fn local_limits_count_per_key_and_route() {
         let metrics = Metrics::new();
-        let limiter = RateLimiter::new(1000, None, &metrics);
+        let limiter = RateLimiter::new(1000, None, true, &metrics);
         let per_client = RateLimit::new("search", 2, 60, 2, LimitBy::Client, false);
         let other_route = RateLimit::new("upload", 2, 60, 2, LimitBy::Client, false);
         let a = LimitKey::Client("10.0.0.1".parse().unwrap());
@@ -748,7 +785,7 @@ mod tests {
     #[test]
     fn the_local_table_stays_within_its_bound_under_a_flood_of_keys() {
         let metrics = Metrics::new();
-        let limiter = RateLimiter::new(100, None, &metrics);
+        let limiter = RateLimiter::new(100, None, true, &metrics);
         let limit = RateLimit::new("r", 10, 60, 10, LimitBy::Client, false);
         for i in 0..10_000_u32 {
             let ip = IpAddr::from(i.to_be_bytes());

@@ -54,7 +54,7 @@ use crate::routes::RouteMap;
 use authn::Authenticator;
 use context::ContextSettings;
 use gateway::GatewayKind;
-use limits::{Allowance, LimitBy, LimitKey};
+use limits::{Allowance, LimitKey};
 use path::Target;
 use respond::Rejection;
 use screen::{RequestError, Screen};
@@ -237,14 +237,16 @@ pub enum Verdict {
     Public {
         /// The matched route, by index.
         route: usize,
-        /// Where the request stands against the route's rate limit, if it has one.
+        /// Where the request stands against the route's rate limit, when forwarded answers
+        /// say so (`rate_limits.headers: all`).
         allowance: Option<Allowance>,
     },
     /// Decided and allowed: forwarded with the verified identity.
     Allow {
         /// The matched route, by index.
         route: usize,
-        /// Where the request stands against the route's rate limit, if it has one.
+        /// Where the request stands against the route's rate limit, when forwarded answers
+        /// say so (`rate_limits.headers: all`).
         allowance: Option<Allowance>,
         /// The identity headers for the upstream.
         grant: Grant,
@@ -448,19 +450,15 @@ impl DataPlane {
             route: index,
             shadow: gate.settings.mode == EnforcementMode::Shadow || route.shadow,
         };
+        // Worked out only when a limit or the lockout needs it.
         let client = || client_key(gate.settings.context.client_ip(connection.peer, headers));
         if route.public {
             let allowance = match &route.rate_limit {
                 None => None,
                 Some(limit) => {
-                    // A public route counts by client or route (the route map allows no
-                    // other key there).
-                    let key = match limit.by {
-                        LimitBy::Route => LimitKey::Route,
-                        _ => LimitKey::Client(client()),
-                    };
+                    let key = LimitKey::of(limit.by, None, None, client);
                     match self.rate_limiter.check(limit, key).await {
-                        Ok(allowance) => Some(allowance),
+                        Ok(allowance) => self.rate_limiter.announces().then_some(allowance),
                         Err(limited) => {
                             return refuse.unidentified(Rejection::RateLimited(limited), false);
                         }
@@ -573,27 +571,6 @@ impl DataPlane {
             decision_id: decision_id.clone(),
             assertion: None,
         };
-        // After authentication, before the decision.
-        let allowance = match &route.rate_limit {
-            None => None,
-            Some(limit) => {
-                let key = match limit.by {
-                    LimitBy::Principal => LimitKey::Principal(&identity.principal),
-                    LimitBy::Tenant => match &tenant {
-                        Some(tenant) => LimitKey::Tenant(tenant),
-                        None => LimitKey::Principal(&identity.principal),
-                    },
-                    LimitBy::Client => LimitKey::Client(client()),
-                    LimitBy::Route => LimitKey::Route,
-                };
-                match self.rate_limiter.check(limit, key).await {
-                    Ok(allowance) => Some(allowance),
-                    Err(limited) => {
-                        return refuse.identified(Rejection::RateLimited(limited), grant, None);
-                    }
-                }
-            }
-        };
 
         let resource = resource_template.resolve(&matched.params, tenant.as_deref());
         let parents: Option<Vec<_>> = route
@@ -644,6 +621,40 @@ impl DataPlane {
                 }
             }
         }
+        // After authentication, just before the decision: a refusal names whom, what and
+        // which resource it was about.
+        let allowance = match &route.rate_limit {
+            None => None,
+            Some(limit) => {
+                let key = LimitKey::of(
+                    limit.by,
+                    Some(&identity.principal),
+                    tenant.as_deref(),
+                    client,
+                );
+                match self.rate_limiter.check(limit, key).await {
+                    Ok(allowance) => self.rate_limiter.announces().then_some(allowance),
+                    Err(limited) => {
+                        let subject = DecisionSubject {
+                            principal: identity.principal.to_string(),
+                            action: action.clone(),
+                            resource: resource.to_string(),
+                            policies: Vec::new(),
+                            errors: Vec::new(),
+                            claimed_roles: Vec::new(),
+                            cached: false,
+                            elapsed: Duration::ZERO,
+                            facts,
+                        };
+                        return refuse.identified(
+                            Rejection::RateLimited(limited),
+                            grant,
+                            Some(subject),
+                        );
+                    }
+                }
+            }
+        };
         let request = DecisionRequest {
             principal: &identity.principal,
             action,
@@ -733,23 +744,7 @@ impl DataPlane {
             Some(subject),
         )
     }
-}
 
-/// The key a client address is counted under: an IPv6 address by its /64 (what one
-/// host is usually given, so rotating within it counts as one), IPv4 as it is; no address
-/// (not over a socket) as the unspecified one.
-fn client_key(ip: Option<IpAddr>) -> IpAddr {
-    match ip {
-        Some(IpAddr::V6(v6)) => {
-            let bits = u128::from(v6) & !((1_u128 << 64) - 1);
-            IpAddr::V6(std::net::Ipv6Addr::from(bits))
-        }
-        Some(v4) => v4,
-        None => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-    }
-}
-
-impl DataPlane {
     /// Answers a CORS preflight from the policy of the route the announced request would
     /// take: never authenticated, decided or forwarded.
     pub fn preflight(&self, gate: &Gate, target: &Target, headers: &HeaderMap) -> Verdict {
@@ -794,6 +789,20 @@ impl DataPlane {
         lockout
             .failed(Some(client), subject.as_deref())
             .map(Rejection::LockedOut)
+    }
+}
+
+/// The key a client address is counted under: an IPv6 address by its /64 (what one
+/// host is usually given, so rotating within it counts as one), IPv4 as it is; no address
+/// (not over a socket) as the unspecified one.
+fn client_key(ip: Option<IpAddr>) -> IpAddr {
+    match ip {
+        Some(IpAddr::V6(v6)) => {
+            let bits = u128::from(v6) & !((1_u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        Some(v4) => v4,
+        None => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
     }
 }
 

@@ -502,8 +502,11 @@ impl ProxyHttp for EnforcingProxy {
         if let Some(gate) = &ctx.gate {
             let cors = cors_headers(gate, ctx.verdict.as_ref(), &session.req_header().headers);
             for (name, value) in cors {
-                // The upstream's own say on CORS gives way to the route's policy.
-                upstream_response.remove_header(&name);
+                // The upstream's own say on CORS gives way to the route's policy; its `Vary`
+                // stays, with `Origin` beside it.
+                if name != http::header::VARY {
+                    upstream_response.remove_header(&name);
+                }
                 upstream_response.append_header(name, value)?;
             }
         }
@@ -512,14 +515,9 @@ impl ProxyHttp for EnforcingProxy {
             upstream_response.insert_header(headers::DECISION_ID, id)?;
         }
         // Where the client stands against the route's rate limit.
-        let verdict = ctx.verdict.as_ref();
-        if let Some((allowance, limit)) = verdict.and_then(Verdict::allowance).zip(
-            ctx.gate
-                .as_ref()
-                .zip(verdict.and_then(Verdict::route))
-                .and_then(|(gate, route)| gate.routes.routes().get(route))
-                .and_then(|route| route.rate_limit.as_ref()),
-        ) {
+        let allowance = ctx.verdict.as_ref().and_then(Verdict::allowance);
+        let limit = route_of(ctx).and_then(|route| route.rate_limit.as_ref());
+        if let Some((allowance, limit)) = allowance.zip(limit) {
             upstream_response.insert_header(RATE_LIMIT_POLICY, limit.policy.clone())?;
             if let Some(state) = rate_limit_header(limit, allowance) {
                 upstream_response.insert_header(RATE_LIMIT, state)?;

@@ -117,7 +117,7 @@ fn fixture(sets: &[&str], keys_loaded: bool, revoked: Vec<RevokedSession>) -> Fi
         health: Arc::new(Health::default()),
         recorder: None,
         contact: None,
-        rate_limiter: super::limits::RateLimiter::new(100_000, None, &metrics),
+        rate_limiter: super::limits::RateLimiter::new(100_000, None, false, &metrics),
         lockout: None,
         metrics,
     };
