@@ -157,6 +157,9 @@ pub struct Metrics {
     pub jwt: IntCounterVec,
     /// `portcullis_bad_requests_total{reason}`: requests refused as ambiguous, by reason.
     pub bad_requests: IntCounterVec,
+    /// `portcullis_client_timeouts_total`: requests whose client stopped sending the body
+    /// for longer than the route's `client_timeout_ms` (answered 408).
+    pub client_timeouts: prometheus::IntCounter,
     /// `portcullis_rate_limit_checks_total{store, result}`: rate-limit checks, counted in
     /// this process (`local`), in Redis (`shared`) or locally because Redis was away
     /// (`fallback`); `allowed` or `limited`.
@@ -403,6 +406,11 @@ impl Metrics {
                 "portcullis_bad_requests_total",
                 "Requests refused as ambiguous before routing (target, credentials, method, host), by reason.",
                 &["reason"],
+            ),
+            client_timeouts: int_counter(
+                r,
+                "portcullis_client_timeouts_total",
+                "Requests whose client stopped sending the body for longer than the route's client_timeout_ms (answered 408).",
             ),
             rate_limit_checks: counter(
                 r,

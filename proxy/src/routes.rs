@@ -26,6 +26,7 @@
 //!       max_header_bytes: 16384               # more: 431
 //!       max_body_bytes: 1048576               # more: 413
 //!       upstream_timeout_ms: 5000             # the upstream's silence; past it 504
+//!       client_timeout_ms: 10000              # the client's silence mid-body; past it 408
 //!     cors:                                   # optional: browsers on other origins
 //!       origins: [https://app.example.com]    # or ["*"] (not with credentials)
 //!       methods: [GET]                        # optional: default the route's methods
@@ -124,6 +125,8 @@ struct RequestLimitsSpec {
     max_body_bytes: Option<u64>,
     #[serde(default)]
     upstream_timeout_ms: Option<u64>,
+    #[serde(default)]
+    client_timeout_ms: Option<u64>,
 }
 
 fn request_limits(spec: &RequestLimitsSpec) -> Result<RequestLimits, String> {
@@ -140,6 +143,12 @@ fn request_limits(spec: &RequestLimitsSpec) -> Result<RequestLimits, String> {
     {
         problems.push("`upstream_timeout_ms` must be between 1 and 3600000");
     }
+    if spec
+        .client_timeout_ms
+        .is_some_and(|t| !(1..=3_600_000).contains(&t))
+    {
+        problems.push("`client_timeout_ms` must be between 1 and 3600000");
+    }
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }
@@ -149,6 +158,7 @@ fn request_limits(spec: &RequestLimitsSpec) -> Result<RequestLimits, String> {
         upstream_timeout: spec
             .upstream_timeout_ms
             .map(std::time::Duration::from_millis),
+        client_timeout: spec.client_timeout_ms.map(std::time::Duration::from_millis),
     })
 }
 

@@ -2228,6 +2228,47 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_and_lockout_settings_are_checked_key_by_key() {
+        let yaml = r#"
+rate_limits:
+  max_keys: 10
+  headers: all
+  redis: { url: "http://redis:6379", timeout_ms: 0 }
+lockout:
+  max_failures: 0
+  window_seconds: 0
+  cool_down_seconds: 100000
+  max_keys: 1
+"#;
+        let c: Config = serde_saphyr::from_str(yaml).unwrap();
+        let keys: Vec<String> = validate(&c).into_iter().map(|p| p.at).collect();
+        assert_eq!(
+            keys,
+            [
+                "rate_limits.max_keys",
+                "rate_limits.redis.url",
+                "rate_limits.redis",
+                "lockout.max_failures",
+                "lockout.window_seconds",
+                "lockout.cool_down_seconds",
+                "lockout.max_keys"
+            ]
+        );
+        // Turned off, the lockout's numbers are not read.
+        let off: Config =
+            serde_saphyr::from_str("lockout:\n  enabled: false\n  max_failures: 0\n").unwrap();
+        assert_eq!(validate(&off), vec![]);
+        // A URL with a password is a secret in dumps.
+        let mut secret = Config::default();
+        secret.rate_limits.redis = Some(SharedLimitsConfig {
+            url: String::from("redis://:hunter2@redis:6379"),
+            key_prefix: String::from("p"),
+            timeout_ms: 50,
+        });
+        assert!(!dump(&secret).contains("hunter2"));
+    }
+
+    #[test]
     fn further_issuers_and_token_policies_are_checked() {
         let yaml = r#"
 auth:

@@ -106,6 +106,9 @@ pub struct RequestLimits {
     /// The longest wait for the upstream's next bytes (its response head, then each part
     /// of its body), instead of the upstream's `read_timeout_ms`; past it: 504.
     pub upstream_timeout: Option<Duration>,
+    /// The longest wait for the client's next request-body bytes (a body trickled in to
+    /// hold the route's upstream); past it: 408 and the connection closed. HTTP/1.1 only.
+    pub client_timeout: Option<Duration>,
 }
 
 /// Which request limit a request is over.

@@ -30,7 +30,7 @@ use super::limits::rate_limit_header;
 use super::path::{PathError, Target, normalize};
 use super::respond::{
     RATE_LIMIT, RATE_LIMIT_POLICY, Rejection, bad_gateway_body, body_too_large_body,
-    gateway_timeout_body, is_grpc, send_grpc,
+    gateway_timeout_body, is_grpc, request_timeout_body, send_grpc,
 };
 use super::screen;
 use super::{Connection, DataPlane, ForwardCredential, Gate, InFlight, Verdict};
@@ -102,25 +102,20 @@ fn route_of(ctx: &RequestCtx) -> Option<&crate::routes::Route> {
     ctx.gate.as_ref()?.routes.routes().get(route)
 }
 
-/// The CORS headers of an answer on the route of `verdict`: `Vary: Origin` whenever the
-/// route has a policy, and `Access-Control-Allow-Origin` (with credentials, if allowed) for
-/// an origin it allows.
+/// The CORS headers of an answer on the request's route: `Vary: Origin` whenever the route
+/// has a policy, and `Access-Control-Allow-Origin` (with credentials, if allowed) for an
+/// origin it allows.
 fn cors_headers(
-    gate: &Gate,
-    verdict: Option<&Verdict>,
+    ctx: &RequestCtx,
     headers: &http::HeaderMap,
 ) -> Vec<(HeaderName, http::HeaderValue)> {
-    let Some(policy) = verdict
-        .and_then(Verdict::route)
-        .and_then(|route| gate.routes.routes().get(route))
-        .and_then(|route| route.cors.as_ref())
-    else {
+    let Some(policy) = route_of(ctx).and_then(|route| route.cors.as_ref()) else {
         return Vec::new();
     };
     let mut out = vec![(http::header::VARY, http::HeaderValue::from_static("Origin"))];
     // A preflight's answer holds its own (or, refused, none).
     let preflight = matches!(
-        verdict,
+        ctx.verdict,
         Some(
             Verdict::Preflight { .. }
                 | Verdict::Refuse {
@@ -365,7 +360,7 @@ impl ProxyHttp for EnforcingProxy {
             }
         };
         let refusal = self.record(ctx, &gate, verdict).await;
-        let cors = cors_headers(&gate, ctx.verdict.as_ref(), &session.req_header().headers);
+        let cors = cors_headers(ctx, &session.req_header().headers);
         if let Some(rejection) = refusal {
             rejection.send(session, &cors).await?;
             return Ok(true);
@@ -380,6 +375,10 @@ impl ProxyHttp for EnforcingProxy {
                 .write_response_header(Box::new(header), true)
                 .await?;
             return Ok(true);
+        }
+        // Forwarded: the client must keep its body coming.
+        if let Some(timeout) = route_of(ctx).and_then(|r| r.request_limits.client_timeout) {
+            session.set_read_timeout(Some(timeout));
         }
         Ok(false)
     }
@@ -499,16 +498,13 @@ impl ProxyHttp for EnforcingProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        if let Some(gate) = &ctx.gate {
-            let cors = cors_headers(gate, ctx.verdict.as_ref(), &session.req_header().headers);
-            for (name, value) in cors {
-                // The upstream's own say on CORS gives way to the route's policy; its `Vary`
-                // stays, with `Origin` beside it.
-                if name != http::header::VARY {
-                    upstream_response.remove_header(&name);
-                }
-                upstream_response.append_header(name, value)?;
+        for (name, value) in cors_headers(ctx, &session.req_header().headers) {
+            // The upstream's own say on CORS gives way to the route's policy; its `Vary`
+            // stays, with `Origin` beside it.
+            if name != http::header::VARY {
+                upstream_response.remove_header(&name);
             }
+            upstream_response.append_header(name, value)?;
         }
         // The client can quote the decision id when asking why; it names nothing else.
         if let Some(id) = ctx.verdict.as_ref().and_then(Verdict::decision_id) {
@@ -566,17 +562,22 @@ impl ProxyHttp for EnforcingProxy {
             match (e.esource(), e.etype()) {
                 (pingora::ErrorSource::Upstream, pingora::ErrorType::ReadTimedout) => 504,
                 (pingora::ErrorSource::Upstream, _) => 502,
+                (pingora::ErrorSource::Downstream, pingora::ErrorType::ReadTimedout) => {
+                    self.plane.metrics.client_timeouts.inc();
+                    408
+                }
                 (pingora::ErrorSource::Downstream, _) => 0,
                 (pingora::ErrorSource::Internal | pingora::ErrorSource::Unset, _) => 500,
             }
         };
         if code > 0 {
-            ctx.outcome = if code == 413 {
+            ctx.outcome = if matches!(code, 408 | 413) {
                 Outcome::BadRequest
             } else {
                 Outcome::Error
             };
             let body = match code {
+                408 => request_timeout_body(),
                 413 => body_too_large_body(),
                 502 => bad_gateway_body(),
                 504 => gateway_timeout_body(),
@@ -587,6 +588,7 @@ impl ProxyHttp for EnforcingProxy {
                 let mut header = ResponseHeader::build(code, Some(5))?;
                 if grpc {
                     let message = match code {
+                        408 => "request_timeout",
                         413 => TooLarge::Body.code(),
                         502 => "bad_gateway",
                         504 => "gateway_timeout",

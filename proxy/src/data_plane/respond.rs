@@ -13,6 +13,7 @@
 //! | 401 | `unauthenticated` | no, bad or revoked credentials; with `WWW-Authenticate: Bearer` |
 //! | 403 | `forbidden` | the decision denied (`reason`, `decision_id`), no route matches, or a CORS preflight is not allowed (`cors_refused`) |
 //! | 404 | `not_found` | no route matches and `enforcement.unmatched_status` is 404 |
+//! | 408 | `request_timeout` | the client stopped sending its body for longer than the route's `client_timeout_ms`; the connection is closed |
 //! | 413 | `content_too_large` | the body is over the route's `max_body_bytes` (`body_too_large`) |
 //! | 429 | `too_many_requests` | over the route's rate limit (`rate_limited`; with `Retry-After`, `RateLimit` and `RateLimit-Policy`), or a failed authentication from a locked-out address or subject (`locked_out`; with `Retry-After`) |
 //! | 431 | `request_header_fields_too_large` | the headers are over the route's `max_header_bytes` (`headers_too_large`) |
@@ -266,6 +267,7 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 pub fn grpc_status(http_status: u16) -> &'static str {
     match http_status {
         400 => "3",             // INVALID_ARGUMENT
+        408 => "4",             // DEADLINE_EXCEEDED
         401 => "16",            // UNAUTHENTICATED
         403 => "7",             // PERMISSION_DENIED
         404 => "12",            // UNIMPLEMENTED: no such method here
@@ -316,6 +318,11 @@ pub fn bad_gateway_body() -> &'static [u8] {
 /// The 504 body when the upstream kept silent past its timeout.
 pub fn gateway_timeout_body() -> &'static [u8] {
     br#"{"error":"gateway_timeout"}"#
+}
+
+/// The 408 body when the client stopped sending its body past the route's timeout.
+pub fn request_timeout_body() -> &'static [u8] {
+    br#"{"error":"request_timeout"}"#
 }
 
 /// The 413 body when a streamed body grew past the route's limit.
