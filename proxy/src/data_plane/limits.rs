@@ -627,11 +627,6 @@ impl Lockout {
         }
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> LockoutSettings {
-        self.settings
-    }
-
     /// Counts one failed authentication from `client` naming `subject`; says whether it is
     /// answered 429 (either key locked out, now or before).
     pub fn failed(&self, client: Option<IpAddr>, subject: Option<&str>) -> Option<LockedOut> {

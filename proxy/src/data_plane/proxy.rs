@@ -29,8 +29,7 @@ use super::limits::TooLarge;
 use super::limits::rate_limit_header;
 use super::path::{PathError, Target, normalize};
 use super::respond::{
-    RATE_LIMIT, RATE_LIMIT_POLICY, Rejection, bad_gateway_body, body_too_large_body,
-    gateway_timeout_body, is_grpc, request_timeout_body, send_grpc,
+    RATE_LIMIT, RATE_LIMIT_POLICY, Rejection, forwarding_failure, is_grpc, send_grpc,
 };
 use super::screen;
 use super::{Connection, DataPlane, ForwardCredential, Gate, InFlight, Verdict};
@@ -576,25 +575,12 @@ impl ProxyHttp for EnforcingProxy {
             } else {
                 Outcome::Error
             };
-            let body = match code {
-                408 => request_timeout_body(),
-                413 => body_too_large_body(),
-                502 => bad_gateway_body(),
-                504 => gateway_timeout_body(),
-                _ => br#"{"error":"internal"}"#,
-            };
+            let (reason, body) = forwarding_failure(code);
             let grpc = is_grpc(&session.req_header().headers);
             let sent = async {
                 let mut header = ResponseHeader::build(code, Some(5))?;
                 if grpc {
-                    let message = match code {
-                        408 => "request_timeout",
-                        413 => TooLarge::Body.code(),
-                        502 => "bad_gateway",
-                        504 => "gateway_timeout",
-                        _ => "internal",
-                    };
-                    return send_grpc(session, header, message).await;
+                    return send_grpc(session, header, reason).await;
                 }
                 header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
                 header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

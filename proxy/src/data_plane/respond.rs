@@ -310,22 +310,20 @@ pub async fn send_grpc(
     session.write_response_body(Some(Bytes::new()), true).await
 }
 
-/// The 502 body when the upstream fails.
-pub fn bad_gateway_body() -> &'static [u8] {
-    br#"{"error":"bad_gateway"}"#
-}
-
-/// The 504 body when the upstream kept silent past its timeout.
-pub fn gateway_timeout_body() -> &'static [u8] {
-    br#"{"error":"gateway_timeout"}"#
-}
-
-/// The 408 body when the client stopped sending its body past the route's timeout.
-pub fn request_timeout_body() -> &'static [u8] {
-    br#"{"error":"request_timeout"}"#
-}
-
-/// The 413 body when a streamed body grew past the route's limit.
-pub fn body_too_large_body() -> &'static [u8] {
-    br#"{"error":"content_too_large","reason":"body_too_large"}"#
+/// What the data plane answers when forwarding fails (`fail_to_proxy`), by status: the
+/// reason code (a gRPC call's `grpc-message`) and the JSON body.
+pub fn forwarding_failure(status: u16) -> (&'static str, &'static [u8]) {
+    match status {
+        // The client stopped sending its body past the route's `client_timeout_ms`.
+        408 => ("request_timeout", br#"{"error":"request_timeout"}"#),
+        // A streamed body grew past the route's `max_body_bytes`.
+        413 => (
+            "body_too_large",
+            br#"{"error":"content_too_large","reason":"body_too_large"}"#,
+        ),
+        502 => ("bad_gateway", br#"{"error":"bad_gateway"}"#),
+        // The upstream was silent past its timeout.
+        504 => ("gateway_timeout", br#"{"error":"gateway_timeout"}"#),
+        _ => ("internal", br#"{"error":"internal"}"#),
+    }
 }
